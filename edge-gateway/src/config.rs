@@ -183,7 +183,11 @@ pub struct Overrides {
     #[arg(long = "upstream", env = "GATEWAY_UPSTREAMS", value_delimiter = ',')]
     pub upstreams: Vec<String>,
     /// CORS allowed origins, comma-separated.
-    #[arg(long = "cors-origin", env = "GATEWAY_CORS_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "cors-origin",
+        env = "GATEWAY_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
     pub cors_origins: Vec<String>,
 }
 
@@ -219,7 +223,10 @@ pub struct GatewayConfig {
 
 impl GatewayConfig {
     /// Reads the file (if any), applies overrides, validates.
-    pub fn load(path: Option<&std::path::Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+    pub fn load(
+        path: Option<&std::path::Path>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
         let file = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -258,7 +265,8 @@ impl GatewayConfig {
         };
         let server = match file.server {
             Some(value) => {
-                let text = serde_yaml::to_string(&value).map_err(|e| invalid("server", e.to_string()))?;
+                let text =
+                    serde_yaml::to_string(&value).map_err(|e| invalid("server", e.to_string()))?;
                 pingora::server::configuration::ServerConf::from_yaml(&text)
                     .map_err(|e| invalid("server", e.to_string()))?;
                 Some(text)
@@ -272,7 +280,10 @@ impl GatewayConfig {
             Some(addr("gateway.metrics_listen", &gateway.metrics_listen)?)
         };
         if gateway.upstreams.is_empty() {
-            return Err(invalid("gateway.upstreams", "at least one upstream address is required"));
+            return Err(invalid(
+                "gateway.upstreams",
+                "at least one upstream address is required",
+            ));
         }
         let upstreams = gateway
             .upstreams
@@ -289,7 +300,10 @@ impl GatewayConfig {
         };
         let mut route_timeouts = BTreeMap::new();
         for (route, ms) in &gateway.route_timeouts_ms {
-            route_timeouts.insert(route.clone(), positive(&format!("gateway.route_timeouts_ms.{route}"), *ms)?);
+            route_timeouts.insert(
+                route.clone(),
+                positive(&format!("gateway.route_timeouts_ms.{route}"), *ms)?,
+            );
         }
         if gateway.max_body_bytes == 0 {
             return Err(invalid("gateway.max_body_bytes", "must be greater than 0"));
@@ -298,7 +312,10 @@ impl GatewayConfig {
             return Err(invalid("gateway.retry.max_attempts", "must be at least 1"));
         }
         if !(0.0..=1.0).contains(&gateway.retry.budget_ratio) {
-            return Err(invalid("gateway.retry.budget_ratio", "must be between 0 and 1"));
+            return Err(invalid(
+                "gateway.retry.budget_ratio",
+                "must be between 0 and 1",
+            ));
         }
         for (i, origin) in gateway.cors.allowed_origins.iter().enumerate() {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
@@ -309,10 +326,17 @@ impl GatewayConfig {
             }
         }
         if gateway.cors.allow_credentials && gateway.cors.allowed_origins.iter().any(|o| o == "*") {
-            return Err(invalid("gateway.cors.allow_credentials", "cannot be combined with origin `*`"));
+            return Err(invalid(
+                "gateway.cors.allow_credentials",
+                "cannot be combined with origin `*`",
+            ));
         }
         let tls = match gateway.tls {
-            Some(tls) => Some((addr("gateway.tls.listen", &tls.listen)?, tls.cert_path, tls.key_path)),
+            Some(tls) => Some((
+                addr("gateway.tls.listen", &tls.listen)?,
+                tls.cert_path,
+                tls.key_path,
+            )),
             None => None,
         };
         Ok(Self {
@@ -329,8 +353,14 @@ impl GatewayConfig {
             route_timeouts,
             connect_timeout: positive("gateway.connect_timeout_ms", gateway.connect_timeout_ms)?,
             h2_streams_per_connection: gateway.h2_streams_per_connection.max(1),
-            health_interval: positive("gateway.health_check.interval_ms", gateway.health_check.interval_ms)?,
-            health_timeout: positive("gateway.health_check.timeout_ms", gateway.health_check.timeout_ms)?,
+            health_interval: positive(
+                "gateway.health_check.interval_ms",
+                gateway.health_check.interval_ms,
+            )?,
+            health_timeout: positive(
+                "gateway.health_check.timeout_ms",
+                gateway.health_check.timeout_ms,
+            )?,
             health_service: gateway.health_check.service,
             healthy_threshold: gateway.health_check.healthy_threshold.max(1),
             unhealthy_threshold: gateway.health_check.unhealthy_threshold.max(1),
@@ -346,7 +376,8 @@ impl GatewayConfig {
 
     /// Test and embedding helper: defaults with the given listener and upstreams.
     pub fn for_upstreams(listen: SocketAddr, upstreams: Vec<SocketAddr>) -> Self {
-        let mut config = Self::from_file(FileConfig::default(), &Overrides::default()).expect("defaults are valid");
+        let mut config = Self::from_file(FileConfig::default(), &Overrides::default())
+            .expect("defaults are valid");
         config.listen = listen;
         config.metrics_listen = None;
         config.upstreams = upstreams;
@@ -382,7 +413,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let error = load("gateway:\n  cors:\n    allowed_origns: []\n").unwrap_err().to_string();
+        let error = load("gateway:\n  cors:\n    allowed_origns: []\n")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("allowed_origns"), "{error}");
         assert!(error.contains("gateway.cors"), "{error}");
     }
@@ -394,8 +427,14 @@ mod tests {
             ("gateway:\n  upstreams: []\n", "gateway.upstreams"),
             ("gateway:\n  upstreams: [\"x\"]\n", "gateway.upstreams[0]"),
             ("gateway:\n  timeout_ms: 0\n", "gateway.timeout_ms"),
-            ("gateway:\n  retry:\n    budget_ratio: 2\n", "gateway.retry.budget_ratio"),
-            ("gateway:\n  cors:\n    allowed_origins: [\"example.com\"]\n", "gateway.cors.allowed_origins[0]"),
+            (
+                "gateway:\n  retry:\n    budget_ratio: 2\n",
+                "gateway.retry.budget_ratio",
+            ),
+            (
+                "gateway:\n  cors:\n    allowed_origins: [\"example.com\"]\n",
+                "gateway.cors.allowed_origins[0]",
+            ),
             ("server:\n  threads: many\n", "server"),
         ];
         for (text, key) in cases {

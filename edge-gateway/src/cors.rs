@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 /// Headers browsers may read from responses: gRPC-web clients need the gRPC status ones.
-pub const EXPOSE_HEADERS: &str = "grpc-status, grpc-message, grpc-status-details-bin, location, traceparent";
+pub const EXPOSE_HEADERS: &str =
+    "grpc-status, grpc-message, grpc-status-details-bin, location, traceparent";
 const ALLOW_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
-const DEFAULT_ALLOW_HEADERS: &str =
-    "content-type, authorization, x-grpc-web, x-user-agent, grpc-timeout, traceparent, tracestate, b3";
+const DEFAULT_ALLOW_HEADERS: &str = "content-type, authorization, x-grpc-web, x-user-agent, grpc-timeout, traceparent, tracestate, b3";
 
 #[derive(Debug, Clone)]
 pub struct CorsPolicy {
@@ -108,14 +108,21 @@ mod tests {
     use super::*;
 
     fn policy() -> CorsPolicy {
-        CorsPolicy::new(vec!["https://app.example".into()], false, Duration::from_secs(60))
+        CorsPolicy::new(
+            vec!["https://app.example".into()],
+            false,
+            Duration::from_secs(60),
+        )
     }
 
     #[test]
     fn preflight_for_listed_origin() {
-        let Preflight::Allowed(headers) =
-            policy().preflight(&Method::OPTIONS, Some("https://app.example"), Some("POST"), Some("x-custom"))
-        else {
+        let Preflight::Allowed(headers) = policy().preflight(
+            &Method::OPTIONS,
+            Some("https://app.example"),
+            Some("POST"),
+            Some("x-custom"),
+        ) else {
             panic!("expected an allowed preflight");
         };
         assert!(headers.contains(&("access-control-allow-origin", "https://app.example".into())));
@@ -127,10 +134,18 @@ mod tests {
     fn preflight_rejected_for_other_origins_and_ignored_otherwise() {
         let policy = policy();
         assert_eq!(
-            policy.preflight(&Method::OPTIONS, Some("https://evil.example"), Some("GET"), None),
+            policy.preflight(
+                &Method::OPTIONS,
+                Some("https://evil.example"),
+                Some("GET"),
+                None
+            ),
             Preflight::Rejected
         );
-        assert_eq!(policy.preflight(&Method::OPTIONS, None, Some("GET"), None), Preflight::NotPreflight);
+        assert_eq!(
+            policy.preflight(&Method::OPTIONS, None, Some("GET"), None),
+            Preflight::NotPreflight
+        );
         assert_eq!(
             policy.preflight(&Method::GET, Some("https://app.example"), Some("GET"), None),
             Preflight::NotPreflight
@@ -140,11 +155,19 @@ mod tests {
     #[test]
     fn actual_response_exposes_grpc_headers() {
         let headers = policy().response_headers(Some("https://app.example"));
-        let expose = &headers.iter().find(|(n, _)| *n == "access-control-expose-headers").unwrap().1;
+        let expose = &headers
+            .iter()
+            .find(|(n, _)| *n == "access-control-expose-headers")
+            .unwrap()
+            .1;
         for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
             assert!(expose.contains(name));
         }
-        assert!(policy().response_headers(Some("https://evil.example")).is_empty());
+        assert!(
+            policy()
+                .response_headers(Some("https://evil.example"))
+                .is_empty()
+        );
         assert!(policy().response_headers(None).is_empty());
     }
 
@@ -153,6 +176,9 @@ mod tests {
         let any = CorsPolicy::new(vec!["*".into()], false, Duration::ZERO);
         assert_eq!(any.response_headers(Some("https://x.example"))[0].1, "*");
         let creds = CorsPolicy::new(vec!["*".into()], true, Duration::ZERO);
-        assert_eq!(creds.response_headers(Some("https://x.example"))[0].1, "https://x.example");
+        assert_eq!(
+            creds.response_headers(Some("https://x.example"))[0].1,
+            "https://x.example"
+        );
     }
 }

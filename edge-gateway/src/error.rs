@@ -68,7 +68,9 @@ impl GatewayError {
         let from_transport = status.source().is_some();
         match status.code() {
             tonic::Code::Unavailable if from_transport => Self::UpstreamUnavailable,
-            tonic::Code::Unknown | tonic::Code::Internal if from_transport => Self::UpstreamUnavailable,
+            tonic::Code::Unknown | tonic::Code::Internal if from_transport => {
+                Self::UpstreamUnavailable
+            }
             tonic::Code::DeadlineExceeded if from_transport => Self::UpstreamTimeout,
             _ => Self::Upstream(status),
         }
@@ -94,7 +96,13 @@ impl GatewayError {
         match self {
             Self::NotFound { .. } => simple(404),
             Self::MethodNotAllowed { allow, .. } => SyntheticResponse {
-                allow: Some(allow.iter().map(Method::as_str).collect::<Vec<_>>().join(", ")),
+                allow: Some(
+                    allow
+                        .iter()
+                        .map(Method::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
                 ..simple(405)
             },
             Self::PayloadTooLarge { .. } => SyntheticResponse {
@@ -102,7 +110,9 @@ impl GatewayError {
                 ..simple(413)
             },
             Self::UnsupportedMediaType(_) => simple(415),
-            Self::BadRequest(_) | Self::GrpcWebFraming(_) | Self::GrpcWebMessageCount(_) => simple(400),
+            Self::BadRequest(_) | Self::GrpcWebFraming(_) | Self::GrpcWebMessageCount(_) => {
+                simple(400)
+            }
             Self::GrpcWebCompressed => simple(501),
             Self::NoHealthyUpstream | Self::UpstreamUnavailable => simple(503),
             Self::UpstreamTimeout => simple(504),
@@ -112,7 +122,8 @@ impl GatewayError {
                     http_status: http_status_for(code),
                     grpc_code: code,
                     message: status.message().to_owned(),
-                    details: (!status.details().is_empty()).then(|| Bytes::copy_from_slice(status.details())),
+                    details: (!status.details().is_empty())
+                        .then(|| Bytes::copy_from_slice(status.details())),
                     allow: None,
                 }
             }
@@ -138,16 +149,36 @@ mod tests {
                 5,
             ),
             (GatewayError::PayloadTooLarge { limit: 1 }, 413, 8),
-            (GatewayError::UnsupportedMediaType("text/plain".into()), 415, 3),
-            (GatewayError::BadRequest(TranscodeError::NotAnObject), 400, 3),
+            (
+                GatewayError::UnsupportedMediaType("text/plain".into()),
+                415,
+                3,
+            ),
+            (
+                GatewayError::BadRequest(TranscodeError::NotAnObject),
+                400,
+                3,
+            ),
             (GatewayError::UpstreamUnavailable, 503, 14),
             (GatewayError::UpstreamTimeout, 504, 4),
-            (GatewayError::Upstream(tonic::Status::already_exists("dup")), 409, 6),
-            (GatewayError::Internal("secret socket detail".into()), 500, 13),
+            (
+                GatewayError::Upstream(tonic::Status::already_exists("dup")),
+                409,
+                6,
+            ),
+            (
+                GatewayError::Internal("secret socket detail".into()),
+                500,
+                13,
+            ),
         ];
         for (error, http, grpc) in cases {
             let rescued = error.rescue();
-            assert_eq!((rescued.http_status, rescued.grpc_code), (http, grpc), "{error:?}");
+            assert_eq!(
+                (rescued.http_status, rescued.grpc_code),
+                (http, grpc),
+                "{error:?}"
+            );
             assert!(!rescued.message.contains("secret"));
         }
     }
@@ -167,7 +198,8 @@ mod tests {
         let service = GatewayError::from_upstream(tonic::Status::unavailable("draining"));
         assert!(matches!(service, GatewayError::Upstream(_)));
         assert!(service.is_unavailable());
-        let transport = tonic::Status::from_error(Box::new(std::io::Error::other("connect refused 10.0.0.1")));
+        let transport =
+            tonic::Status::from_error(Box::new(std::io::Error::other("connect refused 10.0.0.1")));
         let transport = GatewayError::from_upstream(transport);
         assert!(transport.is_unavailable(), "{transport:?}");
         assert!(!transport.rescue().message.contains("10.0.0.1"));

@@ -3,10 +3,18 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use edge_gateway::{config::{GatewayConfig, Overrides}, hooks::FilterChain, server::build_server};
+use edge_gateway::{
+    config::{GatewayConfig, Overrides},
+    hooks::FilterChain,
+    server::build_server,
+};
 
 #[derive(Debug, Parser)]
-#[command(name = "edge-gateway", version, about = "meshgate edge gateway (REST, gRPC-web, gRPC on one port)")]
+#[command(
+    name = "edge-gateway",
+    version,
+    about = "meshgate edge gateway (REST, gRPC-web, gRPC on one port)"
+)]
 struct Args {
     /// YAML config file (pingora `server` section + `gateway` section).
     #[arg(short, long, env = "GATEWAY_CONFIG")]
@@ -26,7 +34,8 @@ fn main() {
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,pingora=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,pingora=warn".into()),
         )
         .with_current_span(false)
         .init();

@@ -75,7 +75,9 @@ fn operation(route: &Route, schemas: &mut BTreeMap<String, Value>, proto_names: 
             if bound.contains(&field.name()) || Some(field.name()) == body_field {
                 continue;
             }
-            if field.is_map() || (matches!(field.kind(), Kind::Message(_)) && !is_scalar_wkt(&field)) {
+            if field.is_map()
+                || (matches!(field.kind(), Kind::Message(_)) && !is_scalar_wkt(&field))
+            {
                 continue;
             }
             parameters.push(json!({
@@ -101,13 +103,21 @@ fn operation(route: &Route, schemas: &mut BTreeMap<String, Value>, proto_names: 
             },
         },
     });
-    if let Some(summary) = route.method.parent_service().full_name().split('.').next_back() {
+    if let Some(summary) = route
+        .method
+        .parent_service()
+        .full_name()
+        .split('.')
+        .next_back()
+    {
         op["summary"] = json!(format!("{summary}.{}", route.method.name()));
     }
     let body_schema = match &route.body {
         BodyTarget::None => None,
         BodyTarget::Whole => Some(message_ref(&input, schemas, proto_names)),
-        BodyTarget::Field(name) => input.get_field_by_name(name).map(|f| field_schema(&f, schemas, proto_names)),
+        BodyTarget::Field(name) => input
+            .get_field_by_name(name)
+            .map(|f| field_schema(&f, schemas, proto_names)),
     };
     if let Some(schema) = body_schema {
         op["requestBody"] = json!({
@@ -118,7 +128,11 @@ fn operation(route: &Route, schemas: &mut BTreeMap<String, Value>, proto_names: 
     op
 }
 
-fn response_schema(route: &Route, schemas: &mut BTreeMap<String, Value>, proto_names: bool) -> Value {
+fn response_schema(
+    route: &Route,
+    schemas: &mut BTreeMap<String, Value>,
+    proto_names: bool,
+) -> Value {
     let output = route.output();
     match &route.response_body {
         Some(name) => output
@@ -143,24 +157,40 @@ fn is_scalar_wkt(field: &FieldDescriptor) -> bool {
 fn wkt_schema(message: &MessageDescriptor) -> Option<Value> {
     Some(match message.full_name() {
         "google.protobuf.Timestamp" => json!({"type": "string", "format": "date-time"}),
-        "google.protobuf.Duration" => json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"}),
+        "google.protobuf.Duration" => {
+            json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"})
+        }
         "google.protobuf.FieldMask" => json!({"type": "string"}),
         "google.protobuf.Empty" => json!({"type": "object"}),
         "google.protobuf.Struct" => json!({"type": "object"}),
         "google.protobuf.Value" => json!({}),
         "google.protobuf.ListValue" => json!({"type": "array"}),
-        "google.protobuf.Any" => json!({"type": "object", "properties": {"@type": {"type": "string"}}}),
+        "google.protobuf.Any" => {
+            json!({"type": "object", "properties": {"@type": {"type": "string"}}})
+        }
         "google.protobuf.StringValue" => json!({"type": ["string", "null"]}),
-        "google.protobuf.BytesValue" => json!({"type": ["string", "null"], "contentEncoding": "base64"}),
+        "google.protobuf.BytesValue" => {
+            json!({"type": ["string", "null"], "contentEncoding": "base64"})
+        }
         "google.protobuf.BoolValue" => json!({"type": ["boolean", "null"]}),
-        "google.protobuf.Int32Value" | "google.protobuf.UInt32Value" => json!({"type": ["integer", "null"]}),
-        "google.protobuf.Int64Value" | "google.protobuf.UInt64Value" => json!({"type": ["string", "null"], "format": "int64"}),
-        "google.protobuf.DoubleValue" | "google.protobuf.FloatValue" => json!({"type": ["number", "null"]}),
+        "google.protobuf.Int32Value" | "google.protobuf.UInt32Value" => {
+            json!({"type": ["integer", "null"]})
+        }
+        "google.protobuf.Int64Value" | "google.protobuf.UInt64Value" => {
+            json!({"type": ["string", "null"], "format": "int64"})
+        }
+        "google.protobuf.DoubleValue" | "google.protobuf.FloatValue" => {
+            json!({"type": ["number", "null"]})
+        }
         _ => return None,
     })
 }
 
-fn message_ref(message: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>, proto_names: bool) -> Value {
+fn message_ref(
+    message: &MessageDescriptor,
+    schemas: &mut BTreeMap<String, Value>,
+    proto_names: bool,
+) -> Value {
     if let Some(schema) = wkt_schema(message) {
         return schema;
     }
@@ -170,9 +200,15 @@ fn message_ref(message: &MessageDescriptor, schemas: &mut BTreeMap<String, Value
         schemas.insert(name.clone(), json!({}));
         let mut properties = Map::new();
         for field in message.fields() {
-            properties.insert(json_name(&field, proto_names), field_schema(&field, schemas, proto_names));
+            properties.insert(
+                json_name(&field, proto_names),
+                field_schema(&field, schemas, proto_names),
+            );
         }
-        schemas.insert(name.clone(), json!({"type": "object", "properties": properties}));
+        schemas.insert(
+            name.clone(),
+            json!({"type": "object", "properties": properties}),
+        );
     }
     json!({ "$ref": format!("#/components/schemas/{name}") })
 }
@@ -180,19 +216,27 @@ fn message_ref(message: &MessageDescriptor, schemas: &mut BTreeMap<String, Value
 fn kind_schema(kind: &Kind, schemas: &mut BTreeMap<String, Value>, proto_names: bool) -> Value {
     match kind {
         Kind::Double | Kind::Float => json!({"type": "number"}),
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => json!({"type": "integer", "format": "int32"}),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            json!({"type": "integer", "format": "int32"})
+        }
         Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "format": "int64", "minimum": 0}),
         Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({"type": "string", "format": "int64"}),
         Kind::Uint64 | Kind::Fixed64 => json!({"type": "string", "format": "uint64"}),
         Kind::Bool => json!({"type": "boolean"}),
         Kind::String => json!({"type": "string"}),
         Kind::Bytes => json!({"type": "string", "contentEncoding": "base64"}),
-        Kind::Enum(e) => json!({"type": "string", "enum": e.values().map(|v| v.name().to_owned()).collect::<Vec<_>>()}),
+        Kind::Enum(e) => {
+            json!({"type": "string", "enum": e.values().map(|v| v.name().to_owned()).collect::<Vec<_>>()})
+        }
         Kind::Message(m) => message_ref(m, schemas, proto_names),
     }
 }
 
-fn field_schema(field: &FieldDescriptor, schemas: &mut BTreeMap<String, Value>, proto_names: bool) -> Value {
+fn field_schema(
+    field: &FieldDescriptor,
+    schemas: &mut BTreeMap<String, Value>,
+    proto_names: bool,
+) -> Value {
     if field.is_map()
         && let Kind::Message(entry) = field.kind()
     {
@@ -240,7 +284,12 @@ mod tests {
         let get = &doc["paths"]["/v1/users/{id}"]["get"];
         assert_eq!(get["parameters"][0]["in"], "path");
         let list = &doc["paths"]["/v1/users"]["get"];
-        let names: Vec<_> = list["parameters"].as_array().unwrap().iter().map(|p| p["name"].clone()).collect();
+        let names: Vec<_> = list["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].clone())
+            .collect();
         assert_eq!(names, vec![json!("page"), json!("limit")]);
         let user = &doc["components"]["schemas"]["user.User"]["properties"];
         assert_eq!(user["createdAt"]["type"], "string");

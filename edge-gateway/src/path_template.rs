@@ -86,7 +86,10 @@ impl PathTemplate {
         };
         parser.segments(false).map_err(|reason| error(&reason))?;
         if parser.pos != parser.input.len() {
-            return Err(error(&format!("unexpected character at offset {}", parser.pos + 1)));
+            return Err(error(&format!(
+                "unexpected character at offset {}",
+                parser.pos + 1
+            )));
         }
         let Parser {
             segments,
@@ -101,7 +104,10 @@ impl PathTemplate {
         let mut seen = std::collections::HashSet::new();
         for variable in &variables {
             if !seen.insert(variable.field_path.as_str()) {
-                return Err(error(&format!("variable {} bound twice", variable.field_path)));
+                return Err(error(&format!(
+                    "variable {} bound twice",
+                    variable.field_path
+                )));
             }
         }
         Ok(Self {

@@ -89,10 +89,22 @@ const NOT_FORWARDED: &[&str] = &[
 ];
 
 /// Response metadata the gateway does not pass to gRPC-web clients as headers.
-const NOT_RETURNED: &[&str] = &["content-type", "content-length", "date", "server", "grpc-status", "grpc-message", "grpc-status-details-bin"];
+const NOT_RETURNED: &[&str] = &[
+    "content-type",
+    "content-length",
+    "date",
+    "server",
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+];
 
 fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
-    session.req_header().headers.get(name).and_then(|v| v.to_str().ok())
+    session
+        .req_header()
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
 }
 
 impl GatewayProxy {
@@ -141,12 +153,19 @@ impl GatewayProxy {
         self.cors_headers(ctx, &mut response);
         self.trace_header(ctx, &mut response);
         ctx.status = status;
-        session.write_response_header(Box::new(response), body.is_empty()).await?;
+        session
+            .write_response_header(Box::new(response), body.is_empty())
+            .await?;
         session.write_response_body(Some(body), true).await
     }
 
     /// The single place errors become responses, shaped for the client's protocol.
-    async fn respond_error(&self, session: &mut Session, ctx: &mut RequestCtx, error: &GatewayError) -> pingora::Result<()> {
+    async fn respond_error(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        error: &GatewayError,
+    ) -> pingora::Result<()> {
         let rescued = error.rescue();
         if let GatewayError::Internal(detail) = error {
             tracing::error!(detail, "internal gateway error");
@@ -154,7 +173,8 @@ impl GatewayProxy {
         ctx.grpc_status = Some(rescued.grpc_code);
         match ctx.protocol {
             "grpc-web" | "grpc" => {
-                let mode = Mode::from_content_type(header_str(session, "content-type").unwrap_or(""));
+                let mode =
+                    Mode::from_content_type(header_str(session, "content-type").unwrap_or(""));
                 let content_type = mode.map_or("application/grpc", Mode::content_type);
                 // Trailers-only: the status travels in the headers of an otherwise empty response.
                 let mut response = ResponseHeader::build(200, Some(6))?;
@@ -172,17 +192,31 @@ impl GatewayProxy {
                 self.cors_headers(ctx, &mut response);
                 self.trace_header(ctx, &mut response);
                 ctx.status = 200;
-                session.write_response_header(Box::new(response), true).await?;
+                session
+                    .write_response_header(Box::new(response), true)
+                    .await?;
                 session.write_response_body(None, true).await
             }
             _ => {
-                let body = status_json(&self.state.pool, rescued.grpc_code, &rescued.message, rescued.details.as_deref());
+                let body = status_json(
+                    &self.state.pool,
+                    rescued.grpc_code,
+                    &rescued.message,
+                    rescued.details.as_deref(),
+                );
                 let mut extra = Vec::new();
                 if let Some(allow) = rescued.allow {
                     extra.push(("allow", allow));
                 }
-                self.write_simple(session, ctx, rescued.http_status, "application/json", body.into(), &extra)
-                    .await
+                self.write_simple(
+                    session,
+                    ctx,
+                    rescued.http_status,
+                    "application/json",
+                    body.into(),
+                    &extra,
+                )
+                .await
             }
         }
     }
@@ -190,7 +224,8 @@ impl GatewayProxy {
     /// Reads the whole request body, refusing more than the configured limit.
     async fn read_body(&self, session: &mut Session) -> Result<Bytes, GatewayError> {
         let limit = self.state.config.max_body_bytes;
-        if let Some(length) = header_str(session, "content-length").and_then(|v| v.parse::<usize>().ok())
+        if let Some(length) =
+            header_str(session, "content-length").and_then(|v| v.parse::<usize>().ok())
             && length > limit
         {
             return Err(GatewayError::PayloadTooLarge { limit });
@@ -206,24 +241,39 @@ impl GatewayProxy {
                 }
                 Ok(None) => return Ok(body.freeze()),
                 Err(e) => {
-                    return Err(GatewayError::BadRequest(crate::transcode::TranscodeError::Invalid(format!(
-                        "request body could not be read: {}",
-                        e.etype().as_str()
-                    ))));
+                    return Err(GatewayError::BadRequest(
+                        crate::transcode::TranscodeError::Invalid(format!(
+                            "request body could not be read: {}",
+                            e.etype().as_str()
+                        )),
+                    ));
                 }
             }
         }
     }
 
-    async fn handle_admin(&self, session: &mut Session, ctx: &mut RequestCtx, path: &str) -> pingora::Result<bool> {
+    async fn handle_admin(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        path: &str,
+    ) -> pingora::Result<bool> {
         let (status, content_type, body): (u16, &str, Bytes) = match path {
             "/healthz" => (200, "text/plain", Bytes::from_static(b"ok\n")),
             "/readyz" => {
                 let healthy = self.state.upstreams.healthy_count();
                 if healthy > 0 {
-                    (200, "text/plain", format!("ready: {healthy} healthy upstream(s)\n").into())
+                    (
+                        200,
+                        "text/plain",
+                        format!("ready: {healthy} healthy upstream(s)\n").into(),
+                    )
                 } else {
-                    (503, "text/plain", Bytes::from_static(b"not ready: no healthy upstream\n"))
+                    (
+                        503,
+                        "text/plain",
+                        Bytes::from_static(b"not ready: no healthy upstream\n"),
+                    )
                 }
             }
             "/openapi.json" => (200, "application/json", self.state.openapi.clone()),
@@ -231,38 +281,58 @@ impl GatewayProxy {
         };
         ctx.protocol = "admin";
         ctx.route = path.to_owned();
-        self.write_simple(session, ctx, status, content_type, body, &[]).await?;
+        self.write_simple(session, ctx, status, content_type, body, &[])
+            .await?;
         Ok(true)
     }
 
-    async fn handle_rest(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+    async fn handle_rest(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), GatewayError> {
         let method = session.req_header().method.clone();
         let uri = session.req_header().uri.clone();
         let path = uri.path().to_owned();
-        let (route, bindings) = self.state.router.lookup(&method, &path).map_err(|miss| match miss {
-            crate::routes::RouteMiss::NotFound => GatewayError::NotFound {
-                method: method.clone(),
-                path: path.clone(),
-            },
-            crate::routes::RouteMiss::MethodNotAllowed(allow) => GatewayError::MethodNotAllowed {
-                method: method.clone(),
-                path: path.clone(),
-                allow,
-            },
-        })?;
+        let (route, bindings) =
+            self.state
+                .router
+                .lookup(&method, &path)
+                .map_err(|miss| match miss {
+                    crate::routes::RouteMiss::NotFound => GatewayError::NotFound {
+                        method: method.clone(),
+                        path: path.clone(),
+                    },
+                    crate::routes::RouteMiss::MethodNotAllowed(allow) => {
+                        GatewayError::MethodNotAllowed {
+                            method: method.clone(),
+                            path: path.clone(),
+                            allow,
+                        }
+                    }
+                })?;
         ctx.route = route.label();
         ctx.grpc_method = route.grpc_path.clone();
         let body = self.read_body(session).await?;
         if !body.is_empty() {
             let content_type = header_str(session, "content-type").unwrap_or("");
-            let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-            if !(essence.is_empty() || essence == "application/json" || essence.ends_with("+json")) {
+            let essence = content_type
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if !(essence.is_empty() || essence == "application/json" || essence.ends_with("+json"))
+            {
                 return Err(GatewayError::UnsupportedMediaType(content_type.to_owned()));
             }
         }
         let request = transcode::build_request(&route, &bindings, uri.query(), &body)?;
         let message = transcode::encode(&request);
-        let trace = ctx.trace.clone().unwrap_or_else(|| TraceContext::from_headers(|_| None));
+        let trace = ctx
+            .trace
+            .clone()
+            .unwrap_or_else(|| TraceContext::from_headers(|_| None));
         let mut headers = session.req_header().headers.clone();
         let label = route.label();
         if let Decision::Respond(reply) = self.state.filters.on_request(&mut FilterRequest {
@@ -278,27 +348,58 @@ impl GatewayProxy {
             });
         }
         let metadata = self.metadata_from(&headers, &trace);
-        let timeout = self.state.config.timeout_for(Some(&label), &route.grpc_path);
+        let timeout = self
+            .state
+            .config
+            .timeout_for(Some(&label), &route.grpc_path);
         let (upstream, response) = self
             .state
             .upstreams
-            .call(&route.grpc_path, message, &metadata, timeout, route.idempotent())
+            .call(
+                &route.grpc_path,
+                message,
+                &metadata,
+                timeout,
+                route.idempotent(),
+            )
             .await?;
         ctx.upstream = Some(upstream);
         let mut stream = response.into_inner();
         let collect = async {
-            let first = stream.message().await?;
-            // Drain to the trailers so a non-OK status sent after the message is seen.
-            while stream.message().await?.is_some() {}
-            Ok::<_, tonic::Status>(first)
+            let mut messages = Vec::new();
+            // Read to the end so a non-OK status in the trailers is seen.
+            while let Some(message) = stream.message().await? {
+                messages.push(message);
+            }
+            Ok::<_, tonic::Status>(messages)
         };
-        let first = match tokio::time::timeout(timeout, collect).await {
-            Ok(Ok(first)) => first.unwrap_or_default(),
+        let messages = match tokio::time::timeout(timeout, collect).await {
+            Ok(Ok(messages)) => messages,
             Ok(Err(status)) => return Err(GatewayError::from_upstream(status)),
             Err(_) => return Err(GatewayError::UpstreamTimeout),
         };
-        let decoded = transcode::decode_response(&route.output(), &first).map_err(|e| GatewayError::Internal(e.to_string()))?;
-        let json = transcode::render_response(&route, &decoded, self.state.json).map_err(|e| GatewayError::Internal(e.to_string()))?;
+        let render =
+            |bytes: &Bytes| -> Result<(prost_reflect::DynamicMessage, Vec<u8>), GatewayError> {
+                let decoded = transcode::decode_response(&route.output(), bytes)
+                    .map_err(|e| GatewayError::Internal(e.to_string()))?;
+                let json = transcode::render_response(&route, &decoded, self.state.json)
+                    .map_err(|e| GatewayError::Internal(e.to_string()))?;
+                Ok((decoded, json))
+            };
+        let first = messages.first().cloned().unwrap_or_default();
+        let (decoded, mut json) = render(&first)?;
+        if route.server_streaming() {
+            // A server stream over REST is answered as one JSON array of the messages.
+            let mut array = b"[".to_vec();
+            for (index, message) in messages.iter().enumerate() {
+                if index > 0 {
+                    array.push(b',');
+                }
+                array.extend_from_slice(&render(message)?.1);
+            }
+            array.push(b']');
+            json = array;
+        }
         let mut response_headers = HeaderMap::new();
         self.state.filters.on_response(&mut FilterResponse {
             protocol: Protocol::Rest,
@@ -318,14 +419,29 @@ impl GatewayProxy {
             .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
             .collect();
         header_pairs.extend(extra.into_iter().map(|(n, v)| (n.to_owned(), v)));
-        let extra: Vec<(&str, String)> = header_pairs.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+        let extra: Vec<(&str, String)> = header_pairs
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.clone()))
+            .collect();
         ctx.grpc_status = Some(0);
-        self.write_simple(session, ctx, route.success_code, "application/json", json.into(), &extra)
-            .await
-            .map_err(|e| GatewayError::Internal(format!("writing response: {e}")))
+        self.write_simple(
+            session,
+            ctx,
+            route.success_code,
+            "application/json",
+            json.into(),
+            &extra,
+        )
+        .await
+        .map_err(|e| GatewayError::Internal(format!("writing response: {e}")))
     }
 
-    async fn handle_grpc_web(&self, session: &mut Session, ctx: &mut RequestCtx, mode: Mode) -> Result<(), GatewayError> {
+    async fn handle_grpc_web(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        mode: Mode,
+    ) -> Result<(), GatewayError> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_owned();
         ctx.grpc_method = path.clone();
@@ -350,7 +466,10 @@ impl GatewayProxy {
             return Err(GatewayError::GrpcWebCompressed);
         }
         let message = messages[0].payload.clone();
-        let trace = ctx.trace.clone().unwrap_or_else(|| TraceContext::from_headers(|_| None));
+        let trace = ctx
+            .trace
+            .clone()
+            .unwrap_or_else(|| TraceContext::from_headers(|_| None));
         let mut headers = session.req_header().headers.clone();
         if let Decision::Respond(reply) = self.state.filters.on_request(&mut FilterRequest {
             protocol: Protocol::GrpcWeb,
@@ -369,11 +488,16 @@ impl GatewayProxy {
             Some(client) => client.min(self.state.config.timeout_for(None, &path)),
             None => self.state.config.timeout_for(None, &path),
         };
-        let (upstream, response) = self.state.upstreams.call(&path, message, &metadata, timeout, false).await?;
+        let (upstream, response) = self
+            .state
+            .upstreams
+            .call(&path, message, &metadata, timeout, false)
+            .await?;
         ctx.upstream = Some(upstream);
         let (response_metadata, mut stream, _) = response.into_parts();
         let encoder = ResponseEncoder::new(mode);
-        let mut head = ResponseHeader::build(200, Some(8)).map_err(|e| GatewayError::Internal(e.to_string()))?;
+        let mut head = ResponseHeader::build(200, Some(8))
+            .map_err(|e| GatewayError::Internal(e.to_string()))?;
         let _ = head.insert_header("content-type", mode.content_type());
         for (name, value) in response_metadata.into_headers().iter() {
             if !NOT_RETURNED.contains(&name.as_str()) {
@@ -383,8 +507,12 @@ impl GatewayProxy {
         self.cors_headers(ctx, &mut head);
         self.trace_header(ctx, &mut head);
         ctx.status = 200;
-        let write_error = |e: Box<Error>| GatewayError::Internal(format!("writing gRPC-web response: {e}"));
-        session.write_response_header(Box::new(head), false).await.map_err(write_error)?;
+        let write_error =
+            |e: Box<Error>| GatewayError::Internal(format!("writing gRPC-web response: {e}"));
+        session
+            .write_response_header(Box::new(head), false)
+            .await
+            .map_err(write_error)?;
         let deadline = tokio::time::Instant::now() + timeout;
         let status = loop {
             match tokio::time::timeout_at(deadline, stream.message()).await {
@@ -487,7 +615,11 @@ impl ProxyHttp for GatewayProxy {
         }
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
         let trace = TraceContext::from_headers(|name| header_str(session, name));
         ctx.trace = Some(trace);
         ctx.origin = header_str(session, "origin").map(str::to_owned);
@@ -506,14 +638,23 @@ impl ProxyHttp for GatewayProxy {
                     response.insert_header(name, value)?;
                 }
                 ctx.status = 204;
-                session.write_response_header(Box::new(response), true).await?;
+                session
+                    .write_response_header(Box::new(response), true)
+                    .await?;
                 return Ok(true);
             }
             Preflight::Rejected => {
                 ctx.protocol = "preflight";
                 ctx.origin = None;
-                self.write_simple(session, ctx, 403, "text/plain", Bytes::from_static(b"origin not allowed\n"), &[])
-                    .await?;
+                self.write_simple(
+                    session,
+                    ctx,
+                    403,
+                    "text/plain",
+                    Bytes::from_static(b"origin not allowed\n"),
+                    &[],
+                )
+                .await?;
                 return Ok(true);
             }
         }
@@ -560,7 +701,11 @@ impl ProxyHttp for GatewayProxy {
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
         let addr = self
             .state
             .upstreams
@@ -576,7 +721,13 @@ impl ProxyHttp for GatewayProxy {
         Ok(Box::new(peer))
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         // Nothing reached the upstream: safe to try another one for any method.
         if ctx.tried.len() < self.state.config.upstreams.len() {
             e.set_retry(true);
@@ -604,9 +755,18 @@ impl ProxyHttp for GatewayProxy {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, upstream_response: &mut ResponseHeader, ctx: &mut RequestCtx) -> pingora::Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
         ctx.status = upstream_response.status.as_u16();
-        if let Some(code) = upstream_response.headers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok()) {
+        if let Some(code) = upstream_response
+            .headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+        {
             ctx.grpc_status = Some(code);
         }
         self.cors_headers(ctx, upstream_response);
@@ -619,16 +779,26 @@ impl ProxyHttp for GatewayProxy {
         upstream_trailers: &mut HeaderMap,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Option<Bytes>> {
-        if let Some(code) = upstream_trailers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok()) {
+        if let Some(code) = upstream_trailers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+        {
             ctx.grpc_status = Some(code);
         }
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         // Runs instead of response_filter: CORS and the gRPC shape are added here.
         let error = match e.etype() {
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => GatewayError::UpstreamTimeout,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                GatewayError::UpstreamTimeout
+            }
             ErrorType::ConnectNoRoute => GatewayError::NoHealthyUpstream,
             _ => GatewayError::UpstreamUnavailable,
         };
@@ -655,9 +825,17 @@ impl ProxyHttp for GatewayProxy {
             ctx.status
         };
         let latency = ctx.start.elapsed();
-        let route = if ctx.route.is_empty() { "unmatched" } else { ctx.route.as_str() };
+        let route = if ctx.route.is_empty() {
+            "unmatched"
+        } else {
+            ctx.route.as_str()
+        };
         // Unmatched REST paths share one label so clients cannot blow up metric cardinality.
-        let route_label = if status == 404 && ctx.protocol == "rest" { "unmatched" } else { route };
+        let route_label = if status == 404 && ctx.protocol == "rest" {
+            "unmatched"
+        } else {
+            route
+        };
         metrics::REQUESTS
             .with_label_values(&[route_label, ctx.protocol, &status.to_string()])
             .inc();

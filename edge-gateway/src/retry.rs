@@ -52,7 +52,9 @@ impl RetryBudget {
 
     fn try_withdraw_at(&self, now: Instant) -> bool {
         let mut state = self.lock();
-        let elapsed = now.saturating_duration_since(state.last_refill).as_secs_f64();
+        let elapsed = now
+            .saturating_duration_since(state.last_refill)
+            .as_secs_f64();
         state.tokens = (state.tokens + elapsed * self.floor_per_second).min(self.capacity);
         state.last_refill = now;
         if state.tokens >= 1.0 {

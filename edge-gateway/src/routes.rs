@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use http::Method;
-use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, MessageDescriptor, MethodDescriptor, ReflectMessage, Value};
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, FieldDescriptor, MessageDescriptor, MethodDescriptor,
+    ReflectMessage, Value,
+};
 
 use crate::path_template::{PathTemplate, TemplateError};
 
@@ -110,7 +113,8 @@ impl Router {
                     _ => (200, None),
                 };
                 let mut push = |rule: &DynamicMessage| -> Result<(), RouteBuildError> {
-                    if let Some(route) = build_route(&method, rule, success_code, location.clone())? {
+                    if let Some(route) = build_route(&method, rule, success_code, location.clone())?
+                    {
                         routes.push(Arc::new(route));
                     }
                     Ok(())
@@ -224,7 +228,8 @@ fn build_route(
     if let Some(custom) = rule
         .get_field_by_name("custom")
         .and_then(|v| v.as_message().cloned())
-        && let (Some(kind), Some(path)) = (string_field(&custom, "kind"), string_field(&custom, "path"))
+        && let (Some(kind), Some(path)) =
+            (string_field(&custom, "kind"), string_field(&custom, "path"))
     {
         let http_method = Method::from_bytes(kind.as_bytes())
             .map_err(|_| invalid(format!("custom kind {kind:?} is not an HTTP method")))?;
@@ -239,10 +244,19 @@ fn build_route(
     })?;
     let input = method.input();
     for field_path in template.field_paths() {
-        let field = resolve_field_path(&input, field_path)
-            .ok_or_else(|| invalid(format!("path variable {field_path} is not a field of {}", input.full_name())))?;
-        if field.is_list() || field.is_map() || matches!(field.kind(), prost_reflect::Kind::Message(_)) {
-            return Err(invalid(format!("path variable {field_path} must be a singular scalar field")));
+        let field = resolve_field_path(&input, field_path).ok_or_else(|| {
+            invalid(format!(
+                "path variable {field_path} is not a field of {}",
+                input.full_name()
+            ))
+        })?;
+        if field.is_list()
+            || field.is_map()
+            || matches!(field.kind(), prost_reflect::Kind::Message(_))
+        {
+            return Err(invalid(format!(
+                "path variable {field_path} must be a singular scalar field"
+            )));
         }
     }
     let body = match string_field(rule, "body").as_deref() {
@@ -250,7 +264,10 @@ fn build_route(
         Some("*") => BodyTarget::Whole,
         Some(field) => {
             if input.get_field_by_name(field).is_none() {
-                return Err(invalid(format!("body field {field} is not a field of {}", input.full_name())));
+                return Err(invalid(format!(
+                    "body field {field} is not a field of {}",
+                    input.full_name()
+                )));
             }
             BodyTarget::Field(field.to_owned())
         }
@@ -315,7 +332,10 @@ mod tests {
             "GET /v1/users",
             "GET /v1/test-error/{status_code}",
         ] {
-            assert!(labels.contains(&expected.to_owned()), "{expected} missing from {labels:?}");
+            assert!(
+                labels.contains(&expected.to_owned()),
+                "{expected} missing from {labels:?}"
+            );
         }
     }
 
@@ -329,7 +349,10 @@ mod tests {
             router.lookup(&Method::PATCH, "/v1/users/abc").unwrap_err(),
             RouteMiss::MethodNotAllowed(vec![Method::DELETE, Method::GET, Method::PUT])
         );
-        assert_eq!(router.lookup(&Method::GET, "/v2/nothing").unwrap_err(), RouteMiss::NotFound);
+        assert_eq!(
+            router.lookup(&Method::GET, "/v2/nothing").unwrap_err(),
+            RouteMiss::NotFound
+        );
     }
 
     #[test]

@@ -8,7 +8,10 @@ use pingora::{
     apps::HttpServerOptions,
     protocols::http::ServerSession,
     proxy::http_proxy_service,
-    server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, configuration::{Opt, ServerConf}},
+    server::{
+        RunArgs, Server, ShutdownSignal, ShutdownSignalWatch,
+        configuration::{Opt, ServerConf},
+    },
     services::{background::background_service, listening::Service},
 };
 
@@ -42,11 +45,16 @@ impl pingora::apps::http_app::ServeHttp for MetricsApp {
 }
 
 /// Builds the pingora server for `config`. `opt` carries pingora's own flags (upgrade, daemon).
-pub fn build_server(config: GatewayConfig, opt: Option<Opt>, filters: FilterChain) -> Result<(Server, Arc<GatewayState>), StartError> {
+pub fn build_server(
+    config: GatewayConfig,
+    opt: Option<Opt>,
+    filters: FilterChain,
+) -> Result<(Server, Arc<GatewayState>), StartError> {
     let server_conf = match &config.server {
         Some(text) => ServerConf::from_yaml(text).map_err(|e| StartError::Server(e.to_string()))?,
         None => {
-            let mut conf = ServerConf::new().ok_or_else(|| StartError::Server("default config".into()))?;
+            let mut conf =
+                ServerConf::new().ok_or_else(|| StartError::Server("default config".into()))?;
             conf.threads = 2;
             conf.grace_period_seconds = Some(0);
             conf.graceful_shutdown_timeout_seconds = Some(1);
@@ -58,12 +66,18 @@ pub fn build_server(config: GatewayConfig, opt: Option<Opt>, filters: FilterChai
     let pool = load_pool(&config)?;
     let upstream_settings = settings(&config);
     let channels = Arc::new(channels_for(&config.upstreams, config.connect_timeout));
-    let balancer = load_balancer(&upstream_settings, channels.clone()).map_err(|e| StartError::Upstreams(e.to_string()))?;
+    let balancer = load_balancer(&upstream_settings, channels.clone())
+        .map_err(|e| StartError::Upstreams(e.to_string()))?;
     let health = background_service("upstream grpc health", balancer);
     let upstreams = Upstreams::new(&upstream_settings, health.task(), channels);
     let state = GatewayState::new(config.clone(), pool, upstreams, filters)?;
 
-    let mut proxy = http_proxy_service(&server.configuration, GatewayProxy { state: state.clone() });
+    let mut proxy = http_proxy_service(
+        &server.configuration,
+        GatewayProxy {
+            state: state.clone(),
+        },
+    );
     if let Some(app) = proxy.app_logic_mut() {
         let mut options = HttpServerOptions::default();
         // gRPC clients speak h2c with prior knowledge on the same port as HTTP/1.1.
@@ -73,8 +87,11 @@ pub fn build_server(config: GatewayConfig, opt: Option<Opt>, filters: FilterChai
     proxy.add_tcp(&config.listen.to_string());
     #[cfg(feature = "rustls")]
     if let Some((addr, cert, key)) = &config.tls {
-        let mut tls = pingora::listeners::tls::TlsSettings::intermediate(&cert.to_string_lossy(), &key.to_string_lossy())
-            .map_err(|e| StartError::Server(format!("gateway.tls: {e}")))?;
+        let mut tls = pingora::listeners::tls::TlsSettings::intermediate(
+            &cert.to_string_lossy(),
+            &key.to_string_lossy(),
+        )
+        .map_err(|e| StartError::Server(format!("gateway.tls: {e}")))?;
         tls.enable_h2();
         proxy.add_tls_with_settings(&addr.to_string(), None, tls);
     }

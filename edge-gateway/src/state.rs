@@ -56,13 +56,17 @@ pub fn load_pool(config: &GatewayConfig) -> Result<DescriptorPool, StartError> {
             path: display.clone(),
             source,
         })?;
-        add_descriptor_set(&mut pool, &bytes).map_err(|reason| StartError::Descriptors { path: display, reason })?;
+        add_descriptor_set(&mut pool, &bytes).map_err(|reason| StartError::Descriptors {
+            path: display,
+            reason,
+        })?;
     }
     Ok(pool)
 }
 
 pub fn add_descriptor_set(pool: &mut DescriptorPool, bytes: &[u8]) -> Result<(), String> {
-    pool.decode_file_descriptor_set(bytes).map_err(|e| e.to_string())
+    pool.decode_file_descriptor_set(bytes)
+        .map_err(|e| e.to_string())
 }
 
 pub fn settings(config: &GatewayConfig) -> UpstreamSettings {
@@ -81,15 +85,27 @@ pub fn settings(config: &GatewayConfig) -> UpstreamSettings {
 }
 
 impl GatewayState {
-    pub fn new(config: GatewayConfig, pool: DescriptorPool, upstreams: Upstreams, filters: FilterChain) -> Result<Arc<Self>, StartError> {
+    pub fn new(
+        config: GatewayConfig,
+        pool: DescriptorPool,
+        upstreams: Upstreams,
+        filters: FilterChain,
+    ) -> Result<Arc<Self>, StartError> {
         let router = Router::from_pool(&pool)?;
         let json = JsonOptions {
             use_proto_field_names: config.use_proto_field_names,
             emit_defaults: config.emit_defaults,
         };
-        let document = openapi::document(&router, "meshgate edge gateway", json.use_proto_field_names);
-        let openapi = serde_json::to_vec_pretty(&document).expect("a JSON value always serializes").into();
-        let cors = CorsPolicy::new(config.cors_origins.clone(), config.cors_allow_credentials, config.cors_max_age);
+        let document =
+            openapi::document(&router, "meshgate edge gateway", json.use_proto_field_names);
+        let openapi = serde_json::to_vec_pretty(&document)
+            .expect("a JSON value always serializes")
+            .into();
+        let cors = CorsPolicy::new(
+            config.cors_origins.clone(),
+            config.cors_allow_credentials,
+            config.cors_max_age,
+        );
         Ok(Arc::new(Self {
             config,
             pool,

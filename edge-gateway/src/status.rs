@@ -43,7 +43,12 @@ pub fn grpc_code_for_http(status: u16) -> i32 {
 /// `{code, message, details}` with details decoded from `grpc-status-details-bin` (an encoded
 /// google.rpc.Status) when it is present and decodable with the pool; `Any` details resolve
 /// through the pool, so BadRequest field violations show up as JSON.
-pub fn status_json(pool: &DescriptorPool, code: i32, message: &str, details_bin: Option<&[u8]>) -> Vec<u8> {
+pub fn status_json(
+    pool: &DescriptorPool,
+    code: i32,
+    message: &str,
+    details_bin: Option<&[u8]>,
+) -> Vec<u8> {
     let details = details_bin
         .filter(|bytes| !bytes.is_empty())
         .and_then(|bytes| decode_details(pool, bytes))
@@ -114,16 +119,29 @@ mod tests {
                 value: violation.encode_to_vec(),
             }],
         };
-        let body = status_json(meshgate_proto::descriptor_pool(), 3, "invalid", Some(&status.encode_to_vec()));
+        let body = status_json(
+            meshgate_proto::descriptor_pool(),
+            3,
+            "invalid",
+            Some(&status.encode_to_vec()),
+        );
         let value: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(value["code"], 3);
-        assert_eq!(value["details"][0]["@type"], "type.googleapis.com/google.rpc.BadRequest");
+        assert_eq!(
+            value["details"][0]["@type"],
+            "type.googleapis.com/google.rpc.BadRequest"
+        );
         assert_eq!(value["details"][0]["fieldViolations"][0]["field"], "email");
     }
 
     #[test]
     fn undecodable_details_are_dropped() {
-        let body = status_json(meshgate_proto::descriptor_pool(), 5, "nope", Some(&[0xff, 0x01]));
+        let body = status_json(
+            meshgate_proto::descriptor_pool(),
+            5,
+            "nope",
+            Some(&[0xff, 0x01]),
+        );
         let value: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(value, json!({"code": 5, "message": "nope", "details": []}));
     }

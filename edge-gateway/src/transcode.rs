@@ -6,7 +6,9 @@
 //! one parser, one set of error messages, and well-known types for free.
 
 use prost::Message;
-use prost_reflect::{DynamicMessage, Kind, MessageDescriptor, ReflectMessage, SerializeOptions, Value as ProtoValue};
+use prost_reflect::{
+    DynamicMessage, Kind, MessageDescriptor, ReflectMessage, SerializeOptions, Value as ProtoValue,
+};
 use serde_json::{Map, Value};
 
 use crate::path_template::percent_decode;
@@ -93,15 +95,19 @@ pub fn build_request(
         for (name, raw) in parse_query(query)? {
             let field = resolve_field_path(&input, &name)
                 .ok_or_else(|| TranscodeError::UnknownQueryParameter(name.clone()))?;
-            if field.is_map() || (matches!(field.kind(), Kind::Message(ref m) if !is_scalar_like(m))) {
+            if field.is_map()
+                || (matches!(field.kind(), Kind::Message(ref m) if !is_scalar_like(m)))
+            {
                 return Err(TranscodeError::BadQueryParameter {
                     name,
                     reason: "message fields cannot be set from the query string".into(),
                 });
             }
-            let value = scalar_json(&field.kind(), &raw).map_err(|reason| TranscodeError::BadQueryParameter {
-                name: name.clone(),
-                reason,
+            let value = scalar_json(&field.kind(), &raw).map_err(|reason| {
+                TranscodeError::BadQueryParameter {
+                    name: name.clone(),
+                    reason,
+                }
             })?;
             if field.is_list() {
                 match repeated.iter_mut().find(|(n, _)| *n == name) {
@@ -117,11 +123,13 @@ pub fn build_request(
         }
     }
     for (path, raw) in bindings {
-        let field = resolve_field_path(&input, path).ok_or_else(|| TranscodeError::Invalid(format!("unknown field {path}")))?;
-        let value = scalar_json(&field.kind(), raw).map_err(|reason| TranscodeError::InvalidField {
-            field: path.clone(),
-            reason,
-        })?;
+        let field = resolve_field_path(&input, path)
+            .ok_or_else(|| TranscodeError::Invalid(format!("unknown field {path}")))?;
+        let value =
+            scalar_json(&field.kind(), raw).map_err(|reason| TranscodeError::InvalidField {
+                field: path.clone(),
+                reason,
+            })?;
         insert_path(&mut document, &input, path, value)?;
     }
     decode_document(&input, document)
@@ -186,14 +194,18 @@ fn insert_path(
             .get_field_by_name(part)
             .or_else(|| message.get_field_by_json_name(part))
             .ok_or_else(|| TranscodeError::Invalid(format!("unknown field {path}")))?;
-        // Drop the other spelling so the body's value and the bound value don't both apply.
-        current.remove(field.json_name());
         if index == parts.len() - 1 {
+            // Drop the other spelling so the body's value and the bound value don't both apply.
+            if field.json_name() != field.name() {
+                current.remove(field.json_name());
+            }
             current.insert(field.name().to_owned(), value);
             return Ok(());
         }
         let Kind::Message(inner) = field.kind() else {
-            return Err(TranscodeError::Invalid(format!("{part} in {path} is not a message field")));
+            return Err(TranscodeError::Invalid(format!(
+                "{part} in {path} is not a message field"
+            )));
         };
         message = inner;
         let entry = current
@@ -207,7 +219,10 @@ fn insert_path(
     Ok(())
 }
 
-fn decode_document(input: &MessageDescriptor, document: Map<String, Value>) -> Result<DynamicMessage, TranscodeError> {
+fn decode_document(
+    input: &MessageDescriptor,
+    document: Map<String, Value>,
+) -> Result<DynamicMessage, TranscodeError> {
     match DynamicMessage::deserialize(input.clone(), Value::Object(document.clone())) {
         Ok(message) => Ok(message),
         Err(whole) => {
@@ -232,9 +247,11 @@ fn parse_query(query: &str) -> Result<Vec<(String, String)>, TranscodeError> {
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let decode = |s: &str| {
-            percent_decode(&s.replace('+', " "), true).ok_or_else(|| TranscodeError::BadQueryParameter {
-                name: name.to_owned(),
-                reason: "bad percent-encoding".into(),
+            percent_decode(&s.replace('+', " "), true).ok_or_else(|| {
+                TranscodeError::BadQueryParameter {
+                    name: name.to_owned(),
+                    reason: "bad percent-encoding".into(),
+                }
             })
         };
         pairs.push((decode(name)?, decode(value)?));
@@ -243,7 +260,10 @@ fn parse_query(query: &str) -> Result<Vec<(String, String)>, TranscodeError> {
 }
 
 /// Decodes the upstream's response message.
-pub fn decode_response(output: &MessageDescriptor, bytes: &[u8]) -> Result<DynamicMessage, ResponseDecodeError> {
+pub fn decode_response(
+    output: &MessageDescriptor,
+    bytes: &[u8],
+) -> Result<DynamicMessage, ResponseDecodeError> {
     DynamicMessage::decode(output.clone(), bytes).map_err(|e| ResponseDecodeError {
         message: output.full_name().to_owned(),
         reason: e.to_string(),
@@ -251,7 +271,11 @@ pub fn decode_response(output: &MessageDescriptor, bytes: &[u8]) -> Result<Dynam
 }
 
 /// Renders a response message as proto3 JSON, honouring `response_body`.
-pub fn render_response(route: &Route, message: &DynamicMessage, options: JsonOptions) -> Result<Vec<u8>, ResponseDecodeError> {
+pub fn render_response(
+    route: &Route,
+    message: &DynamicMessage,
+    options: JsonOptions,
+) -> Result<Vec<u8>, ResponseDecodeError> {
     let value = message_json(message, options).map_err(|reason| ResponseDecodeError {
         message: message.descriptor().full_name().to_owned(),
         reason,
@@ -259,7 +283,9 @@ pub fn render_response(route: &Route, message: &DynamicMessage, options: JsonOpt
     let value = match (&route.response_body, value) {
         (Some(field), Value::Object(mut map)) => {
             let descriptor = message.descriptor();
-            let field = descriptor.get_field_by_name(field).expect("validated when the route was built");
+            let field = descriptor
+                .get_field_by_name(field)
+                .expect("validated when the route was built");
             let key = if options.use_proto_field_names {
                 field.name()
             } else {

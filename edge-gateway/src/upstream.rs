@@ -80,7 +80,10 @@ pub struct UpstreamSettings {
     pub retry_min_per_second: u32,
 }
 
-pub fn channels_for(addresses: &[SocketAddr], connect_timeout: Duration) -> HashMap<SocketAddr, Channel> {
+pub fn channels_for(
+    addresses: &[SocketAddr],
+    connect_timeout: Duration,
+) -> HashMap<SocketAddr, Channel> {
     addresses
         .iter()
         .map(|addr| {
@@ -100,7 +103,9 @@ pub fn load_balancer(
     settings: &UpstreamSettings,
     channels: Arc<HashMap<SocketAddr, Channel>>,
 ) -> std::io::Result<LoadBalancer<RoundRobin>> {
-    let mut balancer = LoadBalancer::<RoundRobin>::try_from_iter(settings.addresses.iter().map(|a| a.to_string()))?;
+    let mut balancer = LoadBalancer::<RoundRobin>::try_from_iter(
+        settings.addresses.iter().map(|a| a.to_string()),
+    )?;
     balancer.set_health_check(Box::new(GrpcHealthCheck {
         channels,
         service: settings.health_service.clone(),
@@ -111,7 +116,9 @@ pub fn load_balancer(
     balancer.health_check_frequency = Some(settings.health_interval);
     balancer.parallel_health_check = true;
     for addr in &settings.addresses {
-        metrics::UPSTREAM_HEALTHY.with_label_values(&[&addr.to_string()]).set(1);
+        metrics::UPSTREAM_HEALTHY
+            .with_label_values(&[&addr.to_string()])
+            .set(1);
     }
     Ok(balancer)
 }
@@ -146,7 +153,11 @@ impl Upstreams {
 
     pub fn healthy_count(&self) -> usize {
         let backends = self.balancer.backends();
-        backends.get_backend().iter().filter(|b| backends.ready(b)).count()
+        backends
+            .get_backend()
+            .iter()
+            .filter(|b| backends.ready(b))
+            .count()
     }
 
     /// Calls `path` with one request message; the response may stream. UNAVAILABLE is retried
@@ -173,26 +184,48 @@ impl Upstreams {
                 });
             };
             tried.push(addr);
-            let channel = self.channels.get(&addr).cloned().ok_or(GatewayError::NoHealthyUpstream)?;
+            let channel = self
+                .channels
+                .get(&addr)
+                .cloned()
+                .ok_or(GatewayError::NoHealthyUpstream)?;
             let mut request = tonic::Request::new(message.clone());
             *request.metadata_mut() = metadata.clone();
             request.set_timeout(timeout);
             let mut grpc = tonic::client::Grpc::new(channel);
             let attempt = async {
-                grpc.ready().await.map_err(|e| Status::from_error(e.into()))?;
+                grpc.ready()
+                    .await
+                    .map_err(|e| Status::from_error(e.into()))?;
                 grpc.server_streaming(request, path.clone(), RawCodec).await
             };
+            let started = tokio::time::Instant::now();
             let result = match tokio::time::timeout(timeout, attempt).await {
                 Ok(Ok(response)) => return Ok((addr, response)),
+                // The upstream enforces the same grpc-timeout and may answer first (tonic says
+                // CANCELLED); either way the deadline passed.
+                Ok(Err(status))
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+                    ) && started.elapsed() + Duration::from_millis(20) >= timeout =>
+                {
+                    GatewayError::UpstreamTimeout
+                }
                 Ok(Err(status)) => GatewayError::from_upstream(status),
                 Err(_) => GatewayError::UpstreamTimeout,
             };
-            let may_retry = retryable && result.is_unavailable() && tried.len() < self.max_attempts as usize;
+            let may_retry = retryable
+                && result.is_unavailable()
+                && tried.len() < self.max_attempts as usize
+                && self.pick(&tried).is_some();
             if !may_retry {
                 return Err(result);
             }
             if !self.budget.try_withdraw() {
-                metrics::RETRIES.with_label_values(&["budget_exhausted"]).inc();
+                metrics::RETRIES
+                    .with_label_values(&["budget_exhausted"])
+                    .inc();
                 return Err(result);
             }
             metrics::RETRIES.with_label_values(&["retried"]).inc();
@@ -214,7 +247,9 @@ struct GrpcHealthCheck {
 impl HealthCheck for GrpcHealthCheck {
     async fn check(&self, target: &Backend) -> pingora::Result<()> {
         use pingora::{Error, ErrorType};
-        use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+        use tonic_health::pb::{
+            HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+        };
         let channel = inet(target)
             .and_then(|addr| self.channels.get(&addr).cloned())
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "unknown backend"))?;
@@ -223,12 +258,16 @@ impl HealthCheck for GrpcHealthCheck {
         };
         let mut client = HealthClient::new(channel);
         match tokio::time::timeout(self.timeout, client.check(request)).await {
-            Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
+            Ok(Ok(response)) if response.get_ref().status == ServingStatus::Serving as i32 => {
+                Ok(())
+            }
             Ok(Ok(response)) => Error::e_explain(
                 ErrorType::Custom("not serving"),
                 format!("status {}", response.get_ref().status),
             ),
-            Ok(Err(status)) => Error::e_explain(ErrorType::ConnectError, status.message().to_owned()),
+            Ok(Err(status)) => {
+                Error::e_explain(ErrorType::ConnectError, status.message().to_owned())
+            }
             Err(_) => Error::e_explain(ErrorType::ConnectTimedout, "health check timed out"),
         }
     }

@@ -12,16 +12,25 @@ fn decode_all(mode: Mode, chunks: &[&[u8]]) -> Result<Vec<Frame>, FramingError> 
 
 #[test]
 fn content_types() {
-    assert_eq!(Mode::from_content_type("application/grpc-web"), Some(Mode::Binary));
-    assert_eq!(Mode::from_content_type("application/grpc-web+proto; charset=x"), Some(Mode::Binary));
-    assert_eq!(Mode::from_content_type("Application/gRPC-Web-Text"), Some(Mode::Text));
+    assert_eq!(
+        Mode::from_content_type("application/grpc-web"),
+        Some(Mode::Binary)
+    );
+    assert_eq!(
+        Mode::from_content_type("application/grpc-web+proto; charset=x"),
+        Some(Mode::Binary)
+    );
+    assert_eq!(
+        Mode::from_content_type("Application/gRPC-Web-Text"),
+        Some(Mode::Text)
+    );
     assert_eq!(Mode::from_content_type("application/grpc"), None);
 }
 
 #[test]
 fn binary_frames_split_across_chunks() {
     let mut body = encode_frame(0, b"hello").to_vec();
-    body.extend_from_slice(&encode_frame(0, b"").to_vec());
+    body.extend_from_slice(&encode_frame(0, b""));
     let chunks: Vec<&[u8]> = body.chunks(3).collect();
     let frames = decode_all(Mode::Binary, &chunks).unwrap();
     assert_eq!(frames.len(), 2);
@@ -54,11 +63,26 @@ fn text_without_final_padding() {
 
 #[test]
 fn rejects_garbage() {
-    assert_eq!(decode_all(Mode::Text, &[b"!!!!"]), Err(FramingError::Base64));
-    assert_eq!(decode_all(Mode::Text, &[b"A=AA"]), Err(FramingError::Base64));
-    assert_eq!(decode_all(Mode::Text, &[b"AAAAA"]), Err(FramingError::Base64));
-    assert_eq!(decode_all(Mode::Binary, &[&[0, 0, 0, 0, 9, 1]]), Err(FramingError::Truncated(6)));
-    assert_eq!(decode_all(Mode::Binary, &[&[0, 0, 0]]), Err(FramingError::Truncated(3)));
+    assert_eq!(
+        decode_all(Mode::Text, &[b"!!!!"]),
+        Err(FramingError::Base64)
+    );
+    assert_eq!(
+        decode_all(Mode::Text, &[b"A=AA"]),
+        Err(FramingError::Base64)
+    );
+    assert_eq!(
+        decode_all(Mode::Text, &[b"AAAAA"]),
+        Err(FramingError::Base64)
+    );
+    assert_eq!(
+        decode_all(Mode::Binary, &[&[0, 0, 0, 0, 9, 1]]),
+        Err(FramingError::Truncated(6))
+    );
+    assert_eq!(
+        decode_all(Mode::Binary, &[&[0, 0, 0]]),
+        Err(FramingError::Truncated(3))
+    );
     let mut decoder = RequestDecoder::new(Mode::Binary, 4);
     assert_eq!(
         decoder.push(&[0, 0, 0, 0, 5], &mut Vec::new()),
@@ -73,7 +97,11 @@ fn response_round_trip_in_both_modes() {
     trailers.insert("grpc-message", "ok".parse().unwrap());
     for mode in [Mode::Binary, Mode::Text] {
         let encoder = ResponseEncoder::new(mode);
-        let chunks = [encoder.message(b"one"), encoder.message(b"two"), encoder.trailers(&trailers)];
+        let chunks = [
+            encoder.message(b"one"),
+            encoder.message(b"two"),
+            encoder.trailers(&trailers),
+        ];
         let refs: Vec<&[u8]> = chunks.iter().map(|c| c.as_ref()).collect();
         let frames = decode_all(mode, &refs).unwrap();
         assert_eq!(frames.len(), 3);

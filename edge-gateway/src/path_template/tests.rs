@@ -13,7 +13,10 @@ fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[test]
 fn simple_variable() {
-    assert_eq!(bind("/v1/users/{id}", "/v1/users/42"), Some(pairs(&[("id", "42")])));
+    assert_eq!(
+        bind("/v1/users/{id}", "/v1/users/42"),
+        Some(pairs(&[("id", "42")]))
+    );
     assert_eq!(bind("/v1/users/{id}", "/v1/users"), None);
     assert_eq!(bind("/v1/users/{id}", "/v1/users/42/x"), None);
     assert_eq!(bind("/v1/users/{id}", "/v1/users/"), None);
@@ -36,7 +39,10 @@ fn nested_field_with_multi_segment_pattern() {
 
 #[test]
 fn explicit_single_wildcard_variable() {
-    assert_eq!(bind("/v1/{id=*}", "/v1/a%20b"), Some(pairs(&[("id", "a b")])));
+    assert_eq!(
+        bind("/v1/{id=*}", "/v1/a%20b"),
+        Some(pairs(&[("id", "a b")]))
+    );
 }
 
 #[test]
@@ -64,7 +70,10 @@ fn multi_segment_keeps_encoded_slash() {
         bind("/files/{path=**}", "/files/a%2Fb/c"),
         Some(pairs(&[("path", "a%2Fb/c")]))
     );
-    assert_eq!(bind("/files/{id}", "/files/a%2Fb"), Some(pairs(&[("id", "a/b")])));
+    assert_eq!(
+        bind("/files/{id}", "/files/a%2Fb"),
+        Some(pairs(&[("id", "a/b")]))
+    );
 }
 
 #[test]
@@ -80,7 +89,10 @@ fn rejects_bad_templates() {
         "/v1/x:",
         "/v1/{a..b}",
     ] {
-        assert!(PathTemplate::parse(bad).is_err(), "{bad} should be rejected");
+        assert!(
+            PathTemplate::parse(bad).is_err(),
+            "{bad} should be rejected"
+        );
     }
 }
 

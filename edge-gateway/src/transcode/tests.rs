@@ -14,8 +14,17 @@ fn route(method: Method, path: &str) -> (std::sync::Arc<Route>, Vec<(String, Str
 #[test]
 fn body_star_reads_json_and_proto_names() {
     let (route, bindings) = route(Method::POST, "/v1/users");
-    let message = build_request(&route, &bindings, None, br#"{"name":"Ada","email":"a@x.io","age":"36"}"#).unwrap();
-    assert_eq!(message.get_field_by_name("name").unwrap().as_str(), Some("Ada"));
+    let message = build_request(
+        &route,
+        &bindings,
+        None,
+        br#"{"name":"Ada","email":"a@x.io","age":"36"}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        message.get_field_by_name("name").unwrap().as_str(),
+        Some("Ada")
+    );
     assert_eq!(message.get_field_by_name("age").unwrap().as_i32(), Some(36));
 }
 
@@ -23,8 +32,14 @@ fn body_star_reads_json_and_proto_names() {
 fn path_binding_overrides_body() {
     let (route, bindings) = route(Method::PUT, "/v1/users/u-1");
     let message = build_request(&route, &bindings, None, br#"{"id":"other","name":"B"}"#).unwrap();
-    assert_eq!(message.get_field_by_name("id").unwrap().as_str(), Some("u-1"));
-    assert_eq!(message.get_field_by_name("name").unwrap().as_str(), Some("B"));
+    assert_eq!(
+        message.get_field_by_name("id").unwrap().as_str(),
+        Some("u-1")
+    );
+    assert_eq!(
+        message.get_field_by_name("name").unwrap().as_str(),
+        Some("B")
+    );
 }
 
 #[test]
@@ -32,24 +47,37 @@ fn query_parameters_fill_scalars() {
     let (route, bindings) = route(Method::GET, "/v1/users");
     let message = build_request(&route, &bindings, Some("page=2&limit=5"), b"").unwrap();
     assert_eq!(message.get_field_by_name("page").unwrap().as_i32(), Some(2));
-    assert_eq!(message.get_field_by_name("limit").unwrap().as_i32(), Some(5));
+    assert_eq!(
+        message.get_field_by_name("limit").unwrap().as_i32(),
+        Some(5)
+    );
 }
 
 #[test]
 fn errors_name_the_problem() {
     let (route, bindings) = route(Method::POST, "/v1/users");
     let malformed = build_request(&route, &bindings, None, b"{\"name\":").unwrap_err();
-    assert!(matches!(malformed, TranscodeError::MalformedJson(_)), "{malformed}");
+    assert!(
+        matches!(malformed, TranscodeError::MalformedJson(_)),
+        "{malformed}"
+    );
     let unknown = build_request(&route, &bindings, None, br#"{"nickname":"x"}"#).unwrap_err();
     assert!(unknown.to_string().contains("nickname"), "{unknown}");
-    let wrong_type = build_request(&route, &bindings, None, br#"{"name":"a","age":"old"}"#).unwrap_err();
-    assert!(matches!(&wrong_type, TranscodeError::InvalidField { field, .. } if field == "age"), "{wrong_type}");
+    let wrong_type =
+        build_request(&route, &bindings, None, br#"{"name":"a","age":"old"}"#).unwrap_err();
+    assert!(
+        matches!(&wrong_type, TranscodeError::InvalidField { field, .. } if field == "age"),
+        "{wrong_type}"
+    );
     let array = build_request(&route, &bindings, None, b"[1]").unwrap_err();
     assert_eq!(array, TranscodeError::NotAnObject);
 
     let (route, bindings) = self::route(Method::GET, "/v1/users");
     let unknown_query = build_request(&route, &bindings, Some("color=red"), b"").unwrap_err();
-    assert_eq!(unknown_query, TranscodeError::UnknownQueryParameter("color".into()));
+    assert_eq!(
+        unknown_query,
+        TranscodeError::UnknownQueryParameter("color".into())
+    );
     let bad_query = build_request(&route, &bindings, Some("page=two"), b"").unwrap_err();
     assert!(bad_query.to_string().contains("page"), "{bad_query}");
 }
@@ -69,10 +97,15 @@ fn response_renders_int64_as_string_and_fills_location() {
         message: "created".into(),
     };
     let message = decode_response(&route.output(), &user.encode_to_vec()).unwrap();
-    let json: Value = serde_json::from_slice(&render_response(&route, &message, JsonOptions::default()).unwrap()).unwrap();
+    let json: Value =
+        serde_json::from_slice(&render_response(&route, &message, JsonOptions::default()).unwrap())
+            .unwrap();
     assert_eq!(json["user"]["createdAt"], "1700000000");
     assert_eq!(json["message"], "created");
-    assert_eq!(fill_location("/v1/users/{user.id}", &message).as_deref(), Some("/v1/users/a%20b"));
+    assert_eq!(
+        fill_location("/v1/users/{user.id}", &message).as_deref(),
+        Some("/v1/users/a%20b")
+    );
     assert_eq!(fill_location("/v1/users/{user.nope}", &message), None);
     let snake = render_response(
         &route,
