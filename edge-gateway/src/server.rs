@@ -21,7 +21,7 @@ use crate::{
     metrics,
     proxy::GatewayProxy,
     state::{GatewayState, StartError, load_pool, settings},
-    upstream::{Upstreams, channels_for, load_balancer},
+    upstream::{Upstreams, load_balancer},
 };
 
 /// Serves `/metrics` on the metrics port.
@@ -65,11 +65,10 @@ pub fn build_server(
 
     let pool = load_pool(&config)?;
     let upstream_settings = settings(&config);
-    let channels = Arc::new(channels_for(&config.upstreams, config.connect_timeout));
-    let balancer = load_balancer(&upstream_settings, channels.clone())
-        .map_err(|e| StartError::Upstreams(e.to_string()))?;
+    let balancer =
+        load_balancer(&upstream_settings).map_err(|e| StartError::Upstreams(e.to_string()))?;
     let health = background_service("upstream grpc health", balancer);
-    let upstreams = Upstreams::new(&upstream_settings, health.task(), channels);
+    let upstreams = Upstreams::new(&upstream_settings, health.task());
     let state = GatewayState::new(config.clone(), pool, upstreams, filters)?;
 
     let mut proxy = http_proxy_service(

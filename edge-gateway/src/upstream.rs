@@ -3,7 +3,12 @@
 //! (pingora-load-balancing runs the checks as a background service), a raw-bytes codec so any
 //! method can be called without generated code, and retries within a budget.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use bytes::{Buf, BufMut, Bytes};
 use pingora::lb::{Backend, LoadBalancer, health_check::HealthCheck, selection::RoundRobin};
@@ -61,7 +66,7 @@ pub type StreamingResponse = tonic::Response<tonic::Streaming<Bytes>>;
 
 pub struct Upstreams {
     balancer: Arc<LoadBalancer<RoundRobin>>,
-    channels: Arc<HashMap<SocketAddr, Channel>>,
+    channels: UpstreamChannels,
     budget: RetryBudget,
     max_attempts: u32,
 }
@@ -80,34 +85,58 @@ pub struct UpstreamSettings {
     pub retry_min_per_second: u32,
 }
 
-pub fn channels_for(
-    addresses: &[SocketAddr],
+/// One lazily created channel per upstream. Creation is deferred to first use because tonic
+/// spawns the connection's worker task on the current tokio runtime: traffic channels must live
+/// on pingora's proxy runtime, health-check channels on the health-check runtime.
+#[derive(Debug)]
+pub struct UpstreamChannels {
+    channels: HashMap<SocketAddr, OnceLock<Channel>>,
     connect_timeout: Duration,
-) -> HashMap<SocketAddr, Channel> {
-    addresses
-        .iter()
-        .map(|addr| {
-            let channel = Endpoint::from_shared(format!("http://{addr}"))
-                .expect("a socket address is a valid URI authority")
-                .connect_timeout(connect_timeout)
-                .tcp_nodelay(true)
-                .http2_adaptive_window(true)
-                .connect_lazy();
-            (*addr, channel)
-        })
-        .collect()
+}
+
+impl UpstreamChannels {
+    pub fn new(addresses: &[SocketAddr], connect_timeout: Duration) -> Self {
+        Self {
+            channels: addresses
+                .iter()
+                .map(|addr| (*addr, OnceLock::new()))
+                .collect(),
+            connect_timeout,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.channels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+
+    /// Must be called from within a tokio runtime.
+    pub fn get(&self, addr: &SocketAddr) -> Option<Channel> {
+        let cell = self.channels.get(addr)?;
+        Some(
+            cell.get_or_init(|| {
+                Endpoint::from_shared(format!("http://{addr}"))
+                    .expect("a socket address is a valid URI authority")
+                    .connect_timeout(self.connect_timeout)
+                    .tcp_nodelay(true)
+                    .http2_adaptive_window(true)
+                    .connect_lazy()
+            })
+            .clone(),
+        )
+    }
 }
 
 /// Builds the load balancer (to be run as a pingora background service) with its gRPC health check.
-pub fn load_balancer(
-    settings: &UpstreamSettings,
-    channels: Arc<HashMap<SocketAddr, Channel>>,
-) -> std::io::Result<LoadBalancer<RoundRobin>> {
+pub fn load_balancer(settings: &UpstreamSettings) -> std::io::Result<LoadBalancer<RoundRobin>> {
     let mut balancer = LoadBalancer::<RoundRobin>::try_from_iter(
         settings.addresses.iter().map(|a| a.to_string()),
     )?;
     balancer.set_health_check(Box::new(GrpcHealthCheck {
-        channels,
+        channels: UpstreamChannels::new(&settings.addresses, settings.connect_timeout),
         service: settings.health_service.clone(),
         timeout: settings.health_timeout,
         healthy_threshold: settings.healthy_threshold,
@@ -128,14 +157,10 @@ fn inet(backend: &Backend) -> Option<SocketAddr> {
 }
 
 impl Upstreams {
-    pub fn new(
-        settings: &UpstreamSettings,
-        balancer: Arc<LoadBalancer<RoundRobin>>,
-        channels: Arc<HashMap<SocketAddr, Channel>>,
-    ) -> Self {
+    pub fn new(settings: &UpstreamSettings, balancer: Arc<LoadBalancer<RoundRobin>>) -> Self {
         Self {
             balancer,
-            channels,
+            channels: UpstreamChannels::new(&settings.addresses, settings.connect_timeout),
             budget: RetryBudget::new(settings.retry_budget_ratio, settings.retry_min_per_second),
             max_attempts: settings.retry_max_attempts,
         }
@@ -187,7 +212,6 @@ impl Upstreams {
             let channel = self
                 .channels
                 .get(&addr)
-                .cloned()
                 .ok_or(GatewayError::NoHealthyUpstream)?;
             let mut request = tonic::Request::new(message.clone());
             *request.metadata_mut() = metadata.clone();
@@ -236,7 +260,7 @@ impl Upstreams {
 
 /// `grpc.health.v1.Health/Check` over the same channels the traffic uses.
 struct GrpcHealthCheck {
-    channels: Arc<HashMap<SocketAddr, Channel>>,
+    channels: UpstreamChannels,
     service: String,
     timeout: Duration,
     healthy_threshold: usize,
@@ -251,7 +275,7 @@ impl HealthCheck for GrpcHealthCheck {
             HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
         };
         let channel = inet(target)
-            .and_then(|addr| self.channels.get(&addr).cloned())
+            .and_then(|addr| self.channels.get(&addr))
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "unknown backend"))?;
         let request = HealthCheckRequest {
             service: self.service.clone(),

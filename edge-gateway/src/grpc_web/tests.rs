@@ -112,3 +112,33 @@ fn response_round_trip_in_both_modes() {
         assert_eq!(decoded.get("grpc-message").unwrap(), "ok");
     }
 }
+
+#[test]
+fn random_input_never_panics() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let alphabet = b"ABCDEFGHabcdefgh0123456789+/=\r\n \x00\x80\xff";
+    for case in 0..5_000 {
+        let len = rng.random_range(0..64);
+        let body: Vec<u8> = (0..len)
+            .map(|_| {
+                if case % 2 == 0 {
+                    rng.random()
+                } else {
+                    alphabet[rng.random_range(0..alphabet.len())]
+                }
+            })
+            .collect();
+        for mode in [Mode::Binary, Mode::Text] {
+            let chunk = rng.random_range(1..8);
+            let mut decoder = RequestDecoder::new(mode, 1024);
+            let mut frames = Vec::new();
+            let ok = body
+                .chunks(chunk)
+                .all(|piece| decoder.push(piece, &mut frames).is_ok());
+            if ok {
+                let _ = decoder.finish(&mut frames);
+            }
+        }
+    }
+}

@@ -125,3 +125,51 @@ fn garbage_response_is_an_error_not_a_panic() {
     let (route, _) = route(Method::GET, "/v1/users/x");
     assert!(decode_response(&route.output(), &[0xff, 0xff, 0xff]).is_err());
 }
+
+#[test]
+fn random_json_never_panics() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let router = Router::from_pool(meshgate_proto::descriptor_pool()).unwrap();
+    let pieces: &[&str] = &[
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ":",
+        "\"name\"",
+        "\"age\"",
+        "\"id\"",
+        "\"page\"",
+        "1",
+        "-1",
+        "1e400",
+        "\"x\"",
+        "null",
+        "true",
+        "\"\\u0000\"",
+        "99999999999999999999",
+        "{}",
+        "\"nickname\"",
+    ];
+    let queries: &[&str] = &[
+        "",
+        "page=1",
+        "limit=x",
+        "page=%zz",
+        "a.b.c=1",
+        "page=1&page=2",
+        "=",
+        "&&",
+    ];
+    for _ in 0..5_000 {
+        let body: String = (0..rng.random_range(0..12))
+            .map(|_| pieces[rng.random_range(0..pieces.len())])
+            .collect();
+        let route = &router.routes()[rng.random_range(0..router.routes().len())];
+        let query = queries[rng.random_range(0..queries.len())];
+        let bindings = vec![("id".to_owned(), "x".to_owned())];
+        let _ = build_request(route, &bindings, Some(query), body.as_bytes());
+    }
+}
