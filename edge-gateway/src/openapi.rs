@@ -12,13 +12,27 @@ use crate::routes::{BodyTarget, Route, Router, resolve_field_path};
 pub fn document(router: &Router, title: &str, use_proto_field_names: bool) -> Value {
     let mut schemas = BTreeMap::new();
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let mut operation_ids: BTreeMap<String, usize> = BTreeMap::new();
     for route in router.routes() {
+        let method = route.http_method.as_str().to_ascii_lowercase();
+        // OpenAPI 3.1 path items only know the standard methods; custom HttpRule kinds
+        // (e.g. SEARCH) stay routable but undocumented.
+        if !STANDARD_METHODS.contains(&method.as_str()) {
+            continue;
+        }
         let path = openapi_path(route);
-        let operation = operation(route, &mut schemas, use_proto_field_names);
-        paths
-            .entry(path)
-            .or_default()
-            .insert(route.http_method.as_str().to_ascii_lowercase(), operation);
+        let mut operation = operation(route, &mut schemas, use_proto_field_names);
+        // Additional bindings share the method: operationIds must stay unique.
+        let base_id = operation["operationId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let seen = operation_ids.entry(base_id.clone()).or_default();
+        *seen += 1;
+        if *seen > 1 {
+            operation["operationId"] = json!(format!("{base_id}_{seen}"));
+        }
+        paths.entry(path).or_default().insert(method, operation);
     }
     schemas.insert("google.rpc.Status".to_owned(), status_schema());
     json!({
@@ -28,6 +42,10 @@ pub fn document(router: &Router, title: &str, use_proto_field_names: bool) -> Va
         "components": { "schemas": schemas },
     })
 }
+
+const STANDARD_METHODS: &[&str] = &[
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
 
 /// `/v1/{name=shelves/*}:cancel` → `/v1/{name}:cancel`.
 fn openapi_path(route: &Route) -> String {

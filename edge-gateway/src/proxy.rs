@@ -21,6 +21,7 @@ use pingora::{
     upstreams::peer::HttpPeer,
 };
 use tonic::metadata::MetadataMap;
+use tracing::Instrument;
 
 use crate::{
     cors::Preflight,
@@ -121,6 +122,26 @@ impl GatewayProxy {
             }
         }
         MetadataMap::from_headers(forwarded)
+    }
+
+    /// The server span of a terminated request, carrying the propagated trace identity.
+    fn server_span(&self, ctx: &RequestCtx, path: &str) -> tracing::Span {
+        let (trace_id, span_id, parent) = ctx.trace.as_ref().map_or(("", "", None), |t| {
+            (
+                t.trace_id.as_str(),
+                t.span_id.as_str(),
+                t.parent_span_id.as_deref(),
+            )
+        });
+        tracing::info_span!(
+            "gateway.request",
+            otel.kind = "server",
+            protocol = ctx.protocol,
+            path,
+            trace_id,
+            span_id,
+            parent_span_id = parent,
+        )
     }
 
     fn cors_headers(&self, ctx: &RequestCtx, response: &mut ResponseHeader) {
@@ -665,7 +686,10 @@ impl ProxyHttp for GatewayProxy {
         let content_type = header_str(session, "content-type").unwrap_or("").to_owned();
         let result = if let Some(mode) = Mode::from_content_type(&content_type) {
             ctx.protocol = "grpc-web";
-            self.handle_grpc_web(session, ctx, mode).await
+            let span = self.server_span(ctx, &path);
+            self.handle_grpc_web(session, ctx, mode)
+                .instrument(span)
+                .await
         } else if content_type.starts_with("application/grpc") {
             // Native gRPC: proxied by pingora in the later phases.
             ctx.protocol = "grpc";
@@ -688,7 +712,8 @@ impl ProxyHttp for GatewayProxy {
             }
         } else {
             ctx.protocol = "rest";
-            self.handle_rest(session, ctx).await
+            let span = self.server_span(ctx, &path);
+            self.handle_rest(session, ctx).instrument(span).await
         };
         if let Err(error) = result {
             if session.response_written().is_some() {
@@ -805,9 +830,6 @@ impl ProxyHttp for GatewayProxy {
         tracing::warn!(error = %e, "proxying failed");
         let downstream_gone = matches!(e.esource(), pingora::ErrorSource::Downstream);
         if !downstream_gone && session.response_written().is_none() {
-            if ctx.protocol != "grpc" {
-                ctx.protocol = "grpc";
-            }
             if let Err(write) = self.respond_error(session, ctx, &error).await {
                 tracing::debug!(%write, "could not write the error response");
             }

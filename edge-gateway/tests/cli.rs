@@ -65,41 +65,95 @@ fn shipped_config_validates() {
     );
 }
 
-#[test]
-fn sigterm_stops_the_gateway() {
-    let port = free_port();
+fn server_config(port: u16) -> std::path::PathBuf {
     let dir = std::env::temp_dir();
     let id = uuid::Uuid::new_v4();
-    let path = write_config(&format!(
+    write_config(&format!(
         "server:\n  version: 1\n  threads: 1\n  pid_file: {dir}/gw-{id}.pid\n  upgrade_sock: {dir}/gw-{id}.sock\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\ngateway:\n  listen: 127.0.0.1:{port}\n  metrics_listen: \"\"\n",
         dir = dir.display()
-    ));
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .spawn()
-        .unwrap();
-    let mut up = false;
+    ))
+}
+
+/// `GET /healthz` over a raw HTTP/1.1 connection; the status line, if any.
+fn healthz(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.lines().next().map(str::to_owned)
+}
+
+fn wait_healthy(port: u16) {
     for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            up = true;
-            break;
+        if healthz(port).is_some_and(|line| line.contains("200")) {
+            return;
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    assert!(up, "gateway did not start listening");
+    panic!("gateway on port {port} never answered /healthz");
+}
+
+fn signal(child: &std::process::Child, name: &str) {
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([format!("-{name}"), child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
     for _ in 0..200 {
         if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{status}");
-            return;
+            return status;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
-    panic!("gateway did not stop on SIGTERM");
+    panic!("gateway did not exit");
+}
+
+#[test]
+fn sigterm_stops_the_gateway() {
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(server_config(port))
+        .spawn()
+        .unwrap();
+    wait_healthy(port);
+    signal(&child, "TERM");
+    assert!(wait_exit(&mut child).success());
+}
+
+#[test]
+fn graceful_upgrade_hands_the_listener_over() {
+    let port = free_port();
+    let config = server_config(port);
+    let mut old = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .spawn()
+        .unwrap();
+    wait_healthy(port);
+    let mut new = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("--upgrade")
+        .spawn()
+        .unwrap();
+    // The new process waits on the upgrade socket; SIGQUIT makes the old one send its listeners.
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&old, "QUIT");
+    assert!(wait_exit(&mut old).success());
+    wait_healthy(port);
+    assert!(
+        new.try_wait().unwrap().is_none(),
+        "the new process keeps serving"
+    );
+    signal(&new, "TERM");
+    assert!(wait_exit(&mut new).success());
 }

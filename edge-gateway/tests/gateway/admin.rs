@@ -68,6 +68,7 @@ async fn health_readiness_openapi_and_metrics() {
     assert!(text.contains("meshgate_gateway_requests_total{protocol=\"rest\",route=\"GET /v1/sinks/{id}\",status=\"200\"}"), "{text}");
     assert!(text.contains("meshgate_gateway_request_duration_seconds_bucket"));
     assert!(text.contains("meshgate_gateway_upstream_healthy"));
+    validate_openapi(&doc);
 }
 
 #[tokio::test]
@@ -165,4 +166,35 @@ async fn filter_hooks_see_requests_and_responses() {
         .insert("x-blocked", "1".parse().unwrap());
     let status = grpc.query(request).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+}
+
+/// Runs the reference OpenAPI validator (Python `openapi-spec-validator`, 3.1 schema) on the
+/// served document.
+fn validate_openapi(doc: &Value) {
+    let path = std::env::temp_dir().join(format!(
+        "edge-gateway-openapi-{}.json",
+        uuid::Uuid::new_v4()
+    ));
+    std::fs::write(&path, serde_json::to_vec_pretty(doc).unwrap()).unwrap();
+    let output = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "openapi_spec_validator",
+            "--schema",
+            "3.1",
+            "--errors",
+            "all",
+        ])
+        .arg(&path)
+        .output()
+        .expect(
+            "python3 is needed to run openapi-spec-validator (pip install openapi-spec-validator)",
+        );
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        output.status.success(),
+        "openapi-spec-validator rejected /openapi.json (pip install openapi-spec-validator if missing):\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
