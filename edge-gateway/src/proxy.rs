@@ -829,10 +829,11 @@ impl ProxyHttp for GatewayProxy {
         };
         tracing::warn!(error = %e, "proxying failed");
         let downstream_gone = matches!(e.esource(), pingora::ErrorSource::Downstream);
-        if !downstream_gone && session.response_written().is_none() {
-            if let Err(write) = self.respond_error(session, ctx, &error).await {
-                tracing::debug!(%write, "could not write the error response");
-            }
+        if !downstream_gone
+            && session.response_written().is_none()
+            && let Err(write) = self.respond_error(session, ctx, &error).await
+        {
+            tracing::debug!(%write, "could not write the error response");
         }
         FailToProxy {
             error_code: ctx.status,
