@@ -686,23 +686,23 @@ def step_workflows(inputs: Inputs) -> list[str]:
 
 
 def step_trivy(inputs: Inputs, workdir: Path) -> list[str]:
+    # The scan tree mirrors repository paths, so findings (and allow-list `paths`) name real files.
     scan = workdir / "trivy"
     scan.mkdir()
     count = 0
     for kdir, text in inputs.rendered.items():
-        (scan / (kdir.replace("/", "__") + ".yaml")).write_text(text)
+        target = scan / "rendered" / (kdir + ".yaml")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
         count += 1
     # Files no kustomization renders too: applied by hand (Argo CD bootstrap, Secret templates)
     # or by other tools; files a kustomization renders are scanned in their rendered form.
     standalone = {o.source for o in inputs.objects
                   if not o.source.startswith("render:") and (ROOT / o.source).resolve() not in inputs.resource_files}
-    for source in sorted(standalone):
-        shutil.copy(ROOT / source, scan / source.replace("/", "__"))
-        count += 1
-    for path in inputs.dockerfiles:
-        target = scan / rel(path).replace("/", "__")
-        target.mkdir()
-        shutil.copy(path, target / "Dockerfile")
+    for source in sorted(standalone) + [rel(p) for p in inputs.dockerfiles]:
+        target = scan / source
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / source, target)
         count += 1
     if count == 0:
         return []
@@ -720,7 +720,7 @@ def step_trivy(inputs: Inputs, workdir: Path) -> list[str]:
         for finding in result.get("Misconfigurations") or []:
             if finding.get("Status") != "FAIL":
                 continue
-            target = result.get("Target", "").replace("__", "/")
+            target = result.get("Target", "")
             problems.append(f"{target}: {finding.get('ID')} ({finding.get('Severity')}) {finding.get('Title')}: "
                             f"{finding.get('Message')}")
     if proc.returncode != 0 and not problems:
