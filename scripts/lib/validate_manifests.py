@@ -17,6 +17,9 @@ deploy/tests/bad/<step>/. Steps:
   workflows       .github/workflows against the GitHub workflow schema (check-jsonschema)
   trivy           `trivy config` on rendered overlays and Dockerfiles, allow-list deploy/policy/trivyignore.yaml
   mesh-invariants STRICT mTLS, deny-by-default authorization, SPIFFE principals on every allow rule
+  references      per environment (the Argo CD app of apps): Rollout -> VirtualService routes,
+                  DestinationRule subsets, AnalysisTemplates; HPA targets; selectors -> pods;
+                  Service/ServiceMonitor ports; ConfigMaps, Secrets, ServiceAccounts, principals
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from typing import Any, Callable, Iterable
 
 import jsonschema
 import yaml
+
+import manifest_refs
 
 try:
     YamlLoader = yaml.CSafeLoader  # libyaml: the CRD bundle is 6 MB
@@ -730,6 +735,58 @@ def step_trivy(inputs: Inputs, workdir: Path) -> list[str]:
     return problems
 
 
+SECRET_TEMPLATES = ROOT / "deploy" / "kustomize" / "secrets"
+# Argo CD source paths delivered by another component's branch; absent here, checked once merged.
+PATHS_OWNED_ELSEWHERE = {"mesh/wasm-plugins": "istio-filters"}
+
+
+def environment_sets(inputs: Inputs) -> tuple[list[manifest_refs.ObjectSet], list[str]]:
+    """One object set per Argo CD app-of-apps overlay: the union of what its Applications deploy."""
+    problems: list[str] = []
+    notes: set[str] = set()
+    sets = []
+    by_source: dict[str, list[dict]] = {}
+    for obj in inputs.objects:
+        by_source.setdefault(obj.source, []).append(obj.doc)
+    for source, docs in sorted(by_source.items()):
+        apps = [d for d in docs if d.get("kind") == "Application" and source.startswith("render:")]
+        if not apps:
+            continue
+        objects: list[dict] = []
+        for app in apps:
+            path = ((app.get("spec") or {}).get("source") or {}).get("path", "")
+            where = f"{source}: Application/{app['metadata']['name']}"
+            if f"render:{path}" in by_source:
+                objects.extend(by_source[f"render:{path}"])
+            elif (ROOT / path).is_dir():
+                objects.extend(d for src, ds in by_source.items() if src.startswith(path + "/") for d in ds)
+            elif path in PATHS_OWNED_ELSEWHERE:
+                notes.add(f"   note: {path} (Application/{app['metadata']['name']}) is delivered by "
+                          f"{PATHS_OWNED_ELSEWHERE[path]}, not in this checkout")
+            else:
+                problems.append(f"{where}: source path {path!r} does not exist")
+        sets.append(manifest_refs.ObjectSet(source.removeprefix("render:"), objects))
+    for note in sorted(notes):
+        print(note)
+    # Overlays are the environments; their bases are covered through them.
+    if any("/overlays/" in s.name for s in sets):
+        sets = [s for s in sets if "/overlays/" in s.name]
+    if not sets:  # no app of apps (self-test folders): the folder is one set
+        rendered = [o.doc for o in inputs.objects if o.source.startswith("render:")]
+        sets.append(manifest_refs.ObjectSet("all", rendered or [o.doc for o in inputs.objects]))
+    return sets, problems
+
+
+def step_references(inputs: Inputs) -> list[str]:
+    external = {o.name for o in inputs.objects if o.kind == "Secret" and (ROOT / o.source).parent == SECRET_TEMPLATES}
+    sets, problems = environment_sets(inputs)
+    for objs in sets:
+        problems.extend(manifest_refs.check_set(objs, external))
+    if not problems:
+        print(f"   {len(sets)} set(s): " + ", ".join(f"{s.name} ({len(s.objects)} objects)" for s in sets))
+    return problems
+
+
 METRICS_PORTS = {"9090", "9091", "9187", "8000", "15090", "15020"}  # scraped/probed by non-mesh callers
 
 
@@ -825,6 +882,7 @@ def validate(inputs: Inputs, crds: CrdIndex | Skipped, only: set[str] | None = N
             ("workflows", lambda: step_workflows(inputs)),
             ("trivy", lambda: step_trivy(inputs, sub("policy"))),
             ("mesh-invariants", lambda: step_mesh_invariants(inputs)),
+            ("references", lambda: step_references(inputs)),
         ]
         for name, fn in steps:
             if only is None or name in only or name == "kustomize":
@@ -873,12 +931,19 @@ SELF_TESTS = [
     ("trivy", "trivy", "KSV-0017"),
     ("mesh-invariants", "mesh-invariants", "PERMISSIVE"),
     ("mesh-invariants", "mesh-authz", "without from.source.principals"),
+    ("references", "references", "has no http route named primary"),
+    ("references", "references-selector", "matches no pod template"),
 ]
 
 
 def main_self_test(crds: CrdIndex | Skipped) -> int:
+    print("== self-test: unit tests of the validator's own logic (scripts/lib/test_*.py)")
+    unit = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "scripts" / "lib")], cwd=ROOT)
+    print("\n".join("   " + l for l in tool_output(unit)[-15:]))
     print("== self-test: each validator must reject its seeded bad input (deploy/tests/bad/)")
     passed = failed = skipped = 0
+    if unit.returncode != 0:
+        failed += 1
     for step, folder, expected in SELF_TESTS:
         path = BAD_DIR / folder
         if not path.is_dir():
