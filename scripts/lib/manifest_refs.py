@@ -318,9 +318,23 @@ def check_principals(objs: ObjectSet, trust_domain: str = "cluster.local") -> It
                         yield f"{label(policy)}: principal {principal}: no ServiceAccount {parts[4]} in {parts[2]}"
 
 
-def check_set(objs: ObjectSet, external_secrets: set[str]) -> list[str]:
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PriorityClass",
+                  "StorageClass", "ClusterAnalysisTemplate", "MutatingWebhookConfiguration",
+                  "ValidatingWebhookConfiguration", "PersistentVolume", "GatewayClass"}
+
+
+def check_namespaces(objs: ObjectSet) -> Iterable[str]:
+    """Rendered objects name their namespace: none may depend on the Argo CD destination default."""
+    for obj in objs.objects:
+        if obj.get("kind") not in CLUSTER_SCOPED and not (obj.get("metadata") or {}).get("namespace"):
+            yield f"{label(obj)}: no metadata.namespace"
+
+
+def check_set(objs: ObjectSet, external_secrets: set[str], require_namespaces: bool = True) -> list[str]:
     pods = objs.pod_templates()
     problems: list[str] = []
+    if require_namespaces:
+        problems.extend(f"[{objs.name}] {p}" for p in check_namespaces(objs))
     for check in (check_rollouts(objs), check_scale_targets(objs), check_selectors(objs, pods),
                   check_service_ports(objs, pods), check_mesh_routing(objs),
                   check_pod_references(objs, pods, external_secrets), check_principals(objs)):

@@ -178,7 +178,7 @@ def test_cnpg_cluster_provides_services_secret_and_identity():
          "spec": {"rules": [{"from": [{"source": {"principals": ["cluster.local/ns/meshgate/sa/app",
                                                                  "cluster.local/ns/meshgate/sa/db"]}}]}]}},
     ])
-    assert refs.check_set(objs, external_secrets=set()) == []
+    assert refs.check_set(objs, external_secrets=set(), require_namespaces=False) == []
 
 
 def test_missing_references_are_reported():
@@ -193,8 +193,17 @@ def test_missing_references_are_reported():
          "spec": {"http": [{"route": [{"destination": {"host": "app.meshgate.svc.cluster.local", "subset": "canary",
                                                         "port": {"number": 8080}}}]}]}},
     ])
-    problems = "\n".join(refs.check_set(objs, external_secrets=set()))
+    problems = "\n".join(refs.check_set(objs, external_secrets=set(), require_namespaces=False))
     for expected in ("ServiceAccount ghost does not exist", "ConfigMap nope does not exist",
                      "scaleTargetRef Rollout/app does not exist", "targetPort http is not a named container port",
                      "has no port 8080", "no DestinationRule subset canary"):
         assert expected in problems
+
+
+def test_rendered_objects_must_name_their_namespace():
+    objs = refs.ObjectSet("t", [
+        {"kind": "Namespace", "metadata": {"name": "meshgate"}},
+        {"kind": "ConfigMap", "metadata": {"name": "placed", "namespace": "meshgate"}},
+        {"kind": "AnalysisTemplate", "metadata": {"name": "floating"}},
+    ])
+    assert list(refs.check_namespaces(objs)) == ["AnalysisTemplate/floating: no metadata.namespace"]
