@@ -318,6 +318,44 @@ def check_principals(objs: ObjectSet, trust_domain: str = "cluster.local") -> It
                         yield f"{label(policy)}: principal {principal}: no ServiceAccount {parts[4]} in {parts[2]}"
 
 
+def check_otel_pipelines(objs: ObjectSet) -> Iterable[str]:
+    """Every component a collector pipeline names is configured, and every configured one is used."""
+    for collector in objs.of_kind("OpenTelemetryCollector"):
+        config = (collector.get("spec") or {}).get("config") or {}
+        pipelines = (config.get("service") or {}).get("pipelines") or {}
+        for section in ("receivers", "processors", "exporters"):
+            defined = set(config.get(section) or {})
+            used = {name for p in pipelines.values() for name in (p or {}).get(section) or []}
+            for name in sorted(used - defined):
+                yield f"{label(collector)}: pipeline uses {section[:-1]} {name}, which is not configured"
+            for name in sorted(defined - used):
+                yield f"{label(collector)}: {section[:-1]} {name} is configured but in no pipeline"
+        for name in (config.get("service") or {}).get("extensions") or []:
+            if name not in (config.get("extensions") or {}):
+                yield f"{label(collector)}: service uses extension {name}, which is not configured"
+
+
+def check_argocd_applications(apps: list[dict], projects: list[dict]) -> Iterable[str]:
+    """Each Application's project exists and permits its repository and destination namespace."""
+    by_name = {p["metadata"]["name"]: p.get("spec") or {} for p in projects}
+    for app in apps:
+        spec = app.get("spec") or {}
+        project = spec.get("project", "default")
+        if project == "default":
+            continue
+        if project not in by_name:
+            yield f"{label(app)}: AppProject {project} does not exist"
+            continue
+        allowed = by_name[project]
+        repo = (spec.get("source") or {}).get("repoURL")
+        if repo not in (allowed.get("sourceRepos") or []) and "*" not in (allowed.get("sourceRepos") or []):
+            yield f"{label(app)}: repository {repo} is not in AppProject {project}'s sourceRepos"
+        dest = spec.get("destination") or {}
+        if not any(d.get("namespace") in (dest.get("namespace"), "*") and d.get("server") in (dest.get("server"), "*")
+                   for d in allowed.get("destinations") or []):
+            yield f"{label(app)}: destination {dest.get('namespace')} is not allowed by AppProject {project}"
+
+
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PriorityClass",
                   "StorageClass", "ClusterAnalysisTemplate", "MutatingWebhookConfiguration",
                   "ValidatingWebhookConfiguration", "PersistentVolume", "GatewayClass"}
@@ -335,7 +373,7 @@ def check_set(objs: ObjectSet, external_secrets: set[str], require_namespaces: b
     problems: list[str] = []
     if require_namespaces:
         problems.extend(f"[{objs.name}] {p}" for p in check_namespaces(objs))
-    for check in (check_rollouts(objs), check_scale_targets(objs), check_selectors(objs, pods),
+    for check in (check_otel_pipelines(objs), check_rollouts(objs), check_scale_targets(objs), check_selectors(objs, pods),
                   check_service_ports(objs, pods), check_mesh_routing(objs),
                   check_pod_references(objs, pods, external_secrets), check_principals(objs)):
         problems.extend(f"[{objs.name}] {p}" for p in check)

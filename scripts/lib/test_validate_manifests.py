@@ -207,3 +207,26 @@ def test_rendered_objects_must_name_their_namespace():
         {"kind": "AnalysisTemplate", "metadata": {"name": "floating"}},
     ])
     assert list(refs.check_namespaces(objs)) == ["AnalysisTemplate/floating: no metadata.namespace"]
+
+
+def test_collector_pipelines_match_the_configured_components():
+    collector = {"kind": "OpenTelemetryCollector", "metadata": {"name": "c"}, "spec": {"config": {
+        "receivers": {"otlp": {}}, "exporters": {"otlp/tempo": {}, "debug": {}},
+        "service": {"pipelines": {"traces": {"receivers": ["otlp"], "processors": ["batch"], "exporters": ["otlp/tempo"]}}}}}}
+    assert list(refs.check_otel_pipelines(refs.ObjectSet("t", [collector]))) == [
+        "OpenTelemetryCollector/c: pipeline uses processor batch, which is not configured",
+        "OpenTelemetryCollector/c: exporter debug is configured but in no pipeline",
+    ]
+
+
+def test_applications_must_fit_their_project():
+    project = {"kind": "AppProject", "metadata": {"name": "p"},
+               "spec": {"sourceRepos": ["https://git/r.git"], "destinations": [{"server": "s", "namespace": "a"}]}}
+    ok = {"kind": "Application", "metadata": {"name": "ok"},
+          "spec": {"project": "p", "source": {"repoURL": "https://git/r.git"}, "destination": {"server": "s", "namespace": "a"}}}
+    stray = {"kind": "Application", "metadata": {"name": "stray"},
+             "spec": {"project": "p", "source": {"repoURL": "https://git/other.git"}, "destination": {"server": "s", "namespace": "b"}}}
+    assert list(refs.check_argocd_applications([ok, stray], [project])) == [
+        "Application/stray: repository https://git/other.git is not in AppProject p's sourceRepos",
+        "Application/stray: destination b is not allowed by AppProject p",
+    ]

@@ -753,6 +753,8 @@ def environment_sets(inputs: Inputs) -> tuple[list[manifest_refs.ObjectSet], lis
         if not apps:
             continue
         objects: list[dict] = []
+        problems.extend(f"[{source.removeprefix('render:')}] {p}" for p in manifest_refs.check_argocd_applications(
+            apps, [d for d in docs if d.get("kind") == "AppProject"]))
         for app in apps:
             path = ((app.get("spec") or {}).get("source") or {}).get("path", "")
             where = f"{source}: Application/{app['metadata']['name']}"
