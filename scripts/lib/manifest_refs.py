@@ -10,7 +10,8 @@ AuthorizationPolicy allows. Pure functions over parsed objects: no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 # Objects an operator creates from another object, so they never appear in the manifests.
 # CloudNativePG: per Cluster <c>, Services <c>-rw/-ro/-r, Secret <c>-app, ServiceAccount <c>.

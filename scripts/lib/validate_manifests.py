@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
-import copy
 import functools
 import json
 import os
@@ -38,7 +37,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable
 
 import jsonschema
 import yaml
@@ -260,7 +260,7 @@ def step_kustomize(inputs: Inputs) -> list[str]:
 # --- core kinds
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def core_schema_validator(kind: str, api_version: str) -> jsonschema.protocols.Validator | None:
     from kubernetes_validate import utils as kv
     from referencing import Registry, Resource
@@ -277,7 +277,7 @@ def core_schema_validator(kind: str, api_version: str) -> jsonschema.protocols.V
     return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def core_definitions(schema_dir: str, version: str) -> Any:
     from kubernetes_validate import utils as kv
     return kv.schema_contents(f"kubernetes-json-schema/{schema_dir}/_definitions.json", version)
