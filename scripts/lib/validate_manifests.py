@@ -771,20 +771,24 @@ def environment_sets(inputs: Inputs) -> tuple[list[manifest_refs.ObjectSet], lis
         if not apps:
             continue
         objects: list[dict] = []
+        per_app: list[tuple[dict, list[dict]]] = []
         problems.extend(f"[{source.removeprefix('render:')}] {p}" for p in manifest_refs.check_argocd_applications(
             apps, [d for d in docs if d.get("kind") == "AppProject"]))
         for app in apps:
             path = ((app.get("spec") or {}).get("source") or {}).get("path", "")
             where = f"{source}: Application/{app['metadata']['name']}"
             if f"render:{path}" in by_source:
-                objects.extend(by_source[f"render:{path}"])
+                per_app.append((app, by_source[f"render:{path}"]))
             elif (ROOT / path).is_dir():
-                objects.extend(d for src, ds in by_source.items() if src.startswith(path + "/") for d in ds)
+                per_app.append((app, [d for src, ds in by_source.items() if src.startswith(path + "/") for d in ds]))
             elif path in PATHS_OWNED_ELSEWHERE:
                 notes.add(f"   note: {path} (Application/{app['metadata']['name']}) is delivered by "
                           f"{PATHS_OWNED_ELSEWHERE[path]}, not in this checkout")
             else:
                 problems.append(f"{where}: source path {path!r} does not exist")
+        for _, app_objects in per_app:
+            objects.extend(app_objects)
+        problems.extend(f"[{source.removeprefix('render:')}] {p}" for p in manifest_refs.check_sync_waves(per_app))
         sets.append(manifest_refs.ObjectSet(source.removeprefix("render:"), objects))
     for note in sorted(notes):
         print(note)
