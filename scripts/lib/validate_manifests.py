@@ -794,7 +794,9 @@ def environment_sets(inputs: Inputs) -> tuple[list[manifest_refs.ObjectSet], lis
         print(note)
     # Overlays are the environments; their bases are covered through them.
     if any("/overlays/" in s.name for s in sets):
+        bases = {s.name for s in sets if "/overlays/" not in s.name}
         sets = [s for s in sets if "/overlays/" in s.name]
+        problems = [p for p in problems if not any(p.startswith(f"[{b}]") or p.startswith(f"render:{b}:") for b in bases)]
     if not sets:  # no app of apps (self-test folders): the folder is one set
         rendered = [o.doc for o in inputs.objects if o.source.startswith("render:")]
         sets.append(manifest_refs.ObjectSet("all", rendered or [o.doc for o in inputs.objects]))
