@@ -20,7 +20,8 @@ deploy/tests/bad/<step>/. Steps:
   mesh-invariants STRICT mTLS, deny-by-default authorization, SPIFFE principals on every allow rule
   references      per environment (the Argo CD app of apps): Rollout -> VirtualService routes,
                   DestinationRule subsets, AnalysisTemplates; HPA targets; selectors -> pods;
-                  Service/ServiceMonitor ports; ConfigMaps, Secrets, ServiceAccounts, principals
+                  Service/ServiceMonitor ports; ConfigMaps, Secrets, ServiceAccounts, principals;
+                  collector pipelines; Applications vs. AppProject; sync-wave order
 """
 
 from __future__ import annotations
