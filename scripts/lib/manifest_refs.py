@@ -359,6 +359,56 @@ def check_argocd_applications(apps: list[dict], projects: list[dict]) -> Iterabl
             yield f"{label(app)}: destination {dest.get('namespace')} is not allowed by AppProject {project}"
 
 
+def sync_wave(obj: dict) -> int:
+    return int(((obj.get("metadata") or {}).get("annotations") or {}).get("argocd.argoproj.io/sync-wave", "0"))
+
+
+def secret_refs(pod: PodTemplate) -> set[str]:
+    names = set()
+    for c in (pod.spec.get("containers") or []) + (pod.spec.get("initContainers") or []):
+        names |= {s["secretRef"]["name"] for s in c.get("envFrom") or [] if "secretRef" in s}
+        names |= {(e.get("valueFrom") or {})["secretKeyRef"]["name"] for e in c.get("env") or []
+                  if "secretKeyRef" in (e.get("valueFrom") or {})}
+    return names
+
+
+def check_sync_waves(apps: list[tuple[dict, list[dict]]]) -> Iterable[str]:
+    """Child Applications sync in an order that works: the namespace before anything in it, a
+    database before the workloads that read its credentials, and those workloads' schema
+    migration as a PreSync hook (before any new pod of the same Application starts)."""
+    creators: dict[str, dict] = {}
+    for app, objects in apps:
+        for obj in objects:
+            if obj.get("kind") == "Namespace":
+                creators[obj["metadata"]["name"]] = app
+    databases = {f"{o['metadata']['name']}-app": app for app, objects in apps for o in objects
+                 if o.get("kind") == "Cluster" and str(o.get("apiVersion", "")).startswith("postgresql.cnpg.io/")}
+    reported: set[tuple[str, str]] = set()
+    for app, objects in apps:
+        name = app["metadata"]["name"]
+        for obj in objects:
+            ns = (obj.get("metadata") or {}).get("namespace")
+            creator = creators.get(ns or "")
+            if creator is not None and creator is not app and sync_wave(creator) >= sync_wave(app) \
+                    and (creator["metadata"]["name"], name) not in reported:
+                reported.add((creator["metadata"]["name"], name))
+                yield (f"{label(app)} (wave {sync_wave(app)}) puts objects into namespace {ns}, which "
+                       f"{label(creator)} creates in wave {sync_wave(creator)}: it must sync later")
+        for pod in ObjectSet(name, objects).pod_templates():
+            for secret in sorted(secret_refs(pod)):
+                db_app = databases.get(secret)
+                if db_app is None or db_app is app:
+                    continue
+                if sync_wave(db_app) >= sync_wave(app):
+                    yield (f"{label(app)}: {pod.owner} reads {secret} from {label(db_app)}, which syncs in wave "
+                           f"{sync_wave(db_app)}, not before wave {sync_wave(app)}")
+                if pod.owner.startswith("Job/"):
+                    job = next(o for o in objects if label(o) == pod.owner)
+                    hook = ((job.get("metadata") or {}).get("annotations") or {}).get("argocd.argoproj.io/hook")
+                    if hook != "PreSync":
+                        yield f"{label(app)}: {pod.owner} migrates the database but is not an Argo CD PreSync hook"
+
+
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PriorityClass",
                   "StorageClass", "ClusterAnalysisTemplate", "MutatingWebhookConfiguration",
                   "ValidatingWebhookConfiguration", "PersistentVolume", "GatewayClass"}

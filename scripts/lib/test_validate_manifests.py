@@ -230,3 +230,27 @@ def test_applications_must_fit_their_project():
         "Application/stray: repository https://git/other.git is not in AppProject p's sourceRepos",
         "Application/stray: destination b is not allowed by AppProject p",
     ]
+
+
+def app(name: str, wave: int) -> dict:
+    return {"kind": "Application", "metadata": {"name": name, "annotations": {"argocd.argoproj.io/sync-wave": str(wave)}}}
+
+
+def test_sync_waves_order_namespace_database_and_migrations():
+    namespace = {"kind": "Namespace", "metadata": {"name": "m"}}
+    cluster = {"apiVersion": "postgresql.cnpg.io/v1", "kind": "Cluster", "metadata": {"name": "db", "namespace": "m"}}
+    uses_db = {"valueFrom": {"secretKeyRef": {"name": "db-app", "key": "uri"}}, "name": "DATABASE_URL"}
+    server = deployment("api", {"app": "api"})
+    server["metadata"]["namespace"] = "m"
+    server["spec"]["template"]["spec"]["containers"][0]["env"] = [uses_db]
+    migrate = {"kind": "Job", "metadata": {"name": "migrate", "namespace": "m"},
+               "spec": {"template": {"metadata": {"labels": {}}, "spec": {"containers": [{"name": "m", "env": [uses_db]}]}}}}
+    good = [(app("ns", -1), [namespace]), (app("data", 1), [cluster]), (app("apps", 2), [server, migrate])]
+    problems = list(refs.check_sync_waves(good))
+    assert problems == ["Application/apps: Job/migrate migrates the database but is not an Argo CD PreSync hook"]
+    migrate["metadata"]["annotations"] = {"argocd.argoproj.io/hook": "PreSync"}
+    assert list(refs.check_sync_waves(good)) == []
+    wrong = [(app("ns", 1), [namespace]), (app("data", 1), [cluster]), (app("apps", 1), [server, migrate])]
+    problems = "\n".join(refs.check_sync_waves(wrong))
+    assert "Application/data (wave 1) puts objects into namespace m" in problems
+    assert "Deployment/api reads db-app from Application/data, which syncs in wave 1, not before wave 1" in problems

@@ -5,6 +5,7 @@ function validates the repository and, in --self-test, must reject a seeded bad 
 deploy/tests/bad/<step>/. Steps:
 
   yamllint        every YAML file
+  yaml-kinds      every YAML document is a Kubernetes object, a kustomization input or a promtool test
   kustomize       `kubectl kustomize` of every kustomization (components are rendered via overlays)
   core-schema     core Kubernetes kinds against kubernetes-validate's strict schemas
   crd-schema      every CRD kind against strict JSON schemas generated now from upstream CRD YAML
@@ -19,7 +20,8 @@ deploy/tests/bad/<step>/. Steps:
   mesh-invariants STRICT mTLS, deny-by-default authorization, SPIFFE principals on every allow rule
   references      per environment (the Argo CD app of apps): Rollout -> VirtualService routes,
                   DestinationRule subsets, AnalysisTemplates; HPA targets; selectors -> pods;
-                  Service/ServiceMonitor ports; ConfigMaps, Secrets, ServiceAccounts, principals
+                  Service/ServiceMonitor ports; ConfigMaps, Secrets, ServiceAccounts, principals;
+                  collector pipelines; Applications vs. AppProject; sync-wave order
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ TRIVY_IGNORE = ROOT / "deploy" / "policy" / "trivyignore.yaml"
 YAMLLINT_CONFIG = ROOT / "deploy" / "yamllint.yaml"
 HADOLINT_CONFIG = ROOT / "deploy" / "images" / "hadolint.yaml"
 METRICS_CONTRACT = ROOT / "deploy" / "observability" / "METRICS.md"
+
+# YAML files that configure the validators themselves (checked by the tools that read them).
+TOOL_CONFIGS = {"deploy/yamllint.yaml", "deploy/images/hadolint.yaml", "deploy/policy/trivyignore.yaml"}
 
 # API groups served by CRDs: objects in these groups need the CRD schemas.
 CRD_GROUPS = {
@@ -108,6 +113,7 @@ class Inputs:
     workflows: list[Path] = field(default_factory=list)
     rendered: dict[str, str] = field(default_factory=dict)  # kustomize dir -> rendered YAML
     resource_files: set[Path] = field(default_factory=set)  # files some kustomization renders
+    unclassified: list[str] = field(default_factory=list)  # YAML documents no validator covers
 
 
 def rel(path: Path | str) -> str:
@@ -209,11 +215,14 @@ def collect(roots: list[Path], exclude: list[Path]) -> tuple[Inputs, list[str]]:
             except yaml.YAMLError as err:
                 problems.append(f"{rel(path)}: cannot parse: {err}")
                 continue
-            for doc in docs:
+            for index, doc in enumerate(docs):
                 if isinstance(doc, dict) and "apiVersion" in doc and "kind" in doc:
                     inputs.objects.append(Obj(rel(path), doc))
                 elif isinstance(doc, dict) and "rule_files" in doc and "tests" in doc:
                     inputs.rule_tests.append(path)
+                elif rel(path) not in TOOL_CONFIGS:
+                    inputs.unclassified.append(f"{rel(path)}: document {index + 1} is neither a Kubernetes object "
+                                               "(apiVersion + kind), a kustomization input, nor a promtool test")
         elif name.endswith(".json") and "dashboards" in path.parts:
             inputs.dashboards.append(path)
         elif name == "Dockerfile" or name.endswith(".Dockerfile"):
@@ -224,6 +233,11 @@ def collect(roots: list[Path], exclude: list[Path]) -> tuple[Inputs, list[str]]:
 
 # --------------------------------------------------------------------------------------------
 # Steps
+
+
+def step_yaml_kinds(inputs: Inputs) -> list[str]:
+    """Every YAML document is something a validator checks: nothing passes by being unrecognised."""
+    return inputs.unclassified
 
 
 def step_yamllint(inputs: Inputs) -> list[str]:
@@ -480,6 +494,7 @@ def step_promtool_tests(inputs: Inputs, workdir: Path) -> list[str]:
     extracted = extracted_rule_files(inputs, workdir)
     problems: list[str] = []
     tested: set[str] = set()
+    runs: list[tuple[Path, Path]] = []
     for index, test_file in enumerate(inputs.rule_tests):
         doc = load_docs(test_file)[0]
         rule_files = []
@@ -495,7 +510,11 @@ def step_promtool_tests(inputs: Inputs, workdir: Path) -> list[str]:
                 tested.add(case.get("alertname", ""))
         copy_path = workdir / f"test-{index:02d}-{test_file.name}"
         copy_path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        proc = run(["promtool", "test", "rules", str(copy_path)], cwd=test_file.parent)
+        runs.append((test_file, copy_path))
+    # One promtool per test file, two at a time (the SLO tests replay hours of samples).
+    with futures.ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = list(pool.map(lambda r: (r[0], run(["promtool", "test", "rules", str(r[1])], cwd=r[0].parent)), runs))
+    for test_file, proc in outcomes:
         if proc.returncode != 0:
             problems.append(f"{rel(test_file)}: promtool test rules failed:")
             problems.extend("  " + line for line in tool_output(proc))
@@ -753,26 +772,32 @@ def environment_sets(inputs: Inputs) -> tuple[list[manifest_refs.ObjectSet], lis
         if not apps:
             continue
         objects: list[dict] = []
+        per_app: list[tuple[dict, list[dict]]] = []
         problems.extend(f"[{source.removeprefix('render:')}] {p}" for p in manifest_refs.check_argocd_applications(
             apps, [d for d in docs if d.get("kind") == "AppProject"]))
         for app in apps:
             path = ((app.get("spec") or {}).get("source") or {}).get("path", "")
             where = f"{source}: Application/{app['metadata']['name']}"
             if f"render:{path}" in by_source:
-                objects.extend(by_source[f"render:{path}"])
+                per_app.append((app, by_source[f"render:{path}"]))
             elif (ROOT / path).is_dir():
-                objects.extend(d for src, ds in by_source.items() if src.startswith(path + "/") for d in ds)
+                per_app.append((app, [d for src, ds in by_source.items() if src.startswith(path + "/") for d in ds]))
             elif path in PATHS_OWNED_ELSEWHERE:
                 notes.add(f"   note: {path} (Application/{app['metadata']['name']}) is delivered by "
                           f"{PATHS_OWNED_ELSEWHERE[path]}, not in this checkout")
             else:
                 problems.append(f"{where}: source path {path!r} does not exist")
+        for _, app_objects in per_app:
+            objects.extend(app_objects)
+        problems.extend(f"[{source.removeprefix('render:')}] {p}" for p in manifest_refs.check_sync_waves(per_app))
         sets.append(manifest_refs.ObjectSet(source.removeprefix("render:"), objects))
     for note in sorted(notes):
         print(note)
     # Overlays are the environments; their bases are covered through them.
     if any("/overlays/" in s.name for s in sets):
+        bases = {s.name for s in sets if "/overlays/" not in s.name}
         sets = [s for s in sets if "/overlays/" in s.name]
+        problems = [p for p in problems if not any(p.startswith(f"[{b}]") or p.startswith(f"render:{b}:") for b in bases)]
     if not sets:  # no app of apps (self-test folders): the folder is one set
         rendered = [o.doc for o in inputs.objects if o.source.startswith("render:")]
         sets.append(manifest_refs.ObjectSet("all", rendered or [o.doc for o in inputs.objects]))
@@ -872,6 +897,7 @@ def validate(inputs: Inputs, crds: CrdIndex | Skipped, only: set[str] | None = N
 
         steps: list[tuple[str, Callable[[], list[str]]]] = [
             ("yamllint", lambda: step_yamllint(inputs)),
+            ("yaml-kinds", lambda: step_yaml_kinds(inputs)),
             ("kustomize", lambda: step_kustomize(inputs)),
             ("core-schema", lambda: step_core_schema(inputs)),
             ("crd-schema", lambda: step_crd_schema(inputs, crds)),
@@ -918,6 +944,7 @@ def main_validate(crds: CrdIndex | Skipped) -> int:
 # rejected by that step: proof that the validator can fail, and fails for the seeded reason.
 SELF_TESTS = [
     ("yamllint", "yamllint", "duplication of key"),
+    ("yaml-kinds", "yaml-kinds", "is neither a Kubernetes object"),
     ("kustomize", "kustomize", "kustomize failed"),
     ("core-schema", "core-schema", "replica"),
     ("crd-schema", "crd-schema", "retryPolicy"),
