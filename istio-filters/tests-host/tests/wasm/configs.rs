@@ -1,0 +1,61 @@
+//! Every bad config is refused as a whole by the real module, with one clear log line; the
+//! WasmPlugin examples in mesh/ are accepted.
+
+use crate::common::*;
+use meshgate_filter_host::{LoadError, ManualClock};
+
+fn refusal(module: &str, config: &str) -> String {
+    match try_load(module, config, 1, ManualClock::new(START)) {
+        Err(LoadError::Refused { reason, .. }) => reason,
+        Err(other) => panic!("{module} failed otherwise: {other}"),
+        Ok(_) => panic!("{module} accepted {config}"),
+    }
+}
+
+#[test]
+fn bad_rate_limit_configs_are_refused_with_the_reason() {
+    let cases = [
+        ("", "pluginConfig is empty"),
+        ("{not json", "pluginConfig:"),
+        (r#"{"rules":[],"unknown":1}"#, "unknown field `unknown`"),
+        (r#"{"rules":[]}"#, "rules: at least one rule is required"),
+        (r#"{"rules":[{"name":"a","key":[{"type":"grpcMethod"}],"requests":0,"periodSeconds":1}]}"#, "rules[0].requests: must be > 0"),
+        (r#"{"rules":[{"name":"a","methods":["user.UserService/GetUser"],"key":[{"type":"field","path":"user.email"}],"requests":1,"periodSeconds":1}]}"#, "rules[0].key.field.path"),
+        (r#"{"mode":"off","rules":[]}"#, "unknown variant `off`"),
+        (r#"{"casRetries":0,"rules":[{"name":"a","key":[{"type":"grpcMethod"}],"requests":1,"periodSeconds":1}]}"#, "casRetries"),
+    ];
+    for (config, expected) in cases {
+        let reason = refusal(RATE_LIMIT, config);
+        assert!(reason.contains("meshgate_rate_limit: invalid pluginConfig, plugin not started"), "{reason}");
+        assert!(reason.contains(expected), "{config:?}: {reason}");
+        assert_eq!(reason.lines().count(), 1, "one log line: {reason}");
+    }
+}
+
+#[test]
+fn bad_cache_headers_configs_are_refused_with_the_reason() {
+    let cases = [
+        ("{}", "missing field `policies`"),
+        (r#"{"policies":[{"name":"a","methods":["user.UserService/Nope"],"cacheControl":{"maxAge":1}}]}"#, "unknown method"),
+        (r#"{"policies":[{"name":"a","methods":["user.UserService/GetUser"],"cacheControl":{"noStore":true},"etag":true}]}"#, "noStore excludes"),
+        (r#"{"maxBodyBytes":99999999,"policies":[]}"#, "maxBodyBytes"),
+    ];
+    for (config, expected) in cases {
+        let reason = refusal(CACHE_HEADERS, config);
+        assert!(reason.contains(expected), "{config:?}: {reason}");
+    }
+}
+
+#[test]
+fn bad_span_enrichment_configs_are_refused_with_the_reason() {
+    let cases = [
+        (r#"{"fields":[{"path":"user.phone","from":"response"}]}"#, "no method's"),
+        (r#"{"fields":[{"path":"email","redact":"md5"}]}"#, "unknown variant `md5`"),
+        (r#"{"descriptorSet":"AAAA!"}"#, "descriptorSet"),
+        (r#"{"fields":[{"path":"id","methods":["user.UserService/ListUsers"]}]}"#, "no field \"id\""),
+    ];
+    for (config, expected) in cases {
+        let reason = refusal(SPAN_ENRICHMENT, config);
+        assert!(reason.contains(expected), "{config:?}: {reason}");
+    }
+}
