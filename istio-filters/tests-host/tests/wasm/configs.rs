@@ -59,3 +59,38 @@ fn bad_span_enrichment_configs_are_refused_with_the_reason() {
         assert!(reason.contains(expected), "{config:?}: {reason}");
     }
 }
+
+/// The WasmPlugin examples in mesh/wasm-plugins use the real schema: each pluginConfig is
+/// accepted by the module its pluginName names.
+#[test]
+fn every_wasm_plugin_example_configures_its_module() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../mesh/wasm-plugins");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let file = path.display();
+        assert_eq!(doc["apiVersion"].as_str(), Some("extensions.istio.io/v1alpha1"), "{file}");
+        assert_eq!(doc["kind"].as_str(), Some("WasmPlugin"), "{file}");
+        let spec = &doc["spec"];
+        let module = spec["pluginName"].as_str().unwrap_or_else(|| panic!("{file}: pluginName"));
+        let url = spec["url"].as_str().unwrap_or_default();
+        assert!(url.starts_with("oci://registry.example.com/meshgate/istio-filters:"), "{file}: {url}");
+        assert!(
+            matches!(spec["phase"].as_str(), Some("AUTHN" | "AUTHZ" | "STATS" | "UNSPECIFIED_PHASE")),
+            "{file}: phase"
+        );
+        assert!(matches!(spec["failStrategy"].as_str(), Some("FAIL_OPEN" | "FAIL_CLOSE")), "{file}");
+        let config: serde_json::Value = serde_yaml::from_value(spec["pluginConfig"].clone()).unwrap();
+        if let Err(e) = try_load(module, &config.to_string(), 1, ManualClock::new(START)) {
+            panic!("{file}: pluginConfig refused by {module}: {e}");
+        }
+        seen.push(module.to_owned());
+    }
+    seen.sort();
+    assert_eq!(seen, [CACHE_HEADERS, RATE_LIMIT, SPAN_ENRICHMENT]);
+}

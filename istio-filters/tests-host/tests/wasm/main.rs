@@ -4,5 +4,6 @@
 mod cache_headers;
 mod common;
 mod configs;
+mod full_chain;
 mod rate_limit;
 mod span_enrichment;
