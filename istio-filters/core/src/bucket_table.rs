@@ -29,9 +29,14 @@ pub struct BucketTable {
 /// What happened to one take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    Decided { verdict: Verdict, retries: u32 },
+    Decided {
+        verdict: Verdict,
+        retries: u32,
+    },
     /// Retries exhausted or the store refused: the request is let through.
-    FailedOpen { retries: u32 },
+    FailedOpen {
+        retries: u32,
+    },
 }
 
 impl BucketTable {
@@ -152,8 +157,12 @@ mod tests {
         table.create_pages(&mut host);
         assert_eq!(host.shared.len(), 4);
         let spec = spec(2);
-        let a: Vec<bool> = (0..3).map(|_| allowed(table.take(&mut host, &spec, b"a", 0))).collect();
-        let b: Vec<bool> = (0..3).map(|_| allowed(table.take(&mut host, &spec, b"b", 0))).collect();
+        let a: Vec<bool> = (0..3)
+            .map(|_| allowed(table.take(&mut host, &spec, b"a", 0)))
+            .collect();
+        let b: Vec<bool> = (0..3)
+            .map(|_| allowed(table.take(&mut host, &spec, b"b", 0)))
+            .collect();
         assert_eq!(a, [true, true, false]);
         assert_eq!(b, [true, true, false]);
     }
@@ -190,10 +199,18 @@ mod tests {
     fn an_idle_slot_is_evicted_before_a_busy_one() {
         let page = {
             let mut bytes = vec![0u8; PAGE_BYTES];
-            BucketState { fingerprint: 5, micro_tokens: 0, updated_nanos: 100 }
-                .encode(&mut bytes[0..24]);
-            BucketState { fingerprint: 6, micro_tokens: 0, updated_nanos: 50 }
-                .encode(&mut bytes[24..48]);
+            BucketState {
+                fingerprint: 5,
+                micro_tokens: 0,
+                updated_nanos: 100,
+            }
+            .encode(&mut bytes[0..24]);
+            BucketState {
+                fingerprint: 6,
+                micro_tokens: 0,
+                updated_nanos: 50,
+            }
+            .encode(&mut bytes[24..48]);
             bytes
         };
         assert_eq!(choose_slot(&page, [0, 1], 9), 1);

@@ -110,9 +110,8 @@ fn collect_routes(pool: &DescriptorPool) -> Result<Vec<Route>, CatalogError> {
             let value = options.get_extension(&http);
             if let Value::Message(rule) = value.as_ref() {
                 push_rule(rule, &method, &mut routes)?;
-                if let Some(Value::List(extra)) = rule
-                    .get_field_by_name("additional_bindings")
-                    .as_deref()
+                if let Some(Value::List(extra)) =
+                    rule.get_field_by_name("additional_bindings").as_deref()
                 {
                     for binding in extra {
                         if let Value::Message(binding) = binding {
@@ -149,7 +148,10 @@ fn push_rule(
     if pattern.is_none()
         && let Some(Value::Message(custom)) = rule.get_field_by_name("custom").as_deref()
     {
-        pattern = Some((text(custom, "kind").to_ascii_uppercase(), text(custom, "path")));
+        pattern = Some((
+            text(custom, "kind").to_ascii_uppercase(),
+            text(custom, "path"),
+        ));
     }
     let Some((http_method, path)) = pattern else {
         return Ok(());

@@ -30,9 +30,9 @@ pub enum FieldPathError {
 impl FieldPath {
     pub fn parse(dotted: &str) -> Result<Self, FieldPathError> {
         let parts: Vec<String> = dotted.split('.').map(str::to_owned).collect();
-        let valid = parts.iter().all(|p| {
-            !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        });
+        let valid = parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
         if !valid {
             return Err(FieldPathError::Syntax(dotted.to_owned()));
         }
@@ -214,7 +214,10 @@ mod tests {
     fn parses_and_dashes_paths() {
         let path = FieldPath::parse("user.email").unwrap();
         assert_eq!(path.dashed(), "user-email");
-        assert_eq!(FieldPath::parse("created_at").unwrap().dashed(), "created-at");
+        assert_eq!(
+            FieldPath::parse("created_at").unwrap().dashed(),
+            "created-at"
+        );
         for bad in ["", "a..b", ".a", "a.", "a-b"] {
             assert!(FieldPath::parse(bad).is_err(), "{bad}");
         }
@@ -223,7 +226,10 @@ mod tests {
     #[test]
     fn validates_against_descriptors() {
         let response = message("user.GetUserResponse");
-        FieldPath::parse("user.email").unwrap().validate(&response).unwrap();
+        FieldPath::parse("user.email")
+            .unwrap()
+            .validate(&response)
+            .unwrap();
         assert!(matches!(
             FieldPath::parse("user.phone").unwrap().validate(&response),
             Err(FieldPathError::UnknownField { .. })
@@ -254,13 +260,19 @@ mod tests {
             }),
             message: String::new(),
         };
-        let decoded =
-            DynamicMessage::decode(message("user.GetUserResponse"), response.encode_to_vec().as_slice())
-                .unwrap();
+        let decoded = DynamicMessage::decode(
+            message("user.GetUserResponse"),
+            response.encode_to_vec().as_slice(),
+        )
+        .unwrap();
         let read = |p: &str| FieldPath::parse(p).unwrap().read_message(&decoded);
         assert_eq!(read("user.email").as_deref(), Some("ada@example.com"));
         assert_eq!(read("user.age").as_deref(), Some("36"));
-        assert_eq!(read("user.name"), None, "unset proto3 scalar reads as absent");
+        assert_eq!(
+            read("user.name"),
+            None,
+            "unset proto3 scalar reads as absent"
+        );
         assert_eq!(read("message"), None);
         assert_eq!(read("nope.x"), None);
     }
@@ -269,11 +281,17 @@ mod tests {
     fn reads_json_pairs_and_queries() {
         let json = serde_json::json!({"user": {"email": "a@b"}, "createdAt": 5, "ok": true});
         assert_eq!(
-            FieldPath::parse("user.email").unwrap().read_json(&json).as_deref(),
+            FieldPath::parse("user.email")
+                .unwrap()
+                .read_json(&json)
+                .as_deref(),
             Some("a@b")
         );
         assert_eq!(
-            FieldPath::parse("created_at").unwrap().read_json(&json).as_deref(),
+            FieldPath::parse("created_at")
+                .unwrap()
+                .read_json(&json)
+                .as_deref(),
             Some("5")
         );
         assert_eq!(FieldPath::parse("user").unwrap().read_json(&json), None);
@@ -287,7 +305,10 @@ mod tests {
             ]
         );
         assert_eq!(
-            FieldPath::parse("page").unwrap().read_pairs(&query).as_deref(),
+            FieldPath::parse("page")
+                .unwrap()
+                .read_pairs(&query)
+                .as_deref(),
             Some("2")
         );
     }

@@ -83,9 +83,9 @@ pub fn check_max_body(value: u32) -> Result<usize, ConfigError> {
 /// Request header names in configs: lower-case RFC 9110 tokens, not pseudo-headers.
 pub fn check_header_name(path: &str, name: &str) -> Result<(), ConfigError> {
     let valid = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!#$%&'*+^`|~".contains(&b));
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!#$%&'*+^`|~".contains(&b)
+        });
     if valid {
         Ok(())
     } else {

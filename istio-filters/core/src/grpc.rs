@@ -251,10 +251,7 @@ mod tests {
         let mut expected = first.clone();
         expected.extend(&second);
         assert_eq!(decode_grpc_web_text(text.as_bytes()).unwrap(), expected);
-        assert_eq!(
-            decode_grpc_web_text(b"!!!!"),
-            Err(FrameError::BadBase64)
-        );
+        assert_eq!(decode_grpc_web_text(b"!!!!"), Err(FrameError::BadBase64));
     }
 
     #[test]

@@ -5,7 +5,10 @@ use sha2::{Digest, Sha256};
 
 /// Statuses that are cacheable by default (RFC 9110 §15.1); only these get max-age policies.
 pub fn is_cacheable_status(status: u16) -> bool {
-    matches!(status, 200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501)
+    matches!(
+        status,
+        200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
 }
 
 /// The `Cache-Control` directives of one policy.
@@ -100,7 +103,10 @@ mod tests {
             must_revalidate: true,
             ..Default::default()
         };
-        assert_eq!(cc.render(), "public, max-age=60, s-maxage=300, must-revalidate");
+        assert_eq!(
+            cc.render(),
+            "public, max-age=60, s-maxage=300, must-revalidate"
+        );
         let store = CacheControl {
             no_store: true,
             max_age: Some(5),

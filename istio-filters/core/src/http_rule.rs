@@ -68,9 +68,9 @@ impl PathTemplate {
                     None => (inner, "*"),
                 };
                 if field_path.is_empty()
-                    || !field_path
-                        .split('.')
-                        .all(|p| !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_'))
+                    || !field_path.split('.').all(|p| {
+                        !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_')
+                    })
                 {
                     return Err(fail("bad variable field path"));
                 }
@@ -263,7 +263,10 @@ mod tests {
     #[test]
     fn nested_field_paths_and_patterns() {
         assert_eq!(
-            bind("/v1/{name=shelves/*}/books/{book.id}", "/v1/shelves/s1/books/b2"),
+            bind(
+                "/v1/{name=shelves/*}/books/{book.id}",
+                "/v1/shelves/s1/books/b2"
+            ),
             Some(pairs(&[("name", "shelves/s1"), ("book.id", "b2")]))
         );
         assert_eq!(
@@ -288,7 +291,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_templates() {
-        for bad in ["v1/users", "/v1/{id", "/v1//x", "/v1/{=x}", "/v1/**/**", "/v1/{a b}"] {
+        for bad in [
+            "v1/users",
+            "/v1/{id",
+            "/v1//x",
+            "/v1/{=x}",
+            "/v1/**/**",
+            "/v1/{a b}",
+        ] {
             assert!(PathTemplate::parse(bad).is_err(), "{bad} accepted");
         }
     }

@@ -225,17 +225,28 @@ mod tests {
         assert_eq!(t.method_name().as_deref(), Some("user.UserService/GetUser"));
         assert!(!t.message_in_body());
         let id = FieldPath::parse("id").unwrap();
-        assert_eq!(t.read_request_field(&Decoded::Nothing, &id).as_deref(), Some("u-9"));
+        assert_eq!(
+            t.read_request_field(&Decoded::Nothing, &id).as_deref(),
+            Some("u-9")
+        );
 
         let t = target(&[(":method", "GET"), (":path", "/v1/users?page=3")]);
         let page = FieldPath::parse("page").unwrap();
-        assert_eq!(t.read_request_field(&Decoded::Nothing, &page).as_deref(), Some("3"));
+        assert_eq!(
+            t.read_request_field(&Decoded::Nothing, &page).as_deref(),
+            Some("3")
+        );
 
         let t = target(&[(":method", "POST"), (":path", "/v1/users")]);
         assert!(t.message_in_body());
-        let decoded = t.decode_request(br#"{"email":"a@b.c","name":"A"}"#).unwrap();
+        let decoded = t
+            .decode_request(br#"{"email":"a@b.c","name":"A"}"#)
+            .unwrap();
         let email = FieldPath::parse("email").unwrap();
-        assert_eq!(t.read_request_field(&decoded, &email).as_deref(), Some("a@b.c"));
+        assert_eq!(
+            t.read_request_field(&decoded, &email).as_deref(),
+            Some("a@b.c")
+        );
     }
 
     #[test]
@@ -249,9 +260,15 @@ mod tests {
             t.decode_request(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]),
             Err(BodyError::Protobuf(_))
         ));
-        assert!(matches!(t.decode_request(&[0, 0]), Err(BodyError::Frame(_))));
+        assert!(matches!(
+            t.decode_request(&[0, 0]),
+            Err(BodyError::Frame(_))
+        ));
         let rest = target(&[(":method", "POST"), (":path", "/v1/users")]);
-        assert!(matches!(rest.decode_request(b"{nope"), Err(BodyError::Json(_))));
+        assert!(matches!(
+            rest.decode_request(b"{nope"),
+            Err(BodyError::Json(_))
+        ));
     }
 
     #[test]

@@ -147,7 +147,10 @@ mod tests {
         let (_, verdict) = spec.take(state, 1000);
         assert!(!verdict.allowed);
         assert_eq!(verdict.remaining, 0);
-        assert_eq!(verdict.retry_after_secs, 20, "3 per minute: one token every 20 s");
+        assert_eq!(
+            verdict.retry_after_secs, 20,
+            "3 per minute: one token every 20 s"
+        );
         assert_eq!(verdict.reset_secs, 60);
     }
 

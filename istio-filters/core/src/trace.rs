@@ -40,7 +40,8 @@ fn is_trace_id(s: &str) -> bool {
 /// `version-traceid-spanid-flags`, version not `ff`, ids not all zero.
 fn w3c_trace_id(value: &str) -> Option<String> {
     let mut parts = value.trim().split('-');
-    let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let valid = is_hex(version, 2)
         && !version.eq_ignore_ascii_case("ff")
         && is_hex(trace, 32)

@@ -22,11 +22,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use proxy_wasm_host::abi::v0_2_1::types::{BufferType, LogLevel, MapType, MetricType, Status, StreamType};
+use proxy_wasm_host::abi::v0_2_1::types::{
+    BufferType, LogLevel, MapType, MetricType, Status, StreamType,
+};
 use proxy_wasm_host::abi::v0_2_1::{
-    Access, Clock, ContextId, Guest, GuestError, Host as AbiHost, InMemoryStore, InMemoryStoreLimits,
-    Invocation, LocalResponse, LogContext, LogSink, MetricId, PluginConfig, QueueId, SharedServices,
-    SharedValue, Started, StreamState, SystemClock, VmServices,
+    Access, Clock, ContextId, Guest, GuestError, Host as AbiHost, InMemoryStore,
+    InMemoryStoreLimits, Invocation, LocalResponse, LogContext, LogSink, MetricId, PluginConfig,
+    QueueId, SharedServices, SharedValue, Started, StreamState, SystemClock, VmServices,
 };
 use proxy_wasm_host::{Buffer, Engine, HeaderMap, Limits, Module, VecHeaderMap};
 
@@ -227,8 +229,13 @@ impl Plugin {
             plugin: self.name.clone(),
             source,
         };
-        let mut guest = Guest::new(&self.runtime.host, &self.module, self.services.clone(), &self.limits)
-            .map_err(guest_error)?;
+        let mut guest = Guest::new(
+            &self.runtime.host,
+            &self.module,
+            self.services.clone(),
+            &self.limits,
+        )
+        .map_err(guest_error)?;
         let plugin = PluginConfig::new()
             .with_name(self.name.as_bytes().to_vec())
             .with_configuration(self.config.clone());
@@ -259,7 +266,10 @@ impl Plugin {
 
     /// The most recent log lines of this plugin's VMs (bounded).
     pub fn logs(&self) -> Vec<String> {
-        lock(&self.logs.lines).iter().map(|(_, l)| l.clone()).collect()
+        lock(&self.logs.lines)
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect()
     }
 
     fn pick_worker(&self) -> usize {
@@ -271,7 +281,10 @@ impl Plugin {
         &self,
         index: usize,
         state: ExchangeState,
-        body: impl FnOnce(&mut proxy_wasm_host::abi::v0_2_1::CallScope<'_, ExchangeState>, ContextId) -> Result<R, GuestError>,
+        body: impl FnOnce(
+            &mut proxy_wasm_host::abi::v0_2_1::CallScope<'_, ExchangeState>,
+            ContextId,
+        ) -> Result<R, GuestError>,
     ) -> (Result<R, FilterError>, ExchangeState) {
         let Some(slot) = self.workers.get(index % self.workers.len().max(1)) else {
             return (
@@ -328,7 +341,8 @@ impl Request {
     }
     #[must_use]
     pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.to_ascii_lowercase(), value.to_owned()));
+        self.headers
+            .push((name.to_ascii_lowercase(), value.to_owned()));
         self
     }
     #[must_use]
@@ -369,7 +383,8 @@ impl Response {
     }
     #[must_use]
     pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.to_ascii_lowercase(), value.to_owned()));
+        self.headers
+            .push((name.to_ascii_lowercase(), value.to_owned()));
         self
     }
     #[must_use]
@@ -379,7 +394,8 @@ impl Response {
     }
     #[must_use]
     pub fn trailer(mut self, name: &str, value: &str) -> Self {
-        self.trailers.push((name.to_ascii_lowercase(), value.to_owned()));
+        self.trailers
+            .push((name.to_ascii_lowercase(), value.to_owned()));
         self
     }
     pub fn header_value(&self, name: &str) -> Option<&str> {
@@ -438,11 +454,19 @@ impl Chain {
     }
 
     /// Runs the request phase on a chosen worker (`worker % workers`), as tests need.
-    pub fn on_request_on_worker(&self, worker: usize, request: Request) -> Result<Exchange, FilterError> {
+    pub fn on_request_on_worker(
+        &self,
+        worker: usize,
+        request: Request,
+    ) -> Result<Exchange, FilterError> {
         self.on_request_at(Some(worker), request)
     }
 
-    fn on_request_at(&self, worker: Option<usize>, request: Request) -> Result<Exchange, FilterError> {
+    fn on_request_at(
+        &self,
+        worker: Option<usize>,
+        request: Request,
+    ) -> Result<Exchange, FilterError> {
         let mut state = ExchangeState::for_request(&request);
         let mut exchange = Exchange {
             streams: Vec::new(),
@@ -487,17 +511,25 @@ fn local_to_response(local: LocalResponse<'static>, request: &Request) -> Respon
     let mut headers: Vec<(String, String)> = local
         .headers
         .iter()
-        .map(|(k, v)| (String::from_utf8_lossy(k).to_ascii_lowercase(), String::from_utf8_lossy(v).into_owned()))
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(k).to_ascii_lowercase(),
+                String::from_utf8_lossy(v).into_owned(),
+            )
+        })
         .collect();
-    let is_grpc = request
-        .header_value("content-type")
-        .is_some_and(|ct| ct.starts_with("application/grpc") && !ct.starts_with("application/grpc-web"));
+    let is_grpc = request.header_value("content-type").is_some_and(|ct| {
+        ct.starts_with("application/grpc") && !ct.starts_with("application/grpc-web")
+    });
     match local.grpc_status {
         Some(code) if is_grpc => {
             headers.insert(0, ("content-type".into(), "application/grpc".into()));
             headers.push(("grpc-status".into(), code.to_string()));
             if !local.body.is_empty() {
-                headers.push(("grpc-message".into(), String::from_utf8_lossy(&local.body).into_owned()));
+                headers.push((
+                    "grpc-message".into(),
+                    String::from_utf8_lossy(&local.body).into_owned(),
+                ));
             }
             Response {
                 status: 200,
@@ -528,7 +560,10 @@ impl Exchange {
 
     /// Filter state set so far.
     pub fn attributes(&self) -> Vec<(String, String)> {
-        self.state.as_ref().map(ExchangeState::attributes).unwrap_or_default()
+        self.state
+            .as_ref()
+            .map(ExchangeState::attributes)
+            .unwrap_or_default()
     }
 
     /// Runs the response phase (filters in reverse order) and ends the streams. With a local
@@ -538,7 +573,10 @@ impl Exchange {
         if self.local_reply.is_some() {
             let attributes = state.attributes();
             self.state = Some(state);
-            return Ok(Completed { response, attributes });
+            return Ok(Completed {
+                response,
+                attributes,
+            });
         }
         state.set_response(&response);
         let has_body = !response.body.is_empty();
@@ -548,7 +586,8 @@ impl Exchange {
             let (result, back) = stream.plugin.on_worker(stream.worker, state, |scope, _| {
                 scope.on_response_headers(context, 0, !has_body && !has_trailers)?;
                 if has_body {
-                    let size = u32::try_from(scope.stream().response_body.len()).unwrap_or(u32::MAX);
+                    let size =
+                        u32::try_from(scope.stream().response_body.len()).unwrap_or(u32::MAX);
                     scope.on_response_body(context, size, !has_trailers)?;
                 }
                 if has_trailers {
@@ -608,7 +647,10 @@ fn to_map(pairs: &[(String, String)]) -> VecHeaderMap {
 fn from_map(map: &VecHeaderMap) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let _ = map.for_each_pair(&mut |k, v| {
-        out.push((String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()));
+        out.push((
+            String::from_utf8_lossy(k).into_owned(),
+            String::from_utf8_lossy(v).into_owned(),
+        ));
         std::ops::ControlFlow::Continue(())
     });
     out
@@ -702,7 +744,12 @@ fn joined(path: &[&[u8]]) -> String {
 }
 
 impl StreamState for ExchangeState {
-    fn header_map(&mut self, _: Invocation, _: Access, map: MapType) -> Result<&mut dyn HeaderMap, Status> {
+    fn header_map(
+        &mut self,
+        _: Invocation,
+        _: Access,
+        map: MapType,
+    ) -> Result<&mut dyn HeaderMap, Status> {
         match map {
             MapType::HttpRequestHeaders => Ok(&mut self.request_headers),
             MapType::HttpResponseHeaders => Ok(&mut self.response_headers),
@@ -711,7 +758,12 @@ impl StreamState for ExchangeState {
         }
     }
 
-    fn buffer(&mut self, _: Invocation, _: Access, buffer: BufferType) -> Result<&mut dyn Buffer, Status> {
+    fn buffer(
+        &mut self,
+        _: Invocation,
+        _: Access,
+        buffer: BufferType,
+    ) -> Result<&mut dyn Buffer, Status> {
         match buffer {
             BufferType::HttpRequestBody => Ok(&mut self.request_body),
             BufferType::HttpResponseBody => Ok(&mut self.response_body),
@@ -723,7 +775,11 @@ impl StreamState for ExchangeState {
         Ok(())
     }
 
-    fn send_local_response(&mut self, _: Invocation, response: LocalResponse<'_>) -> Result<(), Status> {
+    fn send_local_response(
+        &mut self,
+        _: Invocation,
+        response: LocalResponse<'_>,
+    ) -> Result<(), Status> {
         self.local = Some(response.into_owned());
         Ok(())
     }
@@ -733,7 +789,13 @@ impl StreamState for ExchangeState {
         let value = self
             .properties
             .get(&key)
-            .or_else(|| self.filter_state.iter().rev().find(|(k, _)| *k == key).map(|(_, v)| v))
+            .or_else(|| {
+                self.filter_state
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| v)
+            })
             .ok_or(Status::NotFound)?;
         out.extend_from_slice(value);
         Ok(())
@@ -775,7 +837,12 @@ impl MeteredStore {
 }
 
 impl SharedServices for MeteredStore {
-    fn get_shared_data(&self, call: Invocation, vm_id: &[u8], key: &[u8]) -> Result<SharedValue, Status> {
+    fn get_shared_data(
+        &self,
+        call: Invocation,
+        vm_id: &[u8],
+        key: &[u8],
+    ) -> Result<SharedValue, Status> {
         self.inner.get_shared_data(call, vm_id, key)
     }
     fn set_shared_data(
@@ -788,19 +855,40 @@ impl SharedServices for MeteredStore {
     ) -> Result<(), Status> {
         self.inner.set_shared_data(call, vm_id, key, value, cas)
     }
-    fn register_shared_queue(&self, call: Invocation, vm_id: &[u8], name: &[u8]) -> Result<QueueId, Status> {
+    fn register_shared_queue(
+        &self,
+        call: Invocation,
+        vm_id: &[u8],
+        name: &[u8],
+    ) -> Result<QueueId, Status> {
         self.inner.register_shared_queue(call, vm_id, name)
     }
-    fn resolve_shared_queue(&self, call: Invocation, vm_id: &[u8], name: &[u8]) -> Result<QueueId, Status> {
+    fn resolve_shared_queue(
+        &self,
+        call: Invocation,
+        vm_id: &[u8],
+        name: &[u8],
+    ) -> Result<QueueId, Status> {
         self.inner.resolve_shared_queue(call, vm_id, name)
     }
-    fn enqueue_shared_queue(&self, call: Invocation, queue: QueueId, value: &[u8]) -> Result<(), Status> {
+    fn enqueue_shared_queue(
+        &self,
+        call: Invocation,
+        queue: QueueId,
+        value: &[u8],
+    ) -> Result<(), Status> {
         self.inner.enqueue_shared_queue(call, queue, value)
     }
     fn dequeue_shared_queue(&self, call: Invocation, queue: QueueId) -> Result<Vec<u8>, Status> {
         self.inner.dequeue_shared_queue(call, queue)
     }
-    fn define_metric(&self, call: Invocation, vm_id: &[u8], kind: MetricType, name: &[u8]) -> Result<MetricId, Status> {
+    fn define_metric(
+        &self,
+        call: Invocation,
+        vm_id: &[u8],
+        kind: MetricType,
+        name: &[u8],
+    ) -> Result<MetricId, Status> {
         let id = self.inner.define_metric(call, vm_id, kind, name)?;
         lock(&self.names).insert(id.get(), String::from_utf8_lossy(name).into_owned());
         Ok(id)
@@ -808,7 +896,12 @@ impl SharedServices for MeteredStore {
     fn record_metric(&self, call: Invocation, metric: MetricId, value: u64) -> Result<(), Status> {
         self.inner.record_metric(call, metric, value)
     }
-    fn increment_metric(&self, call: Invocation, metric: MetricId, delta: i64) -> Result<(), Status> {
+    fn increment_metric(
+        &self,
+        call: Invocation,
+        metric: MetricId,
+        delta: i64,
+    ) -> Result<(), Status> {
         self.inner.increment_metric(call, metric, delta)?;
         if let Some(name) = lock(&self.names).get(&metric.get()).cloned() {
             *lock(&self.values).entry(name).or_default() += delta;
@@ -842,7 +935,9 @@ impl LogBuffer {
 impl LogSink for LogBuffer {
     fn log(&self, _: LogContext<'_>, level: LogLevel, message: &[u8]) {
         let line = String::from_utf8_lossy(message).into_owned();
-        if level as u32 >= LogLevel::Warn as u32 && std::env::var_os("MESHGATE_FILTER_LOG").is_some() {
+        if level as u32 >= LogLevel::Warn as u32
+            && std::env::var_os("MESHGATE_FILTER_LOG").is_some()
+        {
             eprintln!("{line}");
         }
         let mut lines = lock(&self.lines);

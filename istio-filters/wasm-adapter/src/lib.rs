@@ -12,9 +12,7 @@ use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
 use meshgate_filter_core::filter::{Filter, Stream};
-use meshgate_filter_core::host::{
-    self, Host, LocalReply, MetricId, SharedEntry, SharedWriteError,
-};
+use meshgate_filter_core::host::{self, Host, LocalReply, MetricId, SharedEntry, SharedWriteError};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{
@@ -50,7 +48,9 @@ fn to_level(level: host::LogLevel) -> LogLevel {
 
 impl Host for WasmHost {
     fn request_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
     }
     fn request_headers(&self) -> Vec<(String, String)> {
         hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
@@ -59,19 +59,27 @@ impl Host for WasmHost {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
     }
     fn response_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpResponseHeaders, name).ok().flatten()
+        hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
+            .ok()
+            .flatten()
     }
     fn set_response_header(&mut self, name: &str, value: Option<&str>) {
         let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
     }
     fn response_trailer(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpResponseTrailers, name).ok().flatten()
+        hostcalls::get_map_value(MapType::HttpResponseTrailers, name)
+            .ok()
+            .flatten()
     }
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
-        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten()
+        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
+            .ok()
+            .flatten()
     }
     fn response_body(&self, size: usize) -> Option<Vec<u8>> {
-        hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size).ok().flatten()
+        hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size)
+            .ok()
+            .flatten()
     }
     fn clear_response_body(&mut self, size: usize) {
         let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, &[]);
@@ -88,7 +96,12 @@ impl Host for WasmHost {
             Err(_) => SharedEntry::default(),
         }
     }
-    fn set_shared_data(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedWriteError> {
+    fn set_shared_data(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedWriteError> {
         match hostcalls::set_shared_data(key, Some(value), cas) {
             Ok(()) => Ok(()),
             Err(Status::CasMismatch) => Err(SharedWriteError::CasMismatch),
@@ -102,8 +115,11 @@ impl Host for WasmHost {
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
     }
     fn send_local_reply(&mut self, reply: LocalReply) {
-        let headers: Vec<(&str, &str)> =
-            reply.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let sent = match reply.grpc_status {
             Some(code) => {
                 let metadata: Vec<(&str, &[u8])> =
@@ -118,7 +134,9 @@ impl Host for WasmHost {
         }
     }
     fn define_counter(&mut self, name: &str) -> Option<MetricId> {
-        hostcalls::define_metric(MetricType::Counter, name).ok().map(MetricId)
+        hostcalls::define_metric(MetricType::Counter, name)
+            .ok()
+            .map(MetricId)
     }
     fn increment_counter(&mut self, metric: MetricId, delta: i64) {
         let _ = hostcalls::increment_metric(metric.0, delta);
@@ -189,7 +207,10 @@ impl<F: Filter> RootContext for Root<F> {
                 // One line, naming the plugin and the problem: what an operator greps for.
                 host.log(
                     host::LogLevel::Error,
-                    &format!("{}: invalid pluginConfig, plugin not started: {error}", F::NAME),
+                    &format!(
+                        "{}: invalid pluginConfig, plugin not started: {error}",
+                        F::NAME
+                    ),
                 );
                 false
             }
@@ -245,8 +266,8 @@ impl<F: Filter> HttpContext for Http<F> {
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
-        self.stream
-            .as_mut()
-            .map_or(Action::Continue, |s| to_action(s.on_response_trailers(&mut WasmHost)))
+        self.stream.as_mut().map_or(Action::Continue, |s| {
+            to_action(s.on_response_trailers(&mut WasmHost))
+        })
     }
 }

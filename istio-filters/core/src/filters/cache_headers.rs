@@ -93,7 +93,13 @@ pub struct CacheHeaders {
     counters: Counters,
 }
 
-const COUNTERS: &[&str] = &["applied", "etag", "not_modified", "upstream_no_store", "body_skipped"];
+const COUNTERS: &[&str] = &[
+    "applied",
+    "etag",
+    "not_modified",
+    "upstream_no_store",
+    "body_skipped",
+];
 
 impl CacheHeaders {
     pub fn compile(config: CacheHeadersConfig, host: &mut dyn Host) -> Result<Self, ConfigError> {
@@ -101,7 +107,10 @@ impl CacheHeaders {
             .map_err(|e| ConfigError::at("descriptorSet", e))?;
         let max_body = filter::check_max_body(config.max_body_bytes)?;
         if config.policies.is_empty() {
-            return Err(ConfigError::at("policies", "at least one policy is required"));
+            return Err(ConfigError::at(
+                "policies",
+                "at least one policy is required",
+            ));
         }
         let mut names: Vec<String> = Vec::new();
         let mut policies = Vec::new();
@@ -112,24 +121,35 @@ impl CacheHeaders {
             }
             names.push(policy.name.clone());
             if policy.methods.is_empty() && policy.routes.is_empty() {
-                return Err(ConfigError::at(at("methods"), "a policy needs `methods` or `routes`"));
+                return Err(ConfigError::at(
+                    at("methods"),
+                    "a policy needs `methods` or `routes`",
+                ));
             }
             for method in &policy.methods {
                 if catalog.method_by_name(method).is_none() {
-                    return Err(ConfigError::at(at("methods"), format!("unknown method {method:?}")));
+                    return Err(ConfigError::at(
+                        at("methods"),
+                        format!("unknown method {method:?}"),
+                    ));
                 }
             }
             let mut routes = Vec::new();
             for route in &policy.routes {
-                let (verb, path) = route
-                    .split_once(' ')
-                    .ok_or_else(|| ConfigError::at(at("routes"), format!("{route:?} is not `VERB /path`")))?;
-                let template =
-                    PathTemplate::parse(path.trim()).map_err(|e| ConfigError::at(at("routes"), e))?;
+                let (verb, path) = route.split_once(' ').ok_or_else(|| {
+                    ConfigError::at(at("routes"), format!("{route:?} is not `VERB /path`"))
+                })?;
+                let template = PathTemplate::parse(path.trim())
+                    .map_err(|e| ConfigError::at(at("routes"), e))?;
                 routes.push((verb.to_ascii_uppercase(), template));
             }
             let cc = &policy.cache_control;
-            if cc.no_store && (cc.max_age.is_some() || cc.s_maxage.is_some() || cc.scope.is_some() || policy.etag) {
+            if cc.no_store
+                && (cc.max_age.is_some()
+                    || cc.s_maxage.is_some()
+                    || cc.scope.is_some()
+                    || policy.etag)
+            {
                 return Err(ConfigError::at(
                     at("cacheControl.noStore"),
                     "noStore excludes maxAge, sMaxage, scope and etag",
@@ -175,7 +195,8 @@ impl CacheHeaders {
             method.as_ref().is_some_and(|m| p.methods.contains(m))
                 || (target.protocol == Protocol::Http
                     && p.routes.iter().any(|(verb, t)| {
-                        verb.eq_ignore_ascii_case(&target.http_method) && t.matches(&target.path).is_some()
+                        verb.eq_ignore_ascii_case(&target.http_method)
+                            && t.matches(&target.path).is_some()
                     }))
         })
     }
@@ -234,7 +255,8 @@ impl Stream for CacheHeadersStream {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         let upstream_cc = host.response_header("cache-control");
-        if upstream_cc.as_deref().is_some_and(http_cache::has_no_store) && !policy.override_no_store {
+        if upstream_cc.as_deref().is_some_and(http_cache::has_no_store) && !policy.override_no_store
+        {
             root.counters.increment(host, "upstream_no_store");
             return Action::Continue;
         }
@@ -247,7 +269,9 @@ impl Stream for CacheHeadersStream {
             return Action::Continue;
         }
         host.set_response_header("cache-control", Some(&policy.cache_control.render()));
-        if let Some(vary) = http_cache::merge_vary(host.response_header("vary").as_deref(), &policy.vary) {
+        if let Some(vary) =
+            http_cache::merge_vary(host.response_header("vary").as_deref(), &policy.vary)
+        {
             host.set_response_header("vary", Some(&vary));
         }
         root.counters.increment(host, "applied");
@@ -269,7 +293,12 @@ impl Stream for CacheHeadersStream {
         Action::Pause
     }
 
-    fn on_response_body(&mut self, host: &mut dyn Host, body_size: usize, end_of_stream: bool) -> Action {
+    fn on_response_body(
+        &mut self,
+        host: &mut dyn Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
         if !self.hashing {
             return Action::Continue;
         }
@@ -304,7 +333,12 @@ impl CacheHeadersStream {
             return;
         }
         host.set_response_header(":status", Some("304"));
-        for name in ["content-length", "content-type", "content-encoding", "transfer-encoding"] {
+        for name in [
+            "content-length",
+            "content-type",
+            "content-encoding",
+            "transfer-encoding",
+        ] {
             host.set_response_header(name, None);
         }
         if let Some(size) = buffered {
@@ -330,14 +364,22 @@ mod tests {
         action: Action,
     }
 
-    fn exchange(request: &[(&str, &str)], status: &str, upstream: &[(&str, &str)], body: &[u8]) -> Exchange {
+    fn exchange(
+        request: &[(&str, &str)],
+        status: &str,
+        upstream: &[(&str, &str)],
+        body: &[u8],
+    ) -> Exchange {
         let mut host = TestHost::with_request(request);
         let root = Rc::new(CacheHeaders::configure(CONFIG.as_bytes(), &mut host).unwrap());
         let mut stream = root.new_stream();
         stream.on_request_headers(&mut host, true);
         host.response_headers = vec![(":status".into(), status.into())];
-        host.response_headers
-            .extend(upstream.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        host.response_headers.extend(
+            upstream
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         host.response_body = body.to_vec();
         let mut action = stream.on_response_headers(&mut host, body.is_empty());
         if action == Action::Pause {
@@ -354,15 +396,26 @@ mod tests {
         let second = exchange(GET, "200", &[], b"{\"id\":\"1\"}");
         assert_eq!(first.action, Action::Continue);
         let h = &first.host;
-        assert_eq!(h.response_header("cache-control").as_deref(), Some("private, max-age=60"));
-        assert_eq!(h.response_header("vary").as_deref(), Some("accept, authorization"));
+        assert_eq!(
+            h.response_header("cache-control").as_deref(),
+            Some("private, max-age=60")
+        );
+        assert_eq!(
+            h.response_header("vary").as_deref(),
+            Some("accept, authorization")
+        );
         let etag = h.response_header("etag").unwrap();
         assert_eq!(Some(etag.clone()), second.host.response_header("etag"));
         assert_eq!(h.response_body, b"{\"id\":\"1\"}");
 
         let mut conditional = GET.to_vec();
         conditional.push(("if-none-match", &etag));
-        let hit = exchange(&conditional, "200", &[("content-length", "10")], b"{\"id\":\"1\"}");
+        let hit = exchange(
+            &conditional,
+            "200",
+            &[("content-length", "10")],
+            b"{\"id\":\"1\"}",
+        );
         assert_eq!(hit.host.response_header(":status").as_deref(), Some("304"));
         assert!(hit.host.response_body.is_empty());
         assert_eq!(hit.host.response_header("content-length"), None);
@@ -381,38 +434,88 @@ mod tests {
         assert_eq!(error.host.response_header("cache-control"), None);
         assert_eq!(error.host.response_header("etag"), None);
         let no_store = exchange(GET, "200", &[("cache-control", "no-store")], b"x");
-        assert_eq!(no_store.host.response_header("cache-control").as_deref(), Some("no-store"));
+        assert_eq!(
+            no_store.host.response_header("cache-control").as_deref(),
+            Some("no-store")
+        );
         assert_eq!(no_store.host.response_header("etag"), None);
     }
 
     #[test]
     fn writes_get_no_store_and_grpc_gets_no_etag() {
-        let post = exchange(&[(":method", "POST"), (":path", "/v1/users")], "201", &[], b"{}");
-        assert_eq!(post.host.response_header("cache-control").as_deref(), Some("no-store"));
+        let post = exchange(
+            &[(":method", "POST"), (":path", "/v1/users")],
+            "201",
+            &[],
+            b"{}",
+        );
+        assert_eq!(
+            post.host.response_header("cache-control").as_deref(),
+            Some("no-store")
+        );
         let grpc = exchange(
-            &[(":method", "POST"), (":path", "/user.UserService/GetUser"), ("content-type", "application/grpc")],
+            &[
+                (":method", "POST"),
+                (":path", "/user.UserService/GetUser"),
+                ("content-type", "application/grpc"),
+            ],
             "200",
             &[],
             b"\0\0\0\0\0",
         );
-        assert_eq!(grpc.host.response_header("cache-control").as_deref(), Some("private, max-age=60"));
+        assert_eq!(
+            grpc.host.response_header("cache-control").as_deref(),
+            Some("private, max-age=60")
+        );
         assert_eq!(grpc.host.response_header("etag"), None);
-        let health = exchange(&[(":method", "GET"), (":path", "/healthz")], "200", &[], b"ok");
-        assert_eq!(health.host.response_header("cache-control").as_deref(), Some("no-cache"));
+        let health = exchange(
+            &[(":method", "GET"), (":path", "/healthz")],
+            "200",
+            &[],
+            b"ok",
+        );
+        assert_eq!(
+            health.host.response_header("cache-control").as_deref(),
+            Some("no-cache")
+        );
     }
 
     #[test]
     fn rejects_bad_configs() {
         let cases = [
             (r#"{"policies":[]}"#, "policies: at least one"),
-            (r#"{"policies":[{"name":"a","methods":["user.UserService/GetUser"],"cacheControl":{"noStore":true,"maxAge":1}}]}"#, "noStore excludes"),
-            (r#"{"policies":[{"name":"a","cacheControl":{"maxAge":1}}]}"#, "needs `methods` or `routes`"),
-            (r#"{"policies":[{"name":"a","routes":["/x"],"cacheControl":{"maxAge":1}}]}"#, "is not `VERB /path`"),
-            (r#"{"policies":[{"name":"a","methods":["user.UserService/GetUser"],"cacheControl":{}}]}"#, "set noStore"),
-            (r#"{"policies":[{"name":"a","methods":["user.UserService/GetUser"],"cacheControl":{"maxAge":-1}}]}"#, "invalid value"),
-            (r#"{"policies":[{"name":"a","methods":["user.UserService/GetUser"],"cacheControl":{"maxAge":1,"ttl":2}}]}"#, "unknown field `ttl`"),
-            (r#"{"policies":[{"name":"a","methods":["user.UserService/GetUser"],"cacheControl":{"scope":"shared","maxAge":1}}]}"#, "unknown variant"),
-            (r#"{"policies":[{"name":"a","methods":["user.UserService/GetUser"],"vary":["Accept"],"cacheControl":{"maxAge":1}}]}"#, "lower-case header"),
+            (
+                r#"{"policies":[{"name":"a","methods":["user.UserService/GetUser"],"cacheControl":{"noStore":true,"maxAge":1}}]}"#,
+                "noStore excludes",
+            ),
+            (
+                r#"{"policies":[{"name":"a","cacheControl":{"maxAge":1}}]}"#,
+                "needs `methods` or `routes`",
+            ),
+            (
+                r#"{"policies":[{"name":"a","routes":["/x"],"cacheControl":{"maxAge":1}}]}"#,
+                "is not `VERB /path`",
+            ),
+            (
+                r#"{"policies":[{"name":"a","methods":["user.UserService/GetUser"],"cacheControl":{}}]}"#,
+                "set noStore",
+            ),
+            (
+                r#"{"policies":[{"name":"a","methods":["user.UserService/GetUser"],"cacheControl":{"maxAge":-1}}]}"#,
+                "invalid value",
+            ),
+            (
+                r#"{"policies":[{"name":"a","methods":["user.UserService/GetUser"],"cacheControl":{"maxAge":1,"ttl":2}}]}"#,
+                "unknown field `ttl`",
+            ),
+            (
+                r#"{"policies":[{"name":"a","methods":["user.UserService/GetUser"],"cacheControl":{"scope":"shared","maxAge":1}}]}"#,
+                "unknown variant",
+            ),
+            (
+                r#"{"policies":[{"name":"a","methods":["user.UserService/GetUser"],"vary":["Accept"],"cacheControl":{"maxAge":1}}]}"#,
+                "lower-case header",
+            ),
         ];
         for (json, expected) in cases {
             let error = CacheHeaders::configure(json.as_bytes(), &mut TestHost::default())

@@ -63,11 +63,15 @@ pub struct RuleConfig {
 #[serde(deny_unknown_fields, rename_all = "camelCase", tag = "type")]
 pub enum KeyPart {
     GrpcMethod,
-    Header { name: String },
+    Header {
+        name: String,
+    },
     SourceAddress,
     /// The SPIFFE id of the mTLS peer (`connection.uri_san_peer_certificate`).
     Principal,
-    Field { path: String },
+    Field {
+        path: String,
+    },
 }
 
 fn default_max_body() -> u32 {
@@ -158,16 +162,25 @@ impl RateLimit {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
             if !valid_name {
-                return Err(ConfigError::at(at("name"), "must be non-empty [A-Za-z0-9_-]"));
+                return Err(ConfigError::at(
+                    at("name"),
+                    "must be non-empty [A-Za-z0-9_-]",
+                ));
             }
             if rules.iter().any(|r: &Rule| r.name == rule.name) {
-                return Err(ConfigError::at(at("name"), format!("duplicate rule {:?}", rule.name)));
+                return Err(ConfigError::at(
+                    at("name"),
+                    format!("duplicate rule {:?}", rule.name),
+                ));
             }
             if rule.requests == 0 {
                 return Err(ConfigError::at(at("requests"), "must be > 0"));
             }
             if !(1..=86_400).contains(&rule.period_seconds) {
-                return Err(ConfigError::at(at("periodSeconds"), "must be between 1 and 86400"));
+                return Err(ConfigError::at(
+                    at("periodSeconds"),
+                    "must be between 1 and 86400",
+                ));
             }
             if rule.burst == Some(0) {
                 return Err(ConfigError::at(at("burst"), "must be > 0"));
@@ -180,7 +193,10 @@ impl RateLimit {
                 inputs.push(descriptor.input());
             }
             if rule.key.is_empty() {
-                return Err(ConfigError::at(at("key"), "at least one key part is required"));
+                return Err(ConfigError::at(
+                    at("key"),
+                    "at least one key part is required",
+                ));
             }
             let mut parts = Vec::new();
             for part in rule.key {
@@ -288,7 +304,12 @@ impl Stream for RateLimitStream {
         self.decide(host, &Decoded::Nothing)
     }
 
-    fn on_request_body(&mut self, host: &mut dyn Host, body_size: usize, end_of_stream: bool) -> Action {
+    fn on_request_body(
+        &mut self,
+        host: &mut dyn Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
         if !self.waiting_for_body {
             return Action::Continue;
         }
@@ -306,7 +327,10 @@ impl Stream for RateLimitStream {
                 Ok(decoded) => decoded,
                 Err(problem) => {
                     self.root.counters.increment(host, "body_skipped");
-                    host.log(LogLevel::Debug, &format!("rate-limit: body passed through: {problem}"));
+                    host.log(
+                        LogLevel::Debug,
+                        &format!("rate-limit: body passed through: {problem}"),
+                    );
                     Decoded::Nothing
                 }
             },
@@ -317,14 +341,22 @@ impl Stream for RateLimitStream {
 }
 
 impl RateLimitStream {
-    fn key(&self, rule: &Rule, host: &dyn Host, target: &RequestTarget, decoded: &Decoded) -> Option<Vec<u8>> {
+    fn key(
+        &self,
+        rule: &Rule,
+        host: &dyn Host,
+        target: &RequestTarget,
+        decoded: &Decoded,
+    ) -> Option<Vec<u8>> {
         let mut key = Vec::new();
         for part in &rule.parts {
             let value = match part {
                 Part::GrpcMethod => target.method_name()?,
                 Part::Header(name) => host.request_header(name)?,
                 Part::SourceAddress => strip_port(&text(host.property(&["source", "address"])?)),
-                Part::Principal => text(host.property(&["connection", "uri_san_peer_certificate"])?),
+                Part::Principal => {
+                    text(host.property(&["connection", "uri_san_peer_certificate"])?)
+                }
                 Part::Field(path) => target.read_request_field(decoded, path)?,
             };
             // Unit separator between parts: ("a", "bc") and ("ab", "c") stay distinct.
@@ -342,7 +374,11 @@ impl RateLimitStream {
         let method = target.method_name();
         let now = host.now_nanos();
         let mut limited: Option<(&Rule, Verdict)> = None;
-        for rule in root.rules.iter().filter(|r| r.applies_to(method.as_deref())) {
+        for rule in root
+            .rules
+            .iter()
+            .filter(|r| r.applies_to(method.as_deref()))
+        {
             let Some(key) = self.key(rule, host, &target, decoded) else {
                 continue;
             };
@@ -360,7 +396,10 @@ impl RateLimitStream {
                     root.counters.increment(host, "failed_open");
                     host.log(
                         LogLevel::Warn,
-                        &format!("rate-limit: rule {} failed open after {retries} CAS retries", rule.name),
+                        &format!(
+                            "rate-limit: rule {} failed open after {retries} CAS retries",
+                            rule.name
+                        ),
                     );
                 }
             }
@@ -373,7 +412,10 @@ impl RateLimitStream {
             root.counters.increment(host, "shadow_limited");
             host.log(
                 LogLevel::Info,
-                &format!("rate-limit (shadow): rule {} would limit {}", rule.name, target.path),
+                &format!(
+                    "rate-limit (shadow): rule {} would limit {}",
+                    rule.name, target.path
+                ),
             );
             return Action::Continue;
         }
@@ -390,9 +432,17 @@ fn add(host: &mut dyn Host, counters: &Counters, name: &str, times: u32) {
 }
 
 /// 429 with RateLimit headers over HTTP; RESOURCE_EXHAUSTED (trailers-only) for gRPC family.
-fn limited_reply(rule: &Rule, verdict: &Verdict, protocol: Protocol, host: &dyn Host) -> LocalReply {
+fn limited_reply(
+    rule: &Rule,
+    verdict: &Verdict,
+    protocol: Protocol,
+    host: &dyn Host,
+) -> LocalReply {
     let retry_after = verdict.retry_after_secs.max(1);
-    let message = format!("rate limit exceeded (rule {}); retry after {retry_after}s", rule.name);
+    let message = format!(
+        "rate limit exceeded (rule {}); retry after {retry_after}s",
+        rule.name
+    );
     match protocol {
         Protocol::Http => LocalReply {
             status: 429,
@@ -401,11 +451,19 @@ fn limited_reply(rule: &Rule, verdict: &Verdict, protocol: Protocol, host: &dyn 
                 ("retry-after".into(), retry_after.to_string()),
                 (
                     "ratelimit-policy".into(),
-                    format!("\"{}\";q={};w={}", rule.name, rule.spec.burst, rule.window_secs()),
+                    format!(
+                        "\"{}\";q={};w={}",
+                        rule.name,
+                        rule.spec.burst,
+                        rule.window_secs()
+                    ),
                 ),
                 (
                     "ratelimit".into(),
-                    format!("\"{}\";r={};t={}", rule.name, verdict.remaining, verdict.reset_secs),
+                    format!(
+                        "\"{}\";r={};t={}",
+                        rule.name, verdict.remaining, verdict.reset_secs
+                    ),
                 ),
             ],
             body: serde_json::json!({"error": "RESOURCE_EXHAUSTED", "message": message})
@@ -496,21 +554,37 @@ mod tests {
         root.rules[0].table.create_pages(&mut host);
         let mut results = Vec::new();
         for _ in 0..3 {
-            host.request_headers = vec![(":path".into(), "/x".into()), ("x-api-key".into(), "k1".into())];
+            host.request_headers = vec![
+                (":path".into(), "/x".into()),
+                ("x-api-key".into(), "k1".into()),
+            ];
             host.reply = None;
             results.push(run(&root, &mut host));
         }
         assert_eq!(results, [Action::Continue, Action::Continue, Action::Pause]);
         let reply = host.reply.clone().unwrap();
         assert_eq!(reply.status, 429);
-        let header = |n: &str| reply.headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let header = |n: &str| {
+            reply
+                .headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.clone())
+        };
         assert_eq!(header("retry-after").as_deref(), Some("30"));
-        assert_eq!(header("ratelimit-policy").as_deref(), Some("\"per-key\";q=2;w=60"));
+        assert_eq!(
+            header("ratelimit-policy").as_deref(),
+            Some("\"per-key\";q=2;w=60")
+        );
         assert_eq!(header("ratelimit").as_deref(), Some("\"per-key\";r=0;t=60"));
 
         host.request_headers = vec![(":path".into(), "/x".into())];
         host.reply = None;
-        assert_eq!(run(&root, &mut host), Action::Continue, "no key, rule does not apply");
+        assert_eq!(
+            run(&root, &mut host),
+            Action::Continue,
+            "no key, rule does not apply"
+        );
         assert!(host.reply.is_none());
     }
 
@@ -528,8 +602,9 @@ mod tests {
                 (":path".into(), "/user.UserService/GetUser".into()),
                 ("content-type".into(), "application/grpc".into()),
             ];
-            host.request_body =
-                encode_frame(&meshgate_proto::user::GetUserRequest { id: id.into() }.encode_to_vec());
+            host.request_body = encode_frame(
+                &meshgate_proto::user::GetUserRequest { id: id.into() }.encode_to_vec(),
+            );
             host.reply = None;
             run(&root, host)
         };
@@ -539,14 +614,19 @@ mod tests {
         let reply = host.reply.clone().unwrap();
         assert_eq!(reply.grpc_status, Some(status::RESOURCE_EXHAUSTED));
         host.now = 10_000_000_000;
-        assert_eq!(request(&mut host, "a"), Action::Continue, "refilled after the period");
+        assert_eq!(
+            request(&mut host, "a"),
+            Action::Continue,
+            "refilled after the period"
+        );
     }
 
     #[test]
     fn shadow_mode_counts_but_lets_through() {
         let json = r#"{"mode":"shadow","rules":[{"name":"all","key":[{"type":"sourceAddress"}],"requests":1,"periodSeconds":60}]}"#;
         let mut host = TestHost::default();
-        host.properties.insert("source.address".into(), b"10.1.2.3:4444".to_vec());
+        host.properties
+            .insert("source.address".into(), b"10.1.2.3:4444".to_vec());
         let root = Rc::new(RateLimit::configure(json.as_bytes(), &mut host).unwrap());
         for _ in 0..3 {
             host.request_headers = vec![(":path".into(), "/x".into())];
@@ -580,21 +660,56 @@ mod tests {
             ("", "pluginConfig is empty"),
             (r#"{"rules":[],"x":1}"#, "unknown field `x`"),
             (r#"{"rules":[]}"#, "rules: at least one rule"),
-            (r#"{"rules":[{"name":"a","key":[],"requests":1,"periodSeconds":1}]}"#, "rules[0].key"),
-            (r#"{"rules":[{"name":"a","key":[{"type":"grpcMethod"}],"requests":0,"periodSeconds":1}]}"#, "rules[0].requests"),
-            (r#"{"rules":[{"name":"a","key":[{"type":"grpcMethod"}],"requests":1,"periodSeconds":0}]}"#, "rules[0].periodSeconds"),
-            (r#"{"rules":[{"name":"a","key":[{"type":"header","name":"X-Key"}],"requests":1,"periodSeconds":1}]}"#, "lower-case header"),
-            (r#"{"rules":[{"name":"a","key":[{"type":"field","path":"id"}],"requests":1,"periodSeconds":1}]}"#, "needs `methods`"),
-            (r#"{"rules":[{"name":"a","methods":["user.UserService/GetUser"],"key":[{"type":"field","path":"email"}],"requests":1,"periodSeconds":1}]}"#, "no field \"email\""),
-            (r#"{"rules":[{"name":"a","methods":["x.Y/Z"],"key":[{"type":"grpcMethod"}],"requests":1,"periodSeconds":1}]}"#, "unknown method"),
-            (r#"{"rules":[{"name":"a","key":[{"type":"ip"}],"requests":1,"periodSeconds":1}]}"#, "unknown variant `ip`"),
+            (
+                r#"{"rules":[{"name":"a","key":[],"requests":1,"periodSeconds":1}]}"#,
+                "rules[0].key",
+            ),
+            (
+                r#"{"rules":[{"name":"a","key":[{"type":"grpcMethod"}],"requests":0,"periodSeconds":1}]}"#,
+                "rules[0].requests",
+            ),
+            (
+                r#"{"rules":[{"name":"a","key":[{"type":"grpcMethod"}],"requests":1,"periodSeconds":0}]}"#,
+                "rules[0].periodSeconds",
+            ),
+            (
+                r#"{"rules":[{"name":"a","key":[{"type":"header","name":"X-Key"}],"requests":1,"periodSeconds":1}]}"#,
+                "lower-case header",
+            ),
+            (
+                r#"{"rules":[{"name":"a","key":[{"type":"field","path":"id"}],"requests":1,"periodSeconds":1}]}"#,
+                "needs `methods`",
+            ),
+            (
+                r#"{"rules":[{"name":"a","methods":["user.UserService/GetUser"],"key":[{"type":"field","path":"email"}],"requests":1,"periodSeconds":1}]}"#,
+                "no field \"email\"",
+            ),
+            (
+                r#"{"rules":[{"name":"a","methods":["x.Y/Z"],"key":[{"type":"grpcMethod"}],"requests":1,"periodSeconds":1}]}"#,
+                "unknown method",
+            ),
+            (
+                r#"{"rules":[{"name":"a","key":[{"type":"ip"}],"requests":1,"periodSeconds":1}]}"#,
+                "unknown variant `ip`",
+            ),
             (r#"{"mode":"dry","rules":[]}"#, "unknown variant `dry`"),
-            (r#"{"maxKeys":1,"rules":[{"name":"a","key":[{"type":"grpcMethod"}],"requests":1,"periodSeconds":1}]}"#, "maxKeys"),
-            (r#"{"descriptorSet":"%%%","rules":[{"name":"a","key":[{"type":"grpcMethod"}],"requests":1,"periodSeconds":1}]}"#, "descriptorSet"),
-            (r#"{"rules":[{"name":"a","key":[{"type":"grpcMethod"}],"requests":1,"periodSeconds":1},{"name":"a","key":[{"type":"grpcMethod"}],"requests":1,"periodSeconds":1}]}"#, "duplicate rule"),
+            (
+                r#"{"maxKeys":1,"rules":[{"name":"a","key":[{"type":"grpcMethod"}],"requests":1,"periodSeconds":1}]}"#,
+                "maxKeys",
+            ),
+            (
+                r#"{"descriptorSet":"%%%","rules":[{"name":"a","key":[{"type":"grpcMethod"}],"requests":1,"periodSeconds":1}]}"#,
+                "descriptorSet",
+            ),
+            (
+                r#"{"rules":[{"name":"a","key":[{"type":"grpcMethod"}],"requests":1,"periodSeconds":1},{"name":"a","key":[{"type":"grpcMethod"}],"requests":1,"periodSeconds":1}]}"#,
+                "duplicate rule",
+            ),
         ];
         for (json, expected) in cases {
-            let error = configure(json).err().unwrap_or_else(|| panic!("accepted {json}"));
+            let error = configure(json)
+                .err()
+                .unwrap_or_else(|| panic!("accepted {json}"));
             assert!(error.0.contains(expected), "{json}: {error}");
         }
     }

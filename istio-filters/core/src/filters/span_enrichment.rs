@@ -118,8 +118,14 @@ impl SpanEnrichment {
         for (i, field) in config.fields.into_iter().enumerate() {
             let at = |name: &str| format!("fields[{i}].{name}");
             let path = FieldPath::parse(&field.path).map_err(|e| ConfigError::at(at("path"), e))?;
-            if fields.iter().any(|f| f.path == path && f.from == field.from) {
-                return Err(ConfigError::at(at("path"), format!("{:?} listed twice", field.path)));
+            if fields
+                .iter()
+                .any(|f| f.path == path && f.from == field.from)
+            {
+                return Err(ConfigError::at(
+                    at("path"),
+                    format!("{:?} listed twice", field.path),
+                ));
             }
             let message_of = |m: &prost_reflect::MethodDescriptor| match field.from {
                 Direction::Request => m.input(),
@@ -128,7 +134,11 @@ impl SpanEnrichment {
             let mut methods = Vec::new();
             if field.methods.is_empty() {
                 // Every method whose message has the field.
-                for route_method in catalog.pool().services().flat_map(|s| s.methods().collect::<Vec<_>>()) {
+                for route_method in catalog
+                    .pool()
+                    .services()
+                    .flat_map(|s| s.methods().collect::<Vec<_>>())
+                {
                     if path.validate(&message_of(&route_method)).is_ok() {
                         methods.push(crate::catalog::qualified_name(&route_method));
                     }
@@ -136,14 +146,17 @@ impl SpanEnrichment {
                 if methods.is_empty() {
                     return Err(ConfigError::at(
                         at("path"),
-                        format!("no method's {:?} message has a scalar field {:?}", field.from, field.path),
+                        format!(
+                            "no method's {:?} message has a scalar field {:?}",
+                            field.from, field.path
+                        ),
                     ));
                 }
             } else {
                 for name in &field.methods {
-                    let method = catalog
-                        .method_by_name(name)
-                        .ok_or_else(|| ConfigError::at(at("methods"), format!("unknown method {name:?}")))?;
+                    let method = catalog.method_by_name(name).ok_or_else(|| {
+                        ConfigError::at(at("methods"), format!("unknown method {name:?}"))
+                    })?;
                     path.validate(&message_of(&method))
                         .map_err(|e| ConfigError::at(at("path"), e))?;
                     methods.push(name.clone());
@@ -164,7 +177,11 @@ impl SpanEnrichment {
         })
     }
 
-    fn fields_for<'a>(&'a self, method: &'a str, from: Direction) -> impl Iterator<Item = &'a Field> + 'a {
+    fn fields_for<'a>(
+        &'a self,
+        method: &'a str,
+        from: Direction,
+    ) -> impl Iterator<Item = &'a Field> + 'a {
         self.fields
             .iter()
             .filter(move |f| f.from == from && f.methods.iter().any(|m| m == method))
@@ -227,7 +244,11 @@ impl Stream for SpanEnrichmentStream {
         emit(host, "grpc-method", "meshgate.grpc_method", method.name());
         self.root.counters.increment(host, "enriched");
         let qualified = crate::catalog::qualified_name(&method);
-        let wants_body = self.root.fields_for(&qualified, Direction::Request).next().is_some()
+        let wants_body = self
+            .root
+            .fields_for(&qualified, Direction::Request)
+            .next()
+            .is_some()
             && target.message_in_body();
         let fits = filter::content_length(host).is_none_or(|len| len <= self.root.max_body);
         self.target = Some(target);
@@ -242,7 +263,12 @@ impl Stream for SpanEnrichmentStream {
         Action::Continue
     }
 
-    fn on_request_body(&mut self, host: &mut dyn Host, body_size: usize, end_of_stream: bool) -> Action {
+    fn on_request_body(
+        &mut self,
+        host: &mut dyn Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
         if !self.waiting_for_request {
             return Action::Continue;
         }
@@ -259,7 +285,10 @@ impl Stream for SpanEnrichmentStream {
         let decoded = match (&self.target, host.request_body(body_size)) {
             (Some(target), Some(body)) => target.decode_request(&body).unwrap_or_else(|problem| {
                 self.root.counters.increment(host, "body_skipped");
-                host.log(LogLevel::Debug, &format!("span-enrichment: request body passed through: {problem}"));
+                host.log(
+                    LogLevel::Debug,
+                    &format!("span-enrichment: request body passed through: {problem}"),
+                );
                 Decoded::Nothing
             }),
             _ => Decoded::Nothing,
@@ -276,11 +305,22 @@ impl Stream for SpanEnrichmentStream {
         Action::Continue
     }
 
-    fn on_response_body(&mut self, host: &mut dyn Host, body_size: usize, end_of_stream: bool) -> Action {
+    fn on_response_body(
+        &mut self,
+        host: &mut dyn Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
         let Some(method) = self.target.as_ref().and_then(RequestTarget::method_name) else {
             return Action::Continue;
         };
-        if self.response_skipped || self.root.fields_for(&method, Direction::Response).next().is_none() {
+        if self.response_skipped
+            || self
+                .root
+                .fields_for(&method, Direction::Response)
+                .next()
+                .is_none()
+        {
             return Action::Continue;
         }
         // body_size is this chunk when the proxy is not buffering (we never pause here).
@@ -344,12 +384,18 @@ impl SpanEnrichmentStream {
             Ok(decoded) => decoded,
             Err(problem) => {
                 self.root.counters.increment(host, "body_skipped");
-                host.log(LogLevel::Debug, &format!("span-enrichment: response body passed through: {problem}"));
+                host.log(
+                    LogLevel::Debug,
+                    &format!("span-enrichment: response body passed through: {problem}"),
+                );
                 return;
             }
         };
         for field in self.root.fields_for(method, Direction::Response) {
-            if let Some(value) = decoded.read(&field.path).and_then(|v| redact(field.redact, &v)) {
+            if let Some(value) = decoded
+                .read(&field.path)
+                .and_then(|v| redact(field.redact, &v))
+            {
                 host.set_property(&[&field.state_key()], clip(&value).as_bytes());
                 self.root.counters.increment(host, "fields");
             }
@@ -380,7 +426,10 @@ fn redact(redaction: Redaction, value: &str) -> Option<String> {
     match redaction {
         Redaction::None => Some(value.to_owned()),
         Redaction::Drop => None,
-        Redaction::Sha256 => Some(format!("sha256:{}", hex::encode(Sha256::digest(value.as_bytes())))),
+        Redaction::Sha256 => Some(format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(value.as_bytes()))
+        )),
     }
 }
 
@@ -418,7 +467,10 @@ mod tests {
         host.request_body = body.to_vec();
         let action = stream.on_request_headers(&mut host, body.is_empty());
         if action == Action::Pause {
-            assert_eq!(stream.on_request_body(&mut host, body.len(), true), Action::Continue);
+            assert_eq!(
+                stream.on_request_body(&mut host, body.len(), true),
+                Action::Continue
+            );
         }
         host
     }
@@ -429,7 +481,8 @@ mod tests {
 
     #[test]
     fn grpc_method_and_fields_become_headers_and_state() {
-        let body = encode_frame(&meshgate_proto::user::GetUserRequest { id: "u1".into() }.encode_to_vec());
+        let body =
+            encode_frame(&meshgate_proto::user::GetUserRequest { id: "u1".into() }.encode_to_vec());
         let host = run(
             &[
                 (":method", "POST"),
@@ -439,39 +492,83 @@ mod tests {
             ],
             &body,
         );
-        assert_eq!(host.request_header("x-meshgate-grpc-service").as_deref(), Some("user.UserService"));
-        assert_eq!(host.request_header("x-meshgate-grpc-method").as_deref(), Some("GetUser"));
-        assert_eq!(host.request_header("x-meshgate-field-id").as_deref(), Some("u1"));
-        assert_eq!(host.filter_state.get("meshgate.request.id").map(Vec::as_slice), Some(&b"u1"[..]));
+        assert_eq!(
+            host.request_header("x-meshgate-grpc-service").as_deref(),
+            Some("user.UserService")
+        );
+        assert_eq!(
+            host.request_header("x-meshgate-grpc-method").as_deref(),
+            Some("GetUser")
+        );
+        assert_eq!(
+            host.request_header("x-meshgate-field-id").as_deref(),
+            Some("u1")
+        );
+        assert_eq!(
+            host.filter_state
+                .get("meshgate.request.id")
+                .map(Vec::as_slice),
+            Some(&b"u1"[..])
+        );
     }
 
     #[test]
     fn rest_json_fields_are_redacted() {
         let host = run(
-            &[(":method", "POST"), (":path", "/v1/users"), ("content-type", "application/json")],
+            &[
+                (":method", "POST"),
+                (":path", "/v1/users"),
+                ("content-type", "application/json"),
+            ],
             br#"{"name":"Ada","email":"ada@example.com"}"#,
         );
-        assert_eq!(host.request_header("x-meshgate-grpc-method").as_deref(), Some("CreateUser"));
+        assert_eq!(
+            host.request_header("x-meshgate-grpc-method").as_deref(),
+            Some("CreateUser")
+        );
         assert_eq!(
             host.request_header("x-meshgate-field-email"),
             Some(sha("ada@example.com"))
         );
-        assert_eq!(host.request_header("x-meshgate-field-name"), None, "dropped");
+        assert_eq!(
+            host.request_header("x-meshgate-field-name"),
+            None,
+            "dropped"
+        );
     }
 
     #[test]
     fn forged_headers_are_removed_even_without_a_method() {
-        let host = run(&[(":method", "GET"), (":path", "/healthz"), ("X-Meshgate-Grpc-Method", "Evil")], b"");
+        let host = run(
+            &[
+                (":method", "GET"),
+                (":path", "/healthz"),
+                ("X-Meshgate-Grpc-Method", "Evil"),
+            ],
+            b"",
+        );
         assert_eq!(host.request_header("x-meshgate-grpc-method"), None);
     }
 
     #[test]
     fn trace_headers_are_read_not_written() {
         let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let host = run(&[(":method", "GET"), (":path", "/v1/users/1"), ("traceparent", traceparent)], b"");
-        assert_eq!(host.request_header("traceparent").as_deref(), Some(traceparent));
+        let host = run(
+            &[
+                (":method", "GET"),
+                (":path", "/v1/users/1"),
+                ("traceparent", traceparent),
+            ],
+            b"",
+        );
         assert_eq!(
-            host.filter_state.get("meshgate.trace_id").map(Vec::as_slice),
+            host.request_header("traceparent").as_deref(),
+            Some(traceparent)
+        );
+        assert_eq!(
+            host.filter_state
+                .get("meshgate.trace_id")
+                .map(Vec::as_slice),
             Some(&b"4bf92f3577b34da6a3ce929d0e0e4736"[..])
         );
     }
@@ -487,7 +584,10 @@ mod tests {
         let mut stream = root.new_stream();
         stream.on_request_headers(&mut host, true);
         let response = meshgate_proto::user::GetUserResponse {
-            user: Some(meshgate_proto::user::User { email: "a@b.c".into(), ..Default::default() }),
+            user: Some(meshgate_proto::user::User {
+                email: "a@b.c".into(),
+                ..Default::default()
+            }),
             message: String::new(),
         };
         host.response_body = encode_frame(&response.encode_to_vec());
@@ -496,17 +596,32 @@ mod tests {
         stream.on_response_body(&mut host, size, false);
         host.response_trailers = vec![("grpc-status".into(), "5".into())];
         stream.on_response_trailers(&mut host);
-        assert_eq!(host.filter_state.get("meshgate.response.user.email"), Some(&sha("a@b.c").into_bytes()));
-        assert_eq!(host.filter_state.get("meshgate.grpc_status").map(Vec::as_slice), Some(&b"NOT_FOUND"[..]));
+        assert_eq!(
+            host.filter_state.get("meshgate.response.user.email"),
+            Some(&sha("a@b.c").into_bytes())
+        );
+        assert_eq!(
+            host.filter_state
+                .get("meshgate.grpc_status")
+                .map(Vec::as_slice),
+            Some(&b"NOT_FOUND"[..])
+        );
     }
 
     #[test]
     fn malformed_protobuf_passes_through() {
         let host = run(
-            &[(":method", "POST"), (":path", "/user.UserService/GetUser"), ("content-type", "application/grpc")],
+            &[
+                (":method", "POST"),
+                (":path", "/user.UserService/GetUser"),
+                ("content-type", "application/grpc"),
+            ],
             &[0, 0, 0, 0, 2, 0x0a, 0x09],
         );
-        assert_eq!(host.request_header("x-meshgate-grpc-method").as_deref(), Some("GetUser"));
+        assert_eq!(
+            host.request_header("x-meshgate-grpc-method").as_deref(),
+            Some("GetUser")
+        );
         assert_eq!(host.request_header("x-meshgate-field-id"), None);
         assert_eq!(host.counter("meshgate_span_enrichment_body_skipped"), 1);
     }
@@ -515,9 +630,18 @@ mod tests {
     fn rejects_bad_configs() {
         let cases = [
             (r#"{"fields":[{"path":"nope"}]}"#, "no method's"),
-            (r#"{"fields":[{"path":"id","redact":"mask"}]}"#, "unknown variant `mask`"),
-            (r#"{"fields":[{"path":"id"},{"path":"id"}]}"#, "listed twice"),
-            (r#"{"fields":[{"path":"user","from":"response","methods":["user.UserService/GetUser"]}]}"#, "singular scalar"),
+            (
+                r#"{"fields":[{"path":"id","redact":"mask"}]}"#,
+                "unknown variant `mask`",
+            ),
+            (
+                r#"{"fields":[{"path":"id"},{"path":"id"}]}"#,
+                "listed twice",
+            ),
+            (
+                r#"{"fields":[{"path":"user","from":"response","methods":["user.UserService/GetUser"]}]}"#,
+                "singular scalar",
+            ),
             (r#"{"fields":[{"path":"a..b"}]}"#, "empty segment"),
             (r#"{"maxBodyBytes":0}"#, "maxBodyBytes"),
             (r#"{"extra":true}"#, "unknown field `extra`"),

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 
-use meshgate_filter_host::{Chain, LoadError, ManualClock, Plugin, PluginOptions, Request, Runtime};
+use meshgate_filter_host::{
+    Chain, LoadError, ManualClock, Plugin, PluginOptions, Request, Runtime,
+};
 use prost::Message;
 
 pub const BUILD_COMMAND: &str = "cargo build --profile wasm --target wasm32-wasip1 \
@@ -43,7 +45,12 @@ pub fn module_bytes(module: &str) -> Vec<u8> {
     })
 }
 
-pub fn try_load(module: &str, config: &str, workers: usize, clock: Arc<ManualClock>) -> Result<Plugin, LoadError> {
+pub fn try_load(
+    module: &str,
+    config: &str,
+    workers: usize,
+    clock: Arc<ManualClock>,
+) -> Result<Plugin, LoadError> {
     Plugin::load(
         &RUNTIME,
         module,
@@ -89,7 +96,11 @@ pub fn grpc_web_text(method: &str, body: &[u8]) -> Request {
     use base64::Engine as _;
     Request::new("POST", &format!("/user.UserService/{method}"))
         .header("content-type", "application/grpc-web-text")
-        .body(base64::engine::general_purpose::STANDARD.encode(body).into_bytes())
+        .body(
+            base64::engine::general_purpose::STANDARD
+                .encode(body)
+                .into_bytes(),
+        )
 }
 
 pub fn get_user(id: &str) -> meshgate_proto::user::GetUserRequest {

@@ -19,14 +19,26 @@ fn bad_rate_limit_configs_are_refused_with_the_reason() {
         ("{not json", "pluginConfig:"),
         (r#"{"rules":[],"unknown":1}"#, "unknown field `unknown`"),
         (r#"{"rules":[]}"#, "rules: at least one rule is required"),
-        (r#"{"rules":[{"name":"a","key":[{"type":"grpcMethod"}],"requests":0,"periodSeconds":1}]}"#, "rules[0].requests: must be > 0"),
-        (r#"{"rules":[{"name":"a","methods":["user.UserService/GetUser"],"key":[{"type":"field","path":"user.email"}],"requests":1,"periodSeconds":1}]}"#, "rules[0].key.field.path"),
+        (
+            r#"{"rules":[{"name":"a","key":[{"type":"grpcMethod"}],"requests":0,"periodSeconds":1}]}"#,
+            "rules[0].requests: must be > 0",
+        ),
+        (
+            r#"{"rules":[{"name":"a","methods":["user.UserService/GetUser"],"key":[{"type":"field","path":"user.email"}],"requests":1,"periodSeconds":1}]}"#,
+            "rules[0].key.field.path",
+        ),
         (r#"{"mode":"off","rules":[]}"#, "unknown variant `off`"),
-        (r#"{"casRetries":0,"rules":[{"name":"a","key":[{"type":"grpcMethod"}],"requests":1,"periodSeconds":1}]}"#, "casRetries"),
+        (
+            r#"{"casRetries":0,"rules":[{"name":"a","key":[{"type":"grpcMethod"}],"requests":1,"periodSeconds":1}]}"#,
+            "casRetries",
+        ),
     ];
     for (config, expected) in cases {
         let reason = refusal(RATE_LIMIT, config);
-        assert!(reason.contains("meshgate_rate_limit: invalid pluginConfig, plugin not started"), "{reason}");
+        assert!(
+            reason.contains("meshgate_rate_limit: invalid pluginConfig, plugin not started"),
+            "{reason}"
+        );
         assert!(reason.contains(expected), "{config:?}: {reason}");
         assert_eq!(reason.lines().count(), 1, "one log line: {reason}");
     }
@@ -36,8 +48,14 @@ fn bad_rate_limit_configs_are_refused_with_the_reason() {
 fn bad_cache_headers_configs_are_refused_with_the_reason() {
     let cases = [
         ("{}", "missing field `policies`"),
-        (r#"{"policies":[{"name":"a","methods":["user.UserService/Nope"],"cacheControl":{"maxAge":1}}]}"#, "unknown method"),
-        (r#"{"policies":[{"name":"a","methods":["user.UserService/GetUser"],"cacheControl":{"noStore":true},"etag":true}]}"#, "noStore excludes"),
+        (
+            r#"{"policies":[{"name":"a","methods":["user.UserService/Nope"],"cacheControl":{"maxAge":1}}]}"#,
+            "unknown method",
+        ),
+        (
+            r#"{"policies":[{"name":"a","methods":["user.UserService/GetUser"],"cacheControl":{"noStore":true},"etag":true}]}"#,
+            "noStore excludes",
+        ),
         (r#"{"maxBodyBytes":99999999,"policies":[]}"#, "maxBodyBytes"),
     ];
     for (config, expected) in cases {
@@ -49,10 +67,19 @@ fn bad_cache_headers_configs_are_refused_with_the_reason() {
 #[test]
 fn bad_span_enrichment_configs_are_refused_with_the_reason() {
     let cases = [
-        (r#"{"fields":[{"path":"user.phone","from":"response"}]}"#, "no method's"),
-        (r#"{"fields":[{"path":"email","redact":"md5"}]}"#, "unknown variant `md5`"),
+        (
+            r#"{"fields":[{"path":"user.phone","from":"response"}]}"#,
+            "no method's",
+        ),
+        (
+            r#"{"fields":[{"path":"email","redact":"md5"}]}"#,
+            "unknown variant `md5`",
+        ),
         (r#"{"descriptorSet":"AAAA!"}"#, "descriptorSet"),
-        (r#"{"fields":[{"path":"id","methods":["user.UserService/ListUsers"]}]}"#, "no field \"id\""),
+        (
+            r#"{"fields":[{"path":"id","methods":["user.UserService/ListUsers"]}]}"#,
+            "no field \"id\"",
+        ),
     ];
     for (config, expected) in cases {
         let reason = refusal(SPAN_ENRICHMENT, config);
@@ -74,18 +101,37 @@ fn every_wasm_plugin_example_configures_its_module() {
         let text = std::fs::read_to_string(&path).unwrap();
         let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
         let file = path.display();
-        assert_eq!(doc["apiVersion"].as_str(), Some("extensions.istio.io/v1alpha1"), "{file}");
+        assert_eq!(
+            doc["apiVersion"].as_str(),
+            Some("extensions.istio.io/v1alpha1"),
+            "{file}"
+        );
         assert_eq!(doc["kind"].as_str(), Some("WasmPlugin"), "{file}");
         let spec = &doc["spec"];
-        let module = spec["pluginName"].as_str().unwrap_or_else(|| panic!("{file}: pluginName"));
+        let module = spec["pluginName"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{file}: pluginName"));
         let url = spec["url"].as_str().unwrap_or_default();
-        assert!(url.starts_with("oci://registry.example.com/meshgate/istio-filters:"), "{file}: {url}");
         assert!(
-            matches!(spec["phase"].as_str(), Some("AUTHN" | "AUTHZ" | "STATS" | "UNSPECIFIED_PHASE")),
+            url.starts_with("oci://registry.example.com/meshgate/istio-filters:"),
+            "{file}: {url}"
+        );
+        assert!(
+            matches!(
+                spec["phase"].as_str(),
+                Some("AUTHN" | "AUTHZ" | "STATS" | "UNSPECIFIED_PHASE")
+            ),
             "{file}: phase"
         );
-        assert!(matches!(spec["failStrategy"].as_str(), Some("FAIL_OPEN" | "FAIL_CLOSE")), "{file}");
-        let config: serde_json::Value = serde_yaml::from_value(spec["pluginConfig"].clone()).unwrap();
+        assert!(
+            matches!(
+                spec["failStrategy"].as_str(),
+                Some("FAIL_OPEN" | "FAIL_CLOSE")
+            ),
+            "{file}"
+        );
+        let config: serde_json::Value =
+            serde_yaml::from_value(spec["pluginConfig"].clone()).unwrap();
         if let Err(e) = try_load(module, &config.to_string(), 1, ManualClock::new(START)) {
             panic!("{file}: pluginConfig refused by {module}: {e}");
         }

@@ -10,7 +10,12 @@ use crate::common::*;
 #[test]
 fn rest_client_gets_cache_headers_then_304_then_429() {
     let clock = ManualClock::new(START);
-    let enrichment = load(SPAN_ENRICHMENT, r#"{"fields":[{"path":"id"}]}"#, 2, Arc::clone(&clock));
+    let enrichment = load(
+        SPAN_ENRICHMENT,
+        r#"{"fields":[{"path":"id"}]}"#,
+        2,
+        Arc::clone(&clock),
+    );
     let limiter = load(
         RATE_LIMIT,
         r#"{"rules":[{"name":"reads","methods":["user.UserService/GetUser"],"key":[{"type":"sourceAddress"}],"requests":2,"periodSeconds":60}]}"#,
@@ -29,16 +34,35 @@ fn rest_client_gets_cache_headers_then_304_then_429() {
 
     let first = chain.on_request(get()).unwrap();
     assert!(first.local_reply().is_none());
-    assert_eq!(first.request().header_value("x-meshgate-grpc-method"), Some("GetUser"));
-    assert_eq!(first.request().header_value("x-meshgate-field-id"), Some("7"));
-    let done = first.on_response(Response::new(200).body(body.clone())).unwrap();
-    assert_eq!(done.response.header_value("cache-control"), Some("private, max-age=30"));
+    assert_eq!(
+        first.request().header_value("x-meshgate-grpc-method"),
+        Some("GetUser")
+    );
+    assert_eq!(
+        first.request().header_value("x-meshgate-field-id"),
+        Some("7")
+    );
+    let done = first
+        .on_response(Response::new(200).body(body.clone()))
+        .unwrap();
+    assert_eq!(
+        done.response.header_value("cache-control"),
+        Some("private, max-age=30")
+    );
     let etag = done.response.header_value("etag").unwrap().to_owned();
-    assert!(done.attributes.iter().any(|(k, v)| k == "meshgate.grpc_method" && v == "GetUser"));
+    assert!(
+        done.attributes
+            .iter()
+            .any(|(k, v)| k == "meshgate.grpc_method" && v == "GetUser")
+    );
 
-    let second = chain.on_request(get().header("if-none-match", &etag)).unwrap();
+    let second = chain
+        .on_request(get().header("if-none-match", &etag))
+        .unwrap();
     assert!(second.local_reply().is_none());
-    let done = second.on_response(Response::new(200).body(body.clone())).unwrap();
+    let done = second
+        .on_response(Response::new(200).body(body.clone()))
+        .unwrap();
     assert_eq!(done.response.status, 304);
     assert!(done.response.body.is_empty());
 
@@ -49,8 +73,15 @@ fn rest_client_gets_cache_headers_then_304_then_429() {
     // The local reply still carries the enrichment gathered before the limit hit.
     let done = third.on_response(reply).unwrap();
     assert_eq!(done.response.status, 429);
-    assert!(done.attributes.iter().any(|(k, v)| k == "meshgate.grpc_method" && v == "GetUser"));
+    assert!(
+        done.attributes
+            .iter()
+            .any(|(k, v)| k == "meshgate.grpc_method" && v == "GetUser")
+    );
 
     clock.advance(30 * SECOND);
-    assert!(chain.on_request(get()).unwrap().local_reply().is_none(), "refilled");
+    assert!(
+        chain.on_request(get()).unwrap().local_reply().is_none(),
+        "refilled"
+    );
 }

@@ -42,8 +42,14 @@ fn exactly_the_limit_is_allowed_across_four_worker_vms() {
         })
         .collect();
     let total: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
-    assert_eq!(total, LIMIT as usize, "exactly the limit over {WORKERS} VMs");
-    assert_eq!(plugin.counter("meshgate_rate_limit_allowed"), i64::from(LIMIT));
+    assert_eq!(
+        total, LIMIT as usize,
+        "exactly the limit over {WORKERS} VMs"
+    );
+    assert_eq!(
+        plugin.counter("meshgate_rate_limit_allowed"),
+        i64::from(LIMIT)
+    );
     assert_eq!(
         plugin.counter("meshgate_rate_limit_limited"),
         (WORKERS * PER_WORKER) as i64 - i64::from(LIMIT)
@@ -79,34 +85,59 @@ fn http_gets_429_grpc_gets_resource_exhausted_trailers_only() {
 
     let (chain, _, _) = chain(RATE_LIMIT, config, 1);
     assert!(allowed(&chain, 0, Request::new("GET", "/v1/users/1")));
-    let exchange = chain.on_request(Request::new("GET", "/v1/users/2")).unwrap();
+    let exchange = chain
+        .on_request(Request::new("GET", "/v1/users/2"))
+        .unwrap();
     let reply = exchange.local_reply().unwrap().clone();
     assert_eq!(reply.status, 429);
     assert_eq!(reply.header_value("retry-after"), Some("60"));
-    assert_eq!(reply.header_value("ratelimit-policy"), Some("\"get-user\";q=1;w=60"));
-    assert_eq!(reply.header_value("ratelimit"), Some("\"get-user\";r=0;t=60"));
+    assert_eq!(
+        reply.header_value("ratelimit-policy"),
+        Some("\"get-user\";q=1;w=60")
+    );
+    assert_eq!(
+        reply.header_value("ratelimit"),
+        Some("\"get-user\";r=0;t=60")
+    );
     let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(body["error"], "RESOURCE_EXHAUSTED");
 
     // The REST call and the gRPC call share the method's bucket.
-    let exchange = chain.on_request(grpc("GetUser", frame(&get_user("1")))).unwrap();
+    let exchange = chain
+        .on_request(grpc("GetUser", frame(&get_user("1"))))
+        .unwrap();
     let reply = exchange.local_reply().unwrap().clone();
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header_value("content-type"), Some("application/grpc"));
     assert_eq!(reply.header_value("grpc-status"), Some("8"));
-    assert!(reply.header_value("grpc-message").unwrap().contains("rate limit exceeded"));
+    assert!(
+        reply
+            .header_value("grpc-message")
+            .unwrap()
+            .contains("rate limit exceeded")
+    );
     assert!(reply.body.is_empty(), "trailers-only");
 
-    let exchange = chain.on_request(grpc_web("GetUser", frame(&get_user("1")))).unwrap();
+    let exchange = chain
+        .on_request(grpc_web("GetUser", frame(&get_user("1"))))
+        .unwrap();
     let reply = exchange.local_reply().unwrap().clone();
     assert_eq!(reply.status, 200);
-    assert_eq!(reply.header_value("content-type"), Some("application/grpc-web+proto"));
+    assert_eq!(
+        reply.header_value("content-type"),
+        Some("application/grpc-web+proto")
+    );
     assert_eq!(reply.header_value("grpc-status"), Some("8"));
     assert!(reply.body.is_empty());
 
-    let exchange = chain.on_request(grpc_web_text("GetUser", &frame(&get_user("1")))).unwrap();
+    let exchange = chain
+        .on_request(grpc_web_text("GetUser", &frame(&get_user("1"))))
+        .unwrap();
     let reply = exchange.local_reply().unwrap().clone();
-    assert_eq!(reply.header_value("content-type"), Some("application/grpc-web-text"));
+    assert_eq!(
+        reply.header_value("content-type"),
+        Some("application/grpc-web-text")
+    );
     assert_eq!(reply.header_value("grpc-status"), Some("8"));
 
     // Another method is not covered by the rule.
@@ -118,7 +149,13 @@ fn shadow_mode_lets_everything_through_and_counts() {
     let config = r#"{"mode":"shadow","rules":[{"name":"per-source","key":[{"type":"sourceAddress"}],"requests":2,"periodSeconds":60}]}"#;
     let (chain, plugin, _) = chain(RATE_LIMIT, config, 2);
     let through = (0..6)
-        .filter(|i| allowed(&chain, *i, Request::new("GET", "/v1/users").source("10.0.0.7:41000")))
+        .filter(|i| {
+            allowed(
+                &chain,
+                *i,
+                Request::new("GET", "/v1/users").source("10.0.0.7:41000"),
+            )
+        })
         .count();
     assert_eq!(through, 6);
     assert_eq!(plugin.counter("meshgate_rate_limit_allowed"), 2);
@@ -132,15 +169,39 @@ fn source_address_ignores_the_port_and_principals_are_separate_keys() {
         {"name":"per-source","key":[{"type":"sourceAddress"}],"requests":1,"periodSeconds":60},
         {"name":"per-principal","key":[{"type":"principal"}],"requests":2,"periodSeconds":60}]}"#;
     let (chain, _, _) = chain(RATE_LIMIT, config, 1);
-    assert!(allowed(&chain, 0, Request::new("GET", "/x").source("10.0.0.1:1000")));
-    assert!(!allowed(&chain, 0, Request::new("GET", "/x").source("10.0.0.1:2000")));
-    assert!(allowed(&chain, 0, Request::new("GET", "/x").source("10.0.0.2:1000")));
+    assert!(allowed(
+        &chain,
+        0,
+        Request::new("GET", "/x").source("10.0.0.1:1000")
+    ));
+    assert!(!allowed(
+        &chain,
+        0,
+        Request::new("GET", "/x").source("10.0.0.1:2000")
+    ));
+    assert!(allowed(
+        &chain,
+        0,
+        Request::new("GET", "/x").source("10.0.0.2:1000")
+    ));
 
     let alice = "spiffe://cluster.local/ns/meshgate/sa/alice";
     let bob = "spiffe://cluster.local/ns/meshgate/sa/bob";
-    assert!(allowed(&chain, 0, Request::new("GET", "/x").principal(alice)));
-    assert!(allowed(&chain, 0, Request::new("GET", "/x").principal(alice)));
-    assert!(!allowed(&chain, 0, Request::new("GET", "/x").principal(alice)));
+    assert!(allowed(
+        &chain,
+        0,
+        Request::new("GET", "/x").principal(alice)
+    ));
+    assert!(allowed(
+        &chain,
+        0,
+        Request::new("GET", "/x").principal(alice)
+    ));
+    assert!(!allowed(
+        &chain,
+        0,
+        Request::new("GET", "/x").principal(alice)
+    ));
     assert!(allowed(&chain, 0, Request::new("GET", "/x").principal(bob)));
 }
 
@@ -151,12 +212,24 @@ fn message_field_keys_work_for_grpc_grpc_web_and_rest() {
     let (chain, _, _) = chain(RATE_LIMIT, config, 2);
     assert!(allowed(&chain, 0, grpc("GetUser", frame(&get_user("u-1")))));
     // Same id over gRPC-web (binary), gRPC-web text and REST: same bucket, limited.
-    assert!(!allowed(&chain, 1, grpc_web("GetUser", frame(&get_user("u-1")))));
-    assert!(!allowed(&chain, 0, grpc_web_text("GetUser", &frame(&get_user("u-1")))));
+    assert!(!allowed(
+        &chain,
+        1,
+        grpc_web("GetUser", frame(&get_user("u-1")))
+    ));
+    assert!(!allowed(
+        &chain,
+        0,
+        grpc_web_text("GetUser", &frame(&get_user("u-1")))
+    ));
     assert!(!allowed(&chain, 1, Request::new("GET", "/v1/users/u-1")));
     // Another id is another bucket, whichever protocol.
     assert!(allowed(&chain, 0, Request::new("GET", "/v1/users/u-2")));
-    assert!(allowed(&chain, 1, grpc_web_text("GetUser", &frame(&get_user("u-3")))));
+    assert!(allowed(
+        &chain,
+        1,
+        grpc_web_text("GetUser", &frame(&get_user("u-3")))
+    ));
 }
 
 #[test]
@@ -170,7 +243,11 @@ fn malformed_and_oversized_bodies_pass_through_and_are_counted() {
     for body in [garbage.clone(), garbage, truncated, oversized] {
         assert!(allowed(&chain, 0, grpc("GetUser", body)));
     }
-    assert!(allowed(&chain, 0, grpc_web_text("GetUser", b"\x01\x02not-base64!!")));
+    assert!(allowed(
+        &chain,
+        0,
+        grpc_web_text("GetUser", b"\x01\x02not-base64!!")
+    ));
     assert_eq!(plugin.counter("meshgate_rate_limit_body_skipped"), 5);
 }
 
@@ -180,7 +257,11 @@ fn a_full_exchange_ends_cleanly_and_the_response_is_untouched() {
     let exchange = chain.on_request(rest("k")).unwrap();
     assert_eq!(exchange.request().header_value("x-api-key"), Some("k"));
     let done = exchange
-        .on_response(Response::new(200).header("content-type", "application/json").body("{}"))
+        .on_response(
+            Response::new(200)
+                .header("content-type", "application/json")
+                .body("{}"),
+        )
         .unwrap();
     assert_eq!(done.response.status, 200);
     assert_eq!(done.response.body, b"{}");

@@ -24,7 +24,10 @@ fn forwarded(chain: &Chain, request: Request) -> Request {
 }
 
 fn attribute<'a>(done: &'a Completed, key: &str) -> Option<&'a str> {
-    done.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    done.attributes
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 #[test]
@@ -37,7 +40,10 @@ fn service_method_and_fields_from_grpc_grpc_web_and_rest() {
         Request::new("GET", "/v1/users/u-42"),
     ] {
         let out = forwarded(&chain, request);
-        assert_eq!(out.header_value("x-meshgate-grpc-service"), Some("user.UserService"));
+        assert_eq!(
+            out.header_value("x-meshgate-grpc-service"),
+            Some("user.UserService")
+        );
         assert_eq!(out.header_value("x-meshgate-grpc-method"), Some("GetUser"));
         assert_eq!(out.header_value("x-meshgate-field-id"), Some("u-42"));
     }
@@ -61,18 +67,33 @@ fn pii_is_hashed_or_dropped_in_grpc_and_rest() {
             .body(r#"{"name":"Ada","email":"ada@example.com","age":36}"#),
     );
     for out in [over_grpc, over_rest] {
-        assert_eq!(out.header_value("x-meshgate-grpc-method"), Some("CreateUser"));
-        assert_eq!(out.header_value("x-meshgate-field-email"), Some(sha256("ada@example.com").as_str()));
+        assert_eq!(
+            out.header_value("x-meshgate-grpc-method"),
+            Some("CreateUser")
+        );
+        assert_eq!(
+            out.header_value("x-meshgate-field-email"),
+            Some(sha256("ada@example.com").as_str())
+        );
         assert_eq!(out.header_value("x-meshgate-field-name"), None, "dropped");
-        let all: String = out.headers.iter().map(|(k, v)| format!("{k}={v};")).collect();
-        assert!(!all.contains("ada@example.com") && !all.contains("Ada;"), "{all}");
+        let all: String = out
+            .headers
+            .iter()
+            .map(|(k, v)| format!("{k}={v};"))
+            .collect();
+        assert!(
+            !all.contains("ada@example.com") && !all.contains("Ada;"),
+            "{all}"
+        );
     }
 }
 
 #[test]
 fn response_fields_and_grpc_status_become_filter_state() {
     let (chain, _, _) = chain(SPAN_ENRICHMENT, CONFIG, 1);
-    let exchange = chain.on_request(grpc("GetUser", frame(&get_user("u-1")))).unwrap();
+    let exchange = chain
+        .on_request(grpc("GetUser", frame(&get_user("u-1"))))
+        .unwrap();
     let reply = user::GetUserResponse {
         user: Some(user::User {
             id: "u-1".into(),
@@ -89,25 +110,43 @@ fn response_fields_and_grpc_status_become_filter_state() {
                 .trailer("grpc-status", "0"),
         )
         .unwrap();
-    assert_eq!(attribute(&done, "meshgate.grpc_service"), Some("user.UserService"));
+    assert_eq!(
+        attribute(&done, "meshgate.grpc_service"),
+        Some("user.UserService")
+    );
     assert_eq!(attribute(&done, "meshgate.grpc_method"), Some("GetUser"));
     assert_eq!(attribute(&done, "meshgate.request.id"), Some("u-1"));
     assert_eq!(attribute(&done, "meshgate.response.user.id"), Some("u-1"));
     let hashed = sha256("ada@example.com");
-    assert_eq!(attribute(&done, "meshgate.response.user.email"), Some(hashed.as_str()));
+    assert_eq!(
+        attribute(&done, "meshgate.response.user.email"),
+        Some(hashed.as_str())
+    );
     assert_eq!(attribute(&done, "meshgate.grpc_status"), Some("OK"));
-    assert_eq!(done.response.body, frame(&reply), "the response itself is untouched");
+    assert_eq!(
+        done.response.body,
+        frame(&reply),
+        "the response itself is untouched"
+    );
 
     // Trailers-only error: the status is in the headers.
-    let exchange = chain.on_request(grpc("GetUser", frame(&get_user("nope")))).unwrap();
+    let exchange = chain
+        .on_request(grpc("GetUser", frame(&get_user("nope"))))
+        .unwrap();
     let done = exchange
-        .on_response(Response::new(200).header("content-type", "application/grpc").header("grpc-status", "5"))
+        .on_response(
+            Response::new(200)
+                .header("content-type", "application/grpc")
+                .header("grpc-status", "5"),
+        )
         .unwrap();
     assert_eq!(attribute(&done, "meshgate.grpc_status"), Some("NOT_FOUND"));
     assert_eq!(attribute(&done, "meshgate.grpc_status_code"), Some("5"));
 
     // REST JSON responses are read too.
-    let exchange = chain.on_request(Request::new("GET", "/v1/users/u-9")).unwrap();
+    let exchange = chain
+        .on_request(Request::new("GET", "/v1/users/u-9"))
+        .unwrap();
     let done = exchange
         .on_response(Response::new(200).body(r#"{"user":{"id":"u-9","email":"ada@example.com"}}"#))
         .unwrap();
@@ -119,12 +158,22 @@ fn w3c_and_b3_contexts_pass_unchanged_and_are_recorded() {
     let (chain, _, _) = chain(SPAN_ENRICHMENT, CONFIG, 1);
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let exchange = chain
-        .on_request(Request::new("GET", "/v1/users/1").header("traceparent", traceparent).header("tracestate", "a=b"))
+        .on_request(
+            Request::new("GET", "/v1/users/1")
+                .header("traceparent", traceparent)
+                .header("tracestate", "a=b"),
+        )
         .unwrap();
-    assert_eq!(exchange.request().header_value("traceparent"), Some(traceparent));
+    assert_eq!(
+        exchange.request().header_value("traceparent"),
+        Some(traceparent)
+    );
     assert_eq!(exchange.request().header_value("tracestate"), Some("a=b"));
     let done = exchange.on_response(Response::new(200)).unwrap();
-    assert_eq!(attribute(&done, "meshgate.trace_id"), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+    assert_eq!(
+        attribute(&done, "meshgate.trace_id"),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
     assert_eq!(attribute(&done, "meshgate.trace_format"), Some("w3c"));
 
     let b3 = [
@@ -141,12 +190,21 @@ fn w3c_and_b3_contexts_pass_unchanged_and_are_recorded() {
         assert_eq!(exchange.request().header_value(k), Some(v));
     }
     assert_eq!(
-        exchange.attributes().iter().find(|(k, _)| k == "meshgate.trace_format").map(|(_, v)| v.as_str()),
+        exchange
+            .attributes()
+            .iter()
+            .find(|(k, _)| k == "meshgate.trace_format")
+            .map(|(_, v)| v.as_str()),
         Some("b3")
     );
     // A broken context is neither "fixed" nor dropped.
-    let exchange = chain.on_request(Request::new("GET", "/v1/users/1").header("traceparent", "garbage")).unwrap();
-    assert_eq!(exchange.request().header_value("traceparent"), Some("garbage"));
+    let exchange = chain
+        .on_request(Request::new("GET", "/v1/users/1").header("traceparent", "garbage"))
+        .unwrap();
+    assert_eq!(
+        exchange.request().header_value("traceparent"),
+        Some("garbage")
+    );
 }
 
 #[test]
@@ -170,7 +228,10 @@ fn malformed_protobuf_passes_through_and_is_counted() {
     assert_eq!(out.header_value("x-meshgate-grpc-method"), Some("GetUser"));
     assert_eq!(out.header_value("x-meshgate-field-id"), None);
     assert_eq!(out.body, body, "the body is forwarded as it came");
-    let out = forwarded(&chain, Request::new("POST", "/v1/users").body("{\"email\":"));
+    let out = forwarded(
+        &chain,
+        Request::new("POST", "/v1/users").body("{\"email\":"),
+    );
     assert_eq!(out.header_value("x-meshgate-field-email"), None);
     assert_eq!(plugin.counter("meshgate_span_enrichment_body_skipped"), 2);
 }
