@@ -77,7 +77,13 @@ impl Catalog {
     }
 
     /// The first route whose verb and template match (rules are tried in declaration order).
+    /// HEAD is served by the GET binding, as HTTP defines it.
     pub fn route(&self, http_method: &str, path: &str) -> Option<RestMatch> {
+        let http_method = if http_method.eq_ignore_ascii_case("HEAD") {
+            "GET"
+        } else {
+            http_method
+        };
         self.routes
             .iter()
             .enumerate()

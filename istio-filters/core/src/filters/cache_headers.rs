@@ -216,6 +216,7 @@ impl Filter for CacheHeaders {
             policy: None,
             conditional: None,
             etag_eligible: false,
+            is_head: false,
             hashing: false,
         }
     }
@@ -229,6 +230,7 @@ pub struct CacheHeadersStream {
     /// The request's `If-None-Match` (REST GET/HEAD only).
     conditional: Option<String>,
     etag_eligible: bool,
+    is_head: bool,
     /// Response headers are held until the body is hashed.
     hashing: bool,
 }
@@ -237,8 +239,10 @@ impl Stream for CacheHeadersStream {
     fn on_request_headers(&mut self, host: &mut dyn Host, _end_of_stream: bool) -> Action {
         let target = RequestTarget::identify(&self.root.catalog, host);
         self.policy = self.root.policy_for(&target);
-        let read = matches!(target.http_method.as_str(), "GET" | "HEAD");
-        self.etag_eligible = target.protocol == Protocol::Http && read;
+        let rest = target.protocol == Protocol::Http;
+        // HEAD carries no body to hash: only an upstream ETag can answer its conditionals.
+        self.is_head = rest && target.http_method == "HEAD";
+        self.etag_eligible = rest && (target.http_method == "GET" || self.is_head);
         if self.etag_eligible {
             self.conditional = host.request_header("if-none-match");
         }
@@ -280,6 +284,9 @@ impl Stream for CacheHeadersStream {
         }
         if let Some(upstream) = host.response_header("etag") {
             self.answer_conditional(host, &upstream, None);
+            return Action::Continue;
+        }
+        if self.is_head {
             return Action::Continue;
         }
         if end_of_stream {
@@ -426,6 +433,35 @@ mod tests {
         let miss = exchange(&stale, "200", &[], b"{\"id\":\"1\"}");
         assert_eq!(miss.host.response_header(":status").as_deref(), Some("200"));
         assert_eq!(miss.host.response_body, b"{\"id\":\"1\"}");
+    }
+
+    #[test]
+    fn head_requests_get_no_etag_of_their_empty_body() {
+        let head = exchange(
+            &[(":method", "HEAD"), (":path", "/v1/users/1")],
+            "200",
+            &[],
+            b"",
+        );
+        assert_eq!(
+            head.host.response_header("cache-control").as_deref(),
+            Some("private, max-age=60")
+        );
+        assert_eq!(head.host.response_header("etag"), None);
+        let upstream = exchange(
+            &[
+                (":method", "HEAD"),
+                (":path", "/v1/users/1"),
+                ("if-none-match", "\"v1\""),
+            ],
+            "200",
+            &[("etag", "\"v1\"")],
+            b"",
+        );
+        assert_eq!(
+            upstream.host.response_header(":status").as_deref(),
+            Some("304")
+        );
     }
 
     #[test]
