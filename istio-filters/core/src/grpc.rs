@@ -100,6 +100,20 @@ pub fn first_message(body: &[u8]) -> Result<Option<&[u8]>, FrameError> {
     Ok(None)
 }
 
+/// The `grpc-status` in a gRPC-web trailer frame (gRPC-web carries trailers in the body).
+pub fn trailer_frame_status(body: &[u8]) -> Option<u32> {
+    let frames = frames(body).ok()?;
+    let trailer = frames.iter().find(|f| f.flags & TRAILER_FLAG != 0)?;
+    let text = std::str::from_utf8(trailer.payload).ok()?;
+    text.split("\r\n").find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("grpc-status")
+            .then(|| value.trim().parse().ok())
+            .flatten()
+    })
+}
+
 /// Decodes a `grpc-web-text` body. Each write of the client may be padded separately, so the
 /// body is a concatenation of base64 chunks: decode chunk by chunk, splitting after padding.
 pub fn decode_grpc_web_text(body: &[u8]) -> Result<Vec<u8>, FrameError> {
@@ -252,6 +266,18 @@ mod tests {
         expected.extend(&second);
         assert_eq!(decode_grpc_web_text(text.as_bytes()).unwrap(), expected);
         assert_eq!(decode_grpc_web_text(b"!!!!"), Err(FrameError::BadBase64));
+    }
+
+    #[test]
+    fn reads_the_status_of_a_grpc_web_trailer_frame() {
+        let trailer = b"grpc-status: 5\r\ngrpc-message: not found\r\n";
+        let mut body = encode_frame(b"msg");
+        body.push(0x80);
+        body.extend_from_slice(&(trailer.len() as u32).to_be_bytes());
+        body.extend_from_slice(trailer);
+        assert_eq!(trailer_frame_status(&body), Some(5));
+        assert_eq!(trailer_frame_status(&encode_frame(b"msg")), None);
+        assert_eq!(trailer_frame_status(&[0x80, 0, 0]), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::catalog::Catalog;
 use crate::fields::FieldPath;
 use crate::filter::{self, ConfigError, Filter, Stream};
-use crate::grpc::status;
+use crate::grpc::{self, Protocol, status};
 use crate::host::{Action, Counters, Host, LogLevel};
 use crate::inspect::{Decoded, RequestTarget};
 use crate::trace;
@@ -311,16 +311,20 @@ impl Stream for SpanEnrichmentStream {
         body_size: usize,
         end_of_stream: bool,
     ) -> Action {
-        let Some(method) = self.target.as_ref().and_then(RequestTarget::method_name) else {
+        let Some(target) = &self.target else {
             return Action::Continue;
         };
-        if self.response_skipped
-            || self
-                .root
-                .fields_for(&method, Direction::Response)
-                .next()
-                .is_none()
-        {
+        let Some(method) = target.method_name() else {
+            return Action::Continue;
+        };
+        // gRPC-web carries its status in a trailer frame at the end of the body.
+        let web = matches!(target.protocol, Protocol::GrpcWeb | Protocol::GrpcWebText);
+        let wants_fields = self
+            .root
+            .fields_for(&method, Direction::Response)
+            .next()
+            .is_some();
+        if self.response_skipped || !(wants_fields || web) {
             return Action::Continue;
         }
         // body_size is this chunk when the proxy is not buffering (we never pause here).
@@ -334,7 +338,12 @@ impl Stream for SpanEnrichmentStream {
             self.response_body.extend_from_slice(&chunk);
         }
         if end_of_stream {
-            self.emit_response_fields(host, &method);
+            if web {
+                self.record_web_status(host);
+            }
+            if wants_fields {
+                self.emit_response_fields(host, &method);
+            }
         }
         Action::Continue
     }
@@ -399,6 +408,23 @@ impl SpanEnrichmentStream {
                 host.set_property(&[&field.state_key()], clip(&value).as_bytes());
                 self.root.counters.increment(host, "fields");
             }
+        }
+    }
+
+    fn record_web_status(&mut self, host: &mut dyn Host) {
+        let text_body;
+        let body = match self.target.as_ref().map(|t| t.protocol) {
+            Some(Protocol::GrpcWebText) => {
+                let Ok(decoded) = grpc::decode_grpc_web_text(&self.response_body) else {
+                    return;
+                };
+                text_body = decoded;
+                &text_body
+            }
+            _ => &self.response_body,
+        };
+        if let Some(code) = grpc::trailer_frame_status(body) {
+            self.record_status(host, &code.to_string());
         }
     }
 
@@ -605,6 +631,32 @@ mod tests {
                 .get("meshgate.grpc_status")
                 .map(Vec::as_slice),
             Some(&b"NOT_FOUND"[..])
+        );
+    }
+
+    #[test]
+    fn grpc_web_status_comes_from_the_trailer_frame() {
+        let mut host = TestHost::with_request(&[
+            (":method", "POST"),
+            (":path", "/user.UserService/DeleteUser"),
+            ("content-type", "application/grpc-web+proto"),
+        ]);
+        let root = Rc::new(SpanEnrichment::configure(CONFIG.as_bytes(), &mut host).unwrap());
+        let mut stream = root.new_stream();
+        stream.on_request_headers(&mut host, true);
+        let trailer = b"grpc-status: 7\r\n";
+        let mut body = vec![0x80];
+        body.extend_from_slice(&(trailer.len() as u32).to_be_bytes());
+        body.extend_from_slice(trailer);
+        host.response_body = body;
+        stream.on_response_headers(&mut host, false);
+        let size = host.response_body.len();
+        stream.on_response_body(&mut host, size, true);
+        assert_eq!(
+            host.filter_state
+                .get("meshgate.grpc_status")
+                .map(Vec::as_slice),
+            Some(&b"PERMISSION_DENIED"[..])
         );
     }
 

@@ -140,3 +140,12 @@ fn every_wasm_plugin_example_configures_its_module() {
     seen.sort();
     assert_eq!(seen, [CACHE_HEADERS, RATE_LIMIT, SPAN_ENRICHMENT]);
 }
+
+/// Istio pulls modules per workload; keep each well under a mebibyte (issue §4 target).
+#[test]
+fn each_module_is_at_most_one_mebibyte() {
+    for module in [RATE_LIMIT, CACHE_HEADERS, SPAN_ENRICHMENT] {
+        let size = module_bytes(module).len();
+        assert!(size <= 1024 * 1024, "{module}.wasm is {size} bytes");
+    }
+}

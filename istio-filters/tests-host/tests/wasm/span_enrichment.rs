@@ -235,3 +235,36 @@ fn malformed_protobuf_passes_through_and_is_counted() {
     assert_eq!(out.header_value("x-meshgate-field-email"), None);
     assert_eq!(plugin.counter("meshgate_span_enrichment_body_skipped"), 2);
 }
+
+#[test]
+fn grpc_web_status_is_read_from_the_trailer_frame_in_the_body() {
+    let (chain, _, _) = chain(SPAN_ENRICHMENT, CONFIG, 1);
+    let trailer = b"grpc-status: 16\r\ngrpc-message: who are you\r\n";
+    let mut body = vec![0x80];
+    body.extend_from_slice(&(trailer.len() as u32).to_be_bytes());
+    body.extend_from_slice(trailer);
+    for request in [
+        grpc_web("GetUser", frame(&get_user("u-1"))),
+        grpc_web_text("GetUser", &frame(&get_user("u-1"))),
+    ] {
+        let text = request.header_value("content-type") == Some("application/grpc-web-text");
+        let response_body = if text {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .encode(&body)
+                .into_bytes()
+        } else {
+            body.clone()
+        };
+        let done = chain
+            .on_request(request)
+            .unwrap()
+            .on_response(Response::new(200).body(response_body.clone()))
+            .unwrap();
+        assert_eq!(
+            attribute(&done, "meshgate.grpc_status"),
+            Some("UNAUTHENTICATED")
+        );
+        assert_eq!(done.response.body, response_body);
+    }
+}
