@@ -194,7 +194,11 @@ impl<S: UserStore> UserService for UserApi<S> {
     ) -> Result<Response<TestErrorResponse>, Status> {
         self.handle("TestError", request, |_, call, message| async move {
             let code = test_error_code(&message.status_code);
-            let trace_id = call.trace_id.unwrap_or_default();
+            // Without an OpenTelemetry layer (a library user that skipped telemetry::init) and
+            // without an incoming trace there is no id yet: make one so the answer still has it.
+            let trace_id = call
+                .trace_id
+                .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
             let mut metadata = MetadataMap::new();
             if let Ok(value) = MetadataValue::try_from(trace_id.as_str()) {
                 metadata.insert("x-trace-id", value);
