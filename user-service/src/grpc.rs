@@ -79,6 +79,7 @@ impl<S: UserStore> UserApi<S> {
         }
 
         let started = Instant::now();
+        let _in_flight = InFlight::enter(&self.metrics, method);
         let call = Call { trace_id };
         let outcome = handler(self.store.clone(), call, request.into_inner())
             .instrument(span.clone())
@@ -97,6 +98,24 @@ impl<S: UserStore> UserApi<S> {
             span.in_scope(|| tracing::warn!(grpc.code = code_name(code), "{method} failed"));
         }
         outcome.map(Response::new)
+    }
+}
+
+/// Counts a call in `grpc_server_in_flight` until dropped (also when the client goes away and
+/// the handler future is dropped mid-way).
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn enter(metrics: &Metrics, method: &'static str) -> Self {
+        let gauge = metrics.grpc_in_flight.with_label_values(&[method]);
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
