@@ -63,7 +63,6 @@ impl<S: UserStore> UserApi<S> {
             rpc.system = "grpc",
             rpc.service = "user.UserService",
             rpc.method = method,
-            rpc.grpc.status_code = tracing::field::Empty,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         );
@@ -85,7 +84,8 @@ impl<S: UserStore> UserApi<S> {
             .instrument(span.clone())
             .await;
         let code = outcome.as_ref().map_or_else(Status::code, |_| Code::Ok);
-        span.record("rpc.grpc.status_code", code as i32);
+        // Straight to the OpenTelemetry span: a tracing field would be re-formatted for logs.
+        span.set_attribute("rpc.grpc.status_code", i64::from(code as i32));
         self.metrics
             .grpc_latency
             .with_label_values(&[method])
