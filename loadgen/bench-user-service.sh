@@ -5,6 +5,7 @@
 #
 #   loadgen/bench-user-service.sh            # DURATION=10 seconds per run
 #   DURATION=5 CONCURRENCY="64" SCENARIOS="get-hit" loadgen/bench-user-service.sh
+#   SERVICE_ARGS="--log-filter warn" loadgen/bench-user-service.sh   # extra service flags
 #
 # Uses DATABASE_URL (a server URL where a database may be created; default
 # postgres://postgres@127.0.0.1:5432/test) and REDIS_URL (default redis://127.0.0.1:6379).
@@ -28,7 +29,7 @@ database_url="${server_url%/*}/$database"
 "$target_dir/release/user-service" \
   --database-url "$database_url" --redis-url "$redis_url" --cache-key-prefix "bench:$database:" \
   --grpc-addr "127.0.0.1:$grpc_port" --metrics-addr 127.0.0.1:0 \
-  --migrate-on-start --log-filter warn >/dev/null &
+  --migrate-on-start ${SERVICE_ARGS:-} >/dev/null &
 service=$!
 cleanup() {
   kill -TERM "$service" 2>/dev/null || true

@@ -13,6 +13,21 @@ use crate::helpers::{
 };
 use crate::proxy::TcpProxy;
 
+/// Polls `condition` every 50 ms for up to 15 s.
+async fn wait_until<F, Fut>(mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..300 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not reached within 15 s");
+}
+
 /// A loopback port with nothing listening (bound, then released).
 async fn closed_port() -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -146,18 +161,22 @@ async fn shutdown_lets_in_flight_calls_finish() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(|| async {
+        app.metrics()
+            .await
+            .contains(r#"grpc_server_in_flight{grpc_method="CreateUser"} 5"#)
+    })
+    .await;
     app.signal_shutdown();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // New connections are no longer accepted while the old calls are still running.
-    let refused = tonic::transport::Channel::from_shared(format!("http://{}", app.grpc_addr))
-        .unwrap()
-        .connect()
-        .await;
-    assert!(
-        refused.is_err(),
-        "the listener is closed once shutdown starts"
-    );
+    // New connections are refused while the old calls are still running.
+    wait_until(|| async {
+        tonic::transport::Channel::from_shared(format!("http://{}", app.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .is_err()
+    })
+    .await;
     proxy.restore();
     for call in calls {
         let user = call
