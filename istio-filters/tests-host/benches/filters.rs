@@ -29,6 +29,9 @@ const SPAN_ENRICHMENT: (&str, &str) = (
 );
 
 fn module_path(module: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("MESHGATE_WASM_DIR") {
+        return PathBuf::from(dir).join(format!("{module}.wasm"));
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
         PathBuf::from,
