@@ -44,6 +44,11 @@ fn module_path(module: &str) -> PathBuf {
 }
 
 fn load(runtime: &Runtime, (module, config): (&str, &str), workers: usize) -> Arc<Plugin> {
+    let override_config = std::env::var("BENCH_SPAN_CONFIG").ok();
+    let config = match (&override_config, module) {
+        (Some(c), "meshgate_span_enrichment") => c.as_str(),
+        _ => config,
+    };
     let path = module_path(module);
     let wasm = std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
