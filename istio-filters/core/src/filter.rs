@@ -95,8 +95,3 @@ pub fn check_header_name(path: &str, name: &str) -> Result<(), ConfigError> {
         ))
     }
 }
-
-/// The content length the request announces, if any.
-pub fn content_length(host: &dyn Host) -> Option<usize> {
-    host.request_header("content-length")?.trim().parse().ok()
-}

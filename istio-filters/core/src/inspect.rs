@@ -19,13 +19,23 @@ pub struct RequestTarget {
     pub rest_body: Option<String>,
     pub bindings: Vec<(String, String)>,
     pub query: Vec<(String, String)>,
+    /// The request headers as they were at `on_request_headers`, fetched in one host call
+    /// (each host call crosses the wasm boundary; a filter reads several headers).
+    pub headers: Vec<(String, String)>,
 }
 
 impl RequestTarget {
     pub fn identify(catalog: &Catalog, host: &dyn Host) -> Self {
-        let protocol = Protocol::from_content_type(host.request_header("content-type").as_deref());
-        let http_method = host.request_header(":method").unwrap_or_default();
-        let path = host.request_header(":path").unwrap_or_default();
+        let headers = host.request_headers();
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        let protocol = Protocol::from_content_type(get("content-type").as_deref());
+        let http_method = get(":method").unwrap_or_default();
+        let path = get(":path").unwrap_or_default();
         let mut target = Self {
             protocol,
             http_method,
@@ -34,6 +44,7 @@ impl RequestTarget {
             rest_body: None,
             bindings: Vec::new(),
             query: Vec::new(),
+            headers,
         };
         if protocol.is_grpc_family() {
             target.method = grpc::split_grpc_path(&target.path)
@@ -47,6 +58,19 @@ impl RequestTarget {
             target.query = query_pairs(&target.path);
         }
         target
+    }
+
+    /// A request header from the snapshot taken at identification.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The announced body length, if any.
+    pub fn content_length(&self) -> Option<usize> {
+        self.header("content-length")?.trim().parse().ok()
     }
 
     /// `package.Service/Method`, when known.

@@ -32,6 +32,15 @@ use proxy_wasm_host::abi::v0_2_1::{
 };
 use proxy_wasm_host::{Buffer, Engine, HeaderMap, Limits, Module, VecHeaderMap};
 
+// The gateway moves exchanges across tasks and shares chains between threads.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    const fn assert_send<T: Send>() {}
+    assert_send_sync::<Chain>();
+    assert_send_sync::<Plugin>();
+    assert_send::<Exchange>();
+};
+
 // === errors ===
 
 #[derive(Debug, thiserror::Error)]

@@ -29,6 +29,9 @@ const SPAN_ENRICHMENT: (&str, &str) = (
 );
 
 fn module_path(module: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("MESHGATE_WASM_DIR") {
+        return PathBuf::from(dir).join(format!("{module}.wasm"));
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
         PathBuf::from,
@@ -41,6 +44,11 @@ fn module_path(module: &str) -> PathBuf {
 }
 
 fn load(runtime: &Runtime, (module, config): (&str, &str), workers: usize) -> Arc<Plugin> {
+    let override_config = std::env::var("BENCH_SPAN_CONFIG").ok();
+    let config = match (&override_config, module) {
+        (Some(c), "meshgate_span_enrichment") => c.as_str(),
+        _ => config,
+    };
     let path = module_path(module);
     let wasm = std::fs::read(&path).unwrap_or_else(|e| {
         panic!(

@@ -244,7 +244,7 @@ impl Stream for CacheHeadersStream {
         self.is_head = rest && target.http_method == "HEAD";
         self.etag_eligible = rest && (target.http_method == "GET" || self.is_head);
         if self.etag_eligible {
-            self.conditional = host.request_header("if-none-match");
+            self.conditional = target.header("if-none-match").map(str::to_owned);
         }
         Action::Continue
     }

@@ -291,7 +291,9 @@ impl Stream for RateLimitStream {
             .rules
             .iter()
             .any(|r| r.applies_to(method.as_deref()) && r.needs_body());
-        let body_fits = filter::content_length(host).is_none_or(|len| len <= self.root.max_body);
+        let body_fits = target
+            .content_length()
+            .is_none_or(|len| len <= self.root.max_body);
         let wait = needs_body && !end_of_stream && target.message_in_body() && body_fits;
         if needs_body && !end_of_stream && !body_fits {
             self.root.counters.increment(host, "body_skipped");
@@ -352,7 +354,7 @@ impl RateLimitStream {
         for part in &rule.parts {
             let value = match part {
                 Part::GrpcMethod => target.method_name()?,
-                Part::Header(name) => host.request_header(name)?,
+                Part::Header(name) => target.header(name)?.to_owned(),
                 Part::SourceAddress => strip_port(&text(host.property(&["source", "address"])?)),
                 Part::Principal => {
                     text(host.property(&["connection", "uri_san_peer_certificate"])?)
@@ -420,7 +422,7 @@ impl RateLimitStream {
             return Action::Continue;
         }
         root.counters.increment(host, "limited");
-        host.send_local_reply(limited_reply(rule, &verdict, target.protocol, host));
+        host.send_local_reply(limited_reply(rule, &verdict, &target));
         Action::Pause
     }
 }
@@ -432,18 +434,13 @@ fn add(host: &mut dyn Host, counters: &Counters, name: &str, times: u32) {
 }
 
 /// 429 with RateLimit headers over HTTP; RESOURCE_EXHAUSTED (trailers-only) for gRPC family.
-fn limited_reply(
-    rule: &Rule,
-    verdict: &Verdict,
-    protocol: Protocol,
-    host: &dyn Host,
-) -> LocalReply {
+fn limited_reply(rule: &Rule, verdict: &Verdict, target: &RequestTarget) -> LocalReply {
     let retry_after = verdict.retry_after_secs.max(1);
     let message = format!(
         "rate limit exceeded (rule {}); retry after {retry_after}s",
         rule.name
     );
-    match protocol {
+    match target.protocol {
         Protocol::Http => LocalReply {
             status: 429,
             headers: vec![
@@ -486,8 +483,10 @@ fn limited_reply(
             headers: vec![
                 (
                     "content-type".into(),
-                    host.request_header("content-type")
-                        .unwrap_or_else(|| "application/grpc-web+proto".into()),
+                    target
+                        .header("content-type")
+                        .unwrap_or("application/grpc-web+proto")
+                        .to_owned(),
                 ),
                 ("grpc-status".into(), status::RESOURCE_EXHAUSTED.to_string()),
                 ("grpc-message".into(), percent_encode_message(&message)),

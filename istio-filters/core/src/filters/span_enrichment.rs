@@ -222,20 +222,23 @@ pub struct SpanEnrichmentStream {
 
 impl Stream for SpanEnrichmentStream {
     fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
-        let forged: Vec<String> = host
-            .request_headers()
-            .into_iter()
-            .map(|(name, _)| name)
-            .filter(|name| name.to_ascii_lowercase().starts_with(HEADER_PREFIX))
+        let target = RequestTarget::identify(&self.root.catalog, host);
+        let forged: Vec<&str> = target
+            .headers
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .filter(|name| {
+                name.get(..HEADER_PREFIX.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(HEADER_PREFIX))
+            })
             .collect();
         for name in forged {
-            host.set_request_header(&name, None);
+            host.set_request_header(name, None);
         }
-        if let Some((format, id)) = trace::trace_id(|name| host.request_header(name)) {
+        if let Some((format, id)) = trace::trace_id(|name| target.header(name).map(str::to_owned)) {
             host.set_property(&["meshgate.trace_id"], id.as_bytes());
             host.set_property(&["meshgate.trace_format"], format.as_str().as_bytes());
         }
-        let target = RequestTarget::identify(&self.root.catalog, host);
         let Some(method) = target.method.clone() else {
             return Action::Continue;
         };
@@ -250,7 +253,9 @@ impl Stream for SpanEnrichmentStream {
             .next()
             .is_some()
             && target.message_in_body();
-        let fits = filter::content_length(host).is_none_or(|len| len <= self.root.max_body);
+        let fits = target
+            .content_length()
+            .is_none_or(|len| len <= self.root.max_body);
         self.target = Some(target);
         if wants_body && !end_of_stream && fits {
             self.waiting_for_request = true;

@@ -178,3 +178,22 @@ fn unmatched_requests_are_untouched() {
     assert_eq!(other.header_value("cache-control"), None);
     assert_eq!(other.header_value("etag"), None);
 }
+
+#[test]
+fn oversized_responses_pass_through_without_an_etag_and_are_counted() {
+    let config = r#"{"maxBodyBytes":16,"policies":[{"name":"reads","methods":["user.UserService/GetUser"],
+        "cacheControl":{"maxAge":5},"etag":true}]}"#;
+    let (chain, plugin, _) = chain(CACHE_HEADERS, config, 1);
+    let big = vec![b'x'; 4096];
+    let response = run(
+        &chain,
+        0,
+        Request::new("GET", "/v1/users/1").header("if-none-match", "*"),
+        ok(&big),
+    );
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, big);
+    assert_eq!(response.header_value("cache-control"), Some("max-age=5"));
+    assert_eq!(response.header_value("etag"), None);
+    assert_eq!(plugin.counter("meshgate_cache_headers_body_skipped"), 1);
+}

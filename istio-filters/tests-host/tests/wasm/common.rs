@@ -24,6 +24,9 @@ static RUNTIME: LazyLock<Runtime> =
 
 /// `target/wasm32-wasip1/<profile>/<module>.wasm` (profile `wasm`, or `MESHGATE_WASM_PROFILE`).
 pub fn module_path(module: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("MESHGATE_WASM_DIR") {
+        return PathBuf::from(dir).join(format!("{module}.wasm"));
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
         PathBuf::from,
