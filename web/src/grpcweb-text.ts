@@ -16,8 +16,8 @@ type Unary<I extends DescMessage, O extends DescMessage> = DescMethodUnary<I, O>
 function toApiError(reason: unknown): ApiError {
   if (reason instanceof RpcError) {
     // grpc-web reports a request that got no HTTP answer (CORS refusal,
-    // connection refused) as UNAVAILABLE with HTTP status 0 in the message.
-    if (reason.code === GrpcCode.UNAVAILABLE && /status code: 0\b/.test(reason.message)) {
+    // connection refused) as UNKNOWN with "http status code: 0" in the message.
+    if (/http status code: 0\b/.test(reason.message)) {
       return ApiError.network(reason.message);
     }
     const violations = violationsFromStatusDetailsHeader(reason.metadata?.["grpc-status-details-bin"]);
@@ -45,7 +45,8 @@ export function grpcWebTextClient(baseUrl: string): UserApi {
       (bytes: Uint8Array) => fromBinary(method.output, bytes),
     );
     try {
-      return await client.thenableCall(baseUrl + path, create(method.input, init), {}, descriptor);
+      // unaryCall, not thenableCall: the latter is typed in index.d.ts but not exported by 2.1.1.
+      return await client.unaryCall(baseUrl + path, create(method.input, init), {}, descriptor);
     } catch (reason) {
       throw toApiError(reason);
     }
