@@ -1,0 +1,390 @@
+//! The domain core: users, the parsed values they are made of, and the storage port.
+//!
+//! **Architecture invariant:** nothing here knows about tonic, prost, sqlx or redis. The
+//! gRPC adapter converts wire messages into these types, the stores persist them.
+
+use std::fmt;
+use std::future::Future;
+
+use uuid::Uuid;
+
+/// A stored user. Timestamps are unix seconds, kept by the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: UserId,
+    pub name: Name,
+    pub email: Email,
+    pub age: Age,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A user identifier (a UUID, assigned by the service on create).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UserId(Uuid);
+
+impl UserId {
+    pub fn new_random() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, FieldViolation> {
+        Uuid::parse_str(raw.trim())
+            .map(Self)
+            .map_err(|_| FieldViolation::new("id", "must be a UUID"))
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl From<Uuid> for UserId {
+    fn from(id: Uuid) -> Self {
+        Self(id)
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A display name: 1 to 100 characters once surrounding whitespace is trimmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Name(String);
+
+impl Name {
+    pub const MAX_CHARS: usize = 100;
+
+    pub fn parse(raw: &str) -> Result<Self, FieldViolation> {
+        let trimmed = raw.trim();
+        let chars = trimmed.chars().count();
+        if chars == 0 {
+            Err(FieldViolation::new("name", "must not be empty"))
+        } else if chars > Self::MAX_CHARS {
+            Err(FieldViolation::new(
+                "name",
+                "must be at most 100 characters",
+            ))
+        } else {
+            Ok(Self(trimmed.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A syntactically valid email address (RFC 5322 addr-spec as checked by `email_address`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(raw: &str) -> Result<Self, FieldViolation> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err(FieldViolation::new("email", "must not be empty"));
+        }
+        // `is_valid` accepts display-name forms ("Ada <a@b.c>"); a stored address must be bare.
+        if email_address::EmailAddress::is_valid(trimmed) && !trimmed.contains(['<', '>', ' ']) {
+            Ok(Self(trimmed.to_owned()))
+        } else {
+            Err(FieldViolation::new(
+                "email",
+                "must be a valid email address",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An age in whole years, 1 to 149.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Age(i32);
+
+impl Age {
+    pub fn parse(raw: i32) -> Result<Self, FieldViolation> {
+        if (1..=149).contains(&raw) {
+            Ok(Self(raw))
+        } else {
+            Err(FieldViolation::new("age", "must be between 1 and 149"))
+        }
+    }
+
+    pub fn get(&self) -> i32 {
+        self.0
+    }
+}
+
+// Stores read values back from their own schema, whose constraints mirror the parsers above;
+// these constructors are for those trusted rows only.
+impl Name {
+    pub(crate) fn from_trusted(raw: String) -> Self {
+        Self(raw)
+    }
+}
+impl Email {
+    pub(crate) fn from_trusted(raw: String) -> Self {
+        Self(raw)
+    }
+}
+impl Age {
+    pub(crate) fn from_trusted(raw: i32) -> Self {
+        Self(raw)
+    }
+}
+
+/// One invalid request field and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: &'static str,
+    pub description: &'static str,
+}
+
+impl FieldViolation {
+    pub fn new(field: &'static str, description: &'static str) -> Self {
+        Self { field, description }
+    }
+}
+
+/// Every violation found in one request (all fields are checked, not just the first).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid request: {}", describe(.0))]
+pub struct Invalid(pub Vec<FieldViolation>);
+
+fn describe(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{} {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Collects the outcome of parsing several fields into one `Invalid` error.
+#[derive(Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn check<T>(&mut self, parsed: Result<T, FieldViolation>) -> Option<T> {
+        parsed.map_err(|v| self.0.push(v)).ok()
+    }
+
+    pub fn finish<T>(self, value: impl FnOnce() -> Option<T>) -> Result<T, Invalid> {
+        if self.0.is_empty() {
+            value().ok_or_else(|| Invalid(Vec::new()))
+        } else {
+            Err(Invalid(self.0))
+        }
+    }
+}
+
+/// What `CreateUser` stores.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub id: UserId,
+    pub name: Name,
+    pub email: Email,
+    pub age: Age,
+}
+
+impl NewUser {
+    pub fn parse(name: &str, email: &str, age: i32) -> Result<Self, Invalid> {
+        let mut violations = Violations::default();
+        let name = violations.check(Name::parse(name));
+        let email = violations.check(Email::parse(email));
+        let age = violations.check(Age::parse(age));
+        violations.finish(|| {
+            Some(Self {
+                id: UserId::new_random(),
+                name: name?,
+                email: email?,
+                age: age?,
+            })
+        })
+    }
+}
+
+/// What `UpdateUser` changes: `None` keeps the stored value (the legacy service's rule is that
+/// an empty string or a zero age means "unchanged").
+#[derive(Debug, Clone, Default)]
+pub struct UserChanges {
+    pub name: Option<Name>,
+    pub email: Option<Email>,
+    pub age: Option<Age>,
+}
+
+impl UserChanges {
+    pub fn parse(name: &str, email: &str, age: i32) -> Result<Self, Invalid> {
+        let mut violations = Violations::default();
+        let name = if name.is_empty() {
+            None
+        } else {
+            violations.check(Name::parse(name))
+        };
+        let email = if email.is_empty() {
+            None
+        } else {
+            violations.check(Email::parse(email))
+        };
+        let age = if age == 0 {
+            None
+        } else {
+            violations.check(Age::parse(age))
+        };
+        violations.finish(|| Some(Self { name, email, age }))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none() && self.email.is_none() && self.age.is_none()
+    }
+}
+
+/// One page of `ListUsers`: page ≥ 1, limit clamped to 1..=100 (10 when unset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PageRequest {
+    page: u32,
+    limit: u32,
+}
+
+impl PageRequest {
+    pub const DEFAULT_LIMIT: u32 = 10;
+    pub const MAX_LIMIT: u32 = 100;
+
+    /// Lenient like the replaced service: out-of-range values are corrected, never rejected.
+    pub fn new(page: i32, limit: i32) -> Self {
+        let page = u32::try_from(page).unwrap_or(0).max(1);
+        let limit = match u32::try_from(limit).unwrap_or(0) {
+            0 => Self::DEFAULT_LIMIT,
+            n => n.min(Self::MAX_LIMIT),
+        };
+        Self { page, limit }
+    }
+
+    pub fn page(&self) -> u32 {
+        self.page
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    pub fn offset(&self) -> u64 {
+        u64::from(self.page - 1) * u64::from(self.limit)
+    }
+}
+
+/// A page of users, newest first, with the total number of users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserPage {
+    pub users: Vec<User>,
+    pub total: i64,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("user not found")]
+    NotFound,
+    /// The database's unique constraint on the email rejected the write.
+    #[error("a user with this email already exists")]
+    EmailTaken,
+    /// The database could not be reached (connection refused, pool timeout, shutdown).
+    #[error("storage unavailable")]
+    Unavailable(#[source] BoxError),
+    /// Anything else; the cause is logged, never sent to clients.
+    #[error("storage error")]
+    Internal(#[source] BoxError),
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The storage port. Implemented by the Postgres and SQLite stores and by the cache decorator.
+pub trait UserStore: Send + Sync + 'static {
+    fn create(&self, user: NewUser) -> impl Future<Output = Result<User, StoreError>> + Send;
+    fn get(&self, id: UserId) -> impl Future<Output = Result<User, StoreError>> + Send;
+    fn update(
+        &self,
+        id: UserId,
+        changes: UserChanges,
+    ) -> impl Future<Output = Result<User, StoreError>> + Send;
+    fn delete(&self, id: UserId) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn list(&self, page: PageRequest) -> impl Future<Output = Result<UserPage, StoreError>> + Send;
+    /// Succeeds while the database answers (the health probe).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_is_trimmed_and_bounded() {
+        assert_eq!(Name::parse("  Ada ").unwrap().as_str(), "Ada");
+        assert!(Name::parse("   ").is_err());
+        assert!(
+            Name::parse(&"é".repeat(100)).is_ok(),
+            "counts characters, not bytes"
+        );
+        assert!(Name::parse(&"a".repeat(101)).is_err());
+    }
+
+    #[test]
+    fn email_must_be_a_bare_address() {
+        assert!(Email::parse("ada@example.com").is_ok());
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "Ada <ada@example.com>",
+            "a b@c.d",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn age_is_between_1_and_149() {
+        assert!(Age::parse(0).is_err());
+        assert!(Age::parse(1).is_ok());
+        assert!(Age::parse(149).is_ok());
+        assert!(Age::parse(150).is_err());
+        assert!(Age::parse(-3).is_err());
+    }
+
+    #[test]
+    fn new_user_reports_every_invalid_field() {
+        let err = NewUser::parse("", "nope", 200).unwrap_err();
+        let fields: Vec<_> = err.0.iter().map(|v| v.field).collect();
+        assert_eq!(fields, ["name", "email", "age"]);
+    }
+
+    #[test]
+    fn empty_update_fields_keep_stored_values() {
+        let changes = UserChanges::parse("", "", 0).unwrap();
+        assert!(changes.is_empty());
+        let changes = UserChanges::parse("Bob", "", 0).unwrap();
+        assert_eq!(changes.name.unwrap().as_str(), "Bob");
+        assert!(UserChanges::parse("", "", -1).is_err());
+    }
+
+    #[test]
+    fn page_request_clamps_like_the_legacy_service() {
+        assert_eq!(PageRequest::new(0, 0), PageRequest::new(1, 10));
+        assert_eq!(PageRequest::new(-5, -5), PageRequest::new(1, 10));
+        assert_eq!(PageRequest::new(3, 1000).limit(), 100);
+        assert_eq!(PageRequest::new(3, 20).offset(), 40);
+    }
+
+    #[test]
+    fn malformed_id_is_a_field_violation() {
+        assert_eq!(UserId::parse("42").unwrap_err().field, "id");
+        assert!(UserId::parse("7f1c6a9e-8d36-4f43-9a8e-0b7c6a6d2f11").is_ok());
+    }
+}

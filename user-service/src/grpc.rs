@@ -1,0 +1,355 @@
+//! The tonic adapter: wire messages in, domain calls, wire messages or statuses out.
+//!
+//! **Architecture invariant:** this is the only module that sees prost types. Error mapping:
+//! validation → `INVALID_ARGUMENT` with `google.rpc.BadRequest` field violations; missing →
+//! `NOT_FOUND`; the email unique constraint → `ALREADY_EXISTS`; unreachable storage →
+//! `UNAVAILABLE`; anything else → `INTERNAL` with a fixed message (the cause is only logged).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use meshgate_proto::user::user_service_server::UserService;
+use meshgate_proto::user::{
+    CreateUserRequest, CreateUserResponse, DeleteUserRequest, DeleteUserResponse, GetUserRequest,
+    GetUserResponse, ListUsersRequest, ListUsersResponse, TestErrorRequest, TestErrorResponse,
+    UpdateUserRequest, UpdateUserResponse,
+};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::domain::{
+    Invalid, NewUser, PageRequest, StoreError, User, UserChanges, UserId, UserStore,
+};
+use crate::metrics::Metrics;
+use crate::telemetry;
+
+/// The `user.UserService` implementation over any store.
+pub struct UserApi<S> {
+    store: Arc<S>,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> UserApi<S> {
+    pub fn new(store: Arc<S>, metrics: Arc<Metrics>) -> Self {
+        Self { store, metrics }
+    }
+}
+
+/// Per-call context handed to each handler.
+struct Call {
+    trace_id: Option<String>,
+}
+
+impl<S: UserStore> UserApi<S> {
+    /// Wraps one RPC: a span continuing the caller's trace, latency and outcome metrics.
+    async fn handle<Req, Resp, F, Fut>(
+        &self,
+        method: &'static str,
+        request: Request<Req>,
+        handler: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        F: FnOnce(Arc<S>, Call, Req) -> Fut,
+        Fut: Future<Output = Result<Resp, Status>>,
+    {
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = method,
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = "user.UserService",
+            rpc.method = method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+        );
+        let remote = telemetry::extract_context(request.metadata().as_ref());
+        // Only fails when no OpenTelemetry layer is installed; the remote id is used then.
+        let _ = span.set_parent(remote.clone());
+        let trace_id = telemetry::trace_id_of(&span, &remote);
+        if let Some(id) = &trace_id {
+            span.record("trace_id", id.as_str());
+        }
+        if let Some(id) = telemetry::span_id_of(&span) {
+            span.record("span_id", id.as_str());
+        }
+
+        let started = Instant::now();
+        let call = Call { trace_id };
+        let outcome = handler(self.store.clone(), call, request.into_inner())
+            .instrument(span.clone())
+            .await;
+        let code = outcome.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        span.record("rpc.grpc.status_code", code as i32);
+        self.metrics
+            .grpc_latency
+            .with_label_values(&[method])
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .grpc_handled
+            .with_label_values(&[method, code_name(code)])
+            .inc();
+        if matches!(code, Code::Internal | Code::Unavailable) {
+            span.in_scope(|| tracing::warn!(grpc.code = code_name(code), "{method} failed"));
+        }
+        outcome.map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl<S: UserStore> UserService for UserApi<S> {
+    async fn create_user(
+        &self,
+        request: Request<CreateUserRequest>,
+    ) -> Result<Response<CreateUserResponse>, Status> {
+        self.handle("CreateUser", request, |store, _, message| async move {
+            let new_user =
+                NewUser::parse(&message.name, &message.email, message.age).map_err(invalid)?;
+            let user = store.create(new_user).await.map_err(from_store)?;
+            Ok(CreateUserResponse {
+                user: Some(to_wire(&user)),
+                message: "User created successfully".to_owned(),
+            })
+        })
+        .await
+    }
+
+    async fn get_user(
+        &self,
+        request: Request<GetUserRequest>,
+    ) -> Result<Response<GetUserResponse>, Status> {
+        self.handle("GetUser", request, |store, _, message| async move {
+            let id = parse_id(&message.id)?;
+            let user = store.get(id).await.map_err(from_store)?;
+            Ok(GetUserResponse {
+                user: Some(to_wire(&user)),
+                message: "User retrieved successfully".to_owned(),
+            })
+        })
+        .await
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<UpdateUserRequest>,
+    ) -> Result<Response<UpdateUserResponse>, Status> {
+        self.handle("UpdateUser", request, |store, _, message| async move {
+            let id = parse_id(&message.id)?;
+            let changes =
+                UserChanges::parse(&message.name, &message.email, message.age).map_err(invalid)?;
+            // Nothing to change still answers with the stored user (and NOT_FOUND if absent).
+            let user = if changes.is_empty() {
+                store.get(id).await
+            } else {
+                store.update(id, changes).await
+            }
+            .map_err(from_store)?;
+            Ok(UpdateUserResponse {
+                user: Some(to_wire(&user)),
+                message: "User updated successfully".to_owned(),
+            })
+        })
+        .await
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<DeleteUserRequest>,
+    ) -> Result<Response<DeleteUserResponse>, Status> {
+        self.handle("DeleteUser", request, |store, _, message| async move {
+            let id = parse_id(&message.id)?;
+            store.delete(id).await.map_err(from_store)?;
+            Ok(DeleteUserResponse {
+                message: "User deleted successfully".to_owned(),
+            })
+        })
+        .await
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<ListUsersRequest>,
+    ) -> Result<Response<ListUsersResponse>, Status> {
+        self.handle("ListUsers", request, |store, _, message| async move {
+            let page = store
+                .list(PageRequest::new(message.page, message.limit))
+                .await
+                .map_err(from_store)?;
+            Ok(ListUsersResponse {
+                users: page.users.iter().map(to_wire).collect(),
+                total: i32::try_from(page.total).unwrap_or(i32::MAX),
+                message: "Users retrieved successfully".to_owned(),
+            })
+        })
+        .await
+    }
+
+    async fn test_error(
+        &self,
+        request: Request<TestErrorRequest>,
+    ) -> Result<Response<TestErrorResponse>, Status> {
+        self.handle("TestError", request, |_, call, message| async move {
+            let code = test_error_code(&message.status_code);
+            let trace_id = call.trace_id.unwrap_or_default();
+            let mut metadata = MetadataMap::new();
+            if let Ok(value) = MetadataValue::try_from(trace_id.as_str()) {
+                metadata.insert("x-trace-id", value);
+            }
+            let details = ErrorDetails::with_error_info(
+                "TEST_ERROR",
+                "user-service.meshgate",
+                [
+                    ("trace_id".to_owned(), trace_id.clone()),
+                    ("status_code".to_owned(), message.status_code.clone()),
+                ],
+            );
+            Err::<TestErrorResponse, _>(Status::with_error_details_and_metadata(
+                code,
+                format!(
+                    "test error for HTTP status {:?} (trace_id={trace_id})",
+                    message.status_code
+                ),
+                details,
+                metadata,
+            ))
+        })
+        .await
+    }
+}
+
+/// The HTTP status a `TestError` caller asks for, as the gRPC code an HTTP gateway maps back
+/// to it. Anything unlisted is a 500.
+pub fn test_error_code(http_status: &str) -> Code {
+    match http_status.trim() {
+        "400" => Code::InvalidArgument,
+        "401" => Code::Unauthenticated,
+        "403" => Code::PermissionDenied,
+        "404" => Code::NotFound,
+        "409" => Code::AlreadyExists,
+        "429" => Code::ResourceExhausted,
+        "501" => Code::Unimplemented,
+        "503" => Code::Unavailable,
+        "504" => Code::DeadlineExceeded,
+        _ => Code::Internal,
+    }
+}
+
+fn parse_id(raw: &str) -> Result<UserId, Status> {
+    UserId::parse(raw).map_err(|violation| invalid(Invalid(vec![violation])))
+}
+
+fn invalid(error: Invalid) -> Status {
+    let violations: Vec<_> = error
+        .0
+        .iter()
+        .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
+        .collect();
+    Status::with_error_details(
+        Code::InvalidArgument,
+        error.to_string(),
+        ErrorDetails::with_bad_request(violations),
+    )
+}
+
+fn from_store(error: StoreError) -> Status {
+    match error {
+        StoreError::NotFound => Status::not_found("user not found"),
+        StoreError::EmailTaken => Status::already_exists("a user with this email already exists"),
+        StoreError::Unavailable(_) => Status::unavailable("storage is unavailable; retry later"),
+        StoreError::Internal(cause) => {
+            tracing::error!(error = %cause, "storage error");
+            Status::internal("internal error")
+        }
+    }
+}
+
+fn to_wire(user: &User) -> meshgate_proto::user::User {
+    meshgate_proto::user::User {
+        id: user.id.to_string(),
+        name: user.name.as_str().to_owned(),
+        email: user.email.as_str().to_owned(),
+        age: user.age.get(),
+        created_at: user.created_at,
+        updated_at: user.updated_at,
+    }
+}
+
+/// The canonical upper-case name of a gRPC code, as used in metric labels.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_error_maps_http_statuses() {
+        let cases = [
+            ("400", Code::InvalidArgument),
+            ("401", Code::Unauthenticated),
+            ("403", Code::PermissionDenied),
+            ("404", Code::NotFound),
+            ("409", Code::AlreadyExists),
+            ("429", Code::ResourceExhausted),
+            ("500", Code::Internal),
+            ("501", Code::Unimplemented),
+            ("503", Code::Unavailable),
+            ("504", Code::DeadlineExceeded),
+            ("418", Code::Internal),
+            ("nonsense", Code::Internal),
+        ];
+        for (status, code) in cases {
+            assert_eq!(test_error_code(status), code, "{status}");
+        }
+    }
+
+    #[test]
+    fn validation_becomes_bad_request_details() {
+        let status = invalid(NewUser::parse("", "x", 0).unwrap_err());
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let fields: Vec<_> = details
+            .bad_request()
+            .unwrap()
+            .field_violations
+            .iter()
+            .map(|v| v.field.clone())
+            .collect();
+        assert_eq!(fields, ["name", "email", "age"]);
+    }
+
+    #[test]
+    fn storage_internals_never_reach_clients() {
+        let status = from_store(StoreError::Internal(
+            "relation \"users\" does not exist".into(),
+        ));
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(status.message(), "internal error");
+        let status = from_store(StoreError::Unavailable("connection refused".into()));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(!status.message().contains("refused"));
+    }
+}

@@ -1,0 +1,25 @@
+//! The meshgate user service: `user.UserService` over gRPC (tonic), users stored in PostgreSQL
+//! (sqlx) or an embedded SQLite file, read through a Valkey/Redis or in-process cache.
+//!
+//! # Layout
+//!
+//! - [`domain`]: users, parsed values (`Email`, `Name`, `Age`), the [`domain::UserStore`] port
+//!   and its errors. No tonic, no sqlx.
+//! - [`store`]: the PostgreSQL and SQLite implementations of the port.
+//! - [`cache`]: the read-through cache decorator (Redis or in-process).
+//! - [`grpc`]: the thin tonic adapter (wire ↔ domain, errors → status codes).
+//! - [`config`], [`telemetry`], [`metrics`]: settings, logs/traces, Prometheus.
+//! - [`startup`]: [`Application`], which wires the above; `main.rs` only parses and runs it.
+#![forbid(unsafe_code)]
+
+pub mod cache;
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod metrics;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+
+pub use config::{Config, ConfigError};
+pub use startup::Application;

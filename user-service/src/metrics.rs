@@ -1,0 +1,208 @@
+//! Prometheus metrics and the `/metrics` HTTP endpoint (its own port, `METRICS_ADDR`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tokio::net::TcpListener;
+
+use crate::store::PoolStats;
+
+/// Every metric the service exports, registered in its own registry (not the global one, so
+/// several instances can live in one test process).
+pub struct Metrics {
+    registry: Registry,
+    /// `grpc_server_handled_total{grpc_method, grpc_code}`
+    pub grpc_handled: IntCounterVec,
+    /// `grpc_server_handling_seconds{grpc_method}`
+    pub grpc_latency: HistogramVec,
+    /// `user_cache_requests_total{cache, result}`: result is hit, miss or error.
+    pub cache_requests: IntCounterVec,
+    /// `user_cache_errors_total{operation}`: timeouts and Redis errors (requests still succeed).
+    pub cache_errors: IntCounterVec,
+    /// `db_query_duration_seconds{operation}`
+    pub db_query_duration: HistogramVec,
+    /// `db_pool_connections{state}`: idle, in_use, max. Refreshed on every scrape.
+    pub db_pool_connections: IntGaugeVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_25, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let grpc_handled = IntCounterVec::new(
+            Opts::new(
+                "grpc_server_handled_total",
+                "RPCs completed, by method and status code",
+            ),
+            &["grpc_method", "grpc_code"],
+        )
+        .expect("static metric definition");
+        let grpc_latency = HistogramVec::new(
+            HistogramOpts::new("grpc_server_handling_seconds", "RPC latency in the handler")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["grpc_method"],
+        )
+        .expect("static metric definition");
+        let cache_requests = IntCounterVec::new(
+            Opts::new(
+                "user_cache_requests_total",
+                "Cache lookups, by cache and result",
+            ),
+            &["cache", "result"],
+        )
+        .expect("static metric definition");
+        let cache_errors = IntCounterVec::new(
+            Opts::new(
+                "user_cache_errors_total",
+                "Cache operations that failed or timed out (served from the database instead)",
+            ),
+            &["operation"],
+        )
+        .expect("static metric definition");
+        let db_query_duration = HistogramVec::new(
+            HistogramOpts::new("db_query_duration_seconds", "Database query latency")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["operation"],
+        )
+        .expect("static metric definition");
+        let db_pool_connections = IntGaugeVec::new(
+            Opts::new("db_pool_connections", "Database pool connections by state"),
+            &["state"],
+        )
+        .expect("static metric definition");
+        for collector in [
+            Box::new(grpc_handled.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(grpc_latency.clone()),
+            Box::new(cache_requests.clone()),
+            Box::new(cache_errors.clone()),
+            Box::new(db_query_duration.clone()),
+            Box::new(db_pool_connections.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        Self {
+            registry,
+            grpc_handled,
+            grpc_latency,
+            cache_requests,
+            cache_errors,
+            db_query_duration,
+            db_pool_connections,
+        }
+    }
+
+    pub fn record_pool(&self, stats: PoolStats) {
+        let idle = i64::from(stats.idle);
+        let in_use = i64::from(stats.size.saturating_sub(stats.idle));
+        self.db_pool_connections
+            .with_label_values(&["idle"])
+            .set(idle);
+        self.db_pool_connections
+            .with_label_values(&["in_use"])
+            .set(in_use);
+        self.db_pool_connections
+            .with_label_values(&["max"])
+            .set(i64::from(stats.max));
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("encoding into a Vec cannot fail");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves `GET /metrics` until `shutdown` completes. `pool_stats` is sampled per scrape.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    pool_stats: impl Fn() -> PoolStats + Send + Sync + 'static,
+    shutdown: impl Future<Output = ()>,
+) {
+    let pool_stats = Arc::new(pool_stats);
+    let server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "metrics listener accept failed");
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let metrics = metrics.clone();
+        let pool_stats = pool_stats.clone();
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let response = respond(&request, &metrics, &*pool_stats);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let connection = server
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "metrics connection ended");
+            }
+        });
+    }
+    graceful.shutdown().await;
+}
+
+fn respond(
+    request: &Request<Incoming>,
+    metrics: &Metrics,
+    pool_stats: &dyn Fn() -> PoolStats,
+) -> Response<Full<bytes::Bytes>> {
+    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            metrics.record_pool(pool_stats());
+            (
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                metrics.render(),
+            )
+        }
+        (_, "/metrics") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use GET /metrics\n".to_owned(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try GET /metrics\n".to_owned(),
+        ),
+    };
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .body(Full::new(bytes::Bytes::from(body)))
+        .expect("static response parts are valid")
+}

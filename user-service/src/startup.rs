@@ -1,0 +1,273 @@
+//! Wiring: [`Application::build`] validates the config, opens the stores and binds both
+//! listeners; [`Application::run_until_stopped`] serves until the shutdown future completes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use meshgate_proto::user::user_service_server::UserServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::cache::{CacheBackend, CachedStore};
+use crate::config::Config;
+use crate::domain::UserStore;
+use crate::grpc::UserApi;
+use crate::metrics::{self, Metrics};
+use crate::store::postgres::PoolSettings;
+use crate::store::{Database, PostgresStore, SqliteStore};
+
+/// The health service name clients check (besides "" for the whole server).
+const SERVICE_NAME: &str = meshgate_proto::USER_SERVICE;
+
+pub struct Application {
+    config: Config,
+    grpc_listener: TcpListener,
+    metrics_listener: TcpListener,
+    grpc_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    database: Database,
+    store: Arc<CachedStore<Database>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Opens the configured database (PostgreSQL when `DATABASE_URL` is set, else SQLite).
+/// Connections are made lazily.
+pub fn open_database(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Database> {
+    let acquire_timeout = Duration::from_millis(config.db_acquire_timeout_ms);
+    Ok(match &config.database_url {
+        Some(url) => {
+            let settings = PoolSettings {
+                max_connections: config.db_max_connections,
+                acquire_timeout,
+            };
+            Database::Postgres(
+                PostgresStore::connect_lazy(url, &settings, metrics)
+                    .context("configuring the PostgreSQL pool")?,
+            )
+        }
+        None => {
+            if let Some(parent) = config
+                .sqlite_path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(parent).with_context(|| {
+                    format!(
+                        "creating the directory of SQLITE_PATH {}",
+                        config.sqlite_path.display()
+                    )
+                })?;
+            }
+            Database::Sqlite(SqliteStore::open(
+                &config.sqlite_path,
+                config.db_max_connections,
+                acquire_timeout,
+                metrics,
+            ))
+        }
+    })
+}
+
+impl Application {
+    /// Validates `config`, opens the stores, applies migrations when asked and binds the gRPC
+    /// and metrics listeners (port 0 picks a free port; see [`Self::grpc_addr`]).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        let metrics = Arc::new(Metrics::new());
+        let database = open_database(&config, metrics.clone())?;
+        if config.migrate_on_start {
+            database
+                .migrate()
+                .await
+                .with_context(|| format!("applying the {} migrations", database.backend()))?;
+        }
+        let cache = match &config.redis_url {
+            Some(url) => CacheBackend::redis(url, Duration::from_millis(config.cache_timeout_ms))
+                .context("configuring the Redis cache")?,
+            None => CacheBackend::local(config.local_cache_capacity),
+        };
+        let store = Arc::new(CachedStore::new(
+            database.clone(),
+            cache,
+            config.cache_settings(),
+            metrics.clone(),
+        ));
+        let grpc_listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("binding GRPC_ADDR {}", config.grpc_addr))?;
+        let metrics_listener = TcpListener::bind(config.metrics_addr)
+            .await
+            .with_context(|| format!("binding METRICS_ADDR {}", config.metrics_addr))?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let metrics_addr = metrics_listener.local_addr()?;
+        Ok(Self {
+            config,
+            grpc_listener,
+            metrics_listener,
+            grpc_addr,
+            metrics_addr,
+            database,
+            store,
+            metrics,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// Serves gRPC and `/metrics` until `shutdown` completes, then stops accepting, lets
+    /// in-flight calls finish (up to `SHUTDOWN_GRACE_SECS`) and closes the pool.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            config,
+            grpc_listener,
+            metrics_listener,
+            database,
+            store,
+            metrics,
+            ..
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_health(&health, ServingStatus::NotServing).await;
+        let probe = tokio::spawn(probe_database(
+            store.clone(),
+            health.clone(),
+            Duration::from_millis(config.health_probe_interval_ms),
+            stop_rx.clone(),
+        ));
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(meshgate_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building the reflection service")?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(meshgate_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .context("building the reflection service")?;
+        let users = UserServiceServer::new(UserApi::new(store, metrics.clone()))
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes);
+
+        let metrics_server = {
+            let database = database.clone();
+            tokio::spawn(metrics::serve(
+                metrics_listener,
+                metrics,
+                move || database.pool_stats(),
+                stopped(stop_rx.clone()),
+            ))
+        };
+
+        // Small request/response frames: never wait for Nagle.
+        let incoming = TcpListenerStream::new(grpc_listener).map(|connection| {
+            connection.inspect(|stream| {
+                let _ = stream.set_nodelay(true);
+            })
+        });
+        let server = tonic::transport::Server::builder()
+            .timeout(Duration::from_millis(config.request_timeout_ms))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(users)
+            .serve_with_incoming_shutdown(incoming, {
+                let health = health.clone();
+                let stop = stopped(stop_rx.clone());
+                async move {
+                    stop.await;
+                    // Tell load balancers first, then stop accepting.
+                    set_health(&health, ServingStatus::NotServing).await;
+                    tracing::info!("shutting down: no new calls, finishing in-flight ones");
+                }
+            });
+        let grace = Duration::from_secs(config.shutdown_grace_secs);
+        let deadline = async move {
+            stopped(stop_rx).await;
+            tokio::time::sleep(grace).await;
+        };
+        let outcome = tokio::select! {
+            served = server => served.context("gRPC server failed"),
+            () = deadline => {
+                tracing::warn!(?grace, "in-flight calls outlived the shutdown grace period");
+                Ok(())
+            }
+        };
+        probe.abort();
+        let _ = metrics_server.await;
+        database.close().await;
+        tracing::info!("shutdown complete");
+        outcome
+    }
+}
+
+/// Resolves once the stop flag is raised.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    // An error means the sender is gone, which only happens after it signalled.
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(SERVICE_NAME, status).await;
+}
+
+/// SERVING only while the database answers: pings it every `interval`, each ping bounded by
+/// the same interval.
+async fn probe_database<S: UserStore>(
+    store: Arc<S>,
+    health: HealthReporter,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut serving = None;
+    loop {
+        let answered = matches!(
+            tokio::time::timeout(interval, store.ping()).await,
+            Ok(Ok(()))
+        );
+        if *stop.borrow() {
+            return;
+        }
+        if serving != Some(answered) {
+            if answered {
+                tracing::info!("database answers: SERVING");
+            } else {
+                tracing::warn!("database does not answer: NOT_SERVING");
+            }
+            let status = if answered {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            set_health(&health, status).await;
+            serving = Some(answered);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

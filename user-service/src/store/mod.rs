@@ -1,0 +1,180 @@
+//! Storage adapters behind [`UserStore`](crate::domain::UserStore): PostgreSQL (production),
+//! SQLite (the embedded default) and the cache decorator in [`crate::cache`].
+
+use std::time::Instant;
+
+use crate::domain::{BoxError, NewUser};
+use crate::domain::{PageRequest, StoreError, User, UserChanges, UserId, UserPage, UserStore};
+use crate::metrics::Metrics;
+
+pub mod postgres;
+pub mod sqlite;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// The configured database: one of the two backends, chosen at start from `DATABASE_URL`.
+#[derive(Clone)]
+pub enum Database {
+    Postgres(PostgresStore),
+    Sqlite(SqliteStore),
+}
+
+/// Connection pool occupancy, for the `/metrics` gauges.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolStats {
+    pub size: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
+impl Database {
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        match self {
+            Self::Postgres(store) => store.migrate().await,
+            Self::Sqlite(store) => store.migrate().await,
+        }
+    }
+
+    pub fn pool_stats(&self) -> PoolStats {
+        match self {
+            Self::Postgres(store) => store.pool_stats(),
+            Self::Sqlite(store) => store.pool_stats(),
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgresql",
+            Self::Sqlite(_) => "sqlite",
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Self::Postgres(store) => store.close().await,
+            Self::Sqlite(store) => store.close().await,
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            Database::Postgres($store) => $call.await,
+            Database::Sqlite($store) => $call.await,
+        }
+    };
+}
+
+impl UserStore for Database {
+    async fn create(&self, user: NewUser) -> Result<User, StoreError> {
+        dispatch!(self, s => s.create(user))
+    }
+    async fn get(&self, id: UserId) -> Result<User, StoreError> {
+        dispatch!(self, s => s.get(id))
+    }
+    async fn update(&self, id: UserId, changes: UserChanges) -> Result<User, StoreError> {
+        dispatch!(self, s => s.update(id, changes))
+    }
+    async fn delete(&self, id: UserId) -> Result<(), StoreError> {
+        dispatch!(self, s => s.delete(id))
+    }
+    async fn list(&self, page: PageRequest) -> Result<UserPage, StoreError> {
+        dispatch!(self, s => s.list(page))
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        dispatch!(self, s => s.ping())
+    }
+}
+
+/// Sorts a sqlx error into the store's error kinds. Pure, so the mapping is unit-tested.
+pub(crate) fn classify(error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::RowNotFound => StoreError::NotFound,
+        sqlx::Error::Database(db) if is_email_unique_violation(db.as_ref()) => {
+            StoreError::EmailTaken
+        }
+        sqlx::Error::Database(db)
+            if db.code().is_some_and(|code| is_connection_sqlstate(&code)) =>
+        {
+            StoreError::Unavailable(Box::new(error))
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(Box::new(error)),
+        _ => StoreError::Internal(Box::new(error)),
+    }
+}
+
+/// The named unique constraint (PostgreSQL) or, as SQLite does not report names, the column.
+fn is_email_unique_violation(db: &dyn sqlx::error::DatabaseError) -> bool {
+    matches!(db.kind(), sqlx::error::ErrorKind::UniqueViolation)
+        && (db.constraint() == Some("users_email_key") || db.message().contains("users.email"))
+}
+
+/// SQLSTATE classes meaning "the server cannot serve you right now": connection exceptions (08),
+/// operator intervention such as shutdown (57P0x), too many connections (53300).
+fn is_connection_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("57P0") || code == "53300"
+}
+
+/// Times one query into `db_query_duration_seconds{operation}`.
+pub(crate) async fn timed<T>(
+    metrics: &Metrics,
+    operation: &'static str,
+    query: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, StoreError> {
+    let started = Instant::now();
+    let result = query.await;
+    metrics
+        .db_query_duration
+        .with_label_values(&[operation])
+        .observe(started.elapsed().as_secs_f64());
+    result.map_err(|error| {
+        let error = classify(error);
+        if let StoreError::Unavailable(cause) | StoreError::Internal(cause) = &error {
+            tracing::warn!(operation, error = %cause, "database query failed");
+        }
+        error
+    })
+}
+
+pub(crate) fn internal(error: impl Into<BoxError>) -> StoreError {
+    StoreError::Internal(error.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_sqlstates_mean_unavailable() {
+        assert!(is_connection_sqlstate("08006"));
+        assert!(is_connection_sqlstate("57P01"));
+        assert!(is_connection_sqlstate("53300"));
+        assert!(!is_connection_sqlstate("23505"));
+        assert!(!is_connection_sqlstate("42P01"));
+    }
+
+    #[test]
+    fn transport_errors_mean_unavailable() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(matches!(
+            classify(sqlx::Error::Io(refused)),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(
+            classify(sqlx::Error::PoolTimedOut),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(
+            classify(sqlx::Error::RowNotFound),
+            StoreError::NotFound
+        ));
+        let odd = sqlx::Error::Protocol("garbled".into());
+        assert!(matches!(classify(odd), StoreError::Internal(_)));
+    }
+}

@@ -1,0 +1,190 @@
+//! SQLite store: the embedded default when no `DATABASE_URL` is given. One file, WAL mode,
+//! the schema in `migrations/sqlite`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use tracing::Instrument;
+
+use super::{PoolStats, internal, timed};
+use crate::domain::{
+    Age, Email, Name, NewUser, PageRequest, StoreError, User, UserChanges, UserId, UserPage,
+    UserStore,
+};
+use crate::metrics::Metrics;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+const SELECT_USER: &str =
+    "SELECT id, name, email, age, created_at, updated_at FROM users WHERE id = ?1";
+
+type UserRow = (String, String, String, i32, i64, i64);
+
+fn to_user((id, name, email, age, created_at, updated_at): UserRow) -> Result<User, StoreError> {
+    Ok(User {
+        id: UserId::parse(&id).map_err(|_| internal(format!("stored id {id:?} is not a UUID")))?,
+        name: Name::from_trusted(name),
+        email: Email::from_trusted(email),
+        age: Age::from_trusted(age),
+        created_at,
+        updated_at,
+    })
+}
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    metrics: Arc<Metrics>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file.
+    pub fn open(
+        path: &Path,
+        max_connections: u32,
+        acquire_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            // WAL lets readers run beside the single writer; writers queue on the busy timeout.
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(acquire_timeout)
+            .connect_lazy_with(options);
+        Self { pool, metrics }
+    }
+
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub fn pool_stats(&self) -> PoolStats {
+        PoolStats {
+            size: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            max: self.pool.options().get_max_connections(),
+        }
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn select(&self, id: UserId) -> Result<User, StoreError> {
+        let row = sqlx::query_as::<_, UserRow>(SELECT_USER)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool);
+        let row = timed(&self.metrics, "select_user", row)
+            .instrument(query_span("SELECT"))
+            .await?;
+        row.map(to_user).unwrap_or(Err(StoreError::NotFound))
+    }
+}
+
+fn query_span(operation: &'static str) -> tracing::Span {
+    tracing::info_span!("db.query", db.system = "sqlite", db.operation = operation)
+}
+
+impl UserStore for SqliteStore {
+    async fn create(&self, user: NewUser) -> Result<User, StoreError> {
+        let row = sqlx::query_as::<_, UserRow>(
+            "INSERT INTO users (id, name, email, age) VALUES (?1, ?2, ?3, ?4) \
+             RETURNING id, name, email, age, created_at, updated_at",
+        )
+        .bind(user.id.to_string())
+        .bind(user.name.as_str())
+        .bind(user.email.as_str())
+        .bind(user.age.get())
+        .fetch_one(&self.pool);
+        let row = timed(&self.metrics, "insert_user", row)
+            .instrument(query_span("INSERT"))
+            .await?;
+        to_user(row)
+    }
+
+    async fn get(&self, id: UserId) -> Result<User, StoreError> {
+        self.select(id).await
+    }
+
+    async fn update(&self, id: UserId, changes: UserChanges) -> Result<User, StoreError> {
+        // RETURNING would show the row before the updated_at trigger ran, so read it back.
+        let updated = sqlx::query(
+            "UPDATE users SET name = COALESCE(?2, name), email = COALESCE(?3, email), \
+             age = COALESCE(?4, age) WHERE id = ?1",
+        )
+        .bind(id.to_string())
+        .bind(changes.name.as_ref().map(Name::as_str))
+        .bind(changes.email.as_ref().map(Email::as_str))
+        .bind(changes.age.map(|age| age.get()))
+        .execute(&self.pool);
+        let updated = timed(&self.metrics, "update_user", updated)
+            .instrument(query_span("UPDATE"))
+            .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        self.select(id).await
+    }
+
+    async fn delete(&self, id: UserId) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM users WHERE id = ?1")
+            .bind(id.to_string())
+            .execute(&self.pool);
+        let done = timed(&self.metrics, "delete_user", done)
+            .instrument(query_span("DELETE"))
+            .await?;
+        if done.rows_affected() == 0 {
+            Err(StoreError::NotFound)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn list(&self, page: PageRequest) -> Result<UserPage, StoreError> {
+        let limit = i64::from(page.limit());
+        let offset = i64::try_from(page.offset()).map_err(internal)?;
+        let rows = sqlx::query_as::<_, (String, String, String, i32, i64, i64, i64)>(
+            "SELECT id, name, email, age, created_at, updated_at, COUNT(*) OVER () AS total \
+             FROM users ORDER BY created_at DESC, seq DESC LIMIT ?1 OFFSET ?2",
+        )
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool);
+        let rows = timed(&self.metrics, "list_users", rows)
+            .instrument(query_span("SELECT"))
+            .await?;
+        let total = match rows.first() {
+            Some(row) => row.6,
+            None => {
+                let count = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users")
+                    .fetch_one(&self.pool);
+                timed(&self.metrics, "count_users", count)
+                    .instrument(query_span("SELECT"))
+                    .await?
+            }
+        };
+        let users = rows
+            .into_iter()
+            .map(|(id, name, email, age, created, updated, _)| {
+                to_user((id, name, email, age, created, updated))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(UserPage { users, total })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let ping = sqlx::query("SELECT 1").execute(&self.pool);
+        timed(&self.metrics, "ping", ping)
+            .instrument(query_span("SELECT"))
+            .await
+            .map(drop)
+    }
+}

@@ -1,0 +1,196 @@
+//! Logs and traces: `tracing` with JSON (or text) output, an OpenTelemetry layer that gives
+//! every span a trace id (exported over OTLP when an endpoint is configured), and the
+//! propagators that continue incoming W3C `traceparent` and B3 (`b3`, `x-b3-*`) traces.
+
+use std::io::Write;
+use std::sync::LazyLock;
+
+use opentelemetry::propagation::{Extractor, TextMapCompositePropagator, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, with the current span's fields (trace_id, span_id).
+    Json,
+    /// Human-readable lines for development.
+    Text,
+}
+
+/// What [`init`] needs.
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    pub format: LogFormat,
+    pub filter: String,
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
+}
+
+/// Flushes pending spans when dropped (at process exit).
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Err(error) = self.provider.shutdown() {
+            eprintln!("warning: flushing traces at exit failed: {error}");
+        }
+    }
+}
+
+/// Installs the global subscriber. Must run inside a Tokio runtime (the OTLP exporter is a
+/// tonic client). `sink` is where log lines go: stdout in production, `io::sink` in tests.
+pub fn init<W>(settings: &TelemetrySettings, sink: W) -> anyhow::Result<TelemetryGuard>
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(settings.service_name.clone())
+        .build();
+    let mut provider = SdkTracerProvider::builder().with_resource(resource);
+    if let Some(endpoint) = &settings.otlp_endpoint {
+        use opentelemetry_otlp::WithExportConfig;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint.clone())
+            .build()?;
+        provider = provider.with_batch_exporter(exporter);
+    }
+    // Without an exporter spans are still created: they carry the trace ids into the logs and
+    // into TestError responses.
+    let provider = provider.build();
+    let tracer = provider.tracer("user-service");
+    opentelemetry::global::set_tracer_provider(provider.clone());
+
+    let filter = EnvFilter::try_new(&settings.filter)
+        .map_err(|error| anyhow::anyhow!("invalid log filter {:?}: {error}", settings.filter))?;
+    let format = match settings.format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(sink)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(sink).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(format)
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .try_init()?;
+    Ok(TelemetryGuard { provider })
+}
+
+/// W3C trace context first, then B3 single and multi header: whichever the caller sent wins
+/// (Istio sidecars forward `x-b3-*`; OpenTelemetry clients send `traceparent`).
+///
+/// The B3 propagator ships in `opentelemetry-zipkin`, deprecated as a whole because its
+/// *exporter* is superseded by OTLP; the propagator has no successor in opentelemetry-rust 0.33,
+/// so it is used with `default-features = false` (no exporter, no HTTP client).
+#[allow(deprecated)]
+static PROPAGATOR: LazyLock<TextMapCompositePropagator> = LazyLock::new(|| {
+    TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(opentelemetry_zipkin::Propagator::with_encoding(
+            opentelemetry_zipkin::B3Encoding::SingleAndMultiHeader,
+        )),
+    ])
+});
+
+/// The remote parent carried by request headers (an empty context when there is none).
+pub fn extract_context(headers: &http::HeaderMap) -> opentelemetry::Context {
+    PROPAGATOR.extract(&HeaderExtractor(headers))
+}
+
+/// The trace id of `span` as 32 lowercase hex digits, falling back to the remote parent's when
+/// no OpenTelemetry layer is installed. `None` when neither has one.
+pub fn trace_id_of(span: &tracing::Span, remote: &opentelemetry::Context) -> Option<String> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    [span.context(), remote.clone()].into_iter().find_map(|cx| {
+        let span_context = cx.span().span_context().clone();
+        span_context
+            .is_valid()
+            .then(|| span_context.trace_id().to_string())
+    })
+}
+
+/// The span id of `span` (16 hex digits), when it has one.
+pub fn span_id_of(span: &tracing::Span) -> Option<String> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let span_context = span.context().span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.span_id().to_string())
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+/// A `MakeWriter` that throws log lines away (tests that do not set `TEST_LOG`).
+pub fn discard() -> impl for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static {
+    || std::io::sink()
+}
+
+/// Writes to stdout, line-buffered by the fmt layer.
+pub fn stdout() -> impl for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static {
+    || -> Box<dyn Write> { Box::new(std::io::stdout()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderValue};
+
+    fn trace_id(headers: &[(&'static str, &'static str)]) -> Option<String> {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, HeaderValue::from_static(value));
+        }
+        trace_id_of(&tracing::Span::none(), &extract_context(&map))
+    }
+
+    #[test]
+    fn w3c_traceparent_is_continued() {
+        let id = trace_id(&[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )]);
+        assert_eq!(id.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+    }
+
+    #[test]
+    fn b3_multi_headers_are_continued() {
+        let id = trace_id(&[
+            ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+            ("x-b3-spanid", "e457b5a2e4d86bd1"),
+            ("x-b3-sampled", "1"),
+        ]);
+        assert_eq!(id.as_deref(), Some("80f198ee56343ba864fe8b2a57d3eff7"));
+    }
+
+    #[test]
+    fn b3_single_header_is_continued() {
+        let id = trace_id(&[("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1")]);
+        assert_eq!(id.as_deref(), Some("80f198ee56343ba864fe8b2a57d3eff7"));
+    }
+
+    #[test]
+    fn no_headers_no_remote_trace() {
+        assert_eq!(trace_id(&[]), None);
+    }
+}

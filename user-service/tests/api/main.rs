@@ -1,0 +1,31 @@
+//! Integration tests: the real service in process (port 0) against real PostgreSQL and Redis
+//! (or the embedded SQLite default), called with tonic clients. Run with `./scripts/test`, or
+//! `cargo test -p user-service` with DATABASE_URL / REDIS_URL pointing at servers where the
+//! test role may CREATE DATABASE.
+
+mod binary;
+mod helpers;
+mod observability;
+mod proxy;
+mod resilience;
+mod users;
+
+/// Generates one test per backend from an `async fn(Backend)` body.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::helpers::Backend::Postgres).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::helpers::Backend::Sqlite).await;
+                }
+            }
+        )*
+    };
+}

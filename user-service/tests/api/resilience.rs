@@ -1,0 +1,172 @@
+//! Failure modes: Redis down, PostgreSQL down and back, shutdown with calls in flight.
+
+use std::time::Duration;
+
+use meshgate_proto::user::{
+    CreateUserRequest, DeleteUserRequest, GetUserRequest, ListUsersRequest, UpdateUserRequest,
+};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::helpers::{
+    Backend, TestDatabase, postgres_server_addr, spawn_app_with, spawn_configured, unique_email,
+};
+use crate::proxy::TcpProxy;
+
+/// A loopback port with nothing listening (bound, then released).
+async fn closed_port() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_succeeds_with_redis_unreachable() {
+    let port = closed_port().await;
+    let app = spawn_app_with(Backend::Postgres, |config| {
+        config.redis_url = Some(format!("redis://127.0.0.1:{port}"));
+    })
+    .await;
+    let mut client = app.client.clone();
+    let user = app.create("No Cache", &unique_email(), 30).await.unwrap();
+    let fetched = client
+        .get_user(GetUserRequest {
+            id: user.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fetched.user.unwrap().id, user.id);
+    let updated = client
+        .update_user(UpdateUserRequest {
+            id: user.id.clone(),
+            name: "Still Works".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.user.unwrap().name, "Still Works");
+    let listed = client
+        .list_users(ListUsersRequest { page: 1, limit: 10 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.total, 1);
+    client
+        .delete_user(DeleteUserRequest {
+            id: user.id.clone(),
+        })
+        .await
+        .unwrap();
+    let gone = client
+        .get_user(GetUserRequest { id: user.id })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    app.wait_for_health(ServingStatus::Serving).await;
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("user_cache_errors_total"),
+        "the failures are counted: {metrics}"
+    );
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unreachable_is_unavailable_and_health_recovers() {
+    let database = TestDatabase::create().await;
+    let proxy = TcpProxy::start(postgres_server_addr()).await;
+    let url = database.url_via(&proxy);
+    let app = spawn_configured(Some(database), |config| {
+        config.database_url = Some(url);
+        config.db_acquire_timeout_ms = 500;
+    })
+    .await;
+    let mut client = app.client.clone();
+    app.create("Before", &unique_email(), 30).await.unwrap();
+    app.wait_for_health(ServingStatus::Serving).await;
+
+    proxy.cut();
+    let create = app.create("During", &unique_email(), 30).await.unwrap_err();
+    assert_eq!(create.code(), Code::Unavailable, "{create:?}");
+    let get = client
+        .get_user(GetUserRequest {
+            id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(get.code(), Code::Unavailable, "{get:?}");
+    assert!(
+        !get.message().contains("refused") && !get.message().contains("pool"),
+        "{}",
+        get.message()
+    );
+    app.wait_for_health(ServingStatus::NotServing).await;
+
+    proxy.restore();
+    app.wait_for_health(ServingStatus::Serving).await;
+    app.create("After", &unique_email(), 30).await.unwrap();
+    let listed = client
+        .list_users(ListUsersRequest { page: 1, limit: 10 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.total, 2);
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_calls_finish() {
+    let database = TestDatabase::create().await;
+    let proxy = TcpProxy::start(postgres_server_addr()).await;
+    let url = database.url_via(&proxy);
+    let mut app = spawn_configured(Some(database), |config| {
+        config.database_url = Some(url);
+        config.db_acquire_timeout_ms = 10_000;
+    })
+    .await;
+    app.wait_for_health(ServingStatus::Serving).await;
+
+    // Hold every database byte, so the calls below are stuck inside the server.
+    proxy.pause();
+    let calls: Vec<_> = (0..5)
+        .map(|n| {
+            let mut client = app.client.clone();
+            tokio::spawn(async move {
+                client
+                    .create_user(CreateUserRequest {
+                        name: format!("In flight {n}"),
+                        email: format!(
+                            "in-flight-{n}-{}@example.com",
+                            uuid::Uuid::new_v4().simple()
+                        ),
+                        age: 30,
+                    })
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.signal_shutdown();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // New connections are no longer accepted while the old calls are still running.
+    let refused = tonic::transport::Channel::from_shared(format!("http://{}", app.grpc_addr))
+        .unwrap()
+        .connect()
+        .await;
+    assert!(
+        refused.is_err(),
+        "the listener is closed once shutdown starts"
+    );
+    proxy.restore();
+    for call in calls {
+        let user = call
+            .await
+            .unwrap()
+            .expect("an in-flight call completes")
+            .into_inner();
+        assert!(user.user.is_some());
+    }
+    app.stopped().await.expect("clean shutdown");
+    app.teardown().await;
+}
