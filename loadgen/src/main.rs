@@ -6,7 +6,7 @@
 //!
 //! Loopback targets only: this is a benchmark tool, not a way to load someone else's server.
 //! Scenarios describe *what* to send ([`Operation`]); a [`Transport`] decides *how* (native
-//! gRPC today; REST and gRPC-web transports for the edge gateway can be added beside it).
+//! gRPC, and REST and gRPC-web through the edge gateway in `http.rs`).
 #![forbid(unsafe_code)]
 
 use std::net::IpAddr;
@@ -19,6 +19,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 
 mod grpc;
+mod http;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -72,6 +73,10 @@ enum Scenario {
 enum TransportKind {
     /// Native gRPC over HTTP/2 (tonic client).
     Grpc,
+    /// REST/JSON over HTTP/2 (h2c) through the edge gateway.
+    Rest,
+    /// gRPC-web (binary) over HTTP/2 (h2c) through the edge gateway.
+    GrpcWeb,
 }
 
 /// One request, independent of how it is carried.
@@ -119,8 +124,17 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match args.transport {
             TransportKind::Grpc => {
-                let transport =
-                    grpc::GrpcTransport::connect(&args.target, args.connections).await?;
+                // More connections than workers would sit idle.
+                let connections = args.connections.min(args.concurrency);
+                let transport = grpc::GrpcTransport::connect(&args.target, connections).await?;
+                run(args, Arc::new(transport)).await
+            }
+            TransportKind::Rest => {
+                let transport = http::RestTransport::new(&args.target, args.connections)?;
+                run(args, Arc::new(transport)).await
+            }
+            TransportKind::GrpcWeb => {
+                let transport = http::GrpcWebTransport::new(&args.target, args.connections)?;
                 run(args, Arc::new(transport)).await
             }
         }
@@ -201,7 +215,7 @@ async fn run<T: Transport>(args: Args, transport: Arc<T>) -> anyhow::Result<()> 
         args.scenario,
         args.transport,
         args.concurrency,
-        args.connections,
+        args.connections.min(args.concurrency),
         total,
         tally.errors,
         elapsed,

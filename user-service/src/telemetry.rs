@@ -74,7 +74,9 @@ where
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
-            .with_span_list(false)
+            // The whole span list, so lines logged inside `db.query` or `cache` still carry the
+            // `trace_id` and `span_id` recorded on the enclosing `rpc` span.
+            .with_span_list(true)
             .with_writer(sink)
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(sink).boxed(),

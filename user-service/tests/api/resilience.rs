@@ -170,3 +170,50 @@ async fn shutdown_lets_in_flight_calls_finish() {
     app.stopped().await.expect("clean shutdown");
     app.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_deadline_ends_a_stuck_call() {
+    let database = TestDatabase::create().await;
+    let proxy = TcpProxy::start(postgres_server_addr()).await;
+    let url = database.url_via(&proxy);
+    let app = spawn_configured(Some(database), |config| {
+        config.database_url = Some(url);
+        config.db_acquire_timeout_ms = 30_000;
+    })
+    .await;
+    app.wait_for_health(ServingStatus::Serving).await;
+    proxy.pause();
+    let mut request = tonic::Request::new(GetUserRequest {
+        id: uuid::Uuid::new_v4().to_string(),
+    });
+    request.set_timeout(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let status = app.client.clone().get_user(request).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    // Without the deadline the call would wait for the 30 s pool timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    proxy.restore();
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn oversized_messages_are_rejected() {
+    let app = crate::helpers::spawn_app_with(Backend::Sqlite, |config| {
+        config.max_message_bytes = 1024;
+    })
+    .await;
+    let status = app
+        .create(&"x".repeat(4096), &unique_email(), 30)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    app.create("Small", &unique_email(), 30).await.unwrap();
+    app.teardown().await;
+}

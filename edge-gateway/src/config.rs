@@ -1,0 +1,458 @@
+//! Configuration: one YAML file with pingora's `server` section and the gateway's own, then
+//! flag/env overrides, validated once into [`GatewayConfig`]. Precedence: flag > env > file.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+/// A configuration problem, naming the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Yaml(String),
+    #[error("invalid config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// pingora's ServerConf (threads, pid_file, upgrade_sock, grace periods, ...).
+    #[serde(default)]
+    pub server: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub gateway: GatewaySection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    pub listen: String,
+    pub metrics_listen: String,
+    pub upstreams: Vec<String>,
+    /// Extra encoded FileDescriptorSets (with google.api.http options) to route.
+    pub descriptor_sets: Vec<PathBuf>,
+    /// Leave out the built-in meshgate contract.
+    pub skip_builtin_descriptors: bool,
+    pub json: JsonSection,
+    pub max_body_bytes: usize,
+    pub timeout_ms: u64,
+    /// Per-route timeouts, keyed by `METHOD /template` or a gRPC method `/pkg.Service/Method`.
+    pub route_timeouts_ms: BTreeMap<String, u64>,
+    pub connect_timeout_ms: u64,
+    /// Concurrent h2 streams per upstream connection for gRPC pass-through (pingora's default is 1).
+    pub h2_streams_per_connection: usize,
+    pub health_check: HealthSection,
+    pub retry: RetrySection,
+    pub cors: CorsSection,
+    pub tls: Option<TlsSection>,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            metrics_listen: "0.0.0.0:9091".into(),
+            upstreams: vec!["127.0.0.1:50051".into()],
+            descriptor_sets: Vec::new(),
+            skip_builtin_descriptors: false,
+            json: JsonSection::default(),
+            max_body_bytes: 1024 * 1024,
+            timeout_ms: 10_000,
+            route_timeouts_ms: BTreeMap::new(),
+            connect_timeout_ms: 1_000,
+            h2_streams_per_connection: 128,
+            health_check: HealthSection::default(),
+            retry: RetrySection::default(),
+            cors: CorsSection::default(),
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JsonSection {
+    pub use_proto_field_names: bool,
+    pub emit_defaults: bool,
+}
+
+impl Default for JsonSection {
+    fn default() -> Self {
+        Self {
+            use_proto_field_names: false,
+            emit_defaults: true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSection {
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// The service name asked about in grpc.health.v1 (empty: the whole server).
+    pub service: String,
+    pub unhealthy_threshold: usize,
+    pub healthy_threshold: usize,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        Self {
+            interval_ms: 1_000,
+            timeout_ms: 500,
+            service: String::new(),
+            unhealthy_threshold: 1,
+            healthy_threshold: 1,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySection {
+    /// Attempts for GET routes answered UNAVAILABLE, first try included.
+    pub max_attempts: u32,
+    /// Retries allowed as a fraction of requests ...
+    pub budget_ratio: f64,
+    /// ... plus this many retries per second regardless of traffic.
+    pub min_retries_per_second: u32,
+}
+
+impl Default for RetrySection {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            budget_ratio: 0.2,
+            min_retries_per_second: 10,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsSection {
+    /// Exact origins, or `*` for any.
+    pub allowed_origins: Vec<String>,
+    pub allow_credentials: bool,
+    pub max_age_secs: u64,
+}
+
+impl Default for CorsSection {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            allow_credentials: false,
+            max_age_secs: 600,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub listen: String,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+/// Overrides from flags and environment (clap fills both).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// Main listener (REST, gRPC-web, gRPC).
+    #[arg(long, env = "GATEWAY_LISTEN")]
+    pub listen: Option<String>,
+    /// Metrics listener.
+    #[arg(long, env = "GATEWAY_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Upstream gRPC addresses, comma-separated.
+    #[arg(long = "upstream", env = "GATEWAY_UPSTREAMS", value_delimiter = ',')]
+    pub upstreams: Vec<String>,
+    /// CORS allowed origins, comma-separated.
+    #[arg(
+        long = "cors-origin",
+        env = "GATEWAY_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+}
+
+/// The validated configuration the gateway runs on.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub server: Option<String>,
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub upstreams: Vec<SocketAddr>,
+    pub descriptor_sets: Vec<PathBuf>,
+    pub skip_builtin_descriptors: bool,
+    pub use_proto_field_names: bool,
+    pub emit_defaults: bool,
+    pub max_body_bytes: usize,
+    pub timeout: Duration,
+    pub route_timeouts: BTreeMap<String, Duration>,
+    pub connect_timeout: Duration,
+    pub h2_streams_per_connection: usize,
+    pub health_interval: Duration,
+    pub health_timeout: Duration,
+    pub health_service: String,
+    pub healthy_threshold: usize,
+    pub unhealthy_threshold: usize,
+    pub retry_max_attempts: u32,
+    pub retry_budget_ratio: f64,
+    pub retry_min_per_second: u32,
+    pub cors_origins: Vec<String>,
+    pub cors_allow_credentials: bool,
+    pub cors_max_age: Duration,
+    pub tls: Option<(SocketAddr, PathBuf, PathBuf)>,
+}
+
+impl GatewayConfig {
+    /// Reads the file (if any), applies overrides, validates.
+    pub fn load(
+        path: Option<&std::path::Path>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let file = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Self::parse_file(&text)?
+            }
+            None => FileConfig::default(),
+        };
+        Self::from_file(file, overrides)
+    }
+
+    pub fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
+        serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))
+    }
+
+    pub fn from_file(file: FileConfig, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut gateway = file.gateway;
+        if let Some(listen) = &overrides.listen {
+            gateway.listen = listen.clone();
+        }
+        if let Some(listen) = &overrides.metrics_listen {
+            gateway.metrics_listen = listen.clone();
+        }
+        if !overrides.upstreams.is_empty() {
+            gateway.upstreams = overrides.upstreams.clone();
+        }
+        if !overrides.cors_origins.is_empty() {
+            gateway.cors.allowed_origins = overrides.cors_origins.clone();
+        }
+        let addr = |key: &str, value: &str| -> Result<SocketAddr, ConfigError> {
+            value
+                .parse()
+                .map_err(|_| invalid(key, format!("{value:?} is not an IP:port address")))
+        };
+        let server = match file.server {
+            Some(value) => {
+                let text =
+                    serde_yaml::to_string(&value).map_err(|e| invalid("server", e.to_string()))?;
+                pingora::server::configuration::ServerConf::from_yaml(&text)
+                    .map_err(|e| invalid("server", e.to_string()))?;
+                Some(text)
+            }
+            None => None,
+        };
+        let listen = addr("gateway.listen", &gateway.listen)?;
+        let metrics_listen = if gateway.metrics_listen.is_empty() {
+            None
+        } else {
+            Some(addr("gateway.metrics_listen", &gateway.metrics_listen)?)
+        };
+        if gateway.upstreams.is_empty() {
+            return Err(invalid(
+                "gateway.upstreams",
+                "at least one upstream address is required",
+            ));
+        }
+        let upstreams = gateway
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, value)| addr(&format!("gateway.upstreams[{i}]"), value))
+            .collect::<Result<Vec<_>, _>>()?;
+        let positive = |key: &str, value: u64| -> Result<Duration, ConfigError> {
+            if value == 0 {
+                Err(invalid(key, "must be greater than 0"))
+            } else {
+                Ok(Duration::from_millis(value))
+            }
+        };
+        let mut route_timeouts = BTreeMap::new();
+        for (route, ms) in &gateway.route_timeouts_ms {
+            route_timeouts.insert(
+                route.clone(),
+                positive(&format!("gateway.route_timeouts_ms.{route}"), *ms)?,
+            );
+        }
+        if gateway.max_body_bytes == 0 {
+            return Err(invalid("gateway.max_body_bytes", "must be greater than 0"));
+        }
+        if gateway.retry.max_attempts == 0 {
+            return Err(invalid("gateway.retry.max_attempts", "must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&gateway.retry.budget_ratio) {
+            return Err(invalid(
+                "gateway.retry.budget_ratio",
+                "must be between 0 and 1",
+            ));
+        }
+        for (i, origin) in gateway.cors.allowed_origins.iter().enumerate() {
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(invalid(
+                    &format!("gateway.cors.allowed_origins[{i}]"),
+                    format!("{origin:?} must be `*` or an http(s):// origin"),
+                ));
+            }
+        }
+        if gateway.cors.allow_credentials && gateway.cors.allowed_origins.iter().any(|o| o == "*") {
+            return Err(invalid(
+                "gateway.cors.allow_credentials",
+                "cannot be combined with origin `*`",
+            ));
+        }
+        let tls = match gateway.tls {
+            Some(tls) => Some((
+                addr("gateway.tls.listen", &tls.listen)?,
+                tls.cert_path,
+                tls.key_path,
+            )),
+            None => None,
+        };
+        Ok(Self {
+            server,
+            listen,
+            metrics_listen,
+            upstreams,
+            descriptor_sets: gateway.descriptor_sets,
+            skip_builtin_descriptors: gateway.skip_builtin_descriptors,
+            use_proto_field_names: gateway.json.use_proto_field_names,
+            emit_defaults: gateway.json.emit_defaults,
+            max_body_bytes: gateway.max_body_bytes,
+            timeout: positive("gateway.timeout_ms", gateway.timeout_ms)?,
+            route_timeouts,
+            connect_timeout: positive("gateway.connect_timeout_ms", gateway.connect_timeout_ms)?,
+            h2_streams_per_connection: gateway.h2_streams_per_connection.max(1),
+            health_interval: positive(
+                "gateway.health_check.interval_ms",
+                gateway.health_check.interval_ms,
+            )?,
+            health_timeout: positive(
+                "gateway.health_check.timeout_ms",
+                gateway.health_check.timeout_ms,
+            )?,
+            health_service: gateway.health_check.service,
+            healthy_threshold: gateway.health_check.healthy_threshold.max(1),
+            unhealthy_threshold: gateway.health_check.unhealthy_threshold.max(1),
+            retry_max_attempts: gateway.retry.max_attempts,
+            retry_budget_ratio: gateway.retry.budget_ratio,
+            retry_min_per_second: gateway.retry.min_retries_per_second,
+            cors_origins: gateway.cors.allowed_origins,
+            cors_allow_credentials: gateway.cors.allow_credentials,
+            cors_max_age: Duration::from_secs(gateway.cors.max_age_secs),
+            tls,
+        })
+    }
+
+    /// Test and embedding helper: defaults with the given listener and upstreams.
+    pub fn for_upstreams(listen: SocketAddr, upstreams: Vec<SocketAddr>) -> Self {
+        let mut config = Self::from_file(FileConfig::default(), &Overrides::default())
+            .expect("defaults are valid");
+        config.listen = listen;
+        config.metrics_listen = None;
+        config.upstreams = upstreams;
+        config
+    }
+
+    /// Timeout for a route label (`GET /v1/users/{id}`) or gRPC path.
+    pub fn timeout_for(&self, route_label: Option<&str>, grpc_path: &str) -> Duration {
+        route_label
+            .and_then(|label| self.route_timeouts.get(label))
+            .or_else(|| self.route_timeouts.get(grpc_path))
+            .copied()
+            .unwrap_or(self.timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<GatewayConfig, ConfigError> {
+        GatewayConfig::from_file(GatewayConfig::parse_file(text)?, &Overrides::default())
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let text = include_str!("../config/gateway.yaml");
+        let config = load(text).unwrap();
+        assert_eq!(config.listen.port(), 8080);
+        assert_eq!(config.metrics_listen.unwrap().port(), 9091);
+        assert_eq!(config.upstreams, vec!["127.0.0.1:50051".parse().unwrap()]);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let error = load("gateway:\n  cors:\n    allowed_origns: []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("allowed_origns"), "{error}");
+        assert!(error.contains("gateway.cors"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let cases = [
+            ("gateway:\n  listen: nowhere\n", "gateway.listen"),
+            ("gateway:\n  upstreams: []\n", "gateway.upstreams"),
+            ("gateway:\n  upstreams: [\"x\"]\n", "gateway.upstreams[0]"),
+            ("gateway:\n  timeout_ms: 0\n", "gateway.timeout_ms"),
+            (
+                "gateway:\n  retry:\n    budget_ratio: 2\n",
+                "gateway.retry.budget_ratio",
+            ),
+            (
+                "gateway:\n  cors:\n    allowed_origins: [\"example.com\"]\n",
+                "gateway.cors.allowed_origins[0]",
+            ),
+            ("server:\n  threads: many\n", "server"),
+        ];
+        for (text, key) in cases {
+            let error = load(text).unwrap_err().to_string();
+            assert!(error.contains(key), "{text:?} → {error}");
+        }
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let file = GatewayConfig::parse_file("gateway:\n  listen: 0.0.0.0:1\n").unwrap();
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:2".into()),
+            upstreams: vec!["127.0.0.1:3".into(), "127.0.0.1:4".into()],
+            ..Default::default()
+        };
+        let config = GatewayConfig::from_file(file, &overrides).unwrap();
+        assert_eq!(config.listen.port(), 2);
+        assert_eq!(config.upstreams.len(), 2);
+    }
+}

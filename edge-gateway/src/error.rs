@@ -1,0 +1,207 @@
+//! Small typed failures, rescued in one place ([`GatewayError::rescue`]) into a synthetic
+//! response carrying both the HTTP status and the gRPC code, so REST, gRPC-web and gRPC
+//! clients each get the error in their own shape.
+
+use bytes::Bytes;
+use http::Method;
+
+use crate::grpc_web::FramingError;
+use crate::status::{grpc_code_for_http, http_status_for};
+use crate::transcode::TranscodeError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no route for {method} {path}")]
+    NotFound { method: Method, path: String },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed {
+        method: Method,
+        path: String,
+        allow: Vec<Method>,
+    },
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("unsupported content type {0:?}: send application/json")]
+    UnsupportedMediaType(String),
+    #[error(transparent)]
+    BadRequest(#[from] TranscodeError),
+    #[error("invalid gRPC-web body: {0}")]
+    GrpcWebFraming(#[from] FramingError),
+    #[error("gRPC-web requests must carry exactly one uncompressed message, got {0}")]
+    GrpcWebMessageCount(usize),
+    #[error("compressed gRPC-web messages are not supported")]
+    GrpcWebCompressed,
+    #[error("no healthy upstream")]
+    NoHealthyUpstream,
+    #[error("upstream unavailable")]
+    UpstreamUnavailable,
+    #[error("upstream deadline exceeded")]
+    UpstreamTimeout,
+    /// A status the upstream service answered with; passed through to the client.
+    #[error("{}", .0.message())]
+    Upstream(tonic::Status),
+    /// Rejected by a filter hook (see [`crate::hooks`]).
+    #[error("{message}")]
+    Filtered { http_status: u16, message: String },
+    /// Details go to the log only; the client sees "internal error".
+    #[error("internal error")]
+    Internal(String),
+}
+
+/// What the client gets for an error.
+#[derive(Debug, Clone)]
+pub struct SyntheticResponse {
+    pub http_status: u16,
+    pub grpc_code: i32,
+    pub message: String,
+    /// An encoded google.rpc.Status (`grpc-status-details-bin`), if the upstream sent one.
+    pub details: Option<Bytes>,
+    /// `Allow` for 405.
+    pub allow: Option<String>,
+}
+
+impl GatewayError {
+    /// Classifies a failed upstream call: transport failures become gateway errors with a
+    /// generic message (no socket errors leak), answers from the service pass through.
+    pub fn from_upstream(status: tonic::Status) -> Self {
+        use std::error::Error;
+        let from_transport = status.source().is_some();
+        match status.code() {
+            tonic::Code::Unavailable if from_transport => Self::UpstreamUnavailable,
+            tonic::Code::Unknown | tonic::Code::Internal if from_transport => {
+                Self::UpstreamUnavailable
+            }
+            tonic::Code::DeadlineExceeded if from_transport => Self::UpstreamTimeout,
+            _ => Self::Upstream(status),
+        }
+    }
+
+    /// True for failures worth retrying on another upstream (idempotent routes only).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::UpstreamUnavailable | Self::NoHealthyUpstream => true,
+            Self::Upstream(status) => status.code() == tonic::Code::Unavailable,
+            _ => false,
+        }
+    }
+
+    pub fn rescue(&self) -> SyntheticResponse {
+        let simple = |http_status: u16| SyntheticResponse {
+            http_status,
+            grpc_code: grpc_code_for_http(http_status),
+            message: self.to_string(),
+            details: None,
+            allow: None,
+        };
+        match self {
+            Self::NotFound { .. } => simple(404),
+            Self::MethodNotAllowed { allow, .. } => SyntheticResponse {
+                allow: Some(
+                    allow
+                        .iter()
+                        .map(Method::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+                ..simple(405)
+            },
+            Self::PayloadTooLarge { .. } => SyntheticResponse {
+                grpc_code: 8,
+                ..simple(413)
+            },
+            Self::UnsupportedMediaType(_) => simple(415),
+            Self::BadRequest(_) | Self::GrpcWebFraming(_) | Self::GrpcWebMessageCount(_) => {
+                simple(400)
+            }
+            Self::GrpcWebCompressed => simple(501),
+            Self::NoHealthyUpstream | Self::UpstreamUnavailable => simple(503),
+            Self::UpstreamTimeout => simple(504),
+            Self::Upstream(status) => {
+                let code = status.code() as i32;
+                SyntheticResponse {
+                    http_status: http_status_for(code),
+                    grpc_code: code,
+                    message: status.message().to_owned(),
+                    details: (!status.details().is_empty())
+                        .then(|| Bytes::copy_from_slice(status.details())),
+                    allow: None,
+                }
+            }
+            Self::Filtered { http_status, .. } => simple(*http_status),
+            Self::Internal(_) => simple(500),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_has_its_status_pair() {
+        let cases: Vec<(GatewayError, u16, i32)> = vec![
+            (
+                GatewayError::NotFound {
+                    method: Method::GET,
+                    path: "/x".into(),
+                },
+                404,
+                5,
+            ),
+            (GatewayError::PayloadTooLarge { limit: 1 }, 413, 8),
+            (
+                GatewayError::UnsupportedMediaType("text/plain".into()),
+                415,
+                3,
+            ),
+            (
+                GatewayError::BadRequest(TranscodeError::NotAnObject),
+                400,
+                3,
+            ),
+            (GatewayError::UpstreamUnavailable, 503, 14),
+            (GatewayError::UpstreamTimeout, 504, 4),
+            (
+                GatewayError::Upstream(tonic::Status::already_exists("dup")),
+                409,
+                6,
+            ),
+            (
+                GatewayError::Internal("secret socket detail".into()),
+                500,
+                13,
+            ),
+        ];
+        for (error, http, grpc) in cases {
+            let rescued = error.rescue();
+            assert_eq!(
+                (rescued.http_status, rescued.grpc_code),
+                (http, grpc),
+                "{error:?}"
+            );
+            assert!(!rescued.message.contains("secret"));
+        }
+    }
+
+    #[test]
+    fn method_not_allowed_lists_allow() {
+        let error = GatewayError::MethodNotAllowed {
+            method: Method::PATCH,
+            path: "/v1/users/1".into(),
+            allow: vec![Method::DELETE, Method::GET],
+        };
+        assert_eq!(error.rescue().allow.as_deref(), Some("DELETE, GET"));
+    }
+
+    #[test]
+    fn service_statuses_pass_through_transport_failures_do_not() {
+        let service = GatewayError::from_upstream(tonic::Status::unavailable("draining"));
+        assert!(matches!(service, GatewayError::Upstream(_)));
+        assert!(service.is_unavailable());
+        let transport =
+            tonic::Status::from_error(Box::new(std::io::Error::other("connect refused 10.0.0.1")));
+        let transport = GatewayError::from_upstream(transport);
+        assert!(transport.is_unavailable(), "{transport:?}");
+        assert!(!transport.rescue().message.contains("10.0.0.1"));
+    }
+}

@@ -1,0 +1,33 @@
+//! meshgate edge gateway on Pingora: REST/JSON transcoded from `google.api.http` annotations,
+//! gRPC-web (binary and text) and native gRPC pass-through, all on one port.
+//!
+//! # Layout
+//! - [`path_template`], [`routes`]: HttpRule templates and the route table (pure).
+//! - [`transcode`]: path/query/JSON body → request message, response message → JSON (pure).
+//! - [`status`], [`error`]: gRPC ↔ HTTP status and the one place errors become responses.
+//! - [`grpc_web`]: gRPC-web framing and base64 as state machines (pure).
+//! - [`cors`], [`trace`], [`retry`]: edge policies (pure).
+//! - [`openapi`]: OpenAPI 3.1 from the descriptors.
+//! - [`config`]: YAML + flags/env → one validated [`config::GatewayConfig`].
+//! - [`upstream`]: tonic channels, gRPC health checks, load balancing, retries.
+//! - [`hooks`]: the request/response filter seam (the wasm filters plug in here).
+//! - [`proxy`]: the single `ProxyHttp` impl; [`server`]: pingora wiring.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod cors;
+pub mod error;
+pub mod grpc_web;
+pub mod hooks;
+pub mod metrics;
+pub mod openapi;
+pub mod path_template;
+pub mod proxy;
+pub mod retry;
+pub mod routes;
+pub mod server;
+pub mod state;
+pub mod status;
+pub mod trace;
+pub mod transcode;
+pub mod upstream;

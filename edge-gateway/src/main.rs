@@ -1,0 +1,70 @@
+//! `edge-gateway`: parse config before binding anything; bad config exits 2.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use edge_gateway::{
+    config::{GatewayConfig, Overrides},
+    hooks::FilterChain,
+    server::build_server,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edge-gateway",
+    version,
+    about = "meshgate edge gateway (REST, gRPC-web, gRPC on one port)"
+)]
+struct Args {
+    /// YAML config file (pingora `server` section + `gateway` section).
+    #[arg(short, long, env = "GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+    /// Take over the listening sockets of a running gateway (pingora graceful upgrade).
+    #[arg(short, long)]
+    upgrade: bool,
+    /// Validate the config and exit.
+    #[arg(short, long)]
+    test: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,pingora=warn".into()),
+        )
+        .with_current_span(false)
+        .init();
+    let config = match GatewayConfig::load(args.config.as_deref(), &args.overrides) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("edge-gateway: {error}");
+            std::process::exit(2);
+        }
+    };
+    if args.test {
+        println!("config ok");
+        return;
+    }
+    let opt = pingora::server::configuration::Opt {
+        upgrade: args.upgrade,
+        ..Default::default()
+    };
+    let listen = config.listen;
+    let metrics = config.metrics_listen;
+    let upstreams = config.upstreams.clone();
+    let (mut server, _state) = match build_server(config, Some(opt), FilterChain::default()) {
+        Ok(built) => built,
+        Err(error) => {
+            eprintln!("edge-gateway: {error}");
+            std::process::exit(2);
+        }
+    };
+    server.bootstrap();
+    tracing::info!(%listen, ?metrics, ?upstreams, "edge-gateway listening: REST, gRPC-web and gRPC (h2c) on http://{listen}");
+    server.run_forever();
+}

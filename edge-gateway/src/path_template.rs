@@ -1,0 +1,328 @@
+//! `google.api.http` path templates: parsing and matching.
+//!
+//! Grammar (google/api/http.proto):
+//! ```text
+//! Template = "/" Segments [ Verb ] ;
+//! Segments = Segment { "/" Segment } ;
+//! Segment  = "*" | "**" | LITERAL | Variable ;
+//! Variable = "{" FieldPath [ "=" Segments ] "}" ;
+//! FieldPath = IDENT { "." IDENT } ;
+//! Verb     = ":" LITERAL ;
+//! ```
+//! A template is flattened into segment matchers plus variable spans over them, so matching is
+//! a single pass over the request path's segments.
+
+use std::fmt;
+
+/// One position of the flattened template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Literal(String),
+    /// `*`: exactly one segment.
+    Single,
+    /// `**`: zero or more segments; only allowed last.
+    Multi,
+}
+
+/// A variable binding covering `segments[start..end]` (end is exclusive; for a trailing `**`
+/// the span extends to the end of the request path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variable {
+    /// Dotted field path, e.g. `user.id`.
+    pub field_path: String,
+    pub start: usize,
+    pub end: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathTemplate {
+    pub segments: Vec<Segment>,
+    pub variables: Vec<Variable>,
+    pub verb: Option<String>,
+    source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid path template {template:?}: {reason}")]
+pub struct TemplateError {
+    pub template: String,
+    pub reason: String,
+}
+
+impl fmt::Display for PathTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+struct Parser<'a> {
+    input: &'a [u8],
+    pos: usize,
+    segments: Vec<Segment>,
+    variables: Vec<Variable>,
+}
+
+impl PathTemplate {
+    pub fn parse(template: &str) -> Result<Self, TemplateError> {
+        let error = |reason: &str| TemplateError {
+            template: template.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let Some(rest) = template.strip_prefix('/') else {
+            return Err(error("must start with '/'"));
+        };
+        // The verb is the suffix after the last ':' that is outside of any `{}`.
+        let (body, verb) = split_verb(rest);
+        if let Some(verb) = verb
+            && (verb.is_empty() || verb.contains(['/', '{', '}']))
+        {
+            return Err(error("invalid verb"));
+        }
+        let mut parser = Parser {
+            input: body.as_bytes(),
+            pos: 0,
+            segments: Vec::new(),
+            variables: Vec::new(),
+        };
+        parser.segments(false).map_err(|reason| error(&reason))?;
+        if parser.pos != parser.input.len() {
+            return Err(error(&format!(
+                "unexpected character at offset {}",
+                parser.pos + 1
+            )));
+        }
+        let Parser {
+            segments,
+            variables,
+            ..
+        } = parser;
+        if let Some(index) = segments.iter().position(|s| *s == Segment::Multi)
+            && index != segments.len() - 1
+        {
+            return Err(error("'**' must be the last segment"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for variable in &variables {
+            if !seen.insert(variable.field_path.as_str()) {
+                return Err(error(&format!(
+                    "variable {} bound twice",
+                    variable.field_path
+                )));
+            }
+        }
+        Ok(Self {
+            segments,
+            variables,
+            verb: verb.map(str::to_owned),
+            source: template.to_owned(),
+        })
+    }
+
+    /// Matches a request path (without query). Returns the variable bindings, percent-decoded.
+    pub fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
+        let path = path.strip_prefix('/')?;
+        let path = match &self.verb {
+            Some(verb) => path.strip_suffix(verb.as_str())?.strip_suffix(':')?,
+            None => path,
+        };
+        let parts: Vec<&str> = if path.is_empty() {
+            Vec::new()
+        } else {
+            path.split('/').collect()
+        };
+        let has_multi = self.segments.last() == Some(&Segment::Multi);
+        let fixed = self.segments.len() - usize::from(has_multi);
+        if parts.len() < fixed || (!has_multi && parts.len() != fixed) {
+            return None;
+        }
+        for (segment, part) in self.segments.iter().zip(&parts) {
+            match segment {
+                Segment::Literal(literal) => {
+                    if percent_decode(part, true)? != *literal {
+                        return None;
+                    }
+                }
+                Segment::Single => {
+                    if part.is_empty() {
+                        return None;
+                    }
+                }
+                Segment::Multi => {}
+            }
+        }
+        let mut bindings = Vec::with_capacity(self.variables.len());
+        for variable in &self.variables {
+            let end = if variable.end == self.segments.len() && has_multi {
+                parts.len()
+            } else {
+                variable.end
+            };
+            let span = &parts[variable.start..end];
+            let value = if span.len() == 1 {
+                percent_decode(span[0], true)?
+            } else {
+                // Multi-segment values keep '/' as the separator; an encoded "%2F" stays encoded
+                // so the segments remain distinguishable (per the HttpRule spec).
+                span.iter()
+                    .map(|part| percent_decode(part, false))
+                    .collect::<Option<Vec<_>>>()?
+                    .join("/")
+            };
+            bindings.push((variable.field_path.clone(), value));
+        }
+        Some(bindings)
+    }
+
+    /// Higher is more specific: literals beat wildcards, fixed length beats `**`.
+    pub fn specificity(&self) -> (usize, bool, usize) {
+        let literals = self
+            .segments
+            .iter()
+            .filter(|s| matches!(s, Segment::Literal(_)))
+            .count();
+        let fixed = self.segments.last() != Some(&Segment::Multi);
+        (literals, fixed, self.segments.len())
+    }
+
+    /// The field paths bound by the path.
+    pub fn field_paths(&self) -> impl Iterator<Item = &str> {
+        self.variables.iter().map(|v| v.field_path.as_str())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+fn split_verb(rest: &str) -> (&str, Option<&str>) {
+    let mut depth = 0usize;
+    let mut split = None;
+    for (index, byte) in rest.bytes().enumerate() {
+        match byte {
+            b'{' => depth += 1,
+            b'}' => depth = depth.saturating_sub(1),
+            b':' if depth == 0 => split = Some(index),
+            _ => {}
+        }
+    }
+    match split {
+        Some(index) => (&rest[..index], Some(&rest[index + 1..])),
+        None => (rest, None),
+    }
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.input.get(self.pos).copied()
+    }
+
+    fn segments(&mut self, in_variable: bool) -> Result<(), String> {
+        loop {
+            self.segment(in_variable)?;
+            if self.peek() == Some(b'/') {
+                self.pos += 1;
+            } else {
+                return Ok(());
+            }
+        }
+    }
+
+    fn segment(&mut self, in_variable: bool) -> Result<(), String> {
+        match self.peek() {
+            Some(b'*') => {
+                if self.input.get(self.pos + 1) == Some(&b'*') {
+                    self.pos += 2;
+                    self.segments.push(Segment::Multi);
+                } else {
+                    self.pos += 1;
+                    self.segments.push(Segment::Single);
+                }
+                Ok(())
+            }
+            Some(b'{') => {
+                if in_variable {
+                    return Err("nested variables are not allowed".into());
+                }
+                self.pos += 1;
+                let field_path = self.field_path()?;
+                let start = self.segments.len();
+                match self.peek() {
+                    Some(b'=') => {
+                        self.pos += 1;
+                        self.segments(true)?;
+                    }
+                    _ => self.segments.push(Segment::Single),
+                }
+                if self.peek() != Some(b'}') {
+                    return Err(format!("expected '}}' after variable {field_path}"));
+                }
+                self.pos += 1;
+                self.variables.push(Variable {
+                    field_path,
+                    start,
+                    end: self.segments.len(),
+                });
+                Ok(())
+            }
+            _ => {
+                let start = self.pos;
+                while let Some(byte) = self.peek() {
+                    if matches!(byte, b'/' | b'{' | b'}' | b'*' | b'=') {
+                        break;
+                    }
+                    self.pos += 1;
+                }
+                if self.pos == start {
+                    return Err(format!("empty segment at offset {}", start + 1));
+                }
+                let literal = std::str::from_utf8(&self.input[start..self.pos])
+                    .map_err(|_| "literal is not UTF-8".to_owned())?;
+                let literal = percent_decode(literal, true).ok_or("bad percent-encoding")?;
+                self.segments.push(Segment::Literal(literal));
+                Ok(())
+            }
+        }
+    }
+
+    fn field_path(&mut self) -> Result<String, String> {
+        let start = self.pos;
+        while let Some(byte) = self.peek() {
+            if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'.' {
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
+        let path = std::str::from_utf8(&self.input[start..self.pos]).unwrap_or_default();
+        if path.is_empty() || path.split('.').any(|ident| ident.is_empty()) {
+            return Err(format!("invalid field path at offset {}", start + 1));
+        }
+        Ok(path.to_owned())
+    }
+}
+
+/// Percent-decodes one path segment. With `decode_slash` false, `%2F` stays encoded.
+pub fn percent_decode(input: &str, decode_slash: bool) -> Option<String> {
+    let bytes = input.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%' {
+            let hex = bytes.get(index + 1..index + 3)?;
+            let value = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+            if value == b'/' && !decode_slash {
+                out.extend_from_slice(&bytes[index..index + 3]);
+            } else {
+                out.push(value);
+            }
+            index += 3;
+        } else {
+            out.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,110 @@
+use super::*;
+
+fn bind(template: &str, path: &str) -> Option<Vec<(String, String)>> {
+    PathTemplate::parse(template).unwrap().matches(path)
+}
+
+fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[test]
+fn simple_variable() {
+    assert_eq!(
+        bind("/v1/users/{id}", "/v1/users/42"),
+        Some(pairs(&[("id", "42")]))
+    );
+    assert_eq!(bind("/v1/users/{id}", "/v1/users"), None);
+    assert_eq!(bind("/v1/users/{id}", "/v1/users/42/x"), None);
+    assert_eq!(bind("/v1/users/{id}", "/v1/users/"), None);
+}
+
+#[test]
+fn literal_only() {
+    assert_eq!(bind("/v1/users", "/v1/users"), Some(vec![]));
+    assert_eq!(bind("/v1/users", "/v1/user"), None);
+}
+
+#[test]
+fn nested_field_with_multi_segment_pattern() {
+    let got = bind("/v1/{name=shelves/*/books/**}", "/v1/shelves/1/books/a/b");
+    assert_eq!(got, Some(pairs(&[("name", "shelves/1/books/a/b")])));
+    let got = bind("/v1/{book.name=shelves/*}/x", "/v1/shelves/7/x");
+    assert_eq!(got, Some(pairs(&[("book.name", "shelves/7")])));
+    assert_eq!(bind("/v1/{book.name=shelves/*}/x", "/v1/racks/7/x"), None);
+}
+
+#[test]
+fn explicit_single_wildcard_variable() {
+    assert_eq!(
+        bind("/v1/{id=*}", "/v1/a%20b"),
+        Some(pairs(&[("id", "a b")]))
+    );
+}
+
+#[test]
+fn anonymous_wildcards() {
+    assert_eq!(bind("/v1/*/items", "/v1/anything/items"), Some(vec![]));
+    assert_eq!(bind("/static/**", "/static/a/b/c"), Some(vec![]));
+    assert_eq!(bind("/static/**", "/static"), Some(vec![]));
+}
+
+#[test]
+fn verb_suffix() {
+    let template = PathTemplate::parse("/v1/{name=operations/*}:cancel").unwrap();
+    assert_eq!(template.verb.as_deref(), Some("cancel"));
+    assert_eq!(
+        template.matches("/v1/operations/9:cancel"),
+        Some(pairs(&[("name", "operations/9")]))
+    );
+    assert_eq!(template.matches("/v1/operations/9"), None);
+    assert_eq!(template.matches("/v1/operations/9:undo"), None);
+}
+
+#[test]
+fn multi_segment_keeps_encoded_slash() {
+    assert_eq!(
+        bind("/files/{path=**}", "/files/a%2Fb/c"),
+        Some(pairs(&[("path", "a%2Fb/c")]))
+    );
+    assert_eq!(
+        bind("/files/{id}", "/files/a%2Fb"),
+        Some(pairs(&[("id", "a/b")]))
+    );
+}
+
+#[test]
+fn rejects_bad_templates() {
+    for bad in [
+        "v1/users",
+        "/v1/{id",
+        "/v1/{}",
+        "/v1/**/x",
+        "/v1/{a={b}}",
+        "/v1/{id}/{id}",
+        "/v1//x",
+        "/v1/x:",
+        "/v1/{a..b}",
+    ] {
+        assert!(
+            PathTemplate::parse(bad).is_err(),
+            "{bad} should be rejected"
+        );
+    }
+}
+
+#[test]
+fn bad_percent_encoding_does_not_match() {
+    assert_eq!(bind("/v1/{id}", "/v1/%zz"), None);
+    assert_eq!(bind("/v1/{id}", "/v1/%f"), None);
+}
+
+#[test]
+fn specificity_prefers_literals() {
+    let literal = PathTemplate::parse("/v1/users/me").unwrap();
+    let variable = PathTemplate::parse("/v1/users/{id}").unwrap();
+    assert!(literal.specificity() > variable.specificity());
+}

@@ -1,0 +1,888 @@
+//! The one `ProxyHttp` impl. Order of work per request (`request_filter`):
+//! 1. trace context and CORS preflight (answered here, before anything else can fail);
+//! 2. the gateway's own endpoints (`/healthz`, `/readyz`, `/openapi.json`);
+//! 3. native gRPC (`application/grpc`) falls through to pingora's proxy: h2c to an upstream,
+//!    trailers and streaming preserved;
+//! 4. gRPC-web and REST are terminated here with the gRPC client of [`crate::upstream`], so the
+//!    HTTP answer is decided once grpc-status is known.
+//!
+//! Every failure is a [`GatewayError`] rescued by [`GatewayProxy::respond_error`] in the
+//! client's protocol.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use pingora::{
+    Error, ErrorType,
+    http::ResponseHeader,
+    proxy::{FailToProxy, ProxyHttp, Session},
+    upstreams::peer::HttpPeer,
+};
+use tonic::metadata::MetadataMap;
+
+use crate::{
+    cors::Preflight,
+    error::GatewayError,
+    grpc_web::{self, Mode, RequestDecoder, ResponseEncoder},
+    hooks::{Decision, FilterRequest, FilterResponse, Protocol},
+    metrics,
+    state::GatewayState,
+    status::status_json,
+    trace::TraceContext,
+    transcode,
+};
+
+pub struct GatewayProxy {
+    pub state: Arc<GatewayState>,
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    start: Instant,
+    trace: Option<TraceContext>,
+    protocol: &'static str,
+    route: String,
+    grpc_method: String,
+    origin: Option<String>,
+    status: u16,
+    grpc_status: Option<i32>,
+    tried: Vec<SocketAddr>,
+    upstream: Option<SocketAddr>,
+}
+
+/// Request headers that are about this hop, not the call, and are not forwarded as metadata.
+const NOT_FORWARDED: &[&str] = &[
+    "host",
+    "content-type",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "accept",
+    "accept-encoding",
+    "origin",
+    "referer",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    "grpc-encoding",
+    "grpc-accept-encoding",
+    "user-agent",
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "cookie",
+    "access-control-request-method",
+    "access-control-request-headers",
+    "sec-fetch-mode",
+    "sec-fetch-site",
+    "sec-fetch-dest",
+];
+
+/// Response metadata the gateway does not pass to gRPC-web clients as headers.
+const NOT_RETURNED: &[&str] = &[
+    "content-type",
+    "content-length",
+    "date",
+    "server",
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+];
+
+fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
+    session
+        .req_header()
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+}
+
+impl GatewayProxy {
+    fn metadata_from(&self, headers: &HeaderMap, trace: &TraceContext) -> MetadataMap {
+        let mut forwarded = HeaderMap::with_capacity(headers.len() + 4);
+        for (name, value) in headers {
+            if !NOT_FORWARDED.contains(&name.as_str()) {
+                forwarded.append(name.clone(), value.clone());
+            }
+        }
+        for (name, value) in trace.upstream_headers() {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                forwarded.insert(HeaderName::from_static(name), value);
+            }
+        }
+        MetadataMap::from_headers(forwarded)
+    }
+
+    fn cors_headers(&self, ctx: &RequestCtx, response: &mut ResponseHeader) {
+        for (name, value) in self.state.cors.response_headers(ctx.origin.as_deref()) {
+            let _ = response.insert_header(name, value);
+        }
+    }
+
+    fn trace_header(&self, ctx: &RequestCtx, response: &mut ResponseHeader) {
+        if let Some(trace) = &ctx.trace {
+            let _ = response.insert_header("traceparent", trace.traceparent());
+        }
+    }
+
+    async fn write_simple(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        status: u16,
+        content_type: &str,
+        body: Bytes,
+        extra: &[(&str, String)],
+    ) -> pingora::Result<()> {
+        let mut response = ResponseHeader::build(status, Some(4))?;
+        response.insert_header("content-type", content_type)?;
+        response.insert_header("content-length", body.len().to_string())?;
+        for (name, value) in extra {
+            response.insert_header(name.to_string(), value.as_str())?;
+        }
+        self.cors_headers(ctx, &mut response);
+        self.trace_header(ctx, &mut response);
+        ctx.status = status;
+        session
+            .write_response_header(Box::new(response), body.is_empty())
+            .await?;
+        session.write_response_body(Some(body), true).await
+    }
+
+    /// The single place errors become responses, shaped for the client's protocol.
+    async fn respond_error(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        error: &GatewayError,
+    ) -> pingora::Result<()> {
+        let rescued = error.rescue();
+        if let GatewayError::Internal(detail) = error {
+            tracing::error!(detail, "internal gateway error");
+        }
+        ctx.grpc_status = Some(rescued.grpc_code);
+        match ctx.protocol {
+            "grpc-web" | "grpc" => {
+                let mode =
+                    Mode::from_content_type(header_str(session, "content-type").unwrap_or(""));
+                let content_type = mode.map_or("application/grpc", Mode::content_type);
+                // Trailers-only: the status travels in the headers of an otherwise empty response.
+                let mut response = ResponseHeader::build(200, Some(6))?;
+                response.insert_header("content-type", content_type)?;
+                response.insert_header("grpc-status", rescued.grpc_code.to_string())?;
+                response.insert_header("grpc-message", percent_encode_message(&rescued.message))?;
+                if let Some(details) = &rescued.details {
+                    use base64::Engine;
+                    let encoded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(details);
+                    response.insert_header("grpc-status-details-bin", encoded)?;
+                }
+                if ctx.protocol == "grpc-web" {
+                    response.insert_header("content-length", "0")?;
+                }
+                self.cors_headers(ctx, &mut response);
+                self.trace_header(ctx, &mut response);
+                ctx.status = 200;
+                session
+                    .write_response_header(Box::new(response), true)
+                    .await?;
+                session.write_response_body(None, true).await
+            }
+            _ => {
+                let body = status_json(
+                    &self.state.pool,
+                    rescued.grpc_code,
+                    &rescued.message,
+                    rescued.details.as_deref(),
+                );
+                let mut extra = Vec::new();
+                if let Some(allow) = rescued.allow {
+                    extra.push(("allow", allow));
+                }
+                self.write_simple(
+                    session,
+                    ctx,
+                    rescued.http_status,
+                    "application/json",
+                    body.into(),
+                    &extra,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Reads the whole request body, refusing more than the configured limit.
+    async fn read_body(&self, session: &mut Session) -> Result<Bytes, GatewayError> {
+        let limit = self.state.config.max_body_bytes;
+        if let Some(length) =
+            header_str(session, "content-length").and_then(|v| v.parse::<usize>().ok())
+            && length > limit
+        {
+            return Err(GatewayError::PayloadTooLarge { limit });
+        }
+        let mut body = BytesMut::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > limit {
+                        return Err(GatewayError::PayloadTooLarge { limit });
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body.freeze()),
+                Err(e) => {
+                    return Err(GatewayError::BadRequest(
+                        crate::transcode::TranscodeError::Invalid(format!(
+                            "request body could not be read: {}",
+                            e.etype().as_str()
+                        )),
+                    ));
+                }
+            }
+        }
+    }
+
+    async fn handle_admin(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        path: &str,
+    ) -> pingora::Result<bool> {
+        let (status, content_type, body): (u16, &str, Bytes) = match path {
+            "/healthz" => (200, "text/plain", Bytes::from_static(b"ok\n")),
+            "/readyz" => {
+                let healthy = self.state.upstreams.healthy_count();
+                if healthy > 0 {
+                    (
+                        200,
+                        "text/plain",
+                        format!("ready: {healthy} healthy upstream(s)\n").into(),
+                    )
+                } else {
+                    (
+                        503,
+                        "text/plain",
+                        Bytes::from_static(b"not ready: no healthy upstream\n"),
+                    )
+                }
+            }
+            "/openapi.json" => (200, "application/json", self.state.openapi.clone()),
+            _ => return Ok(false),
+        };
+        ctx.protocol = "admin";
+        ctx.route = path.to_owned();
+        self.write_simple(session, ctx, status, content_type, body, &[])
+            .await?;
+        Ok(true)
+    }
+
+    async fn handle_rest(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), GatewayError> {
+        let method = session.req_header().method.clone();
+        let uri = session.req_header().uri.clone();
+        let path = uri.path().to_owned();
+        let (route, bindings) =
+            self.state
+                .router
+                .lookup(&method, &path)
+                .map_err(|miss| match miss {
+                    crate::routes::RouteMiss::NotFound => GatewayError::NotFound {
+                        method: method.clone(),
+                        path: path.clone(),
+                    },
+                    crate::routes::RouteMiss::MethodNotAllowed(allow) => {
+                        GatewayError::MethodNotAllowed {
+                            method: method.clone(),
+                            path: path.clone(),
+                            allow,
+                        }
+                    }
+                })?;
+        ctx.route = route.label();
+        ctx.grpc_method = route.grpc_path.clone();
+        let body = self.read_body(session).await?;
+        if !body.is_empty() {
+            let content_type = header_str(session, "content-type").unwrap_or("");
+            let essence = content_type
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if !(essence.is_empty() || essence == "application/json" || essence.ends_with("+json"))
+            {
+                return Err(GatewayError::UnsupportedMediaType(content_type.to_owned()));
+            }
+        }
+        let request = transcode::build_request(&route, &bindings, uri.query(), &body)?;
+        let message = transcode::encode(&request);
+        let trace = ctx
+            .trace
+            .clone()
+            .unwrap_or_else(|| TraceContext::from_headers(|_| None));
+        let mut headers = session.req_header().headers.clone();
+        let label = route.label();
+        if let Decision::Respond(reply) = self.state.filters.on_request(&mut FilterRequest {
+            protocol: Protocol::Rest,
+            grpc_method: &route.grpc_path,
+            route: Some(&label),
+            headers: &mut headers,
+            message: Some(&message),
+        }) {
+            return Err(GatewayError::Filtered {
+                http_status: reply.http_status,
+                message: reply.message,
+            });
+        }
+        let metadata = self.metadata_from(&headers, &trace);
+        let timeout = self
+            .state
+            .config
+            .timeout_for(Some(&label), &route.grpc_path);
+        let (upstream, response) = self
+            .state
+            .upstreams
+            .call(
+                &route.grpc_path,
+                message,
+                &metadata,
+                timeout,
+                route.idempotent(),
+            )
+            .await?;
+        ctx.upstream = Some(upstream);
+        let mut stream = response.into_inner();
+        let collect = async {
+            let mut messages = Vec::new();
+            // Read to the end so a non-OK status in the trailers is seen.
+            while let Some(message) = stream.message().await? {
+                messages.push(message);
+            }
+            Ok::<_, tonic::Status>(messages)
+        };
+        let messages = match tokio::time::timeout(timeout, collect).await {
+            Ok(Ok(messages)) => messages,
+            Ok(Err(status)) => return Err(GatewayError::from_upstream(status)),
+            Err(_) => return Err(GatewayError::UpstreamTimeout),
+        };
+        let render =
+            |bytes: &Bytes| -> Result<(prost_reflect::DynamicMessage, Vec<u8>), GatewayError> {
+                let decoded = transcode::decode_response(&route.output(), bytes)
+                    .map_err(|e| GatewayError::Internal(e.to_string()))?;
+                let json = transcode::render_response(&route, &decoded, self.state.json)
+                    .map_err(|e| GatewayError::Internal(e.to_string()))?;
+                Ok((decoded, json))
+            };
+        let first = messages.first().cloned().unwrap_or_default();
+        let (decoded, mut json) = render(&first)?;
+        if route.server_streaming() {
+            // A server stream over REST is answered as one JSON array of the messages.
+            let mut array = b"[".to_vec();
+            for (index, message) in messages.iter().enumerate() {
+                if index > 0 {
+                    array.push(b',');
+                }
+                array.extend_from_slice(&render(message)?.1);
+            }
+            array.push(b']');
+            json = array;
+        }
+        let mut response_headers = HeaderMap::new();
+        self.state.filters.on_response(&mut FilterResponse {
+            protocol: Protocol::Rest,
+            grpc_method: &route.grpc_path,
+            grpc_status: 0,
+            headers: &mut response_headers,
+            message: Some(&first),
+        });
+        let mut extra: Vec<(&str, String)> = Vec::new();
+        if let Some(template) = &route.location
+            && let Some(location) = transcode::fill_location(template, &decoded)
+        {
+            extra.push(("location", location));
+        }
+        let mut header_pairs: Vec<(String, String)> = response_headers
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        header_pairs.extend(extra.into_iter().map(|(n, v)| (n.to_owned(), v)));
+        let extra: Vec<(&str, String)> = header_pairs
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.clone()))
+            .collect();
+        ctx.grpc_status = Some(0);
+        self.write_simple(
+            session,
+            ctx,
+            route.success_code,
+            "application/json",
+            json.into(),
+            &extra,
+        )
+        .await
+        .map_err(|e| GatewayError::Internal(format!("writing response: {e}")))
+    }
+
+    async fn handle_grpc_web(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        mode: Mode,
+    ) -> Result<(), GatewayError> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_owned();
+        ctx.grpc_method = path.clone();
+        ctx.route = path.clone();
+        if method != Method::POST {
+            return Err(GatewayError::MethodNotAllowed {
+                method,
+                path,
+                allow: vec![Method::POST],
+            });
+        }
+        let body = self.read_body(session).await?;
+        let mut decoder = RequestDecoder::new(mode, self.state.config.max_body_bytes);
+        let mut frames = Vec::new();
+        decoder.push(&body, &mut frames)?;
+        decoder.finish(&mut frames)?;
+        let messages: Vec<_> = frames.into_iter().filter(|f| !f.is_trailers()).collect();
+        if messages.len() != 1 {
+            return Err(GatewayError::GrpcWebMessageCount(messages.len()));
+        }
+        if messages[0].flags & grpc_web::COMPRESSED_FLAG != 0 {
+            return Err(GatewayError::GrpcWebCompressed);
+        }
+        let message = messages[0].payload.clone();
+        let trace = ctx
+            .trace
+            .clone()
+            .unwrap_or_else(|| TraceContext::from_headers(|_| None));
+        let mut headers = session.req_header().headers.clone();
+        if let Decision::Respond(reply) = self.state.filters.on_request(&mut FilterRequest {
+            protocol: Protocol::GrpcWeb,
+            grpc_method: &path,
+            route: None,
+            headers: &mut headers,
+            message: Some(&message),
+        }) {
+            return Err(GatewayError::Filtered {
+                http_status: reply.http_status,
+                message: reply.message,
+            });
+        }
+        let metadata = self.metadata_from(&headers, &trace);
+        let timeout = match header_str(session, "grpc-timeout").and_then(parse_grpc_timeout) {
+            Some(client) => client.min(self.state.config.timeout_for(None, &path)),
+            None => self.state.config.timeout_for(None, &path),
+        };
+        let (upstream, response) = self
+            .state
+            .upstreams
+            .call(&path, message, &metadata, timeout, false)
+            .await?;
+        ctx.upstream = Some(upstream);
+        let (response_metadata, mut stream, _) = response.into_parts();
+        let encoder = ResponseEncoder::new(mode);
+        let mut head = ResponseHeader::build(200, Some(8))
+            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        let _ = head.insert_header("content-type", mode.content_type());
+        for (name, value) in response_metadata.into_headers().iter() {
+            if !NOT_RETURNED.contains(&name.as_str()) {
+                let _ = head.append_header(name.clone(), value.clone());
+            }
+        }
+        self.cors_headers(ctx, &mut head);
+        self.trace_header(ctx, &mut head);
+        ctx.status = 200;
+        let write_error =
+            |e: Box<Error>| GatewayError::Internal(format!("writing gRPC-web response: {e}"));
+        session
+            .write_response_header(Box::new(head), false)
+            .await
+            .map_err(write_error)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let status = loop {
+            match tokio::time::timeout_at(deadline, stream.message()).await {
+                Ok(Ok(Some(message))) => {
+                    session
+                        .write_response_body(Some(encoder.message(&message)), false)
+                        .await
+                        .map_err(write_error)?;
+                }
+                Ok(Ok(None)) => break tonic::Status::ok(""),
+                Ok(Err(status)) => break status,
+                Err(_) => break tonic::Status::deadline_exceeded("upstream deadline exceeded"),
+            }
+        };
+        let mut trailers = HeaderMap::new();
+        if status.code() == tonic::Code::Ok
+            && let Ok(Some(upstream_trailers)) = stream.trailers().await
+        {
+            trailers = upstream_trailers.into_headers();
+        }
+        let rescued = if status.code() == tonic::Code::Ok {
+            None
+        } else {
+            Some(GatewayError::from_upstream(status).rescue())
+        };
+        let code = rescued.as_ref().map_or(0, |r| r.grpc_code);
+        trailers.insert("grpc-status", HeaderValue::from(code));
+        if let Some(rescued) = &rescued {
+            if let Ok(value) = HeaderValue::from_str(&percent_encode_message(&rescued.message)) {
+                trailers.insert("grpc-message", value);
+            }
+            if let Some(details) = &rescued.details {
+                use base64::Engine;
+                let encoded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(details);
+                if let Ok(value) = HeaderValue::from_str(&encoded) {
+                    trailers.insert("grpc-status-details-bin", value);
+                }
+            }
+        }
+        ctx.grpc_status = Some(code);
+        session
+            .write_response_body(Some(encoder.trailers(&trailers)), true)
+            .await
+            .map_err(write_error)
+    }
+}
+
+/// grpc-message is percent-encoded (gRPC over HTTP/2 spec).
+fn percent_encode_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// `grpc-timeout: 100m` → 100 ms.
+pub fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+fn grpc_timeout_value(timeout: std::time::Duration) -> String {
+    format!("{}m", timeout.as_millis().clamp(1, 99_999_999))
+}
+
+#[async_trait]
+impl ProxyHttp for GatewayProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            trace: None,
+            protocol: "rest",
+            route: String::new(),
+            grpc_method: String::new(),
+            origin: None,
+            status: 0,
+            grpc_status: None,
+            tried: Vec::new(),
+            upstream: None,
+        }
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        let trace = TraceContext::from_headers(|name| header_str(session, name));
+        ctx.trace = Some(trace);
+        ctx.origin = header_str(session, "origin").map(str::to_owned);
+        let method = session.req_header().method.clone();
+        match self.state.cors.preflight(
+            &method,
+            ctx.origin.as_deref(),
+            header_str(session, "access-control-request-method"),
+            header_str(session, "access-control-request-headers"),
+        ) {
+            Preflight::NotPreflight => {}
+            Preflight::Allowed(headers) => {
+                ctx.protocol = "preflight";
+                let mut response = ResponseHeader::build(204, Some(headers.len()))?;
+                for (name, value) in headers {
+                    response.insert_header(name, value)?;
+                }
+                ctx.status = 204;
+                session
+                    .write_response_header(Box::new(response), true)
+                    .await?;
+                return Ok(true);
+            }
+            Preflight::Rejected => {
+                ctx.protocol = "preflight";
+                ctx.origin = None;
+                self.write_simple(
+                    session,
+                    ctx,
+                    403,
+                    "text/plain",
+                    Bytes::from_static(b"origin not allowed\n"),
+                    &[],
+                )
+                .await?;
+                return Ok(true);
+            }
+        }
+        let path = session.req_header().uri.path().to_owned();
+        if method == Method::GET && self.handle_admin(session, ctx, &path).await? {
+            return Ok(true);
+        }
+        let content_type = header_str(session, "content-type").unwrap_or("").to_owned();
+        let result = if let Some(mode) = Mode::from_content_type(&content_type) {
+            ctx.protocol = "grpc-web";
+            self.handle_grpc_web(session, ctx, mode).await
+        } else if content_type.starts_with("application/grpc") {
+            // Native gRPC: proxied by pingora in the later phases.
+            ctx.protocol = "grpc";
+            ctx.grpc_method = path.clone();
+            ctx.route = path;
+            let mut headers = session.req_header().headers.clone();
+            if let Decision::Respond(reply) = self.state.filters.on_request(&mut FilterRequest {
+                protocol: Protocol::Grpc,
+                grpc_method: &ctx.grpc_method,
+                route: None,
+                headers: &mut headers,
+                message: None,
+            }) {
+                Err(GatewayError::Filtered {
+                    http_status: reply.http_status,
+                    message: reply.message,
+                })
+            } else {
+                return Ok(false);
+            }
+        } else {
+            ctx.protocol = "rest";
+            self.handle_rest(session, ctx).await
+        };
+        if let Err(error) = result {
+            if session.response_written().is_some() {
+                // Headers already went out (streaming): nothing more can be said.
+                tracing::warn!(%error, "error after the response started");
+                return Err(Error::explain(ErrorType::WriteError, "response aborted"));
+            }
+            self.respond_error(session, ctx, &error).await?;
+        }
+        Ok(true)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let addr = self
+            .state
+            .upstreams
+            .pick(&ctx.tried)
+            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no healthy upstream"))?;
+        ctx.tried.push(addr);
+        ctx.upstream = Some(addr);
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        // h2c with prior knowledge; many streams per connection (pingora's default is 1).
+        peer.options.set_http_version(2, 2);
+        peer.options.max_h2_streams = self.state.config.h2_streams_per_connection;
+        peer.options.connection_timeout = Some(self.state.config.connect_timeout);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing reached the upstream: safe to try another one for any method.
+        if ctx.tried.len() < self.state.config.upstreams.len() {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut pingora::http::RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let Some(trace) = &ctx.trace {
+            for (name, value) in trace.upstream_headers() {
+                upstream_request.insert_header(name, value)?;
+            }
+        }
+        // gRPC requires it and pingora's request policy may drop it on the way.
+        upstream_request.insert_header("te", "trailers")?;
+        if header_str(session, "grpc-timeout").is_none() {
+            let timeout = self.state.config.timeout_for(None, &ctx.grpc_method);
+            upstream_request.insert_header("grpc-timeout", grpc_timeout_value(timeout))?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        ctx.status = upstream_response.status.as_u16();
+        if let Some(code) = upstream_response
+            .headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+        {
+            ctx.grpc_status = Some(code);
+        }
+        self.cors_headers(ctx, upstream_response);
+        Ok(())
+    }
+
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        upstream_trailers: &mut HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<Bytes>> {
+        if let Some(code) = upstream_trailers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+        {
+            ctx.grpc_status = Some(code);
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        // Runs instead of response_filter: CORS and the gRPC shape are added here.
+        let error = match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                GatewayError::UpstreamTimeout
+            }
+            ErrorType::ConnectNoRoute => GatewayError::NoHealthyUpstream,
+            _ => GatewayError::UpstreamUnavailable,
+        };
+        tracing::warn!(error = %e, "proxying failed");
+        let downstream_gone = matches!(e.esource(), pingora::ErrorSource::Downstream);
+        if !downstream_gone && session.response_written().is_none() {
+            if ctx.protocol != "grpc" {
+                ctx.protocol = "grpc";
+            }
+            if let Err(write) = self.respond_error(session, ctx, &error).await {
+                tracing::debug!(%write, "could not write the error response");
+            }
+        }
+        FailToProxy {
+            error_code: ctx.status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = if ctx.status == 0 {
+            session.response_written().map_or(0, |r| r.status.as_u16())
+        } else {
+            ctx.status
+        };
+        let latency = ctx.start.elapsed();
+        let route = if ctx.route.is_empty() {
+            "unmatched"
+        } else {
+            ctx.route.as_str()
+        };
+        // Unmatched REST paths share one label so clients cannot blow up metric cardinality.
+        let route_label = if status == 404 && ctx.protocol == "rest" {
+            "unmatched"
+        } else {
+            route
+        };
+        metrics::REQUESTS
+            .with_label_values(&[route_label, ctx.protocol, &status.to_string()])
+            .inc();
+        metrics::LATENCY
+            .with_label_values(&[route_label, ctx.protocol])
+            .observe(latency.as_secs_f64());
+        let trace_id = ctx.trace.as_ref().map_or("", |t| t.trace_id.as_str());
+        let span_id = ctx.trace.as_ref().map_or("", |t| t.span_id.as_str());
+        tracing::info!(
+            target: "access",
+            trace_id,
+            span_id,
+            method = %session.req_header().method,
+            path = session.req_header().uri.path(),
+            route = route_label,
+            grpc_method = ctx.grpc_method.as_str(),
+            protocol = ctx.protocol,
+            http_version = if session.is_http2() { "h2" } else { "http/1.1" },
+            status,
+            grpc_status = ctx.grpc_status,
+            upstream = ctx.upstream.map(|a| a.to_string()),
+            latency_ms = latency.as_secs_f64() * 1000.0,
+            error = error.map(|e| e.to_string()),
+            "request"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_round_trip() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout("m"), None);
+        assert_eq!(parse_grpc_timeout("1234567890m"), None);
+        assert_eq!(grpc_timeout_value(Duration::from_millis(1500)), "1500m");
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(percent_encode_message("50% done ✓"), "50%25 done %E2%9C%93");
+    }
+}

@@ -1,0 +1,158 @@
+//! Wiring: the pingora `Server` with the proxy service (REST, gRPC-web and h2c gRPC on one
+//! port), the metrics service and the upstream health-check background service.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::{
+    apps::HttpServerOptions,
+    protocols::http::ServerSession,
+    proxy::http_proxy_service,
+    server::{
+        RunArgs, Server, ShutdownSignal, ShutdownSignalWatch,
+        configuration::{Opt, ServerConf},
+    },
+    services::{background::background_service, listening::Service},
+};
+
+use crate::{
+    config::GatewayConfig,
+    hooks::FilterChain,
+    metrics,
+    proxy::GatewayProxy,
+    state::{GatewayState, StartError, load_pool, settings},
+    upstream::{Upstreams, load_balancer},
+};
+
+/// Serves `/metrics` on the metrics port.
+struct MetricsApp;
+
+#[async_trait]
+impl pingora::apps::http_app::ServeHttp for MetricsApp {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let (status, body) = if session.req_header().uri.path() == "/metrics" {
+            (200, metrics::render())
+        } else {
+            (404, b"not found\n".to_vec())
+        };
+        http::Response::builder()
+            .status(status)
+            .header("content-type", "text/plain; version=0.0.4")
+            .header("content-length", body.len())
+            .body(body)
+            .expect("static response parts are valid")
+    }
+}
+
+/// Builds the pingora server for `config`. `opt` carries pingora's own flags (upgrade, daemon).
+pub fn build_server(
+    config: GatewayConfig,
+    opt: Option<Opt>,
+    filters: FilterChain,
+) -> Result<(Server, Arc<GatewayState>), StartError> {
+    let server_conf = match &config.server {
+        Some(text) => ServerConf::from_yaml(text).map_err(|e| StartError::Server(e.to_string()))?,
+        None => {
+            let mut conf =
+                ServerConf::new().ok_or_else(|| StartError::Server("default config".into()))?;
+            conf.threads = 2;
+            conf.grace_period_seconds = Some(0);
+            conf.graceful_shutdown_timeout_seconds = Some(1);
+            conf
+        }
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf);
+
+    let pool = load_pool(&config)?;
+    let upstream_settings = settings(&config);
+    let balancer =
+        load_balancer(&upstream_settings).map_err(|e| StartError::Upstreams(e.to_string()))?;
+    let health = background_service("upstream grpc health", balancer);
+    let upstreams = Upstreams::new(&upstream_settings, health.task());
+    let state = GatewayState::new(config.clone(), pool, upstreams, filters)?;
+
+    let mut proxy = http_proxy_service(
+        &server.configuration,
+        GatewayProxy {
+            state: state.clone(),
+        },
+    );
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut options = HttpServerOptions::default();
+        // gRPC clients speak h2c with prior knowledge on the same port as HTTP/1.1.
+        options.h2c = true;
+        app.server_options = Some(options);
+    }
+    proxy.add_tcp(&config.listen.to_string());
+    #[cfg(feature = "rustls")]
+    if let Some((addr, cert, key)) = &config.tls {
+        let mut tls = pingora::listeners::tls::TlsSettings::intermediate(
+            &cert.to_string_lossy(),
+            &key.to_string_lossy(),
+        )
+        .map_err(|e| StartError::Server(format!("gateway.tls: {e}")))?;
+        tls.enable_h2();
+        proxy.add_tls_with_settings(&addr.to_string(), None, tls);
+    }
+    server.add_service(proxy);
+    server.add_service(health);
+    if let Some(addr) = config.metrics_listen {
+        let mut metrics_service = Service::new("metrics".to_owned(), MetricsApp);
+        metrics_service.add_tcp(&addr.to_string());
+        server.add_service(metrics_service);
+    }
+    Ok((server, state))
+}
+
+/// Shutdown trigger for an embedded gateway.
+struct NotifyShutdown(Arc<tokio::sync::Notify>);
+
+#[async_trait]
+impl ShutdownSignalWatch for NotifyShutdown {
+    async fn recv(&self) -> ShutdownSignal {
+        self.0.notified().await;
+        ShutdownSignal::FastShutdown
+    }
+}
+
+/// A gateway running on its own threads (tests, benchmarks, embedding).
+pub struct RunningGateway {
+    pub addr: std::net::SocketAddr,
+    pub state: Arc<GatewayState>,
+    shutdown: Arc<tokio::sync::Notify>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningGateway {
+    pub fn start(config: GatewayConfig, filters: FilterChain) -> Result<Self, StartError> {
+        let addr = config.listen;
+        let (mut server, state) = build_server(config, None, filters)?;
+        server.bootstrap();
+        let shutdown = Arc::new(tokio::sync::Notify::new());
+        let signal = NotifyShutdown(shutdown.clone());
+        let thread = std::thread::spawn(move || {
+            server.run(RunArgs {
+                shutdown_signal: Box::new(signal),
+            });
+        });
+        Ok(Self {
+            addr,
+            state,
+            shutdown,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn stop(&mut self) {
+        self.shutdown.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        self.shutdown.notify_one();
+    }
+}

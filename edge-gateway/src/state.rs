@@ -1,0 +1,125 @@
+//! Service-wide state shared by every request: built once from the validated config.
+
+use std::{path::Path, sync::Arc};
+
+use bytes::Bytes;
+use prost_reflect::DescriptorPool;
+
+use crate::{
+    config::GatewayConfig,
+    cors::CorsPolicy,
+    hooks::FilterChain,
+    openapi,
+    routes::{RouteBuildError, Router},
+    transcode::JsonOptions,
+    upstream::{UpstreamSettings, Upstreams},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot read descriptor set {path}: {source}")]
+    ReadDescriptors {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid descriptor set {path}: {reason}")]
+    Descriptors { path: String, reason: String },
+    #[error("invalid google.api.http rule in {0}")]
+    Routes(#[from] RouteBuildError),
+    #[error("upstreams: {0}")]
+    Upstreams(String),
+    #[error("invalid pingora server config: {0}")]
+    Server(String),
+}
+
+pub struct GatewayState {
+    pub config: GatewayConfig,
+    pub pool: DescriptorPool,
+    pub router: Router,
+    pub json: JsonOptions,
+    pub cors: CorsPolicy,
+    pub upstreams: Upstreams,
+    pub openapi: Bytes,
+    pub filters: FilterChain,
+}
+
+/// The built-in contract plus every configured descriptor set (files already present are skipped).
+pub fn load_pool(config: &GatewayConfig) -> Result<DescriptorPool, StartError> {
+    let mut pool = if config.skip_builtin_descriptors {
+        DescriptorPool::new()
+    } else {
+        meshgate_proto::descriptor_pool().clone()
+    };
+    for path in &config.descriptor_sets {
+        let display = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| StartError::ReadDescriptors {
+            path: display.clone(),
+            source,
+        })?;
+        add_descriptor_set(&mut pool, &bytes).map_err(|reason| StartError::Descriptors {
+            path: display,
+            reason,
+        })?;
+    }
+    Ok(pool)
+}
+
+pub fn add_descriptor_set(pool: &mut DescriptorPool, bytes: &[u8]) -> Result<(), String> {
+    pool.decode_file_descriptor_set(bytes)
+        .map_err(|e| e.to_string())
+}
+
+pub fn settings(config: &GatewayConfig) -> UpstreamSettings {
+    UpstreamSettings {
+        addresses: config.upstreams.clone(),
+        connect_timeout: config.connect_timeout,
+        health_interval: config.health_interval,
+        health_timeout: config.health_timeout,
+        health_service: config.health_service.clone(),
+        healthy_threshold: config.healthy_threshold,
+        unhealthy_threshold: config.unhealthy_threshold,
+        retry_max_attempts: config.retry_max_attempts,
+        retry_budget_ratio: config.retry_budget_ratio,
+        retry_min_per_second: config.retry_min_per_second,
+    }
+}
+
+impl GatewayState {
+    pub fn new(
+        config: GatewayConfig,
+        pool: DescriptorPool,
+        upstreams: Upstreams,
+        filters: FilterChain,
+    ) -> Result<Arc<Self>, StartError> {
+        let router = Router::from_pool(&pool)?;
+        let json = JsonOptions {
+            use_proto_field_names: config.use_proto_field_names,
+            emit_defaults: config.emit_defaults,
+        };
+        let document =
+            openapi::document(&router, "meshgate edge gateway", json.use_proto_field_names);
+        let openapi = serde_json::to_vec_pretty(&document)
+            .expect("a JSON value always serializes")
+            .into();
+        let cors = CorsPolicy::new(
+            config.cors_origins.clone(),
+            config.cors_allow_credentials,
+            config.cors_max_age,
+        );
+        Ok(Arc::new(Self {
+            config,
+            pool,
+            router,
+            json,
+            cors,
+            upstreams,
+            openapi,
+            filters,
+        }))
+    }
+}
+
+/// Helper for callers holding a path.
+pub fn descriptor_file(path: &Path) -> Result<Vec<u8>, std::io::Error> {
+    std::fs::read(path)
+}

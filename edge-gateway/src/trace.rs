@@ -1,0 +1,186 @@
+//! Trace context: W3C `traceparent` and B3 (single `b3` header or `X-B3-*`) accepted; the
+//! gateway's server span becomes the parent of the upstream call, propagated in both formats.
+
+use rand::Rng;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    /// 32 lower-case hex digits.
+    pub trace_id: String,
+    /// The gateway's own span (16 hex digits).
+    pub span_id: String,
+    /// The caller's span, if any.
+    pub parent_span_id: Option<String>,
+    pub sampled: bool,
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit()) && s.bytes().any(|b| b != b'0')
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut rng = rand::rng();
+    (0..bytes)
+        .map(|_| format!("{:02x}", rng.random::<u8>()))
+        .collect()
+}
+
+impl TraceContext {
+    /// Continues the incoming trace, or starts one. `header` looks up a request header.
+    pub fn from_headers<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Self {
+        let span_id = random_hex(8);
+        if let Some((trace_id, parent, sampled)) = header("traceparent").and_then(parse_traceparent)
+        {
+            return Self {
+                trace_id,
+                span_id,
+                parent_span_id: Some(parent),
+                sampled,
+            };
+        }
+        if let Some((trace_id, parent, sampled)) = header("b3").and_then(parse_b3_single) {
+            return Self {
+                trace_id,
+                span_id,
+                parent_span_id: parent,
+                sampled,
+            };
+        }
+        if let Some(trace_id) = header("x-b3-traceid").and_then(normalize_b3_trace_id) {
+            let parent = header("x-b3-spanid")
+                .filter(|s| is_hex(s, 16))
+                .map(str::to_ascii_lowercase);
+            let sampled = !matches!(header("x-b3-sampled"), Some("0"));
+            return Self {
+                trace_id,
+                span_id,
+                parent_span_id: parent,
+                sampled,
+            };
+        }
+        Self {
+            trace_id: random_hex(16),
+            span_id,
+            parent_span_id: None,
+            sampled: true,
+        }
+    }
+
+    pub fn traceparent(&self) -> String {
+        format!(
+            "00-{}-{}-{}",
+            self.trace_id,
+            self.span_id,
+            if self.sampled { "01" } else { "00" }
+        )
+    }
+
+    /// Headers to send upstream (W3C and B3 multi-header).
+    pub fn upstream_headers(&self) -> [(&'static str, String); 4] {
+        [
+            ("traceparent", self.traceparent()),
+            ("x-b3-traceid", self.trace_id.clone()),
+            ("x-b3-spanid", self.span_id.clone()),
+            (
+                "x-b3-sampled",
+                if self.sampled { "1" } else { "0" }.to_owned(),
+            ),
+        ]
+    }
+}
+
+fn parse_traceparent(value: &str) -> Option<(String, String, bool)> {
+    let mut parts = value.trim().split('-');
+    let version = parts.next()?;
+    let trace_id = parts.next()?;
+    let parent = parts.next()?;
+    let flags = parts.next()?;
+    if version.len() != 2
+        || version == "ff"
+        || !is_hex(trace_id, 32)
+        || !is_hex(parent, 16)
+        || flags.len() != 2
+    {
+        return None;
+    }
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    Some((
+        trace_id.to_ascii_lowercase(),
+        parent.to_ascii_lowercase(),
+        flags & 1 == 1,
+    ))
+}
+
+fn normalize_b3_trace_id(value: &str) -> Option<String> {
+    let value = value.trim();
+    if is_hex(value, 32) {
+        Some(value.to_ascii_lowercase())
+    } else if is_hex(value, 16) {
+        // 64-bit B3 ids are left-padded to W3C's 128 bits.
+        Some(format!("{:0>32}", value.to_ascii_lowercase()))
+    } else {
+        None
+    }
+}
+
+/// `b3: {trace}-{span}[-{sampled}[-{parent}]]`, or just `b3: 0` (deny sampling, no ids).
+fn parse_b3_single(value: &str) -> Option<(String, Option<String>, bool)> {
+    let mut parts = value.trim().split('-');
+    let trace_id = normalize_b3_trace_id(parts.next()?)?;
+    let span = parts
+        .next()
+        .filter(|s| is_hex(s, 16))
+        .map(str::to_ascii_lowercase);
+    span.as_ref()?;
+    let sampled = !matches!(parts.next(), Some("0"));
+    Some((trace_id, span, sampled))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(headers: &[(&str, &str)]) -> TraceContext {
+        TraceContext::from_headers(|name| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v))
+    }
+
+    #[test]
+    fn continues_w3c() {
+        let c = ctx(&[(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )]);
+        assert_eq!(c.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(c.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_ne!(c.span_id, "00f067aa0ba902b7");
+        assert!(
+            c.traceparent()
+                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+        );
+    }
+
+    #[test]
+    fn continues_b3_single_and_multi() {
+        let single = ctx(&[("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1")]);
+        assert_eq!(single.trace_id, "80f198ee56343ba864fe8b2a57d3eff7");
+        let multi = ctx(&[
+            ("x-b3-traceid", "a3ce929d0e0e4736"),
+            ("x-b3-spanid", "00f067aa0ba902b7"),
+            ("x-b3-sampled", "0"),
+        ]);
+        assert_eq!(multi.trace_id, "0000000000000000a3ce929d0e0e4736");
+        assert!(!multi.sampled);
+        assert!(multi.traceparent().ends_with("-00"));
+    }
+
+    #[test]
+    fn invalid_context_starts_a_new_trace() {
+        let c = ctx(&[(
+            "traceparent",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        )]);
+        assert_eq!(c.parent_span_id, None);
+        assert_eq!(c.trace_id.len(), 32);
+        assert!(c.trace_id != "00000000000000000000000000000000");
+    }
+}

@@ -1,0 +1,168 @@
+//! /healthz, /readyz, /openapi.json, /metrics, trace propagation, the filter seam.
+
+use std::sync::Arc;
+
+use edge_gateway::hooks::{
+    Decision, Filter, FilterChain, FilterRequest, FilterResponse, LocalReply,
+};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn health_readiness_openapi_and_metrics() {
+    let backend = Backend::start("adm").await;
+    let mut config = test_config(&[backend.addr]);
+    config.metrics_listen = Some(free_addr());
+    let gw = spawn_gateway_with(config, FilterChain::default()).await;
+    let client = h1();
+    assert_eq!(
+        client
+            .get(gw.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        client.get(gw.url("/readyz")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    let doc: Value = client
+        .get(gw.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/v1/users/{id}"]["get"].is_object());
+    assert!(
+        doc["paths"]["/v1/sinks"]["post"].is_object(),
+        "configured descriptor sets are documented"
+    );
+    assert!(doc["paths"]["/v1/users"]["post"]["responses"]["201"].is_object());
+
+    assert_eq!(
+        client
+            .get(gw.url("/v1/sinks/m"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let metrics_url = format!("http://{}/metrics", gw.metrics_addr.unwrap());
+    let mut text = String::new();
+    for _ in 0..50 {
+        if let Ok(response) = client.get(&metrics_url).send().await {
+            text = response.text().await.unwrap();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(text.contains("meshgate_gateway_requests_total{protocol=\"rest\",route=\"GET /v1/sinks/{id}\",status=\"200\"}"), "{text}");
+    assert!(text.contains("meshgate_gateway_request_duration_seconds_bucket"));
+    assert!(text.contains("meshgate_gateway_upstream_healthy"));
+}
+
+#[tokio::test]
+async fn w3c_and_b3_context_is_propagated_upstream() {
+    let backend = Backend::start("t").await;
+    let gw = spawn_gateway(&[backend.addr]).await;
+    let client = h1();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let sink: Value = client
+        .get(gw.url("/v1/sinks/trace"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let upstream = sink["text"].as_str().unwrap();
+    assert!(
+        upstream.starts_with(&format!("00-{trace_id}-")),
+        "{upstream}"
+    );
+    assert!(
+        !upstream.contains("00f067aa0ba902b7"),
+        "the gateway's own span is the parent"
+    );
+
+    let b3_trace = "80f198ee56343ba864fe8b2a57d3eff7";
+    let response = client
+        .get(gw.url("/v1/sinks/trace"))
+        .header("b3", format!("{b3_trace}-e457b5a2e4d86bd1-1"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.headers()["traceparent"]
+            .to_str()
+            .unwrap()
+            .contains(b3_trace)
+    );
+    let sink: Value = response.json().await.unwrap();
+    assert!(sink["text"].as_str().unwrap().contains(b3_trace));
+}
+
+struct DenyBlocked;
+
+impl Filter for DenyBlocked {
+    fn on_request(&self, request: &mut FilterRequest<'_>) -> Decision {
+        if request.headers.contains_key("x-blocked") {
+            return Decision::Respond(LocalReply {
+                http_status: 429,
+                message: format!("blocked {}", request.grpc_method),
+                headers: Default::default(),
+            });
+        }
+        request
+            .headers
+            .insert("x-custom", "from-filter".parse().unwrap());
+        Decision::Continue
+    }
+
+    fn on_response(&self, response: &mut FilterResponse<'_>) {
+        response
+            .headers
+            .insert("cache-control", "max-age=5".parse().unwrap());
+    }
+}
+
+#[tokio::test]
+async fn filter_hooks_see_requests_and_responses() {
+    let backend = Backend::start("f").await;
+    let filters = FilterChain::new(vec![Arc::new(DenyBlocked)]);
+    let gw = spawn_gateway_with(test_config(&[backend.addr]), filters).await;
+    let client = h1();
+    let blocked = client
+        .get(gw.url("/v1/sinks/x"))
+        .header("x-blocked", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blocked.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        blocked.json::<Value>().await.unwrap()["message"],
+        "blocked /kitchen.v1.KitchenService/Query"
+    );
+    let passed = client.get(gw.url("/v1/sinks/x")).send().await.unwrap();
+    assert_eq!(passed.headers()["cache-control"], "max-age=5");
+    let sink: Value = passed.json().await.unwrap();
+    assert_eq!(sink["tags"][0], "x-custom=from-filter");
+
+    let mut grpc = kitchen_client(gw.addr).await;
+    let mut request = tonic::Request::new(kitchen::Sink::default());
+    request
+        .metadata_mut()
+        .insert("x-blocked", "1".parse().unwrap());
+    let status = grpc.query(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+}

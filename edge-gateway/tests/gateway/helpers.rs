@@ -1,0 +1,511 @@
+//! Test backends (a kitchen-sink service, an in-memory user service, grpc.health.v1) and an
+//! in-process gateway per test.
+
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use base64::Engine;
+use bytes::{Buf, Bytes};
+use edge_gateway::{config::GatewayConfig, hooks::FilterChain, server::RunningGateway};
+use meshgate_proto::user::{self, user_service_server::UserServiceServer};
+use prost::Message;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio_stream::{Stream, wrappers::TcpListenerStream};
+use tonic::{Request, Response, Status};
+
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/kitchen_includes.rs"));
+}
+
+use kitchen::kitchen_service_server::{KitchenService, KitchenServiceServer};
+pub use pb::kitchen::v1 as kitchen;
+
+pub const KITCHEN_DESCRIPTORS: &str = concat!(env!("OUT_DIR"), "/kitchen_descriptor.bin");
+pub const ORIGIN: &str = "https://app.example";
+
+/// A port nobody listens on right now.
+pub fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+// === impl Kitchen ===
+
+#[derive(Clone)]
+struct Kitchen {
+    name: String,
+}
+
+fn bad_request(code: i32, message: &str, field: &str) -> Status {
+    use meshgate_proto::google::rpc::{
+        BadRequest, Status as RpcStatus, bad_request::FieldViolation,
+    };
+    let violation = BadRequest {
+        field_violations: vec![FieldViolation {
+            field: field.to_owned(),
+            description: format!("{field} is wrong"),
+            ..Default::default()
+        }],
+    };
+    let details = RpcStatus {
+        code,
+        message: message.to_owned(),
+        details: vec![prost_types::Any {
+            type_url: "type.googleapis.com/google.rpc.BadRequest".into(),
+            value: violation.encode_to_vec(),
+        }],
+    };
+    Status::with_details(
+        tonic::Code::from(code),
+        message,
+        details.encode_to_vec().into(),
+    )
+}
+
+type TickStream = Pin<Box<dyn Stream<Item = Result<kitchen::Tick, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl KitchenService for Kitchen {
+    async fn echo(
+        &self,
+        request: Request<kitchen::Sink>,
+    ) -> Result<Response<kitchen::Sink>, Status> {
+        let mut sink = request.into_inner();
+        sink.served_by = self.name.clone();
+        Ok(Response::new(sink))
+    }
+
+    async fn query(
+        &self,
+        request: Request<kitchen::Sink>,
+    ) -> Result<Response<kitchen::Sink>, Status> {
+        // Echo the trace header so tests can see what was propagated.
+        let traceparent = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let custom = request
+            .metadata()
+            .get("x-custom")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut sink = request.into_inner();
+        sink.served_by = self.name.clone();
+        if sink.id == "trace" {
+            sink.choice = Some(kitchen::sink::Choice::Text(traceparent));
+        }
+        if let Some(custom) = custom {
+            sink.tags.push(format!("x-custom={custom}"));
+        }
+        Ok(Response::new(sink))
+    }
+
+    async fn set_nested(
+        &self,
+        request: Request<kitchen::Sink>,
+    ) -> Result<Response<kitchen::Sink>, Status> {
+        let mut sink = request.into_inner();
+        if let Some(nested) = &mut sink.nested {
+            nested.label = format!("{}:{}", sink.id, nested.label);
+        }
+        Ok(Response::new(sink))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<kitchen::Sink>,
+    ) -> Result<Response<kitchen::Sink>, Status> {
+        let mut sink = request.into_inner();
+        sink.name = format!("cancelled {}", sink.id);
+        Ok(Response::new(sink))
+    }
+
+    async fn fail(
+        &self,
+        request: Request<kitchen::FailRequest>,
+    ) -> Result<Response<kitchen::Sink>, Status> {
+        let request = request.into_inner();
+        Err(bad_request(request.code, &request.message, &request.field))
+    }
+
+    async fn slow(
+        &self,
+        request: Request<kitchen::SlowRequest>,
+    ) -> Result<Response<kitchen::Sink>, Status> {
+        tokio::time::sleep(Duration::from_millis(u64::from(
+            request.into_inner().millis,
+        )))
+        .await;
+        Ok(Response::new(kitchen::Sink {
+            served_by: self.name.clone(),
+            ..Default::default()
+        }))
+    }
+
+    type CountStream = TickStream;
+
+    async fn count(
+        &self,
+        request: Request<kitchen::CountRequest>,
+    ) -> Result<Response<TickStream>, Status> {
+        let request = request.into_inner();
+        let mut items: Vec<Result<kitchen::Tick, Status>> = (0..request.n)
+            .map(|index| Ok(kitchen::Tick { index }))
+            .collect();
+        if request.fail_code != 0 {
+            items.push(Err(Status::new(
+                tonic::Code::from(request.fail_code),
+                "stream failed",
+            )));
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+    }
+}
+
+// === impl Users ===
+
+#[derive(Clone, Default)]
+struct Users {
+    users: Arc<Mutex<HashMap<String, user::User>>>,
+    next: Arc<Mutex<u64>>,
+}
+
+#[tonic::async_trait]
+impl user::user_service_server::UserService for Users {
+    async fn create_user(
+        &self,
+        request: Request<user::CreateUserRequest>,
+    ) -> Result<Response<user::CreateUserResponse>, Status> {
+        let request = request.into_inner();
+        if !request.email.contains('@') {
+            return Err(bad_request(3, "invalid email", "email"));
+        }
+        let mut users = self.users.lock().unwrap();
+        if users.values().any(|u| u.email == request.email) {
+            return Err(Status::already_exists("email already registered"));
+        }
+        let id = {
+            let mut next = self.next.lock().unwrap();
+            *next += 1;
+            format!("user-{next}")
+        };
+        let user = user::User {
+            id: id.clone(),
+            name: request.name,
+            email: request.email,
+            age: request.age,
+            created_at: 1_700_000_000,
+            updated_at: 1_700_000_000,
+        };
+        users.insert(id, user.clone());
+        Ok(Response::new(user::CreateUserResponse {
+            user: Some(user),
+            message: "created".into(),
+        }))
+    }
+
+    async fn get_user(
+        &self,
+        request: Request<user::GetUserRequest>,
+    ) -> Result<Response<user::GetUserResponse>, Status> {
+        let id = request.into_inner().id;
+        let user = self.users.lock().unwrap().get(&id).cloned();
+        match user {
+            Some(user) => Ok(Response::new(user::GetUserResponse {
+                user: Some(user),
+                message: "ok".into(),
+            })),
+            None => Err(Status::not_found(format!("user {id} not found"))),
+        }
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<user::UpdateUserRequest>,
+    ) -> Result<Response<user::UpdateUserResponse>, Status> {
+        let request = request.into_inner();
+        let mut users = self.users.lock().unwrap();
+        let user = users
+            .get_mut(&request.id)
+            .ok_or_else(|| Status::not_found(format!("user {} not found", request.id)))?;
+        if !request.name.is_empty() {
+            user.name = request.name;
+        }
+        if request.age != 0 {
+            user.age = request.age;
+        }
+        Ok(Response::new(user::UpdateUserResponse {
+            user: Some(user.clone()),
+            message: "updated".into(),
+        }))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<user::DeleteUserRequest>,
+    ) -> Result<Response<user::DeleteUserResponse>, Status> {
+        let id = request.into_inner().id;
+        match self.users.lock().unwrap().remove(&id) {
+            Some(_) => Ok(Response::new(user::DeleteUserResponse {
+                message: format!("user {id} deleted"),
+            })),
+            None => Err(Status::not_found(format!("user {id} not found"))),
+        }
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<user::ListUsersRequest>,
+    ) -> Result<Response<user::ListUsersResponse>, Status> {
+        let request = request.into_inner();
+        let mut users: Vec<_> = self.users.lock().unwrap().values().cloned().collect();
+        users.sort_by(|a, b| a.id.cmp(&b.id));
+        let total = users.len() as i32;
+        let limit = if request.limit == 0 {
+            10
+        } else {
+            request.limit.clamp(1, 100)
+        } as usize;
+        let page = request.page.max(1) as usize;
+        let users = users
+            .into_iter()
+            .skip((page - 1) * limit)
+            .take(limit)
+            .collect();
+        Ok(Response::new(user::ListUsersResponse {
+            users,
+            total,
+            message: "ok".into(),
+        }))
+    }
+
+    async fn test_error(
+        &self,
+        request: Request<user::TestErrorRequest>,
+    ) -> Result<Response<user::TestErrorResponse>, Status> {
+        let code = match request.into_inner().status_code.as_str() {
+            "400" => tonic::Code::InvalidArgument,
+            "401" => tonic::Code::Unauthenticated,
+            "403" => tonic::Code::PermissionDenied,
+            "404" => tonic::Code::NotFound,
+            "409" => tonic::Code::AlreadyExists,
+            "429" => tonic::Code::ResourceExhausted,
+            "503" => tonic::Code::Unavailable,
+            _ => tonic::Code::Internal,
+        };
+        Err(Status::new(code, "test error"))
+    }
+}
+
+// === impl Backend ===
+
+/// A test gRPC server: kitchen + users + grpc.health.v1.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+    pub health: tonic_health::server::HealthReporter,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Self {
+        Self::start_at(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_at(name: &str, addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        let (tx, rx) = oneshot::channel::<()>();
+        let kitchen = Kitchen {
+            name: name.to_owned(),
+        };
+        let handle = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(KitchenServiceServer::new(kitchen))
+                .add_service(UserServiceServer::new(Users::default()))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self {
+            addr,
+            name: name.to_owned(),
+            shutdown: Some(tx),
+            handle: Some(handle),
+            health,
+        }
+    }
+
+    /// Stops accepting and closes connections (GOAWAY), like a killed pod behind a Service.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
+        }
+    }
+}
+
+// === impl TestGateway ===
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub metrics_addr: Option<SocketAddr>,
+    running: RunningGateway,
+}
+
+impl TestGateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+pub fn test_config(upstreams: &[SocketAddr]) -> GatewayConfig {
+    let mut config = GatewayConfig::for_upstreams(free_addr(), upstreams.to_vec());
+    config.descriptor_sets = vec![KITCHEN_DESCRIPTORS.into()];
+    config.health_interval = Duration::from_millis(200);
+    config.health_timeout = Duration::from_millis(200);
+    config.cors_origins = vec![ORIGIN.to_owned()];
+    config.timeout = Duration::from_secs(5);
+    config
+}
+
+pub async fn spawn_gateway(upstreams: &[SocketAddr]) -> TestGateway {
+    spawn_gateway_with(test_config(upstreams), FilterChain::default()).await
+}
+
+pub async fn spawn_gateway_with(config: GatewayConfig, filters: FilterChain) -> TestGateway {
+    let addr = config.listen;
+    let metrics_addr = config.metrics_listen;
+    let running =
+        tokio::task::spawn_blocking(move || RunningGateway::start(config, filters).unwrap())
+            .await
+            .unwrap();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    TestGateway {
+        addr,
+        base: format!("http://{addr}"),
+        metrics_addr,
+        running,
+    }
+}
+
+pub fn h1() -> reqwest::Client {
+    reqwest::Client::builder().http1_only().build().unwrap()
+}
+
+pub fn h2() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
+pub async fn kitchen_client(
+    addr: SocketAddr,
+) -> kitchen::kitchen_service_client::KitchenServiceClient<tonic::transport::Channel> {
+    kitchen::kitchen_service_client::KitchenServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+/// Polls until `check` passes or 5 s elapse.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+// === gRPC-web, decoded independently of the gateway's codec ===
+
+pub fn grpc_web_request(message: &impl Message, text: bool) -> Vec<u8> {
+    let payload = message.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    if text {
+        base64::engine::general_purpose::STANDARD
+            .encode(frame)
+            .into_bytes()
+    } else {
+        frame
+    }
+}
+
+#[derive(Debug)]
+pub struct GrpcWebReply {
+    pub messages: Vec<Bytes>,
+    pub trailers: HashMap<String, String>,
+}
+
+pub fn parse_grpc_web(body: &[u8], text: bool) -> GrpcWebReply {
+    let raw: Vec<u8> = if text {
+        // Each chunk may be separately padded: decode 4-character groups one by one.
+        let clean: Vec<u8> = body
+            .iter()
+            .copied()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect();
+        clean
+            .chunks(4)
+            .flat_map(|group| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(group)
+                    .unwrap()
+            })
+            .collect()
+    } else {
+        body.to_vec()
+    };
+    let mut buf = Bytes::from(raw);
+    let mut messages = Vec::new();
+    let mut trailers = HashMap::new();
+    while buf.remaining() >= 5 {
+        let flags = buf.get_u8();
+        let len = buf.get_u32() as usize;
+        let payload = buf.split_to(len);
+        if flags & 0x80 != 0 {
+            for line in String::from_utf8(payload.to_vec()).unwrap().split("\r\n") {
+                if let Some((k, v)) = line.split_once(':') {
+                    trailers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+                }
+            }
+        } else {
+            messages.push(payload);
+        }
+    }
+    assert_eq!(buf.remaining(), 0, "trailing bytes in gRPC-web body");
+    GrpcWebReply { messages, trailers }
+}

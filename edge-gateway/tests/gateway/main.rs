@@ -1,0 +1,13 @@
+//! End-to-end tests: the real gateway (pingora, in process, on a free port) in front of real
+//! tonic servers, driven by real HTTP/1.1, HTTP/2 and gRPC clients.
+
+mod helpers;
+
+mod admin;
+mod cors;
+mod grpc_native;
+mod grpc_web;
+mod real_user_service;
+mod rest_kitchen;
+mod rest_user;
+mod upstreams;
