@@ -113,7 +113,9 @@ async function expectError(page, text) {
 /** Submits the form and returns the response of the API call it made. */
 async function submitAndCapture(page, protocol) {
   const [response] = await Promise.all([
-    page.waitForResponse((r) => protocol.path.test(new URL(r.url()).pathname) && r.request().method() === "POST"),
+    page.waitForResponse(
+      (r) => protocol.path.test(new URL(r.url()).pathname) && ["POST", "PUT"].includes(r.request().method()),
+    ),
     page.click("#save"),
   ]);
   return response;
