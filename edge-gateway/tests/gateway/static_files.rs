@@ -85,9 +85,9 @@ async fn serves_the_page_beside_the_api() {
     assert_eq!(head.status(), StatusCode::OK);
     assert_eq!(head.headers()[header::CONTENT_LENGTH], "31");
 
-    // Raw `..` is what a crafted client sends; reqwest would normalise it, so encode it.
+    // URL parsers fold `..` and `%2e%2e` segments away; an encoded `/` keeps the attempt intact.
     let escape = client
-        .get(gw.url("/%2e%2e/secret.txt"))
+        .get(gw.url("/assets/%2e%2e%2f%2e%2e%2fsecret.txt"))
         .send()
         .await
         .unwrap();
