@@ -10,4 +10,5 @@ mod grpc_web;
 mod real_user_service;
 mod rest_kitchen;
 mod rest_user;
+mod static_files;
 mod upstreams;
