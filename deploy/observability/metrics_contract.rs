@@ -57,7 +57,11 @@ fn parse_labels(cell: &str) -> BTreeMap<String, Option<BTreeSet<String>>> {
 }
 
 fn backticked(text: &str) -> Vec<String> {
-    text.split('`').skip(1).step_by(2).map(str::to_owned).collect()
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
 }
 
 /// One sample line of the text exposition format.
