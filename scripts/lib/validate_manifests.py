@@ -606,7 +606,7 @@ def step_promql_queries(inputs: Inputs, workdir: Path) -> list[str]:
     return problems or tool_output(proc)
 
 
-APP_METRIC_PREFIXES = ("grpc_server_", "user_cache_", "db_pool_", "gateway_", "meshgate_")
+APP_METRIC_PREFIXES = ("grpc_server_", "user_cache_", "db_pool_", "db_query_", "gateway_", "meshgate_")
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
