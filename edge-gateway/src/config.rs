@@ -59,6 +59,8 @@ pub struct GatewaySection {
     pub retry: RetrySection,
     pub cors: CorsSection,
     pub tls: Option<TlsSection>,
+    /// Static files (the built web page) served at `/` for GET/HEAD paths no API route claims.
+    pub static_dir: Option<PathBuf>,
 }
 
 impl Default for GatewaySection {
@@ -79,6 +81,7 @@ impl Default for GatewaySection {
             retry: RetrySection::default(),
             cors: CorsSection::default(),
             tls: None,
+            static_dir: None,
         }
     }
 }
@@ -189,6 +192,9 @@ pub struct Overrides {
         value_delimiter = ','
     )]
     pub cors_origins: Vec<String>,
+    /// Directory served at `/` for paths no API route claims (the built web page).
+    #[arg(long, env = "GATEWAY_STATIC_DIR")]
+    pub static_dir: Option<PathBuf>,
 }
 
 /// The validated configuration the gateway runs on.
@@ -219,6 +225,7 @@ pub struct GatewayConfig {
     pub cors_allow_credentials: bool,
     pub cors_max_age: Duration,
     pub tls: Option<(SocketAddr, PathBuf, PathBuf)>,
+    pub static_dir: Option<PathBuf>,
 }
 
 impl GatewayConfig {
@@ -257,6 +264,20 @@ impl GatewayConfig {
         }
         if !overrides.cors_origins.is_empty() {
             gateway.cors.allowed_origins = overrides.cors_origins.clone();
+        }
+        if let Some(dir) = &overrides.static_dir {
+            gateway.static_dir = Some(dir.clone());
+        }
+        if let Some(dir) = &gateway.static_dir
+            && !dir.is_dir()
+        {
+            return Err(invalid(
+                "gateway.static_dir",
+                format!(
+                    "{} is not a directory (build the page: scripts/build-web)",
+                    dir.display()
+                ),
+            ));
         }
         let addr = |key: &str, value: &str| -> Result<SocketAddr, ConfigError> {
             value
@@ -371,6 +392,7 @@ impl GatewayConfig {
             cors_allow_credentials: gateway.cors.allow_credentials,
             cors_max_age: Duration::from_secs(gateway.cors.max_age_secs),
             tls,
+            static_dir: gateway.static_dir,
         })
     }
 
@@ -436,6 +458,10 @@ mod tests {
                 "gateway.cors.allowed_origins[0]",
             ),
             ("server:\n  threads: many\n", "server"),
+            (
+                "gateway:\n  static_dir: /definitely/not/a/dir\n",
+                "gateway.static_dir",
+            ),
         ];
         for (text, key) in cases {
             let error = load(text).unwrap_err().to_string();
@@ -454,5 +480,27 @@ mod tests {
         let config = GatewayConfig::from_file(file, &overrides).unwrap();
         assert_eq!(config.listen.port(), 2);
         assert_eq!(config.upstreams.len(), 2);
+    }
+
+    #[test]
+    fn static_dir_comes_from_the_file_or_the_flag() {
+        let dir = std::env::temp_dir();
+        let file =
+            GatewayConfig::parse_file(&format!("gateway:\n  static_dir: {}\n", dir.display()))
+                .unwrap();
+        let config = GatewayConfig::from_file(file, &Overrides::default()).unwrap();
+        assert_eq!(config.static_dir.as_deref(), Some(dir.as_path()));
+
+        let overrides = Overrides {
+            static_dir: Some("/definitely/not/a/dir".into()),
+            ..Default::default()
+        };
+        let file =
+            GatewayConfig::parse_file(&format!("gateway:\n  static_dir: {}\n", dir.display()))
+                .unwrap();
+        let error = GatewayConfig::from_file(file, &overrides)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("gateway.static_dir"), "{error}");
     }
 }

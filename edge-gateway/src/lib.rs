@@ -11,6 +11,7 @@
 //! - [`config`]: YAML + flags/env → one validated [`config::GatewayConfig`].
 //! - [`upstream`]: tonic channels, gRPC health checks, load balancing, retries.
 //! - [`hooks`]: the request/response filter seam (the wasm filters plug in here).
+//! - [`static_files`]: the web page from `static_dir` for paths no API route claims.
 //! - [`proxy`]: the single `ProxyHttp` impl; [`server`]: pingora wiring.
 #![forbid(unsafe_code)]
 
@@ -27,6 +28,7 @@ pub mod retry;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod static_files;
 pub mod status;
 pub mod trace;
 pub mod transcode;

@@ -4,7 +4,8 @@
 //! 3. native gRPC (`application/grpc`) falls through to pingora's proxy: h2c to an upstream,
 //!    trailers and streaming preserved;
 //! 4. gRPC-web and REST are terminated here with the gRPC client of [`crate::upstream`], so the
-//!    HTTP answer is decided once grpc-status is known.
+//!    HTTP answer is decided once grpc-status is known; a GET/HEAD that no API route claims is
+//!    answered from `static_dir` when a file matches ([`crate::static_files`]).
 //!
 //! Every failure is a [`GatewayError`] rescued by [`GatewayProxy::respond_error`] in the
 //! client's protocol.
@@ -30,6 +31,7 @@ use crate::{
     hooks::{Decision, FilterRequest, FilterResponse, Protocol},
     metrics,
     state::GatewayState,
+    static_files::StaticResponse,
     status::status_json,
     trace::TraceContext,
     transcode,
@@ -271,6 +273,48 @@ impl GatewayProxy {
                 }
             }
         }
+    }
+
+    /// A file from `static_dir` for a GET/HEAD path that no API route claims.
+    async fn static_file(&self, session: &Session) -> Option<StaticResponse> {
+        let files = self.state.static_files.as_ref()?;
+        let request = session.req_header();
+        let path = request.uri.path();
+        let unclaimed = matches!(
+            self.state.router.lookup(&request.method, path),
+            Err(crate::routes::RouteMiss::NotFound)
+        );
+        if !unclaimed {
+            return None;
+        }
+        files
+            .serve(&request.method, path, header_str(session, "if-none-match"))
+            .await
+    }
+
+    async fn write_static(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        file: StaticResponse,
+    ) -> pingora::Result<()> {
+        ctx.protocol = "static";
+        ctx.route = "static".to_owned();
+        let mut response = ResponseHeader::build(file.status, Some(file.headers.len() + 4))?;
+        for (name, value) in file.headers {
+            response.insert_header(name, value)?;
+        }
+        self.cors_headers(ctx, &mut response);
+        self.trace_header(ctx, &mut response);
+        ctx.status = file.status.as_u16();
+        let end = file.body.is_empty();
+        session
+            .write_response_header(Box::new(response), end)
+            .await?;
+        if !end {
+            session.write_response_body(Some(file.body), true).await?;
+        }
+        Ok(())
     }
 
     async fn handle_admin(
@@ -710,6 +754,9 @@ impl ProxyHttp for GatewayProxy {
             } else {
                 return Ok(false);
             }
+        } else if let Some(file) = self.static_file(session).await {
+            self.write_static(session, ctx, file).await?;
+            return Ok(true);
         } else {
             ctx.protocol = "rest";
             let span = self.server_span(ctx, &path);

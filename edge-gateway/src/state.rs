@@ -11,6 +11,7 @@ use crate::{
     hooks::FilterChain,
     openapi,
     routes::{RouteBuildError, Router},
+    static_files::StaticFiles,
     transcode::JsonOptions,
     upstream::{UpstreamSettings, Upstreams},
 };
@@ -30,6 +31,11 @@ pub enum StartError {
     Upstreams(String),
     #[error("invalid pingora server config: {0}")]
     Server(String),
+    #[error("gateway.static_dir {path}: {source}")]
+    StaticDir {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 pub struct GatewayState {
@@ -41,6 +47,8 @@ pub struct GatewayState {
     pub upstreams: Upstreams,
     pub openapi: Bytes,
     pub filters: FilterChain,
+    /// The web page, when `static_dir` is configured.
+    pub static_files: Option<StaticFiles>,
 }
 
 /// The built-in contract plus every configured descriptor set (files already present are skipped).
@@ -106,6 +114,15 @@ impl GatewayState {
             config.cors_allow_credentials,
             config.cors_max_age,
         );
+        let static_files = match &config.static_dir {
+            Some(dir) => Some(
+                StaticFiles::new(dir).map_err(|source| StartError::StaticDir {
+                    path: dir.display().to_string(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
         Ok(Arc::new(Self {
             config,
             pool,
@@ -115,6 +132,7 @@ impl GatewayState {
             upstreams,
             openapi,
             filters,
+            static_files,
         }))
     }
 }

@@ -124,8 +124,9 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match args.transport {
             TransportKind::Grpc => {
-                let transport =
-                    grpc::GrpcTransport::connect(&args.target, args.connections).await?;
+                // More connections than workers would sit idle.
+                let connections = args.connections.min(args.concurrency);
+                let transport = grpc::GrpcTransport::connect(&args.target, connections).await?;
                 run(args, Arc::new(transport)).await
             }
             TransportKind::Rest => {
@@ -214,7 +215,7 @@ async fn run<T: Transport>(args: Args, transport: Arc<T>) -> anyhow::Result<()> 
         args.scenario,
         args.transport,
         args.concurrency,
-        args.connections,
+        args.connections.min(args.concurrency),
         total,
         tally.errors,
         elapsed,

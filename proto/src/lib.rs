@@ -43,7 +43,14 @@ mod tests {
         let names: Vec<_> = service.methods().map(|m| m.name().to_owned()).collect();
         assert_eq!(
             names,
-            ["CreateUser", "GetUser", "UpdateUser", "DeleteUser", "ListUsers", "TestError"]
+            [
+                "CreateUser",
+                "GetUser",
+                "UpdateUser",
+                "DeleteUser",
+                "ListUsers",
+                "TestError"
+            ]
         );
         let http = pool.get_extension_by_name("google.api.http").unwrap();
         for method in service.methods() {
@@ -54,10 +61,16 @@ mod tests {
             );
         }
         let rest = pool.get_extension_by_name("meshgate.api.rest").unwrap();
-        let create = service.methods().find(|m| m.name() == "CreateUser").unwrap();
+        let create = service
+            .methods()
+            .find(|m| m.name() == "CreateUser")
+            .unwrap();
         let options = create.options().get_extension(&rest).into_owned();
         let options = options.as_message().unwrap();
-        assert_eq!(options.get_field_by_name("success_code").unwrap().as_u32(), Some(201));
+        assert_eq!(
+            options.get_field_by_name("success_code").unwrap().as_u32(),
+            Some(201)
+        );
     }
 
     #[test]

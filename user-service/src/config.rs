@@ -212,16 +212,40 @@ fn redact(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
     #[test]
     fn defaults_follow_the_architecture_ports() {
-        let config = Config::try_parse_from(["user-service"]).unwrap();
-        // Env vars of the test process may override; only check the parse works and embedded.
-        let _ = config;
+        // Read from clap's definition, so env vars of the test process cannot interfere.
+        let command = <Config as clap::CommandFactory>::command();
+        let default_of = |id: &str| {
+            let arg = command.get_arguments().find(|a| a.get_id() == id).unwrap();
+            let env = arg.get_env().unwrap().to_string_lossy().into_owned();
+            let value = arg
+                .get_default_values()
+                .first()
+                .map(|v| v.to_string_lossy().into_owned());
+            (env, value)
+        };
+        assert_eq!(
+            default_of("grpc_addr"),
+            ("GRPC_ADDR".to_owned(), Some("0.0.0.0:50051".to_owned()))
+        );
+        assert_eq!(
+            default_of("metrics_addr"),
+            ("METRICS_ADDR".to_owned(), Some("0.0.0.0:9090".to_owned()))
+        );
+        assert_eq!(
+            default_of("database_url"),
+            ("DATABASE_URL".to_owned(), None)
+        );
+        assert_eq!(default_of("cache_ttl_secs").1.as_deref(), Some("900"));
         let embedded = Config::embedded("x.db".into());
         assert!(embedded.validate().is_ok());
-        assert_eq!(embedded.grpc_addr.port(), 0);
+        assert_eq!(
+            (embedded.grpc_addr.port(), embedded.metrics_addr.port()),
+            (0, 0)
+        );
+        assert!(embedded.migrate_on_start && embedded.redis_url.is_none());
     }
 
     #[test]

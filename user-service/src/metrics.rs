@@ -23,6 +23,8 @@ pub struct Metrics {
     pub grpc_handled: IntCounterVec,
     /// `grpc_server_handling_seconds{grpc_method}`
     pub grpc_latency: HistogramVec,
+    /// `grpc_server_in_flight{grpc_method}`: calls being handled right now.
+    pub grpc_in_flight: IntGaugeVec,
     /// `user_cache_requests_total{cache, result}`: result is hit, miss or error.
     pub cache_requests: IntCounterVec,
     /// `user_cache_errors_total{operation}`: timeouts and Redis errors (requests still succeed).
@@ -51,6 +53,11 @@ impl Metrics {
         let grpc_latency = HistogramVec::new(
             HistogramOpts::new("grpc_server_handling_seconds", "RPC latency in the handler")
                 .buckets(LATENCY_BUCKETS.to_vec()),
+            &["grpc_method"],
+        )
+        .expect("static metric definition");
+        let grpc_in_flight = IntGaugeVec::new(
+            Opts::new("grpc_server_in_flight", "RPCs being handled right now"),
             &["grpc_method"],
         )
         .expect("static metric definition");
@@ -84,6 +91,7 @@ impl Metrics {
         for collector in [
             Box::new(grpc_handled.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(grpc_latency.clone()),
+            Box::new(grpc_in_flight.clone()),
             Box::new(cache_requests.clone()),
             Box::new(cache_errors.clone()),
             Box::new(db_query_duration.clone()),
@@ -97,6 +105,7 @@ impl Metrics {
             registry,
             grpc_handled,
             grpc_latency,
+            grpc_in_flight,
             cache_requests,
             cache_errors,
             db_query_duration,

@@ -3,8 +3,9 @@
 
 use std::time::Instant;
 
-use crate::domain::{BoxError, NewUser};
-use crate::domain::{PageRequest, StoreError, User, UserChanges, UserId, UserPage, UserStore};
+use crate::domain::{
+    BoxError, NewUser, PageRequest, StoreError, User, UserChanges, UserId, UserPage, UserStore,
+};
 use crate::metrics::Metrics;
 
 pub mod postgres;

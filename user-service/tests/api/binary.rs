@@ -4,8 +4,14 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use meshgate_proto::user::CreateUserRequest;
 use meshgate_proto::user::user_service_client::UserServiceClient;
+use meshgate_proto::user::{CreateUserRequest, TestErrorRequest};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -116,6 +122,18 @@ async fn sigterm_drains_and_exits_cleanly() {
         .await
         .unwrap();
 
+    // A call that logs (UNAVAILABLE is logged at WARN) inside a continued W3C trace.
+    let mut request = tonic::Request::new(TestErrorRequest {
+        status_code: "503".into(),
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
+    );
+    client.test_error(request).await.unwrap_err();
+
     let pid = child.id().unwrap().to_string();
     let killed = Command::new("kill")
         .args(["-TERM", &pid])
@@ -136,6 +154,129 @@ async fn sigterm_drains_and_exits_cleanly() {
     assert!(
         rest.contains("SIGTERM received") && rest.contains("shutdown complete"),
         "{rest}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A minimal OTLP/gRPC trace collector: forwards every export request to the test.
+struct Collector(tokio::sync::mpsc::UnboundedSender<ExportTraceServiceRequest>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let _ = self.0.send(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_over_otlp_in_the_callers_trace() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_addr = listener.local_addr().unwrap();
+    let (exports, mut received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Collector(exports)))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
+    let dir = temp_dir();
+    let mut child = command(&dir)
+        .env("MIGRATE_ON_START", "true")
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{collector_addr}"),
+        )
+        .env("OTEL_SERVICE_NAME", "user-service-otlp-test")
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let grpc_addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if log["fields"]["message"] == "user-service listening" {
+                return log["fields"]["grpc_addr"].as_str().unwrap().to_owned();
+            }
+        }
+        panic!("the service exited before listening");
+    })
+    .await
+    .expect("the service starts within 30 s");
+
+    let mut client = UserServiceClient::connect(format!("http://{grpc_addr}"))
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(CreateUserRequest {
+        name: "Traced".into(),
+        email: "traced@example.com".into(),
+        age: 30,
+    });
+    request.metadata_mut().insert(
+        "x-b3-traceid",
+        "80f198ee56343ba864fe8b2a57d3eff7".parse().unwrap(),
+    );
+    request
+        .metadata_mut()
+        .insert("x-b3-spanid", "e457b5a2e4d86bd1".parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("x-b3-sampled", "1".parse().unwrap());
+    client.create_user(request).await.unwrap();
+
+    // SIGTERM flushes the batch exporter on the way out.
+    let pid = child.id().unwrap().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+
+    let mut spans = Vec::new();
+    while let Ok(Some(export)) = tokio::time::timeout(Duration::from_secs(5), received.recv()).await
+    {
+        for resource in export.resource_spans {
+            for scope in resource.scope_spans {
+                spans.extend(scope.spans);
+            }
+        }
+    }
+    let trace_id = [
+        0x80, 0xf1, 0x98, 0xee, 0x56, 0x34, 0x3b, 0xa8, 0x64, 0xfe, 0x8b, 0x2a, 0x57, 0xd3, 0xef,
+        0xf7,
+    ];
+    let names: Vec<_> = spans
+        .iter()
+        .filter(|s| s.trace_id == trace_id)
+        .map(|s| s.name.clone())
+        .collect();
+    assert!(
+        names.contains(&"CreateUser".to_owned()),
+        "spans in the B3 trace: {names:?}"
+    );
+    assert!(
+        names.contains(&"db.query".to_owned()),
+        "spans in the B3 trace: {names:?}"
+    );
+    assert!(
+        names.contains(&"cache".to_owned()),
+        "spans in the B3 trace: {names:?}"
+    );
+    let rpc = spans.iter().find(|s| s.name == "CreateUser").unwrap();
+    assert_eq!(
+        rpc.parent_span_id,
+        [0xe4, 0x57, 0xb5, 0xa2, 0xe4, 0xd8, 0x6b, 0xd1]
     );
     let _ = std::fs::remove_dir_all(dir);
 }

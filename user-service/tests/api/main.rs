@@ -5,6 +5,7 @@
 
 mod binary;
 mod helpers;
+mod metrics_contract;
 mod observability;
 mod proxy;
 mod resilience;

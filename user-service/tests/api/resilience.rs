@@ -13,6 +13,21 @@ use crate::helpers::{
 };
 use crate::proxy::TcpProxy;
 
+/// Polls `condition` every 50 ms for up to 15 s.
+async fn wait_until<F, Fut>(mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..300 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not reached within 15 s");
+}
+
 /// A loopback port with nothing listening (bound, then released).
 async fn closed_port() -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -146,18 +161,22 @@ async fn shutdown_lets_in_flight_calls_finish() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(|| async {
+        app.metrics()
+            .await
+            .contains(r#"grpc_server_in_flight{grpc_method="CreateUser"} 5"#)
+    })
+    .await;
     app.signal_shutdown();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // New connections are no longer accepted while the old calls are still running.
-    let refused = tonic::transport::Channel::from_shared(format!("http://{}", app.grpc_addr))
-        .unwrap()
-        .connect()
-        .await;
-    assert!(
-        refused.is_err(),
-        "the listener is closed once shutdown starts"
-    );
+    // New connections are refused while the old calls are still running.
+    wait_until(|| async {
+        tonic::transport::Channel::from_shared(format!("http://{}", app.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .is_err()
+    })
+    .await;
     proxy.restore();
     for call in calls {
         let user = call
@@ -168,5 +187,52 @@ async fn shutdown_lets_in_flight_calls_finish() {
         assert!(user.user.is_some());
     }
     app.stopped().await.expect("clean shutdown");
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_deadline_ends_a_stuck_call() {
+    let database = TestDatabase::create().await;
+    let proxy = TcpProxy::start(postgres_server_addr()).await;
+    let url = database.url_via(&proxy);
+    let app = spawn_configured(Some(database), |config| {
+        config.database_url = Some(url);
+        config.db_acquire_timeout_ms = 30_000;
+    })
+    .await;
+    app.wait_for_health(ServingStatus::Serving).await;
+    proxy.pause();
+    let mut request = tonic::Request::new(GetUserRequest {
+        id: uuid::Uuid::new_v4().to_string(),
+    });
+    request.set_timeout(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let status = app.client.clone().get_user(request).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    // Without the deadline the call would wait for the 30 s pool timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    proxy.restore();
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn oversized_messages_are_rejected() {
+    let app = crate::helpers::spawn_app_with(Backend::Sqlite, |config| {
+        config.max_message_bytes = 1024;
+    })
+    .await;
+    let status = app
+        .create(&"x".repeat(4096), &unique_email(), 30)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    app.create("Small", &unique_email(), 30).await.unwrap();
     app.teardown().await;
 }

@@ -1,0 +1,194 @@
+//! Drift guard for `METRICS.md`, shared by the user-service and edge-gateway integration tests
+//! (each includes this file with `#[path]`). It reads the contract's table rows for one component
+//! and compares them with a real `/metrics` scrape: same family, same type, exactly the listed
+//! label names, and values inside any closed set the contract declares.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The contract, compiled in so that editing it re-runs the guards.
+pub const CONTRACT: &str = include_str!("METRICS.md");
+
+/// One row of a contract table.
+#[derive(Debug)]
+pub struct Row {
+    pub name: String,
+    pub kind: String,
+    /// Label name, and the allowed values when the contract lists a closed set.
+    pub labels: BTreeMap<String, Option<BTreeSet<String>>>,
+}
+
+/// The rows whose `exported by` cell starts with `component`.
+pub fn rows_for(component: &str) -> Vec<Row> {
+    CONTRACT
+        .lines()
+        .filter(|line| line.starts_with("| `"))
+        .filter_map(|line| {
+            // `\|` separates values inside a cell; hide it before splitting the row.
+            let cells: Vec<String> = line
+                .replace("\\|", "\u{1}")
+                .split('|')
+                .map(|cell| cell.trim().to_owned())
+                .collect();
+            let [_, name, kind, labels, exported_by, ..] = cells.as_slice() else {
+                return None;
+            };
+            if exported_by.split_whitespace().next() != Some(component) {
+                return None;
+            }
+            Some(Row {
+                name: backticked(name).first()?.clone(),
+                kind: kind.clone(),
+                labels: parse_labels(labels),
+            })
+        })
+        .collect()
+}
+
+/// `` `a`, `b` = `x` \| `y` `` (with `\|` already hidden) -> {a: any, b: {x, y}}; `—` -> {}.
+fn parse_labels(cell: &str) -> BTreeMap<String, Option<BTreeSet<String>>> {
+    cell.split(',')
+        .filter_map(|part| {
+            let mut names = backticked(part).into_iter();
+            let label = names.next()?;
+            let values: BTreeSet<String> = names.collect();
+            Some((label, part.contains('=').then_some(values)))
+        })
+        .collect()
+}
+
+fn backticked(text: &str) -> Vec<String> {
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// One sample line of the text exposition format.
+#[derive(Debug)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `# TYPE` lines (family -> type) and the samples of a scrape.
+pub fn parse_exposition(text: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
+    let mut types = BTreeMap::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some((name, kind)) = rest.split_once(' ') {
+                types.insert(name.to_owned(), kind.trim().to_owned());
+            }
+        } else if !line.starts_with('#') && !line.trim().is_empty() {
+            samples.push(parse_sample(line));
+        }
+    }
+    (types, samples)
+}
+
+fn parse_sample(line: &str) -> Sample {
+    let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+    let mut labels = BTreeMap::new();
+    if line[name_end..].starts_with('{') {
+        // Label values may hold spaces, braces and commas (`GET /v1/users/{id}`): walk the quotes.
+        let mut chars = line[name_end + 1..].chars();
+        loop {
+            let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+            let key = key.trim_start_matches(',').trim().to_owned();
+            if key.is_empty() || key.starts_with('}') {
+                break;
+            }
+            chars.next(); // the opening quote
+            let mut value = String::new();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+            labels.insert(key, value);
+        }
+    }
+    Sample {
+        name: line[..name_end].to_owned(),
+        labels,
+    }
+}
+
+/// Everything in `scrape` that contradicts the contract rows of `component` (empty when true).
+pub fn check(component: &str, scrape: &str) -> Vec<String> {
+    let rows = rows_for(component);
+    if rows.is_empty() {
+        return vec![format!("METRICS.md has no rows exported by {component}")];
+    }
+    let (types, samples) = parse_exposition(scrape);
+    let mut problems = Vec::new();
+    for row in rows {
+        let name = &row.name;
+        if types.get(name) != Some(&row.kind) {
+            problems.push(format!(
+                "{name}: contract says {}, scrape says {:?}",
+                row.kind,
+                types.get(name)
+            ));
+        }
+        // A histogram's labelled series are its buckets; `le` is the histogram's own label.
+        let series = if row.kind == "histogram" {
+            format!("{name}_bucket")
+        } else {
+            name.clone()
+        };
+        let matching: Vec<&Sample> = samples.iter().filter(|s| s.name == series).collect();
+        if matching.is_empty() {
+            problems.push(format!("{name}: no {series} sample scraped"));
+        }
+        let wanted: BTreeSet<&String> = row.labels.keys().collect();
+        for sample in matching {
+            let got: BTreeSet<&String> = sample.labels.keys().filter(|k| *k != "le").collect();
+            if got != wanted {
+                problems.push(format!("{name}: labels {got:?}, contract {wanted:?}"));
+            }
+            for (label, allowed) in &row.labels {
+                let (Some(allowed), Some(value)) = (allowed, sample.labels.get(label)) else {
+                    continue;
+                };
+                if !allowed.contains(value) {
+                    problems.push(format!(
+                        "{name}: {label}=\"{value}\" is not in the contract's {allowed:?}"
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn contract_parser_reads_labels_and_closed_sets() {
+    let labels = parse_labels("`cache` = `user` \u{1} `list`, `operation`");
+    assert_eq!(labels["cache"].as_ref().unwrap().len(), 2);
+    assert_eq!(labels["operation"], None);
+    assert!(parse_labels("—").is_empty());
+    let sample =
+        parse_sample(r#"x_total{route="GET /v1/users/{id}",q="a\"b,c",protocol="rest"} 3"#);
+    assert_eq!(sample.name, "x_total");
+    assert_eq!(sample.labels["route"], "GET /v1/users/{id}");
+    assert_eq!(sample.labels["q"], "a\"b,c");
+    assert_eq!(sample.labels["protocol"], "rest");
+    let problems = check(
+        "edge-gateway",
+        "# TYPE meshgate_gateway_retries_total counter\nmeshgate_gateway_retries_total{outcome=\"gave_up\"} 1\n",
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("gave_up")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("meshgate_gateway_requests_total")),
+        "{problems:?}"
+    );
+}

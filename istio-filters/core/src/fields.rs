@@ -1,0 +1,315 @@
+//! Field paths (`id`, `user.email`) and reading them from decoded messages, REST path
+//! bindings, query strings and JSON bodies.
+
+use base64::Engine as _;
+use prost_reflect::{DynamicMessage, Kind, MessageDescriptor, ReflectMessage, Value};
+
+/// A dotted path of field names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldPath {
+    dotted: String,
+    parts: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldPathError {
+    #[error("field path {0:?} is empty or has an empty segment")]
+    Syntax(String),
+    #[error("field path {path:?}: {message} has no field {segment:?}")]
+    UnknownField {
+        path: String,
+        message: String,
+        segment: String,
+    },
+    #[error("field path {path:?}: {segment:?} is not a message, cannot descend")]
+    NotAMessage { path: String, segment: String },
+    #[error("field path {0:?} does not end at a singular scalar field")]
+    NotScalar(String),
+}
+
+impl FieldPath {
+    pub fn parse(dotted: &str) -> Result<Self, FieldPathError> {
+        let parts: Vec<String> = dotted.split('.').map(str::to_owned).collect();
+        let valid = parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+        if !valid {
+            return Err(FieldPathError::Syntax(dotted.to_owned()));
+        }
+        Ok(Self {
+            dotted: dotted.to_owned(),
+            parts,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.dotted
+    }
+
+    /// `user.email` → `user-email` (for header names).
+    pub fn dashed(&self) -> String {
+        self.parts.join("-").replace('_', "-").to_ascii_lowercase()
+    }
+
+    /// Checks that the path names a singular scalar field of `message`.
+    pub fn validate(&self, message: &MessageDescriptor) -> Result<(), FieldPathError> {
+        let mut current = message.clone();
+        let last = self.parts.len().saturating_sub(1);
+        for (i, segment) in self.parts.iter().enumerate() {
+            let field = current
+                .get_field_by_name(segment)
+                .or_else(|| current.get_field_by_json_name(segment))
+                .ok_or_else(|| FieldPathError::UnknownField {
+                    path: self.dotted.clone(),
+                    message: current.full_name().to_owned(),
+                    segment: segment.clone(),
+                })?;
+            if i == last {
+                if field.is_list() || field.is_map() || matches!(field.kind(), Kind::Message(_)) {
+                    return Err(FieldPathError::NotScalar(self.dotted.clone()));
+                }
+            } else {
+                match field.kind() {
+                    Kind::Message(next) if !field.is_list() && !field.is_map() => current = next,
+                    _ => {
+                        return Err(FieldPathError::NotAMessage {
+                            path: self.dotted.clone(),
+                            segment: segment.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The value in a decoded message, as text; `None` when unset or not a scalar.
+    pub fn read_message(&self, message: &DynamicMessage) -> Option<String> {
+        let (last, parents) = self.parts.split_last()?;
+        let mut current = message.clone();
+        for segment in parents {
+            let field = current.descriptor().get_field_by_name(segment)?;
+            if !current.has_field(&field) {
+                return None;
+            }
+            let Value::Message(next) = current.get_field(&field).into_owned() else {
+                return None;
+            };
+            current = next;
+        }
+        let field = current.descriptor().get_field_by_name(last)?;
+        if !current.has_field(&field) {
+            return None;
+        }
+        scalar_text(current.get_field(&field).as_ref(), &field.kind())
+    }
+
+    /// The value in a proto3-JSON body (accepts `lowerCamelCase` and the proto names).
+    pub fn read_json(&self, json: &serde_json::Value) -> Option<String> {
+        let mut current = json;
+        for segment in &self.parts {
+            let object = current.as_object()?;
+            current = object
+                .get(segment)
+                .or_else(|| object.get(&lower_camel(segment)))?;
+        }
+        match current {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            serde_json::Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+
+    /// The value among `path=value` pairs (REST path bindings or a query string).
+    pub fn read_pairs(&self, pairs: &[(String, String)]) -> Option<String> {
+        pairs
+            .iter()
+            .find(|(k, _)| *k == self.dotted || lower_camel_path(&self.parts) == *k)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+fn lower_camel_path(parts: &[String]) -> String {
+    parts
+        .iter()
+        .map(|p| lower_camel(p))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn lower_camel(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = false;
+    for c in name.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn scalar_text(value: &Value, kind: &Kind) -> Option<String> {
+    Some(match value {
+        Value::Bool(v) => v.to_string(),
+        Value::I32(v) => v.to_string(),
+        Value::I64(v) => v.to_string(),
+        Value::U32(v) => v.to_string(),
+        Value::U64(v) => v.to_string(),
+        Value::F32(v) => v.to_string(),
+        Value::F64(v) => v.to_string(),
+        Value::String(v) => v.clone(),
+        Value::Bytes(v) => base64::engine::general_purpose::STANDARD.encode(v),
+        Value::EnumNumber(n) => match kind {
+            Kind::Enum(e) => e
+                .get_value(*n)
+                .map_or_else(|| n.to_string(), |v| v.name().to_owned()),
+            _ => n.to_string(),
+        },
+        Value::Message(_) | Value::List(_) | Value::Map(_) => return None,
+    })
+}
+
+/// Parses a query string into decoded `key=value` pairs (`+` is a space, as forms send it).
+pub fn query_pairs(path: &str) -> Vec<(String, String)> {
+    let Some((_, query)) = path.split_once('?') else {
+        return Vec::new();
+    };
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(pair), String::new()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+    use crate::catalog::Catalog;
+
+    fn message(name: &str) -> MessageDescriptor {
+        Catalog::load(None)
+            .unwrap()
+            .pool()
+            .get_message_by_name(name)
+            .unwrap()
+    }
+
+    #[test]
+    fn parses_and_dashes_paths() {
+        let path = FieldPath::parse("user.email").unwrap();
+        assert_eq!(path.dashed(), "user-email");
+        assert_eq!(
+            FieldPath::parse("created_at").unwrap().dashed(),
+            "created-at"
+        );
+        for bad in ["", "a..b", ".a", "a.", "a-b"] {
+            assert!(FieldPath::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn validates_against_descriptors() {
+        let response = message("user.GetUserResponse");
+        FieldPath::parse("user.email")
+            .unwrap()
+            .validate(&response)
+            .unwrap();
+        assert!(matches!(
+            FieldPath::parse("user.phone").unwrap().validate(&response),
+            Err(FieldPathError::UnknownField { .. })
+        ));
+        assert!(matches!(
+            FieldPath::parse("user").unwrap().validate(&response),
+            Err(FieldPathError::NotScalar(_))
+        ));
+        assert!(matches!(
+            FieldPath::parse("message.x").unwrap().validate(&response),
+            Err(FieldPathError::NotAMessage { .. })
+        ));
+        let list = message("user.ListUsersResponse");
+        assert!(matches!(
+            FieldPath::parse("users.email").unwrap().validate(&list),
+            Err(FieldPathError::NotAMessage { .. })
+        ));
+    }
+
+    #[test]
+    fn reads_nested_fields_from_decoded_messages() {
+        let response = meshgate_proto::user::GetUserResponse {
+            user: Some(meshgate_proto::user::User {
+                id: "u1".into(),
+                email: "ada@example.com".into(),
+                age: 36,
+                ..Default::default()
+            }),
+            message: String::new(),
+        };
+        let decoded = DynamicMessage::decode(
+            message("user.GetUserResponse"),
+            response.encode_to_vec().as_slice(),
+        )
+        .unwrap();
+        let read = |p: &str| FieldPath::parse(p).unwrap().read_message(&decoded);
+        assert_eq!(read("user.email").as_deref(), Some("ada@example.com"));
+        assert_eq!(read("user.age").as_deref(), Some("36"));
+        assert_eq!(
+            read("user.name"),
+            None,
+            "unset proto3 scalar reads as absent"
+        );
+        assert_eq!(read("message"), None);
+        assert_eq!(read("nope.x"), None);
+    }
+
+    #[test]
+    fn reads_json_pairs_and_queries() {
+        let json = serde_json::json!({"user": {"email": "a@b"}, "createdAt": 5, "ok": true});
+        assert_eq!(
+            FieldPath::parse("user.email")
+                .unwrap()
+                .read_json(&json)
+                .as_deref(),
+            Some("a@b")
+        );
+        assert_eq!(
+            FieldPath::parse("created_at")
+                .unwrap()
+                .read_json(&json)
+                .as_deref(),
+            Some("5")
+        );
+        assert_eq!(FieldPath::parse("user").unwrap().read_json(&json), None);
+        let query = query_pairs("/v1/users?page=2&name=a+b%21&flag");
+        assert_eq!(
+            query,
+            vec![
+                ("page".to_owned(), "2".to_owned()),
+                ("name".to_owned(), "a b!".to_owned()),
+                ("flag".to_owned(), String::new())
+            ]
+        );
+        assert_eq!(
+            FieldPath::parse("page")
+                .unwrap()
+                .read_pairs(&query)
+                .as_deref(),
+            Some("2")
+        );
+    }
+}

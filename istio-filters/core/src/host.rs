@@ -1,0 +1,114 @@
+//! The host boundary: everything a filter asks of the proxy.
+//!
+//! `meshgate-filter-wasm` implements [`Host`] with proxy-wasm host calls; the unit tests use
+//! [`crate::test_host::TestHost`]. No method panics or returns a host status to the filter
+//! logic: a failed host call is an absent value (reads) or a logged no-op (writes), so the
+//! hot path never unwraps.
+
+/// What a stream callback tells the proxy to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Go on with the stream.
+    Continue,
+    /// Hold the stream (headers or buffered body) until a later callback continues it.
+    Pause,
+}
+
+/// Log levels, mapped onto the proxy's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+    Critical,
+}
+
+/// Why a compare-and-swap write to shared data did not land.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedWriteError {
+    /// Someone else wrote the key since we read it: read again and retry.
+    CasMismatch,
+    /// The store refused the write (full, too large, unavailable): give up (fail open).
+    Refused,
+}
+
+/// A shared-data value with the CAS token guarding it (`None` when the key is absent).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SharedEntry {
+    pub value: Option<Vec<u8>>,
+    pub cas: Option<u32>,
+}
+
+/// A response the filter sends instead of forwarding the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Set for native gRPC: the proxy answers trailers-only with this `grpc-status` and the
+    /// body as `grpc-message` (Envoy's behaviour).
+    pub grpc_status: Option<u32>,
+}
+
+/// A counter registered with the proxy at configure time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricId(pub u32);
+
+/// The proxy, as the filters see it.
+pub trait Host {
+    fn request_header(&self, name: &str) -> Option<String>;
+    fn request_headers(&self) -> Vec<(String, String)>;
+    /// Sets (`Some`) or removes (`None`) a request header.
+    fn set_request_header(&mut self, name: &str, value: Option<&str>);
+    fn response_header(&self, name: &str) -> Option<String>;
+    fn set_response_header(&mut self, name: &str, value: Option<&str>);
+    fn response_trailer(&self, name: &str) -> Option<String>;
+    /// The first `size` bytes of the buffered request body.
+    fn request_body(&self, size: usize) -> Option<Vec<u8>>;
+    fn response_body(&self, size: usize) -> Option<Vec<u8>>;
+    /// Replaces the first `size` bytes of the buffered response body with nothing.
+    fn clear_response_body(&mut self, size: usize);
+    /// A proxy property such as `source.address` (raw bytes as the host gives them).
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    /// Filter state (Envoy stores it under `wasm.<path>`).
+    fn set_property(&mut self, path: &[&str], value: &[u8]);
+    fn shared_data(&self, key: &str) -> SharedEntry;
+    fn set_shared_data(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedWriteError>;
+    /// Wall-clock nanoseconds since the Unix epoch (the host's clock, injectable in tests).
+    fn now_nanos(&self) -> u64;
+    fn send_local_reply(&mut self, reply: LocalReply);
+    /// Registers a counter; `None` when the proxy refuses (the filter then just doesn't count).
+    fn define_counter(&mut self, name: &str) -> Option<MetricId>;
+    fn increment_counter(&mut self, metric: MetricId, delta: i64);
+    fn log(&self, level: LogLevel, message: &str);
+}
+
+/// Counter ids of one filter, registered once per VM; absent ids are skipped.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    ids: Vec<(&'static str, Option<MetricId>)>,
+}
+
+impl Counters {
+    /// Registers `prefix_name` for each name (e.g. `meshgate_rate_limit_allowed`).
+    pub fn define(host: &mut dyn Host, prefix: &str, names: &[&'static str]) -> Self {
+        let ids = names
+            .iter()
+            .map(|name| (*name, host.define_counter(&format!("{prefix}_{name}"))))
+            .collect();
+        Self { ids }
+    }
+
+    pub fn increment(&self, host: &mut dyn Host, name: &str) {
+        if let Some((_, Some(id))) = self.ids.iter().find(|(n, _)| *n == name) {
+            host.increment_counter(*id, 1);
+        }
+    }
+}

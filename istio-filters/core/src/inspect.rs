@@ -1,0 +1,309 @@
+//! What a request is: its protocol, its gRPC method (from the gRPC path or a REST route) and
+//! the readable fields of its message.
+
+use prost_reflect::{DynamicMessage, MessageDescriptor, MethodDescriptor};
+
+use crate::catalog::{Catalog, qualified_name};
+use crate::fields::{FieldPath, query_pairs};
+use crate::grpc::{self, FrameError, Protocol};
+use crate::host::Host;
+
+/// The request as the filters classify it at `on_request_headers`.
+#[derive(Debug, Clone)]
+pub struct RequestTarget {
+    pub protocol: Protocol,
+    pub http_method: String,
+    pub path: String,
+    pub method: Option<MethodDescriptor>,
+    /// REST only: the rule's `body` and the path bindings.
+    pub rest_body: Option<String>,
+    pub bindings: Vec<(String, String)>,
+    pub query: Vec<(String, String)>,
+    /// The request headers as they were at `on_request_headers`, fetched in one host call
+    /// (each host call crosses the wasm boundary; a filter reads several headers).
+    pub headers: Vec<(String, String)>,
+}
+
+impl RequestTarget {
+    pub fn identify(catalog: &Catalog, host: &dyn Host) -> Self {
+        let headers = host.request_headers();
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        let protocol = Protocol::from_content_type(get("content-type").as_deref());
+        let http_method = get(":method").unwrap_or_default();
+        let path = get(":path").unwrap_or_default();
+        let mut target = Self {
+            protocol,
+            http_method,
+            path,
+            method: None,
+            rest_body: None,
+            bindings: Vec::new(),
+            query: Vec::new(),
+            headers,
+        };
+        if protocol.is_grpc_family() {
+            target.method = grpc::split_grpc_path(&target.path)
+                .and_then(|(service, method)| catalog.method(service, method));
+        } else if let Some(found) = catalog.route(&target.http_method, &target.path) {
+            if let Some(route) = catalog.routes().get(found.route_index) {
+                target.method = Some(route.method.clone());
+                target.rest_body = Some(route.body.clone());
+            }
+            target.bindings = found.bindings;
+            target.query = query_pairs(&target.path);
+        }
+        target
+    }
+
+    /// A request header from the snapshot taken at identification.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The announced body length, if any.
+    pub fn content_length(&self) -> Option<usize> {
+        self.header("content-length")?.trim().parse().ok()
+    }
+
+    /// `package.Service/Method`, when known.
+    pub fn method_name(&self) -> Option<String> {
+        self.method.as_ref().map(qualified_name)
+    }
+
+    /// Whether the request message (or part of it) travels in the body.
+    pub fn message_in_body(&self) -> bool {
+        match self.protocol {
+            Protocol::Http => self.rest_body.as_deref().is_some_and(|b| !b.is_empty()),
+            _ => self.method.is_some(),
+        }
+    }
+
+    /// Decodes a complete request body into something fields can be read from.
+    pub fn decode_request(&self, body: &[u8]) -> Result<Decoded, BodyError> {
+        let Some(method) = &self.method else {
+            return Ok(Decoded::Nothing);
+        };
+        match self.protocol {
+            Protocol::Http => {
+                if body.is_empty() {
+                    return Ok(Decoded::Nothing);
+                }
+                serde_json::from_slice(body)
+                    .map(Decoded::Json)
+                    .map_err(|e| BodyError::Json(e.to_string()))
+            }
+            protocol => decode_grpc_message(protocol, body, method.input()),
+        }
+    }
+
+    /// Reads a request field from the path bindings, the decoded body, then the query string.
+    pub fn read_request_field(&self, decoded: &Decoded, path: &FieldPath) -> Option<String> {
+        if let Some(value) = path.read_pairs(&self.bindings) {
+            return Some(value);
+        }
+        match decoded {
+            Decoded::Message(message) => return path.read_message(message),
+            Decoded::Json(json) => {
+                if let Some(value) = self.read_rest_json(json, path) {
+                    return Some(value);
+                }
+            }
+            Decoded::Nothing => {}
+        }
+        path.read_pairs(&self.query)
+    }
+
+    fn read_rest_json(&self, json: &serde_json::Value, path: &FieldPath) -> Option<String> {
+        match self.rest_body.as_deref() {
+            Some("*") => path.read_json(json),
+            Some(field) if !field.is_empty() => {
+                let rest = path.as_str().strip_prefix(field)?.strip_prefix('.')?;
+                FieldPath::parse(rest).ok()?.read_json(json)
+            }
+            _ => None,
+        }
+    }
+
+    /// Decodes a complete response body (gRPC family: the output message; REST: JSON).
+    pub fn decode_response(&self, body: &[u8]) -> Result<Decoded, BodyError> {
+        let Some(method) = &self.method else {
+            return Ok(Decoded::Nothing);
+        };
+        match self.protocol {
+            Protocol::Http => serde_json::from_slice(body)
+                .map(Decoded::Json)
+                .map_err(|e| BodyError::Json(e.to_string())),
+            protocol => decode_grpc_message(protocol, body, method.output()),
+        }
+    }
+}
+
+/// A decoded body.
+#[derive(Debug, Clone)]
+pub enum Decoded {
+    Message(DynamicMessage),
+    Json(serde_json::Value),
+    Nothing,
+}
+
+impl Decoded {
+    /// Reads a field of a decoded response (no bindings or query involved).
+    pub fn read(&self, path: &FieldPath) -> Option<String> {
+        match self {
+            Self::Message(m) => path.read_message(m),
+            Self::Json(j) => path.read_json(j),
+            Self::Nothing => None,
+        }
+    }
+}
+
+/// Why a body was passed through unread (each is counted by the filters).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("body larger than maxBodyBytes")]
+    Oversized,
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("protobuf decode failed: {0}")]
+    Protobuf(String),
+    #[error("JSON decode failed: {0}")]
+    Json(String),
+}
+
+fn decode_grpc_message(
+    protocol: Protocol,
+    body: &[u8],
+    descriptor: MessageDescriptor,
+) -> Result<Decoded, BodyError> {
+    let decoded_text;
+    let binary = if protocol == Protocol::GrpcWebText {
+        decoded_text = grpc::decode_grpc_web_text(body)?;
+        decoded_text.as_slice()
+    } else {
+        body
+    };
+    let Some(payload) = grpc::first_message(binary)? else {
+        return Ok(Decoded::Nothing);
+    };
+    DynamicMessage::decode(descriptor, payload)
+        .map(Decoded::Message)
+        .map_err(|e| BodyError::Protobuf(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+    use prost::Message as _;
+
+    use super::*;
+    use crate::test_host::TestHost;
+
+    fn target(headers: &[(&str, &str)]) -> RequestTarget {
+        let catalog = Catalog::load(None).unwrap();
+        RequestTarget::identify(&catalog, &TestHost::with_request(headers))
+    }
+
+    fn get_user_frame(id: &str) -> Vec<u8> {
+        let msg = meshgate_proto::user::GetUserRequest { id: id.into() };
+        grpc::encode_frame(&msg.encode_to_vec())
+    }
+
+    #[test]
+    fn grpc_request_fields() {
+        let t = target(&[
+            (":method", "POST"),
+            (":path", "/user.UserService/GetUser"),
+            ("content-type", "application/grpc"),
+        ]);
+        assert_eq!(t.method_name().as_deref(), Some("user.UserService/GetUser"));
+        assert!(t.message_in_body());
+        let decoded = t.decode_request(&get_user_frame("u-7")).unwrap();
+        let id = FieldPath::parse("id").unwrap();
+        assert_eq!(t.read_request_field(&decoded, &id).as_deref(), Some("u-7"));
+    }
+
+    #[test]
+    fn grpc_web_text_request_fields() {
+        let t = target(&[
+            (":method", "POST"),
+            (":path", "/user.UserService/GetUser"),
+            ("content-type", "application/grpc-web-text"),
+        ]);
+        let body = base64::engine::general_purpose::STANDARD.encode(get_user_frame("u-8"));
+        let decoded = t.decode_request(body.as_bytes()).unwrap();
+        let id = FieldPath::parse("id").unwrap();
+        assert_eq!(t.read_request_field(&decoded, &id).as_deref(), Some("u-8"));
+    }
+
+    #[test]
+    fn rest_fields_from_path_query_and_json() {
+        let t = target(&[(":method", "GET"), (":path", "/v1/users/u-9?x=1")]);
+        assert_eq!(t.method_name().as_deref(), Some("user.UserService/GetUser"));
+        assert!(!t.message_in_body());
+        let id = FieldPath::parse("id").unwrap();
+        assert_eq!(
+            t.read_request_field(&Decoded::Nothing, &id).as_deref(),
+            Some("u-9")
+        );
+
+        let t = target(&[(":method", "GET"), (":path", "/v1/users?page=3")]);
+        let page = FieldPath::parse("page").unwrap();
+        assert_eq!(
+            t.read_request_field(&Decoded::Nothing, &page).as_deref(),
+            Some("3")
+        );
+
+        let t = target(&[(":method", "POST"), (":path", "/v1/users")]);
+        assert!(t.message_in_body());
+        let decoded = t
+            .decode_request(br#"{"email":"a@b.c","name":"A"}"#)
+            .unwrap();
+        let email = FieldPath::parse("email").unwrap();
+        assert_eq!(
+            t.read_request_field(&decoded, &email).as_deref(),
+            Some("a@b.c")
+        );
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors_not_panics() {
+        let t = target(&[
+            (":method", "POST"),
+            (":path", "/user.UserService/GetUser"),
+            ("content-type", "application/grpc"),
+        ]);
+        assert!(matches!(
+            t.decode_request(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]),
+            Err(BodyError::Protobuf(_))
+        ));
+        assert!(matches!(
+            t.decode_request(&[0, 0]),
+            Err(BodyError::Frame(_))
+        ));
+        let rest = target(&[(":method", "POST"), (":path", "/v1/users")]);
+        assert!(matches!(
+            rest.decode_request(b"{nope"),
+            Err(BodyError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn unknown_requests_have_no_method() {
+        let t = target(&[(":method", "GET"), (":path", "/healthz")]);
+        assert!(t.method.is_none());
+        let t = target(&[
+            (":method", "POST"),
+            (":path", "/other.Service/Call"),
+            ("content-type", "application/grpc"),
+        ]);
+        assert!(t.method.is_none());
+    }
+}

@@ -1,0 +1,139 @@
+//! An in-memory [`Host`] for unit tests of the filter logic (the real `.wasm` is exercised
+//! against `proxy-wasm-host` in `meshgate-filter-tests`).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use crate::host::{Host, LocalReply, LogLevel, MetricId, SharedEntry, SharedWriteError};
+
+#[derive(Debug, Default)]
+pub struct TestHost {
+    pub request_headers: Vec<(String, String)>,
+    pub response_headers: Vec<(String, String)>,
+    pub response_trailers: Vec<(String, String)>,
+    pub request_body: Vec<u8>,
+    pub response_body: Vec<u8>,
+    pub properties: BTreeMap<String, Vec<u8>>,
+    pub filter_state: BTreeMap<String, Vec<u8>>,
+    pub shared: BTreeMap<String, (Vec<u8>, u32)>,
+    /// The next N CAS writes fail with a mismatch.
+    pub cas_conflicts: u32,
+    pub now: u64,
+    pub reply: Option<LocalReply>,
+    pub counters: BTreeMap<String, i64>,
+    metric_names: Vec<String>,
+    pub logs: RefCell<Vec<(LogLevel, String)>>,
+}
+
+fn get(list: &[(String, String)], name: &str) -> Option<String> {
+    list.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
+}
+
+fn set(list: &mut Vec<(String, String)>, name: &str, value: Option<&str>) {
+    list.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    if let Some(value) = value {
+        list.push((name.to_owned(), value.to_owned()));
+    }
+}
+
+impl TestHost {
+    pub fn with_request(headers: &[(&str, &str)]) -> Self {
+        Self {
+            request_headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Self::default()
+        }
+    }
+
+    pub fn counter(&self, name: &str) -> i64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+}
+
+impl Host for TestHost {
+    fn request_header(&self, name: &str) -> Option<String> {
+        get(&self.request_headers, name)
+    }
+    fn request_headers(&self) -> Vec<(String, String)> {
+        self.request_headers.clone()
+    }
+    fn set_request_header(&mut self, name: &str, value: Option<&str>) {
+        set(&mut self.request_headers, name, value);
+    }
+    fn response_header(&self, name: &str) -> Option<String> {
+        get(&self.response_headers, name)
+    }
+    fn set_response_header(&mut self, name: &str, value: Option<&str>) {
+        set(&mut self.response_headers, name, value);
+    }
+    fn response_trailer(&self, name: &str) -> Option<String> {
+        get(&self.response_trailers, name)
+    }
+    fn request_body(&self, size: usize) -> Option<Vec<u8>> {
+        Some(self.request_body[..size.min(self.request_body.len())].to_vec())
+    }
+    fn response_body(&self, size: usize) -> Option<Vec<u8>> {
+        Some(self.response_body[..size.min(self.response_body.len())].to_vec())
+    }
+    fn clear_response_body(&mut self, size: usize) {
+        let size = size.min(self.response_body.len());
+        self.response_body.drain(..size);
+    }
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.properties.get(&path.join(".")).cloned()
+    }
+    fn set_property(&mut self, path: &[&str], value: &[u8]) {
+        self.filter_state.insert(path.join("."), value.to_vec());
+    }
+    fn shared_data(&self, key: &str) -> SharedEntry {
+        match self.shared.get(key) {
+            Some((value, cas)) => SharedEntry {
+                value: Some(value.clone()),
+                cas: Some(*cas),
+            },
+            None => SharedEntry::default(),
+        }
+    }
+    fn set_shared_data(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedWriteError> {
+        if self.cas_conflicts > 0 && cas.is_some() {
+            self.cas_conflicts -= 1;
+            return Err(SharedWriteError::CasMismatch);
+        }
+        let next = match self.shared.get(key) {
+            Some((_, current)) if cas.is_some_and(|c| c != *current) => {
+                return Err(SharedWriteError::CasMismatch);
+            }
+            Some((_, current)) => current + 1,
+            None => 1,
+        };
+        self.shared.insert(key.to_owned(), (value.to_vec(), next));
+        Ok(())
+    }
+    fn now_nanos(&self) -> u64 {
+        self.now
+    }
+    fn send_local_reply(&mut self, reply: LocalReply) {
+        self.reply = Some(reply);
+    }
+    fn define_counter(&mut self, name: &str) -> Option<MetricId> {
+        self.metric_names.push(name.to_owned());
+        Some(MetricId(self.metric_names.len() as u32 - 1))
+    }
+    fn increment_counter(&mut self, metric: MetricId, delta: i64) {
+        if let Some(name) = self.metric_names.get(metric.0 as usize) {
+            *self.counters.entry(name.clone()).or_default() += delta;
+        }
+    }
+    fn log(&self, level: LogLevel, message: &str) {
+        self.logs.borrow_mut().push((level, message.to_owned()));
+    }
+}

@@ -1,0 +1,111 @@
+//! Shared helpers: locating the built modules, loading plugins, building gRPC bodies.
+
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock};
+
+use meshgate_filter_host::{
+    Chain, LoadError, ManualClock, Plugin, PluginOptions, Request, Runtime,
+};
+use prost::Message;
+
+pub const BUILD_COMMAND: &str = "cargo build --profile wasm --target wasm32-wasip1 \
+     -p meshgate-rate-limit -p meshgate-cache-headers -p meshgate-span-enrichment";
+
+pub const RATE_LIMIT: &str = "meshgate_rate_limit";
+pub const CACHE_HEADERS: &str = "meshgate_cache_headers";
+pub const SPAN_ENRICHMENT: &str = "meshgate_span_enrichment";
+
+/// Epoch nanoseconds the manual clocks start at (any fixed instant works).
+pub const START: u64 = 1_800_000_000_000_000_000;
+pub const SECOND: u64 = 1_000_000_000;
+
+static RUNTIME: LazyLock<Runtime> =
+    LazyLock::new(|| Runtime::new().unwrap_or_else(|e| panic!("wasmtime runtime: {e}")));
+
+/// `target/wasm32-wasip1/<profile>/<module>.wasm` (profile `wasm`, or `MESHGATE_WASM_PROFILE`).
+pub fn module_path(module: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("MESHGATE_WASM_DIR") {
+        return PathBuf::from(dir).join(format!("{module}.wasm"));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
+        PathBuf::from,
+    );
+    let profile = std::env::var("MESHGATE_WASM_PROFILE").unwrap_or_else(|_| "wasm".to_owned());
+    target
+        .join("wasm32-wasip1")
+        .join(profile)
+        .join(format!("{module}.wasm"))
+}
+
+pub fn module_bytes(module: &str) -> Vec<u8> {
+    let path = module_path(module);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{} is missing ({e}): build the modules first: {BUILD_COMMAND}",
+            path.display()
+        )
+    })
+}
+
+pub fn try_load(
+    module: &str,
+    config: &str,
+    workers: usize,
+    clock: Arc<ManualClock>,
+) -> Result<Plugin, LoadError> {
+    Plugin::load(
+        &RUNTIME,
+        module,
+        &module_bytes(module),
+        config,
+        PluginOptions {
+            workers,
+            clock,
+            ..PluginOptions::default()
+        },
+    )
+}
+
+pub fn load(module: &str, config: &str, workers: usize, clock: Arc<ManualClock>) -> Arc<Plugin> {
+    Arc::new(try_load(module, config, workers, clock).unwrap_or_else(|e| panic!("{e}")))
+}
+
+pub fn chain(module: &str, config: &str, workers: usize) -> (Chain, Arc<Plugin>, Arc<ManualClock>) {
+    let clock = ManualClock::new(START);
+    let plugin = load(module, config, workers, Arc::clone(&clock));
+    (Chain::new(vec![Arc::clone(&plugin)]), plugin, clock)
+}
+
+/// A gRPC frame of `message`.
+pub fn frame(message: &impl Message) -> Vec<u8> {
+    meshgate_filter_core::grpc::encode_frame(&message.encode_to_vec())
+}
+
+pub fn grpc(method: &str, body: Vec<u8>) -> Request {
+    Request::new("POST", &format!("/user.UserService/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+}
+
+pub fn grpc_web(method: &str, body: Vec<u8>) -> Request {
+    Request::new("POST", &format!("/user.UserService/{method}"))
+        .header("content-type", "application/grpc-web+proto")
+        .body(body)
+}
+
+pub fn grpc_web_text(method: &str, body: &[u8]) -> Request {
+    use base64::Engine as _;
+    Request::new("POST", &format!("/user.UserService/{method}"))
+        .header("content-type", "application/grpc-web-text")
+        .body(
+            base64::engine::general_purpose::STANDARD
+                .encode(body)
+                .into_bytes(),
+        )
+}
+
+pub fn get_user(id: &str) -> meshgate_proto::user::GetUserRequest {
+    meshgate_proto::user::GetUserRequest { id: id.to_owned() }
+}

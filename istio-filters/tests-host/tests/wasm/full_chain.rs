@@ -1,0 +1,87 @@
+//! The three modules chained as the mesh and the gateway run them (enrichment, rate limit,
+//! cache headers): a REST client gets cache headers, then a 304, then a 429.
+
+use std::sync::Arc;
+
+use meshgate_filter_host::{Chain, ManualClock, Request, Response};
+
+use crate::common::*;
+
+#[test]
+fn rest_client_gets_cache_headers_then_304_then_429() {
+    let clock = ManualClock::new(START);
+    let enrichment = load(
+        SPAN_ENRICHMENT,
+        r#"{"fields":[{"path":"id"}]}"#,
+        2,
+        Arc::clone(&clock),
+    );
+    let limiter = load(
+        RATE_LIMIT,
+        r#"{"rules":[{"name":"reads","methods":["user.UserService/GetUser"],"key":[{"type":"sourceAddress"}],"requests":2,"periodSeconds":60}]}"#,
+        2,
+        Arc::clone(&clock),
+    );
+    let cache = load(
+        CACHE_HEADERS,
+        r#"{"policies":[{"name":"reads","methods":["user.UserService/GetUser"],"cacheControl":{"scope":"private","maxAge":30},"etag":true}]}"#,
+        2,
+        Arc::clone(&clock),
+    );
+    let chain = Chain::new(vec![enrichment, limiter, cache]);
+    let body = br#"{"user":{"id":"7","name":"Ada"}}"#.to_vec();
+    let get = || Request::new("GET", "/v1/users/7").source("192.0.2.10:5000");
+
+    let first = chain.on_request(get()).unwrap();
+    assert!(first.local_reply().is_none());
+    assert_eq!(
+        first.request().header_value("x-meshgate-grpc-method"),
+        Some("GetUser")
+    );
+    assert_eq!(
+        first.request().header_value("x-meshgate-field-id"),
+        Some("7")
+    );
+    let done = first
+        .on_response(Response::new(200).body(body.clone()))
+        .unwrap();
+    assert_eq!(
+        done.response.header_value("cache-control"),
+        Some("private, max-age=30")
+    );
+    let etag = done.response.header_value("etag").unwrap().to_owned();
+    assert!(
+        done.attributes
+            .iter()
+            .any(|(k, v)| k == "meshgate.grpc_method" && v == "GetUser")
+    );
+
+    let second = chain
+        .on_request(get().header("if-none-match", &etag))
+        .unwrap();
+    assert!(second.local_reply().is_none());
+    let done = second
+        .on_response(Response::new(200).body(body.clone()))
+        .unwrap();
+    assert_eq!(done.response.status, 304);
+    assert!(done.response.body.is_empty());
+
+    let third = chain.on_request(get()).unwrap();
+    let reply = third.local_reply().unwrap().clone();
+    assert_eq!(reply.status, 429);
+    assert!(reply.header_value("retry-after").is_some());
+    // The local reply still carries the enrichment gathered before the limit hit.
+    let done = third.on_response(reply).unwrap();
+    assert_eq!(done.response.status, 429);
+    assert!(
+        done.attributes
+            .iter()
+            .any(|(k, v)| k == "meshgate.grpc_method" && v == "GetUser")
+    );
+
+    clock.advance(30 * SECOND);
+    assert!(
+        chain.on_request(get()).unwrap().local_reply().is_none(),
+        "refilled"
+    );
+}

@@ -1,0 +1,9 @@
+//! The real `.wasm` modules in `proxy-wasm-host` (wasmtime), driven through the embed crate
+//! `meshgate-filter-host`. Build the modules first (see `common::BUILD_COMMAND`).
+
+mod cache_headers;
+mod common;
+mod configs;
+mod full_chain;
+mod rate_limit;
+mod span_enrichment;

@@ -1,0 +1,1030 @@
+"""Offline validation of meshgate's mesh/, deploy/ and .github/workflows (run via scripts/validate-manifests).
+
+Every step is a function taking explicit inputs and returning a list of problems, so the same
+function validates the repository and, in --self-test, must reject a seeded bad input from
+deploy/tests/bad/<step>/. Steps:
+
+  yamllint        every YAML file
+  yaml-kinds      every YAML document is a Kubernetes object, a kustomization input or a promtool test
+  kustomize       `kubectl kustomize` of every kustomization (components are rendered via overlays)
+  core-schema     core Kubernetes kinds against kubernetes-validate's strict schemas
+  crd-schema      every CRD kind against strict JSON schemas generated now from upstream CRD YAML
+  promtool-rules  `promtool check rules` on every PrometheusRule's groups
+  promtool-tests  `promtool test rules`, and every alert must have a test
+  promql-queries  dashboard and AnalysisTemplate queries parsed by promtool
+  metrics-contract every app metric a query uses is listed in deploy/observability/METRICS.md
+  hadolint        every Dockerfile under deploy/images
+  image-policy    final stage: minimal base, non-root user, OCI labels
+  workflows       .github/workflows against the GitHub workflow schema (check-jsonschema)
+  trivy           `trivy config` on rendered overlays and Dockerfiles, allow-list deploy/policy/trivyignore.yaml
+  mesh-invariants STRICT mTLS, deny-by-default authorization, SPIFFE principals on every allow rule
+  references      per environment (the Argo CD app of apps): Rollout -> VirtualService routes,
+                  DestinationRule subsets, AnalysisTemplates; HPA targets; selectors -> pods;
+                  Service/ServiceMonitor ports; ConfigMaps, Secrets, ServiceAccounts, principals;
+                  collector pipelines; Applications vs. AppProject; sync-wave order
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from collections.abc import Callable
+
+import jsonschema
+import yaml
+
+import manifest_refs
+
+try:
+    YamlLoader = yaml.CSafeLoader  # libyaml: the CRD bundle is 6 MB
+except AttributeError:  # pragma: no cover
+    YamlLoader = yaml.SafeLoader
+
+ROOT = Path(__file__).resolve().parents[2]
+BAD_DIR = ROOT / "deploy" / "tests" / "bad"
+KUBERNETES_VERSION = os.environ.get("MESHGATE_KUBERNETES_VERSION", "1.33.0")
+TRIVY_IGNORE = ROOT / "deploy" / "policy" / "trivyignore.yaml"
+YAMLLINT_CONFIG = ROOT / "deploy" / "yamllint.yaml"
+HADOLINT_CONFIG = ROOT / "deploy" / "images" / "hadolint.yaml"
+METRICS_CONTRACT = ROOT / "deploy" / "observability" / "METRICS.md"
+
+# YAML files that configure the validators themselves (checked by the tools that read them).
+TOOL_CONFIGS = {"deploy/yamllint.yaml", "deploy/images/hadolint.yaml", "deploy/policy/trivyignore.yaml"}
+
+# API groups served by CRDs: objects in these groups need the CRD schemas.
+CRD_GROUPS = {
+    "networking.istio.io", "security.istio.io", "telemetry.istio.io", "extensions.istio.io",
+    "argoproj.io", "monitoring.coreos.com", "postgresql.cnpg.io", "gateway.networking.k8s.io",
+    "opentelemetry.io",
+}
+
+
+class Skipped(Exception):
+    """A step that cannot run here; the message says why."""
+
+
+@dataclass
+class Obj:
+    source: str  # file path or "render:<dir>"
+    doc: dict
+
+    @property
+    def group_version(self) -> str:
+        return str(self.doc.get("apiVersion", ""))
+
+    @property
+    def group(self) -> str:
+        gv = self.group_version
+        return gv.split("/")[0] if "/" in gv else ""
+
+    @property
+    def kind(self) -> str:
+        return str(self.doc.get("kind", ""))
+
+    @property
+    def name(self) -> str:
+        meta = self.doc.get("metadata") or {}
+        return str(meta.get("name") or meta.get("generateName") or "?")
+
+    def where(self) -> str:
+        return f"{self.source}: {self.kind}/{self.name}"
+
+
+@dataclass
+class Inputs:
+    yaml_files: list[Path] = field(default_factory=list)
+    kustomize_dirs: list[Path] = field(default_factory=list)
+    objects: list[Obj] = field(default_factory=list)  # standalone files + rendered overlays
+    rule_tests: list[Path] = field(default_factory=list)
+    dashboards: list[Path] = field(default_factory=list)
+    dockerfiles: list[Path] = field(default_factory=list)
+    workflows: list[Path] = field(default_factory=list)
+    rendered: dict[str, str] = field(default_factory=dict)  # kustomize dir -> rendered YAML
+    resource_files: set[Path] = field(default_factory=set)  # files some kustomization renders
+    unclassified: list[str] = field(default_factory=list)  # YAML documents no validator covers
+
+
+def rel(path: Path | str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def run(cmd: list[str], cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def tool_output(proc: subprocess.CompletedProcess) -> list[str]:
+    text = (proc.stdout + "\n" + proc.stderr).strip()
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def load_docs(path: Path) -> list[Any]:
+    with open(path, encoding="utf-8") as handle:
+        return [d for d in yaml.load_all(handle, Loader=YamlLoader) if d is not None]
+
+
+# --------------------------------------------------------------------------------------------
+# Collection
+
+
+KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+
+
+def kustomization_refs(kdir: Path, kust: dict) -> set[Path]:
+    """Files a kustomization consumes as patches or generator inputs: not standalone objects."""
+    refs: set[Path] = set()
+    for patch in kust.get("patches") or []:
+        if isinstance(patch, dict) and patch.get("path"):
+            refs.add((kdir / patch["path"]).resolve())
+    for key in ("patchesStrategicMerge",):
+        for item in kust.get(key) or []:
+            if isinstance(item, str) and "\n" not in item:
+                refs.add((kdir / item).resolve())
+    for patch in kust.get("patchesJson6902") or []:
+        if patch.get("path"):
+            refs.add((kdir / patch["path"]).resolve())
+    for gen_key in ("configMapGenerator", "secretGenerator"):
+        for gen in kust.get(gen_key) or []:
+            for entry in gen.get("files") or []:
+                refs.add((kdir / entry.split("=", 1)[-1]).resolve())
+            for entry in gen.get("envs") or []:
+                refs.add((kdir / entry).resolve())
+    for item in kust.get("replacements") or []:
+        if isinstance(item, dict) and item.get("path"):
+            refs.add((kdir / item["path"]).resolve())
+    return refs
+
+
+def collect(roots: list[Path], exclude: list[Path]) -> tuple[Inputs, list[str]]:
+    """Walk the roots; return the inputs and problems found while reading them."""
+    inputs = Inputs()
+    problems: list[str] = []
+
+    def excluded(path: Path) -> bool:
+        return any(path == ex or ex in path.parents for ex in exclude)
+
+    files: list[Path] = []
+    for root in roots:
+        if root.is_file():
+            files.append(root.resolve())
+        elif root.is_dir():
+            files.extend(p.resolve() for p in sorted(root.rglob("*")) if p.is_file())
+    files = [f for f in files if not excluded(f)]
+
+    consumed: set[Path] = set()
+    for path in files:
+        if path.name in KUSTOMIZATION_NAMES:
+            try:
+                kust = load_docs(path)[0]
+            except (yaml.YAMLError, IndexError) as err:
+                problems.append(f"{rel(path)}: cannot parse: {err}")
+                continue
+            consumed |= kustomization_refs(path.parent, kust)
+            for entry in kust.get("resources") or []:
+                target = (path.parent / entry).resolve()
+                if target.is_file():
+                    inputs.resource_files.add(target)
+            if kust.get("kind") != "Component":
+                inputs.kustomize_dirs.append(path.parent)
+
+    for path in files:
+        name = path.name
+        if name.endswith((".yaml", ".yml")):
+            inputs.yaml_files.append(path)
+            if ".github" in path.parts and "workflows" in path.parts:
+                inputs.workflows.append(path)
+                continue
+            if name in KUSTOMIZATION_NAMES or path in consumed:
+                continue
+            try:
+                docs = load_docs(path)
+            except yaml.YAMLError as err:
+                problems.append(f"{rel(path)}: cannot parse: {err}")
+                continue
+            for index, doc in enumerate(docs):
+                if isinstance(doc, dict) and "apiVersion" in doc and "kind" in doc:
+                    inputs.objects.append(Obj(rel(path), doc))
+                elif isinstance(doc, dict) and "rule_files" in doc and "tests" in doc:
+                    inputs.rule_tests.append(path)
+                elif rel(path) not in TOOL_CONFIGS:
+                    inputs.unclassified.append(f"{rel(path)}: document {index + 1} is neither a Kubernetes object "
+                                               "(apiVersion + kind), a kustomization input, nor a promtool test")
+        elif name.endswith(".json") and "dashboards" in path.parts:
+            inputs.dashboards.append(path)
+        elif name == "Dockerfile" or name.endswith(".Dockerfile"):
+            inputs.dockerfiles.append(path)
+    inputs.rule_tests = sorted(set(inputs.rule_tests))
+    return inputs, problems
+
+
+# --------------------------------------------------------------------------------------------
+# Steps
+
+
+def step_yaml_kinds(inputs: Inputs) -> list[str]:
+    """Every YAML document is something a validator checks: nothing passes by being unrecognised."""
+    return inputs.unclassified
+
+
+def step_yamllint(inputs: Inputs) -> list[str]:
+    if not inputs.yaml_files:
+        return []
+    proc = run(["yamllint", "--strict", "-f", "parsable", "-c", str(YAMLLINT_CONFIG),
+                *map(str, inputs.yaml_files)])
+    return [] if proc.returncode == 0 else [rel_line(l) for l in tool_output(proc)]
+
+
+def rel_line(line: str) -> str:
+    return line.replace(str(ROOT) + "/", "")
+
+
+def render_one(kdir: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    return kdir, run(["kubectl", "kustomize", str(kdir)])
+
+
+def step_kustomize(inputs: Inputs) -> list[str]:
+    problems: list[str] = []
+    with futures.ThreadPoolExecutor(max_workers=4) as pool:
+        for kdir, proc in pool.map(render_one, inputs.kustomize_dirs):
+            if proc.returncode != 0:
+                problems.append(f"{rel(kdir)}: kustomize failed: " + " ".join(tool_output(proc))[:800])
+                continue
+            source = f"render:{rel(kdir)}"
+            inputs.rendered[rel(kdir)] = proc.stdout
+            for doc in yaml.load_all(proc.stdout, Loader=YamlLoader):
+                if isinstance(doc, dict):
+                    inputs.objects.append(Obj(source, doc))
+    return problems
+
+
+# --- core kinds
+
+
+@functools.cache
+def core_schema_validator(kind: str, api_version: str) -> jsonschema.protocols.Validator | None:
+    from kubernetes_validate import utils as kv
+    from referencing import Registry, Resource
+
+    version = [v for v in kv.all_versions() if kv.major_minor(v) <= kv.major_minor(KUBERNETES_VERSION)][-1]
+    schema_dir = f"v{version}-local-strict"
+    group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    try:
+        schema = kv.schema_contents(f"kubernetes-json-schema/{schema_dir}/{kind.lower()}-{group_version}.json", version)
+    except FileNotFoundError:
+        return None
+    definitions = core_definitions(schema_dir, version)
+    registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+@functools.cache
+def core_definitions(schema_dir: str, version: str) -> Any:
+    from kubernetes_validate import utils as kv
+    return kv.schema_contents(f"kubernetes-json-schema/{schema_dir}/_definitions.json", version)
+
+
+def error_lines(obj: Obj, validator: jsonschema.protocols.Validator) -> list[str]:
+    lines = []
+    for err in sorted(validator.iter_errors(obj.doc), key=lambda e: list(map(str, e.absolute_path))):
+        path = ".".join(str(p) for p in err.absolute_path) or "(root)"
+        message = err.message if len(err.message) < 300 else err.message[:300] + "…"
+        lines.append(f"{obj.where()}: {path}: {message}")
+    return lines
+
+
+def step_core_schema(inputs: Inputs) -> list[str]:
+    problems: list[str] = []
+    checked = 0
+    for obj in inputs.objects:
+        if obj.group in CRD_GROUPS:
+            continue
+        validator = core_schema_validator(obj.kind, obj.group_version)
+        if validator is None:
+            problems.append(f"{obj.where()}: no schema for {obj.group_version} {obj.kind} in Kubernetes "
+                            f"{KUBERNETES_VERSION} nor among the CRD groups")
+            continue
+        checked += 1
+        problems.extend(error_lines(obj, validator))
+    print(f"   {checked} core objects against Kubernetes {KUBERNETES_VERSION} (strict)")
+    return problems
+
+
+# --- CRD kinds
+
+OBJECT_META = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string"},
+        "generateName": {"type": "string"},
+        "namespace": {"type": "string"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+        "finalizers": {"type": "array", "items": {"type": "string"}},
+        "ownerReferences": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf")
+
+
+def strict_schema(schema: dict, embedded_resource: bool = False) -> dict:
+    """OpenAPI v3 (structural CRD schema) -> JSON Schema draft 4 that rejects unknown fields.
+
+    The API server prunes fields a structural schema does not declare; rejecting them here is the
+    offline equivalent, except where the CRD says x-kubernetes-preserve-unknown-fields.
+    """
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key.startswith("x-kubernetes-") or key in ("description", "default", "example", "nullable"):
+            continue
+        if key == "properties":
+            out[key] = {name: strict_schema(sub) for name, sub in value.items()}
+        elif key in ("items", "not") and isinstance(value, dict):
+            out[key] = strict_schema(value)
+        elif key == "additionalProperties" and isinstance(value, dict):
+            out[key] = strict_schema(value)
+        elif key in SUBSCHEMA_LISTS:
+            out[key] = [strict_schema(sub) for sub in value]
+        else:
+            out[key] = value
+    if schema.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out.setdefault("anyOf", []).append({"type": ["integer", "string"]})
+    embedded = embedded_resource or schema.get("x-kubernetes-embedded-resource", False)
+    if embedded:
+        props = out.setdefault("properties", {})
+        props.setdefault("apiVersion", {"type": "string"})
+        props.setdefault("kind", {"type": "string"})
+        props["metadata"] = OBJECT_META
+    if (out.get("type") == "object" and "additionalProperties" not in out
+            and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    if schema.get("nullable") and "type" in out:
+        types = out["type"] if isinstance(out["type"], list) else [out["type"]]
+        out["type"] = [*types, "null"]
+        if "enum" in out:
+            out["enum"] = [*out["enum"], None]
+    return out
+
+
+@dataclass
+class CrdIndex:
+    folder: Path
+    validators: dict[tuple[str, str], Callable[[], jsonschema.protocols.Validator]]
+    files: int
+
+
+def load_crd_index(folder: Path) -> CrdIndex:
+    if not folder.is_dir():
+        raise Skipped(f"CRD folder {folder} does not exist, so CRD kinds were NOT schema-checked "
+                      f"(pass --crds-dir or set MESHGATE_CRDS_DIR to a folder of upstream CRD YAML)")
+    raw: dict[tuple[str, str], dict] = {}
+    files = sorted(p for p in folder.rglob("*") if p.suffix in (".yaml", ".yml"))
+    for path in files:
+        for doc in load_docs(path):
+            if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
+                continue
+            spec = doc["spec"]
+            for version in spec.get("versions", []):
+                if not version.get("served", True):
+                    continue
+                schema = (version.get("schema") or {}).get("openAPIV3Schema")
+                if schema:
+                    raw[(f"{spec['group']}/{version['name']}", spec["names"]["kind"])] = schema
+    if not raw:
+        raise Skipped(f"no CustomResourceDefinition found under {folder}: CRD kinds were NOT schema-checked")
+
+    def compile_one(schema: dict) -> jsonschema.protocols.Validator:
+        strict = strict_schema(schema)
+        # The API server itself owns apiVersion, kind and metadata (some CRDs, Istio's, omit them).
+        props = strict.setdefault("properties", {})
+        props["apiVersion"] = {"type": "string"}
+        props["kind"] = {"type": "string"}
+        props["metadata"] = {**OBJECT_META, "required": ["name"]}
+        strict["required"] = sorted(set(strict.get("required", [])) | {"apiVersion", "kind", "metadata"})
+        return jsonschema.Draft4Validator(strict)
+
+    validators = {key: functools.lru_cache(maxsize=1)(functools.partial(compile_one, schema))
+                  for key, schema in raw.items()}
+    return CrdIndex(folder, validators, len(files))
+
+
+def step_crd_schema(inputs: Inputs, crds: CrdIndex | Skipped) -> list[str]:
+    if isinstance(crds, Skipped):
+        raise crds
+    problems: list[str] = []
+    checked = 0
+    for obj in inputs.objects:
+        if obj.group not in CRD_GROUPS:
+            continue
+        factory = crds.validators.get((obj.group_version, obj.kind))
+        if factory is None:
+            problems.append(f"{obj.where()}: {obj.group_version} {obj.kind} is served by none of the CRDs "
+                            f"in {crds.folder}")
+            continue
+        checked += 1
+        problems.extend(error_lines(obj, factory()))
+    print(f"   {checked} custom resources against {len(crds.validators)} CRD versions from {crds.folder}"
+          " (unknown fields rejected; CEL x-kubernetes-validations are not evaluated)")
+    return problems
+
+
+# --- Prometheus
+
+
+def prometheus_rule_objects(inputs: Inputs) -> list[Obj]:
+    """PrometheusRules from their own files (rendered copies are the same objects)."""
+    return [o for o in inputs.objects
+            if o.kind == "PrometheusRule" and o.group == "monitoring.coreos.com" and not o.source.startswith("render:")]
+
+
+def extracted_rule_files(inputs: Inputs, workdir: Path) -> dict[str, list[Path]]:
+    """Write each PrometheusRule's spec as a plain Prometheus rule file; key: the CR's source file."""
+    out: dict[str, list[Path]] = {}
+    for index, obj in enumerate(prometheus_rule_objects(inputs)):
+        target = workdir / f"{index:02d}-{obj.name}.rules.yaml"
+        target.write_text(yaml.safe_dump(obj.doc.get("spec") or {}, sort_keys=False))
+        out.setdefault(str((ROOT / obj.source).resolve()), []).append(target)
+    return out
+
+
+def step_promtool_rules(inputs: Inputs, workdir: Path) -> list[str]:
+    files = [p for paths in extracted_rule_files(inputs, workdir).values() for p in paths]
+    if not files:
+        return []
+    proc = run(["promtool", "check", "rules", *map(str, files)])
+    if proc.returncode == 0:
+        print(f"   {len(files)} PrometheusRule(s) parsed by promtool")
+        return []
+    sources = {str(p): src for src, paths in extracted_rule_files(inputs, workdir).items() for p in paths}
+    lines = []
+    for line in tool_output(proc):
+        for tmp_path, source in sources.items():
+            line = line.replace(tmp_path, rel(source) + " (spec)")
+        lines.append(line)
+    return [l for l in lines if not l.startswith("Checking ") and l.strip() != "FAILED:"] or lines
+
+
+def alert_names(inputs: Inputs) -> dict[str, str]:
+    names = {}
+    for obj in prometheus_rule_objects(inputs):
+        for group in (obj.doc.get("spec") or {}).get("groups") or []:
+            for rule in group.get("rules") or []:
+                if "alert" in rule:
+                    names[rule["alert"]] = obj.source
+    return names
+
+
+def step_promtool_tests(inputs: Inputs, workdir: Path) -> list[str]:
+    extracted = extracted_rule_files(inputs, workdir)
+    problems: list[str] = []
+    tested: set[str] = set()
+    runs: list[tuple[Path, Path]] = []
+    for index, test_file in enumerate(inputs.rule_tests):
+        doc = load_docs(test_file)[0]
+        rule_files = []
+        for entry in doc.get("rule_files") or []:
+            target = str((test_file.parent / entry).resolve())
+            if target in extracted:
+                rule_files.extend(str(p) for p in extracted[target])
+            else:
+                rule_files.append(target)
+        doc["rule_files"] = rule_files
+        for test in doc.get("tests") or []:
+            for case in test.get("alert_rule_test") or []:
+                tested.add(case.get("alertname", ""))
+        copy_path = workdir / f"test-{index:02d}-{test_file.name}"
+        copy_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        runs.append((test_file, copy_path))
+    # One promtool per test file, two at a time (the SLO tests replay hours of samples).
+    with futures.ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = list(pool.map(lambda r: (r[0], run(["promtool", "test", "rules", str(r[1])], cwd=r[0].parent)), runs))
+    for test_file, proc in outcomes:
+        if proc.returncode != 0:
+            problems.append(f"{rel(test_file)}: promtool test rules failed:")
+            problems.extend("  " + line for line in tool_output(proc))
+    for alert, source in sorted(alert_names(inputs).items()):
+        if alert not in tested:
+            problems.append(f"{source}: alert {alert} has no promtool unit test (alert_rule_test)")
+    if not problems:
+        print(f"   {len(inputs.rule_tests)} test file(s), {len(tested)} alert(s) covered")
+    return problems
+
+
+GRAFANA_INTERVALS = re.compile(r"\$(__rate_interval|__interval|__range)\b|\$\{(__rate_interval|__interval|__range)\}")
+GRAFANA_VARS = re.compile(r"\$\{[^}]+\}|\$[A-Za-z_][A-Za-z0-9_]*|\[\[[^\]]+\]\]")
+ARGO_ARGS = re.compile(r"\{\{\s*args\.[^}]+\}\}")
+
+
+def dashboard_queries(path: Path) -> list[tuple[str, str]]:
+    """(where, PromQL) for every Prometheus target in a Grafana dashboard, with variables filled in."""
+    dashboard = json.loads(path.read_text())
+    queries: list[tuple[str, str]] = []
+
+    def walk(panels: list[dict]) -> None:
+        for panel in panels:
+            walk(panel.get("panels") or [])
+            for target in panel.get("targets") or []:
+                if "expr" in target:
+                    where = f"panel {panel.get('id')} '{panel.get('title', '')}' ref {target.get('refId')}"
+                    queries.append((where, target["expr"]))
+
+    walk(dashboard.get("panels") or [])
+    for var in (dashboard.get("templating") or {}).get("list") or []:
+        query = var.get("query")
+        if isinstance(query, dict):
+            query = query.get("query")
+        if var.get("type") == "query" and isinstance(query, str):
+            match = re.fullmatch(r"\s*label_values\((.*),\s*[A-Za-z_][A-Za-z0-9_]*\s*\)\s*", query, re.S)
+            queries.append((f"variable {var.get('name')}", match.group(1) if match else query))
+    return [(where, fill_grafana_vars(expr)) for where, expr in queries]
+
+
+def fill_grafana_vars(expr: str) -> str:
+    expr = GRAFANA_INTERVALS.sub("5m", expr)
+    return GRAFANA_VARS.sub("grafana_var", expr)
+
+
+def analysis_queries(inputs: Inputs) -> list[tuple[str, str]]:
+    queries = []
+    for obj in inputs.objects:
+        if obj.kind not in ("AnalysisTemplate", "ClusterAnalysisTemplate") or obj.source.startswith("render:"):
+            continue
+        for metric in (obj.doc.get("spec") or {}).get("metrics") or []:
+            query = ((metric.get("provider") or {}).get("prometheus") or {}).get("query")
+            if query:
+                queries.append((f"{obj.where()} metric {metric.get('name')}", ARGO_ARGS.sub("argo_arg", query)))
+    return queries
+
+
+def all_queries(inputs: Inputs) -> list[tuple[str, str]]:
+    queries: list[tuple[str, str]] = []
+    for path in inputs.dashboards:
+        try:
+            queries.extend((f"{rel(path)}: {where}", expr) for where, expr in dashboard_queries(path))
+        except json.JSONDecodeError as err:
+            queries.append((f"{rel(path)}: invalid JSON: {err}", "invalid_json{"))
+    return queries + analysis_queries(inputs)
+
+
+def step_promql_queries(inputs: Inputs, workdir: Path) -> list[str]:
+    queries = all_queries(inputs)
+    if not queries:
+        return []
+    problems = []
+    # One rule file per query: promtool then names the failing query unambiguously.
+    files = []
+    for index, (where, expr) in enumerate(queries):
+        path = workdir / f"query-{index:03d}.rules.yaml"
+        path.write_text(yaml.safe_dump({"groups": [{"name": "q", "rules": [{"record": "query:check", "expr": expr}]}]}))
+        files.append((where, path))
+    proc = run(["promtool", "check", "rules", *(str(p) for _, p in files)])
+    if proc.returncode == 0:
+        print(f"   {len(queries)} dashboard/analysis queries parsed by promtool")
+        return []
+    # promtool names the temporary file of each failing query: map it back to the panel/metric.
+    for where, path in files:
+        for line in tool_output(proc):
+            if line.startswith(f"{path}:"):
+                detail = line.split("could not parse expression:", 1)[-1].strip()
+                problems.append(f"{where}: PromQL does not parse: {detail}")
+    return problems or tool_output(proc)
+
+
+APP_METRIC_PREFIXES = ("grpc_server_", "user_cache_", "db_pool_", "db_query_", "gateway_", "meshgate_")
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def contract_metrics() -> set[str]:
+    text = METRICS_CONTRACT.read_text() if METRICS_CONTRACT.exists() else ""
+    return set(re.findall(r"^\|\s*`([a-z_:][a-z0-9_:]*)`", text, re.M))
+
+
+def step_metrics_contract(inputs: Inputs, contract: set[str] | None = None) -> list[str]:
+    contract = contract_metrics() if contract is None else contract
+    if not contract:
+        return [f"{rel(METRICS_CONTRACT)}: no metric table found (rows like | `metric_name` | ...)"]
+    exprs = list(all_queries(inputs))
+    for obj in prometheus_rule_objects(inputs):
+        for group in (obj.doc.get("spec") or {}).get("groups") or []:
+            for rule in group.get("rules") or []:
+                exprs.append((f"{obj.source}: rule {rule.get('alert') or rule.get('record')}", str(rule.get("expr", ""))))
+    problems = []
+    for where, expr in exprs:
+        for name in sorted(set(re.findall(r"\b([a-z_][a-z0-9_]*)\b", expr))):
+            if not name.startswith(APP_METRIC_PREFIXES):
+                continue
+            base = next((name[: -len(s)] for s in HISTOGRAM_SUFFIXES if name.endswith(s) and name[: -len(s)] in contract), name)
+            if base not in contract:
+                problems.append(f"{where}: metric {name} is not in {rel(METRICS_CONTRACT)}")
+    return problems
+
+
+# --- images
+
+
+def step_hadolint(inputs: Inputs) -> list[str]:
+    if not inputs.dockerfiles:
+        return ["no Dockerfile found under deploy/images"]
+    proc = run(["hadolint", "--no-color", "--config", str(HADOLINT_CONFIG), *map(str, inputs.dockerfiles)])
+    if proc.returncode == 0:
+        print(f"   {len(inputs.dockerfiles)} Dockerfile(s)")
+        return []
+    return [rel_line(l) for l in tool_output(proc)]
+
+
+MINIMAL_BASES = re.compile(r"^(gcr\.io/distroless/|cgr\.dev/chainguard/|scratch$)")
+
+
+def final_stage(dockerfile: Path) -> tuple[str, list[str]]:
+    """(FROM image, instructions) of the last stage, line continuations joined."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    lines = [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith("#")]
+    image, stage = "", []
+    args: dict[str, str] = {}
+    for line in lines:
+        word = line.split()[0].upper()
+        if word == "ARG" and not image:
+            name, _, default = line.split(None, 1)[1].partition("=")
+            args[name] = default.strip('"')
+        if word == "FROM":
+            parts = [p for p in line.split()[1:] if not p.startswith("--")]
+            image = re.sub(r"\$\{?([A-Za-z_]+)\}?", lambda m: args.get(m.group(1), m.group(0)), parts[0])
+            stage = []
+        stage.append(line)
+    return image, stage
+
+
+def step_image_policy(inputs: Inputs) -> list[str]:
+    problems = []
+    for path in inputs.dockerfiles:
+        image, stage = final_stage(path)
+        where = rel(path)
+        if not MINIMAL_BASES.match(image):
+            problems.append(f"{where}: final stage FROM {image!r}: use distroless, Chainguard or scratch (no shell)")
+        if "debug" in image:
+            problems.append(f"{where}: final stage FROM {image!r}: debug images ship a shell")
+        if image != "scratch":
+            users = [l.split(None, 1)[1] for l in stage if l.upper().startswith("USER ")]
+            if not users or users[-1].split(":")[0] in ("0", "root"):
+                problems.append(f"{where}: final stage must end with a non-root USER (e.g. 65532:65532)")
+        labels = " ".join(l for l in stage if l.upper().startswith("LABEL "))
+        for label in ("org.opencontainers.image.source", "org.opencontainers.image.revision",
+                      "org.opencontainers.image.version", "org.opencontainers.image.licenses"):
+            if label not in labels:
+                problems.append(f"{where}: final stage lacks OCI label {label}")
+        if any(l.upper().startswith(("RUN ", "SHELL ")) for l in stage[1:]):
+            problems.append(f"{where}: RUN/SHELL in the final stage needs a shell the image must not have")
+    return problems
+
+
+# --- workflows
+
+
+def step_workflows(inputs: Inputs) -> list[str]:
+    if not inputs.workflows:
+        return ["no workflow found under .github/workflows"]
+    proc = run(["check-jsonschema", "--builtin-schema", "vendor.github-workflows", *map(str, inputs.workflows)])
+    if proc.returncode == 0:
+        print(f"   {len(inputs.workflows)} workflow(s) against the vendored GitHub workflow schema")
+        return []
+    return [rel_line(l) for l in tool_output(proc)]
+
+
+# --- policy
+
+
+def step_trivy(inputs: Inputs, workdir: Path) -> list[str]:
+    # The scan tree mirrors repository paths, so findings (and allow-list `paths`) name real files.
+    scan = workdir / "trivy"
+    scan.mkdir()
+    count = 0
+    for kdir, text in inputs.rendered.items():
+        target = scan / "rendered" / (kdir + ".yaml")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        count += 1
+    # Files no kustomization renders too: applied by hand (Argo CD bootstrap, Secret templates)
+    # or by other tools; files a kustomization renders are scanned in their rendered form.
+    standalone = {o.source for o in inputs.objects
+                  if not o.source.startswith("render:") and (ROOT / o.source).resolve() not in inputs.resource_files}
+    for source in sorted(standalone) + [rel(p) for p in inputs.dockerfiles]:
+        target = scan / source
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / source, target)
+        count += 1
+    if count == 0:
+        return []
+    cmd = ["trivy", "config", "--skip-check-update", "--quiet", "--exit-code", "1",
+           "--severity", "LOW,MEDIUM,HIGH,CRITICAL", "--format", "json", "--output", str(workdir / "trivy.json")]
+    if TRIVY_IGNORE.exists():
+        cmd += ["--ignorefile", str(TRIVY_IGNORE)]
+    proc = run([*cmd, str(scan)], timeout=600)
+    report_path = workdir / "trivy.json"
+    if not report_path.exists():
+        return ["trivy did not run: " + " ".join(tool_output(proc))[:800]]
+    report = json.loads(report_path.read_text())
+    problems = []
+    for result in report.get("Results") or []:
+        for finding in result.get("Misconfigurations") or []:
+            if finding.get("Status") != "FAIL":
+                continue
+            target = result.get("Target", "")
+            problems.append(f"{target}: {finding.get('ID')} ({finding.get('Severity')}) {finding.get('Title')}: "
+                            f"{finding.get('Message')}")
+    if proc.returncode != 0 and not problems:
+        problems.append("trivy failed: " + " ".join(tool_output(proc))[:800])
+    if not problems:
+        print(f"   {count} targets scanned; accepted findings are justified in {rel(TRIVY_IGNORE)}")
+    return problems
+
+
+SECRET_TEMPLATES = ROOT / "deploy" / "kustomize" / "secrets"
+# Argo CD source paths delivered by another component's branch; absent here, checked once merged.
+PATHS_OWNED_ELSEWHERE = {"mesh/wasm-plugins": "istio-filters"}
+
+
+def environment_sets(inputs: Inputs) -> tuple[list[manifest_refs.ObjectSet], list[str]]:
+    """One object set per Argo CD app-of-apps overlay: the union of what its Applications deploy."""
+    problems: list[str] = []
+    notes: set[str] = set()
+    sets = []
+    by_source: dict[str, list[dict]] = {}
+    for obj in inputs.objects:
+        by_source.setdefault(obj.source, []).append(obj.doc)
+    for source, docs in sorted(by_source.items()):
+        apps = [d for d in docs if d.get("kind") == "Application" and source.startswith("render:")]
+        if not apps:
+            continue
+        objects: list[dict] = []
+        per_app: list[tuple[dict, list[dict]]] = []
+        problems.extend(f"[{source.removeprefix('render:')}] {p}" for p in manifest_refs.check_argocd_applications(
+            apps, [d for d in docs if d.get("kind") == "AppProject"]))
+        for app in apps:
+            path = ((app.get("spec") or {}).get("source") or {}).get("path", "")
+            where = f"{source}: Application/{app['metadata']['name']}"
+            if f"render:{path}" in by_source:
+                per_app.append((app, by_source[f"render:{path}"]))
+            elif (ROOT / path).is_dir():
+                per_app.append((app, [d for src, ds in by_source.items() if src.startswith(path + "/") for d in ds]))
+            elif path in PATHS_OWNED_ELSEWHERE:
+                notes.add(f"   note: {path} (Application/{app['metadata']['name']}) is delivered by "
+                          f"{PATHS_OWNED_ELSEWHERE[path]}, not in this checkout")
+            else:
+                problems.append(f"{where}: source path {path!r} does not exist")
+        for _, app_objects in per_app:
+            objects.extend(app_objects)
+        problems.extend(f"[{source.removeprefix('render:')}] {p}" for p in manifest_refs.check_sync_waves(per_app))
+        sets.append(manifest_refs.ObjectSet(source.removeprefix("render:"), objects))
+    for note in sorted(notes):
+        print(note)
+    # Overlays are the environments; their bases are covered through them.
+    if any("/overlays/" in s.name for s in sets):
+        bases = {s.name for s in sets if "/overlays/" not in s.name}
+        sets = [s for s in sets if "/overlays/" in s.name]
+        problems = [p for p in problems if not any(p.startswith(f"[{b}]") or p.startswith(f"render:{b}:") for b in bases)]
+    if not sets:  # no app of apps (self-test folders): the folder is one set
+        rendered = [o.doc for o in inputs.objects if o.source.startswith("render:")]
+        sets.append(manifest_refs.ObjectSet("all", rendered or [o.doc for o in inputs.objects]))
+    return sets, problems
+
+
+def step_references(inputs: Inputs) -> list[str]:
+    external = {o.name for o in inputs.objects if o.kind == "Secret" and (ROOT / o.source).parent == SECRET_TEMPLATES}
+    sets, problems = environment_sets(inputs)
+    for objs in sets:
+        problems.extend(manifest_refs.check_set(objs, external))
+    if not problems:
+        print(f"   {len(sets)} set(s): " + ", ".join(f"{s.name} ({len(s.objects)} objects)" for s in sets))
+    return problems
+
+
+METRICS_PORTS = {"9090", "9091", "9187", "8000", "15090", "15020"}  # scraped/probed by non-mesh callers
+
+
+def step_mesh_invariants(inputs: Inputs) -> list[str]:
+    """The security invariants of mesh/: checked on the objects, not only on their schema."""
+    objs = [o for o in inputs.objects if not o.source.startswith("render:")]
+    problems = []
+    peer = [o for o in objs if o.kind == "PeerAuthentication"]
+    authz = [o for o in objs if o.kind == "AuthorizationPolicy"]
+    if peer and not any(not (o.doc.get("spec") or {}).get("selector")
+                        and ((o.doc.get("spec") or {}).get("mtls") or {}).get("mode") == "STRICT" for o in peer):
+        problems.append("no namespace-wide PeerAuthentication with mtls.mode STRICT")
+    for o in peer:
+        spec = o.doc.get("spec") or {}
+        mode = (spec.get("mtls") or {}).get("mode")
+        if mode in ("PERMISSIVE", "DISABLE"):
+            problems.append(f"{o.where()}: mtls.mode {mode}: only STRICT (or UNSET, inheriting STRICT) is allowed")
+        for port, setting in (spec.get("portLevelMtls") or {}).items():
+            if setting.get("mode") != "STRICT" and str(port) not in METRICS_PORTS:
+                problems.append(f"{o.where()}: port {port} is not STRICT and is not a metrics/health port")
+    if authz and not any((o.doc.get("spec") or {}) == {} for o in authz):
+        problems.append("no allow-nothing AuthorizationPolicy (spec: {}): authorization is not deny-by-default")
+    for o in authz:
+        spec = o.doc.get("spec") or {}
+        if spec == {} or spec.get("action", "ALLOW") != "ALLOW":
+            continue
+        if not spec.get("selector"):
+            problems.append(f"{o.where()}: an ALLOW policy must select its workload")
+        for index, rule in enumerate(spec.get("rules") or []):
+            ports = {str(p) for to in rule.get("to") or [] for p in (to.get("operation") or {}).get("ports") or []}
+            principals = [p for src in rule.get("from") or [] for p in (src.get("source") or {}).get("principals") or []]
+            if ports and ports <= METRICS_PORTS:
+                continue
+            if not principals:
+                problems.append(f"{o.where()}: rule {index} allows {sorted(ports) or 'every port'} without "
+                                "from.source.principals (SPIFFE identities)")
+            elif any(p == "*" or "*" in p.split("/sa/")[-1] for p in principals):
+                problems.append(f"{o.where()}: rule {index} uses a wildcard principal")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+
+
+@dataclass
+class StepResult:
+    name: str
+    status: str  # ok | FAILED | skipped
+    problems: list[str]
+    seconds: float
+
+
+def run_step(name: str, fn: Callable[[], list[str]]) -> StepResult:
+    print(f"-- {name}", flush=True)
+    start = time.monotonic()
+    try:
+        problems = fn()
+        status = "FAILED" if problems else "ok"
+    except Skipped as why:
+        problems, status = [str(why)], "skipped"
+    except Exception as err:  # a crashed validator is a failure, never a pass
+        problems, status = [f"validator crashed: {type(err).__name__}: {err}"], "FAILED"
+    elapsed = time.monotonic() - start
+    for line in problems[:60]:
+        print(f"   {'SKIPPED: ' if status == 'skipped' else ''}{line}")
+    if len(problems) > 60:
+        print(f"   … and {len(problems) - 60} more")
+    return StepResult(name, status, problems, elapsed)
+
+
+def validate(inputs: Inputs, crds: CrdIndex | Skipped, only: set[str] | None = None) -> list[StepResult]:
+    results = []
+    with tempfile.TemporaryDirectory(prefix="meshgate-validate-") as tmp:
+        work = Path(tmp)
+
+        def sub(name: str) -> Path:
+            path = work / name
+            path.mkdir()
+            return path
+
+        steps: list[tuple[str, Callable[[], list[str]]]] = [
+            ("yamllint", lambda: step_yamllint(inputs)),
+            ("yaml-kinds", lambda: step_yaml_kinds(inputs)),
+            ("kustomize", lambda: step_kustomize(inputs)),
+            ("core-schema", lambda: step_core_schema(inputs)),
+            ("crd-schema", lambda: step_crd_schema(inputs, crds)),
+            ("promtool-rules", lambda: step_promtool_rules(inputs, sub("rules"))),
+            ("promtool-tests", lambda: step_promtool_tests(inputs, sub("tests"))),
+            ("promql-queries", lambda: step_promql_queries(inputs, sub("queries"))),
+            ("metrics-contract", lambda: step_metrics_contract(inputs)),
+            ("hadolint", lambda: step_hadolint(inputs)),
+            ("image-policy", lambda: step_image_policy(inputs)),
+            ("workflows", lambda: step_workflows(inputs)),
+            ("trivy", lambda: step_trivy(inputs, sub("policy"))),
+            ("mesh-invariants", lambda: step_mesh_invariants(inputs)),
+            ("references", lambda: step_references(inputs)),
+        ]
+        for name, fn in steps:
+            if only is None or name in only or name == "kustomize":
+                results.append(run_step(name, fn))
+    return results
+
+
+def main_validate(crds: CrdIndex | Skipped) -> int:
+    roots = [ROOT / "mesh", ROOT / "deploy", ROOT / ".github" / "workflows"]
+    inputs, problems = collect(roots, exclude=[BAD_DIR])
+    print(f"== validating {len(inputs.yaml_files)} YAML files, {len(inputs.kustomize_dirs)} kustomizations, "
+          f"{len(inputs.dashboards)} dashboards, {len(inputs.dockerfiles)} Dockerfiles, "
+          f"{len(inputs.workflows)} workflows")
+    results = []
+    if problems:
+        results.append(StepResult("collect", "FAILED", problems, 0))
+        for line in problems:
+            print(f"   {line}")
+    results += validate(inputs, crds)
+    print("\n== summary")
+    for r in results:
+        print(f"   {r.status:7} {r.name:17} {r.seconds:5.1f}s  {len(r.problems) if r.status == 'FAILED' else ''}")
+    failed = [r for r in results if r.status == "FAILED"]
+    skipped = [r for r in results if r.status == "skipped"]
+    print(f"manifests: {len(results) - len(failed) - len(skipped)} passed, {len(failed)} failed"
+          + (f", {len(skipped)} skipped" if skipped else ""))
+    return 1 if failed else 0
+
+
+# Each self-test: (step, bad input folder, expected substring in the problems). The folder must be
+# rejected by that step: proof that the validator can fail, and fails for the seeded reason.
+SELF_TESTS = [
+    ("yamllint", "yamllint", "duplication of key"),
+    ("yaml-kinds", "yaml-kinds", "is neither a Kubernetes object"),
+    ("kustomize", "kustomize", "kustomize failed"),
+    ("core-schema", "core-schema", "replica"),
+    ("crd-schema", "crd-schema", "retryPolicy"),
+    ("crd-schema", "crd-schema-type", "is not of type"),
+    ("promtool-rules", "promtool-rules", "unclosed left parenthesis"),
+    ("promtool-tests", "promtool-tests", "promtool test rules failed"),
+    ("promtool-tests", "promtool-untested-alert", "has no promtool unit test"),
+    ("promql-queries", "promql-queries", "does not parse"),
+    ("metrics-contract", "metrics-contract", "grpc_server_requests_totl"),
+    ("hadolint", "hadolint", "DL3007"),
+    ("image-policy", "image-policy", "non-root USER"),
+    ("workflows", "workflows", "'runs-on' is a required property"),
+    ("trivy", "trivy", "KSV-0017"),
+    ("mesh-invariants", "mesh-invariants", "PERMISSIVE"),
+    ("mesh-invariants", "mesh-authz", "without from.source.principals"),
+    ("references", "references", "has no http route named primary"),
+    ("references", "references-selector", "matches no pod template"),
+]
+
+
+def main_self_test(crds: CrdIndex | Skipped) -> int:
+    print("== self-test: unit tests of the validator's own logic (scripts/lib/test_*.py)")
+    unit = run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "scripts" / "lib")], cwd=ROOT)
+    print("\n".join("   " + l for l in tool_output(unit)[-15:]))
+    print("== self-test: each validator must reject its seeded bad input (deploy/tests/bad/)")
+    passed = failed = skipped = 0
+    if unit.returncode != 0:
+        failed += 1
+    for step, folder, expected in SELF_TESTS:
+        path = BAD_DIR / folder
+        if not path.is_dir():
+            print(f"FAIL {step}: fixture folder {rel(path)} is missing")
+            failed += 1
+            continue
+        inputs, _ = collect([path], exclude=[])
+        quiet = open(os.devnull, "w")
+        saved, sys.stdout = sys.stdout, quiet
+        try:
+            results = validate(inputs, crds, only={step})
+        finally:
+            sys.stdout = saved
+            quiet.close()
+        result = next(r for r in results if r.name == step)
+        text = "\n".join(result.problems)
+        if result.status == "skipped":
+            print(f"SKIP {step} ({rel(path)}): {result.problems[0]}")
+            skipped += 1
+        elif result.status == "FAILED" and expected.lower() in text.lower() and "validator crashed" not in text:
+            reason = next(p for p in result.problems if expected.lower() in p.lower()) if expected else result.problems[0]
+            print(f"ok   {step} rejects {rel(path)}: {reason.strip()[:150]}")
+            passed += 1
+        else:
+            print(f"FAIL {step} did not reject {rel(path)} as expected ({expected!r}); got {result.status}: {text[:400]}")
+            failed += 1
+    print(f"self-test: {passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
+    return 1 if failed else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--self-test", action="store_true", help="only prove each validator rejects a bad input")
+    parser.add_argument("--no-self-test", action="store_true", help="validate only")
+    parser.add_argument("--crds-dir", default=os.environ.get("MESHGATE_CRDS_DIR", str(ROOT.parent / "shared" / "crds")),
+                        help="folder of upstream CRD YAML (default: ../shared/crds from the repo root)")
+    args = parser.parse_args()
+    start = time.monotonic()
+    try:
+        crds: CrdIndex | Skipped = load_crd_index(Path(args.crds_dir).resolve())
+    except Skipped as why:
+        crds = why
+        print(f"NOTE: {why}")
+    status = 0
+    if not args.self_test:
+        status |= main_validate(crds)
+    if not args.no_self_test:
+        print()
+        status |= main_self_test(crds)
+    print(f"\nvalidate-manifests: {'OK' if status == 0 else 'FAILED'} in {time.monotonic() - start:.0f}s")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
