@@ -117,16 +117,31 @@ fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
 }
 
 #[test]
-fn sigterm_stops_the_gateway() {
+fn sigterm_stops_the_gateway_and_requests_are_access_logged() {
     let port = free_port();
     let mut child = Command::new(BIN)
         .arg("--config")
         .arg(server_config(port))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     wait_healthy(port);
     signal(&child, "TERM");
     assert!(wait_exit(&mut child).success());
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    let access: serde_json::Value = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|entry| entry["target"] == "access" && entry["fields"]["status"] == 200)
+        .unwrap_or_else(|| panic!("no JSON access log line in:\n{stdout}"));
+    let fields = &access["fields"];
+    assert_eq!(fields["trace_id"].as_str().unwrap().len(), 32, "{access}");
+    assert_eq!(fields["route"], "/healthz");
+    assert_eq!(fields["protocol"], "admin");
+    assert!(fields["latency_ms"].is_number());
+    assert!(fields.get("grpc_method").is_some());
 }
 
 #[test]
