@@ -10,7 +10,8 @@
 //! - [`openapi`]: OpenAPI 3.1 from the descriptors.
 //! - [`config`]: YAML + flags/env → one validated [`config::GatewayConfig`].
 //! - [`upstream`]: tonic channels, gRPC health checks, load balancing, retries.
-//! - [`hooks`]: the request/response filter seam (the wasm filters plug in here).
+//! - [`hooks`]: the request/response filter seam; [`wasm_filters`]: the istio-filters `.wasm`
+//!   modules (`gateway.filters`) behind it.
 //! - [`proxy`]: the single `ProxyHttp` impl; [`server`]: pingora wiring.
 #![forbid(unsafe_code)]
 
@@ -31,3 +32,4 @@ pub mod status;
 pub mod trace;
 pub mod transcode;
 pub mod upstream;
+pub mod wasm_filters;

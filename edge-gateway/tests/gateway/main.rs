@@ -11,3 +11,4 @@ mod real_user_service;
 mod rest_kitchen;
 mod rest_user;
 mod upstreams;
+mod wasm_filters;
