@@ -35,7 +35,7 @@ pub enum FilterLoadError {
         index: usize,
         name: String,
         module: String,
-        source: LoadError,
+        source: Box<LoadError>,
     },
 }
 
@@ -63,7 +63,7 @@ pub fn load(specs: &[FilterSpec]) -> Result<FilterChain, FilterLoadError> {
             index,
             name: spec.name.clone(),
             module: spec.module.display().to_string(),
-            source,
+            source: Box::new(source),
         })?;
         plugins.push(Arc::new(plugin));
     }
