@@ -162,8 +162,8 @@ impl GatewayProcess {
         };
         let client = h1();
         let ready = gateway.url("/readyz");
-        // Compiling three modules takes a few seconds in a debug build.
-        for _ in 0..600 {
+        // Compiling three modules takes seconds in a debug build (more on a loaded machine).
+        for _ in 0..1200 {
             if let Ok(response) = client.get(&ready).send().await
                 && response.status() == StatusCode::OK
             {
@@ -489,7 +489,7 @@ async fn a_refused_filter_config_or_a_bad_module_exits_2() {
             .spawn()
             .unwrap();
         let mut exit = None;
-        for _ in 0..600 {
+        for _ in 0..1200 {
             exit = child.try_wait().unwrap();
             if exit.is_some() {
                 break;
