@@ -61,6 +61,8 @@ pub struct GatewaySection {
     pub tls: Option<TlsSection>,
     /// Static files (the built web page) served at `/` for GET/HEAD paths no API route claims.
     pub static_dir: Option<PathBuf>,
+    /// proxy-wasm filters (istio-filters modules), run in this order on every request.
+    pub filters: Vec<FilterSection>,
 }
 
 impl Default for GatewaySection {
@@ -82,6 +84,7 @@ impl Default for GatewaySection {
             cors: CorsSection::default(),
             tls: None,
             static_dir: None,
+            filters: Vec::new(),
         }
     }
 }
@@ -173,6 +176,88 @@ pub struct TlsSection {
     pub key_path: PathBuf,
 }
 
+/// One proxy-wasm filter: the module and the same pluginConfig its WasmPlugin carries.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterSection {
+    pub name: String,
+    /// Path to the `.wasm`; a relative path is taken from the config file's directory.
+    pub module: PathBuf,
+    /// The WasmPlugin's `pluginConfig` object (YAML or JSON syntax); handed over as JSON.
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+    /// VMs running the module (Envoy's worker threads); shared data is shared between them.
+    #[serde(default)]
+    pub workers: Option<usize>,
+}
+
+/// A validated [`FilterSection`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterSpec {
+    pub name: String,
+    pub module: PathBuf,
+    pub config_json: String,
+    pub workers: usize,
+}
+
+/// VMs per filter when `workers` is not set: enough that the gateway's threads rarely wait.
+pub const DEFAULT_FILTER_WORKERS: usize = 4;
+const MAX_FILTER_WORKERS: usize = 64;
+
+fn filter_specs(sections: Vec<FilterSection>) -> Result<Vec<FilterSpec>, ConfigError> {
+    let mut specs: Vec<FilterSpec> = Vec::with_capacity(sections.len());
+    for (index, section) in sections.into_iter().enumerate() {
+        let key = |field: &str| format!("gateway.filters[{index}].{field}");
+        let name_ok = !section.name.is_empty()
+            && section
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            return Err(invalid(
+                &key("name"),
+                format!("{:?} must be non-empty [A-Za-z0-9_-]", section.name),
+            ));
+        }
+        if specs.iter().any(|spec| spec.name == section.name) {
+            return Err(invalid(
+                &key("name"),
+                format!("{:?} is used by an earlier filter", section.name),
+            ));
+        }
+        if section.module.as_os_str().is_empty() {
+            return Err(invalid(
+                &key("module"),
+                "a path to a .wasm module is required",
+            ));
+        }
+        let config_json = match section.config {
+            None => "{}".to_owned(),
+            Some(value @ serde_json::Value::Object(_)) => value.to_string(),
+            Some(other) => {
+                return Err(invalid(
+                    &key("config"),
+                    format!("must be an object (the WasmPlugin pluginConfig), not {other}"),
+                ));
+            }
+        };
+        let workers = section.workers.unwrap_or(DEFAULT_FILTER_WORKERS);
+        if !(1..=MAX_FILTER_WORKERS).contains(&workers) {
+            return Err(invalid(
+                &key("workers"),
+                format!("must be between 1 and {MAX_FILTER_WORKERS}"),
+            ));
+        }
+        specs.push(FilterSpec {
+            name: section.name,
+            module: section.module,
+            config_json,
+            workers,
+        });
+    }
+    Ok(specs)
+}
+
 /// Overrides from flags and environment (clap fills both).
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct Overrides {
@@ -226,6 +311,7 @@ pub struct GatewayConfig {
     pub cors_max_age: Duration,
     pub tls: Option<(SocketAddr, PathBuf, PathBuf)>,
     pub static_dir: Option<PathBuf>,
+    pub filters: Vec<FilterSpec>,
 }
 
 impl GatewayConfig {
@@ -244,7 +330,15 @@ impl GatewayConfig {
             }
             None => FileConfig::default(),
         };
-        Self::from_file(file, overrides)
+        let mut config = Self::from_file(file, overrides)?;
+        if let Some(dir) = path.and_then(std::path::Path::parent) {
+            for filter in &mut config.filters {
+                if filter.module.is_relative() {
+                    filter.module = dir.join(&filter.module);
+                }
+            }
+        }
+        Ok(config)
     }
 
     pub fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
@@ -360,6 +454,7 @@ impl GatewayConfig {
             )),
             None => None,
         };
+        let filters = filter_specs(gateway.filters)?;
         Ok(Self {
             server,
             listen,
@@ -393,6 +488,7 @@ impl GatewayConfig {
             cors_max_age: Duration::from_secs(gateway.cors.max_age_secs),
             tls,
             static_dir: gateway.static_dir,
+            filters,
         })
     }
 
@@ -462,11 +558,42 @@ mod tests {
                 "gateway:\n  static_dir: /definitely/not/a/dir\n",
                 "gateway.static_dir",
             ),
+            (
+                "gateway:\n  filters:\n    - {name: \"\", module: a.wasm}\n",
+                "gateway.filters[0].name",
+            ),
+            (
+                "gateway:\n  filters:\n    - {name: a, module: a.wasm}\n    - {name: a, module: b.wasm}\n",
+                "gateway.filters[1].name",
+            ),
+            (
+                "gateway:\n  filters:\n    - {name: a, module: a.wasm, config: [1]}\n",
+                "gateway.filters[0].config",
+            ),
+            (
+                "gateway:\n  filters:\n    - {name: a, module: a.wasm, workers: 0}\n",
+                "gateway.filters[0].workers",
+            ),
         ];
         for (text, key) in cases {
             let error = load(text).unwrap_err().to_string();
             assert!(error.contains(key), "{text:?} → {error}");
         }
+    }
+
+    #[test]
+    fn filter_config_is_handed_over_as_json() {
+        let config = load(
+            "gateway:\n  filters:\n    - name: rl\n      module: /m/rl.wasm\n      config:\n        mode: shadow\n        rules: [{name: r, requests: 2}]\n",
+        )
+        .unwrap();
+        let spec = &config.filters[0];
+        assert_eq!(spec.workers, DEFAULT_FILTER_WORKERS);
+        let json: serde_json::Value = serde_json::from_str(&spec.config_json).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"mode": "shadow", "rules": [{"name": "r", "requests": 2}]})
+        );
     }
 
     #[test]

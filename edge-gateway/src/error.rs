@@ -41,8 +41,8 @@ pub enum GatewayError {
     #[error("{}", .0.message())]
     Upstream(tonic::Status),
     /// Rejected by a filter hook (see [`crate::hooks`]).
-    #[error("{message}")]
-    Filtered { http_status: u16, message: String },
+    #[error("{}", .0.message)]
+    Filtered(Box<crate::hooks::LocalReply>),
     /// Details go to the log only; the client sees "internal error".
     #[error("internal error")]
     Internal(String),
@@ -127,7 +127,12 @@ impl GatewayError {
                     allow: None,
                 }
             }
-            Self::Filtered { http_status, .. } => simple(*http_status),
+            Self::Filtered(reply) => SyntheticResponse {
+                grpc_code: reply
+                    .grpc_status
+                    .unwrap_or_else(|| grpc_code_for_http(reply.http_status)),
+                ..simple(reply.http_status)
+            },
             Self::Internal(_) => simple(500),
         }
     }

@@ -12,6 +12,8 @@
 //! - [`upstream`]: tonic channels, gRPC health checks, load balancing, retries.
 //! - [`hooks`]: the request/response filter seam (the wasm filters plug in here).
 //! - [`static_files`]: the web page from `static_dir` for paths no API route claims.
+//! - [`hooks`]: the request/response filter seam; [`wasm_filters`]: the istio-filters `.wasm`
+//!   modules (`gateway.filters`) behind it.
 //! - [`proxy`]: the single `ProxyHttp` impl; [`server`]: pingora wiring.
 #![forbid(unsafe_code)]
 
@@ -33,3 +35,4 @@ pub mod status;
 pub mod trace;
 pub mod transcode;
 pub mod upstream;
+pub mod wasm_filters;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use clap::Parser;
 use edge_gateway::{
     config::{GatewayConfig, Overrides},
-    hooks::FilterChain,
     server::build_server,
+    wasm_filters,
 };
 
 #[derive(Debug, Parser)]
@@ -46,6 +46,14 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // Modules are compiled and configured now: a bad module or a refused pluginConfig exits 2.
+    let filters = match wasm_filters::load(&config.filters) {
+        Ok(filters) => filters,
+        Err(error) => {
+            eprintln!("edge-gateway: {error}");
+            std::process::exit(2);
+        }
+    };
     if args.test {
         println!("config ok");
         return;
@@ -57,7 +65,7 @@ fn main() {
     let listen = config.listen;
     let metrics = config.metrics_listen;
     let upstreams = config.upstreams.clone();
-    let (mut server, _state) = match build_server(config, Some(opt), FilterChain::default()) {
+    let (mut server, _state) = match build_server(config, Some(opt), filters) {
         Ok(built) => built,
         Err(error) => {
             eprintln!("edge-gateway: {error}");

@@ -28,7 +28,7 @@ use crate::{
     cors::Preflight,
     error::GatewayError,
     grpc_web::{self, Mode, RequestDecoder, ResponseEncoder},
-    hooks::{Decision, FilterRequest, FilterResponse, Protocol},
+    hooks::{Decision, FilterRequest, FilterResponse, LocalReply, PendingFilters, Protocol},
     metrics,
     state::GatewayState,
     static_files::StaticResponse,
@@ -53,6 +53,46 @@ pub struct RequestCtx {
     grpc_status: Option<i32>,
     tried: Vec<SocketAddr>,
     upstream: Option<SocketAddr>,
+    /// The filters' per-request state, from request to response.
+    filters: PendingFilters,
+    /// Native gRPC passed the filters; their response phase runs when the stream ends.
+    grpc_filters_pending: bool,
+    /// Attributes the filters recorded (span enrichment), logged with the request.
+    filter_attributes: Vec<(String, String)>,
+}
+
+impl RequestCtx {
+    /// A filter's local reply as the error the proxy answers in the client's protocol.
+    fn filtered(&mut self, mut reply: LocalReply) -> GatewayError {
+        self.filter_attributes.append(&mut reply.attributes);
+        GatewayError::Filtered(Box::new(reply))
+    }
+}
+
+fn client_addr(session: &Session) -> Option<String> {
+    session
+        .client_addr()
+        .and_then(|addr| addr.as_inet())
+        .map(ToString::to_string)
+}
+
+/// Path and query as the client sent them.
+fn request_uri(session: &Session) -> String {
+    let uri = &session.req_header().uri;
+    uri.path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned())
+}
+
+/// Filter attributes as one JSON object for the access log.
+fn attributes_json(attributes: &[(String, String)]) -> Option<String> {
+    if attributes.is_empty() {
+        return None;
+    }
+    let object: serde_json::Map<String, serde_json::Value> = attributes
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    Some(serde_json::Value::Object(object).to_string())
 }
 
 /// Request headers that are about this hop, not the call, and are not forwarded as metadata.
@@ -169,7 +209,10 @@ impl GatewayProxy {
     ) -> pingora::Result<()> {
         let mut response = ResponseHeader::build(status, Some(4))?;
         response.insert_header("content-type", content_type)?;
-        response.insert_header("content-length", body.len().to_string())?;
+        // A 304 has no body; its headers describe the representation the client already has.
+        if status != 304 {
+            response.insert_header("content-length", body.len().to_string())?;
+        }
         for (name, value) in extra {
             response.insert_header(name.to_string(), value.as_str())?;
         }
@@ -212,6 +255,11 @@ impl GatewayProxy {
                 if ctx.protocol == "grpc-web" {
                     response.insert_header("content-length", "0")?;
                 }
+                if let GatewayError::Filtered(reply) = error {
+                    for (name, value) in &reply.headers {
+                        response.append_header(name.clone(), value.clone())?;
+                    }
+                }
                 self.cors_headers(ctx, &mut response);
                 self.trace_header(ctx, &mut response);
                 ctx.status = 200;
@@ -230,6 +278,13 @@ impl GatewayProxy {
                 let mut extra = Vec::new();
                 if let Some(allow) = rescued.allow {
                     extra.push(("allow", allow));
+                }
+                if let GatewayError::Filtered(reply) = error {
+                    for (name, value) in &reply.headers {
+                        if let Ok(value) = value.to_str() {
+                            extra.push((name.as_str(), value.to_owned()));
+                        }
+                    }
                 }
                 self.write_simple(
                     session,
@@ -400,17 +455,23 @@ impl GatewayProxy {
             .unwrap_or_else(|| TraceContext::from_headers(|_| None));
         let mut headers = session.req_header().headers.clone();
         let label = route.label();
-        if let Decision::Respond(reply) = self.state.filters.on_request(&mut FilterRequest {
-            protocol: Protocol::Rest,
-            grpc_method: &route.grpc_path,
-            route: Some(&label),
-            headers: &mut headers,
-            message: Some(&message),
-        }) {
-            return Err(GatewayError::Filtered {
-                http_status: reply.http_status,
-                message: reply.message,
-            });
+        let uri_text = request_uri(session);
+        let client = client_addr(session);
+        if let Decision::Respond(reply) = self.state.filters.on_request(
+            &mut FilterRequest {
+                protocol: Protocol::Rest,
+                grpc_method: &route.grpc_path,
+                route: Some(&label),
+                http_method: method.as_str(),
+                uri: &uri_text,
+                client_addr: client.as_deref(),
+                headers: &mut headers,
+                message: Some(&message),
+                body: Some(&body),
+            },
+            &mut ctx.filters,
+        ) {
+            return Err(ctx.filtered(reply));
         }
         let metadata = self.metadata_from(&headers, &trace);
         let timeout = self
@@ -466,13 +527,25 @@ impl GatewayProxy {
             json = array;
         }
         let mut response_headers = HeaderMap::new();
-        self.state.filters.on_response(&mut FilterResponse {
-            protocol: Protocol::Rest,
-            grpc_method: &route.grpc_path,
-            grpc_status: 0,
-            headers: &mut response_headers,
-            message: Some(&first),
-        });
+        response_headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let mut http_status = route.success_code;
+        let mut body = Bytes::from(json);
+        self.state.filters.on_response(
+            &mut ctx.filters,
+            &mut FilterResponse {
+                protocol: Protocol::Rest,
+                grpc_method: &route.grpc_path,
+                grpc_status: 0,
+                http_status: &mut http_status,
+                headers: &mut response_headers,
+                message: Some(&first),
+                body: Some(&mut body),
+                attributes: &mut ctx.filter_attributes,
+            },
+        );
         let mut extra: Vec<(&str, String)> = Vec::new();
         if let Some(template) = &route.location
             && let Some(location) = transcode::fill_location(template, &decoded)
@@ -481,6 +554,7 @@ impl GatewayProxy {
         }
         let mut header_pairs: Vec<(String, String)> = response_headers
             .iter()
+            .filter(|(n, _)| *n != http::header::CONTENT_TYPE && *n != http::header::CONTENT_LENGTH)
             .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
             .collect();
         header_pairs.extend(extra.into_iter().map(|(n, v)| (n.to_owned(), v)));
@@ -489,16 +563,9 @@ impl GatewayProxy {
             .map(|(n, v)| (n.as_str(), v.clone()))
             .collect();
         ctx.grpc_status = Some(0);
-        self.write_simple(
-            session,
-            ctx,
-            route.success_code,
-            "application/json",
-            json.into(),
-            &extra,
-        )
-        .await
-        .map_err(|e| GatewayError::Internal(format!("writing response: {e}")))
+        self.write_simple(session, ctx, http_status, "application/json", body, &extra)
+            .await
+            .map_err(|e| GatewayError::Internal(format!("writing response: {e}")))
     }
 
     async fn handle_grpc_web(
@@ -536,17 +603,22 @@ impl GatewayProxy {
             .clone()
             .unwrap_or_else(|| TraceContext::from_headers(|_| None));
         let mut headers = session.req_header().headers.clone();
-        if let Decision::Respond(reply) = self.state.filters.on_request(&mut FilterRequest {
-            protocol: Protocol::GrpcWeb,
-            grpc_method: &path,
-            route: None,
-            headers: &mut headers,
-            message: Some(&message),
-        }) {
-            return Err(GatewayError::Filtered {
-                http_status: reply.http_status,
-                message: reply.message,
-            });
+        let client = client_addr(session);
+        if let Decision::Respond(reply) = self.state.filters.on_request(
+            &mut FilterRequest {
+                protocol: Protocol::GrpcWeb,
+                grpc_method: &path,
+                route: None,
+                http_method: method.as_str(),
+                uri: &path,
+                client_addr: client.as_deref(),
+                headers: &mut headers,
+                message: Some(&message),
+                body: Some(&body),
+            },
+            &mut ctx.filters,
+        ) {
+            return Err(ctx.filtered(reply));
         }
         let metadata = self.metadata_from(&headers, &trace);
         let timeout = match header_str(session, "grpc-timeout").and_then(parse_grpc_timeout) {
@@ -572,6 +644,8 @@ impl GatewayProxy {
         self.cors_headers(ctx, &mut head);
         self.trace_header(ctx, &mut head);
         ctx.status = 200;
+        let mut sent_headers = head.headers.clone();
+        let mut first_message: Option<Bytes> = None;
         let write_error =
             |e: Box<Error>| GatewayError::Internal(format!("writing gRPC-web response: {e}"));
         session
@@ -582,6 +656,9 @@ impl GatewayProxy {
         let status = loop {
             match tokio::time::timeout_at(deadline, stream.message()).await {
                 Ok(Ok(Some(message))) => {
+                    if first_message.is_none() {
+                        first_message = Some(message.clone());
+                    }
                     session
                         .write_response_body(Some(encoder.message(&message)), false)
                         .await
@@ -618,11 +695,49 @@ impl GatewayProxy {
             }
         }
         ctx.grpc_status = Some(code);
+        // The stream has gone out: the filters' response phase only records attributes.
+        let mut http_status = 200;
+        self.state.filters.on_response(
+            &mut ctx.filters,
+            &mut FilterResponse {
+                protocol: Protocol::GrpcWeb,
+                grpc_method: &path,
+                grpc_status: code,
+                http_status: &mut http_status,
+                headers: &mut sent_headers,
+                message: first_message.as_ref(),
+                body: None,
+                attributes: &mut ctx.filter_attributes,
+            },
+        );
         session
             .write_response_body(Some(encoder.trailers(&trailers)), true)
             .await
             .map_err(write_error)
     }
+}
+
+/// Makes the forwarded request headers what the filters left (added, changed, removed).
+fn replace_request_headers(
+    request: &mut pingora::http::RequestHeader,
+    headers: &HeaderMap,
+) -> pingora::Result<()> {
+    let current: Vec<HeaderName> = request.headers.keys().cloned().collect();
+    for name in current {
+        if !headers.contains_key(&name) {
+            request.remove_header(&name);
+        }
+    }
+    for name in headers.keys() {
+        let mut values = headers.get_all(name).iter();
+        if let Some(first) = values.next() {
+            request.insert_header(name.clone(), first.clone())?;
+            for value in values {
+                request.append_header(name.clone(), value.clone())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// grpc-message is percent-encoded (gRPC over HTTP/2 spec).
@@ -677,6 +792,9 @@ impl ProxyHttp for GatewayProxy {
             grpc_status: None,
             tried: Vec::new(),
             upstream: None,
+            filters: PendingFilters::default(),
+            grpc_filters_pending: false,
+            filter_attributes: Vec::new(),
         }
     }
 
@@ -740,18 +858,29 @@ impl ProxyHttp for GatewayProxy {
             ctx.grpc_method = path.clone();
             ctx.route = path;
             let mut headers = session.req_header().headers.clone();
-            if let Decision::Respond(reply) = self.state.filters.on_request(&mut FilterRequest {
-                protocol: Protocol::Grpc,
-                grpc_method: &ctx.grpc_method,
-                route: None,
-                headers: &mut headers,
-                message: None,
-            }) {
-                Err(GatewayError::Filtered {
-                    http_status: reply.http_status,
-                    message: reply.message,
-                })
+            let client = client_addr(session);
+            let decision = self.state.filters.on_request(
+                &mut FilterRequest {
+                    protocol: Protocol::Grpc,
+                    grpc_method: &ctx.grpc_method,
+                    route: None,
+                    http_method: method.as_str(),
+                    uri: &ctx.grpc_method,
+                    client_addr: client.as_deref(),
+                    headers: &mut headers,
+                    message: None,
+                    body: None,
+                },
+                &mut ctx.filters,
+            );
+            if let Decision::Respond(reply) = decision {
+                Err(ctx.filtered(reply))
             } else {
+                // Header changes (x-meshgate-* enrichment) go upstream with the request.
+                if headers != session.req_header().headers {
+                    replace_request_headers(session.req_header_mut(), &headers)?;
+                }
+                ctx.grpc_filters_pending = true;
                 return Ok(false);
             }
         } else if let Some(file) = self.static_file(session).await {
@@ -889,6 +1018,25 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        if std::mem::take(&mut ctx.grpc_filters_pending) {
+            // Native gRPC streamed through: the filters see the final status, for attributes.
+            let mut http_status = ctx.status;
+            let mut headers = HeaderMap::new();
+            self.state.filters.on_response(
+                &mut ctx.filters,
+                &mut FilterResponse {
+                    protocol: Protocol::Grpc,
+                    grpc_method: &ctx.grpc_method,
+                    // UNKNOWN when the stream ended without a status (broken connection).
+                    grpc_status: ctx.grpc_status.unwrap_or(2),
+                    http_status: &mut http_status,
+                    headers: &mut headers,
+                    message: None,
+                    body: None,
+                    attributes: &mut ctx.filter_attributes,
+                },
+            );
+        }
         let status = if ctx.status == 0 {
             session.response_written().map_or(0, |r| r.status.as_u16())
         } else {
@@ -928,6 +1076,7 @@ impl ProxyHttp for GatewayProxy {
             grpc_status = ctx.grpc_status,
             upstream = ctx.upstream.map(|a| a.to_string()),
             latency_ms = latency.as_secs_f64() * 1000.0,
+            filter_attributes = attributes_json(&ctx.filter_attributes),
             error = error.map(|e| e.to_string()),
             "request"
         );

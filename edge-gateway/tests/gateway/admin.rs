@@ -118,11 +118,10 @@ struct DenyBlocked;
 impl Filter for DenyBlocked {
     fn on_request(&self, request: &mut FilterRequest<'_>) -> Decision {
         if request.headers.contains_key("x-blocked") {
-            return Decision::Respond(LocalReply {
-                http_status: 429,
-                message: format!("blocked {}", request.grpc_method),
-                headers: Default::default(),
-            });
+            return Decision::Respond(LocalReply::new(
+                429,
+                format!("blocked {}", request.grpc_method),
+            ));
         }
         request
             .headers

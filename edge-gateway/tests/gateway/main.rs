@@ -13,3 +13,4 @@ mod rest_kitchen;
 mod rest_user;
 mod static_files;
 mod upstreams;
+mod wasm_filters;

@@ -1,0 +1,351 @@
+//! The proxy-wasm filters of istio-filters behind the gateway's filter seam ([`crate::hooks`]):
+//! the same `.wasm` modules and the same pluginConfig JSON as the mesh's WasmPlugins, run on
+//! `meshgate-filter-host` (wasmtime).
+//!
+//! The filters run as one [`Chain`] (request phase in config order, response phase reversed),
+//! so one [`Exchange`] carries a request's stream contexts to its response. The guest calls
+//! take microseconds and lock one worker VM each, so they run inline on pingora's threads;
+//! `workers` VMs per filter keep those threads from waiting on each other. `Exchange` is
+//! `Send`, so it lives in the proxy's per-request context across awaits.
+//!
+//! A guest that traps fails open (the request goes on, logged): a broken filter must not take
+//! the edge down, as with `failStrategy: FAIL_OPEN` in the mesh.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use meshgate_filter_host::{Chain, Exchange, LoadError, Plugin, PluginOptions, Request, Response};
+
+use crate::{
+    config::FilterSpec,
+    hooks::{
+        Decision, Filter, FilterChain, FilterRequest, FilterResponse, LocalReply, PendingResponse,
+        Protocol,
+    },
+};
+
+/// A filter that could not be started; names the config entry.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterLoadError {
+    #[error("wasm runtime: {0}")]
+    Runtime(String),
+    #[error("gateway.filters[{index}] ({name}, {module}): {source}")]
+    Plugin {
+        index: usize,
+        name: String,
+        module: String,
+        source: Box<LoadError>,
+    },
+}
+
+/// Loads every configured filter (compiling the modules and configuring their VMs) into the
+/// chain the proxy runs. No filters: an empty chain, and no wasm runtime is created.
+pub fn load(specs: &[FilterSpec]) -> Result<FilterChain, FilterLoadError> {
+    if specs.is_empty() {
+        return Ok(FilterChain::default());
+    }
+    let runtime = meshgate_filter_host::Runtime::new()
+        .map_err(|e| FilterLoadError::Runtime(e.to_string()))?;
+    let mut plugins = Vec::with_capacity(specs.len());
+    for (index, spec) in specs.iter().enumerate() {
+        let plugin = Plugin::load_file(
+            &runtime,
+            &spec.name,
+            &spec.module,
+            &spec.config_json,
+            PluginOptions {
+                workers: spec.workers,
+                ..Default::default()
+            },
+        )
+        .map_err(|source| FilterLoadError::Plugin {
+            index,
+            name: spec.name.clone(),
+            module: spec.module.display().to_string(),
+            source: Box::new(source),
+        })?;
+        plugins.push(Arc::new(plugin));
+    }
+    Ok(FilterChain::new(vec![Arc::new(WasmFilters {
+        chain: Chain::new(plugins),
+    })]))
+}
+
+/// The configured wasm filters as one seam filter.
+pub struct WasmFilters {
+    chain: Chain,
+}
+
+impl WasmFilters {
+    pub fn plugins(&self) -> &[Arc<Plugin>] {
+        self.chain.plugins()
+    }
+}
+
+impl Filter for WasmFilters {
+    fn on_request(&self, request: &mut FilterRequest<'_>) -> Decision {
+        let exchange = match self.chain.on_request(to_host_request(request)) {
+            Ok(exchange) => exchange,
+            Err(error) => {
+                tracing::warn!(%error, "wasm filter failed on the request; failing open");
+                return Decision::Continue;
+            }
+        };
+        if let Some(reply) = exchange.local_reply() {
+            let mut reply = local_reply(reply);
+            reply.attributes = exchange.attributes();
+            return Decision::Respond(reply);
+        }
+        // The filters see the authority as `:authority`; the hop keeps its Host header.
+        let host = request.headers.get(http::header::HOST).cloned();
+        replace_headers(request.headers, &exchange.request().headers);
+        if let Some(host) = host {
+            request.headers.insert(http::header::HOST, host);
+        }
+        Decision::Track(Box::new(PendingExchange {
+            exchange,
+            protocol: request.protocol,
+        }))
+    }
+}
+
+/// One request's stream contexts, waiting for the response.
+struct PendingExchange {
+    exchange: Exchange,
+    protocol: Protocol,
+}
+
+impl PendingResponse for PendingExchange {
+    fn on_response(self: Box<Self>, response: &mut FilterResponse<'_>) {
+        let host_response = to_host_response(self.protocol, response);
+        let completed = match self.exchange.on_response(host_response) {
+            Ok(completed) => completed,
+            Err(error) => {
+                tracing::warn!(%error, "wasm filter failed on the response; failing open");
+                return;
+            }
+        };
+        response.attributes.extend(completed.attributes);
+        // Only a buffered response can change; a streamed one has already been sent as is.
+        if let Some(body) = response.body.as_deref_mut() {
+            *response.http_status = completed.response.status;
+            replace_headers(response.headers, &completed.response.headers);
+            *body = Bytes::from(completed.response.body);
+        }
+    }
+}
+
+/// The request as a proxy-wasm filter in Envoy would see it.
+fn to_host_request(request: &FilterRequest<'_>) -> Request {
+    let mut host = Request::new(request.http_method, request.uri);
+    host.scheme = "http".to_owned();
+    if let Some(authority) = request.headers.get("host").and_then(|v| v.to_str().ok()) {
+        host.authority = authority.to_owned();
+    }
+    host.headers = request
+        .headers
+        .iter()
+        .filter(|(name, _)| name.as_str() != "host")
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect();
+    if let Some(body) = request.body {
+        host.body = body.to_vec();
+    }
+    host.source_address = request.client_addr.map(str::to_owned);
+    host
+}
+
+/// The response as Envoy would hand it to the filters: REST whole, gRPC and gRPC-web (already
+/// streamed to the client) with their status in the trailers, for the enrichment to read.
+fn to_host_response(protocol: Protocol, response: &FilterResponse<'_>) -> Response {
+    let mut host = Response::new(*response.http_status);
+    host.headers = response
+        .headers
+        .iter()
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect();
+    match response.body.as_deref() {
+        Some(body) => host.body = body.to_vec(),
+        None => {
+            let content_type = match protocol {
+                Protocol::GrpcWeb => "application/grpc-web+proto",
+                Protocol::Grpc | Protocol::Rest => "application/grpc",
+            };
+            if !host.headers.iter().any(|(name, _)| name == "content-type") {
+                host.headers
+                    .push(("content-type".to_owned(), content_type.to_owned()));
+            }
+            if let Some(message) = response.message {
+                host.body = grpc_frame(message);
+            }
+            host.trailers
+                .push(("grpc-status".to_owned(), response.grpc_status.to_string()));
+        }
+    }
+    host
+}
+
+/// A message in gRPC's length-prefixed framing (uncompressed).
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(message.len() + 5);
+    frame.push(0);
+    frame.extend_from_slice(
+        &u32::try_from(message.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    frame.extend_from_slice(message);
+    frame
+}
+
+/// Headers the gateway sets itself when it writes a local reply in the client's protocol.
+const SHAPED_BY_THE_GATEWAY: &[&str] = &[
+    "content-type",
+    "content-length",
+    "grpc-status",
+    "grpc-message",
+];
+
+/// A filter's local reply (already in Envoy's shape for the request's protocol) as the seam's
+/// [`LocalReply`]; the proxy writes it in the client's protocol, with CORS and trace headers.
+pub fn local_reply(reply: &Response) -> LocalReply {
+    let grpc_status = reply
+        .header_value("grpc-status")
+        .and_then(|v| v.trim().parse::<i32>().ok());
+    let message = match reply.header_value("grpc-message") {
+        Some(message) => percent_decode(message),
+        None => reply_message(&reply.body),
+    };
+    let http_status = match grpc_status {
+        Some(code) if reply.status == 200 => crate::status::http_status_for(code),
+        _ => reply.status,
+    };
+    let mut headers = HeaderMap::new();
+    for (name, value) in &reply.headers {
+        if SHAPED_BY_THE_GATEWAY.contains(&name.as_str()) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    LocalReply {
+        http_status,
+        grpc_status,
+        message,
+        headers,
+        attributes: Vec::new(),
+    }
+}
+
+/// The `message` of a JSON reply body (`{"error":..,"message":..}`), else the body as text.
+fn reply_message(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|json| json.get("message")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
+}
+
+/// `grpc-message` is percent-encoded on the wire; the proxy encodes it again when writing.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let escaped = (bytes[index] == b'%')
+            .then(|| value.get(index + 1..index + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                index += 3;
+            }
+            None => {
+                out.push(bytes[index]);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn replace_headers(target: &mut HeaderMap, pairs: &[(String, String)]) {
+    target.clear();
+    for (name, value) in pairs {
+        if name.starts_with(':') {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            target.append(name, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rest_reply_keeps_status_headers_and_json_message() {
+        let reply = Response::new(429)
+            .header("content-type", "application/json")
+            .header("retry-after", "3")
+            .header("ratelimit-policy", "\"users\";q=2;w=60")
+            .body(r#"{"error":"RESOURCE_EXHAUSTED","message":"rate limited by rule users"}"#);
+        let local = local_reply(&reply);
+        assert_eq!(local.http_status, 429);
+        assert_eq!(local.grpc_status, None);
+        assert_eq!(local.message, "rate limited by rule users");
+        assert_eq!(local.headers["retry-after"], "3");
+        assert!(local.headers.get("content-type").is_none());
+    }
+
+    #[test]
+    fn grpc_trailers_only_reply_becomes_status_and_message() {
+        let reply = Response::new(200)
+            .header("content-type", "application/grpc-web+proto")
+            .header("grpc-status", "8")
+            .header("grpc-message", "rate%20limited %E2%9C%93")
+            .header("retry-after", "1");
+        let local = local_reply(&reply);
+        assert_eq!(local.grpc_status, Some(8));
+        assert_eq!(local.http_status, 429);
+        assert_eq!(local.message, "rate limited ✓");
+        assert!(local.headers.get("grpc-status").is_none());
+        assert_eq!(local.headers["retry-after"], "1");
+    }
+
+    #[test]
+    fn percent_decode_leaves_stray_percent_signs() {
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%41"), "%zzA");
+    }
+
+    #[test]
+    fn replace_headers_skips_pseudo_headers_and_bad_values() {
+        let mut headers = HeaderMap::new();
+        headers.insert("old", HeaderValue::from_static("x"));
+        replace_headers(
+            &mut headers,
+            &[
+                (":status".into(), "200".into()),
+                ("etag".into(), "\"abc\"".into()),
+                ("bad".into(), "a\nb".into()),
+            ],
+        );
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers["etag"], "\"abc\"");
+    }
+}

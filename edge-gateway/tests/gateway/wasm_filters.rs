@@ -1,0 +1,510 @@
+//! The istio-filters `.wasm` modules in the gateway binary (`gateway.filters`), in front of the
+//! real user-service: cache headers and 304 over REST, one rate limit answered as 429 (REST),
+//! RESOURCE_EXHAUSTED (gRPC, gRPC-web), span-enrichment attributes in the access log, and a
+//! refused filter config exiting 2.
+//!
+//! The modules must be built first:
+//! `cargo build --profile wasm --target wasm32-wasip1 -p meshgate-rate-limit -p meshgate-cache-headers -p meshgate-span-enrichment`
+//! They are looked up in `$MESHGATE_WASM_DIR`, else in `<target dir>/wasm32-wasip1/wasm/`
+//! next to this test binary (so `CARGO_TARGET_DIR` is honoured).
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use meshgate_proto::user;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+use crate::helpers::*;
+
+const BUILD_COMMAND: &str = "cargo build --profile wasm --target wasm32-wasip1 \
+     -p meshgate-rate-limit -p meshgate-cache-headers -p meshgate-span-enrichment";
+
+fn wasm_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MESHGATE_WASM_DIR") {
+        return dir.into();
+    }
+    // <target>/debug/deps/gateway-<hash> → <target>/wasm32-wasip1/wasm
+    let exe = std::env::current_exe().unwrap();
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("test binary lives in <target>/<profile>/deps");
+    target.join("wasm32-wasip1").join("wasm")
+}
+
+fn module(name: &str) -> PathBuf {
+    let path = wasm_dir().join(format!("meshgate_{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: build the filter modules first with `{BUILD_COMMAND}` \
+         (or point MESHGATE_WASM_DIR at them)",
+        path.display()
+    );
+    path
+}
+
+/// The real user-service (embedded SQLite, in process).
+struct UserService {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl UserService {
+    async fn start() -> Self {
+        let path = std::env::temp_dir().join(format!("gw-filters-{}.db", uuid::Uuid::new_v4()));
+        let mut config = user_service::Config::embedded(path);
+        config.shutdown_grace_secs = 1;
+        let app = user_service::Application::build(config).await.unwrap();
+        let addr = app.grpc_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = app
+                .run_until_stopped(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Self {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+}
+
+impl Drop for UserService {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// The gateway binary with a config file; its stdout (JSON logs) is collected line by line.
+struct GatewayProcess {
+    child: Child,
+    addr: SocketAddr,
+    lines: Arc<Mutex<Vec<String>>>,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("gw-filters-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn write_config(dir: &Path, listen: SocketAddr, upstream: SocketAddr, filters: Value) -> PathBuf {
+    let config = json!({
+        "gateway": {
+            "listen": listen.to_string(),
+            "metrics_listen": "",
+            "upstreams": [upstream.to_string()],
+            "health_check": {"interval_ms": 200, "timeout_ms": 200},
+            "cors": {"allowed_origins": [ORIGIN]},
+            "filters": filters,
+        }
+    });
+    let path = dir.join("gateway.yaml");
+    // JSON is YAML: the file is what an operator would write, in flow style.
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+impl GatewayProcess {
+    async fn start(upstream: SocketAddr, filters: Value) -> Self {
+        let dir = TempDir::new();
+        let addr = free_addr();
+        let config = write_config(&dir.0, addr, upstream, filters);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info,pingora=warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let gateway = Self {
+            child,
+            addr,
+            lines,
+            _dir: dir,
+        };
+        let client = h1();
+        let ready = gateway.url("/readyz");
+        // Compiling three modules takes seconds in a debug build (more on a loaded machine).
+        for _ in 0..1200 {
+            if let Ok(response) = client.get(&ready).send().await
+                && response.status() == StatusCode::OK
+            {
+                return gateway;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway did not become ready");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Access-log records (`target: access`) written so far.
+    fn access_log(&self) -> Vec<Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|record| record["target"] == "access")
+            .collect()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn all_three_filters(limit: u32) -> Value {
+    json!([
+        {
+            "name": "span-enrichment",
+            "module": module("span_enrichment"),
+            "workers": 2,
+            "config": {"fields": [
+                {"path": "id"},
+                {"path": "user.email", "from": "response",
+                 "methods": ["user.UserService/GetUser"], "redact": "sha256"}
+            ]}
+        },
+        {
+            "name": "rate-limit",
+            "module": module("rate_limit"),
+            "workers": 2,
+            "config": {"rules": [{
+                "name": "per-tenant",
+                "key": [{"type": "header", "name": "x-tenant"}],
+                "requests": limit,
+                "periodSeconds": 3600
+            }]}
+        },
+        {
+            "name": "cache-headers",
+            "module": module("cache_headers"),
+            "workers": 2,
+            "config": {"policies": [{
+                "name": "user-reads",
+                "methods": ["user.UserService/GetUser"],
+                "cacheControl": {"scope": "private", "maxAge": 30},
+                "vary": ["authorization"],
+                "etag": true
+            }]}
+        }
+    ])
+}
+
+#[tokio::test]
+async fn rest_grpc_and_grpc_web_through_the_wasm_filters() {
+    const LIMIT: u32 = 3;
+    let service = UserService::start().await;
+    let gw = GatewayProcess::start(service.addr, all_three_filters(LIMIT)).await;
+    let client = h1();
+
+    let email = format!("grace-{}@example.com", uuid::Uuid::new_v4());
+    let created = client
+        .post(gw.url("/v1/users"))
+        .json(&json!({"name": "Grace Hopper", "email": email, "age": 85}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let id = created.json::<Value>().await.unwrap()["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let user_path = format!("/v1/users/{id}");
+
+    // Cache headers from cache-headers, on the body the gateway rendered.
+    let first = client.get(gw.url(&user_path)).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let cache_control = first.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(cache_control.contains("private"), "{cache_control}");
+    assert!(cache_control.contains("max-age=30"), "{cache_control}");
+    assert!(
+        first.headers()["vary"]
+            .to_str()
+            .unwrap()
+            .contains("authorization")
+    );
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(
+        etag.starts_with('"') && etag.len() > 2,
+        "strong etag: {etag}"
+    );
+    assert_eq!(
+        first.json::<Value>().await.unwrap()["user"]["email"],
+        email.as_str()
+    );
+
+    // The same body again: the same tag, and If-None-Match gets a 304 without a body.
+    let again = client.get(gw.url(&user_path)).send().await.unwrap();
+    assert_eq!(again.headers()["etag"], etag.as_str());
+    let not_modified = client
+        .get(gw.url(&user_path))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(not_modified.headers()["etag"], etag.as_str());
+    assert!(not_modified.bytes().await.unwrap().is_empty());
+    let stale = client
+        .get(gw.url(&user_path))
+        .header("if-none-match", "\"something-else\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), StatusCode::OK);
+
+    // Rate limit keyed by x-tenant: LIMIT requests pass, the next one is 429 over REST.
+    for attempt in 0..LIMIT {
+        let allowed = client
+            .get(gw.url(&user_path))
+            .header("x-tenant", "acme")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(allowed.status(), StatusCode::OK, "attempt {attempt}");
+    }
+    let limited = client
+        .get(gw.url(&user_path))
+        .header("x-tenant", "acme")
+        .header("origin", ORIGIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3600).contains(&retry_after), "{retry_after}");
+    assert!(
+        limited.headers()["ratelimit-policy"]
+            .to_str()
+            .unwrap()
+            .contains("\"per-tenant\"")
+    );
+    assert_eq!(limited.headers()["access-control-allow-origin"], ORIGIN);
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["code"], 8, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("per-tenant"),
+        "{body}"
+    );
+
+    // The same bucket answers native gRPC with RESOURCE_EXHAUSTED; another tenant passes.
+    let mut grpc =
+        user::user_service_client::UserServiceClient::connect(format!("http://{}", gw.addr))
+            .await
+            .unwrap();
+    let mut request = tonic::Request::new(user::GetUserRequest { id: id.clone() });
+    request
+        .metadata_mut()
+        .insert("x-tenant", "acme".parse().unwrap());
+    let status = grpc.get_user(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("per-tenant"), "{status:?}");
+    let mut other = tonic::Request::new(user::GetUserRequest { id: id.clone() });
+    other
+        .metadata_mut()
+        .insert("x-tenant", "globex".parse().unwrap());
+    let fetched = grpc.get_user(other).await.unwrap().into_inner();
+    assert_eq!(fetched.user.unwrap().email, email);
+
+    // gRPC-web: trailers-only RESOURCE_EXHAUSTED with the CORS headers a browser needs.
+    let web = client
+        .post(gw.url("/user.UserService/GetUser"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("origin", ORIGIN)
+        .header("x-tenant", "acme")
+        .body(grpc_web_request(
+            &user::GetUserRequest { id: id.clone() },
+            false,
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(web.status(), StatusCode::OK);
+    assert_eq!(web.headers()["grpc-status"], "8");
+    assert_eq!(web.headers()["access-control-allow-origin"], ORIGIN);
+    let exposed = web.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(exposed.contains("grpc-status"), "{exposed}");
+    let web_ok = client
+        .post(gw.url("/user.UserService/GetUser"))
+        .header("content-type", "application/grpc-web+proto")
+        .body(grpc_web_request(
+            &user::GetUserRequest { id: id.clone() },
+            false,
+        ))
+        .send()
+        .await
+        .unwrap();
+    let reply = parse_grpc_web(&web_ok.bytes().await.unwrap(), false);
+    assert_eq!(reply.trailers["grpc-status"], "0");
+    assert_eq!(reply.messages.len(), 1);
+
+    // Span enrichment: attributes on the gateway's request record, the email only hashed.
+    let mut rest_record = None;
+    let mut grpc_record = None;
+    let mut web_record = None;
+    for _ in 0..100 {
+        let log = gw.access_log();
+        let find = |protocol: &str, status: u64| {
+            log.iter()
+                .find(|r| {
+                    r["fields"]["protocol"] == protocol
+                        && r["fields"]["status"] == status
+                        && r["fields"]["grpc_status"] == 0
+                        && r["fields"]["path"]
+                            .as_str()
+                            .is_some_and(|p| p.contains("GetUser") || p.contains(id.as_str()))
+                })
+                .cloned()
+        };
+        rest_record = find("rest", 200);
+        grpc_record = find("grpc", 200);
+        web_record = find("grpc-web", 200);
+        if rest_record.is_some() && grpc_record.is_some() && web_record.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let attributes = |record: Option<Value>, what: &str| -> Value {
+        let record = record.unwrap_or_else(|| panic!("no access-log record for {what}"));
+        let text = record["fields"]["filter_attributes"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no filter_attributes for {what}: {record}"));
+        assert!(!text.contains(&email), "email leaked for {what}: {text}");
+        serde_json::from_str(text).unwrap()
+    };
+    let rest = attributes(rest_record, "REST GetUser");
+    assert_eq!(rest["meshgate.grpc_method"], "GetUser", "{rest}");
+    assert_eq!(rest["meshgate.grpc_service"], "user.UserService", "{rest}");
+    assert_eq!(rest["meshgate.request.id"], id.as_str(), "{rest}");
+    assert!(
+        rest["meshgate.response.user.email"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("sha256:")),
+        "{rest}"
+    );
+    let grpc_attributes = attributes(grpc_record, "native gRPC GetUser");
+    assert_eq!(grpc_attributes["meshgate.grpc_method"], "GetUser");
+    let web_attributes = attributes(web_record, "gRPC-web GetUser");
+    assert_eq!(
+        web_attributes["meshgate.request.id"],
+        id.as_str(),
+        "{web_attributes}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_filter_config_or_a_bad_module_exits_2() {
+    let dir = TempDir::new();
+    let upstream = free_addr();
+    let cases = [
+        (
+            json!([{
+                "name": "rate-limit",
+                "module": module("rate_limit"),
+                "config": {"rules": [{"name": "r", "key": [{"type": "header"}], "requests": 1,
+                                      "periodSeconds": 1}]}
+            }]),
+            vec![
+                "gateway.filters[0]",
+                "rate-limit",
+                "refused its configuration",
+            ],
+        ),
+        (
+            json!([{"name": "cache", "module": module("cache_headers"),
+                    "config": {"policiez": []}}]),
+            vec!["gateway.filters[0]", "cache", "policiez"],
+        ),
+        (
+            json!([{"name": "missing", "module": "no-such-filter.wasm"}]),
+            vec!["gateway.filters[0]", "no-such-filter.wasm"],
+        ),
+        (
+            json!([{"name": "rl", "module": module("rate_limit"), "config": "rules"}]),
+            vec!["gateway.filters[0].config", "must be an object"],
+        ),
+    ];
+    for (filters, expected) in cases {
+        let config = write_config(&dir.0, free_addr(), upstream, filters);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut exit = None;
+        for _ in 0..1200 {
+            exit = child.try_wait().unwrap();
+            if exit.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let Some(exit) = exit else {
+            let _ = child.kill();
+            panic!("the gateway started despite {config:?}");
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(exit.code(), Some(2), "{stderr}");
+        for needle in expected {
+            assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+        }
+    }
+}

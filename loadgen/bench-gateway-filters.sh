@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The edge gateway's REST throughput with the three istio-filters wasm modules (span-enrichment,
+# rate-limit, cache-headers) vs no filters, side by side: two release gateways in front of one
+# release user-service (PostgreSQL + Redis), driven in turn by meshgate-loadgen (REST over h2c,
+# get-hit = GetUser served from Redis), loopback only, ROUNDS alternating runs per cell.
+#
+#   loadgen/bench-gateway-filters.sh                      # DURATION=10 s, CONCURRENCY="16 64", ROUNDS=2
+#   DURATION=5 CONCURRENCY=64 ROUNDS=1 loadgen/bench-gateway-filters.sh
+#
+# DATABASE_URL (server URL where a database may be created; default
+# postgres://postgres@127.0.0.1:5432/test) and REDIS_URL (default redis://127.0.0.1:6379).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+server_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
+redis_url=${REDIS_URL:-redis://127.0.0.1:6379}
+duration=${DURATION:-10}
+concurrency=${CONCURRENCY:-"16 64"}
+rounds=${ROUNDS:-2}
+grpc_port=${BENCH_GRPC_PORT:-50561}
+plain_port=${BENCH_PLAIN_PORT:-18081}
+filtered_port=${BENCH_FILTERED_PORT:-18082}
+target_dir=$(realpath "${CARGO_TARGET_DIR:-target}")
+
+cargo build --release -p user-service -p edge-gateway -p meshgate-loadgen >&2
+cargo build --profile wasm --target wasm32-wasip1 \
+  -p meshgate-rate-limit -p meshgate-cache-headers -p meshgate-span-enrichment >&2
+wasm="$target_dir/wasm32-wasip1/wasm"
+
+work=$(mktemp -d)
+database="bench_gwf_$(date +%s)_$$"
+psql -q "$server_url" -c "CREATE DATABASE $database" >&2
+database_url="${server_url%/*}/$database"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  psql -q "$server_url" -c "DROP DATABASE IF EXISTS $database WITH (FORCE)" >&2 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$target_dir/release/user-service" \
+  --database-url "$database_url" --redis-url "$redis_url" --cache-key-prefix "bench:$database:" \
+  --grpc-addr "127.0.0.1:$grpc_port" --metrics-addr 127.0.0.1:0 \
+  --migrate-on-start --log-filter warn >/dev/null &
+pids+=($!)
+
+gateway_config() { # port, filters (YAML flow sequence)
+  cat <<YAML
+server: {version: 1, threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1}
+gateway:
+  listen: 127.0.0.1:$1
+  metrics_listen: ""
+  upstreams: [127.0.0.1:$grpc_port]
+  filters: $2
+YAML
+}
+# The configs of mesh/wasm-plugins, cut to what a GetUser touches; the rate limit applies to
+# every request (per source address) but is never reached.
+filters="[
+  {name: span-enrichment, module: $wasm/meshgate_span_enrichment.wasm, config: {fields: [
+    {path: id}, {path: user.email, from: response, methods: [user.UserService/GetUser], redact: sha256}]}},
+  {name: rate-limit, module: $wasm/meshgate_rate_limit.wasm, config: {rules: [
+    {name: per-client, key: [{type: sourceAddress}], requests: 100000000, periodSeconds: 1}]}},
+  {name: cache-headers, module: $wasm/meshgate_cache_headers.wasm, config: {policies: [
+    {name: user-reads, methods: [user.UserService/GetUser], cacheControl: {scope: private, maxAge: 30},
+     vary: [authorization], etag: true}]}}]"
+gateway_config "$plain_port" "[]" >"$work/plain.yaml"
+gateway_config "$filtered_port" "$filters" >"$work/filtered.yaml"
+for variant in plain filtered; do
+  RUST_LOG=warn "$target_dir/release/edge-gateway" --config "$work/$variant.yaml" >/dev/null &
+  pids+=($!)
+done
+
+for port in "$grpc_port" "$plain_port" "$filtered_port"; do
+  for _ in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.1
+  done
+done
+sleep 1 # first health check of the upstream
+
+echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+for c in $concurrency; do
+  for round in $(seq "$rounds"); do
+    for variant in plain filtered; do
+      port=$plain_port
+      [ "$variant" = filtered ] && port=$filtered_port
+      echo "## concurrency $c, round $round, gateway $variant (:$port)"
+      "$target_dir/release/meshgate-loadgen" --target "http://127.0.0.1:$port" --transport rest \
+        --scenario get-hit --concurrency "$c" --duration "$duration" --seed-users 200
+    done
+  done
+done
