@@ -24,6 +24,7 @@ use pingora::{
 use tonic::metadata::MetadataMap;
 use tracing::Instrument;
 
+use crate::routes::grpc_route_label;
 use crate::{
     cors::Preflight,
     error::GatewayError,
@@ -577,7 +578,7 @@ impl GatewayProxy {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_owned();
         ctx.grpc_method = path.clone();
-        ctx.route = path.clone();
+        ctx.route = grpc_route_label(&self.state.pool, &path);
         if method != Method::POST {
             return Err(GatewayError::MethodNotAllowed {
                 method,
@@ -855,8 +856,8 @@ impl ProxyHttp for GatewayProxy {
         } else if content_type.starts_with("application/grpc") {
             // Native gRPC: proxied by pingora in the later phases.
             ctx.protocol = "grpc";
-            ctx.grpc_method = path.clone();
-            ctx.route = path;
+            ctx.route = grpc_route_label(&self.state.pool, &path);
+            ctx.grpc_method = path;
             let mut headers = session.req_header().headers.clone();
             let client = client_addr(session);
             let decision = self.state.filters.on_request(

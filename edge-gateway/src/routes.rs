@@ -294,6 +294,25 @@ fn build_route(
 }
 
 /// Resolves `a.b.c` (proto or JSON names) to the leaf field.
+/// The metric/log label of a gRPC or gRPC-web call: its path when the method is in the loaded
+/// descriptors, else `unmatched`, so clients cannot grow label cardinality with made-up paths.
+pub fn grpc_route_label(pool: &DescriptorPool, path: &str) -> String {
+    let known = path
+        .strip_prefix('/')
+        .and_then(|rest| rest.split_once('/'))
+        .and_then(|(service, method)| {
+            pool.get_service_by_name(service)?
+                .methods()
+                .find(|m| m.name() == method)
+        })
+        .is_some();
+    if known {
+        path.to_owned()
+    } else {
+        "unmatched".to_owned()
+    }
+}
+
 pub fn resolve_field_path(message: &MessageDescriptor, path: &str) -> Option<FieldDescriptor> {
     let mut current = message.clone();
     let mut parts = path.split('.').peekable();
@@ -336,6 +355,24 @@ mod tests {
                 labels.contains(&expected.to_owned()),
                 "{expected} missing from {labels:?}"
             );
+        }
+    }
+
+    #[test]
+    fn grpc_route_label_keeps_known_methods_only() {
+        let pool = meshgate_proto::descriptor_pool();
+        assert_eq!(
+            grpc_route_label(pool, "/user.UserService/GetUser"),
+            "/user.UserService/GetUser"
+        );
+        for path in [
+            "/user.UserService/Nope",
+            "/nope.Service/GetUser",
+            "/x",
+            "",
+            "//",
+        ] {
+            assert_eq!(grpc_route_label(pool, path), "unmatched", "{path}");
         }
     }
 
