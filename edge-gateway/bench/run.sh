@@ -53,18 +53,33 @@ RUST_LOG=warn "$BIN/edge-gateway" --config "$WORK/gateway.yaml" > "$WORK/gateway
 GATEWAY_PID=$!
 wait_port "$GATEWAY"
 
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ticks_per_second=$(getconf CLK_TCK)
+
+# One row: throughput and latency from the generator, plus the CPU each process spent per
+# request (µs; from /proc, so it holds up better than req/s on a shared machine).
 run() {
   local label=$1 target=$2 transport=$3 concurrency=$4
-  local line
+  local line service_before gateway_before service_after gateway_after requests
+  service_before=$(cpu_ticks "$USER_PID")
+  gateway_before=$(cpu_ticks "$GATEWAY_PID")
   line=$("$BIN/meshgate-loadgen" --target "$target" --scenario get-hit --transport "$transport" \
     --concurrency "$concurrency" --connections 4 --seed-users 200 --duration "$SECONDS_PER_RUN")
+  service_after=$(cpu_ticks "$USER_PID")
+  gateway_after=$(cpu_ticks "$GATEWAY_PID")
+  requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
+  per_request() { awk -v t="$1" -v n="$requests" -v hz="$ticks_per_second" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }'; }
+  local gateway_cpu="-"
+  [[ $target == "http://$GATEWAY" ]] && gateway_cpu=$(per_request $((gateway_after - gateway_before)))
   echo "| $label | $concurrency | $(sed -E 's/.*throughput=([0-9]+).*/\1/' <<<"$line") \
 | $(sed -E 's/.*p50=([0-9.]+) ms.*/\1/' <<<"$line") | $(sed -E 's/.*p99=([0-9.]+) ms.*/\1/' <<<"$line") \
-| $(sed -E 's/.*errors=([0-9]+).*/\1/' <<<"$line") |"
+| $(sed -E 's/.*errors=([0-9]+).*/\1/' <<<"$line") \
+| $(sed -E 's/.*client_cpu_us_per_request=([0-9.na\/]+).*/\1/' <<<"$line") \
+| $(per_request $((service_after - service_before))) | $gateway_cpu |"
 }
 
-echo "| path | concurrency | req/s | p50 ms | p99 ms | errors |"
-echo "| --- | --- | --- | --- | --- | --- |"
+echo "| path | concurrency | req/s | p50 ms | p99 ms | errors | client CPU µs/req | service CPU µs/req | gateway CPU µs/req |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for concurrency in 1 64; do
   run "(a) gRPC direct to user-service" "http://$USER_GRPC" grpc "$concurrency"
   run "(b) REST via gateway" "http://$GATEWAY" rest "$concurrency"

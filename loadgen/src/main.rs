@@ -176,6 +176,7 @@ async fn run<T: Transport>(args: Args, transport: Arc<T>) -> anyhow::Result<()> 
         }
     };
     let started = Instant::now();
+    let cpu_before = process_cpu_micros();
     let workers: Vec<_> = (0..args.concurrency)
         .map(|worker| {
             let transport = transport.clone();
@@ -209,9 +210,17 @@ async fn run<T: Transport>(args: Args, transport: Arc<T>) -> anyhow::Result<()> 
     }
     let elapsed = started.elapsed().as_secs_f64();
     let total = tally.ok + tally.errors;
+    // The generator's own CPU per request: on a shared machine it competes with what it measures.
+    let client_cpu = match (cpu_before, process_cpu_micros()) {
+        (Some(before), Some(after)) if total > 0 => {
+            format!("{:.1}", (after - before) as f64 / total as f64)
+        }
+        _ => "n/a".to_owned(),
+    };
     println!(
         "scenario={:?} transport={:?} concurrency={} connections={} requests={} errors={} \
-         seconds={:.2} throughput={:.0} req/s p50={:.3} ms p99={:.3} ms max={:.3} ms",
+         seconds={:.2} throughput={:.0} req/s p50={:.3} ms p99={:.3} ms max={:.3} ms \
+         client_cpu_us_per_request={client_cpu}",
         args.scenario,
         args.transport,
         args.concurrency,
@@ -228,6 +237,16 @@ async fn run<T: Transport>(args: Args, transport: Arc<T>) -> anyhow::Result<()> 
         eprintln!("warning: {} requests failed", tally.errors);
     }
     Ok(())
+}
+
+/// This process's user + system CPU time in µs (Linux `/proc/self/stat`), if readable.
+fn process_cpu_micros() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux ABI Rust targets.
+    Some(ticks * 10_000)
 }
 
 async fn seed<T: Transport>(args: &Args, transport: &T) -> anyhow::Result<Vec<String>> {
