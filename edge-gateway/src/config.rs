@@ -258,6 +258,22 @@ fn filter_specs(sections: Vec<FilterSection>) -> Result<Vec<FilterSpec>, ConfigE
     Ok(specs)
 }
 
+/// The certificate and key are loaded and checked now, so a bad file is a config error.
+#[cfg(feature = "rustls")]
+fn check_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<(), ConfigError> {
+    crate::tls::load_certified_key(cert, key)
+        .map(drop)
+        .map_err(|e| invalid(e.key, e.reason))
+}
+
+#[cfg(not(feature = "rustls"))]
+fn check_tls(_cert: &std::path::Path, _key: &std::path::Path) -> Result<(), ConfigError> {
+    Err(invalid(
+        "gateway.tls",
+        "this edge-gateway was built without TLS (cargo feature `rustls`)",
+    ))
+}
+
 /// Overrides from flags and environment (clap fills both).
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct Overrides {
@@ -447,11 +463,17 @@ impl GatewayConfig {
             ));
         }
         let tls = match gateway.tls {
-            Some(tls) => Some((
-                addr("gateway.tls.listen", &tls.listen)?,
-                tls.cert_path,
-                tls.key_path,
-            )),
+            Some(tls) => {
+                let tls_listen = addr("gateway.tls.listen", &tls.listen)?;
+                if tls_listen == listen {
+                    return Err(invalid(
+                        "gateway.tls.listen",
+                        format!("{tls_listen} is already gateway.listen (plaintext)"),
+                    ));
+                }
+                check_tls(&tls.cert_path, &tls.key_path)?;
+                Some((tls_listen, tls.cert_path, tls.key_path))
+            }
             None => None,
         };
         let filters = filter_specs(gateway.filters)?;
@@ -573,6 +595,18 @@ mod tests {
             (
                 "gateway:\n  filters:\n    - {name: a, module: a.wasm, workers: 0}\n",
                 "gateway.filters[0].workers",
+            ),
+            (
+                "gateway:\n  tls: {listen: nowhere, cert_path: c.pem, key_path: k.pem}\n",
+                "gateway.tls.listen",
+            ),
+            (
+                "gateway:\n  listen: 127.0.0.1:8443\n  tls: {listen: 127.0.0.1:8443, cert_path: c.pem, key_path: k.pem}\n",
+                "gateway.tls.listen",
+            ),
+            (
+                "gateway:\n  tls: {listen: 127.0.0.1:8443, cert_path: /definitely/not/cert.pem, key_path: /definitely/not/key.pem}\n",
+                "gateway.tls",
             ),
         ];
         for (text, key) in cases {

@@ -14,7 +14,8 @@
 //! - [`static_files`]: the web page from `static_dir` for paths no API route claims.
 //! - [`hooks`]: the request/response filter seam; [`wasm_filters`]: the istio-filters `.wasm`
 //!   modules (`gateway.filters`) behind it.
-//! - [`proxy`]: the single `ProxyHttp` impl; [`server`]: pingora wiring.
+//! - [`proxy`]: the single `ProxyHttp` impl; [`server`]: pingora wiring; [`tls`]: the TLS
+//!   listener's certificate (cargo feature `rustls`, on by default).
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -32,6 +33,8 @@ pub mod server;
 pub mod state;
 pub mod static_files;
 pub mod status;
+#[cfg(feature = "rustls")]
+pub mod tls;
 pub mod trace;
 pub mod transcode;
 pub mod upstream;

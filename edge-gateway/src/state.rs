@@ -31,6 +31,9 @@ pub enum StartError {
     Upstreams(String),
     #[error("invalid pingora server config: {0}")]
     Server(String),
+    /// `gateway.tls`: the certificate or key cannot be used.
+    #[error("{0}")]
+    Tls(String),
     #[error("gateway.static_dir {path}: {source}")]
     StaticDir {
         path: String,

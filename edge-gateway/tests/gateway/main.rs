@@ -12,5 +12,6 @@ mod real_user_service;
 mod rest_kitchen;
 mod rest_user;
 mod static_files;
+mod tls;
 mod upstreams;
 mod wasm_filters;
