@@ -6,7 +6,8 @@
 //! - [`transcode`]: path/query/JSON body → request message, response message → JSON (pure).
 //! - [`status`], [`error`]: gRPC ↔ HTTP status and the one place errors become responses.
 //! - [`grpc_web`]: gRPC-web framing and base64 as state machines (pure).
-//! - [`cors`], [`trace`], [`retry`]: edge policies (pure).
+//! - [`cors`], [`trace`], [`retry`]: edge policies (pure); [`telemetry`]: the server span
+//!   exported over OTLP (`gateway.otlp`).
 //! - [`openapi`]: OpenAPI 3.1 from the descriptors.
 //! - [`config`]: YAML + flags/env → one validated [`config::GatewayConfig`].
 //! - [`upstream`]: tonic channels, gRPC health checks, load balancing, retries.
@@ -33,6 +34,7 @@ pub mod server;
 pub mod state;
 pub mod static_files;
 pub mod status;
+pub mod telemetry;
 #[cfg(feature = "rustls")]
 pub mod tls;
 pub mod trace;

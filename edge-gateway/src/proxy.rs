@@ -34,6 +34,7 @@ use crate::{
     state::GatewayState,
     static_files::StaticResponse,
     status::status_json,
+    telemetry::{ServerSpan, SpanExport},
     trace::TraceContext,
     transcode,
 };
@@ -718,6 +719,42 @@ impl GatewayProxy {
     }
 }
 
+/// The request's SERVER span over OTLP (`gateway.otlp`); probes and `/openapi.json` are not traced.
+fn export_span(
+    spans: &SpanExport,
+    session: &Session,
+    ctx: &RequestCtx,
+    http_status: u16,
+    route: &str,
+    latency: std::time::Duration,
+    error: Option<&Error>,
+) {
+    let Some(trace) = &ctx.trace else {
+        return;
+    };
+    if ctx.protocol == "admin" {
+        return;
+    }
+    let end = std::time::SystemTime::now();
+    let error = error.map(ToString::to_string);
+    spans.record(&ServerSpan {
+        trace,
+        start: end.checked_sub(latency).unwrap_or(end),
+        end,
+        http_method: session.req_header().method.as_str(),
+        path: session.req_header().uri.path(),
+        protocol: ctx.protocol,
+        route,
+        grpc_method: &ctx.grpc_method,
+        http_status,
+        grpc_status: ctx.grpc_status,
+        http_version: if session.is_http2() { "2" } else { "1.1" },
+        upstream: ctx.upstream,
+        filter_attributes: &ctx.filter_attributes,
+        error: error.as_deref(),
+    });
+}
+
 /// Makes the forwarded request headers what the filters left (added, changed, removed).
 fn replace_request_headers(
     request: &mut pingora::http::RequestHeader,
@@ -947,6 +984,10 @@ impl ProxyHttp for GatewayProxy {
             for (name, value) in trace.upstream_headers() {
                 upstream_request.insert_header(name, value)?;
             }
+            // The caller's single-header B3 names the caller's span as the parent, and services
+            // prefer it to `x-b3-*` / `traceparent`: only the gateway's context goes upstream.
+            upstream_request.remove_header("b3");
+            upstream_request.remove_header("x-b3-parentspanid");
         }
         // gRPC requires it and pingora's request policy may drop it on the way.
         upstream_request.insert_header("te", "trailers")?;
@@ -1081,6 +1122,9 @@ impl ProxyHttp for GatewayProxy {
             error = error.map(|e| e.to_string()),
             "request"
         );
+        if let Some(spans) = &self.state.spans {
+            export_span(spans, session, ctx, status, route_label, latency, error);
+        }
     }
 }
 

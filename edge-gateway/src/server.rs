@@ -133,10 +133,13 @@ impl RunningGateway {
         server.bootstrap();
         let shutdown = Arc::new(tokio::sync::Notify::new());
         let signal = NotifyShutdown(shutdown.clone());
+        let running_state = state.clone();
         let thread = std::thread::spawn(move || {
             server.run(RunArgs {
                 shutdown_signal: Box::new(signal),
             });
+            // Every request has finished: export the spans still queued.
+            running_state.flush_spans();
         });
         Ok(Self {
             addr,
