@@ -5,7 +5,8 @@
 //! - [`path_template`], [`routes`]: HttpRule templates and the route table (pure).
 //! - [`transcode`]: path/query/JSON body → request message, response message → JSON (pure).
 //! - [`status`], [`error`]: gRPC ↔ HTTP status and the one place errors become responses.
-//! - [`grpc_web`]: gRPC-web framing and base64 as state machines (pure).
+//! - [`grpc_web`]: gRPC-web framing and base64 as state machines (pure);
+//!   [`grpc_compression`]: `grpc-encoding` and size-bounded gzip decompression (pure).
 //! - [`cors`], [`trace`], [`retry`]: edge policies (pure); [`telemetry`]: the server span
 //!   exported over OTLP (`gateway.otlp`).
 //! - [`openapi`]: OpenAPI 3.1 from the descriptors.
@@ -22,6 +23,7 @@
 pub mod config;
 pub mod cors;
 pub mod error;
+pub mod grpc_compression;
 pub mod grpc_web;
 pub mod hooks;
 pub mod metrics;

@@ -28,6 +28,7 @@ use crate::routes::grpc_route_label;
 use crate::{
     cors::Preflight,
     error::GatewayError,
+    grpc_compression::{self, CompressionError, Encoding},
     grpc_web::{self, Mode, RequestDecoder, ResponseEncoder},
     hooks::{Decision, FilterRequest, FilterResponse, LocalReply, PendingFilters, Protocol},
     metrics,
@@ -142,6 +143,10 @@ const NOT_RETURNED: &[&str] = &[
     "grpc-status",
     "grpc-message",
     "grpc-status-details-bin",
+    // The messages are sent as the gateway decoded them, uncompressed; what the upstream
+    // accepts is not what the gateway accepts.
+    "grpc-encoding",
+    "grpc-accept-encoding",
 ];
 
 fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
@@ -256,6 +261,10 @@ impl GatewayProxy {
                 }
                 if ctx.protocol == "grpc-web" {
                     response.insert_header("content-length", "0")?;
+                }
+                if let GatewayError::GrpcWebCompression(CompressionError::Unsupported(_)) = error {
+                    response
+                        .insert_header("grpc-accept-encoding", grpc_compression::ACCEPT_ENCODING)?;
                 }
                 if let GatewayError::Filtered(reply) = error {
                     for (name, value) in &reply.headers {
@@ -587,6 +596,8 @@ impl GatewayProxy {
                 allow: vec![Method::POST],
             });
         }
+        // An encoding the gateway cannot decode is refused before the body is read (grpc-go).
+        let encoding = Encoding::from_header(header_str(session, "grpc-encoding"))?;
         let body = self.read_body(session).await?;
         let mut decoder = RequestDecoder::new(mode, self.state.config.max_body_bytes);
         let mut frames = Vec::new();
@@ -596,10 +607,12 @@ impl GatewayProxy {
         if messages.len() != 1 {
             return Err(GatewayError::GrpcWebMessageCount(messages.len()));
         }
-        if messages[0].flags & grpc_web::COMPRESSED_FLAG != 0 {
-            return Err(GatewayError::GrpcWebCompressed);
-        }
-        let message = messages[0].payload.clone();
+        // Forwarded uncompressed; inflating stops at max_body_bytes (gzip bombs).
+        let message = encoding.decode_message(
+            messages[0].flags & grpc_web::COMPRESSED_FLAG != 0,
+            messages[0].payload.clone(),
+            self.state.config.max_body_bytes,
+        )?;
         let trace = ctx
             .trace
             .clone()

@@ -7,6 +7,7 @@ mod admin;
 mod cors;
 mod grpc_native;
 mod grpc_web;
+mod grpc_web_compression;
 mod metrics_contract;
 mod real_user_service;
 mod rest_kitchen;
