@@ -5,6 +5,8 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 
 use serde::Deserialize;
 
+use crate::telemetry::OtlpSettings;
+
 /// A configuration problem, naming the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -59,6 +61,8 @@ pub struct GatewaySection {
     pub retry: RetrySection,
     pub cors: CorsSection,
     pub tls: Option<TlsSection>,
+    /// OTLP span export (off unless an endpoint is set here or in OTEL_EXPORTER_OTLP_ENDPOINT).
+    pub otlp: OtlpSection,
     /// Static files (the built web page) served at `/` for GET/HEAD paths no API route claims.
     pub static_dir: Option<PathBuf>,
     /// proxy-wasm filters (istio-filters modules), run in this order on every request.
@@ -83,6 +87,7 @@ impl Default for GatewaySection {
             retry: RetrySection::default(),
             cors: CorsSection::default(),
             tls: None,
+            otlp: OtlpSection::default(),
             static_dir: None,
             filters: Vec::new(),
         }
@@ -176,6 +181,24 @@ pub struct TlsSection {
     pub key_path: PathBuf,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpSection {
+    /// OTLP/gRPC collector, `http://host:4317`; empty: no export.
+    pub endpoint: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+impl Default for OtlpSection {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            service_name: "edge-gateway".into(),
+        }
+    }
+}
+
 /// One proxy-wasm filter: the module and the same pluginConfig its WasmPlugin carries.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -258,6 +281,56 @@ fn filter_specs(sections: Vec<FilterSection>) -> Result<Vec<FilterSpec>, ConfigE
     Ok(specs)
 }
 
+fn otlp_settings(section: OtlpSection) -> Result<Option<OtlpSettings>, ConfigError> {
+    let endpoint = section.endpoint.trim();
+    if endpoint.is_empty() {
+        return Ok(None);
+    }
+    const KEY: &str = "gateway.otlp.endpoint";
+    let uri: http::Uri = endpoint.parse().map_err(|e| {
+        invalid(
+            KEY,
+            format!("{endpoint:?} is not a URL (also OTEL_EXPORTER_OTLP_ENDPOINT): {e}"),
+        )
+    })?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(invalid(
+            KEY,
+            format!(
+                "{endpoint:?} must be http://host:port (OTLP/gRPC in plaintext, e.g. to a \
+                 collector agent next to the gateway; also OTEL_EXPORTER_OTLP_ENDPOINT)"
+            ),
+        ));
+    }
+    let service_name = section.service_name.trim();
+    if service_name.is_empty() {
+        return Err(invalid(
+            "gateway.otlp.service_name",
+            "must not be empty (also OTEL_SERVICE_NAME)",
+        ));
+    }
+    Ok(Some(OtlpSettings {
+        endpoint: endpoint.to_owned(),
+        service_name: service_name.to_owned(),
+    }))
+}
+
+/// The certificate and key are loaded and checked now, so a bad file is a config error.
+#[cfg(feature = "rustls")]
+fn check_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<(), ConfigError> {
+    crate::tls::load_certified_key(cert, key)
+        .map(drop)
+        .map_err(|e| invalid(e.key, e.reason))
+}
+
+#[cfg(not(feature = "rustls"))]
+fn check_tls(_cert: &std::path::Path, _key: &std::path::Path) -> Result<(), ConfigError> {
+    Err(invalid(
+        "gateway.tls",
+        "this edge-gateway was built without TLS (cargo feature `rustls`)",
+    ))
+}
+
 /// Overrides from flags and environment (clap fills both).
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct Overrides {
@@ -280,6 +353,12 @@ pub struct Overrides {
     /// Directory served at `/` for paths no API route claims (the built web page).
     #[arg(long, env = "GATEWAY_STATIC_DIR")]
     pub static_dir: Option<PathBuf>,
+    /// OTLP/gRPC endpoint for the gateway's spans (http://collector:4317); empty: no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// service.name of the exported spans.
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    pub service_name: Option<String>,
 }
 
 /// The validated configuration the gateway runs on.
@@ -310,6 +389,8 @@ pub struct GatewayConfig {
     pub cors_allow_credentials: bool,
     pub cors_max_age: Duration,
     pub tls: Option<(SocketAddr, PathBuf, PathBuf)>,
+    /// Span export; `None`: off.
+    pub otlp: Option<OtlpSettings>,
     pub static_dir: Option<PathBuf>,
     pub filters: Vec<FilterSpec>,
 }
@@ -361,6 +442,12 @@ impl GatewayConfig {
         }
         if let Some(dir) = &overrides.static_dir {
             gateway.static_dir = Some(dir.clone());
+        }
+        if let Some(endpoint) = &overrides.otlp_endpoint {
+            gateway.otlp.endpoint = endpoint.clone();
+        }
+        if let Some(name) = &overrides.service_name {
+            gateway.otlp.service_name = name.clone();
         }
         if let Some(dir) = &gateway.static_dir
             && !dir.is_dir()
@@ -447,14 +534,21 @@ impl GatewayConfig {
             ));
         }
         let tls = match gateway.tls {
-            Some(tls) => Some((
-                addr("gateway.tls.listen", &tls.listen)?,
-                tls.cert_path,
-                tls.key_path,
-            )),
+            Some(tls) => {
+                let tls_listen = addr("gateway.tls.listen", &tls.listen)?;
+                if tls_listen == listen {
+                    return Err(invalid(
+                        "gateway.tls.listen",
+                        format!("{tls_listen} is already gateway.listen (plaintext)"),
+                    ));
+                }
+                check_tls(&tls.cert_path, &tls.key_path)?;
+                Some((tls_listen, tls.cert_path, tls.key_path))
+            }
             None => None,
         };
         let filters = filter_specs(gateway.filters)?;
+        let otlp = otlp_settings(gateway.otlp)?;
         Ok(Self {
             server,
             listen,
@@ -487,6 +581,7 @@ impl GatewayConfig {
             cors_allow_credentials: gateway.cors.allow_credentials,
             cors_max_age: Duration::from_secs(gateway.cors.max_age_secs),
             tls,
+            otlp,
             static_dir: gateway.static_dir,
             filters,
         })
@@ -574,6 +669,31 @@ mod tests {
                 "gateway:\n  filters:\n    - {name: a, module: a.wasm, workers: 0}\n",
                 "gateway.filters[0].workers",
             ),
+            (
+                "gateway:\n  tls: {listen: nowhere, cert_path: c.pem, key_path: k.pem}\n",
+                "gateway.tls.listen",
+            ),
+            (
+                "gateway:\n  otlp: {endpoint: \"collector:4317\"}\n",
+                "gateway.otlp.endpoint",
+            ),
+            (
+                "gateway:\n  otlp: {endpoint: \"https://collector:4317\"}\n",
+                "gateway.otlp.endpoint",
+            ),
+            (
+                "gateway:\n  otlp: {endpoint: \"http://collector:4317\", service_name: \" \"}\n",
+                "gateway.otlp.service_name",
+            ),
+            ("gateway:\n  otlp: {endpont: x}\n", "endpont"),
+            (
+                "gateway:\n  listen: 127.0.0.1:8443\n  tls: {listen: 127.0.0.1:8443, cert_path: c.pem, key_path: k.pem}\n",
+                "gateway.tls.listen",
+            ),
+            (
+                "gateway:\n  tls: {listen: 127.0.0.1:8443, cert_path: /definitely/not/cert.pem, key_path: /definitely/not/key.pem}\n",
+                "gateway.tls",
+            ),
         ];
         for (text, key) in cases {
             let error = load(text).unwrap_err().to_string();
@@ -594,6 +714,33 @@ mod tests {
             json,
             serde_json::json!({"mode": "shadow", "rules": [{"name": "r", "requests": 2}]})
         );
+    }
+
+    #[test]
+    fn otlp_is_off_by_default_and_the_env_or_flag_wins() {
+        assert_eq!(load("gateway: {}\n").unwrap().otlp, None);
+        let file = "gateway:\n  otlp: {endpoint: \"http://file:4317\", service_name: gw-file}\n";
+        let from_file = load(file).unwrap().otlp.unwrap();
+        assert_eq!(from_file.endpoint, "http://file:4317");
+        assert_eq!(from_file.service_name, "gw-file");
+        let overrides = Overrides {
+            otlp_endpoint: Some("http://env:4317".into()),
+            service_name: Some("gw-env".into()),
+            ..Default::default()
+        };
+        let config =
+            GatewayConfig::from_file(GatewayConfig::parse_file(file).unwrap(), &overrides).unwrap();
+        let settings = config.otlp.unwrap();
+        assert_eq!(settings.endpoint, "http://env:4317");
+        assert_eq!(settings.service_name, "gw-env");
+        // An empty endpoint (e.g. OTEL_EXPORTER_OTLP_ENDPOINT="") turns export off.
+        let overrides = Overrides {
+            otlp_endpoint: Some(String::new()),
+            ..Default::default()
+        };
+        let config =
+            GatewayConfig::from_file(GatewayConfig::parse_file(file).unwrap(), &overrides).unwrap();
+        assert_eq!(config.otlp, None);
     }
 
     #[test]

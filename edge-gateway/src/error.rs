@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use http::Method;
 
+use crate::grpc_compression::CompressionError;
 use crate::grpc_web::FramingError;
 use crate::status::{grpc_code_for_http, http_status_for};
 use crate::transcode::TranscodeError;
@@ -27,10 +28,11 @@ pub enum GatewayError {
     BadRequest(#[from] TranscodeError),
     #[error("invalid gRPC-web body: {0}")]
     GrpcWebFraming(#[from] FramingError),
-    #[error("gRPC-web requests must carry exactly one uncompressed message, got {0}")]
+    #[error("gRPC-web requests must carry exactly one message, got {0}")]
     GrpcWebMessageCount(usize),
-    #[error("compressed gRPC-web messages are not supported")]
-    GrpcWebCompressed,
+    /// `grpc-encoding` / compressed-flag problems (see [`crate::grpc_compression`]).
+    #[error(transparent)]
+    GrpcWebCompression(#[from] CompressionError),
     #[error("no healthy upstream")]
     NoHealthyUpstream,
     #[error("upstream unavailable")]
@@ -113,7 +115,19 @@ impl GatewayError {
             Self::BadRequest(_) | Self::GrpcWebFraming(_) | Self::GrpcWebMessageCount(_) => {
                 simple(400)
             }
-            Self::GrpcWebCompressed => simple(501),
+            Self::GrpcWebCompression(error) => {
+                // The gRPC compression spec's codes; gRPC-web answers them as trailers-only 200.
+                let grpc_code = match error {
+                    CompressionError::Unsupported(_) => 12,
+                    CompressionError::TooLarge { .. } => 8,
+                    CompressionError::FlagWithoutEncoding | CompressionError::Corrupt(_) => 13,
+                };
+                SyntheticResponse {
+                    http_status: http_status_for(grpc_code),
+                    grpc_code,
+                    ..simple(500)
+                }
+            }
             Self::NoHealthyUpstream | Self::UpstreamUnavailable => simple(503),
             Self::UpstreamTimeout => simple(504),
             Self::Upstream(status) => {
@@ -176,6 +190,9 @@ mod tests {
                 500,
                 13,
             ),
+            (CompressionError::Unsupported("br".into()).into(), 501, 12),
+            (CompressionError::TooLarge { limit: 10 }.into(), 429, 8),
+            (CompressionError::FlagWithoutEncoding.into(), 500, 13),
         ];
         for (error, http, grpc) in cases {
             let rescued = error.rescue();

@@ -5,8 +5,10 @@
 //! - [`path_template`], [`routes`]: HttpRule templates and the route table (pure).
 //! - [`transcode`]: path/query/JSON body → request message, response message → JSON (pure).
 //! - [`status`], [`error`]: gRPC ↔ HTTP status and the one place errors become responses.
-//! - [`grpc_web`]: gRPC-web framing and base64 as state machines (pure).
-//! - [`cors`], [`trace`], [`retry`]: edge policies (pure).
+//! - [`grpc_web`]: gRPC-web framing and base64 as state machines (pure);
+//!   [`grpc_compression`]: `grpc-encoding` and size-bounded gzip decompression (pure).
+//! - [`cors`], [`trace`], [`retry`]: edge policies (pure); [`telemetry`]: the server span
+//!   exported over OTLP (`gateway.otlp`).
 //! - [`openapi`]: OpenAPI 3.1 from the descriptors.
 //! - [`config`]: YAML + flags/env → one validated [`config::GatewayConfig`].
 //! - [`upstream`]: tonic channels, gRPC health checks, load balancing, retries.
@@ -14,12 +16,14 @@
 //! - [`static_files`]: the web page from `static_dir` for paths no API route claims.
 //! - [`hooks`]: the request/response filter seam; [`wasm_filters`]: the istio-filters `.wasm`
 //!   modules (`gateway.filters`) behind it.
-//! - [`proxy`]: the single `ProxyHttp` impl; [`server`]: pingora wiring.
+//! - [`proxy`]: the single `ProxyHttp` impl; [`server`]: pingora wiring; [`tls`]: the TLS
+//!   listener's certificate (cargo feature `rustls`, on by default).
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod cors;
 pub mod error;
+pub mod grpc_compression;
 pub mod grpc_web;
 pub mod hooks;
 pub mod metrics;
@@ -32,6 +36,9 @@ pub mod server;
 pub mod state;
 pub mod static_files;
 pub mod status;
+pub mod telemetry;
+#[cfg(feature = "rustls")]
+pub mod tls;
 pub mod trace;
 pub mod transcode;
 pub mod upstream;

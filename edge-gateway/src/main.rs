@@ -65,7 +65,7 @@ fn main() {
     let listen = config.listen;
     let metrics = config.metrics_listen;
     let upstreams = config.upstreams.clone();
-    let (mut server, _state) = match build_server(config, Some(opt), filters) {
+    let (mut server, state) = match build_server(config, Some(opt), filters) {
         Ok(built) => built,
         Err(error) => {
             eprintln!("edge-gateway: {error}");
@@ -74,5 +74,9 @@ fn main() {
     };
     server.bootstrap();
     tracing::info!(%listen, ?metrics, ?upstreams, "edge-gateway listening: REST, gRPC-web and gRPC (h2c) on http://{listen}");
-    server.run_forever();
+    // `run` returns once every service runtime has stopped (so every request has finished and
+    // recorded its span): flush the span exporter, then exit like `run_forever`.
+    server.run(pingora::server::RunArgs::default());
+    state.flush_spans();
+    std::process::exit(0);
 }

@@ -28,12 +28,14 @@ use crate::routes::grpc_route_label;
 use crate::{
     cors::Preflight,
     error::GatewayError,
+    grpc_compression::{self, CompressionError, Encoding},
     grpc_web::{self, Mode, RequestDecoder, ResponseEncoder},
     hooks::{Decision, FilterRequest, FilterResponse, LocalReply, PendingFilters, Protocol},
     metrics,
     state::GatewayState,
     static_files::StaticResponse,
     status::status_json,
+    telemetry::{ServerSpan, SpanExport},
     trace::TraceContext,
     transcode,
 };
@@ -141,6 +143,10 @@ const NOT_RETURNED: &[&str] = &[
     "grpc-status",
     "grpc-message",
     "grpc-status-details-bin",
+    // The messages are sent as the gateway decoded them, uncompressed; what the upstream
+    // accepts is not what the gateway accepts.
+    "grpc-encoding",
+    "grpc-accept-encoding",
 ];
 
 fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
@@ -255,6 +261,10 @@ impl GatewayProxy {
                 }
                 if ctx.protocol == "grpc-web" {
                     response.insert_header("content-length", "0")?;
+                }
+                if let GatewayError::GrpcWebCompression(CompressionError::Unsupported(_)) = error {
+                    response
+                        .insert_header("grpc-accept-encoding", grpc_compression::ACCEPT_ENCODING)?;
                 }
                 if let GatewayError::Filtered(reply) = error {
                     for (name, value) in &reply.headers {
@@ -586,6 +596,8 @@ impl GatewayProxy {
                 allow: vec![Method::POST],
             });
         }
+        // An encoding the gateway cannot decode is refused before the body is read (grpc-go).
+        let encoding = Encoding::from_header(header_str(session, "grpc-encoding"))?;
         let body = self.read_body(session).await?;
         let mut decoder = RequestDecoder::new(mode, self.state.config.max_body_bytes);
         let mut frames = Vec::new();
@@ -595,10 +607,12 @@ impl GatewayProxy {
         if messages.len() != 1 {
             return Err(GatewayError::GrpcWebMessageCount(messages.len()));
         }
-        if messages[0].flags & grpc_web::COMPRESSED_FLAG != 0 {
-            return Err(GatewayError::GrpcWebCompressed);
-        }
-        let message = messages[0].payload.clone();
+        // Forwarded uncompressed; inflating stops at max_body_bytes (gzip bombs).
+        let message = encoding.decode_message(
+            messages[0].flags & grpc_web::COMPRESSED_FLAG != 0,
+            messages[0].payload.clone(),
+            self.state.config.max_body_bytes,
+        )?;
         let trace = ctx
             .trace
             .clone()
@@ -716,6 +730,42 @@ impl GatewayProxy {
             .await
             .map_err(write_error)
     }
+}
+
+/// The request's SERVER span over OTLP (`gateway.otlp`); probes and `/openapi.json` are not traced.
+fn export_span(
+    spans: &SpanExport,
+    session: &Session,
+    ctx: &RequestCtx,
+    http_status: u16,
+    route: &str,
+    latency: std::time::Duration,
+    error: Option<&Error>,
+) {
+    let Some(trace) = &ctx.trace else {
+        return;
+    };
+    if ctx.protocol == "admin" {
+        return;
+    }
+    let end = std::time::SystemTime::now();
+    let error = error.map(ToString::to_string);
+    spans.record(&ServerSpan {
+        trace,
+        start: end.checked_sub(latency).unwrap_or(end),
+        end,
+        http_method: session.req_header().method.as_str(),
+        path: session.req_header().uri.path(),
+        protocol: ctx.protocol,
+        route,
+        grpc_method: &ctx.grpc_method,
+        http_status,
+        grpc_status: ctx.grpc_status,
+        http_version: if session.is_http2() { "2" } else { "1.1" },
+        upstream: ctx.upstream,
+        filter_attributes: &ctx.filter_attributes,
+        error: error.as_deref(),
+    });
 }
 
 /// Makes the forwarded request headers what the filters left (added, changed, removed).
@@ -947,6 +997,10 @@ impl ProxyHttp for GatewayProxy {
             for (name, value) in trace.upstream_headers() {
                 upstream_request.insert_header(name, value)?;
             }
+            // The caller's single-header B3 names the caller's span as the parent, and services
+            // prefer it to `x-b3-*` / `traceparent`: only the gateway's context goes upstream.
+            upstream_request.remove_header("b3");
+            upstream_request.remove_header("x-b3-parentspanid");
         }
         // gRPC requires it and pingora's request policy may drop it on the way.
         upstream_request.insert_header("te", "trailers")?;
@@ -1081,6 +1135,9 @@ impl ProxyHttp for GatewayProxy {
             error = error.map(|e| e.to_string()),
             "request"
         );
+        if let Some(spans) = &self.state.spans {
+            export_span(spans, session, ctx, status, route_label, latency, error);
+        }
     }
 }
 

@@ -84,15 +84,18 @@ pub fn build_server(
         app.server_options = Some(options);
     }
     proxy.add_tcp(&config.listen.to_string());
+    // The same proxy (REST, gRPC-web, gRPC) over TLS; ALPN picks h2 or HTTP/1.1.
     #[cfg(feature = "rustls")]
     if let Some((addr, cert, key)) = &config.tls {
-        let mut tls = pingora::listeners::tls::TlsSettings::intermediate(
-            &cert.to_string_lossy(),
-            &key.to_string_lossy(),
-        )
-        .map_err(|e| StartError::Server(format!("gateway.tls: {e}")))?;
-        tls.enable_h2();
+        let tls =
+            crate::tls::listener_settings(cert, key).map_err(|e| StartError::Tls(e.to_string()))?;
         proxy.add_tls_with_settings(&addr.to_string(), None, tls);
+    }
+    #[cfg(not(feature = "rustls"))]
+    if config.tls.is_some() {
+        return Err(StartError::Tls(
+            "gateway.tls: this edge-gateway was built without TLS (cargo feature `rustls`)".into(),
+        ));
     }
     server.add_service(proxy);
     server.add_service(health);
@@ -130,10 +133,13 @@ impl RunningGateway {
         server.bootstrap();
         let shutdown = Arc::new(tokio::sync::Notify::new());
         let signal = NotifyShutdown(shutdown.clone());
+        let running_state = state.clone();
         let thread = std::thread::spawn(move || {
             server.run(RunArgs {
                 shutdown_signal: Box::new(signal),
             });
+            // Every request has finished: export the spans still queued.
+            running_state.flush_spans();
         });
         Ok(Self {
             addr,

@@ -12,6 +12,7 @@ use crate::{
     openapi,
     routes::{RouteBuildError, Router},
     static_files::StaticFiles,
+    telemetry::SpanExport,
     transcode::JsonOptions,
     upstream::{UpstreamSettings, Upstreams},
 };
@@ -31,6 +32,9 @@ pub enum StartError {
     Upstreams(String),
     #[error("invalid pingora server config: {0}")]
     Server(String),
+    /// `gateway.tls`: the certificate or key cannot be used.
+    #[error("{0}")]
+    Tls(String),
     #[error("gateway.static_dir {path}: {source}")]
     StaticDir {
         path: String,
@@ -49,6 +53,8 @@ pub struct GatewayState {
     pub filters: FilterChain,
     /// The web page, when `static_dir` is configured.
     pub static_files: Option<StaticFiles>,
+    /// OTLP span export, when `gateway.otlp` is configured.
+    pub spans: Option<SpanExport>,
 }
 
 /// The built-in contract plus every configured descriptor set (files already present are skipped).
@@ -123,6 +129,7 @@ impl GatewayState {
             ),
             None => None,
         };
+        let spans = config.otlp.as_ref().map(SpanExport::new);
         Ok(Arc::new(Self {
             config,
             pool,
@@ -133,7 +140,17 @@ impl GatewayState {
             openapi,
             filters,
             static_files,
+            spans,
         }))
+    }
+}
+
+impl GatewayState {
+    /// Exports the queued spans and stops the exporter; call once the server has stopped.
+    pub fn flush_spans(&self) {
+        if let Some(spans) = &self.spans {
+            spans.shutdown();
+        }
     }
 }
 

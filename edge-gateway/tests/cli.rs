@@ -51,6 +51,76 @@ fn invalid_config_exits_2_naming_the_key() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("gateway.upstreams[0]"));
 }
 
+/// A self-signed certificate and its key, written next to each other; returns (cert, key).
+fn self_signed_files(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_path = dir.join(format!("{name}-cert.pem"));
+    let key_path = dir.join(format!("{name}-key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, signing_key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+#[test]
+fn unusable_tls_files_exit_2_naming_gateway_tls() {
+    let dir = std::env::temp_dir().join(format!("edge-gateway-cli-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = self_signed_files(&dir, "good");
+    let (_, other_key) = self_signed_files(&dir, "other");
+    let missing = dir.join("missing.pem");
+    let tls_config = |cert: &std::path::Path, key: &std::path::Path| {
+        write_config(&format!(
+            "gateway:\n  listen: 127.0.0.1:{}\n  metrics_listen: \"\"\n  tls:\n    listen: 127.0.0.1:{}\n    cert_path: {}\n    key_path: {}\n",
+            free_port(),
+            free_port(),
+            cert.display(),
+            key.display()
+        ))
+    };
+
+    let output = Command::new(BIN)
+        .arg("--config")
+        .arg(tls_config(&cert, &key))
+        .arg("--test")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let cases = [
+        (missing.clone(), key.clone(), "gateway.tls.cert_path"),
+        (cert.clone(), missing.clone(), "gateway.tls.key_path"),
+        (cert.clone(), other_key.clone(), "gateway.tls"),
+    ];
+    for (cert_path, key_path, named) in cases {
+        let config = tls_config(&cert_path, &key_path);
+        // Both the check (--test) and a real start refuse before binding anything.
+        for test_only in [true, false] {
+            let mut command = Command::new(BIN);
+            command.arg("--config").arg(&config);
+            if test_only {
+                command.arg("--test");
+            }
+            let output = command.output().unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "{stderr}");
+            assert!(stderr.contains(named), "{named}: {stderr}");
+            assert!(
+                stderr.lines().count() == 1,
+                "one line expected, got: {stderr}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn shipped_config_validates() {
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.yaml");

@@ -510,3 +510,70 @@ pub fn parse_grpc_web(body: &[u8], text: bool) -> GrpcWebReply {
     assert_eq!(buf.remaining(), 0, "trailing bytes in gRPC-web body");
     GrpcWebReply { messages, trailers }
 }
+
+// === a test PKI: a CA and a server certificate signed by it, written to a temp dir ===
+
+pub struct TestPki {
+    pub dir: std::path::PathBuf,
+    /// The CA certificate clients trust (PEM).
+    pub ca_pem: String,
+    /// Server chain (leaf, then CA) and key, for `gateway.tls`.
+    pub cert_path: std::path::PathBuf,
+    pub key_path: std::path::PathBuf,
+}
+
+impl TestPki {
+    /// The server certificate is for `localhost` and `127.0.0.1`.
+    pub fn generate() -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "meshgate test CA");
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+
+        let leaf_key = KeyPair::generate().unwrap();
+        let mut leaf_params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        leaf_params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+
+        let dir = std::env::temp_dir().join(format!("edge-gateway-tls-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert_path = dir.join("server-chain.pem");
+        let key_path = dir.join("server-key.pem");
+        std::fs::write(&cert_path, format!("{}{}", leaf.pem(), ca.pem())).unwrap();
+        std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
+        Self {
+            dir,
+            ca_pem: ca.pem(),
+            cert_path,
+            key_path,
+        }
+    }
+}
+
+impl Drop for TestPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls until something accepts TCP connections on `addr`.
+pub async fn wait_listening(addr: SocketAddr) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("nothing listens on {addr}");
+}
