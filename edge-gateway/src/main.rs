@@ -29,6 +29,9 @@ struct Args {
     test: bool,
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args = Args::parse();
     tracing_subscriber::fmt()

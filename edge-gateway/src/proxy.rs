@@ -166,7 +166,7 @@ impl GatewayProxy {
             }
         }
         for (name, value) in trace.upstream_headers() {
-            if let Ok(value) = HeaderValue::from_str(&value) {
+            if let Some(value) = TraceContext::unindexed(&value) {
                 forwarded.insert(HeaderName::from_static(name), value);
             }
         }
@@ -201,7 +201,9 @@ impl GatewayProxy {
 
     fn trace_header(&self, ctx: &RequestCtx, response: &mut ResponseHeader) {
         if let Some(trace) = &ctx.trace {
-            let _ = response.insert_header("traceparent", trace.traceparent());
+            if let Some(value) = TraceContext::unindexed(&trace.traceparent()) {
+                let _ = response.insert_header("traceparent", value);
+            }
         }
     }
 
@@ -464,31 +466,34 @@ impl GatewayProxy {
             .trace
             .clone()
             .unwrap_or_else(|| TraceContext::from_headers(|_| None));
-        let mut headers = session.req_header().headers.clone();
-        let label = route.label();
-        let uri_text = request_uri(session);
-        let client = client_addr(session);
-        if let Decision::Respond(reply) = self.state.filters.on_request(
-            &mut FilterRequest {
-                protocol: Protocol::Rest,
-                grpc_method: &route.grpc_path,
-                route: Some(&label),
-                http_method: method.as_str(),
-                uri: &uri_text,
-                client_addr: client.as_deref(),
-                headers: &mut headers,
-                message: Some(&message),
-                body: Some(&body),
-            },
-            &mut ctx.filters,
-        ) {
-            return Err(ctx.filtered(reply));
-        }
-        let metadata = self.metadata_from(&headers, &trace);
+        let metadata = if self.state.filters.is_empty() {
+            self.metadata_from(&session.req_header().headers, &trace)
+        } else {
+            let mut headers = session.req_header().headers.clone();
+            let uri_text = request_uri(session);
+            let client = client_addr(session);
+            if let Decision::Respond(reply) = self.state.filters.on_request(
+                &mut FilterRequest {
+                    protocol: Protocol::Rest,
+                    grpc_method: &route.grpc_path,
+                    route: Some(&ctx.route),
+                    http_method: method.as_str(),
+                    uri: &uri_text,
+                    client_addr: client.as_deref(),
+                    headers: &mut headers,
+                    message: Some(&message),
+                    body: Some(&body),
+                },
+                &mut ctx.filters,
+            ) {
+                return Err(ctx.filtered(reply));
+            }
+            self.metadata_from(&headers, &trace)
+        };
         let timeout = self
             .state
             .config
-            .timeout_for(Some(&label), &route.grpc_path);
+            .timeout_for(Some(&ctx.route), &route.grpc_path);
         let (upstream, response) = self
             .state
             .upstreams
@@ -995,7 +1000,9 @@ impl ProxyHttp for GatewayProxy {
     ) -> pingora::Result<()> {
         if let Some(trace) = &ctx.trace {
             for (name, value) in trace.upstream_headers() {
-                upstream_request.insert_header(name, value)?;
+                if let Some(value) = TraceContext::unindexed(&value) {
+                    upstream_request.insert_header(name, value)?;
+                }
             }
             // The caller's single-header B3 names the caller's span as the parent, and services
             // prefer it to `x-b3-*` / `traceparent`: only the gateway's context goes upstream.

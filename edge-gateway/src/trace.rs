@@ -18,11 +18,17 @@ fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit()) && s.bytes().any(|b| b != b'0')
 }
 
+/// `bytes` random bytes as lower-case hex (one allocation; this runs on every request).
 fn random_hex(bytes: usize) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut rng = rand::rng();
-    (0..bytes)
-        .map(|_| format!("{:02x}", rng.random::<u8>()))
-        .collect()
+    let mut hex = String::with_capacity(bytes * 2);
+    for _ in 0..bytes {
+        let byte = rng.random::<u8>();
+        hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        hex.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    hex
 }
 
 impl TraceContext {
@@ -64,6 +70,14 @@ impl TraceContext {
             parent_span_id: None,
             sampled: true,
         }
+    }
+
+    /// A per-request header value, marked never-indexed: it changes on every request, so
+    /// adding it to HPACK's dynamic table only evicts the entries that do repeat.
+    pub fn unindexed(value: &str) -> Option<http::HeaderValue> {
+        let mut value = http::HeaderValue::from_str(value).ok()?;
+        value.set_sensitive(true);
+        Some(value)
     }
 
     pub fn traceparent(&self) -> String {
@@ -139,6 +153,24 @@ fn parse_b3_single(value: &str) -> Option<(String, Option<String>, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fresh_ids_are_lower_case_hex_of_the_right_length() {
+        let fresh = TraceContext::from_headers(|_| None);
+        assert!(is_hex(&fresh.trace_id, 32), "{}", fresh.trace_id);
+        assert!(is_hex(&fresh.span_id, 16), "{}", fresh.span_id);
+        assert!(!fresh.trace_id.bytes().any(|b| b.is_ascii_uppercase()));
+        assert_ne!(fresh.span_id, TraceContext::from_headers(|_| None).span_id);
+    }
+
+    #[test]
+    fn per_request_values_are_never_indexed() {
+        let value =
+            TraceContext::unindexed("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+                .expect("a valid header value");
+        assert!(value.is_sensitive());
+        assert!(TraceContext::unindexed("bad\nvalue").is_none());
+    }
 
     fn ctx(headers: &[(&str, &str)]) -> TraceContext {
         TraceContext::from_headers(|name| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v))

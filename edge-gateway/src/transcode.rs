@@ -276,10 +276,22 @@ pub fn render_response(
     message: &DynamicMessage,
     options: JsonOptions,
 ) -> Result<Vec<u8>, ResponseDecodeError> {
-    let value = message_json(message, options).map_err(|reason| ResponseDecodeError {
+    let failed = |reason: String| ResponseDecodeError {
         message: message.descriptor().full_name().to_owned(),
         reason,
-    })?;
+    };
+    if route.response_body.is_none() {
+        // The whole message: straight to bytes, without a `serde_json::Value` in between.
+        let mut json = Vec::with_capacity(128);
+        message
+            .serialize_with_options(
+                &mut serde_json::Serializer::new(&mut json),
+                &options.serialize_options(),
+            )
+            .map_err(|e| failed(e.to_string()))?;
+        return Ok(json);
+    }
+    let value = message_json(message, options).map_err(failed)?;
     let value = match (&route.response_body, value) {
         (Some(field), Value::Object(mut map)) => {
             let descriptor = message.descriptor();
