@@ -68,10 +68,14 @@ filters="[
      vary: [authorization], etag: true}]}}]"
 gateway_config "$plain_port" "[]" >"$work/plain.yaml"
 gateway_config "$filtered_port" "$filters" >"$work/filtered.yaml"
+declare -A gateway_pid
 for variant in plain filtered; do
   RUST_LOG=warn "$target_dir/release/edge-gateway" --config "$work/$variant.yaml" >/dev/null &
   pids+=($!)
+  gateway_pid[$variant]=$!
 done
+# The gateway's own CPU per request (µs, from /proc): steadier than req/s on a shared machine.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 for port in "$grpc_port" "$plain_port" "$filtered_port"; do
   for _ in $(seq 200); do
@@ -88,8 +92,13 @@ for c in $concurrency; do
       port=$plain_port
       [ "$variant" = filtered ] && port=$filtered_port
       echo "## concurrency $c, round $round, gateway $variant (:$port)"
-      "$target_dir/release/meshgate-loadgen" --target "http://127.0.0.1:$port" --transport rest \
-        --scenario get-hit --concurrency "$c" --duration "$duration" --seed-users 200
+      before=$(cpu_ticks "${gateway_pid[$variant]}")
+      line=$("$target_dir/release/meshgate-loadgen" --target "http://127.0.0.1:$port" --transport rest \
+        --scenario get-hit --concurrency "$c" --duration "$duration" --seed-users 200)
+      after=$(cpu_ticks "${gateway_pid[$variant]}")
+      requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
+      echo "$line gateway_cpu_us_per_request=$(awk -v t=$((after - before)) -v n="$requests" \
+        -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')"
     done
   done
 done

@@ -172,6 +172,25 @@ pub struct Plugin {
     logs: Arc<LogBuffer>,
 }
 
+/// A small per-thread number, handed out in order of first use, per counter: with `n` threads
+/// and `n` or more VMs, no two threads share a VM.
+fn thread_slot(counter: &AtomicUsize) -> usize {
+    thread_local! {
+        // (counter address, slot) pairs: one entry per plugin this thread has run.
+        static SLOTS: std::cell::RefCell<Vec<(usize, usize)>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let key = std::ptr::from_ref(counter) as usize;
+    SLOTS.with(|slots| {
+        let mut slots = slots.borrow_mut();
+        if let Some(&(_, slot)) = slots.iter().find(|(k, _)| *k == key) {
+            return slot;
+        }
+        let slot = counter.fetch_add(1, Ordering::Relaxed);
+        slots.push((key, slot));
+        slot
+    })
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -281,8 +300,11 @@ impl Plugin {
             .collect()
     }
 
+    /// The calling thread's own VM, as Envoy gives each worker thread its own: a thread keeps
+    /// reusing one instance (its memory stays in that core's caches, its lock uncontended).
+    /// Threads beyond `workers` share VMs in turn.
     fn pick_worker(&self) -> usize {
-        self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len()
+        thread_slot(&self.next_worker) % self.workers.len()
     }
 
     /// Runs `body` on a worker, rebuilding the worker first if an earlier trap poisoned it.
@@ -457,7 +479,7 @@ impl Chain {
         &self.plugins
     }
 
-    /// Runs the request phase on the next worker of each plugin (round robin).
+    /// Runs the request phase on the calling thread's worker of each plugin.
     pub fn on_request(&self, request: Request) -> Result<Exchange, FilterError> {
         self.on_request_at(None, request)
     }
@@ -954,5 +976,28 @@ impl LogSink for LogBuffer {
             lines.pop_front();
         }
         lines.push_back((level, line));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_thread_keeps_its_own_slot_per_counter() {
+        let counter = AtomicUsize::new(0);
+        let mine = thread_slot(&counter);
+        assert_eq!(thread_slot(&counter), mine, "a thread keeps its slot");
+        let theirs = std::thread::scope(|scope| {
+            let a = scope.spawn(|| thread_slot(&counter)).join().unwrap();
+            let b = scope.spawn(|| thread_slot(&counter)).join().unwrap();
+            (a, b)
+        });
+        let mut all = vec![mine, theirs.0, theirs.1];
+        all.sort_unstable();
+        assert_eq!(all, vec![0, 1, 2], "the first threads get distinct slots");
+        // Another counter (another plugin) numbers threads on its own.
+        let other = AtomicUsize::new(0);
+        assert_eq!(thread_slot(&other), 0);
     }
 }
