@@ -158,7 +158,12 @@ impl PathTemplate {
                 variable.end
             };
             let span = &parts[variable.start..end];
-            let value = if span.len() == 1 {
+            // Whether "%2F" decodes depends on the variable's template, not on how many
+            // segments the request happened to bring: `{path=**}` keeps it encoded even when
+            // it matches a single segment.
+            let single_segment = variable.end - variable.start == 1
+                && self.segments[variable.start] != Segment::Multi;
+            let value = if single_segment {
                 percent_decode(span[0], true)?
             } else {
                 // Multi-segment values keep '/' as the separator; an encoded "%2F" stays encoded
@@ -308,8 +313,12 @@ pub fn percent_decode(input: &str, decode_slash: bool) -> Option<String> {
     let mut index = 0;
     while index < bytes.len() {
         if bytes[index] == b'%' {
-            let hex = bytes.get(index + 1..index + 3)?;
-            let value = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+            // Two hex digits, nothing else: `u8::from_str_radix` would also take a sign ("%+F").
+            let digit = |offset: usize| {
+                let byte = *bytes.get(index + offset)?;
+                (byte as char).to_digit(16)
+            };
+            let value = (digit(1)? * 16 + digit(2)?) as u8;
             if value == b'/' && !decode_slash {
                 out.extend_from_slice(&bytes[index..index + 3]);
             } else {

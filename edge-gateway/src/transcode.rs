@@ -95,6 +95,20 @@ pub fn build_request(
         for (name, raw) in parse_query(query)? {
             let field = resolve_field_path(&input, &name)
                 .ok_or_else(|| TranscodeError::UnknownQueryParameter(name.clone()))?;
+            // With `body: "field"` that field comes from the body only (spec); a query value
+            // for it or below it would silently replace or merge into what the body sent.
+            if let BodyTarget::Field(body_field) = &route.body
+                && let Some(top) = name.split('.').next()
+                && input
+                    .get_field_by_name(top)
+                    .or_else(|| input.get_field_by_json_name(top))
+                    .is_some_and(|top| top.name() == body_field)
+            {
+                return Err(TranscodeError::BadQueryParameter {
+                    name,
+                    reason: format!("field {body_field} is set by the request body"),
+                });
+            }
             if field.is_map()
                 || (matches!(field.kind(), Kind::Message(ref m) if !is_scalar_like(m)))
             {

@@ -77,6 +77,29 @@ fn multi_segment_keeps_encoded_slash() {
 }
 
 #[test]
+fn multi_segment_variable_keeps_encoded_slash_on_one_segment_too() {
+    // Found by the rest_router fuzz target: a `**` variable matching a single segment used to
+    // decode "%2F", so "/files/a%2Fb" and "/files/a/b" bound the same value.
+    assert_eq!(
+        bind("/files/{path=**}", "/files/a%2Fb"),
+        Some(pairs(&[("path", "a%2Fb")]))
+    );
+    assert_eq!(
+        bind("/files/{path=**}", "/files/a/b"),
+        Some(pairs(&[("path", "a/b")]))
+    );
+    assert_eq!(
+        bind("/{name=**}", "/%2F%28"),
+        Some(pairs(&[("name", "%2F(")]))
+    );
+    assert_eq!(bind("/{name=**}", "/"), Some(pairs(&[("name", "")])));
+    assert_eq!(
+        bind("/v1/{name=shelves}", "/v1/shelves"),
+        Some(pairs(&[("name", "shelves")]))
+    );
+}
+
+#[test]
 fn rejects_bad_templates() {
     for bad in [
         "v1/users",
@@ -100,6 +123,12 @@ fn rejects_bad_templates() {
 fn bad_percent_encoding_does_not_match() {
     assert_eq!(bind("/v1/{id}", "/v1/%zz"), None);
     assert_eq!(bind("/v1/{id}", "/v1/%f"), None);
+    // Found by the rest_router fuzz target: a sign is not a hex digit.
+    for bad in ["%+F", "%-1", "%+0", "a%+Fb"] {
+        assert_eq!(percent_decode(bad, true), None, "{bad}");
+        assert_eq!(bind("/v1/{id}", &format!("/v1/{bad}")), None, "{bad}");
+    }
+    assert_eq!(percent_decode("%4a%4A", true).as_deref(), Some("JJ"));
 }
 
 #[test]

@@ -173,3 +173,49 @@ fn random_json_never_panics() {
         let _ = build_request(route, &bindings, Some(query), body.as_bytes());
     }
 }
+
+#[test]
+fn query_cannot_set_the_body_field() {
+    // `PATCH /v1/sinks/{id}/nested` with `body: "nested"`: a query value under `nested` used to
+    // replace a non-object body silently (body `5` + `?nested.label=x` was accepted as
+    // `{"label":"x"}`) or merge into it. Noticed while writing the json_to_message fuzz target.
+    let pool = prost_reflect::DescriptorPool::decode(
+        &include_bytes!(concat!(env!("OUT_DIR"), "/kitchen_descriptor.bin"))[..],
+    )
+    .unwrap();
+    let router = Router::from_pool(&pool).unwrap();
+    let (route, bindings) = router
+        .lookup(&Method::PATCH, "/v1/sinks/s1/nested")
+        .unwrap();
+    for (query, body) in [
+        ("nested.label=x", &b"5"[..]),
+        ("nested.label=x", &br#"{"label":"a"}"#[..]),
+        ("nested.values=1", &b""[..]),
+    ] {
+        let error = build_request(&route, &bindings, Some(query), body).unwrap_err();
+        assert!(
+            matches!(&error, TranscodeError::BadQueryParameter { reason, .. } if reason.contains("request body")),
+            "{query}: {error}"
+        );
+    }
+    // Other fields still come from the query, and the body still fills its field.
+    let message = build_request(&route, &bindings, Some("color=RED"), br#"{"label":"a"}"#).unwrap();
+    assert_eq!(
+        message.get_field_by_name("color").unwrap().as_enum_number(),
+        Some(1)
+    );
+    let nested = message.get_field_by_name("nested").unwrap();
+    assert_eq!(
+        nested
+            .as_message()
+            .unwrap()
+            .get_field_by_name("label")
+            .unwrap()
+            .as_str(),
+        Some("a")
+    );
+    assert_eq!(
+        message.get_field_by_name("id").unwrap().as_str(),
+        Some("s1")
+    );
+}
