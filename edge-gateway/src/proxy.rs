@@ -200,10 +200,10 @@ impl GatewayProxy {
     }
 
     fn trace_header(&self, ctx: &RequestCtx, response: &mut ResponseHeader) {
-        if let Some(trace) = &ctx.trace {
-            if let Some(value) = TraceContext::unindexed(&trace.traceparent()) {
-                let _ = response.insert_header("traceparent", value);
-            }
+        if let Some(trace) = &ctx.trace
+            && let Some(value) = TraceContext::unindexed(&trace.traceparent())
+        {
+            let _ = response.insert_header("traceparent", value);
         }
     }
 
