@@ -419,6 +419,50 @@ impl GatewayProxy {
         Ok(true)
     }
 
+    /// The metadata for the upstream call of a terminated (REST or gRPC-web) request, after the
+    /// filters' request phase, which may answer instead. Without filters the client's headers
+    /// are read in place, not copied.
+    fn upstream_metadata(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        protocol: Protocol,
+        message: &Bytes,
+        body: &Bytes,
+    ) -> Result<MetadataMap, GatewayError> {
+        let trace = ctx
+            .trace
+            .clone()
+            .unwrap_or_else(|| TraceContext::from_headers(|_| None));
+        if self.state.filters.is_empty() {
+            return Ok(self.metadata_from(&session.req_header().headers, &trace));
+        }
+        let mut headers = session.req_header().headers.clone();
+        let uri = match protocol {
+            Protocol::Rest => request_uri(session),
+            Protocol::GrpcWeb | Protocol::Grpc => ctx.grpc_method.clone(),
+        };
+        let client = client_addr(session);
+        let decision = self.state.filters.on_request(
+            &mut FilterRequest {
+                protocol,
+                grpc_method: &ctx.grpc_method,
+                route: (protocol == Protocol::Rest).then_some(ctx.route.as_str()),
+                http_method: session.req_header().method.as_str(),
+                uri: &uri,
+                client_addr: client.as_deref(),
+                headers: &mut headers,
+                message: Some(message),
+                body: Some(body),
+            },
+            &mut ctx.filters,
+        );
+        if let Decision::Respond(reply) = decision {
+            return Err(ctx.filtered(reply));
+        }
+        Ok(self.metadata_from(&headers, &trace))
+    }
+
     async fn handle_rest(
         &self,
         session: &mut Session,
@@ -462,34 +506,7 @@ impl GatewayProxy {
         }
         let request = transcode::build_request(&route, &bindings, uri.query(), &body)?;
         let message = transcode::encode(&request);
-        let trace = ctx
-            .trace
-            .clone()
-            .unwrap_or_else(|| TraceContext::from_headers(|_| None));
-        let metadata = if self.state.filters.is_empty() {
-            self.metadata_from(&session.req_header().headers, &trace)
-        } else {
-            let mut headers = session.req_header().headers.clone();
-            let uri_text = request_uri(session);
-            let client = client_addr(session);
-            if let Decision::Respond(reply) = self.state.filters.on_request(
-                &mut FilterRequest {
-                    protocol: Protocol::Rest,
-                    grpc_method: &route.grpc_path,
-                    route: Some(&ctx.route),
-                    http_method: method.as_str(),
-                    uri: &uri_text,
-                    client_addr: client.as_deref(),
-                    headers: &mut headers,
-                    message: Some(&message),
-                    body: Some(&body),
-                },
-                &mut ctx.filters,
-            ) {
-                return Err(ctx.filtered(reply));
-            }
-            self.metadata_from(&headers, &trace)
-        };
+        let metadata = self.upstream_metadata(session, ctx, Protocol::Rest, &message, &body)?;
         let timeout = self
             .state
             .config
@@ -618,29 +635,7 @@ impl GatewayProxy {
             messages[0].payload.clone(),
             self.state.config.max_body_bytes,
         )?;
-        let trace = ctx
-            .trace
-            .clone()
-            .unwrap_or_else(|| TraceContext::from_headers(|_| None));
-        let mut headers = session.req_header().headers.clone();
-        let client = client_addr(session);
-        if let Decision::Respond(reply) = self.state.filters.on_request(
-            &mut FilterRequest {
-                protocol: Protocol::GrpcWeb,
-                grpc_method: &path,
-                route: None,
-                http_method: method.as_str(),
-                uri: &path,
-                client_addr: client.as_deref(),
-                headers: &mut headers,
-                message: Some(&message),
-                body: Some(&body),
-            },
-            &mut ctx.filters,
-        ) {
-            return Err(ctx.filtered(reply));
-        }
-        let metadata = self.metadata_from(&headers, &trace);
+        let metadata = self.upstream_metadata(session, ctx, Protocol::GrpcWeb, &message, &body)?;
         let timeout = match header_str(session, "grpc-timeout").and_then(parse_grpc_timeout) {
             Some(client) => client.min(self.state.config.timeout_for(None, &path)),
             None => self.state.config.timeout_for(None, &path),
