@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The edge gateway's REST throughput with the three istio-filters wasm modules (span-enrichment,
-# rate-limit, cache-headers) vs no filters, side by side: two release gateways in front of one
+# The edge gateway's REST throughput with the three istio-filters filters (span-enrichment,
+# rate-limit, cache-headers) vs no filters, side by side: three release gateways in front of one
 # release user-service (PostgreSQL + Redis), driven in turn by meshgate-loadgen (REST over h2c,
 # get-hit = GetUser served from Redis), loopback only, ROUNDS alternating runs per cell.
+# Variants: plain (no filters), filtered (the three modules, one plugin each), bundle (the same
+# three configs in meshgate_filters.wasm, one plugin).
 #
 #   loadgen/bench-gateway-filters.sh                      # DURATION=10 s, CONCURRENCY="16 64", ROUNDS=2
-#   DURATION=5 CONCURRENCY=64 ROUNDS=1 loadgen/bench-gateway-filters.sh
+#   DURATION=5 CONCURRENCY=64 ROUNDS=1 VARIANTS="plain bundle" loadgen/bench-gateway-filters.sh
 #
 # DATABASE_URL (server URL where a database may be created; default
 # postgres://postgres@127.0.0.1:5432/test) and REDIS_URL (default redis://127.0.0.1:6379).
@@ -20,11 +22,12 @@ rounds=${ROUNDS:-2}
 grpc_port=${BENCH_GRPC_PORT:-50561}
 plain_port=${BENCH_PLAIN_PORT:-18081}
 filtered_port=${BENCH_FILTERED_PORT:-18082}
+bundle_port=${BENCH_BUNDLE_PORT:-18083}
 target_dir=$(realpath "${CARGO_TARGET_DIR:-target}")
 
 cargo build --release -p user-service -p edge-gateway -p meshgate-loadgen >&2
 cargo build --profile wasm --target wasm32-wasip1 \
-  -p meshgate-rate-limit -p meshgate-cache-headers -p meshgate-span-enrichment >&2
+  -p meshgate-rate-limit -p meshgate-cache-headers -p meshgate-span-enrichment -p meshgate-filters >&2
 wasm="$target_dir/wasm32-wasip1/wasm"
 
 work=$(mktemp -d)
@@ -58,18 +61,26 @@ YAML
 }
 # The configs of mesh/wasm-plugins, cut to what a GetUser touches; the rate limit applies to
 # every request (per source address) but is never reached.
-filters="[
-  {name: span-enrichment, module: $wasm/meshgate_span_enrichment.wasm, config: {fields: [
-    {path: id}, {path: user.email, from: response, methods: [user.UserService/GetUser], redact: sha256}]}},
-  {name: rate-limit, module: $wasm/meshgate_rate_limit.wasm, config: {rules: [
-    {name: per-client, key: [{type: sourceAddress}], requests: 100000000, periodSeconds: 1}]}},
-  {name: cache-headers, module: $wasm/meshgate_cache_headers.wasm, config: {policies: [
+span_config="{fields: [
+    {path: id}, {path: user.email, from: response, methods: [user.UserService/GetUser], redact: sha256}]}"
+rate_config="{rules: [
+    {name: per-client, key: [{type: sourceAddress}], requests: 100000000, periodSeconds: 1}]}"
+cache_config="{policies: [
     {name: user-reads, methods: [user.UserService/GetUser], cacheControl: {scope: private, maxAge: 30},
-     vary: [authorization], etag: true}]}}]"
+     vary: [authorization], etag: true}]}"
+# The same three configs, as three modules (three WasmPlugins) and as the bundle (one).
+filters="[
+  {name: span-enrichment, module: $wasm/meshgate_span_enrichment.wasm, config: $span_config},
+  {name: rate-limit, module: $wasm/meshgate_rate_limit.wasm, config: $rate_config},
+  {name: cache-headers, module: $wasm/meshgate_cache_headers.wasm, config: $cache_config}]"
+bundle="[{name: meshgate-filters, module: $wasm/meshgate_filters.wasm, config: {
+  spanEnrichment: $span_config, rateLimit: $rate_config, cacheHeaders: $cache_config}}]"
 gateway_config "$plain_port" "[]" >"$work/plain.yaml"
 gateway_config "$filtered_port" "$filters" >"$work/filtered.yaml"
+gateway_config "$bundle_port" "$bundle" >"$work/bundle.yaml"
 declare -A gateway_pid
-for variant in plain filtered; do
+variants=${VARIANTS:-"plain filtered bundle"}
+for variant in plain filtered bundle; do
   RUST_LOG=warn "$target_dir/release/edge-gateway" --config "$work/$variant.yaml" >/dev/null &
   pids+=($!)
   gateway_pid[$variant]=$!
@@ -77,7 +88,7 @@ done
 # The gateway's own CPU per request (µs, from /proc): steadier than req/s on a shared machine.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-for port in "$grpc_port" "$plain_port" "$filtered_port"; do
+for port in "$grpc_port" "$plain_port" "$filtered_port" "$bundle_port"; do
   for _ in $(seq 200); do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
     sleep 0.1
@@ -88,9 +99,13 @@ sleep 1 # first health check of the upstream
 echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for c in $concurrency; do
   for round in $(seq "$rounds"); do
-    for variant in plain filtered; do
-      port=$plain_port
-      [ "$variant" = filtered ] && port=$filtered_port
+    for variant in $variants; do
+      case $variant in
+        plain) port=$plain_port ;;
+        filtered) port=$filtered_port ;;
+        bundle) port=$bundle_port ;;
+        *) echo "unknown variant $variant (plain, filtered, bundle)" >&2; exit 2 ;;
+      esac
       echo "## concurrency $c, round $round, gateway $variant (:$port)"
       before=$(cpu_ticks "${gateway_pid[$variant]}")
       line=$("$target_dir/release/meshgate-loadgen" --target "http://127.0.0.1:$port" --transport rest \

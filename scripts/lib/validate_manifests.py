@@ -781,7 +781,13 @@ def environment_sets(inputs: Inputs) -> tuple[list[manifest_refs.ObjectSet], lis
             if f"render:{path}" in by_source:
                 per_app.append((app, by_source[f"render:{path}"]))
             elif (ROOT / path).is_dir():
-                per_app.append((app, [d for src, ds in by_source.items() if src.startswith(path + "/") for d in ds]))
+                # Argo CD reads a plain directory without its subdirectories unless told to recurse.
+                recurse = (((app.get("spec") or {}).get("source") or {}).get("directory") or {}).get("recurse")
+
+                def in_app(src: str) -> bool:
+                    inside = src.removeprefix(path + "/")
+                    return src.startswith(path + "/") and (recurse is True or "/" not in inside)
+                per_app.append((app, [d for src, ds in by_source.items() if in_app(src) for d in ds]))
             elif path in PATHS_OWNED_ELSEWHERE:
                 notes.add(f"   note: {path} (Application/{app['metadata']['name']}) is delivered by "
                           f"{PATHS_OWNED_ELSEWHERE[path]}, not in this checkout")

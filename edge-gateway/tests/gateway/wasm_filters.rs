@@ -3,8 +3,10 @@
 //! RESOURCE_EXHAUSTED (gRPC, gRPC-web), span-enrichment attributes in the access log, and a
 //! refused filter config exiting 2.
 //!
-//! The modules must be built first:
-//! `cargo build --profile wasm --target wasm32-wasip1 -p meshgate-rate-limit -p meshgate-cache-headers -p meshgate-span-enrichment`
+//! Each flow runs twice: with the three modules as three plugins, and with the bundle module
+//! (`meshgate_filters.wasm`, the same configs in one plugin).
+//!
+//! The modules must be built first: `scripts/build-filters` (the test command does).
 //! They are looked up in `$MESHGATE_WASM_DIR`, else in `<target dir>/wasm32-wasip1/wasm/`
 //! next to this test binary (so `CARGO_TARGET_DIR` is honoured).
 
@@ -24,8 +26,7 @@ use tokio::{sync::oneshot, task::JoinHandle};
 
 use crate::helpers::*;
 
-const BUILD_COMMAND: &str = "cargo build --profile wasm --target wasm32-wasip1 \
-     -p meshgate-rate-limit -p meshgate-cache-headers -p meshgate-span-enrichment";
+const BUILD_COMMAND: &str = "scripts/build-filters";
 
 fn wasm_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("MESHGATE_WASM_DIR") {
@@ -197,49 +198,72 @@ impl Drop for GatewayProcess {
     }
 }
 
+/// The pluginConfigs of the three filters, as their WasmPlugins carry them.
+fn span_enrichment_config() -> Value {
+    json!({"fields": [
+        {"path": "id"},
+        {"path": "user.email", "from": "response",
+         "methods": ["user.UserService/GetUser"], "redact": "sha256"}
+    ]})
+}
+
+fn rate_limit_config(limit: u32) -> Value {
+    json!({"rules": [{
+        "name": "per-tenant",
+        "key": [{"type": "header", "name": "x-tenant"}],
+        "requests": limit,
+        "periodSeconds": 3600
+    }]})
+}
+
+fn cache_headers_config() -> Value {
+    json!({"policies": [{
+        "name": "user-reads",
+        "methods": ["user.UserService/GetUser"],
+        "cacheControl": {"scope": "private", "maxAge": 30},
+        "vary": ["authorization"],
+        "etag": true
+    }]})
+}
+
+/// The three modules, one plugin each (as three WasmPlugins).
 fn all_three_filters(limit: u32) -> Value {
     json!([
-        {
-            "name": "span-enrichment",
-            "module": module("span_enrichment"),
-            "workers": 2,
-            "config": {"fields": [
-                {"path": "id"},
-                {"path": "user.email", "from": "response",
-                 "methods": ["user.UserService/GetUser"], "redact": "sha256"}
-            ]}
-        },
-        {
-            "name": "rate-limit",
-            "module": module("rate_limit"),
-            "workers": 2,
-            "config": {"rules": [{
-                "name": "per-tenant",
-                "key": [{"type": "header", "name": "x-tenant"}],
-                "requests": limit,
-                "periodSeconds": 3600
-            }]}
-        },
-        {
-            "name": "cache-headers",
-            "module": module("cache_headers"),
-            "workers": 2,
-            "config": {"policies": [{
-                "name": "user-reads",
-                "methods": ["user.UserService/GetUser"],
-                "cacheControl": {"scope": "private", "maxAge": 30},
-                "vary": ["authorization"],
-                "etag": true
-            }]}
-        }
+        {"name": "span-enrichment", "module": module("span_enrichment"), "workers": 2,
+         "config": span_enrichment_config()},
+        {"name": "rate-limit", "module": module("rate_limit"), "workers": 2,
+         "config": rate_limit_config(limit)},
+        {"name": "cache-headers", "module": module("cache_headers"), "workers": 2,
+         "config": cache_headers_config()}
+    ])
+}
+
+/// The same three configs in the bundle module: one plugin, one stream context per request.
+fn bundled_filters(limit: u32) -> Value {
+    json!([
+        {"name": "meshgate-filters", "module": module("filters"), "workers": 2,
+         "config": {
+            "spanEnrichment": span_enrichment_config(),
+            "rateLimit": rate_limit_config(limit),
+            "cacheHeaders": cache_headers_config()
+         }}
     ])
 }
 
 #[tokio::test]
 async fn rest_grpc_and_grpc_web_through_the_wasm_filters() {
+    through_the_filters(all_three_filters).await;
+}
+
+#[tokio::test]
+async fn rest_grpc_and_grpc_web_through_the_bundled_filters() {
+    through_the_filters(bundled_filters).await;
+}
+
+async fn through_the_filters(filters: fn(u32) -> Value) {
     const LIMIT: u32 = 3;
     let service = UserService::start().await;
-    let gw = GatewayProcess::start(service.addr, all_three_filters(LIMIT)).await;
+    let gw = GatewayProcess::start(service.addr, filters(LIMIT)).await;
     let client = h1();
 
     let email = format!("grace-{}@example.com", uuid::Uuid::new_v4());
@@ -469,6 +493,11 @@ async fn a_refused_filter_config_or_a_bad_module_exits_2() {
             json!([{"name": "cache", "module": module("cache_headers"),
                     "config": {"policiez": []}}]),
             vec!["gateway.filters[0]", "cache", "policiez"],
+        ),
+        (
+            json!([{"name": "bundle", "module": module("filters"),
+                    "config": {"rateLimit": {"rulez": []}}}]),
+            vec!["gateway.filters[0]", "bundle", "rateLimit: ", "rulez"],
         ),
         (
             json!([{"name": "missing", "module": "no-such-filter.wasm"}]),

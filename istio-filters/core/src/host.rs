@@ -65,11 +65,12 @@ pub trait Host {
     fn response_header(&self, name: &str) -> Option<String>;
     fn set_response_header(&mut self, name: &str, value: Option<&str>);
     fn response_trailer(&self, name: &str) -> Option<String>;
-    /// The first `size` bytes of the buffered request body.
-    fn request_body(&self, size: usize) -> Option<Vec<u8>>;
-    fn response_body(&self, size: usize) -> Option<Vec<u8>>;
-    /// Replaces the first `size` bytes of the buffered response body with nothing.
-    fn clear_response_body(&mut self, size: usize);
+    /// `size` bytes of the buffered request body from offset `start` (the callback's
+    /// `body_size` covers the whole buffer from offset 0).
+    fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>>;
+    fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>>;
+    /// Removes `size` bytes of the buffered response body from offset `start`.
+    fn clear_response_body(&mut self, start: usize, size: usize);
     /// A proxy property such as `source.address` (raw bytes as the host gives them).
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
     /// Filter state (Envoy stores it under `wasm.<path>`).

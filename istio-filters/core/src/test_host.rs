@@ -38,6 +38,11 @@ fn set(list: &mut Vec<(String, String)>, name: &str, value: Option<&str>) {
     }
 }
 
+fn slice(body: &[u8], start: usize, size: usize) -> &[u8] {
+    let start = start.min(body.len());
+    &body[start..start.saturating_add(size).min(body.len())]
+}
+
 impl TestHost {
     pub fn with_request(headers: &[(&str, &str)]) -> Self {
         Self {
@@ -73,15 +78,16 @@ impl Host for TestHost {
     fn response_trailer(&self, name: &str) -> Option<String> {
         get(&self.response_trailers, name)
     }
-    fn request_body(&self, size: usize) -> Option<Vec<u8>> {
-        Some(self.request_body[..size.min(self.request_body.len())].to_vec())
+    fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        Some(slice(&self.request_body, start, size).to_vec())
     }
-    fn response_body(&self, size: usize) -> Option<Vec<u8>> {
-        Some(self.response_body[..size.min(self.response_body.len())].to_vec())
+    fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        Some(slice(&self.response_body, start, size).to_vec())
     }
-    fn clear_response_body(&mut self, size: usize) {
-        let size = size.min(self.response_body.len());
-        self.response_body.drain(..size);
+    fn clear_response_body(&mut self, start: usize, size: usize) {
+        let start = start.min(self.response_body.len());
+        let end = start.saturating_add(size).min(self.response_body.len());
+        self.response_body.drain(start..end);
     }
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
         self.properties.get(&path.join(".")).cloned()

@@ -612,7 +612,9 @@ impl Exchange {
         state.set_response(&response);
         let has_body = !response.body.is_empty();
         let has_trailers = !response.trailers.is_empty();
-        for stream in self.streams.iter().rev() {
+        // The response phase, then the stream's end, in one call per plugin (each call takes
+        // the worker's lock and lends the state to the guest).
+        while let Some(stream) = self.streams.pop() {
             let context = stream.context;
             let (result, back) = stream.plugin.on_worker(stream.worker, state, |scope, _| {
                 scope.on_response_headers(context, 0, !has_body && !has_trailers)?;
@@ -624,10 +626,13 @@ impl Exchange {
                 if has_trailers {
                     scope.on_response_trailers(context, 0)?;
                 }
-                Ok(())
+                end_stream(scope, context)
             });
             state = back;
-            result?;
+            if let Err(error) = result {
+                self.state = Some(state);
+                return Err(error);
+            }
         }
         let completed = Completed {
             response: state.response(),
@@ -643,15 +648,23 @@ impl Drop for Exchange {
         let mut state = self.state.take().unwrap_or_default();
         for stream in self.streams.drain(..) {
             let context = stream.context;
-            let (_, back) = stream.plugin.on_worker(stream.worker, state, |scope, _| {
-                scope.on_done(context)?;
-                scope.on_log(context)?;
-                scope.on_delete(context)?;
-                Ok(())
-            });
+            let (_, back) = stream
+                .plugin
+                .on_worker(stream.worker, state, |scope, _| end_stream(scope, context));
             state = back;
         }
     }
+}
+
+/// Envoy's end of a stream: done, log, delete.
+fn end_stream(
+    scope: &mut proxy_wasm_host::abi::v0_2_1::CallScope<'_, ExchangeState>,
+    context: ContextId,
+) -> Result<(), GuestError> {
+    scope.on_done(context)?;
+    scope.on_log(context)?;
+    scope.on_delete(context)?;
+    Ok(())
 }
 
 // === the stream state lent to the guests ===
@@ -846,8 +859,8 @@ impl StreamState for ExchangeState {
 /// crate's store keeps metrics write-only).
 struct MeteredStore {
     inner: InMemoryStore,
-    names: Mutex<BTreeMap<u32, String>>,
-    values: Mutex<BTreeMap<String, i64>>,
+    /// Counter id → (name, value): one lock and no allocation per increment.
+    counters: Mutex<BTreeMap<u32, (String, i64)>>,
 }
 
 impl Default for MeteredStore {
@@ -855,15 +868,18 @@ impl Default for MeteredStore {
         Self {
             // Rate-limit pages are 384-byte keys; 64Ki keys cover 16 rules at maxKeys 65536.
             inner: InMemoryStore::new().with_limits(InMemoryStoreLimits::new().with_keys(65_536)),
-            names: Mutex::new(BTreeMap::new()),
-            values: Mutex::new(BTreeMap::new()),
+            counters: Mutex::new(BTreeMap::new()),
         }
     }
 }
 
 impl MeteredStore {
     fn counter(&self, name: &str) -> i64 {
-        lock(&self.values).get(name).copied().unwrap_or(0)
+        lock(&self.counters)
+            .values()
+            .filter(|(n, _)| n == name)
+            .map(|(_, value)| value)
+            .sum()
     }
 }
 
@@ -921,7 +937,9 @@ impl SharedServices for MeteredStore {
         name: &[u8],
     ) -> Result<MetricId, Status> {
         let id = self.inner.define_metric(call, vm_id, kind, name)?;
-        lock(&self.names).insert(id.get(), String::from_utf8_lossy(name).into_owned());
+        lock(&self.counters)
+            .entry(id.get())
+            .or_insert_with(|| (String::from_utf8_lossy(name).into_owned(), 0));
         Ok(id)
     }
     fn record_metric(&self, call: Invocation, metric: MetricId, value: u64) -> Result<(), Status> {
@@ -934,8 +952,8 @@ impl SharedServices for MeteredStore {
         delta: i64,
     ) -> Result<(), Status> {
         self.inner.increment_metric(call, metric, delta)?;
-        if let Some(name) = lock(&self.names).get(&metric.get()).cloned() {
-            *lock(&self.values).entry(name).or_default() += delta;
+        if let Some((_, value)) = lock(&self.counters).get_mut(&metric.get()) {
+            *value += delta;
         }
         Ok(())
     }

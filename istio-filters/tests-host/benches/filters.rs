@@ -28,6 +28,17 @@ const SPAN_ENRICHMENT: (&str, &str) = (
     r#"{"fields":[{"path":"id"},{"path":"user.email","from":"response","redact":"sha256"}]}"#,
 );
 
+/// The bundle's pluginConfig: the three configs above under their keys.
+fn bundle() -> (&'static str, String) {
+    (
+        "meshgate_filters",
+        format!(
+            r#"{{"spanEnrichment":{},"rateLimit":{},"cacheHeaders":{}}}"#,
+            SPAN_ENRICHMENT.1, RATE_LIMIT.1, CACHE_HEADERS.1
+        ),
+    )
+}
+
 fn module_path(module: &str) -> PathBuf {
     if let Some(dir) = std::env::var_os("MESHGATE_WASM_DIR") {
         return PathBuf::from(dir).join(format!("{module}.wasm"));
@@ -52,9 +63,7 @@ fn load(runtime: &Runtime, (module, config): (&str, &str), workers: usize) -> Ar
     let path = module_path(module);
     let wasm = std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
-            "{} is missing ({e}): build the modules first: cargo build --profile wasm \
-             --target wasm32-wasip1 -p meshgate-rate-limit -p meshgate-cache-headers \
-             -p meshgate-span-enrichment",
+            "{} is missing ({e}): build the modules first: scripts/build-filters",
             path.display()
         )
     });
@@ -166,7 +175,13 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5000);
     let runtime = Runtime::new().expect("wasmtime runtime");
-    let filters = [RATE_LIMIT, CACHE_HEADERS, SPAN_ENRICHMENT];
+    let bundle = bundle();
+    let filters = [
+        RATE_LIMIT,
+        CACHE_HEADERS,
+        SPAN_ENRICHMENT,
+        (bundle.0, bundle.1.as_str()),
+    ];
 
     println!("## Module sizes\n");
     println!("| module | bytes | KiB |\n| --- | ---: | ---: |");
@@ -198,6 +213,10 @@ fn main() {
                 Arc::clone(&plugins[0]),
                 Arc::clone(&plugins[1]),
             ]),
+        ),
+        (
+            "all three, bundled (meshgate_filters)".into(),
+            Chain::new(vec![Arc::clone(&plugins[3])]),
         ),
     ];
     println!("\n## Per-request time ({iterations} exchanges per case, µs)\n");

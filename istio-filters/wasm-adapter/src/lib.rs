@@ -71,18 +71,18 @@ impl Host for WasmHost {
             .ok()
             .flatten()
     }
-    fn request_body(&self, size: usize) -> Option<Vec<u8>> {
-        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
+    fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(BufferType::HttpRequestBody, start, size)
             .ok()
             .flatten()
     }
-    fn response_body(&self, size: usize) -> Option<Vec<u8>> {
-        hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size)
+    fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(BufferType::HttpResponseBody, start, size)
             .ok()
             .flatten()
     }
-    fn clear_response_body(&mut self, size: usize) {
-        let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, &[]);
+    fn clear_response_body(&mut self, start: usize, size: usize) {
+        let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, start, size, &[]);
     }
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
         hostcalls::get_property(path.to_vec()).ok().flatten()

@@ -318,7 +318,7 @@ impl Stream for CacheHeadersStream {
             return Action::Pause;
         }
         self.hashing = false;
-        let Some(body) = host.response_body(body_size) else {
+        let Some(body) = host.response_body(0, body_size) else {
             return Action::Continue;
         };
         let etag = http_cache::strong_etag(&body);
@@ -349,7 +349,7 @@ impl CacheHeadersStream {
             host.set_response_header(name, None);
         }
         if let Some(size) = buffered {
-            host.clear_response_body(size);
+            host.clear_response_body(0, size);
         }
         self.root.counters.increment(host, "not_modified");
     }

@@ -324,7 +324,7 @@ impl Stream for RateLimitStream {
             return Action::Pause;
         }
         self.waiting_for_body = false;
-        let decoded = match (&self.target, host.request_body(body_size)) {
+        let decoded = match (&self.target, host.request_body(0, body_size)) {
             (Some(target), Some(body)) => match target.decode_request(&body) {
                 Ok(decoded) => decoded,
                 Err(problem) => {

@@ -287,7 +287,7 @@ impl Stream for SpanEnrichmentStream {
             return Action::Pause;
         }
         self.waiting_for_request = false;
-        let decoded = match (&self.target, host.request_body(body_size)) {
+        let decoded = match (&self.target, host.request_body(0, body_size)) {
             (Some(target), Some(body)) => target.decode_request(&body).unwrap_or_else(|problem| {
                 self.root.counters.increment(host, "body_skipped");
                 host.log(
@@ -339,7 +339,7 @@ impl Stream for SpanEnrichmentStream {
             self.root.counters.increment(host, "body_skipped");
             return Action::Continue;
         }
-        if let Some(chunk) = host.response_body(body_size) {
+        if let Some(chunk) = host.response_body(0, body_size) {
             self.response_body.extend_from_slice(&chunk);
         }
         if end_of_stream {

@@ -8,12 +8,13 @@ use meshgate_filter_host::{
 };
 use prost::Message;
 
-pub const BUILD_COMMAND: &str = "cargo build --profile wasm --target wasm32-wasip1 \
-     -p meshgate-rate-limit -p meshgate-cache-headers -p meshgate-span-enrichment";
+pub const BUILD_COMMAND: &str = "scripts/build-filters";
 
 pub const RATE_LIMIT: &str = "meshgate_rate_limit";
 pub const CACHE_HEADERS: &str = "meshgate_cache_headers";
 pub const SPAN_ENRICHMENT: &str = "meshgate_span_enrichment";
+/// The three in one module and one stream context (`meshgate-filters`).
+pub const BUNDLE: &str = "meshgate_filters";
 
 /// Epoch nanoseconds the manual clocks start at (any fixed instant works).
 pub const START: u64 = 1_800_000_000_000_000_000;

@@ -87,13 +87,44 @@ fn bad_span_enrichment_configs_are_refused_with_the_reason() {
     }
 }
 
-/// The WasmPlugin examples in mesh/wasm-plugins use the real schema: each pluginConfig is
-/// accepted by the module its pluginName names.
+#[test]
+fn bad_bundle_configs_are_refused_naming_the_member() {
+    let cases = [
+        ("{}", "no filter configured"),
+        (r#"{"rateLimits":{}}"#, "unknown field `rateLimits`"),
+        (
+            r#"{"rateLimit":{"rules":[{"name":"r","key":[],"requests":1,"periodSeconds":1}]}}"#,
+            "rateLimit: ",
+        ),
+        (
+            r#"{"cacheHeaders":{"policies":[]},"spanEnrichment":{"fields":[{"path":"nope"}]}}"#,
+            "spanEnrichment: ",
+        ),
+    ];
+    for (config, expected) in cases {
+        let reason = refusal(BUNDLE, config);
+        assert!(reason.contains(expected), "{config}: {reason}");
+        assert!(reason.contains("meshgate_filters"), "{reason}");
+    }
+}
+
+/// The WasmPlugin examples in mesh/wasm-plugins (and the bundle's, in its `bundle/`
+/// subdirectory) use the real schema: each pluginConfig is accepted by the module its
+/// pluginName names.
 #[test]
 fn every_wasm_plugin_example_configures_its_module() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../mesh/wasm-plugins");
+    assert_eq!(
+        plugin_examples(&dir),
+        [CACHE_HEADERS, RATE_LIMIT, SPAN_ENRICHMENT]
+    );
+    assert_eq!(plugin_examples(&dir.join("bundle")), [BUNDLE]);
+}
+
+/// Checks every WasmPlugin in `dir` (not below) and returns their modules, sorted.
+fn plugin_examples(dir: &std::path::Path) -> Vec<String> {
     let mut seen = Vec::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
+    for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
             continue;
@@ -138,13 +169,13 @@ fn every_wasm_plugin_example_configures_its_module() {
         seen.push(module.to_owned());
     }
     seen.sort();
-    assert_eq!(seen, [CACHE_HEADERS, RATE_LIMIT, SPAN_ENRICHMENT]);
+    seen
 }
 
 /// Istio pulls modules per workload; keep each well under a mebibyte (issue §4 target).
 #[test]
 fn each_module_is_at_most_one_mebibyte() {
-    for module in [RATE_LIMIT, CACHE_HEADERS, SPAN_ENRICHMENT] {
+    for module in [RATE_LIMIT, CACHE_HEADERS, SPAN_ENRICHMENT, BUNDLE] {
         let size = module_bytes(module).len();
         assert!(size <= 1024 * 1024, "{module}.wasm is {size} bytes");
     }

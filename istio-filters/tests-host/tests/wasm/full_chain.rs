@@ -1,5 +1,6 @@
-//! The three modules chained as the mesh and the gateway run them (enrichment, rate limit,
-//! cache headers): a REST client gets cache headers, then a 304, then a 429.
+//! The three filters as the mesh and the gateway run them (enrichment, rate limit, cache
+//! headers), as three modules in a chain and as the bundle module: a REST client gets cache
+//! headers, then a 304, then a 429, the same either way.
 
 use std::sync::Arc;
 
@@ -7,28 +8,30 @@ use meshgate_filter_host::{Chain, ManualClock, Request, Response};
 
 use crate::common::*;
 
+const SPAN_CONFIG: &str = r#"{"fields":[{"path":"id"}]}"#;
+const RATE_CONFIG: &str = r#"{"rules":[{"name":"reads","methods":["user.UserService/GetUser"],"key":[{"type":"sourceAddress"}],"requests":2,"periodSeconds":60}]}"#;
+const CACHE_CONFIG: &str = r#"{"policies":[{"name":"reads","methods":["user.UserService/GetUser"],"cacheControl":{"scope":"private","maxAge":30},"etag":true}]}"#;
+
 #[test]
 fn rest_client_gets_cache_headers_then_304_then_429() {
     let clock = ManualClock::new(START);
-    let enrichment = load(
-        SPAN_ENRICHMENT,
-        r#"{"fields":[{"path":"id"}]}"#,
-        2,
-        Arc::clone(&clock),
+    let enrichment = load(SPAN_ENRICHMENT, SPAN_CONFIG, 2, Arc::clone(&clock));
+    let limiter = load(RATE_LIMIT, RATE_CONFIG, 2, Arc::clone(&clock));
+    let cache = load(CACHE_HEADERS, CACHE_CONFIG, 2, Arc::clone(&clock));
+    rest_flow(&Chain::new(vec![enrichment, limiter, cache]), &clock);
+}
+
+#[test]
+fn rest_client_gets_cache_headers_then_304_then_429_from_the_bundle() {
+    let clock = ManualClock::new(START);
+    let config = format!(
+        r#"{{"spanEnrichment":{SPAN_CONFIG},"rateLimit":{RATE_CONFIG},"cacheHeaders":{CACHE_CONFIG}}}"#
     );
-    let limiter = load(
-        RATE_LIMIT,
-        r#"{"rules":[{"name":"reads","methods":["user.UserService/GetUser"],"key":[{"type":"sourceAddress"}],"requests":2,"periodSeconds":60}]}"#,
-        2,
-        Arc::clone(&clock),
-    );
-    let cache = load(
-        CACHE_HEADERS,
-        r#"{"policies":[{"name":"reads","methods":["user.UserService/GetUser"],"cacheControl":{"scope":"private","maxAge":30},"etag":true}]}"#,
-        2,
-        Arc::clone(&clock),
-    );
-    let chain = Chain::new(vec![enrichment, limiter, cache]);
+    let bundle = load(BUNDLE, &config, 2, Arc::clone(&clock));
+    rest_flow(&Chain::new(vec![bundle]), &clock);
+}
+
+fn rest_flow(chain: &Chain, clock: &ManualClock) {
     let body = br#"{"user":{"id":"7","name":"Ada"}}"#.to_vec();
     let get = || Request::new("GET", "/v1/users/7").source("192.0.2.10:5000");
 

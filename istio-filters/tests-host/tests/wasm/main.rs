@@ -1,6 +1,7 @@
 //! The real `.wasm` modules in `proxy-wasm-host` (wasmtime), driven through the embed crate
 //! `meshgate-filter-host`. Build the modules first (see `common::BUILD_COMMAND`).
 
+mod bundle;
 mod cache_headers;
 mod common;
 mod configs;
