@@ -63,6 +63,8 @@ pub trait Host {
     /// Sets (`Some`) or removes (`None`) a request header.
     fn set_request_header(&mut self, name: &str, value: Option<&str>);
     fn response_header(&self, name: &str) -> Option<String>;
+    /// All response headers (with `:status`), in one host call.
+    fn response_headers(&self) -> Vec<(String, String)>;
     fn set_response_header(&mut self, name: &str, value: Option<&str>);
     fn response_trailer(&self, name: &str) -> Option<String>;
     /// `size` bytes of the buffered request body from offset `start` (the callback's

@@ -72,6 +72,9 @@ impl Host for TestHost {
     fn response_header(&self, name: &str) -> Option<String> {
         get(&self.response_headers, name)
     }
+    fn response_headers(&self) -> Vec<(String, String)> {
+        self.response_headers.clone()
+    }
     fn set_response_header(&mut self, name: &str, value: Option<&str>) {
         set(&mut self.response_headers, name, value);
     }

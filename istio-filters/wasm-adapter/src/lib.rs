@@ -63,6 +63,9 @@ impl Host for WasmHost {
             .ok()
             .flatten()
     }
+    fn response_headers(&self) -> Vec<(String, String)> {
+        hostcalls::get_map(MapType::HttpResponseHeaders).unwrap_or_default()
+    }
     fn set_response_header(&mut self, name: &str, value: Option<&str>) {
         let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
     }

@@ -192,7 +192,7 @@ impl BundleStream {
             return Action::Pause;
         }
         let slot = side as usize;
-        let cache = HeaderCache::default();
+        let cache = ReadCache::default();
         for (position, index) in self.order(side).into_iter().enumerate() {
             if position >= self.flow(side).headers_delivered {
                 let end_of_stream = self.flow(side).headers_end_of_stream;
@@ -307,7 +307,7 @@ impl Stream for BundleStream {
         // they have not been shown (without end of stream: the trailers are the end), then
         // every member the trailers. Nothing is left to wait for, so pauses hold no one now.
         let (base, end) = (self.response.base, self.response.end);
-        let cache = HeaderCache::default();
+        let cache = ReadCache::default();
         for (position, index) in self.order(Side::Response).into_iter().enumerate() {
             let held_back = position >= self.response.headers_delivered;
             let member = &mut self.members[index];
@@ -333,16 +333,53 @@ impl Stream for BundleStream {
 
 // === the host as one member sees it ===
 
-/// The request headers fetched once per bundle callback (each fetch crosses the wasm boundary
-/// and copies every header), kept in step with the members' own changes.
+/// What the members of one bundle callback read from the proxy, fetched once and shared:
+/// each fetch crosses the wasm boundary and copies, and two or three members read the same
+/// headers and bodies. Kept in step with the members' own changes.
 #[derive(Default)]
-struct HeaderCache {
+struct ReadCache {
     request_headers: RefCell<Option<Vec<(String, String)>>>,
+    response_headers: RefCell<Option<Vec<(String, String)>>>,
+    /// The last body read: (absolute start, size, bytes).
+    request_body: RefCell<Option<(usize, usize, Vec<u8>)>>,
+    response_body: RefCell<Option<(usize, usize, Vec<u8>)>>,
+}
+
+fn find(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
+}
+
+fn replace(headers: &mut Vec<(String, String)>, name: &str, value: Option<&str>) {
+    headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    if let Some(value) = value {
+        headers.push((name.to_ascii_lowercase(), value.to_owned()));
+    }
+}
+
+/// `fetch` once per (start, size); later reads of the same range are copies from the cache.
+fn cached_body(
+    slot: &RefCell<Option<(usize, usize, Vec<u8>)>>,
+    start: usize,
+    size: usize,
+    fetch: impl FnOnce() -> Option<Vec<u8>>,
+) -> Option<Vec<u8>> {
+    let mut slot = slot.borrow_mut();
+    if let Some((s, n, bytes)) = slot.as_ref()
+        && (*s, *n) == (start, size)
+    {
+        return Some(bytes.clone());
+    }
+    let bytes = fetch()?;
+    *slot = Some((start, size, bytes.clone()));
+    Some(bytes)
 }
 
 struct MemberHost<'h, 'c> {
     inner: &'h mut dyn Host,
-    cache: &'c HeaderCache,
+    cache: &'c ReadCache,
     /// Where this member's body view starts in the proxy's buffer.
     body_offset: usize,
     replied: bool,
@@ -350,7 +387,7 @@ struct MemberHost<'h, 'c> {
 }
 
 impl<'h, 'c> MemberHost<'h, 'c> {
-    fn new(inner: &'h mut dyn Host, cache: &'c HeaderCache, body_offset: usize) -> Self {
+    fn new(inner: &'h mut dyn Host, cache: &'c ReadCache, body_offset: usize) -> Self {
         Self {
             inner,
             cache,
@@ -359,55 +396,62 @@ impl<'h, 'c> MemberHost<'h, 'c> {
             response_removed: 0,
         }
     }
-
-    fn with_request_headers<R>(&self, read: impl FnOnce(&[(String, String)]) -> R) -> R {
-        let mut cached = self.cache.request_headers.borrow_mut();
-        let headers = cached.get_or_insert_with(|| self.inner.request_headers());
-        read(headers)
-    }
 }
 
 impl Host for MemberHost<'_, '_> {
     fn request_header(&self, name: &str) -> Option<String> {
-        self.with_request_headers(|headers| {
-            headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
-        })
+        find(&self.request_headers(), name)
     }
     fn request_headers(&self) -> Vec<(String, String)> {
-        self.with_request_headers(<[_]>::to_vec)
+        let mut cached = self.cache.request_headers.borrow_mut();
+        cached
+            .get_or_insert_with(|| self.inner.request_headers())
+            .clone()
     }
     fn set_request_header(&mut self, name: &str, value: Option<&str>) {
         self.inner.set_request_header(name, value);
         if let Some(headers) = self.cache.request_headers.borrow_mut().as_mut() {
-            headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
-            if let Some(value) = value {
-                headers.push((name.to_ascii_lowercase(), value.to_owned()));
-            }
+            replace(headers, name, value);
         }
     }
     fn response_header(&self, name: &str) -> Option<String> {
-        self.inner.response_header(name)
+        let mut cached = self.cache.response_headers.borrow_mut();
+        find(
+            cached.get_or_insert_with(|| self.inner.response_headers()),
+            name,
+        )
+    }
+    fn response_headers(&self) -> Vec<(String, String)> {
+        let mut cached = self.cache.response_headers.borrow_mut();
+        cached
+            .get_or_insert_with(|| self.inner.response_headers())
+            .clone()
     }
     fn set_response_header(&mut self, name: &str, value: Option<&str>) {
         self.inner.set_response_header(name, value);
+        if let Some(headers) = self.cache.response_headers.borrow_mut().as_mut() {
+            replace(headers, name, value);
+        }
     }
     fn response_trailer(&self, name: &str) -> Option<String> {
         self.inner.response_trailer(name)
     }
     fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
-        self.inner
-            .request_body(self.body_offset.saturating_add(start), size)
+        let start = self.body_offset.saturating_add(start);
+        cached_body(&self.cache.request_body, start, size, || {
+            self.inner.request_body(start, size)
+        })
     }
     fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
-        self.inner
-            .response_body(self.body_offset.saturating_add(start), size)
+        let start = self.body_offset.saturating_add(start);
+        cached_body(&self.cache.response_body, start, size, || {
+            self.inner.response_body(start, size)
+        })
     }
     fn clear_response_body(&mut self, start: usize, size: usize) {
         self.inner
             .clear_response_body(self.body_offset.saturating_add(start), size);
+        self.cache.response_body.replace(None);
         self.response_removed = self.response_removed.saturating_add(size);
     }
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
@@ -902,6 +946,145 @@ mod tests {
                 assert_eq!(host.reply.as_ref().and_then(|r| r.grpc_status), Some(8));
             }
         }
+    }
+
+    /// Counts the reads that cross the wasm boundary in a real proxy.
+    struct CountingHost {
+        inner: TestHost,
+        reads: RefCell<Vec<&'static str>>,
+    }
+
+    impl CountingHost {
+        fn read(&self, what: &'static str) {
+            self.reads.borrow_mut().push(what);
+        }
+        fn count(&self, what: &str) -> usize {
+            self.reads.borrow().iter().filter(|r| **r == what).count()
+        }
+    }
+
+    impl Host for CountingHost {
+        fn request_header(&self, name: &str) -> Option<String> {
+            self.read("request_header");
+            self.inner.request_header(name)
+        }
+        fn request_headers(&self) -> Vec<(String, String)> {
+            self.read("request_headers");
+            self.inner.request_headers()
+        }
+        fn set_request_header(&mut self, name: &str, value: Option<&str>) {
+            self.inner.set_request_header(name, value);
+        }
+        fn response_header(&self, name: &str) -> Option<String> {
+            self.read("response_header");
+            self.inner.response_header(name)
+        }
+        fn response_headers(&self) -> Vec<(String, String)> {
+            self.read("response_headers");
+            self.inner.response_headers()
+        }
+        fn set_response_header(&mut self, name: &str, value: Option<&str>) {
+            self.inner.set_response_header(name, value);
+        }
+        fn response_trailer(&self, name: &str) -> Option<String> {
+            self.inner.response_trailer(name)
+        }
+        fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+            self.read("request_body");
+            self.inner.request_body(start, size)
+        }
+        fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+            self.read("response_body");
+            self.inner.response_body(start, size)
+        }
+        fn clear_response_body(&mut self, start: usize, size: usize) {
+            self.inner.clear_response_body(start, size);
+        }
+        fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+            self.inner.property(path)
+        }
+        fn set_property(&mut self, path: &[&str], value: &[u8]) {
+            self.inner.set_property(path, value);
+        }
+        fn shared_data(&self, key: &str) -> SharedEntry {
+            self.inner.shared_data(key)
+        }
+        fn set_shared_data(
+            &mut self,
+            key: &str,
+            value: &[u8],
+            cas: Option<u32>,
+        ) -> Result<(), SharedWriteError> {
+            self.inner.set_shared_data(key, value, cas)
+        }
+        fn now_nanos(&self) -> u64 {
+            self.inner.now_nanos()
+        }
+        fn send_local_reply(&mut self, reply: LocalReply) {
+            self.inner.send_local_reply(reply);
+        }
+        fn define_counter(&mut self, name: &str) -> Option<MetricId> {
+            self.inner.define_counter(name)
+        }
+        fn increment_counter(&mut self, metric: MetricId, delta: i64) {
+            self.inner.increment_counter(metric, delta);
+        }
+        fn log(&self, level: LogLevel, message: &str) {
+            self.inner.log(level, message);
+        }
+    }
+
+    #[test]
+    fn members_share_one_fetch_of_each_header_map_and_body() {
+        let mut host = CountingHost {
+            inner: TestHost::default(),
+            reads: RefCell::default(),
+        };
+        let root = configure(ALL_THREE, &mut host.inner).unwrap();
+        let body =
+            encode_frame(&meshgate_proto::user::GetUserRequest { id: "c1".into() }.encode_to_vec());
+        host.inner.request_headers = vec![
+            (":method".into(), "POST".into()),
+            (":path".into(), "/user.UserService/GetUser".into()),
+            ("content-type".into(), "application/grpc".into()),
+        ];
+        host.inner.request_body.clone_from(&body);
+        let mut stream = root.new_stream();
+        assert_eq!(stream.on_request_headers(&mut host, false), Action::Pause);
+        assert_eq!(
+            stream.on_request_body(&mut host, body.len(), true),
+            Action::Continue
+        );
+        // Two members read the id from the body; each pass fetched the headers once.
+        assert_eq!(host.count("request_body"), 1);
+        assert_eq!(host.count("request_headers"), 2, "once per callback");
+        assert_eq!(host.count("request_header"), 0);
+
+        // REST: enrichment and the ETag both read the JSON response; cache-headers reads
+        // several response headers and enrichment grpc-status.
+        host.reads.borrow_mut().clear();
+        host.inner.request_headers = vec![
+            (":method".into(), "GET".into()),
+            (":path".into(), "/v1/users/c2".into()),
+        ];
+        let mut stream = root.new_stream();
+        assert_eq!(stream.on_request_headers(&mut host, true), Action::Continue);
+        host.inner.response_headers = vec![
+            (":status".into(), "200".into()),
+            ("content-type".into(), "application/json".into()),
+        ];
+        host.inner.response_body = USER_JSON.to_vec();
+        assert_eq!(stream.on_response_headers(&mut host, false), Action::Pause);
+        stream.on_response_body(&mut host, USER_JSON.len(), true);
+        assert!(host.inner.response_header("etag").is_some());
+        assert!(
+            host.inner
+                .filter_state
+                .contains_key("meshgate.response.user.email")
+        );
+        assert_eq!(host.count("response_header"), 0);
+        assert_eq!(host.count("response_headers"), 2, "once per callback");
+        assert_eq!(host.count("response_body"), 1);
     }
 
     #[test]
