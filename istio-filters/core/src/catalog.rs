@@ -1,6 +1,9 @@
 //! The protobuf descriptors a filter knows: the built-in meshgate contract or a
 //! FileDescriptorSet from config, plus the REST routes of their `google.api.http` rules.
 
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+
 use base64::Engine as _;
 use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, ReflectMessage, Value};
 
@@ -40,6 +43,29 @@ pub enum CatalogError {
 }
 
 impl Catalog {
+    /// [`Catalog::load`], shared: filters of one VM configured with the same descriptors (the
+    /// built-in set, or the same base64 text) get the same catalog, so the bundle's members
+    /// can share what one of them worked out about a request (and the VM keeps one pool).
+    pub fn shared(descriptor_set_base64: Option<&str>) -> Result<Rc<Self>, CatalogError> {
+        thread_local! {
+            static LOADED: RefCell<Vec<(Option<String>, Weak<Catalog>)>> =
+                const { RefCell::new(Vec::new()) };
+        }
+        let key = descriptor_set_base64.map(str::to_owned);
+        if let Some(catalog) = LOADED.with_borrow_mut(|loaded| {
+            loaded.retain(|(_, weak)| weak.strong_count() > 0);
+            loaded
+                .iter()
+                .find(|(k, _)| *k == key)
+                .and_then(|(_, weak)| weak.upgrade())
+        }) {
+            return Ok(catalog);
+        }
+        let catalog = Rc::new(Self::load(descriptor_set_base64)?);
+        LOADED.with_borrow_mut(|loaded| loaded.push((key, Rc::downgrade(&catalog))));
+        Ok(catalog)
+    }
+
     /// The built-in contract (`meshgate_proto::FILE_DESCRIPTOR_SET`) or a base64 set from config.
     pub fn load(descriptor_set_base64: Option<&str>) -> Result<Self, CatalogError> {
         let bytes = match descriptor_set_base64 {

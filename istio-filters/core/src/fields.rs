@@ -9,6 +9,9 @@ use prost_reflect::{DynamicMessage, Kind, MessageDescriptor, ReflectMessage, Val
 pub struct FieldPath {
     dotted: String,
     parts: Vec<String>,
+    /// The parts in proto3 JSON's `lowerCamelCase`, and joined with dots (spelled once).
+    camel_parts: Vec<String>,
+    camel_dotted: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,8 +39,11 @@ impl FieldPath {
         if !valid {
             return Err(FieldPathError::Syntax(dotted.to_owned()));
         }
+        let camel_parts: Vec<String> = parts.iter().map(|p| lower_camel(p)).collect();
         Ok(Self {
             dotted: dotted.to_owned(),
+            camel_dotted: camel_parts.join("."),
+            camel_parts,
             parts,
         })
     }
@@ -121,21 +127,104 @@ impl FieldPath {
         }
     }
 
+    /// [`FieldPath::read_json`] straight from the JSON text, without building a `Value`: only
+    /// the objects on the path are looked into, everything else is skipped. `None` also for
+    /// text that is not JSON.
+    pub fn read_json_text(&self, text: &[u8]) -> Option<String> {
+        let mut reader = serde_json::Deserializer::from_slice(text);
+        let seed = PathSeed {
+            parts: &self.parts,
+            camel: &self.camel_parts,
+        };
+        let value = serde::de::DeserializeSeed::deserialize(seed, &mut reader).ok()?;
+        reader.end().ok()?;
+        value
+    }
+
     /// The value among `path=value` pairs (REST path bindings or a query string).
     pub fn read_pairs(&self, pairs: &[(String, String)]) -> Option<String> {
         pairs
             .iter()
-            .find(|(k, _)| *k == self.dotted || lower_camel_path(&self.parts) == *k)
+            .find(|(k, _)| *k == self.dotted || *k == self.camel_dotted)
             .map(|(_, v)| v.clone())
     }
 }
 
-fn lower_camel_path(parts: &[String]) -> String {
-    parts
-        .iter()
-        .map(|p| lower_camel(p))
-        .collect::<Vec<_>>()
-        .join(".")
+/// Descends a JSON document along `parts` (or their `camel` spelling), as
+/// [`FieldPath::read_json`] does on a `Value`: an exact key wins over its camel spelling, the
+/// last of duplicate keys wins, and only a string, number or bool at the end is a value.
+struct PathSeed<'a> {
+    parts: &'a [String],
+    camel: &'a [String],
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for PathSeed<'_> {
+    type Value = Option<String>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<String>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for PathSeed<'_> {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::IgnoredAny;
+        let (Some((part, rest)), Some((camel, camel_rest))) =
+            (self.parts.split_first(), self.camel.split_first())
+        else {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            return Ok(None);
+        };
+        let (mut exact, mut camel_found) = (None, None);
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let next = || PathSeed {
+                parts: rest,
+                camel: camel_rest,
+            };
+            if *key == **part {
+                exact = Some(map.next_value_seed(next())?);
+            } else if *key == **camel {
+                camel_found = Some(map.next_value_seed(next())?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(exact.or(camel_found).flatten())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(self.parts.is_empty().then(|| v.to_owned()))
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(self.parts.is_empty().then(|| v.to_string()))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(self.parts.is_empty().then(|| v.to_string()))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(self.parts.is_empty().then(|| v.to_string()))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        // serde_json's own spelling of the number, as `Value` would give it.
+        Ok(self
+            .parts
+            .is_empty()
+            .then(|| serde_json::Number::from_f64(v).map(|n| n.to_string()))
+            .flatten())
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
 }
 
 fn lower_camel(name: &str) -> String {
@@ -200,6 +289,48 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
+
+    #[test]
+    fn json_text_reads_what_the_value_reads() {
+        let documents = [
+            r#"{"user":{"id":"u1","email":"a@x","age":36,"ratio":0.5,"big":1e21,"ok":true}}"#,
+            r#"{"user":{"createdAt":"t1","created_at":"t2"}}"#,
+            r#"{"user":{"createdAt":"t1"},"user":{"createdAt":"t3"}}"#,
+            r#"{"user":{"id":null,"email":["a"],"name":{"x":1}}}"#,
+            r#"{"user":[{"id":"in-array"}],"id":"top"}"#,
+            r#"{"user":{"id":"u1"},"user":{"email":"later"}}"#,
+            r#"["not", "an", "object"]"#,
+            r#""just a string""#,
+            "{}",
+        ];
+        let paths = [
+            "id",
+            "user.id",
+            "user.email",
+            "user.age",
+            "user.ratio",
+            "user.big",
+            "user.ok",
+            "user.created_at",
+            "user.name",
+            "user.missing.deeper",
+        ];
+        for document in documents {
+            let value: serde_json::Value = serde_json::from_str(document).unwrap();
+            for path in paths {
+                let path = FieldPath::parse(path).unwrap();
+                assert_eq!(
+                    path.read_json_text(document.as_bytes()),
+                    path.read_json(&value),
+                    "{} in {document}",
+                    path.as_str()
+                );
+            }
+        }
+        let path = FieldPath::parse("id").unwrap();
+        assert_eq!(path.read_json_text(br#"{"id":"x""#), None, "truncated");
+        assert_eq!(path.read_json_text(br#"{"id":"x"} trailing"#), None);
+    }
     use crate::catalog::Catalog;
 
     fn message(name: &str) -> MessageDescriptor {

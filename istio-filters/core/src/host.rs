@@ -5,6 +5,11 @@
 //! logic: a failed host call is an absent value (reads) or a logged no-op (writes), so the
 //! hot path never unwraps.
 
+use std::rc::Rc;
+
+use crate::catalog::Catalog;
+use crate::inspect::RequestTarget;
+
 /// What a stream callback tells the proxy to do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -91,6 +96,14 @@ pub trait Host {
     fn define_counter(&mut self, name: &str) -> Option<MetricId>;
     fn increment_counter(&mut self, metric: MetricId, delta: i64);
     fn log(&self, level: LogLevel, message: &str);
+
+    /// The request as an earlier filter of this stream identified it with `catalog`, when the
+    /// host shares that between filters (the bundle does; a proxy-wasm host has no such thing).
+    fn shared_target(&self, _catalog: &Rc<Catalog>) -> Option<Rc<RequestTarget>> {
+        None
+    }
+    /// Offers a freshly identified request to the filters after this one.
+    fn share_target(&self, _catalog: &Rc<Catalog>, _target: &Rc<RequestTarget>) {}
 }
 
 /// Counter ids of one filter, registered once per VM; absent ids are skipped.

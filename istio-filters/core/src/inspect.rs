@@ -1,6 +1,8 @@
 //! What a request is: its protocol, its gRPC method (from the gRPC path or a REST route) and
 //! the readable fields of its message.
 
+use std::rc::Rc;
+
 use prost_reflect::{DynamicMessage, MessageDescriptor, MethodDescriptor};
 
 use crate::catalog::{Catalog, qualified_name};
@@ -20,12 +22,29 @@ pub struct RequestTarget {
     pub bindings: Vec<(String, String)>,
     pub query: Vec<(String, String)>,
     /// The request headers as they were at `on_request_headers`, fetched in one host call
-    /// (each host call crosses the wasm boundary; a filter reads several headers).
-    pub headers: Vec<(String, String)>,
+    /// (each host call crosses the wasm boundary; a filter reads several headers). Shared, so
+    /// a copy of the target for another filter does not copy them.
+    headers: Rc<Vec<(String, String)>>,
+    /// Changes made after identification (last one wins), over `headers`.
+    changed: Vec<(String, Option<String>)>,
+    /// `package.Service/Method`, worked out once.
+    qualified: Option<String>,
 }
 
 impl RequestTarget {
-    pub fn identify(catalog: &Catalog, host: &dyn Host) -> Self {
+    /// What the request is. A host that runs several filters on one stream (the bundle)
+    /// hands back what an earlier filter with the same catalog worked out, so the headers are
+    /// fetched and the route matched once per request.
+    pub fn identify(catalog: &Rc<Catalog>, host: &dyn Host) -> Rc<Self> {
+        if let Some(target) = host.shared_target(catalog) {
+            return target;
+        }
+        let target = Rc::new(Self::inspect(catalog, host));
+        host.share_target(catalog, &target);
+        target
+    }
+
+    fn inspect(catalog: &Catalog, host: &dyn Host) -> Self {
         let headers = host.request_headers();
         let get = |name: &str| {
             headers
@@ -44,7 +63,9 @@ impl RequestTarget {
             rest_body: None,
             bindings: Vec::new(),
             query: Vec::new(),
-            headers,
+            headers: Rc::new(headers),
+            changed: Vec::new(),
+            qualified: None,
         };
         if protocol.is_grpc_family() {
             target.method = grpc::split_grpc_path(&target.path)
@@ -57,11 +78,20 @@ impl RequestTarget {
             target.bindings = found.bindings;
             target.query = query_pairs(&target.path);
         }
+        target.qualified = target.method.as_ref().map(qualified_name);
         target
     }
 
-    /// A request header from the snapshot taken at identification.
+    /// A request header from the snapshot taken at identification (with later changes).
     pub fn header(&self, name: &str) -> Option<&str> {
+        if let Some((_, value)) = self
+            .changed
+            .iter()
+            .rev()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
+            return value.as_deref();
+        }
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -75,7 +105,34 @@ impl RequestTarget {
 
     /// `package.Service/Method`, when known.
     pub fn method_name(&self) -> Option<String> {
-        self.method.as_ref().map(qualified_name)
+        self.qualified.clone()
+    }
+
+    /// [`RequestTarget::method_name`] without the copy.
+    pub fn qualified(&self) -> Option<&str> {
+        self.qualified.as_deref()
+    }
+
+    /// Applies a request-header change made after identification, so filters that read the
+    /// shared target later see the headers as they are now.
+    pub fn set_header(&mut self, name: &str, value: Option<&str>) {
+        self.changed.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        self.changed
+            .push((name.to_ascii_lowercase(), value.map(str::to_owned)));
+    }
+
+    /// The request headers, with later changes applied.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        let changed = &self.changed;
+        self.headers
+            .iter()
+            .filter(move |(k, _)| !changed.iter().any(|(c, _)| c.eq_ignore_ascii_case(k)))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(
+                changed
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.as_str(), v.as_deref()?))),
+            )
     }
 
     /// Whether the request message (or part of it) travels in the body.
@@ -116,6 +173,13 @@ impl RequestTarget {
                     return Some(value);
                 }
             }
+            Decoded::JsonText(text) => {
+                if let Ok(json) = serde_json::from_slice(text)
+                    && let Some(value) = self.read_rest_json(&json, path)
+                {
+                    return Some(value);
+                }
+            }
             Decoded::Nothing => {}
         }
         path.read_pairs(&self.query)
@@ -138,8 +202,10 @@ impl RequestTarget {
             return Ok(Decoded::Nothing);
         };
         match self.protocol {
-            Protocol::Http => serde_json::from_slice(body)
-                .map(Decoded::Json)
+            // Checked here (a bad body is counted), read later field by field without
+            // building the whole document.
+            Protocol::Http => serde_json::from_slice::<serde::de::IgnoredAny>(body)
+                .map(|_| Decoded::JsonText(body.to_vec()))
                 .map_err(|e| BodyError::Json(e.to_string())),
             protocol => decode_grpc_message(protocol, body, method.output()),
         }
@@ -151,6 +217,8 @@ impl RequestTarget {
 pub enum Decoded {
     Message(DynamicMessage),
     Json(serde_json::Value),
+    /// Valid JSON text, read with [`FieldPath::read_json_text`].
+    JsonText(Vec<u8>),
     Nothing,
 }
 
@@ -160,6 +228,7 @@ impl Decoded {
         match self {
             Self::Message(m) => path.read_message(m),
             Self::Json(j) => path.read_json(j),
+            Self::JsonText(text) => path.read_json_text(text),
             Self::Nothing => None,
         }
     }
@@ -206,8 +275,8 @@ mod tests {
     use super::*;
     use crate::test_host::TestHost;
 
-    fn target(headers: &[(&str, &str)]) -> RequestTarget {
-        let catalog = Catalog::load(None).unwrap();
+    fn target(headers: &[(&str, &str)]) -> Rc<RequestTarget> {
+        let catalog = Catalog::shared(None).unwrap();
         RequestTarget::identify(&catalog, &TestHost::with_request(headers))
     }
 

@@ -24,11 +24,13 @@ use std::rc::Rc;
 
 use serde::Deserialize;
 
+use crate::catalog::Catalog;
 use crate::filter::{self, ConfigError, Filter, Stream};
 use crate::filters::cache_headers::CacheHeaders;
 use crate::filters::rate_limit::RateLimit;
 use crate::filters::span_enrichment::SpanEnrichment;
 use crate::host::{Action, Host, LocalReply, LogLevel, MetricId, SharedEntry, SharedWriteError};
+use crate::inspect::RequestTarget;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -146,6 +148,8 @@ struct Flow {
 
 pub struct BundleStream {
     members: Vec<Member>,
+    /// The request as the first member identified it, for the others (same catalog).
+    target: SharedTarget,
     request: Flow,
     response: Flow,
     /// Request-order index of the member that sent a local reply.
@@ -163,6 +167,7 @@ impl BundleStream {
     fn of(members: Vec<Member>) -> Self {
         Self {
             members,
+            target: SharedTarget::default(),
             request: Flow::default(),
             response: Flow::default(),
             replied_by: None,
@@ -196,14 +201,14 @@ impl BundleStream {
         for (position, index) in self.order(side).into_iter().enumerate() {
             if position >= self.flow(side).headers_delivered {
                 let end_of_stream = self.flow(side).headers_end_of_stream;
-                let mut view = MemberHost::new(host, &cache, 0);
+                let mut view = MemberHost::new(host, &cache, &self.target, 0);
                 let stream = &mut self.members[index].stream;
                 let action = match side {
                     Side::Request => stream.on_request_headers(&mut view, end_of_stream),
                     Side::Response => stream.on_response_headers(&mut view, end_of_stream),
                 };
-                self.flow(side).headers_delivered = position + 1;
                 let replied = view.replied;
+                self.flow(side).headers_delivered = position + 1;
                 // A pause at headers holds the members after it; with a body at hand, the
                 // member goes on to its body callback first (as Envoy passes buffered data on
                 // to a filter that just received its headers).
@@ -225,7 +230,7 @@ impl BundleStream {
             if progress.ended || (from >= current.end && !current.end_of_stream) {
                 continue;
             }
-            let mut view = MemberHost::new(host, &cache, from - base);
+            let mut view = MemberHost::new(host, &cache, &self.target, from - base);
             let size = current.end.saturating_sub(from);
             let stream = &mut self.members[index].stream;
             let action = match side {
@@ -312,19 +317,19 @@ impl Stream for BundleStream {
             let held_back = position >= self.response.headers_delivered;
             let member = &mut self.members[index];
             if held_back {
-                let mut view = MemberHost::new(host, &cache, 0);
+                let mut view = MemberHost::new(host, &cache, &self.target, 0);
                 member.stream.on_response_headers(&mut view, false);
                 self.response.headers_delivered = position + 1;
             }
             let progress = &mut member.progress[1];
             let from = progress.shown.max(base);
             if from < end && !progress.ended {
-                let mut view = MemberHost::new(host, &cache, from - base);
+                let mut view = MemberHost::new(host, &cache, &self.target, from - base);
                 member.stream.on_response_body(&mut view, end - from, false);
                 progress.shown = end;
                 progress.seen = end;
             }
-            let mut view = MemberHost::new(host, &cache, 0);
+            let mut view = MemberHost::new(host, &cache, &self.target, 0);
             member.stream.on_response_trailers(&mut view);
         }
         Action::Continue
@@ -377,9 +382,13 @@ fn cached_body(
     Some(bytes)
 }
 
+/// The request identified once per stream: `RequestTarget::identify` asks the host first.
+type SharedTarget = RefCell<Option<(Rc<Catalog>, Rc<RequestTarget>)>>;
+
 struct MemberHost<'h, 'c> {
     inner: &'h mut dyn Host,
     cache: &'c ReadCache,
+    target: &'c SharedTarget,
     /// Where this member's body view starts in the proxy's buffer.
     body_offset: usize,
     replied: bool,
@@ -387,10 +396,16 @@ struct MemberHost<'h, 'c> {
 }
 
 impl<'h, 'c> MemberHost<'h, 'c> {
-    fn new(inner: &'h mut dyn Host, cache: &'c ReadCache, body_offset: usize) -> Self {
+    fn new(
+        inner: &'h mut dyn Host,
+        cache: &'c ReadCache,
+        target: &'c SharedTarget,
+        body_offset: usize,
+    ) -> Self {
         Self {
             inner,
             cache,
+            target,
             body_offset,
             replied: false,
             response_removed: 0,
@@ -400,18 +415,27 @@ impl<'h, 'c> MemberHost<'h, 'c> {
 
 impl Host for MemberHost<'_, '_> {
     fn request_header(&self, name: &str) -> Option<String> {
-        find(&self.request_headers(), name)
+        let mut cached = self.cache.request_headers.borrow_mut();
+        find(
+            cached.get_or_insert_with(|| self.inner.request_headers()),
+            name,
+        )
     }
     fn request_headers(&self) -> Vec<(String, String)> {
-        let mut cached = self.cache.request_headers.borrow_mut();
-        cached
-            .get_or_insert_with(|| self.inner.request_headers())
-            .clone()
+        // The first identification takes the whole list (and shares its target), so a
+        // fetched list is handed over, not copied into the cache as well.
+        match &*self.cache.request_headers.borrow() {
+            Some(headers) => headers.clone(),
+            None => self.inner.request_headers(),
+        }
     }
     fn set_request_header(&mut self, name: &str, value: Option<&str>) {
         self.inner.set_request_header(name, value);
         if let Some(headers) = self.cache.request_headers.borrow_mut().as_mut() {
             replace(headers, name, value);
+        }
+        if let Some((_, target)) = self.target.borrow_mut().as_mut() {
+            Rc::make_mut(target).set_header(name, value);
         }
     }
     fn response_header(&self, name: &str) -> Option<String> {
@@ -486,6 +510,15 @@ impl Host for MemberHost<'_, '_> {
     }
     fn log(&self, level: LogLevel, message: &str) {
         self.inner.log(level, message);
+    }
+    fn shared_target(&self, catalog: &Rc<Catalog>) -> Option<Rc<RequestTarget>> {
+        match &*self.target.borrow() {
+            Some((known, target)) if Rc::ptr_eq(known, catalog) => Some(Rc::clone(target)),
+            _ => None,
+        }
+    }
+    fn share_target(&self, catalog: &Rc<Catalog>, target: &Rc<RequestTarget>) {
+        *self.target.borrow_mut() = Some((Rc::clone(catalog), Rc::clone(target)));
     }
 }
 
@@ -1055,9 +1088,10 @@ mod tests {
             stream.on_request_body(&mut host, body.len(), true),
             Action::Continue
         );
-        // Two members read the id from the body; each pass fetched the headers once.
+        // Two members read the id from the body; the first to identify the request fetched
+        // the headers and the others got its target.
         assert_eq!(host.count("request_body"), 1);
-        assert_eq!(host.count("request_headers"), 2, "once per callback");
+        assert_eq!(host.count("request_headers"), 1, "once per request");
         assert_eq!(host.count("request_header"), 0);
 
         // REST: enrichment and the ETag both read the JSON response; cache-headers reads

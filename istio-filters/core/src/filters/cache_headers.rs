@@ -81,13 +81,15 @@ struct Policy {
     methods: Vec<String>,
     routes: Vec<(String, PathTemplate)>,
     cache_control: CacheControl,
+    /// `cache_control` rendered once, at configure time.
+    cache_control_value: String,
     vary: Vec<String>,
     etag: bool,
     override_no_store: bool,
 }
 
 pub struct CacheHeaders {
-    catalog: Catalog,
+    catalog: Rc<Catalog>,
     max_body: usize,
     policies: Vec<Policy>,
     counters: Counters,
@@ -103,7 +105,7 @@ const COUNTERS: &[&str] = &[
 
 impl CacheHeaders {
     pub fn compile(config: CacheHeadersConfig, host: &mut dyn Host) -> Result<Self, ConfigError> {
-        let catalog = Catalog::load(config.descriptor_set.as_deref())
+        let catalog = Catalog::shared(config.descriptor_set.as_deref())
             .map_err(|e| ConfigError::at("descriptorSet", e))?;
         let max_body = filter::check_max_body(config.max_body_bytes)?;
         if config.policies.is_empty() {
@@ -164,18 +166,20 @@ impl CacheHeaders {
             for name in &policy.vary {
                 filter::check_header_name(&at("vary"), name)?;
             }
+            let cache_control = CacheControl {
+                no_store: cc.no_store,
+                no_cache: cc.no_cache,
+                public: cc.scope == Some(Scope::Public),
+                private: cc.scope == Some(Scope::Private),
+                max_age: cc.max_age,
+                s_maxage: cc.s_maxage,
+                must_revalidate: cc.must_revalidate,
+            };
             policies.push(Policy {
                 methods: policy.methods,
                 routes,
-                cache_control: CacheControl {
-                    no_store: cc.no_store,
-                    no_cache: cc.no_cache,
-                    public: cc.scope == Some(Scope::Public),
-                    private: cc.scope == Some(Scope::Private),
-                    max_age: cc.max_age,
-                    s_maxage: cc.s_maxage,
-                    must_revalidate: cc.must_revalidate,
-                },
+                cache_control_value: cache_control.render(),
+                cache_control,
                 vary: policy.vary,
                 etag: policy.etag,
                 override_no_store: policy.override_upstream_no_store,
@@ -272,7 +276,7 @@ impl Stream for CacheHeadersStream {
         if !http_cache::is_cacheable_status(status) {
             return Action::Continue;
         }
-        host.set_response_header("cache-control", Some(&policy.cache_control.render()));
+        host.set_response_header("cache-control", Some(&policy.cache_control_value));
         if let Some(vary) =
             http_cache::merge_vary(host.response_header("vary").as_deref(), &policy.vary)
         {

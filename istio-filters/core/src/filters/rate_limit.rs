@@ -118,7 +118,7 @@ impl Rule {
 
 pub struct RateLimit {
     mode: Mode,
-    catalog: Catalog,
+    catalog: Rc<Catalog>,
     max_body: usize,
     rules: Vec<Rule>,
     counters: Counters,
@@ -135,7 +135,7 @@ const COUNTERS: &[&str] = &[
 
 impl RateLimit {
     pub fn compile(config: RateLimitConfig, host: &mut dyn Host) -> Result<Self, ConfigError> {
-        let catalog = Catalog::load(config.descriptor_set.as_deref())
+        let catalog = Catalog::shared(config.descriptor_set.as_deref())
             .map_err(|e| ConfigError::at("descriptorSet", e))?;
         let max_body = filter::check_max_body(config.max_body_bytes)?;
         if !(16..=1 << 20).contains(&config.max_keys) {
@@ -278,7 +278,7 @@ impl Filter for RateLimit {
 
 pub struct RateLimitStream {
     root: Rc<RateLimit>,
-    target: Option<RequestTarget>,
+    target: Option<Rc<RequestTarget>>,
     waiting_for_body: bool,
 }
 

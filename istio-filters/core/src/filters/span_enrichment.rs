@@ -85,23 +85,30 @@ struct Field {
     /// Qualified names of the methods this field applies to (resolved at configure time).
     methods: Vec<String>,
     redact: Redaction,
+    /// `x-meshgate-field-<path>` and `meshgate.<side>.<path>`, spelled once at configure time.
+    header_name: String,
+    state_key: String,
 }
 
 impl Field {
-    fn header_name(&self) -> String {
-        format!("{HEADER_PREFIX}field-{}", self.path.dashed())
-    }
-    fn state_key(&self) -> String {
-        let side = match self.from {
+    fn new(path: FieldPath, from: Direction, methods: Vec<String>, redact: Redaction) -> Self {
+        let side = match from {
             Direction::Request => "request",
             Direction::Response => "response",
         };
-        format!("meshgate.{side}.{}", self.path.as_str())
+        Self {
+            header_name: format!("{HEADER_PREFIX}field-{}", path.dashed()),
+            state_key: format!("meshgate.{side}.{}", path.as_str()),
+            path,
+            from,
+            methods,
+            redact,
+        }
     }
 }
 
 pub struct SpanEnrichment {
-    catalog: Catalog,
+    catalog: Rc<Catalog>,
     max_body: usize,
     fields: Vec<Field>,
     counters: Counters,
@@ -111,7 +118,7 @@ const COUNTERS: &[&str] = &["enriched", "fields", "body_skipped"];
 
 impl SpanEnrichment {
     pub fn compile(config: SpanEnrichmentConfig, host: &mut dyn Host) -> Result<Self, ConfigError> {
-        let catalog = Catalog::load(config.descriptor_set.as_deref())
+        let catalog = Catalog::shared(config.descriptor_set.as_deref())
             .map_err(|e| ConfigError::at("descriptorSet", e))?;
         let max_body = filter::check_max_body(config.max_body_bytes)?;
         let mut fields: Vec<Field> = Vec::new();
@@ -162,12 +169,7 @@ impl SpanEnrichment {
                     methods.push(name.clone());
                 }
             }
-            fields.push(Field {
-                path,
-                from: field.from,
-                methods,
-                redact: field.redact,
-            });
+            fields.push(Field::new(path, field.from, methods, field.redact));
         }
         Ok(Self {
             catalog,
@@ -212,7 +214,7 @@ impl Filter for SpanEnrichment {
 
 pub struct SpanEnrichmentStream {
     root: Rc<SpanEnrichment>,
-    target: Option<RequestTarget>,
+    target: Option<Rc<RequestTarget>>,
     waiting_for_request: bool,
     /// A copy of the response body (the response itself streams on unheld).
     response_body: Vec<u8>,
@@ -224,9 +226,8 @@ impl Stream for SpanEnrichmentStream {
     fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
         let target = RequestTarget::identify(&self.root.catalog, host);
         let forged: Vec<&str> = target
-            .headers
-            .iter()
-            .map(|(name, _)| name.as_str())
+            .headers()
+            .map(|(name, _)| name)
             .filter(|name| {
                 name.get(..HEADER_PREFIX.len())
                     .is_some_and(|p| p.eq_ignore_ascii_case(HEADER_PREFIX))
@@ -243,8 +244,8 @@ impl Stream for SpanEnrichmentStream {
             return Action::Continue;
         };
         let service = method.parent_service().full_name().to_owned();
-        emit(host, "grpc-service", "meshgate.grpc_service", &service);
-        emit(host, "grpc-method", "meshgate.grpc_method", method.name());
+        emit(host, SERVICE_HEADER, "meshgate.grpc_service", &service);
+        emit(host, METHOD_HEADER, "meshgate.grpc_method", method.name());
         self.root.counters.increment(host, "enriched");
         let qualified = crate::catalog::qualified_name(&method);
         let wants_body = self
@@ -357,7 +358,7 @@ impl Stream for SpanEnrichmentStream {
         if let Some(code) = host.response_trailer("grpc-status") {
             self.record_status(host, &code);
         }
-        if let Some(method) = self.target.as_ref().and_then(RequestTarget::method_name)
+        if let Some(method) = self.target.as_ref().and_then(|t| t.method_name())
             && !self.response_skipped
             && !self.response_body.is_empty()
         {
@@ -382,9 +383,7 @@ impl SpanEnrichmentStream {
             let Some(value) = redact(field.redact, &value) else {
                 continue;
             };
-            let header = field.header_name();
-            let suffix = header.trim_start_matches(HEADER_PREFIX).to_owned();
-            emit(host, &suffix, &field.state_key(), &value);
+            emit(host, &field.header_name, &field.state_key, &value);
             root.counters.increment(host, "fields");
         }
     }
@@ -410,7 +409,7 @@ impl SpanEnrichmentStream {
                 .read(&field.path)
                 .and_then(|v| redact(field.redact, &v))
             {
-                host.set_property(&[&field.state_key()], clip(&value).as_bytes());
+                host.set_property(&[&field.state_key], clip(&value).as_bytes());
                 self.root.counters.increment(host, "fields");
             }
         }
@@ -445,10 +444,13 @@ impl SpanEnrichmentStream {
     }
 }
 
-/// Writes `x-meshgate-<suffix>` and the filter state `key`.
-fn emit(host: &mut dyn Host, suffix: &str, key: &str, value: &str) {
+const SERVICE_HEADER: &str = "x-meshgate-grpc-service";
+const METHOD_HEADER: &str = "x-meshgate-grpc-method";
+
+/// Writes the request header `header` and the filter state `key`.
+fn emit(host: &mut dyn Host, header: &str, key: &str, value: &str) {
     let value = clip(value);
-    host.set_request_header(&format!("{HEADER_PREFIX}{suffix}"), Some(&value));
+    host.set_request_header(header, Some(&value));
     host.set_property(&[key], value.as_bytes());
 }
 
@@ -466,6 +468,9 @@ fn redact(redaction: Redaction, value: &str) -> Option<String> {
 
 /// Header-safe and bounded: control characters become spaces, long values are cut.
 fn clip(value: &str) -> String {
+    if value.len() <= MAX_VALUE_LEN && !value.chars().any(char::is_control) {
+        return value.to_owned();
+    }
     value
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
