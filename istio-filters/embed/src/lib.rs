@@ -676,7 +676,8 @@ struct ExchangeState {
     response_headers: VecHeaderMap,
     response_body: Vec<u8>,
     response_trailers: VecHeaderMap,
-    properties: BTreeMap<String, Vec<u8>>,
+    /// The request's properties (`request.path`, `source.address`, ...); few, so a list.
+    properties: Vec<(&'static str, Vec<u8>)>,
     filter_state: Vec<(String, Vec<u8>)>,
     local: Option<LocalResponse<'static>>,
 }
@@ -702,28 +703,38 @@ fn from_map(map: &VecHeaderMap) -> Vec<(String, String)> {
 
 impl ExchangeState {
     fn for_request(request: &Request) -> Self {
-        let mut headers = vec![
-            (":method".to_owned(), request.method.clone()),
-            (":path".to_owned(), request.path.clone()),
-            (":authority".to_owned(), request.authority.clone()),
-            (":scheme".to_owned(), request.scheme.clone()),
+        let pseudo = [
+            (":method", &request.method),
+            (":path", &request.path),
+            (":authority", &request.authority),
+            (":scheme", &request.scheme),
         ];
-        headers.extend(request.headers.iter().cloned());
-        let mut properties = BTreeMap::new();
-        let mut put = |key: &str, value: &str| {
-            properties.insert(key.to_owned(), value.as_bytes().to_vec());
-        };
-        put("request.method", &request.method);
-        put("request.path", &request.path);
-        put("request.host", &request.authority);
+        let request_headers = pseudo
+            .into_iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .chain(
+                request
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase().into_bytes(), v.as_bytes().to_vec())),
+            )
+            .collect();
+        let mut properties = vec![
+            ("request.method", request.method.as_bytes().to_vec()),
+            ("request.path", request.path.as_bytes().to_vec()),
+            ("request.host", request.authority.as_bytes().to_vec()),
+        ];
         if let Some(source) = &request.source_address {
-            put("source.address", source);
+            properties.push(("source.address", source.as_bytes().to_vec()));
         }
         if let Some(principal) = &request.peer_principal {
-            put("connection.uri_san_peer_certificate", principal);
+            properties.push((
+                "connection.uri_san_peer_certificate",
+                principal.as_bytes().to_vec(),
+            ));
         }
         Self {
-            request_headers: to_map(&headers),
+            request_headers,
             request_body: request.body.clone(),
             properties,
             ..Self::default()
@@ -780,11 +791,16 @@ impl ExchangeState {
     }
 }
 
+/// A property path as one dotted key (`["source", "address"]` → `source.address`).
 fn joined(path: &[&[u8]]) -> String {
-    path.iter()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .collect::<Vec<_>>()
-        .join(".")
+    let mut key = String::with_capacity(path.iter().map(|part| part.len() + 1).sum());
+    for (index, part) in path.iter().enumerate() {
+        if index > 0 {
+            key.push('.');
+        }
+        key.push_str(&String::from_utf8_lossy(part));
+    }
+    key
 }
 
 impl StreamState for ExchangeState {
@@ -832,7 +848,9 @@ impl StreamState for ExchangeState {
         let key = joined(path);
         let value = self
             .properties
-            .get(&key)
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
             .or_else(|| {
                 self.filter_state
                     .iter()
