@@ -7,7 +7,7 @@
 # three configs in meshgate_filters.wasm, one plugin).
 #
 #   loadgen/bench-gateway-filters.sh                      # DURATION=10 s, CONCURRENCY="16 64", ROUNDS=2
-#   DURATION=5 CONCURRENCY=64 ROUNDS=1 VARIANTS="plain bundle" loadgen/bench-gateway-filters.sh
+#   DURATION=5 CONCURRENCY=64 ROUNDS=1 VARIANTS="plain bundle" FILTER_WORKERS=1 loadgen/bench-gateway-filters.sh
 #
 # DATABASE_URL (server URL where a database may be created; default
 # postgres://postgres@127.0.0.1:5432/test) and REDIS_URL (default redis://127.0.0.1:6379).
@@ -69,11 +69,13 @@ cache_config="{policies: [
     {name: user-reads, methods: [user.UserService/GetUser], cacheControl: {scope: private, maxAge: 30},
      vary: [authorization], etag: true}]}"
 # The same three configs, as three modules (three WasmPlugins) and as the bundle (one).
+# FILTER_WORKERS sets the VMs per filter (the gateway's default is 4).
+workers=${FILTER_WORKERS:-4}
 filters="[
-  {name: span-enrichment, module: $wasm/meshgate_span_enrichment.wasm, config: $span_config},
-  {name: rate-limit, module: $wasm/meshgate_rate_limit.wasm, config: $rate_config},
-  {name: cache-headers, module: $wasm/meshgate_cache_headers.wasm, config: $cache_config}]"
-bundle="[{name: meshgate-filters, module: $wasm/meshgate_filters.wasm, config: {
+  {name: span-enrichment, module: $wasm/meshgate_span_enrichment.wasm, workers: $workers, config: $span_config},
+  {name: rate-limit, module: $wasm/meshgate_rate_limit.wasm, workers: $workers, config: $rate_config},
+  {name: cache-headers, module: $wasm/meshgate_cache_headers.wasm, workers: $workers, config: $cache_config}]"
+bundle="[{name: meshgate-filters, module: $wasm/meshgate_filters.wasm, workers: $workers, config: {
   spanEnrichment: $span_config, rateLimit: $rate_config, cacheHeaders: $cache_config}}]"
 gateway_config "$plain_port" "[]" >"$work/plain.yaml"
 gateway_config "$filtered_port" "$filters" >"$work/filtered.yaml"
