@@ -3,7 +3,8 @@
 //! stream teardown), plus module sizes and memory per worker VM.
 //!
 //! Build the modules, then: `cargo bench -p meshgate-filter-tests --bench filters`
-//! (`BENCH_ITERATIONS` overrides the 5000 measured exchanges per case).
+//! (`BENCH_ITERATIONS` overrides the 5000 measured exchanges per case; `BENCH_THRASH_KIB`
+//! evicts the caches between samples).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -142,12 +143,32 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[index].as_secs_f64() * 1e6
 }
 
+/// `BENCH_THRASH_KIB=<n>`: between samples, write n KiB of unrelated memory (untimed), as a
+/// proxy's own work does between two requests on a thread. It shows how much of a filter's
+/// cost comes from finding its VM's memory and code out of the CPU caches.
+fn thrash_buffer() -> Vec<u8> {
+    let kib: usize = std::env::var("BENCH_THRASH_KIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    vec![0; kib * 1024]
+}
+
+fn thrash(buffer: &mut [u8], round: usize) {
+    for line in buffer.chunks_mut(64) {
+        line[0] = line[0].wrapping_add(round as u8);
+    }
+    std::hint::black_box(&buffer);
+}
+
 fn measure(chain: &Chain, exchange: fn(&Chain), iterations: usize) -> (f64, f64) {
     for _ in 0..iterations / 10 {
         exchange(chain);
     }
+    let mut buffer = thrash_buffer();
     let mut samples: Vec<Duration> = (0..iterations)
-        .map(|_| {
+        .map(|round| {
+            thrash(&mut buffer, round);
             let start = Instant::now();
             exchange(chain);
             start.elapsed()
