@@ -106,6 +106,23 @@ pub trait Host {
     fn share_target(&self, _catalog: &Rc<Catalog>, _target: &Rc<RequestTarget>) {}
 }
 
+/// The value of header `name` (any case) in a header list.
+pub fn header_value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Sets (`Some`) or removes (`None`) header `name` in a header list, as a proxy's header map
+/// does: every earlier value goes, the new one is stored under the lower-case name.
+pub fn set_header_value(headers: &mut Vec<(String, String)>, name: &str, value: Option<&str>) {
+    headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    if let Some(value) = value {
+        headers.push((name.to_ascii_lowercase(), value.to_owned()));
+    }
+}
+
 /// Counter ids of one filter, registered once per VM; absent ids are skipped.
 #[derive(Debug, Clone, Default)]
 pub struct Counters {

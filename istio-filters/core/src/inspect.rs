@@ -8,7 +8,7 @@ use prost_reflect::{DynamicMessage, MessageDescriptor, MethodDescriptor};
 use crate::catalog::{Catalog, qualified_name};
 use crate::fields::{FieldPath, query_pairs};
 use crate::grpc::{self, FrameError, Protocol};
-use crate::host::Host;
+use crate::host::{Host, header_value};
 
 /// The request as the filters classify it at `on_request_headers`.
 #[derive(Debug, Clone)]
@@ -46,12 +46,7 @@ impl RequestTarget {
 
     fn inspect(catalog: &Catalog, host: &dyn Host) -> Self {
         let headers = host.request_headers();
-        let get = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
-        };
+        let get = |name: &str| header_value(&headers, name).map(str::to_owned);
         let protocol = Protocol::from_content_type(get("content-type").as_deref());
         let http_method = get(":method").unwrap_or_default();
         let path = get(":path").unwrap_or_default();
@@ -92,10 +87,7 @@ impl RequestTarget {
         {
             return value.as_deref();
         }
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header_value(&self.headers, name)
     }
 
     /// The announced body length, if any.

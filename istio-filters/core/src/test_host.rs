@@ -4,7 +4,10 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use crate::host::{Host, LocalReply, LogLevel, MetricId, SharedEntry, SharedWriteError};
+use crate::host::{
+    Host, LocalReply, LogLevel, MetricId, SharedEntry, SharedWriteError, header_value,
+    set_header_value,
+};
 
 #[derive(Debug, Default)]
 pub struct TestHost {
@@ -23,19 +26,6 @@ pub struct TestHost {
     pub counters: BTreeMap<String, i64>,
     metric_names: Vec<String>,
     pub logs: RefCell<Vec<(LogLevel, String)>>,
-}
-
-fn get(list: &[(String, String)], name: &str) -> Option<String> {
-    list.iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.clone())
-}
-
-fn set(list: &mut Vec<(String, String)>, name: &str, value: Option<&str>) {
-    list.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
-    if let Some(value) = value {
-        list.push((name.to_owned(), value.to_owned()));
-    }
 }
 
 fn slice(body: &[u8], start: usize, size: usize) -> &[u8] {
@@ -61,25 +51,25 @@ impl TestHost {
 
 impl Host for TestHost {
     fn request_header(&self, name: &str) -> Option<String> {
-        get(&self.request_headers, name)
+        header_value(&self.request_headers, name).map(str::to_owned)
     }
     fn request_headers(&self) -> Vec<(String, String)> {
         self.request_headers.clone()
     }
     fn set_request_header(&mut self, name: &str, value: Option<&str>) {
-        set(&mut self.request_headers, name, value);
+        set_header_value(&mut self.request_headers, name, value);
     }
     fn response_header(&self, name: &str) -> Option<String> {
-        get(&self.response_headers, name)
+        header_value(&self.response_headers, name).map(str::to_owned)
     }
     fn response_headers(&self) -> Vec<(String, String)> {
         self.response_headers.clone()
     }
     fn set_response_header(&mut self, name: &str, value: Option<&str>) {
-        set(&mut self.response_headers, name, value);
+        set_header_value(&mut self.response_headers, name, value);
     }
     fn response_trailer(&self, name: &str) -> Option<String> {
-        get(&self.response_trailers, name)
+        header_value(&self.response_trailers, name).map(str::to_owned)
     }
     fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
         Some(slice(&self.request_body, start, size).to_vec())

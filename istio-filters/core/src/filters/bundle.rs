@@ -29,7 +29,10 @@ use crate::filter::{self, ConfigError, Filter, Stream};
 use crate::filters::cache_headers::CacheHeaders;
 use crate::filters::rate_limit::RateLimit;
 use crate::filters::span_enrichment::SpanEnrichment;
-use crate::host::{Action, Host, LocalReply, LogLevel, MetricId, SharedEntry, SharedWriteError};
+use crate::host::{
+    Action, Host, LocalReply, LogLevel, MetricId, SharedEntry, SharedWriteError, header_value,
+    set_header_value,
+};
 use crate::inspect::RequestTarget;
 
 #[derive(Debug, Deserialize)]
@@ -350,20 +353,6 @@ struct ReadCache {
     response_body: RefCell<Option<(usize, usize, Vec<u8>)>>,
 }
 
-fn find(headers: &[(String, String)], name: &str) -> Option<String> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.clone())
-}
-
-fn replace(headers: &mut Vec<(String, String)>, name: &str, value: Option<&str>) {
-    headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
-    if let Some(value) = value {
-        headers.push((name.to_ascii_lowercase(), value.to_owned()));
-    }
-}
-
 /// `fetch` once per (start, size); later reads of the same range are copies from the cache.
 fn cached_body(
     slot: &RefCell<Option<(usize, usize, Vec<u8>)>>,
@@ -416,10 +405,11 @@ impl<'h, 'c> MemberHost<'h, 'c> {
 impl Host for MemberHost<'_, '_> {
     fn request_header(&self, name: &str) -> Option<String> {
         let mut cached = self.cache.request_headers.borrow_mut();
-        find(
+        header_value(
             cached.get_or_insert_with(|| self.inner.request_headers()),
             name,
         )
+        .map(str::to_owned)
     }
     fn request_headers(&self) -> Vec<(String, String)> {
         // The first identification takes the whole list (and shares its target), so a
@@ -432,7 +422,7 @@ impl Host for MemberHost<'_, '_> {
     fn set_request_header(&mut self, name: &str, value: Option<&str>) {
         self.inner.set_request_header(name, value);
         if let Some(headers) = self.cache.request_headers.borrow_mut().as_mut() {
-            replace(headers, name, value);
+            set_header_value(headers, name, value);
         }
         if let Some((_, target)) = self.target.borrow_mut().as_mut() {
             Rc::make_mut(target).set_header(name, value);
@@ -440,10 +430,11 @@ impl Host for MemberHost<'_, '_> {
     }
     fn response_header(&self, name: &str) -> Option<String> {
         let mut cached = self.cache.response_headers.borrow_mut();
-        find(
+        header_value(
             cached.get_or_insert_with(|| self.inner.response_headers()),
             name,
         )
+        .map(str::to_owned)
     }
     fn response_headers(&self) -> Vec<(String, String)> {
         let mut cached = self.cache.response_headers.borrow_mut();
@@ -454,7 +445,7 @@ impl Host for MemberHost<'_, '_> {
     fn set_response_header(&mut self, name: &str, value: Option<&str>) {
         self.inner.set_response_header(name, value);
         if let Some(headers) = self.cache.response_headers.borrow_mut().as_mut() {
-            replace(headers, name, value);
+            set_header_value(headers, name, value);
         }
     }
     fn response_trailer(&self, name: &str) -> Option<String> {

@@ -4,9 +4,8 @@
 //! gRPC-web, and the response phase (fields, status in trailers) in reverse order.
 
 use std::sync::Arc;
-use std::thread;
 
-use meshgate_filter_host::{Completed, Response};
+use meshgate_filter_host::Response;
 use meshgate_proto::user;
 
 use crate::common::*;
@@ -26,35 +25,15 @@ fn config(limit: u32) -> String {
     )
 }
 
-fn attribute<'a>(done: &'a Completed, key: &str) -> Option<&'a str> {
-    done.attributes
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-}
-
 #[test]
 fn exactly_the_limit_is_allowed_across_four_worker_vms() {
     const WORKERS: usize = 4;
     const LIMIT: u32 = 25;
     const PER_WORKER: usize = 40;
     let (chain, plugin, _clock) = chain(BUNDLE, &config(LIMIT), WORKERS);
-    let chain = Arc::new(chain);
-    let handles: Vec<_> = (0..WORKERS)
-        .map(|worker| {
-            let chain = Arc::clone(&chain);
-            thread::spawn(move || {
-                (0..PER_WORKER)
-                    .filter(|_| {
-                        let request = grpc("GetUser", frame(&get_user("hot")));
-                        let exchange = chain.on_request_on_worker(worker, request).unwrap();
-                        exchange.local_reply().is_none()
-                    })
-                    .count()
-            })
-        })
-        .collect();
-    let total: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    let total = allowed_across_workers(&Arc::new(chain), WORKERS, PER_WORKER, || {
+        grpc("GetUser", frame(&get_user("hot")))
+    });
     assert_eq!(
         total, LIMIT as usize,
         "exactly the limit over {WORKERS} VMs"

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 
 use meshgate_filter_host::{
-    Chain, LoadError, ManualClock, Plugin, PluginOptions, Request, Runtime,
+    Chain, Completed, LoadError, ManualClock, Plugin, PluginOptions, Request, Runtime,
 };
 use prost::Message;
 
@@ -109,4 +109,36 @@ pub fn grpc_web_text(method: &str, body: &[u8]) -> Request {
 
 pub fn get_user(id: &str) -> meshgate_proto::user::GetUserRequest {
     meshgate_proto::user::GetUserRequest { id: id.to_owned() }
+}
+
+/// Filter state a completed exchange carries (`meshgate.grpc_method`, ...).
+pub fn attribute<'a>(done: &'a Completed, key: &str) -> Option<&'a str> {
+    done.attributes
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Runs `per_worker` requests on each of `workers` VMs at once (a thread each, as Envoy's
+/// worker threads would) and returns how many went through without a local reply.
+pub fn allowed_across_workers(
+    chain: &Arc<Chain>,
+    workers: usize,
+    per_worker: usize,
+    request: fn() -> Request,
+) -> usize {
+    let handles: Vec<_> = (0..workers)
+        .map(|worker| {
+            let chain = Arc::clone(chain);
+            std::thread::spawn(move || {
+                (0..per_worker)
+                    .filter(|_| {
+                        let exchange = chain.on_request_on_worker(worker, request()).unwrap();
+                        exchange.local_reply().is_none()
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).sum()
 }

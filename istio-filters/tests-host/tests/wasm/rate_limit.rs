@@ -2,7 +2,6 @@
 //! shapes, shadow mode, every key source, malformed bodies.
 
 use std::sync::Arc;
-use std::thread;
 
 use meshgate_filter_host::{Chain, Request, Response};
 
@@ -31,17 +30,7 @@ fn exactly_the_limit_is_allowed_across_four_worker_vms() {
     const PER_WORKER: usize = 40;
     let (chain, plugin, _clock) = chain(RATE_LIMIT, &per_api_key(LIMIT, 3600), WORKERS);
     let chain = Arc::new(chain);
-    let handles: Vec<_> = (0..WORKERS)
-        .map(|worker| {
-            let chain = Arc::clone(&chain);
-            thread::spawn(move || {
-                (0..PER_WORKER)
-                    .filter(|_| allowed(&chain, worker, rest("tenant-a")))
-                    .count()
-            })
-        })
-        .collect();
-    let total: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    let total = allowed_across_workers(&chain, WORKERS, PER_WORKER, || rest("tenant-a"));
     assert_eq!(
         total, LIMIT as usize,
         "exactly the limit over {WORKERS} VMs"

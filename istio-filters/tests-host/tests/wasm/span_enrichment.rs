@@ -1,7 +1,7 @@
 //! span-enrichment in the real module: headers and filter state from gRPC, gRPC-web and REST
 //! requests, response fields and status, redaction, trace context preserved.
 
-use meshgate_filter_host::{Chain, Completed, Request, Response};
+use meshgate_filter_host::{Chain, Request, Response};
 use meshgate_proto::user;
 use sha2::{Digest, Sha256};
 
@@ -21,13 +21,6 @@ fn sha256(value: &str) -> String {
 
 fn forwarded(chain: &Chain, request: Request) -> Request {
     chain.on_request(request).unwrap().request().clone()
-}
-
-fn attribute<'a>(done: &'a Completed, key: &str) -> Option<&'a str> {
-    done.attributes
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
 }
 
 #[test]
