@@ -7,12 +7,18 @@
 //! - [`status`], [`error`]: gRPC ↔ HTTP status and the one place errors become responses.
 //! - [`grpc_web`]: gRPC-web framing and base64 as state machines (pure);
 //!   [`grpc_compression`]: `grpc-encoding` and size-bounded gzip decompression (pure).
-//! - [`cors`], [`trace`], [`retry`]: edge policies (pure); [`telemetry`]: the server span
-//!   exported over OTLP (`gateway.otlp`).
+//! - [`cors`], [`trace`]: edge policies (pure); [`telemetry`]: the server span exported over
+//!   OTLP (`gateway.otlp`).
+//! - [`balance`] (health thresholds, outlier ejection, panic routing), [`discovery`] (upstream
+//!   targets, TTL refresh, endpoint set changes), [`conn_limits`] (connection caps, header
+//!   deadline): resilience policy (pure).
 //! - [`openapi`]: OpenAPI 3.1 from the descriptors.
 //! - [`config`]: YAML + flags/env → one validated [`config::GatewayConfig`].
-//! - [`upstream`]: tonic channels, gRPC health checks, load balancing, retries.
-//! - [`hooks`]: the request/response filter seam (the wasm filters plug in here).
+//! - [`upstream`]: endpoints, tonic channels, gRPC health checks, load balancing, retries;
+//!   [`dns`]: the resolver behind upstream names.
+//! - [`listener`]: the connection gate in front of pingora's HTTP handling;
+//!   [`lifecycle`]: draining, in-flight requests, drain-aware shutdown.
+//! - [`state`]: what every request shares.
 //! - [`static_files`]: the web page from `static_dir` for paths no API route claims.
 //! - [`hooks`]: the request/response filter seam; [`wasm_filters`]: the istio-filters `.wasm`
 //!   modules (`gateway.filters`) behind it.
@@ -20,17 +26,22 @@
 //!   listener's certificate (cargo feature `rustls`, on by default).
 #![forbid(unsafe_code)]
 
+pub mod balance;
 pub mod config;
+pub mod conn_limits;
 pub mod cors;
+pub mod discovery;
+pub mod dns;
 pub mod error;
 pub mod grpc_compression;
 pub mod grpc_web;
 pub mod hooks;
+pub mod lifecycle;
+pub mod listener;
 pub mod metrics;
 pub mod openapi;
 pub mod path_template;
 pub mod proxy;
-pub mod retry;
 pub mod routes;
 pub mod server;
 pub mod state;

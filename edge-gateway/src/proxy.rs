@@ -31,6 +31,7 @@ use crate::{
     grpc_compression::{self, CompressionError, Encoding},
     grpc_web::{self, Mode, RequestDecoder, ResponseEncoder},
     hooks::{Decision, FilterRequest, FilterResponse, LocalReply, PendingFilters, Protocol},
+    lifecycle::InFlight,
     metrics,
     state::GatewayState,
     static_files::StaticResponse,
@@ -38,6 +39,7 @@ use crate::{
     telemetry::{ServerSpan, SpanExport},
     trace::TraceContext,
     transcode,
+    upstream::Outcome,
 };
 
 pub struct GatewayProxy {
@@ -62,6 +64,8 @@ pub struct RequestCtx {
     grpc_filters_pending: bool,
     /// Attributes the filters recorded (span enrichment), logged with the request.
     filter_attributes: Vec<(String, String)>,
+    /// Counts the request as in flight (drain-aware shutdown) until the context is dropped.
+    _in_flight: InFlight,
 }
 
 impl RequestCtx {
@@ -332,6 +336,9 @@ impl GatewayProxy {
                 }
                 Ok(None) => return Ok(body.freeze()),
                 Err(e) => {
+                    // The framing is broken (e.g. a bad chunk size): the next request's start
+                    // cannot be found, so the connection closes after the 400.
+                    session.set_keepalive(None);
                     return Err(GatewayError::BadRequest(
                         crate::transcode::TranscodeError::Invalid(format!(
                             "request body could not be read: {}",
@@ -393,22 +400,7 @@ impl GatewayProxy {
     ) -> pingora::Result<bool> {
         let (status, content_type, body): (u16, &str, Bytes) = match path {
             "/healthz" => (200, "text/plain", Bytes::from_static(b"ok\n")),
-            "/readyz" => {
-                let healthy = self.state.upstreams.healthy_count();
-                if healthy > 0 {
-                    (
-                        200,
-                        "text/plain",
-                        format!("ready: {healthy} healthy upstream(s)\n").into(),
-                    )
-                } else {
-                    (
-                        503,
-                        "text/plain",
-                        Bytes::from_static(b"not ready: no healthy upstream\n"),
-                    )
-                }
-            }
+            "/readyz" => self.readiness(),
             "/openapi.json" => (200, "application/json", self.state.openapi.clone()),
             _ => return Ok(false),
         };
@@ -417,6 +409,31 @@ impl GatewayProxy {
         self.write_simple(session, ctx, status, content_type, body, &[])
             .await?;
         Ok(true)
+    }
+
+    /// Ready unless draining or no upstream endpoint is known yet. Upstream *health* is
+    /// deliberately not part of it: every edge replica shares the same upstreams, so going
+    /// unready with them would take the whole site down, including what the service can still
+    /// answer (its cache) and the edge itself (static page, OpenAPI). Unhealthy upstreams are
+    /// the balancer's business (panic routing), and the body says how many are healthy.
+    fn readiness(&self) -> (u16, &'static str, Bytes) {
+        let pool = self.state.upstreams.pool();
+        if self.state.lifecycle.is_draining() {
+            return (503, "text/plain", Bytes::from_static(b"not ready: draining\n"));
+        }
+        if pool.is_empty() {
+            return (
+                503,
+                "text/plain",
+                Bytes::from_static(b"not ready: no upstream endpoint resolved yet\n"),
+            );
+        }
+        let body = format!(
+            "ready: {} of {} upstream endpoint(s) healthy\n",
+            pool.healthy_count(),
+            pool.len()
+        );
+        (200, "text/plain", body.into())
     }
 
     /// The metadata for the upstream call of a terminated (REST or gRPC-web) request, after the
@@ -846,7 +863,31 @@ impl ProxyHttp for GatewayProxy {
             filters: PendingFilters::default(),
             grpc_filters_pending: false,
             filter_attributes: Vec::new(),
+            _in_flight: self.state.lifecycle.request_started(),
         }
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let downstream = session.as_downstream();
+        let http2 = downstream.is_http2();
+        let digest = downstream
+            .digest()
+            .and_then(|digest| digest.socket_digest.as_ref());
+        self.state.connections.request_started(digest, http2);
+        if !http2 {
+            // While draining, HTTP/1.1 clients are told to reconnect (elsewhere) after this.
+            let idle = if self.state.lifecycle.is_draining() {
+                None
+            } else {
+                Some(self.state.config.connections.idle_timeout.as_secs())
+            };
+            session.set_keepalive(idle);
+        }
+        Ok(())
     }
 
     async fn request_filter(
@@ -961,8 +1002,10 @@ impl ProxyHttp for GatewayProxy {
         let addr = self
             .state
             .upstreams
+            .pool()
             .pick(&ctx.tried)
-            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no healthy upstream"))?;
+            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no healthy upstream"))?
+            .addr;
         ctx.tried.push(addr);
         ctx.upstream = Some(addr);
         let mut peer = HttpPeer::new(addr, false, String::new());
@@ -980,8 +1023,13 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // Nothing reached the upstream: safe to try another one for any method.
-        if ctx.tried.len() < self.state.config.upstreams.len() {
+        let pool = self.state.upstreams.pool();
+        if let Some(endpoint) = ctx.upstream.and_then(|addr| pool.endpoint(addr)) {
+            pool.report(&endpoint, Outcome::TransportFailure);
+        }
+        // Nothing reached the upstream: safe to try another one for any method, for free.
+        if pool.has_untried(&ctx.tried) {
+            metrics::RETRIES.with_label_values(&["connect_failover"]).inc();
             e.set_retry(true);
         }
         e
@@ -1020,6 +1068,10 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         ctx.status = upstream_response.status.as_u16();
+        let pool = self.state.upstreams.pool();
+        if let Some(endpoint) = ctx.upstream.and_then(|addr| pool.endpoint(addr)) {
+            pool.report(&endpoint, Outcome::Answered);
+        }
         if let Some(code) = upstream_response
             .headers
             .get("grpc-status")
@@ -1061,6 +1113,15 @@ impl ProxyHttp for GatewayProxy {
             _ => GatewayError::UpstreamUnavailable,
         };
         tracing::warn!(error = %e, "proxying failed");
+        if matches!(e.esource(), pingora::ErrorSource::Upstream)
+            && session.response_written().is_none()
+        {
+            // The upstream connection broke before any answer (reset, closed).
+            let pool = self.state.upstreams.pool();
+            if let Some(endpoint) = ctx.upstream.and_then(|addr| pool.endpoint(addr)) {
+                pool.report(&endpoint, Outcome::TransportFailure);
+            }
+        }
         let downstream_gone = matches!(e.esource(), pingora::ErrorSource::Downstream);
         if !downstream_gone
             && session.response_written().is_none()
@@ -1075,6 +1136,11 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        let digest = session
+            .as_downstream()
+            .digest()
+            .and_then(|digest| digest.socket_digest.as_ref());
+        self.state.connections.request_ended(digest);
         if std::mem::take(&mut ctx.grpc_filters_pending) {
             // Native gRPC streamed through: the filters see the final status, for attributes.
             let mut http_status = ctx.status;
