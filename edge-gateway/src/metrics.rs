@@ -114,6 +114,23 @@ pub static DRAINING: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registered once")
 });
 
+/// Registers the series that exist from the start (scrapes and alerts see 0, not nothing).
+pub fn init(name_targets: &[String]) {
+    LazyLock::force(&UPSTREAM_ENDPOINTS);
+    LazyLock::force(&PANIC_ROUTED);
+    LazyLock::force(&CONNECTIONS);
+    LazyLock::force(&CONNECTIONS_TIMED_OUT);
+    LazyLock::force(&DRAINING);
+    for reason in ["max_connections", "max_per_client_ip"] {
+        CONNECTIONS_REFUSED.with_label_values(&[reason]);
+    }
+    for target in name_targets {
+        for outcome in ["resolved", "failed"] {
+            DNS_LOOKUPS.with_label_values(&[target.as_str(), outcome]);
+        }
+    }
+}
+
 /// The text exposition of the default registry.
 pub fn render() -> Vec<u8> {
     use prometheus::Encoder;

@@ -86,6 +86,13 @@ pub fn build_server(
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
 
     let pool = load_pool(&config)?;
+    let names: Vec<String> = config
+        .upstreams
+        .iter()
+        .filter(|target| matches!(target, crate::discovery::UpstreamTarget::Name { .. }))
+        .map(crate::discovery::UpstreamTarget::label)
+        .collect();
+    metrics::init(&names);
     let upstream_settings = UpstreamSettings::from_config(&config);
     let endpoints = Arc::new(UpstreamPool::new(&upstream_settings));
     let maintenance = UpstreamMaintenance::new(endpoints.clone(), upstream_settings.clone())

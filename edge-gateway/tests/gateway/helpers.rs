@@ -322,8 +322,32 @@ impl Backend {
         Self::start_at(name, "127.0.0.1:0".parse().unwrap()).await
     }
 
+    /// Binds `ip` on a port that is free on every one of `ips` (so one DNS name with one port
+    /// can point at several backends); returns the backends in the order of `ips`.
+    pub async fn start_on_ips(names: &[&str], ips: &[std::net::IpAddr]) -> (u16, Vec<Self>) {
+        'port: loop {
+            let first = TcpListener::bind((ips[0], 0)).await.unwrap();
+            let port = first.local_addr().unwrap().port();
+            let mut listeners = vec![first];
+            for ip in &ips[1..] {
+                match TcpListener::bind((*ip, port)).await {
+                    Ok(listener) => listeners.push(listener),
+                    Err(_) => continue 'port,
+                }
+            }
+            let mut backends = Vec::new();
+            for (name, listener) in names.iter().zip(listeners) {
+                backends.push(Self::serve(name, listener).await);
+            }
+            return (port, backends);
+        }
+    }
+
     pub async fn start_at(name: &str, addr: SocketAddr) -> Self {
-        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::serve(name, TcpListener::bind(addr).await.unwrap()).await
+    }
+
+    async fn serve(name: &str, listener: TcpListener) -> Self {
         let addr = listener.local_addr().unwrap();
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -576,4 +600,133 @@ pub async fn wait_listening(addr: SocketAddr) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("nothing listens on {addr}");
+}
+
+// === closed-loop load through the gateway, with counts ===
+
+/// What a load run saw.
+#[derive(Debug, Default)]
+pub struct LoadStats {
+    pub ok: usize,
+    /// One line per failed request: status or transport error.
+    pub failed: Vec<String>,
+    /// Answers per `servedBy` (kitchen backends name themselves).
+    pub served_by: HashMap<String, usize>,
+}
+
+/// `workers` clients sending GETs to `url` back to back until [`Load::finish`].
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<JoinHandle<LoadStats>>,
+    /// Requests sent and not yet answered.
+    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Requests answered (any outcome).
+    pub completed: Arc<std::sync::atomic::AtomicUsize>,
+    /// The last `servedBy` seen per backend name, as a count of answers so far.
+    pub served: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Load {
+    pub fn start(client: reqwest::Client, url: String, workers: usize) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let completed = Arc::new(AtomicUsize::new(0));
+        let served = Arc::new(Mutex::new(HashMap::new()));
+        let tasks = (0..workers)
+            .map(|_| {
+                let (client, url, stop) = (client.clone(), url.clone(), stop.clone());
+                let (in_flight, completed, served) =
+                    (in_flight.clone(), completed.clone(), served.clone());
+                tokio::spawn(async move {
+                    let mut stats = LoadStats::default();
+                    while !stop.load(Ordering::Acquire) {
+                        in_flight.fetch_add(1, Ordering::AcqRel);
+                        let result = async {
+                            let response = client.get(&url).send().await?;
+                            let status = response.status();
+                            let body = response.bytes().await?;
+                            Ok::<_, reqwest::Error>((status, body))
+                        }
+                        .await;
+                        in_flight.fetch_sub(1, Ordering::AcqRel);
+                        completed.fetch_add(1, Ordering::AcqRel);
+                        match result {
+                            Ok((status, body)) if status.is_success() => {
+                                stats.ok += 1;
+                                let by = serde_json::from_slice::<serde_json::Value>(&body)
+                                    .ok()
+                                    .and_then(|v| v["servedBy"].as_str().map(str::to_owned));
+                                if let Some(by) = by {
+                                    *stats.served_by.entry(by.clone()).or_default() += 1;
+                                    *served.lock().unwrap().entry(by).or_default() += 1;
+                                }
+                            }
+                            Ok((status, body)) => stats.failed.push(format!(
+                                "{status} {}",
+                                String::from_utf8_lossy(&body)
+                            )),
+                            Err(error) => stats.failed.push(format!("transport: {error}")),
+                        }
+                    }
+                    stats
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            tasks,
+            in_flight,
+            completed,
+            served,
+        }
+    }
+
+    pub fn completed(&self) -> usize {
+        self.completed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Answers served by `backend` so far.
+    pub fn served_by(&self, backend: &str) -> usize {
+        self.served.lock().unwrap().get(backend).copied().unwrap_or(0)
+    }
+
+    /// Waits until `more` further requests have completed (the load really ran meanwhile).
+    pub async fn run_for(&self, more: usize) {
+        let target = self.completed() + more;
+        eventually(&format!("{more} more requests through the gateway"), || async {
+            self.completed() >= target
+        })
+        .await;
+    }
+
+    pub async fn finish(self) -> LoadStats {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let mut total = LoadStats::default();
+        for task in self.tasks {
+            let stats = task.await.unwrap();
+            total.ok += stats.ok;
+            total.failed.extend(stats.failed);
+            for (by, count) in stats.served_by {
+                *total.served_by.entry(by).or_default() += count;
+            }
+        }
+        total
+    }
+}
+
+/// The value of one sample in the gateway's (process-wide) metrics, 0 when absent.
+pub fn metric_value(name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = String::from_utf8(edge_gateway::metrics::render()).unwrap();
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| {
+            line.starts_with(name)
+                && line[name.len()..].starts_with(['{', ' '])
+                && labels
+                    .iter()
+                    .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
 }
