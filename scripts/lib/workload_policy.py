@@ -8,8 +8,9 @@ problems. What the rules encode, and why:
                   must not restart every pod; no TCP-only probes (a listening socket is not a
                   working server)
   drain           terminationGracePeriodSeconds >= preStop sleep + the binary's own drain
-                  (user-service SHUTDOWN_GRACE_SECS; edge-gateway server.grace_period_seconds +
-                  graceful_shutdown_timeout_seconds of its mounted config) + DRAIN_MARGIN_SECONDS
+                  (user-service SHUTDOWN_GRACE_SECS [+ DRAIN_DELAY_MS]; edge-gateway
+                  server.grace_period_seconds + graceful_shutdown_timeout_seconds
+                  [+ gateway.shutdown.drain_delay_ms] of its mounted config) + DRAIN_MARGIN_SECONDS
   native-sidecar  pods in an Istio-injected namespace run istio-proxy as a native sidecar: a
                   Job's classic sidecar never exits, and a classic sidecar stops with the app
                   instead of after its drain
@@ -175,7 +176,11 @@ def user_service_drain(container: dict, pod: PodTemplate, objs: ObjectSet) -> tu
     env = container_env(container, pod, objs)
     if "SHUTDOWN_GRACE_SECS" not in env:
         return None, "SHUTDOWN_GRACE_SECS is not set (the binary's default is invisible to this check)"
-    return int(env["SHUTDOWN_GRACE_SECS"]), f"SHUTDOWN_GRACE_SECS {env['SHUTDOWN_GRACE_SECS']}"
+    seconds, how = int(env["SHUTDOWN_GRACE_SECS"]), f"SHUTDOWN_GRACE_SECS {env['SHUTDOWN_GRACE_SECS']}"
+    if "DRAIN_DELAY_MS" in env:  # serving on after SIGTERM, before the listener closes
+        seconds += math.ceil(int(env["DRAIN_DELAY_MS"]) / 1000)
+        how += f" + DRAIN_DELAY_MS {env['DRAIN_DELAY_MS']}"
+    return seconds, how
 
 
 def edge_gateway_drain(container: dict, pod: PodTemplate, objs: ObjectSet) -> tuple[int | None, str]:
@@ -187,7 +192,13 @@ def edge_gateway_drain(container: dict, pod: PodTemplate, objs: ObjectSet) -> tu
     grace, timeout = server.get("grace_period_seconds"), server.get("graceful_shutdown_timeout_seconds")
     if grace is None or timeout is None:
         return None, "server.grace_period_seconds / graceful_shutdown_timeout_seconds are not set in its config"
-    return int(grace) + int(timeout), f"server.grace_period_seconds {grace} + graceful_shutdown_timeout_seconds {timeout}"
+    seconds = int(grace) + int(timeout)
+    how = f"server.grace_period_seconds {grace} + graceful_shutdown_timeout_seconds {timeout}"
+    delay = (((yaml.safe_load(text) or {}).get("gateway") or {}).get("shutdown") or {}).get("drain_delay_ms")
+    if delay is not None:  # /readyz answers 503 while it keeps serving, before pingora's shutdown
+        seconds += math.ceil(int(delay) / 1000)
+        how += f" + gateway.shutdown.drain_delay_ms {delay}"
+    return seconds, how
 
 
 # How long each of our binaries drains after SIGTERM, from its own settings (by image name).
