@@ -107,6 +107,11 @@ pub fn build_server(
             "gateway.connections.max lowered to stay below the open-file limit"
         );
     }
+    tracing::info!(
+        max_connections,
+        max_per_client_ip = config.connections.max_per_client_ip,
+        "downstream connection caps"
+    );
     let tracker = Arc::new(ConnectionTracker::new(config.connections, max_connections));
     let state = GatewayState::new(config.clone(), pool, upstreams, filters, tracker.clone())?;
 

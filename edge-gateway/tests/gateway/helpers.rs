@@ -401,6 +401,11 @@ impl TestGateway {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
+
+    /// Downstream connections this gateway has admitted and not closed yet.
+    pub fn open_connections(&self) -> usize {
+        self.running.state.connections.open_connections()
+    }
 }
 
 pub fn test_config(upstreams: &[SocketAddr]) -> GatewayConfig {

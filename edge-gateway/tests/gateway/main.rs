@@ -5,6 +5,7 @@ mod dns_server;
 mod helpers;
 
 mod admin;
+mod connections;
 mod cors;
 mod discovery;
 mod grpc_native;
