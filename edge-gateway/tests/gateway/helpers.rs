@@ -631,8 +631,46 @@ pub struct Load {
     pub served: Arc<Mutex<HashMap<String, usize>>>,
 }
 
+/// One request of a load run: `Ok(served_by)` when it succeeded, `Err(why)` when it failed.
+pub type LoadCall = Arc<
+    dyn Fn() -> Pin<Box<dyn std::future::Future<Output = Result<Option<String>, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
 impl Load {
+    /// GETs of `url`; a 2xx is a success (its JSON `servedBy` is recorded).
     pub fn start(client: reqwest::Client, url: String, workers: usize) -> Self {
+        Self::run(
+            workers,
+            Arc::new(move || {
+                let (client, url) = (client.clone(), url.clone());
+                Box::pin(async move {
+                    let response = client.get(&url).send().await.map_err(|e| {
+                        if e.is_connect() {
+                            format!("connect: {e}")
+                        } else {
+                            format!("transport: {e}")
+                        }
+                    })?;
+                    let status = response.status();
+                    let body = response
+                        .bytes()
+                        .await
+                        .map_err(|e| format!("transport: {e}"))?;
+                    if !status.is_success() {
+                        return Err(format!("{status} {}", String::from_utf8_lossy(&body)));
+                    }
+                    Ok(serde_json::from_slice::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v["servedBy"].as_str().map(str::to_owned)))
+                })
+            }),
+        )
+    }
+
+    /// `workers` loops of `call` until [`Load::finish`].
+    pub fn run(workers: usize, call: LoadCall) -> Self {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let stop = Arc::new(AtomicBool::new(false));
         let in_flight = Arc::new(AtomicUsize::new(0));
@@ -640,38 +678,25 @@ impl Load {
         let served = Arc::new(Mutex::new(HashMap::new()));
         let tasks = (0..workers)
             .map(|_| {
-                let (client, url, stop) = (client.clone(), url.clone(), stop.clone());
+                let (call, stop) = (call.clone(), stop.clone());
                 let (in_flight, completed, served) =
                     (in_flight.clone(), completed.clone(), served.clone());
                 tokio::spawn(async move {
                     let mut stats = LoadStats::default();
                     while !stop.load(Ordering::Acquire) {
                         in_flight.fetch_add(1, Ordering::AcqRel);
-                        let result = async {
-                            let response = client.get(&url).send().await?;
-                            let status = response.status();
-                            let body = response.bytes().await?;
-                            Ok::<_, reqwest::Error>((status, body))
-                        }
-                        .await;
+                        let result = call().await;
                         in_flight.fetch_sub(1, Ordering::AcqRel);
                         completed.fetch_add(1, Ordering::AcqRel);
                         match result {
-                            Ok((status, body)) if status.is_success() => {
+                            Ok(by) => {
                                 stats.ok += 1;
-                                let by = serde_json::from_slice::<serde_json::Value>(&body)
-                                    .ok()
-                                    .and_then(|v| v["servedBy"].as_str().map(str::to_owned));
                                 if let Some(by) = by {
                                     *stats.served_by.entry(by.clone()).or_default() += 1;
                                     *served.lock().unwrap().entry(by).or_default() += 1;
                                 }
                             }
-                            Ok((status, body)) => stats.failed.push(format!(
-                                "{status} {}",
-                                String::from_utf8_lossy(&body)
-                            )),
-                            Err(error) => stats.failed.push(format!("transport: {error}")),
+                            Err(why) => stats.failed.push(why),
                         }
                     }
                     stats
@@ -685,6 +710,11 @@ impl Load {
             completed,
             served,
         }
+    }
+
+    /// Requests sent and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn completed(&self) -> usize {

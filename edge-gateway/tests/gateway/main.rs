@@ -8,6 +8,7 @@ mod admin;
 mod connections;
 mod cors;
 mod discovery;
+mod faults;
 mod grpc_native;
 mod grpc_web;
 mod grpc_web_compression;
