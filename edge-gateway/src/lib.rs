@@ -8,7 +8,8 @@
 //!   (pure); [`protocol`]: the one protocol type (labels, error shape, what filters see).
 //! - [`grpc_web`]: gRPC-web framing and base64 as state machines (pure);
 //!   [`grpc_compression`]: `grpc-encoding` and size-bounded gzip decompression (pure);
-//!   [`grpc_headers`]: `grpc-timeout`, `grpc-message`, `grpc-status(-details-bin)` (pure).
+//!   [`grpc_headers`]: `grpc-timeout`, `grpc-message`, `grpc-status(-details-bin)` (pure);
+//!   [`grpc_frames`]: the per-message size limit on native gRPC pass-through (pure).
 //! - [`cors`], [`trace`]: edge policies (pure); [`openapi`]: OpenAPI 3.1 from the descriptors
 //!   (pure).
 //! - [`balance`] (health thresholds, outlier ejection, panic routing), [`discovery`] (upstream
@@ -39,6 +40,7 @@ pub mod discovery;
 pub mod dns;
 pub mod error;
 pub mod grpc_compression;
+pub mod grpc_frames;
 pub mod grpc_headers;
 pub mod grpc_web;
 pub mod hooks;

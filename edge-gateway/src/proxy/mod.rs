@@ -36,6 +36,7 @@ use tracing::Instrument;
 use crate::{
     error::GatewayError,
     hooks::{LocalReply, PendingFilters},
+    grpc_frames::MessageSizeGuard,
     lifecycle::InFlight,
     protocol::Protocol,
     state::GatewayState,
@@ -70,6 +71,10 @@ pub struct RequestCtx {
     filter_attributes: Vec<(String, String)>,
     /// Counts the request as in flight (drain-aware shutdown) until the context is dropped.
     _in_flight: InFlight,
+    /// Native gRPC: the request messages' size limit, scanned as the body passes.
+    grpc_messages: Option<MessageSizeGuard>,
+    /// Why the gateway itself aborted a proxied request (answered in `fail_to_proxy`).
+    refused: Option<GatewayError>,
 }
 
 impl RequestCtx {
@@ -201,6 +206,8 @@ impl ProxyHttp for GatewayProxy {
             grpc_filters_pending: false,
             filter_attributes: Vec::new(),
             _in_flight: self.state.lifecycle.request_started(),
+            grpc_messages: None,
+            refused: None,
         }
     }
 
@@ -306,6 +313,16 @@ impl ProxyHttp for GatewayProxy {
         e
     }
 
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        self.limit_grpc_messages(body.as_deref(), ctx)
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -347,16 +364,23 @@ impl ProxyHttp for GatewayProxy {
         // Runs instead of response_filter: CORS and the gRPC shape are added here.
         tracing::warn!(error = %e, "proxying failed");
         if matches!(e.esource(), pingora::ErrorSource::Upstream)
+            && ctx.refused.is_none()
             && session.response_written().is_none()
         {
             // The upstream connection broke before any answer (reset, closed).
             self.report_grpc_upstream(ctx, Outcome::TransportFailure);
         }
-        let downstream_gone = matches!(e.esource(), pingora::ErrorSource::Downstream);
+        let refused = ctx.refused.take();
+        let downstream_gone =
+            matches!(e.esource(), pingora::ErrorSource::Downstream) && refused.is_none();
         if !downstream_gone
             && session.response_written().is_none()
             && let Err(write) = self
-                .respond_error(session, ctx, &grpc::proxy_error(e))
+                .respond_error(
+                    session,
+                    ctx,
+                    &refused.unwrap_or_else(|| grpc::proxy_error(e)),
+                )
                 .await
         {
             tracing::debug!(%write, "could not write the error response");
