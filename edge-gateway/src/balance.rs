@@ -152,7 +152,9 @@ impl Outlier {
         };
         let good = now.saturating_duration_since(since);
         let periods = good.as_nanos() / settings.base_ejection.as_nanos();
-        let forgiven = u32::try_from(periods).unwrap_or(u32::MAX).min(self.ejections);
+        let forgiven = u32::try_from(periods)
+            .unwrap_or(u32::MAX)
+            .min(self.ejections);
         self.ejections -= forgiven;
         self.back_since = Some(since + settings.base_ejection.saturating_mul(forgiven));
     }

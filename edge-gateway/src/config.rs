@@ -448,7 +448,10 @@ fn dns_settings(section: DnsSection) -> Result<DnsSettings, ConfigError> {
     if let Some(search) = &section.search {
         for (i, domain) in search.iter().enumerate() {
             let probe = format!("{}:1", domain.trim_end_matches('.'));
-            if !matches!(UpstreamTarget::parse(&probe), Ok(UpstreamTarget::Name { .. })) {
+            if !matches!(
+                UpstreamTarget::parse(&probe),
+                Ok(UpstreamTarget::Name { .. })
+            ) {
                 return Err(invalid(
                     &format!("gateway.dns.search[{i}]"),
                     format!("{domain:?} is not a DNS domain"),
@@ -597,7 +600,11 @@ pub struct Overrides {
     #[arg(long = "upstream", env = "GATEWAY_UPSTREAMS", value_delimiter = ',')]
     pub upstreams: Vec<String>,
     /// DNS servers (`IP:port`, comma-separated) for upstream names; default: /etc/resolv.conf.
-    #[arg(long = "dns-nameserver", env = "GATEWAY_DNS_NAMESERVERS", value_delimiter = ',')]
+    #[arg(
+        long = "dns-nameserver",
+        env = "GATEWAY_DNS_NAMESERVERS",
+        value_delimiter = ','
+    )]
     pub dns_nameservers: Vec<String>,
     /// CORS allowed origins, comma-separated.
     #[arg(
@@ -923,10 +930,7 @@ impl GatewayConfig {
             .expect("defaults are valid");
         config.listen = listen;
         config.metrics_listen = None;
-        config.upstreams = upstreams
-            .into_iter()
-            .map(UpstreamTarget::Address)
-            .collect();
+        config.upstreams = upstreams.into_iter().map(UpstreamTarget::Address).collect();
         config
     }
 
@@ -980,8 +984,14 @@ mod tests {
         assert_eq!(config.drain_delay, Duration::from_secs(5));
         assert_eq!(config.connections.max, 4_096);
         assert_eq!(config.connections.max_per_client_ip, 0);
-        assert_eq!(config.connections.header_read_timeout, Duration::from_secs(10));
-        assert!(config.dns.nameservers.is_empty(), "system resolver by default");
+        assert_eq!(
+            config.connections.header_read_timeout,
+            Duration::from_secs(10)
+        );
+        assert!(
+            config.dns.nameservers.is_empty(),
+            "system resolver by default"
+        );
         assert_eq!(config.dns.min_refresh, Duration::from_secs(1));
         assert_eq!(config.dns.max_refresh, Duration::from_secs(30));
     }
@@ -999,16 +1009,24 @@ mod tests {
                 port: 50051
             }
         );
-        assert_eq!(config.dns.nameservers, vec!["127.0.0.1:5353".parse().unwrap()]);
+        assert_eq!(
+            config.dns.nameservers,
+            vec!["127.0.0.1:5353".parse().unwrap()]
+        );
         assert_eq!(config.dns.ndots, Some(5));
         let overrides = Overrides {
             dns_nameservers: vec!["127.0.0.2:53".into()],
             ..Default::default()
         };
-        let config =
-            GatewayConfig::from_file(GatewayConfig::parse_file("gateway: {}\n").unwrap(), &overrides)
-                .unwrap();
-        assert_eq!(config.dns.nameservers, vec!["127.0.0.2:53".parse().unwrap()]);
+        let config = GatewayConfig::from_file(
+            GatewayConfig::parse_file("gateway: {}\n").unwrap(),
+            &overrides,
+        )
+        .unwrap();
+        assert_eq!(
+            config.dns.nameservers,
+            vec!["127.0.0.2:53".parse().unwrap()]
+        );
     }
 
     #[test]
@@ -1030,15 +1048,27 @@ mod tests {
                 "gateway:\n  upstreams: [\"a\", \"bad host:1\"]\n",
                 "gateway.upstreams[0]",
             ),
-            ("gateway:\n  upstreams: [\"host:0\"]\n", "gateway.upstreams[0]"),
+            (
+                "gateway:\n  upstreams: [\"host:0\"]\n",
+                "gateway.upstreams[0]",
+            ),
             (
                 "gateway:\n  dns: {nameservers: [\"dns.example\"]}\n",
                 "gateway.dns.nameservers[0]",
             ),
-            ("gateway:\n  dns: {search: [\"a b\"]}\n", "gateway.dns.search[0]"),
+            (
+                "gateway:\n  dns: {search: [\"a b\"]}\n",
+                "gateway.dns.search[0]",
+            ),
             ("gateway:\n  dns: {ndots: 16}\n", "gateway.dns.ndots"),
-            ("gateway:\n  dns: {timeout_ms: 0}\n", "gateway.dns.timeout_ms"),
-            ("gateway:\n  dns: {min_refresh_ms: 0}\n", "gateway.dns.min_refresh_ms"),
+            (
+                "gateway:\n  dns: {timeout_ms: 0}\n",
+                "gateway.dns.timeout_ms",
+            ),
+            (
+                "gateway:\n  dns: {min_refresh_ms: 0}\n",
+                "gateway.dns.min_refresh_ms",
+            ),
             (
                 "gateway:\n  dns: {min_refresh_ms: 5000, max_refresh_ms: 1000}\n",
                 "gateway.dns.max_refresh_ms",
@@ -1076,7 +1106,10 @@ mod tests {
                 "gateway:\n  shutdown: {drain_delay_ms: 300001}\n",
                 "gateway.shutdown.drain_delay_ms",
             ),
-            ("gateway:\n  connections: {max: 0}\n", "gateway.connections.max"),
+            (
+                "gateway:\n  connections: {max: 0}\n",
+                "gateway.connections.max",
+            ),
             (
                 "gateway:\n  connections: {max: 10, max_per_client_ip: 11}\n",
                 "gateway.connections.max_per_client_ip",

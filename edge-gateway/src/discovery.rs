@@ -80,9 +80,7 @@ pub fn refresh_delay(ttl: Duration, floor: Duration, ceiling: Duration) -> Durat
 /// to the ceiling.
 pub fn retry_delay(consecutive_failures: u32, floor: Duration, ceiling: Duration) -> Duration {
     let doublings = consecutive_failures.saturating_sub(1).min(20);
-    floor
-        .saturating_mul(1 << doublings)
-        .min(ceiling.max(floor))
+    floor.saturating_mul(1 << doublings).min(ceiling.max(floor))
 }
 
 /// A lookup's result as discovery sees it.

@@ -7,9 +7,7 @@ use std::{collections::BTreeSet, net::IpAddr, time::Instant};
 
 use hickory_resolver::{
     TokioResolver,
-    config::{
-        ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts,
-    },
+    config::{ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts},
     net::runtime::TokioRuntimeProvider,
     proto::rr::Name,
     system_conf::read_system_conf,

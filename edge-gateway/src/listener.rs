@@ -69,12 +69,15 @@ fn key(digest: &Arc<SocketDigest>) -> usize {
     Arc::as_ptr(digest) as usize
 }
 
+/// Open connections by [`key`]; the digest is held so its address cannot be reused meanwhile.
+type OpenConnections = HashMap<usize, (Arc<SocketDigest>, Arc<Connection>)>;
+
 /// The open connections and the caps.
 #[derive(Debug)]
 pub struct ConnectionTracker {
     settings: ConnectionSettings,
     admission: Mutex<Admission>,
-    open: Mutex<HashMap<usize, (Arc<SocketDigest>, Arc<Connection>)>>,
+    open: Mutex<OpenConnections>,
 }
 
 impl ConnectionTracker {
@@ -94,7 +97,8 @@ impl ConnectionTracker {
     fn connection(&self, digest: Option<&Arc<SocketDigest>>) -> Option<Arc<Connection>> {
         let digest = digest?;
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.get(&key(digest)).map(|(_, connection)| connection.clone())
+        open.get(&key(digest))
+            .map(|(_, connection)| connection.clone())
     }
 
     /// A complete request header arrived on the connection with this socket digest.

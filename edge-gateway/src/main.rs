@@ -66,7 +66,10 @@ fn main() {
         .iter()
         .any(|target| matches!(target, UpstreamTarget::Name { .. }));
     if names && let Err(error) = dns::resolver_config(&config.dns) {
-        eprintln!("edge-gateway: invalid config key `{}`: {}", error.key, error.reason);
+        eprintln!(
+            "edge-gateway: invalid config key `{}`: {}",
+            error.key, error.reason
+        );
         std::process::exit(2);
     }
     if args.test {

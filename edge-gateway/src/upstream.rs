@@ -169,14 +169,12 @@ impl Endpoint {
 
     fn channel(&self, cell: &OnceLock<Channel>) -> Channel {
         cell.get_or_init(|| {
-            let mut endpoint = tonic::transport::Endpoint::from_shared(format!(
-                "http://{}",
-                self.addr
-            ))
-            .expect("a socket address is a valid URI authority")
-            .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_adaptive_window(true);
+            let mut endpoint =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+                    .expect("a socket address is a valid URI authority")
+                    .connect_timeout(self.connect_timeout)
+                    .tcp_nodelay(true)
+                    .http2_adaptive_window(true);
             if let Some(origin) = &self.origin {
                 endpoint = endpoint.origin(origin.clone());
             }
@@ -509,7 +507,9 @@ impl Upstreams {
             if sent_nothing(&status) {
                 // Nothing reached the upstream: another endpoint is safe for any method, and
                 // this failover is no retry (it must not starve on the budget).
-                metrics::RETRIES.with_label_values(&["connect_failover"]).inc();
+                metrics::RETRIES
+                    .with_label_values(&["connect_failover"])
+                    .inc();
                 tracing::debug!(upstream = %endpoint.addr, error = %status, "connect failed; trying another upstream");
                 last_error = Some(GatewayError::UpstreamUnavailable);
                 continue;
@@ -590,19 +590,17 @@ impl BackgroundService for UpstreamMaintenance {
         if let Some(resolver) = &self.resolver {
             for (index, target) in self.settings.targets.iter().enumerate() {
                 if let UpstreamTarget::Name { host, port } = target {
-                    tasks.spawn(refresh_name(
-                        NameRefresh {
-                            pool: self.pool.clone(),
-                            resolver: resolver.clone(),
-                            checker: checker.clone(),
-                            index,
-                            host: host.clone(),
-                            port: *port,
-                            label: target.label(),
-                            min_refresh: self.settings.dns.min_refresh,
-                            max_refresh: self.settings.dns.max_refresh,
-                        },
-                    ));
+                    tasks.spawn(refresh_name(NameRefresh {
+                        pool: self.pool.clone(),
+                        resolver: resolver.clone(),
+                        checker: checker.clone(),
+                        index,
+                        host: host.clone(),
+                        port: *port,
+                        label: target.label(),
+                        min_refresh: self.settings.dns.min_refresh,
+                        max_refresh: self.settings.dns.max_refresh,
+                    }));
                 }
             }
         }

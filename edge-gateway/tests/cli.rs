@@ -21,7 +21,10 @@ fn write_config(text: &str) -> std::path::PathBuf {
 #[test]
 fn bad_resilience_keys_exit_2_naming_the_key_also_under_test() {
     let cases = [
-        ("gateway:\n  connections: {max: 0}\n", "gateway.connections.max"),
+        (
+            "gateway:\n  connections: {max: 0}\n",
+            "gateway.connections.max",
+        ),
         (
             "gateway:\n  connections: {header_read_timeout_ms: 0}\n",
             "gateway.connections.header_read_timeout_ms",
@@ -75,7 +78,11 @@ fn bad_resilience_keys_exit_2_naming_the_key_also_under_test() {
         .arg(&names)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let output = Command::new(BIN)
         .args(["--test", "--config"])
         .arg(&names)

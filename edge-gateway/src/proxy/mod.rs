@@ -35,8 +35,8 @@ use tracing::Instrument;
 
 use crate::{
     error::GatewayError,
-    hooks::{LocalReply, PendingFilters},
     grpc_frames::MessageSizeGuard,
+    hooks::{LocalReply, PendingFilters},
     lifecycle::InFlight,
     protocol::Protocol,
     state::GatewayState,

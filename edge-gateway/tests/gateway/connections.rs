@@ -31,9 +31,7 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<Ve
 
 async fn connect_from(local: &str, to: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
-    socket
-        .bind(format!("{local}:0").parse().unwrap())
-        .unwrap();
+    socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
     socket.connect(to).await.unwrap()
 }
 
@@ -112,7 +110,11 @@ async fn idle_http1_and_http2_connections_are_closed() {
     let seen = read_until_closed(&mut stream, Duration::from_secs(10))
         .await
         .expect("idle keep-alive connection closed");
-    assert!(seen.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&seen));
+    assert!(
+        seen.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
 
     // HTTP/2 (h2c): one request, then silence until the gateway closes the connection.
     let io = hyper_util::rt::TokioIo::new(TcpStream::connect(gw.addr).await.unwrap());
@@ -155,7 +157,12 @@ async fn connection_caps_refuse_with_a_503_and_spare_established_clients() {
         .build()
         .unwrap();
     assert_eq!(
-        established.get(gw.url("/v1/sinks/e")).send().await.unwrap().status(),
+        established
+            .get(gw.url("/v1/sinks/e"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         200
     );
     // Two more from 127.0.0.1 fill its share of 3; the next is refused.
@@ -163,9 +170,14 @@ async fn connection_caps_refuse_with_a_503_and_spare_established_clients() {
         connect_from("127.0.0.1", gw.addr).await,
         connect_from("127.0.0.1", gw.addr).await,
     ];
-    eventually("3 connections admitted", || async { gw.open_connections() == 3 }).await;
+    eventually("3 connections admitted", || async {
+        gw.open_connections() == 3
+    })
+    .await;
     let mut over = connect_from("127.0.0.1", gw.addr).await;
-    let answer = read_until_closed(&mut over, Duration::from_secs(5)).await.unwrap();
+    let answer = read_until_closed(&mut over, Duration::from_secs(5))
+        .await
+        .unwrap();
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("too many open connections"), "{answer}");
@@ -173,14 +185,24 @@ async fn connection_caps_refuse_with_a_503_and_spare_established_clients() {
     for local in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
         held.push(connect_from(local, gw.addr).await);
     }
-    eventually("6 connections admitted", || async { gw.open_connections() == 6 }).await;
+    eventually("6 connections admitted", || async {
+        gw.open_connections() == 6
+    })
+    .await;
     let mut over = connect_from("127.0.0.5", gw.addr).await;
-    let answer = read_until_closed(&mut over, Duration::from_secs(5)).await.unwrap();
+    let answer = read_until_closed(&mut over, Duration::from_secs(5))
+        .await
+        .unwrap();
     assert!(answer.starts_with(b"HTTP/1.1 503"));
     // The established client keeps being served on its connection.
     for _ in 0..5 {
         assert_eq!(
-            established.get(gw.url("/v1/sinks/e")).send().await.unwrap().status(),
+            established
+                .get(gw.url("/v1/sinks/e"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
             200
         );
     }
@@ -246,16 +268,18 @@ fn the_open_file_limit_is_never_reached_and_established_clients_keep_service() {
         ),
     )
     .unwrap();
-    let child = ChildGuard(Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -n 512 && exec {} --config {}",
-            env!("CARGO_BIN_EXE_edge-gateway"),
-            config.display()
-        ))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap());
+    let child = ChildGuard(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -n 512 && exec {} --config {}",
+                env!("CARGO_BIN_EXE_edge-gateway"),
+                config.display()
+            ))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let get = |stream: &mut std::net::TcpStream, path: &str| -> String {
         stream
@@ -298,7 +322,11 @@ fn the_open_file_limit_is_never_reached_and_established_clients_keep_service() {
     }
     let refused = streams.iter().filter(|s| answered(s) == Some(true)).count();
     let idle: Vec<_> = streams.iter().filter(|s| answered(s).is_none()).collect();
-    assert_eq!(idle.len(), 255, "admitted up to the cap below the descriptor limit");
+    assert_eq!(
+        idle.len(),
+        255,
+        "admitted up to the cap below the descriptor limit"
+    );
     assert_eq!(refused, 145);
     // The established client is still served, through an upstream connection opened now (the
     // upstream's own answer: its in-memory user service knows no such user).

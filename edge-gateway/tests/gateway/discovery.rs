@@ -69,10 +69,16 @@ async fn endpoints_follow_the_dns_records_under_load_with_no_failed_request() {
         )
     };
     dns.behave(Behaviour::ServFail);
-    eventually("failed lookups to be counted", || async { failed(&target) >= 2.0 }).await;
+    eventually("failed lookups to be counted", || async {
+        failed(&target) >= 2.0
+    })
+    .await;
     let (b, c) = (load.served_by("b"), load.served_by("c"));
     load.run_for(200).await;
-    assert!(load.served_by("b") > b && load.served_by("c") > c, "b and c still serve");
+    assert!(
+        load.served_by("b") > b && load.served_by("c") > c,
+        "b and c still serve"
+    );
 
     // No answer at all (timeouts): the same.
     dns.behave(Behaviour::Silent);
@@ -83,7 +89,10 @@ async fn endpoints_follow_the_dns_records_under_load_with_no_failed_request() {
     .await;
     let (b, c) = (load.served_by("b"), load.served_by("c"));
     load.run_for(200).await;
-    assert!(load.served_by("b") > b && load.served_by("c") > c, "b and c still serve");
+    assert!(
+        load.served_by("b") > b && load.served_by("c") > c,
+        "b and c still serve"
+    );
 
     // Answers again, with b gone.
     dns.behave(Behaviour::Answer);

@@ -276,9 +276,16 @@ async fn a_sigtermed_gateway_drains_with_readiness_first_and_loses_no_request() 
         lost.len()
     );
     assert!(exited.success(), "{exited:?}");
-    assert_eq!(slow, vec![Ok(200); 4], "requests in flight at the close finish");
+    assert_eq!(
+        slow,
+        vec![Ok(200); 4],
+        "requests in flight at the close finish"
+    );
     assert!(lost.is_empty(), "lost in-flight requests: {lost:?}");
-    assert_eq!(refused, 0, "the listener stayed open through the drain delay");
+    assert_eq!(
+        refused, 0,
+        "the listener stayed open through the drain delay"
+    );
     // It exits once idle, long before the 15 s grace period would end.
     assert!(exited_after < Duration::from_secs(10), "{exited_after:?}");
     let _ = std::fs::remove_dir_all(dir);

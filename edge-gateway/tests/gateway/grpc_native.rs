@@ -120,7 +120,11 @@ async fn an_oversized_message_is_resource_exhausted_at_the_edge() {
     let fits = client.echo(sink(3 * 1024)).await.unwrap().into_inner();
     assert_eq!(fits.blob.len(), 3 * 1024);
     let refused = client.echo(sink(64 * 1024)).await.unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
     assert!(refused.message().contains("4096"), "{}", refused.message());
     // The connection and the gateway carry on.
     let after = client.echo(sink(10)).await.unwrap().into_inner();

@@ -723,15 +723,21 @@ impl Load {
 
     /// Answers served by `backend` so far.
     pub fn served_by(&self, backend: &str) -> usize {
-        self.served.lock().unwrap().get(backend).copied().unwrap_or(0)
+        self.served
+            .lock()
+            .unwrap()
+            .get(backend)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Waits until `more` further requests have completed (the load really ran meanwhile).
     pub async fn run_for(&self, more: usize) {
         let target = self.completed() + more;
-        eventually(&format!("{more} more requests through the gateway"), || async {
-            self.completed() >= target
-        })
+        eventually(
+            &format!("{more} more requests through the gateway"),
+            || async { self.completed() >= target },
+        )
         .await;
     }
 

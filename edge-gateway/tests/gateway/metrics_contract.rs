@@ -39,7 +39,10 @@ async fn metrics_contract_rows_are_all_exported() {
     eventually("the name to resolve", || async {
         metric_value(
             "meshgate_gateway_dns_lookups_total",
-            &[("target", &format!("contract.metrics.test:{port}")), ("outcome", "resolved")],
+            &[
+                ("target", &format!("contract.metrics.test:{port}")),
+                ("outcome", "resolved"),
+            ],
         ) >= 1.0
     })
     .await;

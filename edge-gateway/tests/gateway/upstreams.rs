@@ -63,7 +63,11 @@ async fn restarted_upstream_is_used_again() {
     eventually("readyz to report no healthy upstream", || async {
         let response = client.get(gw.url("/readyz")).send().await.unwrap();
         response.status() == StatusCode::OK
-            && response.text().await.unwrap().contains("0 of 1 upstream endpoint(s) healthy")
+            && response
+                .text()
+                .await
+                .unwrap()
+                .contains("0 of 1 upstream endpoint(s) healthy")
     })
     .await;
     let _restarted = Backend::start_at("second", addr).await;
