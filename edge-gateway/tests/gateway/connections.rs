@@ -88,10 +88,15 @@ async fn slow_header_senders_are_closed_at_the_deadline_while_others_are_served(
     let lines: Vec<usize> = lines.into_iter().map(Result::unwrap).collect();
     // At 300 ms a line and a 1 s deadline, none got far (a per-read timeout never fires).
     assert!(lines.iter().all(|&n| n <= 10), "{:?}", lines.iter().max());
-    assert!(
-        metric_value("meshgate_gateway_header_timeouts_total", &[]) - timeouts_before
-            >= SLOW as f64
-    );
+    // Each close is counted (the count may trail the client seeing the close by a moment).
+    eventually(
+        "every slow client to be counted as a header timeout",
+        || async {
+            metric_value("meshgate_gateway_header_timeouts_total", &[]) - timeouts_before
+                >= SLOW as f64
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
