@@ -18,6 +18,27 @@ fn write_config(text: &str) -> std::path::PathBuf {
     path
 }
 
+/// Both the check (`--test`) and a real start refuse `config` before binding anything: exit
+/// 2 and one line naming `key`.
+fn assert_refused_naming(config: &std::path::Path, key: &str) {
+    for test_only in [true, false] {
+        let mut command = Command::new(BIN);
+        command.arg("--config").arg(config);
+        if test_only {
+            command.arg("--test");
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{key}: {stderr}");
+        assert!(stderr.contains(key), "{key}: {stderr}");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "one line expected, got: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn bad_resilience_keys_exit_2_naming_the_key_also_under_test() {
     let cases = [
@@ -55,19 +76,7 @@ fn bad_resilience_keys_exit_2_naming_the_key_also_under_test() {
         ),
     ];
     for (text, key) in cases {
-        let path = write_config(text);
-        for test_only in [true, false] {
-            let mut command = Command::new(BIN);
-            command.arg("--config").arg(&path);
-            if test_only {
-                command.arg("--test");
-            }
-            let output = command.output().unwrap();
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            assert_eq!(output.status.code(), Some(2), "{text}: {stderr}");
-            assert!(stderr.contains(key), "{key}: {stderr}");
-            assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        }
+        assert_refused_naming(&write_config(text), key);
     }
     // Upstream names with explicit nameservers validate; a bad nameserver flag is named.
     let names = write_config(
@@ -175,23 +184,7 @@ fn unusable_tls_files_exit_2_naming_gateway_tls() {
         (cert.clone(), other_key.clone(), "gateway.tls"),
     ];
     for (cert_path, key_path, named) in cases {
-        let config = tls_config(&cert_path, &key_path);
-        // Both the check (--test) and a real start refuse before binding anything.
-        for test_only in [true, false] {
-            let mut command = Command::new(BIN);
-            command.arg("--config").arg(&config);
-            if test_only {
-                command.arg("--test");
-            }
-            let output = command.output().unwrap();
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            assert_eq!(output.status.code(), Some(2), "{stderr}");
-            assert!(stderr.contains(named), "{named}: {stderr}");
-            assert!(
-                stderr.lines().count() == 1,
-                "one line expected, got: {stderr}"
-            );
-        }
+        assert_refused_naming(&tls_config(&cert_path, &key_path), named);
     }
     let _ = std::fs::remove_dir_all(dir);
 }

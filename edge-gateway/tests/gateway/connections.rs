@@ -35,6 +35,16 @@ async fn connect_from(local: &str, to: SocketAddr) -> TcpStream {
     socket.connect(to).await.unwrap()
 }
 
+/// The gateway answers the connection 503 "too many open connections" and closes it.
+async fn assert_refused(mut stream: TcpStream) {
+    let answer = read_until_closed(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("refused connections are closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("too many open connections"), "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_header_senders_are_closed_at_the_deadline_while_others_are_served() {
     const SLOW: usize = 2_000;
@@ -179,13 +189,7 @@ async fn connection_caps_refuse_with_a_503_and_spare_established_clients() {
         gw.open_connections() == 3
     })
     .await;
-    let mut over = connect_from("127.0.0.1", gw.addr).await;
-    let answer = read_until_closed(&mut over, Duration::from_secs(5))
-        .await
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(answer.contains("too many open connections"), "{answer}");
+    assert_refused(connect_from("127.0.0.1", gw.addr).await).await;
     // Other addresses still get in, up to the total of 6.
     for local in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
         held.push(connect_from(local, gw.addr).await);
@@ -194,11 +198,7 @@ async fn connection_caps_refuse_with_a_503_and_spare_established_clients() {
         gw.open_connections() == 6
     })
     .await;
-    let mut over = connect_from("127.0.0.5", gw.addr).await;
-    let answer = read_until_closed(&mut over, Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert!(answer.starts_with(b"HTTP/1.1 503"));
+    assert_refused(connect_from("127.0.0.5", gw.addr).await).await;
     // The established client keeps being served on its connection.
     for _ in 0..5 {
         assert_eq!(
@@ -261,18 +261,14 @@ fn the_open_file_limit_is_never_reached_and_established_clients_keep_service() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let backend = runtime.block_on(Backend::start("fd"));
     let port = free_addr().port();
-    let dir = std::env::temp_dir().join(format!("gw-fd-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("gateway.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "server:\n  version: 1\n  threads: 1\n  pid_file: {d}/pid\n  upgrade_sock: {d}/sock\n  grace_period_seconds: 0\ngateway:\n  listen: 127.0.0.1:{port}\n  metrics_listen: \"\"\n  upstreams: [\"{up}\"]\n  connections: {{max: 100000, header_read_timeout_ms: 60000}}\n",
-            d = dir.display(),
-            up = backend.addr
+    let config = binary_config(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        0,
+        &format!(
+            "  upstreams: [\"{}\"]\n  connections: {{max: 100000, header_read_timeout_ms: 60000}}\n",
+            backend.addr
         ),
-    )
-    .unwrap();
+    );
     let child = ChildGuard(
         Command::new("sh")
             .arg("-c")
@@ -346,5 +342,4 @@ fn the_open_file_limit_is_never_reached_and_established_clients_keep_service() {
     drop(child);
     drop(idle);
     drop(backend);
-    let _ = std::fs::remove_dir_all(dir);
 }

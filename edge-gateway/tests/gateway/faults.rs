@@ -90,32 +90,13 @@ impl Drop for ServiceProcess {
     }
 }
 
-async fn wait_serving(addr: SocketAddr) {
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
-    eventually(&format!("the user-service on {addr} to serve"), || async {
-        let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-        else {
-            return false;
-        };
-        HealthClient::new(channel)
-            .check(HealthCheckRequest::default())
-            .await
-            .is_ok_and(|r| r.get_ref().status == serving)
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_user_service_fails_at_most_the_requests_in_flight() {
     let db = std::env::temp_dir().join(format!("edge-fault-{}.db", uuid::Uuid::new_v4()));
     let mut victim = ServiceProcess::start(&db);
     let survivor = ServiceProcess::start(&db);
-    wait_serving(victim.addr).await;
-    wait_serving(survivor.addr).await;
+    wait_grpc_serving(victim.addr).await;
+    wait_grpc_serving(survivor.addr).await;
     let gw = spawn_gateway(&[victim.addr, survivor.addr]).await;
     let created: Value = h2()
         .post(gw.url("/v1/users"))
@@ -195,19 +176,15 @@ async fn a_sigtermed_gateway_drains_with_readiness_first_and_loses_no_request() 
     let backend = Backend::start("drain").await;
     let port = free_addr().port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let dir = std::env::temp_dir().join(format!("gw-drain-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("gateway.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "server:\n  version: 1\n  threads: 2\n  pid_file: {d}/pid\n  upgrade_sock: {d}/sock\n  grace_period_seconds: 15\ngateway:\n  listen: {addr}\n  metrics_listen: \"\"\n  upstreams: [\"{up}\"]\n  descriptor_sets: [\"{kitchen}\"]\n  shutdown: {{drain_delay_ms: 3000}}\n",
-            d = dir.display(),
+    let config = binary_config(
+        addr,
+        15,
+        &format!(
+            "  upstreams: [\"{up}\"]\n  descriptor_sets: [\"{kitchen}\"]\n  shutdown: {{drain_delay_ms: 3000}}\n",
             up = backend.addr,
             kitchen = KITCHEN_DESCRIPTORS,
         ),
-    )
-    .unwrap();
+    );
     let mut gateway = Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
         .arg("--config")
         .arg(&config)
@@ -288,5 +265,4 @@ async fn a_sigtermed_gateway_drains_with_readiness_first_and_loses_no_request() 
     );
     // It exits once idle, long before the 15 s grace period would end.
     assert!(exited_after < Duration::from_secs(10), "{exited_after:?}");
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -775,3 +775,48 @@ pub fn metric_value(name: &str, labels: &[(&str, &str)]) -> f64 {
         .and_then(|line| line.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// Waits until the gRPC server at `addr` reports SERVING on `grpc.health.v1` (the user-service
+/// is NOT_SERVING until its first database probe).
+pub async fn wait_grpc_serving(addr: SocketAddr) {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    eventually(
+        &format!("the gRPC server on {addr} to report SERVING"),
+        || async {
+            let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+            else {
+                return false;
+            };
+            HealthClient::new(channel)
+                .check(HealthCheckRequest::default())
+                .await
+                .is_ok_and(|response| response.get_ref().status == serving)
+        },
+    )
+    .await;
+}
+
+/// A config file for the gateway binary in a fresh directory: listening on `listen`, no
+/// metrics, `grace_period_seconds`, then the given `gateway` keys (YAML lines, indented).
+pub fn binary_config(
+    listen: SocketAddr,
+    grace_period_seconds: u64,
+    gateway_keys: &str,
+) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("edge-gateway-bin-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "server:\n  version: 1\n  threads: 2\n  pid_file: {d}/pid\n  upgrade_sock: {d}/sock\n  grace_period_seconds: {grace_period_seconds}\ngateway:\n  listen: {listen}\n  metrics_listen: \"\"\n{gateway_keys}",
+            d = dir.display(),
+        ),
+    )
+    .unwrap();
+    path
+}

@@ -48,26 +48,7 @@ impl UserService {
     /// The service reports NOT_SERVING until its first database probe; start the gateway
     /// only after that, or its first health check would take the upstream out of rotation.
     async fn wait_serving(&self) {
-        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-        let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
-        for _ in 0..100 {
-            if let Ok(channel) =
-                tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
-                    .unwrap()
-                    .connect()
-                    .await
-                && let Ok(response) = HealthClient::new(channel)
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                && response.get_ref().status == serving
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("user-service on {} never reported SERVING", self.addr);
+        wait_grpc_serving(self.addr).await;
     }
 
     async fn kill(&mut self) {
