@@ -9,6 +9,8 @@
 //!   [`grpc_compression`]: `grpc-encoding` and size-bounded gzip decompression (pure).
 //! - [`cors`], [`trace`], [`retry`]: edge policies (pure); [`telemetry`]: the server span
 //!   exported over OTLP (`gateway.otlp`).
+//! - [`validate`]: `buf.validate` field rules from the descriptors, checked on REST and
+//!   gRPC-web requests (pure).
 //! - [`openapi`]: OpenAPI 3.1 from the descriptors.
 //! - [`config`]: YAML + flags/env → one validated [`config::GatewayConfig`].
 //! - [`upstream`]: tonic channels, gRPC health checks, load balancing, retries.
@@ -42,4 +44,5 @@ pub mod tls;
 pub mod trace;
 pub mod transcode;
 pub mod upstream;
+pub mod validate;
 pub mod wasm_filters;

@@ -1,6 +1,6 @@
 //! The one `ProxyHttp` impl. Order of work per request (`request_filter`):
 //! 1. trace context and CORS preflight (answered here, before anything else can fail);
-//! 2. the gateway's own endpoints (`/healthz`, `/readyz`, `/openapi.json`);
+//! 2. the gateway's own endpoints (`/livez`, `/healthz`, `/readyz`, `/openapi.json`);
 //! 3. native gRPC (`application/grpc`) falls through to pingora's proxy: h2c to an upstream,
 //!    trailers and streaming preserved;
 //! 4. gRPC-web and REST are terminated here with the gRPC client of [`crate::upstream`], so the
@@ -34,7 +34,6 @@ use crate::{
     metrics,
     state::GatewayState,
     static_files::StaticResponse,
-    status::status_json,
     telemetry::{ServerSpan, SpanExport},
     trace::TraceContext,
     transcode,
@@ -282,11 +281,11 @@ impl GatewayProxy {
                 session.write_response_body(None, true).await
             }
             _ => {
-                let body = status_json(
+                let (http_status, body) = crate::error::rest_error_body(
                     &self.state.pool,
-                    rescued.grpc_code,
-                    &rescued.message,
-                    rescued.details.as_deref(),
+                    self.state.json.error_detail,
+                    error,
+                    &rescued,
                 );
                 let mut extra = Vec::new();
                 if let Some(allow) = rescued.allow {
@@ -302,7 +301,7 @@ impl GatewayProxy {
                 self.write_simple(
                     session,
                     ctx,
-                    rescued.http_status,
+                    http_status,
                     "application/json",
                     body.into(),
                     &extra,
@@ -392,7 +391,13 @@ impl GatewayProxy {
         path: &str,
     ) -> pingora::Result<bool> {
         let (status, content_type, body): (u16, &str, Bytes) = match path {
-            "/healthz" => (200, "text/plain", Bytes::from_static(b"ok\n")),
+            // The process only: nothing here waits on an upstream.
+            "/livez" => (200, "text/plain", Bytes::from_static(b"ok\n")),
+            "/healthz" => (
+                200,
+                "application/json",
+                health_json(self.state.upstreams.healthy_count() > 0).into(),
+            ),
             "/readyz" => {
                 let healthy = self.state.upstreams.healthy_count();
                 if healthy > 0 {
@@ -463,6 +468,50 @@ impl GatewayProxy {
         Ok(self.metadata_from(&headers, &trace))
     }
 
+    /// A gRPC-web request message against its method's `buf.validate` rules (protobuf presence).
+    /// Messages the gateway cannot read are left to the service to refuse.
+    fn check_grpc_web(&self, path: &str, message: &Bytes) -> Result<(), GatewayError> {
+        if self.state.validators.is_empty() {
+            return Ok(());
+        }
+        let Some(input) = path
+            .strip_prefix('/')
+            .and_then(|rest| rest.split_once('/'))
+            .and_then(|(service, method)| {
+                self.state
+                    .pool
+                    .get_service_by_name(service)?
+                    .methods()
+                    .find(|m| m.name() == method)
+            })
+            .map(|method| method.input())
+            .filter(|input| self.state.validators.has_rules(input))
+        else {
+            return Ok(());
+        };
+        let Ok(decoded) = prost_reflect::DynamicMessage::decode(input, message.as_ref()) else {
+            return Ok(());
+        };
+        let violations = self
+            .state
+            .validators
+            .check(&decoded, crate::validate::Presence::Proto);
+        if violations.is_empty() {
+            return Ok(());
+        }
+        Err(GatewayError::BadRequest(transcode::TranscodeError::Fields(
+            violations
+                .into_iter()
+                .map(|violation| transcode::FieldError {
+                    source: transcode::Source::Body,
+                    field: violation.field.clone(),
+                    problem: transcode::Problem::Rule(violation),
+                    input: None,
+                })
+                .collect(),
+        )))
+    }
+
     async fn handle_rest(
         &self,
         session: &mut Session,
@@ -504,7 +553,14 @@ impl GatewayProxy {
                 return Err(GatewayError::UnsupportedMediaType(content_type.to_owned()));
             }
         }
-        let request = transcode::build_request(&route, &bindings, uri.query(), &body)?;
+        let request = transcode::build_request(
+            &route,
+            &bindings,
+            uri.query(),
+            &body,
+            self.state.json,
+            &self.state.validators,
+        )?;
         let message = transcode::encode(&request);
         let metadata = self.upstream_metadata(session, ctx, Protocol::Rest, &message, &body)?;
         let timeout = self
@@ -635,6 +691,7 @@ impl GatewayProxy {
             messages[0].payload.clone(),
             self.state.config.max_body_bytes,
         )?;
+        self.check_grpc_web(&path, &message)?;
         let metadata = self.upstream_metadata(session, ctx, Protocol::GrpcWeb, &message, &body)?;
         let timeout = match header_str(session, "grpc-timeout").and_then(parse_grpc_timeout) {
             Some(client) => client.min(self.state.config.timeout_for(None, &path)),
@@ -766,6 +823,19 @@ fn export_span(
         filter_attributes: &ctx.filter_attributes,
         error: error.as_deref(),
     });
+}
+
+/// `GET /healthz`: the replaced facade's health body. `status` is the gateway's own (it
+/// answered); `grpc_user_status` is the upstreams' grpc.health.v1 state as the active health
+/// checks last saw it (`healthy` while at least one upstream is).
+fn health_json(upstream_healthy: bool) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "status": "healthy",
+        "service": "meshgate edge-gateway",
+        "version": env!("CARGO_PKG_VERSION"),
+        "grpc_user_status": if upstream_healthy { "healthy" } else { "unhealthy" },
+    }))
+    .expect("a JSON value always serializes")
 }
 
 /// Makes the forwarded request headers what the filters left (added, changed, removed).

@@ -28,6 +28,9 @@ use kitchen::kitchen_service_server::{KitchenService, KitchenServiceServer};
 pub use pb::kitchen::v1 as kitchen;
 
 pub const KITCHEN_DESCRIPTORS: &str = concat!(env!("OUT_DIR"), "/kitchen_descriptor.bin");
+/// A descriptor set with a buf.validate rule the gateway refuses.
+pub const UNSUPPORTED_RULES_DESCRIPTORS: &str =
+    concat!(env!("OUT_DIR"), "/unsupported_descriptor.bin");
 pub const ORIGIN: &str = "https://app.example";
 
 /// A port nobody listens on right now.
@@ -149,6 +152,13 @@ impl KitchenService for Kitchen {
             served_by: self.name.clone(),
             ..Default::default()
         }))
+    }
+
+    async fn place_order(
+        &self,
+        request: Request<kitchen::Order>,
+    ) -> Result<Response<kitchen::Order>, Status> {
+        Ok(Response::new(request.into_inner()))
     }
 
     type CountStream = TickStream;
