@@ -649,6 +649,36 @@ mod tests {
         assert_eq!(config.listen.port(), 8080);
         assert_eq!(config.metrics_listen.unwrap().port(), 9091);
         assert_eq!(config.upstreams, vec!["127.0.0.1:50051".parse().unwrap()]);
+        // The replaced facade's REST contract.
+        assert_eq!(
+            config.json,
+            JsonOptions {
+                use_proto_field_names: true,
+                emit_defaults: true,
+                int64_as_number: true,
+                ignore_unknown_fields: true,
+                error_detail: true,
+            }
+        );
+        let aip = load(include_str!("../config/gateway-grpc-gateway.yaml")).unwrap();
+        assert_eq!(aip.json, JsonOptions::default());
+        assert_eq!(aip.listen.port(), 8080);
+    }
+
+    #[test]
+    fn json_keys_override_the_style() {
+        let config =
+            load("gateway:\n  json:\n    style: fastapi\n    use_proto_field_names: false\n")
+                .unwrap();
+        assert!(!config.json.use_proto_field_names);
+        assert!(config.json.error_detail && config.json.int64_as_number);
+        let config = load("gateway:\n  json:\n    int64_as_number: true\n").unwrap();
+        assert!(config.json.int64_as_number && !config.json.error_detail);
+        let error = load("gateway:\n  json:\n    style: fast\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("gateway.json.style"), "{error}");
+        assert!(error.contains("fastapi"), "{error}");
     }
 
     #[test]

@@ -404,14 +404,18 @@ fn parse_body(body: &[u8]) -> Result<Option<Value>, TranscodeError> {
         return Ok(None);
     }
     serde_json::from_slice(body).map(Some).map_err(|e| {
-        // serde_json reports a 1-based line and column; clients get a character offset.
+        // serde_json reports a 1-based line and column; clients get the character offset of
+        // what was expected (Python's json module's `char`), the end of the body for EOF.
         let text = String::from_utf8_lossy(body);
-        let offset = text
-            .split_inclusive('\n')
-            .take(e.line().saturating_sub(1))
-            .map(|line| line.chars().count())
-            .sum::<usize>()
-            + e.column().saturating_sub(1);
+        let offset = if e.is_eof() {
+            text.chars().count()
+        } else {
+            text.split_inclusive('\n')
+                .take(e.line().saturating_sub(1))
+                .map(|line| line.chars().count())
+                .sum::<usize>()
+                + e.column().saturating_sub(1)
+        };
         TranscodeError::MalformedJson {
             reason: e.to_string(),
             offset,

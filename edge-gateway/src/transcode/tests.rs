@@ -114,8 +114,13 @@ fn errors_name_the_problem() {
     let (route, bindings) = route(Method::POST, "/v1/users");
     let malformed = build(&route, &bindings, None, b"{\n  \"name\":").unwrap_err();
     assert!(
-        matches!(malformed, TranscodeError::MalformedJson { offset: 10, .. }),
+        matches!(malformed, TranscodeError::MalformedJson { offset: 11, .. }),
         "{malformed:?}"
+    );
+    let bad_char = build(&route, &bindings, None, br#"{"name": x}"#).unwrap_err();
+    assert!(
+        matches!(bad_char, TranscodeError::MalformedJson { offset: 9, .. }),
+        "{bad_char:?}"
     );
     let unknown = build(&route, &bindings, None, br#"{"nickname":"x"}"#).unwrap_err();
     assert!(unknown.to_string().contains("nickname"), "{unknown}");
