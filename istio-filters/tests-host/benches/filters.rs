@@ -105,7 +105,7 @@ fn rest_exchange(chain: &Chain) {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         );
     let body =
-        br#"{"user":{"id":"u-12345","name":"Ada Lovelace","email":"ada@example.com","age":36}}"#;
+        br#"{"id":"u-12345","name":"Ada Lovelace","email":"ada@example.com","age":36}"#;
     let exchange = chain.on_request(request).expect("request phase");
     let done = exchange
         .on_response(
