@@ -55,6 +55,18 @@ try:
 except AttributeError:  # pragma: no cover
     YamlLoader = yaml.SafeLoader
 
+
+class CrdLoader(YamlLoader):  # type: ignore[misc, valid-type]
+    """The safe loader, plus YAML 1.1's `value` tag read as the plain string it is.
+
+    PyYAML resolves the bare scalar `=` to tag:yaml.org,2002:value and its safe loader has no
+    constructor for it, so upstream CRDs whose enums list `=` (AlertmanagerConfig's matchType)
+    cannot be read at all; Kubernetes (YAML 1.2) reads it as the string "=".
+    """
+
+
+CrdLoader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node))
+
 ROOT = Path(__file__).resolve().parents[2]
 BAD_DIR = ROOT / "deploy" / "tests" / "bad"
 KUBERNETES_VERSION = os.environ.get("MESHGATE_KUBERNETES_VERSION", "1.33.0")
@@ -70,11 +82,14 @@ TOOL_CONFIGS = {"deploy/yamllint.yaml", "deploy/images/hadolint.yaml", "deploy/p
 CRD_GROUPS = {
     "networking.istio.io", "security.istio.io", "telemetry.istio.io", "extensions.istio.io",
     "argoproj.io", "monitoring.coreos.com", "postgresql.cnpg.io", "gateway.networking.k8s.io",
-    "opentelemetry.io", "barmancloud.cnpg.io",
+    "opentelemetry.io", "barmancloud.cnpg.io", "cert-manager.io", "elasticsearch.k8s.elastic.co",
+    "kibana.k8s.elastic.co",
 }
 # CRD groups an older CRD folder may lack (scripts/fetch-crds fetches them, pinned in crds.lock):
 # their objects are reported as not schema-checked instead of failing.
 OPTIONAL_CRD_GROUPS = {"barmancloud.cnpg.io": "cloudnative-pg/plugin-barman-cloud"}
+# Kinds whose CRD lives in the pending folder (pending_folder), which an older checkout may lack.
+OPTIONAL_CRD_KINDS = {("monitoring.coreos.com/v1alpha1", "AlertmanagerConfig")}
 
 
 class Skipped(Exception):
@@ -138,9 +153,9 @@ def tool_output(proc: subprocess.CompletedProcess) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-def load_docs(path: Path) -> list[Any]:
+def load_docs(path: Path, loader: type = YamlLoader) -> list[Any]:
     with open(path, encoding="utf-8") as handle:
-        return [d for d in yaml.load_all(handle, Loader=YamlLoader) if d is not None]
+        return [d for d in yaml.load_all(handle, Loader=loader) if d is not None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,14 +410,22 @@ class CrdIndex:
     files: int
 
 
-def load_crd_index(folder: Path) -> CrdIndex:
+def pending_folder(folder: Path) -> Path:
+    """Where the CRDs a plain safe loader refuses live: `<crds>-pending` beside the CRD folder
+    (../shared/crds-pending; scripts/fetch-crds lays them out the same way)."""
+    return folder.with_name(folder.name + "-pending")
+
+
+def load_crd_index(folder: Path, pending: Path | None = None) -> CrdIndex:
     if not folder.is_dir():
         raise Skipped(f"CRD folder {folder} does not exist, so CRD kinds were NOT schema-checked "
                       f"(pass --crds-dir or set MESHGATE_CRDS_DIR to a folder of upstream CRD YAML)")
+    pending = pending_folder(folder) if pending is None else pending
     raw: dict[tuple[str, str], dict] = {}
-    files = sorted(p for p in folder.rglob("*") if p.suffix in (".yaml", ".yml"))
+    files = sorted(p for root in (folder, pending) if root.is_dir()
+                   for p in root.rglob("*") if p.suffix in (".yaml", ".yml"))
     for path in files:
-        for doc in load_docs(path):
+        for doc in load_docs(path, CrdLoader):
             if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
                 continue
             spec = doc["spec"]
@@ -440,6 +463,9 @@ def step_crd_schema(inputs: Inputs, crds: CrdIndex | Skipped) -> list[str]:
         if obj.group not in CRD_GROUPS:
             continue
         factory = crds.validators.get((obj.group_version, obj.kind))
+        if factory is None and (obj.group_version, obj.kind) in OPTIONAL_CRD_KINDS:
+            unchecked.add(f"{obj.group_version} {obj.kind}")
+            continue
         if factory is None and obj.group in OPTIONAL_CRD_GROUPS and \
                 not any(gv.startswith(obj.group + "/") for gv, _ in crds.validators):
             unchecked.add(f"{obj.group_version} {obj.kind}")
@@ -451,9 +477,10 @@ def step_crd_schema(inputs: Inputs, crds: CrdIndex | Skipped) -> list[str]:
         checked += 1
         problems.extend(error_lines(obj, factory()))
     print(f"   {checked} custom resources against {len(crds.validators)} CRD versions from {crds.folder}"
+          f"{' and ' + str(pending_folder(crds.folder)) if pending_folder(crds.folder).is_dir() else ''}"
           " (unknown fields rejected; CEL x-kubernetes-validations are not evaluated)")
     for kind in sorted(unchecked):
-        print(f"   note: {kind} NOT schema-checked: its CRD is not in {crds.folder} "
+        print(f"   note: {kind} NOT schema-checked: its CRD is not in {crds.folder} nor {pending_folder(crds.folder)} "
               "(./scripts/fetch-crds DIR fetches every pinned CRD)")
     return problems
 
