@@ -413,7 +413,7 @@ def check_sync_waves(apps: list[tuple[dict, list[dict]]]) -> Iterable[str]:
 
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PriorityClass",
                   "StorageClass", "ClusterAnalysisTemplate", "MutatingWebhookConfiguration",
-                  "ValidatingWebhookConfiguration", "PersistentVolume", "GatewayClass"}
+                  "ValidatingWebhookConfiguration", "PersistentVolume", "GatewayClass", "ClusterIssuer"}
 
 
 def check_namespaces(objs: ObjectSet) -> Iterable[str]:

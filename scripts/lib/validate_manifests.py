@@ -47,6 +47,7 @@ import yaml
 
 import argocd_order
 import manifest_refs
+import operations_policy
 import supply_chain
 import workload_policy
 
@@ -942,6 +943,16 @@ def step_workload_policy(inputs: Inputs) -> list[str]:
     return problems
 
 
+def step_operations(inputs: Inputs) -> list[str]:
+    sets, _ = environment_sets(inputs)
+    where = object_namer(inputs)
+    problems = [f"[{objs.name}] {p}" for objs in sets for p in operations_policy.check_all(objs, where)]
+    if not problems:
+        print(f"   {len(sets)} set(s): ingress certificates and issuers, probe modules and probers, alert routing "
+              "labels, log shipping")
+    return problems
+
+
 def workflow_documents(inputs: Inputs) -> list[tuple[str, dict]]:
     """The workflows given, or the repository's when the inputs have none (a self-test folder is
     judged against what this repository builds)."""
@@ -1065,6 +1076,7 @@ def validate(inputs: Inputs, crds: CrdIndex | Skipped, only: set[str] | None = N
             ("references", lambda: step_references(inputs)),
             ("argocd-order", lambda: step_argocd_order(inputs)),
             ("workload-policy", lambda: step_workload_policy(inputs)),
+            ("operations", lambda: step_operations(inputs)),
             ("supply-chain", lambda: step_supply_chain(inputs)),
         ]
         for name, fn in steps:
@@ -1134,6 +1146,9 @@ SELF_TESTS = [
     ("workload-policy", "prune", "lacks Delete=false, Prune=false"),
     ("workload-policy", "barman-in-tree", "deprecated since CloudNativePG 1.26"),
     ("workload-policy", "prod-pin", "a prod Application tracks 'main'"),
+    ("operations", "certificate-hand-made", "which no cert-manager Certificate in istio-system issues"),
+    ("operations", "certificate-http01-redirect", "redirects port 80 to HTTPS"),
+    ("operations", "certificate-http01-redirect", "do not cover host api.example.org"),
     ("supply-chain", "wasm-image", "no workflow builds registry.example.com/meshgate/geo-block"),
     ("supply-chain", "wasm-image", "'ratelimit-latest' is none of them"),
     ("supply-chain", "workflow-pins", "pin the action by its full commit SHA"),

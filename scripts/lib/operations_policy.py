@@ -1,0 +1,199 @@
+"""Operations wiring that only holds when several objects agree (step `operations`).
+
+Each check takes an ObjectSet and `where` and yields problems:
+
+  certificates  every TLS Secret an ingress Gateway serves is issued by a cert-manager Certificate
+                in the gateway's namespace, for every host the server names, by an issuer of the
+                set; an HTTP-01 issuer needs port 80 to answer the challenge, which a Gateway's
+                httpsRedirect on that host prevents
+  probes        every Probe names a module the shipped blackbox exporter config defines, and a
+                prober Service of the set (port included)
+  alert labels  every alert a PrometheusRule defines carries the labels the AlertmanagerConfig
+                routes by (severity with a routed value, team), so none falls through to the
+                default receiver
+  logging       Fluent Bit ships to an Elasticsearch of the set, over TLS that it verifies, with
+                credentials from a Secret, and its config is the ConfigMap the DaemonSet mounts
+Pure functions over parsed objects: no I/O.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable
+
+import yaml
+
+from manifest_refs import ObjectSet
+
+Where = Callable[[dict], str]
+
+INGRESS_NAMESPACE = "istio-system"  # README, Deploy prerequisites: the ingress gateway's namespace
+# Labels every alert must carry for the AlertmanagerConfig to route it (deploy/alerting).
+ROUTING_LABELS = ("severity", "team")
+
+
+def spec(obj: dict) -> dict:
+    return obj.get("spec") or {}
+
+
+def name(obj: dict) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def host_covered(host: str, dns_names: list[str]) -> bool:
+    """A certificate name covers a host exactly or as a one-label wildcard (*.example.com)."""
+    for pattern in dns_names:
+        if pattern == host:
+            return True
+        if pattern.startswith("*.") and host.count(".") == pattern.count(".") and fnmatch.fnmatch(host, pattern):
+            return True
+    return False
+
+
+# --- certificates
+
+
+def issuer_of(objs: ObjectSet, certificate: dict) -> dict | None:
+    ref = spec(certificate).get("issuerRef") or {}
+    kind = ref.get("kind", "Issuer")
+    if kind == "ClusterIssuer":
+        return objs.find("ClusterIssuer", ref.get("name", ""))
+    return objs.find(kind, ref.get("name", ""), objs.ns(certificate))
+
+
+def http01_solvers(issuer: dict) -> list[dict]:
+    return [s for s in (spec(issuer).get("acme") or {}).get("solvers") or [] if "http01" in s]
+
+
+def check_certificates(objs: ObjectSet, where: Where) -> Iterable[str]:
+    certificates = objs.of_kind("Certificate")
+    for gateway in objs.of_kind("Gateway"):
+        if not str(gateway.get("apiVersion", "")).startswith("networking.istio.io/"):
+            continue
+        servers = spec(gateway).get("servers") or []
+        redirected = {h for s in servers if (s.get("tls") or {}).get("httpsRedirect") for h in s.get("hosts") or []}
+        for server in servers:
+            secret = (server.get("tls") or {}).get("credentialName")
+            if not secret:
+                continue
+            issuing = [c for c in certificates
+                       if spec(c).get("secretName") == secret and objs.ns(c) == INGRESS_NAMESPACE]
+            if not issuing:
+                yield (f"{where(gateway)}: server {(server.get('port') or {}).get('name')} serves Secret {secret}, which "
+                       f"no cert-manager Certificate in {INGRESS_NAMESPACE} issues (a hand-made certificate expires "
+                       "unnoticed)")
+                continue
+            certificate = issuing[0]
+            dns_names = spec(certificate).get("dnsNames") or []
+            for host in server.get("hosts") or []:
+                host = host.split("/")[-1]
+                if not host_covered(host, dns_names):
+                    yield f"{where(certificate)}: dnsNames {dns_names} do not cover host {host} of {where(gateway)}"
+            issuer = issuer_of(objs, certificate)
+            if issuer is None:
+                ref = spec(certificate).get("issuerRef") or {}
+                yield f"{where(certificate)}: issuerRef {ref.get('kind', 'Issuer')}/{ref.get('name')} does not exist"
+                continue
+            if http01_solvers(issuer):
+                for host in sorted(h.split("/")[-1] for h in redirected):
+                    if host_covered(host, dns_names):
+                        yield (f"{where(issuer)}: solves HTTP-01 for {host}, but {where(gateway)} redirects port 80 "
+                               "to HTTPS (httpsRedirect): the ACME server's plain-HTTP challenge never reaches the "
+                               "solver. Use DNS-01, or drop the redirect")
+
+
+# --- synthetic probes
+
+
+def blackbox_modules(objs: ObjectSet, prober_url: str) -> tuple[dict | None, str]:
+    """The modules of the blackbox exporter behind `prober_url` (host:port), read from the
+    ConfigMap its Deployment mounts at --config.file; (None, why) when that chain breaks."""
+    host, _, port = prober_url.partition(":")
+    parts = host.split(".")
+    service = objs.find("Service", parts[0], parts[1] if len(parts) > 1 else None)
+    if service is None:
+        return None, f"prober {prober_url}: no Service {host} in the set"
+    ports = {str(p.get("port")) for p in spec(service).get("ports") or []}
+    if port and port not in ports:
+        return None, f"prober {prober_url}: Service {name(service)} has no port {port} (it has {sorted(ports)})"
+    selector = spec(service).get("selector") or {}
+    for pod in objs.pod_templates():
+        if pod.namespace != objs.ns(service) or any(pod.labels.get(k) != v for k, v in selector.items()):
+            continue
+        for container in pod.spec.get("containers") or []:
+            args = [str(a) for a in (container.get("args") or [])]
+            path = next((a.split("=", 1)[1] for a in args if a.startswith("--config.file=")), None)
+            if path is None:
+                continue
+            directory, _, key = path.rpartition("/")
+            for mount in container.get("volumeMounts") or []:
+                if mount.get("mountPath", "").rstrip("/") != directory:
+                    continue
+                volume = next((v for v in pod.spec.get("volumes") or [] if v.get("name") == mount.get("name")), {})
+                configmap = objs.find("ConfigMap", (volume.get("configMap") or {}).get("name", ""), pod.namespace)
+                text = ((configmap or {}).get("data") or {}).get(key)
+                if text is not None:
+                    return (yaml.safe_load(text) or {}).get("modules") or {}, ""
+        return None, f"prober {prober_url}: the pods of Service {name(service)} mount no --config.file from a ConfigMap"
+    return None, f"prober {prober_url}: Service {name(service)} selects no pod of the set"
+
+
+def check_probes(objs: ObjectSet, where: Where) -> Iterable[str]:
+    for probe in objs.of_kind("Probe"):
+        url = str((spec(probe).get("prober") or {}).get("url", ""))
+        modules, why = blackbox_modules(objs, url)
+        if modules is None:
+            yield f"{where(probe)}: {why}"
+            continue
+        module = spec(probe).get("module")
+        if module not in modules:
+            yield f"{where(probe)}: module {module!r} is not in the blackbox exporter's config (it has {sorted(modules)})"
+
+
+# --- alert labels
+
+
+def routed_values(config: dict, label: str) -> set[str]:
+    """Values of `label` some route of an AlertmanagerConfig matches with `=` (recursively)."""
+    values: set[str] = set()
+
+    def walk(route: dict) -> None:
+        for matcher in route.get("matchers") or []:
+            if matcher.get("name") == label and matcher.get("matchType", "=") == "=":
+                values.add(str(matcher.get("value", "")))
+        for child in route.get("routes") or []:
+            walk(child)
+    walk(spec(config).get("route") or {})
+    return values
+
+
+def check_alert_labels(objs: ObjectSet, where: Where) -> Iterable[str]:
+    configs = objs.of_kind("AlertmanagerConfig")
+    if not configs:
+        return
+    severities = set().union(*(routed_values(c, "severity") for c in configs))
+    teams = set().union(*(routed_values(c, "team") for c in configs))
+    for rule in objs.of_kind("PrometheusRule"):
+        for group in spec(rule).get("groups") or []:
+            for item in group.get("rules") or []:
+                if "alert" not in item:
+                    continue
+                labels = item.get("labels") or {}
+                missing = [label for label in ROUTING_LABELS if label not in labels]
+                if missing:
+                    yield (f"{where(rule)}: alert {item['alert']} lacks the label(s) {missing} the AlertmanagerConfig "
+                           "routes by: it would reach the default receiver only")
+                    continue
+                if labels["severity"] not in severities:
+                    yield (f"{where(rule)}: alert {item['alert']} has severity {labels['severity']!r}, which no route "
+                           f"matches (routed: {sorted(severities)})")
+                if labels["team"] not in teams:
+                    yield (f"{where(rule)}: alert {item['alert']} has team {labels['team']!r}, which no route matches "
+                           f"(routed: {sorted(teams)})")
+
+
+CHECKS = (check_certificates, check_probes, check_alert_labels)
+
+
+def check_all(objs: ObjectSet, where: Where) -> list[str]:
+    return [problem for check in CHECKS for problem in check(objs, where)]
