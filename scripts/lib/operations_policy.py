@@ -8,9 +8,6 @@ Each check takes an ObjectSet and `where` and yields problems:
                 httpsRedirect on that host prevents
   probes        every Probe names a module the shipped blackbox exporter config defines, and a
                 prober Service of the set (port included)
-  alert labels  every alert a PrometheusRule defines carries the labels the AlertmanagerConfig
-                routes by (severity with a routed value, team), so none falls through to the
-                default receiver
   logging       Fluent Bit ships to an Elasticsearch of the set, over TLS that it verifies, with
                 credentials from a Secret, and its config is the ConfigMap the DaemonSet mounts
 Pure functions over parsed objects: no I/O.
@@ -28,8 +25,6 @@ from manifest_refs import ObjectSet
 Where = Callable[[dict], str]
 
 INGRESS_NAMESPACE = "istio-system"  # README, Deploy prerequisites: the ingress gateway's namespace
-# Labels every alert must carry for the AlertmanagerConfig to route it (deploy/alerting).
-ROUTING_LABELS = ("severity", "team")
 
 
 def spec(obj: dict) -> dict:
@@ -150,49 +145,7 @@ def check_probes(objs: ObjectSet, where: Where) -> Iterable[str]:
             yield f"{where(probe)}: module {module!r} is not in the blackbox exporter's config (it has {sorted(modules)})"
 
 
-# --- alert labels
-
-
-def routed_values(config: dict, label: str) -> set[str]:
-    """Values of `label` some route of an AlertmanagerConfig matches with `=` (recursively)."""
-    values: set[str] = set()
-
-    def walk(route: dict) -> None:
-        for matcher in route.get("matchers") or []:
-            if matcher.get("name") == label and matcher.get("matchType", "=") == "=":
-                values.add(str(matcher.get("value", "")))
-        for child in route.get("routes") or []:
-            walk(child)
-    walk(spec(config).get("route") or {})
-    return values
-
-
-def check_alert_labels(objs: ObjectSet, where: Where) -> Iterable[str]:
-    configs = objs.of_kind("AlertmanagerConfig")
-    if not configs:
-        return
-    severities = set().union(*(routed_values(c, "severity") for c in configs))
-    teams = set().union(*(routed_values(c, "team") for c in configs))
-    for rule in objs.of_kind("PrometheusRule"):
-        for group in spec(rule).get("groups") or []:
-            for item in group.get("rules") or []:
-                if "alert" not in item:
-                    continue
-                labels = item.get("labels") or {}
-                missing = [label for label in ROUTING_LABELS if label not in labels]
-                if missing:
-                    yield (f"{where(rule)}: alert {item['alert']} lacks the label(s) {missing} the AlertmanagerConfig "
-                           "routes by: it would reach the default receiver only")
-                    continue
-                if labels["severity"] not in severities:
-                    yield (f"{where(rule)}: alert {item['alert']} has severity {labels['severity']!r}, which no route "
-                           f"matches (routed: {sorted(severities)})")
-                if labels["team"] not in teams:
-                    yield (f"{where(rule)}: alert {item['alert']} has team {labels['team']!r}, which no route matches "
-                           f"(routed: {sorted(teams)})")
-
-
-CHECKS = (check_certificates, check_probes, check_alert_labels)
+CHECKS = (check_certificates, check_probes)
 
 
 def check_all(objs: ObjectSet, where: Where) -> list[str]:

@@ -45,6 +45,7 @@ from collections.abc import Callable
 import jsonschema
 import yaml
 
+import alert_routing
 import argocd_order
 import manifest_refs
 import operations_policy
@@ -52,21 +53,22 @@ import supply_chain
 import workload_policy
 
 try:
-    YamlLoader = yaml.CSafeLoader  # libyaml: the CRD bundle is 6 MB
+    _SafeLoader = yaml.CSafeLoader  # libyaml: the CRD bundle is 6 MB
 except AttributeError:  # pragma: no cover
-    YamlLoader = yaml.SafeLoader
+    _SafeLoader = yaml.SafeLoader
 
 
-class CrdLoader(YamlLoader):  # type: ignore[misc, valid-type]
+class YamlLoader(_SafeLoader):  # type: ignore[misc, valid-type]
     """The safe loader, plus YAML 1.1's `value` tag read as the plain string it is.
 
     PyYAML resolves the bare scalar `=` to tag:yaml.org,2002:value and its safe loader has no
-    constructor for it, so upstream CRDs whose enums list `=` (AlertmanagerConfig's matchType)
-    cannot be read at all; Kubernetes (YAML 1.2) reads it as the string "=".
+    constructor for it, so upstream CRDs whose enums list `=` (AlertmanagerConfig's matchType),
+    and kustomize's output of an AlertmanagerConfig, could not be read at all; Kubernetes
+    (YAML 1.2) reads it as the string "=".
     """
 
 
-CrdLoader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node))
+YamlLoader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node))
 
 ROOT = Path(__file__).resolve().parents[2]
 BAD_DIR = ROOT / "deploy" / "tests" / "bad"
@@ -130,6 +132,7 @@ class Inputs:
     kustomize_dirs: list[Path] = field(default_factory=list)
     objects: list[Obj] = field(default_factory=list)  # standalone files + rendered overlays
     rule_tests: list[Path] = field(default_factory=list)
+    route_tests: list[Path] = field(default_factory=list)  # Alertmanager routing tests (alert_routing)
     dashboards: list[Path] = field(default_factory=list)
     dockerfiles: list[Path] = field(default_factory=list)
     workflows: list[Path] = field(default_factory=list)
@@ -154,9 +157,9 @@ def tool_output(proc: subprocess.CompletedProcess) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-def load_docs(path: Path, loader: type = YamlLoader) -> list[Any]:
+def load_docs(path: Path) -> list[Any]:
     with open(path, encoding="utf-8") as handle:
-        return [d for d in yaml.load_all(handle, Loader=loader) if d is not None]
+        return [d for d in yaml.load_all(handle, Loader=YamlLoader) if d is not None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,9 +245,12 @@ def collect(roots: list[Path], exclude: list[Path]) -> tuple[Inputs, list[str]]:
                     inputs.objects.append(Obj(rel(path), doc))
                 elif isinstance(doc, dict) and "rule_files" in doc and "tests" in doc:
                     inputs.rule_tests.append(path)
+                elif isinstance(doc, dict) and "alertmanager_config" in doc and "routes" in doc:
+                    inputs.route_tests.append(path)
                 elif rel(path) not in TOOL_CONFIGS:
                     inputs.unclassified.append(f"{rel(path)}: document {index + 1} is neither a Kubernetes object "
-                                               "(apiVersion + kind), a kustomization input, nor a promtool test")
+                                               "(apiVersion + kind), a kustomization input, a promtool test nor an "
+                                               "Alertmanager route test")
         elif name.endswith(".json") and "dashboards" in path.parts:
             inputs.dashboards.append(path)
         elif name == "Dockerfile" or name.endswith(".Dockerfile"):
@@ -426,7 +432,7 @@ def load_crd_index(folder: Path, pending: Path | None = None) -> CrdIndex:
     files = sorted(p for root in (folder, pending) if root.is_dir()
                    for p in root.rglob("*") if p.suffix in (".yaml", ".yml"))
     for path in files:
-        for doc in load_docs(path, CrdLoader):
+        for doc in load_docs(path):
             if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
                 continue
             spec = doc["spec"]
@@ -598,6 +604,40 @@ def step_promtool_tests(inputs: Inputs, workdir: Path) -> list[str]:
                 problems.append(f"{obj.where()}: query {record} has no promtool unit test (promql_expr_test)")
     if not problems:
         print(f"   {len(inputs.rule_tests)} test file(s), {len(tested)} alert(s) covered")
+    return problems
+
+
+def step_alertmanager(inputs: Inputs, workdir: Path) -> list[str]:
+    configs = [o for o in inputs.objects if o.kind == "AlertmanagerConfig" and not o.source.startswith("render:")]
+    if not configs and not inputs.route_tests:
+        return []
+    for tool in ("amtool", "prometheus-alertmanager"):
+        if shutil.which(tool) is None:
+            return [f"{tool} not found: install Debian's prometheus-alertmanager (scripts/validate-manifests does as root)"]
+    problems: list[str] = []
+    summaries = []
+    tested = set()
+    for path in inputs.route_tests:
+        doc = load_docs(path)[0]
+        target = str((path.parent / doc["alertmanager_config"]).resolve())
+        amconfig = next((o for o in configs if str((ROOT / o.source).resolve()) == target), None)
+        if amconfig is None:
+            problems.append(f"{rel(path)}: alertmanager_config {doc['alertmanager_config']} holds no AlertmanagerConfig")
+            continue
+        tested.add(id(amconfig))
+        sub = workdir / f"routes-{len(summaries)}"
+        sub.mkdir()
+        found, summary = alert_routing.check_all(amconfig.doc, amconfig.where(),
+                                                 alert_routing.load_route_tests(path, doc, rel(path)),
+                                                 alert_names(inputs), inputs.rule_tests, sub)
+        problems += found
+        summaries.append(summary)
+    for obj in configs:
+        if id(obj) not in tested:
+            problems.append(f"{obj.where()}: no route tests (a YAML file with alertmanager_config: naming it)")
+    if not problems:
+        for summary in summaries:
+            print(f"   {summary}")
     return problems
 
 
@@ -948,8 +988,7 @@ def step_operations(inputs: Inputs) -> list[str]:
     where = object_namer(inputs)
     problems = [f"[{objs.name}] {p}" for objs in sets for p in operations_policy.check_all(objs, where)]
     if not problems:
-        print(f"   {len(sets)} set(s): ingress certificates and issuers, probe modules and probers, alert routing "
-              "labels, log shipping")
+        print(f"   {len(sets)} set(s): ingress certificates and issuers, probe modules and probers, log shipping")
     return problems
 
 
@@ -1066,6 +1105,7 @@ def validate(inputs: Inputs, crds: CrdIndex | Skipped, only: set[str] | None = N
             ("crd-schema", lambda: step_crd_schema(inputs, crds)),
             ("promtool-rules", lambda: step_promtool_rules(inputs, sub("rules"))),
             ("promtool-tests", lambda: step_promtool_tests(inputs, sub("tests"))),
+            ("alertmanager", lambda: step_alertmanager(inputs, sub("alertmanager"))),
             ("promql-queries", lambda: step_promql_queries(inputs, sub("queries"))),
             ("metrics-contract", lambda: step_metrics_contract(inputs)),
             ("hadolint", lambda: step_hadolint(inputs)),
@@ -1119,6 +1159,8 @@ SELF_TESTS = [
     ("promtool-rules", "promtool-rules", "unclosed left parenthesis"),
     ("promtool-tests", "promtool-tests", "promtool test rules failed"),
     ("promtool-tests", "promtool-untested-alert", "has no promtool unit test"),
+    ("alertmanager", "alert-routing", "QueueBacklog {alertname=QueueBacklog, severity=page, team=platform} should reach"),
+    ("alertmanager", "alert-routing", "alert QueueStalled has no route test"),
     ("promql-queries", "promql-queries", "does not parse"),
     ("metrics-contract", "metrics-contract", "grpc_server_requests_totl"),
     ("hadolint", "hadolint", "DL3007"),
