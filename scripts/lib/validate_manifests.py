@@ -1188,6 +1188,7 @@ SELF_TESTS = [
     ("workload-policy", "prune", "lacks Delete=false, Prune=false"),
     ("workload-policy", "barman-in-tree", "deprecated since CloudNativePG 1.26"),
     ("workload-policy", "prod-pin", "a prod Application tracks 'main'"),
+    ("operations", "probe-module", "module 'http_2xx' is not in the blackbox exporter's config"),
     ("operations", "certificate-hand-made", "which no cert-manager Certificate in istio-system issues"),
     ("operations", "certificate-http01-redirect", "redirects port 80 to HTTPS"),
     ("operations", "certificate-http01-redirect", "do not cover host api.example.org"),
