@@ -15,6 +15,9 @@ from collections.abc import Iterable
 
 # Objects an operator creates from another object, so they never appear in the manifests.
 # CloudNativePG: per Cluster <c>, Services <c>-rw/-ro/-r, Secret <c>-app, ServiceAccount <c>.
+# ECK: per Elasticsearch <e>, Secrets <e>-es-http-certs-public (ca.crt) and <e>-es-elastic-user;
+# per Kibana <k>, Secret <k>-kb-http-certs-public.
+ECK_SECRET_SUFFIXES = {"Elasticsearch": ("-es-http-certs-public", "-es-elastic-user"), "Kibana": ("-kb-http-certs-public",)}
 CNPG_SERVICE_SUFFIXES = ("-rw", "-ro", "-r")
 CNPG_POSTGRES_PORT = 5432
 
@@ -275,6 +278,8 @@ def check_mesh_routing(objs: ObjectSet) -> Iterable[str]:
 
 def check_pod_references(objs: ObjectSet, pods: list[PodTemplate], external_secrets: set[str]) -> Iterable[str]:
     generated_secrets = {f"{c['metadata']['name']}-app" for c in objs.of_kind("Cluster")}
+    generated_secrets |= {o["metadata"]["name"] + suffix for kind, suffixes in ECK_SECRET_SUFFIXES.items()
+                          for o in objs.of_kind(kind) for suffix in suffixes}
     for pod in pods:
         spec = pod.spec
         if pod.owner.startswith("Cluster/"):

@@ -8,8 +8,9 @@ Each check takes an ObjectSet and `where` and yields problems:
                 httpsRedirect on that host prevents
   probes        every Probe names a module the shipped blackbox exporter config defines, and a
                 prober Service of the set (port included)
-  logging       Fluent Bit ships to an Elasticsearch of the set, over TLS that it verifies, with
-                credentials from a Secret, and its config is the ConfigMap the DaemonSet mounts
+  logging       Fluent Bit's config is the ConfigMap its pods mount, and its es output goes to an
+                Elasticsearch of the set over TLS it verifies with ECK's CA (mounted from the
+                cluster's http-certs-public Secret), with credentials from Secret-sourced env vars
 Pure functions over parsed objects: no I/O.
 """
 
@@ -145,7 +146,75 @@ def check_probes(objs: ObjectSet, where: Where) -> Iterable[str]:
             yield f"{where(probe)}: module {module!r} is not in the blackbox exporter's config (it has {sorted(modules)})"
 
 
-CHECKS = (check_certificates, check_probes)
+# --- log shipping
+
+
+def mounted_config(objs: ObjectSet, pod, container: dict, path: str) -> str | None:
+    """The text of `path` in a container, when a ConfigMap volume mounted at its folder holds it."""
+    directory, _, key = path.rpartition("/")
+    for mount in container.get("volumeMounts") or []:
+        if mount.get("mountPath", "").rstrip("/") != directory:
+            continue
+        volume = next((v for v in pod.spec.get("volumes") or [] if v.get("name") == mount.get("name")), {})
+        configmap = objs.find("ConfigMap", (volume.get("configMap") or {}).get("name", ""), pod.namespace)
+        return ((configmap or {}).get("data") or {}).get(key)
+    return None
+
+
+def secret_mounted_at(pod, container: dict, path: str) -> str | None:
+    """The Secret whose volume a container mounts at the folder of `path`."""
+    directory = path.rpartition("/")[0]
+    for mount in container.get("volumeMounts") or []:
+        if mount.get("mountPath", "").rstrip("/") == directory:
+            volume = next((v for v in pod.spec.get("volumes") or [] if v.get("name") == mount.get("name")), {})
+            return (volume.get("secret") or {}).get("secretName")
+    return None
+
+
+def flag(value: object) -> bool:
+    return value is True or str(value).lower() in ("on", "true", "yes")
+
+
+def check_log_shipping(objs: ObjectSet, where: Where) -> Iterable[str]:
+    clusters = {f"{name(e)}-es-http.{objs.ns(e)}.svc": e for e in objs.of_kind("Elasticsearch")}
+    for pod in objs.pod_templates():
+        owner = objs.find(*pod.owner.split("/", 1), pod.namespace)
+        for container in pod.spec.get("containers") or []:
+            if "fluent-bit" not in str(container.get("image", "")):
+                continue
+            args = [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
+            path = next((a.split("=", 1)[1] for a in args if a.startswith(("--config=", "-c="))), None)
+            label = f"{where(owner or {})}: container {container.get('name')}"
+            text = mounted_config(objs, pod, container, path) if path else None
+            if text is None:
+                yield f"{label}: its --config {path!r} is not a key of a mounted ConfigMap"
+                continue
+            config = yaml.safe_load(text) or {}
+            env = {e["name"]: e.get("valueFrom") or {} for e in container.get("env") or []}
+            for output in ((config.get("pipeline") or {}).get("outputs") or []):
+                if output.get("name") != "es":
+                    continue
+                host = str(output.get("host", ""))
+                target = host.removesuffix(".cluster.local")
+                cluster = clusters.get(target)
+                if cluster is None:
+                    yield f"{label}: es output host {host} is no Elasticsearch of the set ({sorted(clusters) or 'none'})"
+                    continue
+                if not flag(output.get("tls")) or not flag(output.get("tls.verify")):
+                    yield (f"{label}: es output to {host} without verified TLS (tls and tls.verify on): ECK serves "
+                           "HTTPS only, and the credentials would go to whoever answers")
+                ca = str(output.get("tls.ca_file", ""))
+                expected = f"{name(cluster)}-es-http-certs-public"
+                if secret_mounted_at(pod, container, ca) != expected:
+                    yield f"{label}: tls.ca_file {ca!r} is not mounted from Secret {expected} (ECK's CA)"
+                for key in ("http_user", "http_passwd"):
+                    value = str(output.get(key, ""))
+                    variable = value[2:-1] if value.startswith("${") and value.endswith("}") else None
+                    if variable is None or "secretKeyRef" not in env.get(variable, {}):
+                        yield f"{label}: es output {key} is not ${{VAR}} of an env var from a Secret"
+
+
+CHECKS = (check_certificates, check_probes, check_log_shipping)
 
 
 def check_all(objs: ObjectSet, where: Where) -> list[str]:

@@ -1189,6 +1189,8 @@ SELF_TESTS = [
     ("workload-policy", "barman-in-tree", "deprecated since CloudNativePG 1.26"),
     ("workload-policy", "prod-pin", "a prod Application tracks 'main'"),
     ("operations", "probe-module", "module 'http_2xx' is not in the blackbox exporter's config"),
+    ("operations", "log-shipping", "without verified TLS"),
+    ("operations", "log-shipping", "http_passwd is not ${VAR} of an env var from a Secret"),
     ("operations", "certificate-hand-made", "which no cert-manager Certificate in istio-system issues"),
     ("operations", "certificate-http01-redirect", "redirects port 80 to HTTPS"),
     ("operations", "certificate-http01-redirect", "do not cover host api.example.org"),
