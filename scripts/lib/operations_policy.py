@@ -8,6 +8,8 @@ Each check takes an ObjectSet and `where` and yields problems:
                 httpsRedirect on that host prevents
   probes        every Probe names a module the shipped blackbox exporter config defines, and a
                 prober Service of the set (port included)
+  recovery      a CloudNativePG recovery Cluster names an external cluster it recovers from, an
+                existing ObjectStore, and archives its own WAL under another serverName
   logging       Fluent Bit's config is the ConfigMap its pods mount, and its es output goes to an
                 Elasticsearch of the set over TLS it verifies with ECK's CA (mounted from the
                 cluster's http-certs-public Secret), with credentials from Secret-sourced env vars
@@ -146,6 +148,36 @@ def check_probes(objs: ObjectSet, where: Where) -> Iterable[str]:
             yield f"{where(probe)}: module {module!r} is not in the blackbox exporter's config (it has {sorted(modules)})"
 
 
+# --- point-in-time recovery
+
+BARMAN_PLUGIN = "barman-cloud.cloudnative-pg.io"
+
+
+def check_recovery(objs: ObjectSet, where: Where) -> Iterable[str]:
+    """A CloudNativePG recovery Cluster reads an origin's archive and must not archive into it."""
+    for cluster in objs.of_kind("Cluster"):
+        recovery = ((spec(cluster).get("bootstrap") or {}).get("recovery")) or {}
+        if not recovery:
+            continue
+        source = recovery.get("source")
+        origin = next((c for c in spec(cluster).get("externalClusters") or [] if c.get("name") == source), None)
+        if origin is None:
+            yield f"{where(cluster)}: bootstrap.recovery.source {source!r} is not one of its externalClusters"
+            continue
+        params = (origin.get("plugin") or {}).get("parameters") or {}
+        store = params.get("barmanObjectName")
+        if (origin.get("plugin") or {}).get("name") == BARMAN_PLUGIN and store and \
+                not objs.find("ObjectStore", store, objs.ns(cluster)):
+            yield f"{where(cluster)}: external cluster {source} reads ObjectStore {store}, which does not exist"
+        origin_server = params.get("serverName", source)
+        for plugin in spec(cluster).get("plugins") or []:
+            own = plugin.get("parameters") or {}
+            if plugin.get("isWALArchiver") and own.get("barmanObjectName") == store and \
+                    own.get("serverName", name(cluster)) == origin_server:
+                yield (f"{where(cluster)}: archives its WAL as serverName {origin_server!r} into {store}, the archive it "
+                       "recovers from: it would write over the origin's backups (give it a serverName of its own)")
+
+
 # --- log shipping
 
 
@@ -214,7 +246,7 @@ def check_log_shipping(objs: ObjectSet, where: Where) -> Iterable[str]:
                         yield f"{label}: es output {key} is not ${{VAR}} of an env var from a Secret"
 
 
-CHECKS = (check_certificates, check_probes, check_log_shipping)
+CHECKS = (check_certificates, check_probes, check_log_shipping, check_recovery)
 
 
 def check_all(objs: ObjectSet, where: Where) -> list[str]:

@@ -59,16 +59,18 @@ except AttributeError:  # pragma: no cover
 
 
 class YamlLoader(_SafeLoader):  # type: ignore[misc, valid-type]
-    """The safe loader, plus YAML 1.1's `value` tag read as the plain string it is.
+    """The safe loader, reading two YAML 1.1 types as the plain strings Kubernetes (YAML 1.2) sees.
 
-    PyYAML resolves the bare scalar `=` to tag:yaml.org,2002:value and its safe loader has no
-    constructor for it, so upstream CRDs whose enums list `=` (AlertmanagerConfig's matchType),
-    and kustomize's output of an AlertmanagerConfig, could not be read at all; Kubernetes
-    (YAML 1.2) reads it as the string "=".
+    `value`: PyYAML resolves the bare scalar `=` to it and its safe loader has no constructor, so
+    upstream CRDs whose enums list `=` (AlertmanagerConfig's matchType), and kustomize's output of
+    an AlertmanagerConfig, could not be read at all. `timestamp`: kustomize writes
+    `2026-01-01 00:00:00+00` unquoted (a string in YAML 1.2; a CNPG recovery target), which
+    PyYAML would turn into a datetime.
     """
 
 
-YamlLoader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node))
+for _tag in ("tag:yaml.org,2002:value", "tag:yaml.org,2002:timestamp"):
+    YamlLoader.add_constructor(_tag, lambda loader, node: loader.construct_scalar(node))
 
 ROOT = Path(__file__).resolve().parents[2]
 BAD_DIR = ROOT / "deploy" / "tests" / "bad"
@@ -987,6 +989,15 @@ def step_operations(inputs: Inputs) -> list[str]:
     sets, _ = environment_sets(inputs)
     where = object_namer(inputs)
     problems = [f"[{objs.name}] {p}" for objs in sets for p in operations_policy.check_all(objs, where)]
+    # Kustomizations no Application syncs (applied by hand: the users-db restore) hold recovery
+    # Clusters too; they read the ObjectStores the environments deploy.
+    deployed = {id(doc) for objs in sets for doc in objs.objects}
+    manual = [o.doc for o in inputs.objects if o.source.startswith("render:") and id(o.doc) not in deployed
+              and o.kind in ("Cluster", "ObjectStore")]
+    if manual:
+        stores = [o.doc for o in inputs.objects if o.kind == "ObjectStore"]
+        extra = manifest_refs.ObjectSet("by hand", manual + stores)
+        problems += list(dict.fromkeys(f"[by hand] {p}" for p in operations_policy.check_recovery(extra, where)))
     if not problems:
         print(f"   {len(sets)} set(s): ingress certificates and issuers, probe modules and probers, log shipping")
     return problems
@@ -1189,6 +1200,7 @@ SELF_TESTS = [
     ("workload-policy", "barman-in-tree", "deprecated since CloudNativePG 1.26"),
     ("workload-policy", "prod-pin", "a prod Application tracks 'main'"),
     ("operations", "probe-module", "module 'http_2xx' is not in the blackbox exporter's config"),
+    ("operations", "recovery-archive", "the archive it recovers from"),
     ("operations", "log-shipping", "without verified TLS"),
     ("operations", "log-shipping", "http_passwd is not ${VAR} of an env var from a Secret"),
     ("operations", "certificate-hand-made", "which no cert-manager Certificate in istio-system issues"),
