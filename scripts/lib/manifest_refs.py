@@ -81,6 +81,13 @@ class ObjectSet:
                 if template is None and ref:
                     target = self.find(ref.get("kind", ""), ref.get("name", ""), self.ns(obj))
                     template = ((target or {}).get("spec") or {}).get("template")
+            elif kind == "OpenTelemetryCollector":
+                # The operator's pods: labelled with the component and <namespace>.<name>.
+                templates.append(PodTemplate(owner, self.ns(obj), {
+                    "app.kubernetes.io/component": "opentelemetry-collector",
+                    "app.kubernetes.io/instance": f"{self.ns(obj)}.{meta.get('name')}",
+                    "app.kubernetes.io/managed-by": "opentelemetry-operator"}, {}, {}))
+                continue
             elif kind == "Cluster" and str(obj.get("apiVersion", "")).startswith("postgresql.cnpg.io/"):
                 templates.append(PodTemplate(owner, self.ns(obj), {"cnpg.io/cluster": meta.get("name", "")},
                                              {"serviceAccountName": meta.get("name")},
@@ -333,8 +340,14 @@ def check_otel_pipelines(objs: ObjectSet) -> Iterable[str]:
     for collector in objs.of_kind("OpenTelemetryCollector"):
         config = (collector.get("spec") or {}).get("config") or {}
         pipelines = (config.get("service") or {}).get("pipelines") or {}
+        connectors = set(config.get("connectors") or {})
+        for name in sorted(connectors):
+            ends = [{n for p in pipelines.values() for n in (p or {}).get(s) or []} for s in ("exporters", "receivers")]
+            if name not in ends[0] or name not in ends[1]:
+                yield (f"{label(collector)}: connector {name} must be a pipeline's exporter and another's receiver "
+                       "(it joins two pipelines)")
         for section in ("receivers", "processors", "exporters"):
-            defined = set(config.get(section) or {})
+            defined = set(config.get(section) or {}) | (connectors if section != "processors" else set())
             used = {name for p in pipelines.values() for name in (p or {}).get(section) or []}
             for name in sorted(used - defined):
                 yield f"{label(collector)}: pipeline uses {section[:-1]} {name}, which is not configured"
