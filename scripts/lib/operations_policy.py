@@ -23,7 +23,9 @@ from collections.abc import Callable, Iterable
 
 import yaml
 
+from log_contract import flag
 from manifest_refs import ObjectSet
+from workload_policy import arg_value, mounted_file
 
 Where = Callable[[dict], str]
 
@@ -119,19 +121,10 @@ def blackbox_modules(objs: ObjectSet, prober_url: str) -> tuple[dict | None, str
         if pod.namespace != objs.ns(service) or any(pod.labels.get(k) != v for k, v in selector.items()):
             continue
         for container in pod.spec.get("containers") or []:
-            args = [str(a) for a in (container.get("args") or [])]
-            path = next((a.split("=", 1)[1] for a in args if a.startswith("--config.file=")), None)
-            if path is None:
-                continue
-            directory, _, key = path.rpartition("/")
-            for mount in container.get("volumeMounts") or []:
-                if mount.get("mountPath", "").rstrip("/") != directory:
-                    continue
-                volume = next((v for v in pod.spec.get("volumes") or [] if v.get("name") == mount.get("name")), {})
-                configmap = objs.find("ConfigMap", (volume.get("configMap") or {}).get("name", ""), pod.namespace)
-                text = ((configmap or {}).get("data") or {}).get(key)
-                if text is not None:
-                    return (yaml.safe_load(text) or {}).get("modules") or {}, ""
+            path = arg_value(container, "--config.file")
+            text = mounted_file(container, pod, objs, path) if path else None
+            if text is not None:
+                return (yaml.safe_load(text) or {}).get("modules") or {}, ""
         return None, f"prober {prober_url}: the pods of Service {name(service)} mount no --config.file from a ConfigMap"
     return None, f"prober {prober_url}: Service {name(service)} selects no pod of the set"
 
@@ -181,18 +174,6 @@ def check_recovery(objs: ObjectSet, where: Where) -> Iterable[str]:
 # --- log shipping
 
 
-def mounted_config(objs: ObjectSet, pod, container: dict, path: str) -> str | None:
-    """The text of `path` in a container, when a ConfigMap volume mounted at its folder holds it."""
-    directory, _, key = path.rpartition("/")
-    for mount in container.get("volumeMounts") or []:
-        if mount.get("mountPath", "").rstrip("/") != directory:
-            continue
-        volume = next((v for v in pod.spec.get("volumes") or [] if v.get("name") == mount.get("name")), {})
-        configmap = objs.find("ConfigMap", (volume.get("configMap") or {}).get("name", ""), pod.namespace)
-        return ((configmap or {}).get("data") or {}).get(key)
-    return None
-
-
 def secret_mounted_at(pod, container: dict, path: str) -> str | None:
     """The Secret whose volume a container mounts at the folder of `path`."""
     directory = path.rpartition("/")[0]
@@ -203,10 +184,6 @@ def secret_mounted_at(pod, container: dict, path: str) -> str | None:
     return None
 
 
-def flag(value: object) -> bool:
-    return value is True or str(value).lower() in ("on", "true", "yes")
-
-
 def check_log_shipping(objs: ObjectSet, where: Where) -> Iterable[str]:
     clusters = {f"{name(e)}-es-http.{objs.ns(e)}.svc": e for e in objs.of_kind("Elasticsearch")}
     for pod in objs.pod_templates():
@@ -214,10 +191,9 @@ def check_log_shipping(objs: ObjectSet, where: Where) -> Iterable[str]:
         for container in pod.spec.get("containers") or []:
             if "fluent-bit" not in str(container.get("image", "")):
                 continue
-            args = [str(a) for a in (container.get("command") or []) + (container.get("args") or [])]
-            path = next((a.split("=", 1)[1] for a in args if a.startswith(("--config=", "-c="))), None)
+            path = arg_value(container, "--config") or arg_value(container, "-c")
             label = f"{where(owner or {})}: container {container.get('name')}"
-            text = mounted_config(objs, pod, container, path) if path else None
+            text = mounted_file(container, pod, objs, path) if path else None
             if text is None:
                 yield f"{label}: its --config {path!r} is not a key of a mounted ConfigMap"
                 continue

@@ -11,6 +11,9 @@ deploy/tests/bad/<step>/. Steps:
   crd-schema      every CRD kind against strict JSON schemas generated now from upstream CRD YAML
   promtool-rules  `promtool check rules` on every PrometheusRule's groups
   promtool-tests  `promtool test rules`, and every alert must have a test
+  alertmanager    the AlertmanagerConfig as the operator generates it: amtool check-config, amtool
+                  route tests of every alert, inhibition and silence cases on a real Alertmanager
+                  (scripts/lib/alert_routing.py)
   promql-queries  dashboard and AnalysisTemplate queries parsed by promtool
   metrics-contract every app metric a query uses is listed in deploy/observability/METRICS.md
   hadolint        every Dockerfile under deploy/images
@@ -22,6 +25,11 @@ deploy/tests/bad/<step>/. Steps:
                   DestinationRule subsets, AnalysisTemplates; HPA targets; selectors -> pods;
                   Service/ServiceMonitor ports; ConfigMaps, Secrets, ServiceAccounts, principals;
                   collector pipelines; Applications vs. AppProject; sync-wave order
+  argocd-order    Argo CD's apply order (scripts/lib/argocd_order.py)
+  workload-policy probes, drain, sidecars, budgets, canaries... (scripts/lib/workload_policy.py)
+  operations      certificates, probe modules, log shipping, recovery clusters
+                  (scripts/lib/operations_policy.py)
+  supply-chain    what the workflows build, pin, scan and sign (scripts/lib/supply_chain.py)
 """
 
 from __future__ import annotations
