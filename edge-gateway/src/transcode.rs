@@ -37,6 +37,23 @@ pub enum TranscodeError {
     Invalid(String),
 }
 
+impl TranscodeError {
+    /// Broken rules of a message that arrived encoded (gRPC-web): fields of its body.
+    pub fn from_violations(violations: Vec<Violation>) -> Self {
+        Self::Fields(
+            violations
+                .into_iter()
+                .map(|violation| FieldError {
+                    source: Source::Body,
+                    field: violation.field.clone(),
+                    problem: Problem::Rule(violation),
+                    input: None,
+                })
+                .collect(),
+        )
+    }
+}
+
 /// Where in the request a field came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {

@@ -266,6 +266,37 @@ impl Validators {
         self.messages.contains_key(message.full_name())
     }
 
+    /// The broken rules of an encoded gRPC (or gRPC-web) request to `/package.Service/Method`,
+    /// with protobuf presence. A method not in the pool, or bytes that do not decode, have none
+    /// here: the service answers those.
+    pub fn check_grpc_request(
+        &self,
+        pool: &DescriptorPool,
+        grpc_path: &str,
+        message: &[u8],
+    ) -> Vec<Violation> {
+        if self.is_empty() {
+            return Vec::new();
+        }
+        let input = grpc_path
+            .strip_prefix('/')
+            .and_then(|rest| rest.split_once('/'))
+            .and_then(|(service, method)| {
+                pool.get_service_by_name(service)?
+                    .methods()
+                    .find(|m| m.name() == method)
+            })
+            .map(|method| method.input())
+            .filter(|input| self.has_rules(input));
+        let Some(input) = input else {
+            return Vec::new();
+        };
+        match DynamicMessage::decode(input, message) {
+            Ok(decoded) => self.check(&decoded, Presence::Proto),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Every broken rule of `message`, in field order.
     pub fn check(&self, message: &DynamicMessage, presence: Presence<'_>) -> Vec<Violation> {
         let mut violations = Vec::new();
