@@ -13,8 +13,11 @@ fn order(pool: &DescriptorPool, value: Json) -> DynamicMessage {
     DynamicMessage::deserialize(descriptor, value).unwrap()
 }
 
-/// (field, rule id) of each violation, checked with protobuf presence and as a REST document.
-fn broken(pool: &DescriptorPool, value: Json) -> (Vec<(String, String)>, Vec<(String, String)>) {
+/// (field, rule id) of each violation.
+type Broken = Vec<(String, String)>;
+
+/// The violations, checked with protobuf presence and as a REST document.
+fn broken(pool: &DescriptorPool, value: Json) -> (Broken, Broken) {
     let validators = Validators::from_pool(pool).unwrap();
     let message = order(pool, value.clone());
     let pairs = |violations: Vec<Violation>| {
