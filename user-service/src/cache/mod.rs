@@ -26,20 +26,21 @@
 pub mod backend;
 pub mod breaker;
 pub mod entry;
+mod single_flight;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_singleflight::Group;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
 pub use backend::{CacheBackend, CacheError};
 use breaker::{Admission, Breaker, BreakerState, Outcome};
 pub use entry::CacheEntry;
+use single_flight::SingleFlight;
 
 use crate::domain::{
     NewUser, PageRequest, StoreError, User, UserChanges, UserId, UserPage, UserStore, Version,
@@ -69,8 +70,8 @@ const MAX_PENDING_REPAIRS: usize = 100_000;
 pub struct CachedStore<S> {
     inner: S,
     cache: Arc<Cache>,
-    user_fills: Group<String, Option<User>, StoreError>,
-    page_fills: Group<String, UserPage, StoreError>,
+    user_fills: SingleFlight<Result<Option<User>, SharedError>>,
+    page_fills: SingleFlight<Result<UserPage, SharedError>>,
     repair_task: tokio::task::JoinHandle<()>,
 }
 
@@ -114,8 +115,8 @@ impl<S> CachedStore<S> {
         Self {
             inner,
             cache,
-            user_fills: Group::new(),
-            page_fills: Group::new(),
+            user_fills: SingleFlight::default(),
+            page_fills: SingleFlight::default(),
             repair_task,
         }
     }
@@ -258,6 +259,13 @@ impl Cache {
                 .with_label_values(&[state.name()])
                 .set(i64::from(state == current));
         }
+    }
+
+    fn count_shared_fill(&self, cache: &'static str) {
+        self.metrics
+            .cache_shared_fills
+            .with_label_values(&[cache])
+            .inc();
     }
 
     fn count(&self, cache: &'static str, result: &'static str) {
@@ -460,9 +468,37 @@ impl Repairs {
     }
 }
 
-/// The result of a shared fill, for the waiters that did not run it.
-fn shared_failure(error: Option<StoreError>) -> StoreError {
-    error.unwrap_or_else(|| StoreError::Unavailable("the shared database read failed".into()))
+/// A failed shared read, as every caller of the flight gets it (`StoreError` holds its cause
+/// boxed, so it cannot be cloned; the kind and the message are what callers use).
+#[derive(Debug, Clone)]
+enum SharedError {
+    NotFound,
+    EmailTaken,
+    Unavailable(String),
+    Internal(String),
+}
+
+impl From<StoreError> for SharedError {
+    fn from(error: StoreError) -> Self {
+        let cause = |error: &crate::domain::BoxError| error.to_string();
+        match &error {
+            StoreError::NotFound => Self::NotFound,
+            StoreError::EmailTaken => Self::EmailTaken,
+            StoreError::Unavailable(source) => Self::Unavailable(cause(source)),
+            StoreError::Internal(source) => Self::Internal(cause(source)),
+        }
+    }
+}
+
+impl From<SharedError> for StoreError {
+    fn from(error: SharedError) -> Self {
+        match error {
+            SharedError::NotFound => Self::NotFound,
+            SharedError::EmailTaken => Self::EmailTaken,
+            SharedError::Unavailable(cause) => Self::Unavailable(cause.into()),
+            SharedError::Internal(cause) => Self::Internal(cause.into()),
+        }
+    }
 }
 
 impl<S: UserStore> UserStore for CachedStore<S> {
@@ -505,13 +541,11 @@ impl<S: UserStore> UserStore for CachedStore<S> {
                 return self.inner.get(id).await;
             }
         }
-        let led = AtomicBool::new(false);
         let fill = async {
-            led.store(true, Ordering::Relaxed);
             let user = match self.inner.get(id).await {
                 Ok(user) => user,
                 Err(StoreError::NotFound) => return Ok(None),
-                Err(error) => return Err(error),
+                Err(error) => return Err(SharedError::from(error)),
             };
             let entry = CacheEntry::User(user.clone());
             let stored = cache
@@ -530,12 +564,10 @@ impl<S: UserStore> UserStore for CachedStore<S> {
                 _ => Some(user),
             })
         };
-        let filled = self.user_fills.work(&key, fill).await;
-        if !led.load(Ordering::Relaxed) {
-            cache.metrics.cache_shared_fills.with_label_values(&["user"]).inc();
-        }
-        filled
-            .map_err(shared_failure)?
+        let joined = || cache.count_shared_fill("user");
+        self.user_fills
+            .run(&key, joined, fill)
+            .await?
             .ok_or(StoreError::NotFound)
     }
 
@@ -596,10 +628,8 @@ impl<S: UserStore> UserStore for CachedStore<S> {
                 return self.inner.list(page).await;
             }
         }
-        let led = AtomicBool::new(false);
         let fill = async {
-            led.store(true, Ordering::Relaxed);
-            let fresh = self.inner.list(page).await?;
+            let fresh = self.inner.list(page).await.map_err(SharedError::from)?;
             cache
                 .call(
                     "set",
@@ -610,11 +640,8 @@ impl<S: UserStore> UserStore for CachedStore<S> {
                 .await;
             Ok(fresh)
         };
-        let filled = self.page_fills.work(&key, fill).await;
-        if !led.load(Ordering::Relaxed) {
-            cache.metrics.cache_shared_fills.with_label_values(&["list"]).inc();
-        }
-        filled.map_err(shared_failure)
+        let joined = || cache.count_shared_fill("list");
+        Ok(self.page_fills.run(&key, joined, fill).await?)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
