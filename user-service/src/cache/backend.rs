@@ -90,7 +90,12 @@ impl CacheBackend {
     }
 
     /// Stores a list page (pages are keyed by generation, so never compared).
-    pub(super) async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), CacheError> {
+    pub(super) async fn set(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
         match self {
             Self::Redis { connection, .. } => Ok(redis::cmd("SET")
                 .arg(key)
@@ -238,12 +243,21 @@ mod tests {
         assert_eq!(winner.as_deref(), Some(&v2.encode()[..]));
         let tombstone = CacheEntry::Deleted(Version::new(3));
         assert_eq!(
-            cache.put_newer("k", &tombstone, ttl, Some("g")).await.unwrap(),
+            cache
+                .put_newer("k", &tombstone, ttl, Some("g"))
+                .await
+                .unwrap(),
             None
         );
         assert_eq!(cache.generation("g").await.unwrap(), 1);
         // The last live version read before the delete cannot bring the user back.
-        assert!(cache.put_newer("k", &v2, ttl, None).await.unwrap().is_some());
+        assert!(
+            cache
+                .put_newer("k", &v2, ttl, None)
+                .await
+                .unwrap()
+                .is_some()
+        );
         assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b"3:"[..]));
     }
 
@@ -253,7 +267,9 @@ mod tests {
             unreachable!()
         };
         for n in 0..1000 {
-            local.entries.insert(format!("k{n}"), Bytes::from_static(b"x"));
+            local
+                .entries
+                .insert(format!("k{n}"), Bytes::from_static(b"x"));
         }
         local.entries.run_pending_tasks();
         let kept = local.entries.entry_count();

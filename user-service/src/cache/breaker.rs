@@ -176,7 +176,11 @@ mod tests {
         call(&mut breaker, Outcome::Success, now);
         call(&mut breaker, Outcome::Failure, now);
         call(&mut breaker, Outcome::Failure, now);
-        assert_eq!(breaker.state(), BreakerState::Closed, "a success resets the count");
+        assert_eq!(
+            breaker.state(),
+            BreakerState::Closed,
+            "a success resets the count"
+        );
         let (admission, _) = breaker.admit(now);
         assert_eq!(
             breaker.record(admission, Outcome::Failure, now),
@@ -214,7 +218,10 @@ mod tests {
         let mut breaker = Breaker::new(1, COOLDOWN);
         call(&mut breaker, Outcome::Failure, now);
         let probe_at = now + COOLDOWN;
-        assert_eq!(call(&mut breaker, Outcome::Failure, probe_at), Admission::Probe);
+        assert_eq!(
+            call(&mut breaker, Outcome::Failure, probe_at),
+            Admission::Probe
+        );
         assert_eq!(breaker.state(), BreakerState::Open);
         assert_eq!(breaker.admit(probe_at + COOLDOWN / 2).0, Admission::Skip);
         assert_eq!(breaker.admit(probe_at + COOLDOWN).0, Admission::Probe);
@@ -226,7 +233,10 @@ mod tests {
         let mut breaker = Breaker::new(1, COOLDOWN);
         call(&mut breaker, Outcome::Failure, now - COOLDOWN);
         assert_eq!(breaker.admit(now).0, Admission::Probe);
-        assert_eq!(breaker.record(Admission::Probe, Outcome::Abandoned, now), None);
+        assert_eq!(
+            breaker.record(Admission::Probe, Outcome::Abandoned, now),
+            None
+        );
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
         assert_eq!(breaker.admit(now).0, Admission::Probe);
     }

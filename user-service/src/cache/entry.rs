@@ -146,7 +146,11 @@ mod tests {
     fn entries_round_trip_with_their_version_readable_up_front() {
         let live = CacheEntry::User(user(7));
         let bytes = live.encode();
-        assert!(bytes.starts_with(b"7:{"), "{}", String::from_utf8_lossy(&bytes));
+        assert!(
+            bytes.starts_with(b"7:{"),
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
         assert_eq!(CacheEntry::decode(&bytes), Some(live));
         assert_eq!(version_of(&bytes), Some(Version::new(7)));
 
@@ -180,7 +184,10 @@ mod tests {
         assert!(supersedes(v(1), None), "anything fills an empty slot");
         assert!(supersedes(v(3), Some(v(2))), "a newer write wins");
         assert!(!supersedes(v(2), Some(v(3))), "an older read loses");
-        assert!(!supersedes(v(3), Some(v(3))), "the same state is left alone");
+        assert!(
+            !supersedes(v(3), Some(v(3))),
+            "the same state is left alone"
+        );
         // A tombstone is one past the last live version: the last read of the user loses to it.
         let last = v(5);
         assert!(!supersedes(last, Some(last.next())));

@@ -344,7 +344,8 @@ impl Cache {
             let stored = self
                 .call(
                     "repair",
-                    self.backend.put_newer(&key, &entry, self.settings.ttl, None),
+                    self.backend
+                        .put_newer(&key, &entry, self.settings.ttl, None),
                 )
                 .await;
             let Reply::Done(winner) = stored else {
@@ -551,7 +552,9 @@ impl<S: UserStore> UserStore for CachedStore<S> {
             let stored = cache
                 .call(
                     "set",
-                    cache.backend.put_newer(&key, &entry, cache.settings.ttl, None),
+                    cache
+                        .backend
+                        .put_newer(&key, &entry, cache.settings.ttl, None),
                 )
                 .await;
             // A newer entry won: a write committed while we read. Answer with it.
@@ -596,7 +599,10 @@ impl<S: UserStore> UserStore for CachedStore<S> {
         }
         // Without the generation the page cannot be keyed safely: go to the database.
         let generation = match cache
-            .call("generation", cache.backend.generation(&cache.generation_key()))
+            .call(
+                "generation",
+                cache.backend.generation(&cache.generation_key()),
+            )
             .await
         {
             Reply::Done(generation) => generation,
@@ -704,7 +710,10 @@ mod tests {
         let repairs = Repairs::default();
         let id = UserId::new_random();
         assert!(repairs.remember(id, entry(id, 3)));
-        assert!(repairs.remember(id, entry(id, 2)), "an older write is absorbed");
+        assert!(
+            repairs.remember(id, entry(id, 2)),
+            "an older write is absorbed"
+        );
         repairs.landed(id, Version::new(2));
         assert!(repairs.is_pending(id), "v3 has not landed yet");
         repairs.landed(id, Version::new(4));

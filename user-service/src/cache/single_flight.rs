@@ -60,7 +60,12 @@ impl<T: Clone> SingleFlight<T> {
         }
     }
 
-    async fn lead(&self, key: &str, done: watch::Sender<Option<T>>, work: impl Future<Output = T>) -> T {
+    async fn lead(
+        &self,
+        key: &str,
+        done: watch::Sender<Option<T>>,
+        work: impl Future<Output = T>,
+    ) -> T {
         let landing = Landing {
             flights: self,
             key,

@@ -138,9 +138,10 @@ impl UserStore for PostgresStore {
     }
 
     async fn delete(&self, id: UserId) -> Result<Version, StoreError> {
-        let deleted = sqlx::query_scalar::<_, i64>("DELETE FROM users WHERE id = $1 RETURNING version")
-            .bind(id.as_uuid())
-            .fetch_optional(&self.pool);
+        let deleted =
+            sqlx::query_scalar::<_, i64>("DELETE FROM users WHERE id = $1 RETURNING version")
+                .bind(id.as_uuid())
+                .fetch_optional(&self.pool);
         let deleted = timed(&self.metrics, "delete_user", deleted)
             .instrument(query_span("DELETE"))
             .await?;

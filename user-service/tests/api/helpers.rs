@@ -106,7 +106,7 @@ impl TestDatabase {
             .replacen(&format!("{host}:{port}"), &proxy.addr().to_string(), 1)
     }
 
-    async fn drop_database(&self) {
+    pub async fn drop_database(&self) {
         if let Ok(mut connection) = PgConnection::connect(&server_url()).await {
             let _ = connection
                 .execute(sqlx::AssertSqlSafe(format!(

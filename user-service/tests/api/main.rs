@@ -4,7 +4,9 @@
 //! test role may CREATE DATABASE.
 
 mod binary;
+mod cache_coherence;
 mod helpers;
+mod hooks;
 mod metrics_contract;
 mod observability;
 mod proxy;
