@@ -64,6 +64,22 @@ async fn bad_config_exits_2_with_one_line_naming_the_setting() {
     assert!(line.contains("REDIS_URL"), "{line}");
     let line = config_error(&[], &[("LOG_FORMAT", "xml")]).await;
     assert!(line.contains("LOG_FORMAT"), "{line}");
+    for (env, bad) in [
+        ("READINESS_FAILURE_THRESHOLD", "0"),
+        ("DRAIN_DELAY_MS", "-1"),
+        ("DRAIN_DELAY_MS", "600001"),
+        ("SHUTDOWN_GRACE_SECS", "forever"),
+        ("CACHE_BREAKER_FAILURES", "0"),
+        ("CACHE_BREAKER_COOLDOWN_MS", "5"),
+    ] {
+        let line = config_error(&[], &[(env, bad)]).await;
+        assert!(line.contains(env), "{env}={bad}: {line}");
+    }
+    let line = config_error(&["--drain-delay-ms", "soon"], &[]).await;
+    assert!(
+        line.contains("--drain-delay-ms") && line.contains("DRAIN_DELAY_MS"),
+        "{line}"
+    );
 }
 
 #[tokio::test]

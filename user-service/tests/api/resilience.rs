@@ -236,3 +236,58 @@ async fn oversized_messages_are_rejected() {
     app.create("Small", &unique_email(), 30).await.unwrap();
     app.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_withdraws_readiness_first_and_keeps_serving_for_the_drain_delay() {
+    let mut app = spawn_app_with(Backend::Sqlite, |config| {
+        // Long enough that the calls below land inside it even on a loaded machine.
+        config.drain_delay_ms = 5_000;
+    })
+    .await;
+    app.wait_for_health(ServingStatus::Serving).await;
+    app.signal_shutdown();
+    app.wait_for_service_health("readiness", ServingStatus::NotServing)
+        .await;
+    assert_eq!(app.health("").await, ServingStatus::NotServing);
+    assert_eq!(
+        app.health("user.UserService").await,
+        ServingStatus::NotServing
+    );
+    assert_eq!(app.health("liveness").await, ServingStatus::Serving);
+    // Still serving, also on a new connection (a load balancer that has not looked yet).
+    let mut fresh = meshgate_proto::user::user_service_client::UserServiceClient::connect(format!(
+        "http://{}",
+        app.grpc_addr
+    ))
+    .await
+    .expect("new connections are accepted while draining");
+    fresh
+        .list_users(ListUsersRequest { page: 1, limit: 1 })
+        .await
+        .expect("calls are served while draining");
+    app.stopped().await.expect("clean shutdown after the delay");
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_does_not_follow_the_database() {
+    let database = TestDatabase::create().await;
+    let proxy = TcpProxy::start(postgres_server_addr()).await;
+    let url = database.url_via(&proxy);
+    let app = spawn_configured(Some(database), |config| {
+        config.database_url = Some(url);
+        config.db_acquire_timeout_ms = 300;
+        config.readiness_failure_threshold = 2;
+    })
+    .await;
+    app.wait_for_service_health("readiness", ServingStatus::Serving)
+        .await;
+    proxy.cut();
+    app.wait_for_service_health("readiness", ServingStatus::NotServing)
+        .await;
+    assert_eq!(app.health("liveness").await, ServingStatus::Serving);
+    proxy.restore();
+    app.wait_for_service_health("readiness", ServingStatus::Serving)
+        .await;
+    app.teardown().await;
+}
