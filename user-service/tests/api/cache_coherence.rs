@@ -10,7 +10,7 @@ use user_service::cache::{CacheEntry, CachedStore};
 use user_service::domain::{PageRequest, StoreError, UserId, UserStore};
 
 use crate::helpers::Backend;
-use crate::hooks::{Harness, HookedStore, Point, new_user, rename};
+use crate::hooks::{After, Harness, HookedStore, new_user, rename};
 use crate::on_both_backends;
 use crate::proxy::TcpProxy;
 
@@ -44,7 +44,7 @@ async fn a_fill_that_read_before_a_write_cannot_overwrite_it(backend: Backend) {
         .await
         .unwrap();
 
-    let mut held = store.inner().hold(Point::AfterGet);
+    let mut held = store.inner().hold(After::Get);
     let reader = tokio::spawn({
         let store = store.clone();
         async move { store.get(user.id).await }
@@ -73,7 +73,7 @@ async fn cache_updates_landing_out_of_commit_order_keep_the_newest(backend: Back
     let store = harness.store();
     let user = store.create(new_user("Start")).await.unwrap();
 
-    let mut held = store.inner().hold(Point::AfterWrite);
+    let mut held = store.inner().hold(After::Write);
     let first = tokio::spawn({
         let store = store.clone();
         async move { store.update(user.id, rename("First")).await }
@@ -104,7 +104,7 @@ async fn a_fill_cannot_bring_back_a_deleted_user(backend: Backend) {
         .await
         .unwrap();
 
-    let mut held = store.inner().hold(Point::AfterGet);
+    let mut held = store.inner().hold(After::Get);
     let reader = tokio::spawn({
         let store = store.clone();
         async move { store.get(user.id).await }
@@ -152,7 +152,7 @@ async fn concurrent_misses_share_one_database_read(backend: Backend) {
     };
 
     // Lists: the first miss holds its database read while nine more arrive.
-    let mut held = store.inner().hold(Point::AfterList);
+    let mut held = store.inner().hold(After::List);
     let page = PageRequest::new(1, 10);
     let lists: Vec<_> = (0..10)
         .map(|_| {
@@ -173,7 +173,7 @@ async fn concurrent_misses_share_one_database_read(backend: Backend) {
     );
 
     // The same for one user.
-    let mut held = store.inner().hold(Point::AfterGet);
+    let mut held = store.inner().hold(After::Get);
     let gets: Vec<_> = (0..10)
         .map(|_| {
             let store = store.clone();

@@ -22,19 +22,19 @@ use crate::helpers::{Backend, TestDatabase, base_config, ensure_redis, redis_url
 /// Where a database call can be held: after the database answered, before the cache
 /// decorator goes on with the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Point {
+pub enum After {
     /// `get` read the row (a read-through fill is next).
-    AfterGet,
+    Get,
     /// `list` read the page (a page fill is next).
-    AfterList,
+    List,
     /// `create`, `update` or `delete` committed (the cache update is next).
-    AfterWrite,
+    Write,
 }
 
 /// One armed hold: the call that reaches `point` reports on `reached`, then waits for
 /// `release`.
 struct Hold {
-    point: Point,
+    point: After,
     reached: oneshot::Sender<()>,
     release: oneshot::Receiver<()>,
 }
@@ -69,7 +69,7 @@ pub struct HookedStore {
 
 impl HookedStore {
     /// The next call that reaches `point` is held there until the returned handle releases it.
-    pub fn hold(&self, point: Point) -> Held {
+    pub fn hold(&self, point: After) -> Held {
         let (reached_tx, reached_rx) = oneshot::channel();
         let (release_tx, release_rx) = oneshot::channel();
         self.holds.lock().unwrap().push_back(Hold {
@@ -83,7 +83,7 @@ impl HookedStore {
         }
     }
 
-    async fn at(&self, point: Point) {
+    async fn at(&self, point: After) {
         let hold = {
             let mut holds = self.holds.lock().unwrap();
             let index = holds.iter().position(|hold| hold.point == point);
@@ -104,33 +104,33 @@ impl HookedStore {
 impl UserStore for HookedStore {
     async fn create(&self, user: NewUser) -> Result<User, StoreError> {
         let created = self.inner.create(user).await;
-        self.at(Point::AfterWrite).await;
+        self.at(After::Write).await;
         created
     }
 
     async fn get(&self, id: UserId) -> Result<User, StoreError> {
         self.gets.fetch_add(1, Ordering::SeqCst);
         let user = self.inner.get(id).await;
-        self.at(Point::AfterGet).await;
+        self.at(After::Get).await;
         user
     }
 
     async fn update(&self, id: UserId, changes: UserChanges) -> Result<User, StoreError> {
         let updated = self.inner.update(id, changes).await;
-        self.at(Point::AfterWrite).await;
+        self.at(After::Write).await;
         updated
     }
 
     async fn delete(&self, id: UserId) -> Result<Version, StoreError> {
         let deleted = self.inner.delete(id).await;
-        self.at(Point::AfterWrite).await;
+        self.at(After::Write).await;
         deleted
     }
 
     async fn list(&self, page: PageRequest) -> Result<UserPage, StoreError> {
         self.lists.fetch_add(1, Ordering::SeqCst);
         let listed = self.inner.list(page).await;
-        self.at(Point::AfterList).await;
+        self.at(After::List).await;
         listed
     }
 
