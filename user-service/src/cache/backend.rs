@@ -219,18 +219,10 @@ impl LocalCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Age, Email, Name, User, UserId, Version};
+    use crate::domain::Version;
 
     fn user(version: i64) -> CacheEntry {
-        CacheEntry::User(User {
-            id: UserId::new_random(),
-            name: Name::parse("Ada").unwrap(),
-            email: Email::parse("ada@example.com").unwrap(),
-            age: Age::parse(36).unwrap(),
-            created_at: 1,
-            updated_at: 2,
-            version: Version::new(version),
-        })
+        CacheEntry::User(entry::sample_user(version))
     }
 
     #[tokio::test]

@@ -126,25 +126,27 @@ fn from_cached(cached: CachedUser) -> User {
     }
 }
 
+/// A user for the cache's unit tests.
+#[cfg(test)]
+pub(crate) fn sample_user(version: i64) -> User {
+    User {
+        id: UserId::new_random(),
+        name: Name::parse("Ada").unwrap(),
+        email: Email::parse("ada@example.com").unwrap(),
+        age: Age::parse(36).unwrap(),
+        created_at: 1,
+        updated_at: 2,
+        version: Version::new(version),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn user(version: i64) -> User {
-        User {
-            id: UserId::new_random(),
-            name: Name::parse("Ada").unwrap(),
-            email: Email::parse("ada@example.com").unwrap(),
-            age: Age::parse(36).unwrap(),
-            created_at: 1,
-            updated_at: 2,
-            version: Version::new(version),
-        }
-    }
-
     #[test]
     fn entries_round_trip_with_their_version_readable_up_front() {
-        let live = CacheEntry::User(user(7));
+        let live = CacheEntry::User(sample_user(7));
         let bytes = live.encode();
         assert!(
             bytes.starts_with(b"7:{"),
@@ -174,7 +176,7 @@ mod tests {
             assert_eq!(CacheEntry::decode(bytes), None, "{bytes:?}");
         }
         let mut mismatched = b"3:".to_vec();
-        mismatched.extend_from_slice(&CacheEntry::User(user(4)).encode()[2..]);
+        mismatched.extend_from_slice(&CacheEntry::User(sample_user(4)).encode()[2..]);
         assert_eq!(CacheEntry::decode(&mismatched), None);
     }
 
@@ -197,7 +199,7 @@ mod tests {
     #[test]
     fn pages_round_trip() {
         let page = UserPage {
-            users: vec![user(2)],
+            users: vec![sample_user(2)],
             total: 7,
         };
         assert_eq!(decode_page(&encode_page(&page)), Some(page));

@@ -261,6 +261,22 @@ impl Cache {
         }
     }
 
+    /// The value of a call the read path can use; a failed or skipped call is counted as the
+    /// lookup's `error` or `bypass` (the caller then reads the database).
+    fn usable<T>(&self, cache: &'static str, reply: Reply<T>) -> Option<T> {
+        match reply {
+            Reply::Done(value) => Some(value),
+            Reply::Failed => {
+                self.count(cache, "error");
+                None
+            }
+            Reply::Skipped => {
+                self.count(cache, "bypass");
+                None
+            }
+        }
+    }
+
     fn count_shared_fill(&self, cache: &'static str) {
         self.metrics
             .cache_shared_fills
@@ -519,28 +535,21 @@ impl<S: UserStore> UserStore for CachedStore<S> {
             return self.inner.get(id).await;
         }
         let key = cache.user_key(id);
-        match cache.call("get", cache.backend.get(&key)).await {
-            Reply::Done(Some(bytes)) => match CacheEntry::decode(&bytes) {
-                Some(CacheEntry::User(user)) => {
-                    cache.count("user", "hit");
-                    return Ok(user);
-                }
-                Some(CacheEntry::Deleted(_)) => {
-                    cache.count("user", "hit");
-                    return Err(StoreError::NotFound);
-                }
-                // An entry this release cannot read counts as a miss and gets replaced.
-                None => cache.count("user", "miss"),
-            },
-            Reply::Done(None) => cache.count("user", "miss"),
-            Reply::Failed => {
-                cache.count("user", "error");
-                return self.inner.get(id).await;
+        let Some(found) = cache.usable("user", cache.call("get", cache.backend.get(&key)).await)
+        else {
+            return self.inner.get(id).await;
+        };
+        match found.as_deref().map(CacheEntry::decode) {
+            Some(Some(CacheEntry::User(user))) => {
+                cache.count("user", "hit");
+                return Ok(user);
             }
-            Reply::Skipped => {
-                cache.count("user", "bypass");
-                return self.inner.get(id).await;
+            Some(Some(CacheEntry::Deleted(_))) => {
+                cache.count("user", "hit");
+                return Err(StoreError::NotFound);
             }
+            // Absent, or an entry this release cannot read (it gets replaced).
+            _ => cache.count("user", "miss"),
         }
         let fill = async {
             let user = match self.inner.get(id).await {
@@ -598,42 +607,25 @@ impl<S: UserStore> UserStore for CachedStore<S> {
             return self.inner.list(page).await;
         }
         // Without the generation the page cannot be keyed safely: go to the database.
-        let generation = match cache
+        let generation = cache
             .call(
                 "generation",
                 cache.backend.generation(&cache.generation_key()),
             )
-            .await
-        {
-            Reply::Done(generation) => generation,
-            Reply::Failed => {
-                cache.count("list", "error");
-                return self.inner.list(page).await;
-            }
-            Reply::Skipped => {
-                cache.count("list", "bypass");
-                return self.inner.list(page).await;
-            }
+            .await;
+        let Some(generation) = cache.usable("list", generation) else {
+            return self.inner.list(page).await;
         };
         let key = cache.page_key(generation, page);
-        match cache.call("get", cache.backend.get(&key)).await {
-            Reply::Done(Some(bytes)) => {
-                if let Some(page) = entry::decode_page(&bytes) {
-                    cache.count("list", "hit");
-                    return Ok(page);
-                }
-                cache.count("list", "miss");
-            }
-            Reply::Done(None) => cache.count("list", "miss"),
-            Reply::Failed => {
-                cache.count("list", "error");
-                return self.inner.list(page).await;
-            }
-            Reply::Skipped => {
-                cache.count("list", "bypass");
-                return self.inner.list(page).await;
-            }
+        let Some(found) = cache.usable("list", cache.call("get", cache.backend.get(&key)).await)
+        else {
+            return self.inner.list(page).await;
+        };
+        if let Some(page) = found.as_deref().and_then(entry::decode_page) {
+            cache.count("list", "hit");
+            return Ok(page);
         }
+        cache.count("list", "miss");
         let fill = async {
             let fresh = self.inner.list(page).await.map_err(SharedError::from)?;
             cache
@@ -691,17 +683,11 @@ impl RateLimitedLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Age, Email, Name};
 
     fn entry(id: UserId, version: i64) -> CacheEntry {
         CacheEntry::User(User {
             id,
-            name: Name::parse("Ada").unwrap(),
-            email: Email::parse("ada@example.com").unwrap(),
-            age: Age::parse(36).unwrap(),
-            created_at: 1,
-            updated_at: 2,
-            version: Version::new(version),
+            ..entry::sample_user(version)
         })
     }
 

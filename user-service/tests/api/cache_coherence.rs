@@ -7,10 +7,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use user_service::cache::{CacheEntry, CachedStore};
-use user_service::domain::{PageRequest, StoreError, UserId, UserStore};
+use user_service::domain::{PageRequest, StoreError, User, UserId, UserStore};
 
 use crate::helpers::Backend;
-use crate::hooks::{After, Harness, HookedStore, new_user, rename};
+use crate::hooks::{After, Harness, Held, HookedStore, new_user, rename};
 use crate::on_both_backends;
 use crate::proxy::TcpProxy;
 
@@ -21,6 +21,21 @@ on_both_backends!(
     concurrent_misses_share_one_database_read,
     contended_updates_and_reads_leave_the_cache_equal_to_the_database,
 );
+
+/// Starts a `get` of `id` and waits until it holds the row it read from the database (its
+/// fill comes next, once released).
+async fn get_held_after_reading(
+    store: &Arc<CachedStore<HookedStore>>,
+    id: UserId,
+) -> (tokio::task::JoinHandle<Result<User, StoreError>>, Held) {
+    let mut held = store.inner().hold(After::Get);
+    let reader = tokio::spawn({
+        let store = store.clone();
+        async move { store.get(id).await }
+    });
+    held.reached().await;
+    (reader, held)
+}
 
 /// The cache entry of `id` must be what the database holds (or absent).
 async fn assert_coherent(store: &CachedStore<HookedStore>, id: UserId) {
@@ -44,12 +59,7 @@ async fn a_fill_that_read_before_a_write_cannot_overwrite_it(backend: Backend) {
         .await
         .unwrap();
 
-    let mut held = store.inner().hold(After::Get);
-    let reader = tokio::spawn({
-        let store = store.clone();
-        async move { store.get(user.id).await }
-    });
-    held.reached().await; // the reader holds the old row
+    let (reader, held) = get_held_after_reading(&store, user.id).await;
     let updated = store.update(user.id, rename("After")).await.unwrap();
     assert!(updated.version > user.version);
     held.release();
@@ -104,12 +114,7 @@ async fn a_fill_cannot_bring_back_a_deleted_user(backend: Backend) {
         .await
         .unwrap();
 
-    let mut held = store.inner().hold(After::Get);
-    let reader = tokio::spawn({
-        let store = store.clone();
-        async move { store.get(user.id).await }
-    });
-    held.reached().await;
+    let (reader, held) = get_held_after_reading(&store, user.id).await;
     let deleted = store.delete(user.id).await.unwrap();
     held.release();
     // The reader ran concurrently with the delete: either answer is linearizable, but the

@@ -429,18 +429,8 @@ async fn sigterm_with_a_peer_up_behind_the_edge_fails_no_request() {
         move |worker, iteration| {
             let (http, id) = (http.clone(), pick(&users, worker, iteration));
             async move {
-                let response = http
-                    .get(format!("http://{listen}/v1/users/{id}"))
-                    .send()
-                    .await
-                    .map_err(|error| format!("REST GET: {error}"))?;
-                match response.status().as_u16() {
-                    200 => Ok(()),
-                    status => Err(format!(
-                        "REST GET: {status} {}",
-                        response.text().await.unwrap_or_default()
-                    )),
-                }
+                let request = http.get(format!("http://{listen}/v1/users/{id}"));
+                expect_status("REST GET", request, 200).await
             }
         }
     });
@@ -449,16 +439,10 @@ async fn sigterm_with_a_peer_up_behind_the_edge_fails_no_request() {
         move |_, _| {
             let http = http.clone();
             async move {
-                let response = http
-                    .post(format!("http://{listen}/v1/users"))
-                    .json(&serde_json::json!({"name": "Via REST", "email": unique_email(), "age": 40}))
-                    .send()
-                    .await
-                    .map_err(|error| format!("REST POST: {error}"))?;
-                match response.status().as_u16() {
-                    201 => Ok(()),
-                    status => Err(format!("REST POST: {status} {}", response.text().await.unwrap_or_default())),
-                }
+                let body =
+                    serde_json::json!({"name": "Via REST", "email": unique_email(), "age": 40});
+                let request = http.post(format!("http://{listen}/v1/users")).json(&body);
+                expect_status("REST POST", request, 201).await
             }
         }
     });
@@ -488,6 +472,26 @@ async fn sigterm_with_a_peer_up_behind_the_edge_fails_no_request() {
     };
     assert!(status.success());
     database.drop_database().await;
+}
+
+/// Sends `request`; anything but `status` is a failure naming `what`.
+async fn expect_status(
+    what: &str,
+    request: reqwest::RequestBuilder,
+    status: u16,
+) -> Result<(), String> {
+    let response = request
+        .send()
+        .await
+        .map_err(|error| format!("{what}: {error}"))?;
+    if response.status().as_u16() == status {
+        return Ok(());
+    }
+    let got = response.status();
+    Err(format!(
+        "{what}: {got} {}",
+        response.text().await.unwrap_or_default()
+    ))
 }
 
 fn metric_value_or_zero(scrape: &str, series: &str) -> f64 {

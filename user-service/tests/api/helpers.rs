@@ -149,23 +149,27 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// Fails with a clear message when the test Redis is not there.
-pub async fn ensure_redis() {
-    let url = redis_url();
-    let reachable = async {
-        let client = redis::Client::open(url.as_str()).ok()?;
+/// Whether a Redis at `url` answers PING within `wait`.
+pub async fn redis_answers(url: &str, wait: Duration) -> bool {
+    let ping = async {
+        let client = redis::Client::open(url).ok()?;
         let mut connection = client.get_multiplexed_async_connection().await.ok()?;
         redis::cmd("PING")
             .query_async::<String>(&mut connection)
             .await
             .ok()
     };
-    if tokio::time::timeout(Duration::from_secs(3), reachable)
+    tokio::time::timeout(wait, ping)
         .await
         .ok()
         .flatten()
-        .is_none()
-    {
+        .is_some()
+}
+
+/// Fails with a clear message when the test Redis is not there.
+pub async fn ensure_redis() {
+    let url = redis_url();
+    if !redis_answers(&url, Duration::from_secs(3)).await {
         panic!(
             "Redis at REDIS_URL ({url}) is unreachable. Run the suite with ./scripts/test, \
              which provides PostgreSQL and Redis."

@@ -81,20 +81,7 @@ impl ThrowawayRedis {
         self.child = Some(child);
         let url = self.url();
         for _ in 0..500 {
-            let answered = async {
-                let client = redis::Client::open(url.as_str()).ok()?;
-                let mut connection = client.get_multiplexed_async_connection().await.ok()?;
-                redis::cmd("PING")
-                    .query_async::<String>(&mut connection)
-                    .await
-                    .ok()
-            };
-            if tokio::time::timeout(Duration::from_millis(500), answered)
-                .await
-                .ok()
-                .flatten()
-                .is_some()
-            {
+            if crate::helpers::redis_answers(&url, Duration::from_millis(500)).await {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -178,19 +165,16 @@ impl ThrowawayPostgres {
             port: free_port(),
             run_as,
         };
-        let output = cluster
-            .command("initdb")
-            .arg("-D")
-            .arg(cluster.data())
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
-            .output()
-            .await
-            .expect("initdb runs");
-        assert!(
-            output.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let mut initdb = cluster.command("initdb");
+        initdb.arg("-D").arg(cluster.data()).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
+        succeed("initdb", initdb).await;
         cluster.start_server().await;
         cluster
     }
@@ -235,38 +219,23 @@ impl ThrowawayPostgres {
             self.port,
             self.dir.display()
         );
-        let output = self
-            .command("pg_ctl")
+        let mut start = self.command("pg_ctl");
+        start
             .arg("-D")
             .arg(self.data())
             .arg("-l")
             .arg(self.dir.join("server.log"))
-            .args(["-w", "-o", &options, "start"])
-            .output()
-            .await
-            .expect("pg_ctl runs");
-        assert!(
-            output.status.success(),
-            "pg_ctl start: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+            .args(["-w", "-o", &options, "start"]);
+        succeed("pg_ctl start", start).await;
     }
 
     /// `pg_ctl stop -m fast`: sessions are terminated, the server shuts down cleanly.
     pub async fn stop_server(&self) {
-        let output = self
-            .command("pg_ctl")
-            .arg("-D")
+        let mut stop = self.command("pg_ctl");
+        stop.arg("-D")
             .arg(self.data())
-            .args(["-m", "fast", "-w", "stop"])
-            .output()
-            .await
-            .expect("pg_ctl runs");
-        assert!(
-            output.status.success(),
-            "pg_ctl stop: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+            .args(["-m", "fast", "-w", "stop"]);
+        succeed("pg_ctl stop", stop).await;
     }
 }
 
@@ -290,6 +259,19 @@ impl Drop for ThrowawayPostgres {
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Runs `command`; a failure fails the test with its stderr.
+async fn succeed(what: &str, mut command: Command) {
+    let output = command
+        .output()
+        .await
+        .unwrap_or_else(|error| panic!("{what}: {error}"));
+    assert!(
+        output.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 fn postgres_bin_dir() -> Option<PathBuf> {
