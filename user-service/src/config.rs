@@ -139,7 +139,8 @@ pub struct ConfigError {
 
 impl Config {
     /// The embedded configuration the in-process tests use: SQLite at `sqlite_path`, an
-    /// in-process cache, loopback port 0 for both listeners, migrations on start.
+    /// in-process cache, loopback port 0 for both listeners, migrations on start, no drain
+    /// delay.
     pub fn embedded(sqlite_path: PathBuf) -> Self {
         Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -160,7 +161,8 @@ impl Config {
             request_timeout_ms: 30_000,
             health_probe_interval_ms: 1000,
             readiness_failure_threshold: 3,
-            drain_delay_ms: 5000,
+            // In-process tests stop the app without a load balancer to wait for.
+            drain_delay_ms: 0,
             shutdown_grace_secs: 25,
             log_format: LogFormat::Json,
             log_filter: "info".to_owned(),

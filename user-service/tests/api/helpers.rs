@@ -183,8 +183,6 @@ pub fn base_config() -> Config {
     config.health_probe_interval_ms = 100;
     config.db_acquire_timeout_ms = 1000;
     config.shutdown_grace_secs = 10;
-    // Tests that stop the app do not wait for load balancers (the drain tests set their own).
-    config.drain_delay_ms = 0;
     // Generous, so a loaded CI machine does not turn a slow Redis reply into a cache error
     // (tests that want cache failures point REDIS_URL at a closed port).
     config.cache_timeout_ms = 2000;
