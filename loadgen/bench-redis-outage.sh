@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Throughput of GetUser while Redis is down, as a fraction of normal: a release user-service on
-# PostgreSQL + a throwaway Redis of this script's own (never the shared one), meshgate-loadgen
-# get-hit at one concurrency, three runs: Redis up, Redis frozen (SIGSTOP: every call would time
-# out), Redis killed (SIGKILL: every connect is refused). Then the same with the circuit breaker
-# effectively off (CACHE_BREAKER_FAILURES=10000), which is how the service behaved before it.
+# PostgreSQL + a throwaway Redis of this script's own (never the shared one), meshgate-loadgen at
+# one concurrency, four runs: get-hit with Redis up (normal); get-miss with Redis up (every
+# request reads PostgreSQL: what any read costs without a cache, the ceiling during an outage);
+# get-hit with Redis frozen (SIGSTOP: every call to it would time out); get-hit with Redis
+# killed (SIGKILL: every connect is refused).
 #
 #   loadgen/bench-redis-outage.sh                      # DURATION=10, CONCURRENCY=16
 #   DURATION=5 CONCURRENCY=64 loadgen/bench-redis-outage.sh
@@ -46,33 +47,30 @@ cleanup() {
 }
 trap cleanup EXIT
 
-run() { # label
+run() { # scenario label
   local line
   line=$("$target_dir/release/meshgate-loadgen" --target "http://127.0.0.1:$grpc_port" \
-    --scenario get-hit --concurrency "$concurrency" --duration "$duration")
-  echo "$1: $line"
+    --scenario "$1" --concurrency "$concurrency" --duration "$duration")
+  echo "$2: $line"
   rate=$(sed -E 's/.*throughput=([0-9]+).*/\1/' <<<"$line")
 }
 
 echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-for breaker in 5 10000; do
-  start_redis
-  grpc_port=$(free_port)
-  "$target_dir/release/user-service" \
-    --database-url "$database_url" --redis-url "redis://127.0.0.1:$redis_port" \
-    --cache-key-prefix "bench:$database:$breaker:" --cache-breaker-failures "$breaker" \
-    --grpc-addr "127.0.0.1:$grpc_port" --metrics-addr 127.0.0.1:0 --drain-delay-ms 0 \
-    --migrate-on-start ${SERVICE_ARGS:-} >/dev/null &
-  service=$!
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$grpc_port") 2>/dev/null && break; sleep 0.1; done
+start_redis
+grpc_port=$(free_port)
+"$target_dir/release/user-service" \
+  --database-url "$database_url" --redis-url "redis://127.0.0.1:$redis_port" \
+  --cache-key-prefix "bench:$database:" --grpc-addr "127.0.0.1:$grpc_port" \
+  --metrics-addr 127.0.0.1:0 --drain-delay-ms 0 --migrate-on-start ${SERVICE_ARGS:-} >/dev/null &
+service=$!
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$grpc_port") 2>/dev/null && break; sleep 0.1; done
 
-  echo "## CACHE_BREAKER_FAILURES=$breaker"
-  run "redis up"; normal=$rate
-  kill -STOP "$redis"
-  run "redis frozen (SIGSTOP)"; frozen=$rate
-  kill -CONT "$redis"
-  kill -KILL "$redis"; wait "$redis" 2>/dev/null || true; redis=""
-  run "redis killed (SIGKILL)"; killed=$rate
-  echo "fraction of normal: frozen $((100 * frozen / normal))%, killed $((100 * killed / normal))%"
-  stop_service
-done
+run get-hit "redis up"; normal=$rate
+run get-miss "redis up, every read from PostgreSQL"; database_only=$rate
+kill -STOP "$redis"
+run get-hit "redis frozen (SIGSTOP)"; frozen=$rate
+kill -CONT "$redis"
+kill -KILL "$redis"; wait "$redis" 2>/dev/null || true; redis=""
+run get-hit "redis killed (SIGKILL)"; killed=$rate
+echo "of normal: frozen $((100 * frozen / normal))%, killed $((100 * killed / normal))%;" \
+  "of the PostgreSQL-only read rate: frozen $((100 * frozen / database_only))%, killed $((100 * killed / database_only))%"
