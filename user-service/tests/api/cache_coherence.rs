@@ -349,7 +349,6 @@ async fn an_owed_generation_bump_bypasses_cached_pages() {
         2,
         "the generation moved"
     );
-    drop(store);
-    let _ = Arc::strong_count(&other);
+    drop((store, other));
     harness.teardown().await;
 }
