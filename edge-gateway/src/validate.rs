@@ -278,14 +278,7 @@ impl Validators {
         if self.is_empty() {
             return Vec::new();
         }
-        let input = grpc_path
-            .strip_prefix('/')
-            .and_then(|rest| rest.split_once('/'))
-            .and_then(|(service, method)| {
-                pool.get_service_by_name(service)?
-                    .methods()
-                    .find(|m| m.name() == method)
-            })
+        let input = crate::routes::grpc_method(pool, grpc_path)
             .map(|method| method.input())
             .filter(|input| self.has_rules(input));
         let Some(input) = input else {
@@ -564,7 +557,7 @@ impl Check {
         match self {
             Self::Len(n) if chars() != *n => Some(violation(
                 "len",
-                format!("value length must be {n} characters"),
+                format!("value length must be {n} character{}", plural(*n)),
                 if chars() < *n {
                     ViolationKind::TooShort(*n)
                 } else {
@@ -573,12 +566,12 @@ impl Check {
             )),
             Self::MinLen(n) if chars() < *n => Some(violation(
                 "min_len",
-                format!("value length must be at least {n} characters"),
+                format!("value length must be at least {n} character{}", plural(*n)),
                 ViolationKind::TooShort(*n),
             )),
             Self::MaxLen(n) if chars() > *n => Some(violation(
                 "max_len",
-                format!("value length must be at most {n} characters"),
+                format!("value length must be at most {n} character{}", plural(*n)),
                 ViolationKind::TooLong(*n),
             )),
             Self::Email if !is_email(text) => Some(violation(
@@ -673,6 +666,10 @@ impl Check {
             _ => None,
         }
     }
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }
 
 fn values_text(values: &[Value]) -> String {

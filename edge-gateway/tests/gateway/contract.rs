@@ -615,19 +615,20 @@ async fn grpc_web_gets_invalid_argument_with_field_violations() {
     use base64::Engine;
     use meshgate_proto::google::rpc::{BadRequest, Status};
     let s = stack("gateway.yaml").await;
-    let request = user::CreateUserRequest {
+    let create = |request: user::CreateUserRequest| {
+        s.client
+            .post(s.gw.url("/user.UserService/CreateUser"))
+            .header("content-type", "application/grpc-web+proto")
+            .body(grpc_web_request(&request, false))
+            .send()
+    };
+    let response = create(user::CreateUserRequest {
         name: String::new(),
         email: "nope".into(),
         age: 200,
-    };
-    let response = s
-        .client
-        .post(s.gw.url("/user.UserService/CreateUser"))
-        .header("content-type", "application/grpc-web+proto")
-        .body(grpc_web_request(&request, false))
-        .send()
-        .await
-        .unwrap();
+    })
+    .await
+    .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["grpc-status"], "3");
     let details = response.headers()["grpc-status-details-bin"]
@@ -656,19 +657,13 @@ async fn grpc_web_gets_invalid_argument_with_field_violations() {
         ]
     );
     // Valid requests pass through unchanged.
-    let request = user::CreateUserRequest {
+    let response = create(user::CreateUserRequest {
         name: "Web".into(),
         email: "web@example.com".into(),
         age: 20,
-    };
-    let response = s
-        .client
-        .post(s.gw.url("/user.UserService/CreateUser"))
-        .header("content-type", "application/grpc-web+proto")
-        .body(grpc_web_request(&request, false))
-        .send()
-        .await
-        .unwrap();
+    })
+    .await
+    .unwrap();
     let reply = parse_grpc_web(&response.bytes().await.unwrap(), false);
     assert_eq!(reply.trailers["grpc-status"], "0");
     let created = user::CreateUserResponse::decode(reply.messages[0].clone()).unwrap();
@@ -719,6 +714,27 @@ async fn the_grpc_gateway_style_is_one_setting_away() {
         StatusCode::BAD_REQUEST,
         "unknown fields refused: {body}"
     );
+}
+
+/// The document the shipped config serves passes the reference OpenAPI 3.1 validator, and shows
+/// the contract: the bare user, the rules, the 422s.
+#[tokio::test]
+async fn the_served_openapi_document_is_valid_and_shows_the_contract() {
+    let s = stack("gateway.yaml").await;
+    let (status, doc) = s.send(reqwest::Method::GET, "/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    crate::admin::validate_openapi(&doc);
+    let user = &doc["components"]["schemas"]["user.User"];
+    assert_eq!(user["properties"]["id"]["format"], "uuid");
+    assert_eq!(user["properties"]["age"]["minimum"], 0);
+    assert_eq!(user["properties"]["age"]["maximum"], 150);
+    let create = &doc["paths"]["/v1/users"]["post"]["responses"];
+    assert_eq!(
+        create["201"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/user.User"
+    );
+    assert!(create["422"].is_object());
+    assert!(doc["paths"]["/healthz"]["get"].is_object());
 }
 
 // === the facade's own OpenAPI document ===
