@@ -12,6 +12,8 @@
 //!   [`grpc_frames`]: the per-message size limit on native gRPC pass-through (pure).
 //! - [`cors`], [`trace`]: edge policies (pure); [`openapi`]: OpenAPI 3.1 from the descriptors
 //!   (pure).
+//! - [`validate`]: `buf.validate` field rules from the descriptors, checked on REST and
+//!   gRPC-web requests (pure).
 //! - [`balance`] (health thresholds, outlier ejection, panic routing), [`discovery`] (upstream
 //!   targets, TTL refresh, endpoint set changes), [`conn_limits`] (connection caps, header
 //!   deadline): resilience policy (pure).
@@ -62,4 +64,5 @@ pub mod tls;
 pub mod trace;
 pub mod transcode;
 pub mod upstream;
+pub mod validate;
 pub mod wasm_filters;

@@ -6,6 +6,7 @@ mod helpers;
 
 mod admin;
 mod connections;
+mod contract;
 mod cors;
 mod discovery;
 mod faults;
