@@ -241,6 +241,9 @@ async fn a_broken_chunked_body_closes_the_connection() {
     );
 }
 
+/// A well-formed id no user has.
+const MISSING: &str = "00000000-0000-4000-8000-00000000fd00";
+
 /// Kills the child process when the test ends, passed or not.
 struct ChildGuard(std::process::Child);
 
@@ -335,9 +338,12 @@ fn the_open_file_limit_is_never_reached_and_established_clients_keep_service() {
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     for _ in 0..3 {
-        let answer = get(&mut established, "/v1/users/fd-check");
+        let answer = get(&mut established, &format!("/v1/users/{MISSING}"));
         assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
-        assert!(answer.contains("user fd-check not found"), "{answer}");
+        assert!(
+            answer.contains(&format!("user {MISSING} not found")),
+            "{answer}"
+        );
     }
     drop(child);
     drop(idle);

@@ -107,7 +107,7 @@ async fn a_sigkilled_user_service_fails_at_most_the_requests_in_flight() {
         .json()
         .await
         .unwrap();
-    let id = created["user"]["id"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
 
     // REST GETs (retryable) and native gRPC GetUser calls (passed through, so a call already
     // sent to the killed instance cannot be retried), concurrently.
