@@ -106,7 +106,7 @@ impl TestDatabase {
             .replacen(&format!("{host}:{port}"), &proxy.addr().to_string(), 1)
     }
 
-    async fn drop_database(&self) {
+    pub async fn drop_database(&self) {
         if let Ok(mut connection) = PgConnection::connect(&server_url()).await {
             let _ = connection
                 .execute(sqlx::AssertSqlSafe(format!(
@@ -300,6 +300,16 @@ impl TestApp {
         stream.read_to_string(&mut response).await.unwrap();
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         response
+    }
+
+    /// The URL of the app's own PostgreSQL database (`None` on SQLite).
+    pub fn database_url(&self) -> Option<&str> {
+        self.database.as_ref().map(|database| database.url.as_str())
+    }
+
+    /// Removes `dir` at teardown (for an app started on a SQLite file the test prepared).
+    pub fn remove_dir_on_teardown(&mut self, dir: PathBuf) {
+        self.sqlite_dir = Some(dir);
     }
 
     /// Raises the shutdown signal without waiting.

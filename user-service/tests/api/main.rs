@@ -3,8 +3,10 @@
 //! `cargo test -p user-service` with DATABASE_URL / REDIS_URL pointing at servers where the
 //! test role may CREATE DATABASE.
 
+mod adoption;
 mod binary;
 mod helpers;
+mod input_rules;
 mod metrics_contract;
 mod observability;
 mod proxy;
