@@ -35,6 +35,8 @@ class ObjectSet:
     name: str
     objects: list[dict]
     default_namespace: str = "meshgate"
+    # The Argo CD Applications that deploy these objects, each with its own (empty: one folder).
+    apps: list[tuple[dict, list[dict]]] = field(default_factory=list)
 
     def ns(self, obj: dict) -> str:
         return (obj.get("metadata") or {}).get("namespace") or self.default_namespace
