@@ -3,8 +3,8 @@
 # item 10): a throw-away database migrated by `user-service migrate`, ROWS users, then pgbench
 # (one client, DURATION seconds each) on the query the service used to send (COUNT(*) OVER ())
 # and the one it sends now (users_count), on pages 1-5 of 10 and on page 100 of 100; the plans
-# with EXPLAIN (ANALYZE, BUFFERS); and what the count triggers add to an INSERT (pgbench with the
-# triggers enabled and disabled, CLIENTS clients).
+# with EXPLAIN (ANALYZE, BUFFERS); and what the count trigger adds to an INSERT (pgbench with the
+# trigger enabled, then disabled, CLIENTS clients).
 #
 #   loadgen/bench-list-query.sh                    # ROWS=37000 DURATION=10 CLIENTS="1 8"
 #   ROWS=1000000 DURATION=5 loadgen/bench-list-query.sh
@@ -42,7 +42,7 @@ columns="id, name::text AS name, email::text AS email, age,
   EXTRACT(EPOCH FROM created_at)::int8 AS created_at, EXTRACT(EPOCH FROM updated_at)::int8 AS updated_at"
 before="SELECT $columns, COUNT(*) OVER () AS total FROM users
   ORDER BY users.created_at DESC, users.id DESC LIMIT :limit OFFSET :offset"
-after="SELECT $columns, (SELECT sum(n) FROM users_count)::int8 AS total FROM users
+after="SELECT $columns, (SELECT COALESCE(sum(n), 0) FROM users_count)::int8 AS total FROM users
   ORDER BY users.created_at DESC, users.id DESC LIMIT :limit OFFSET :offset"
 
 page() { # name limit first_page last_page query
@@ -72,5 +72,5 @@ for c in $clients; do
   psql -q "$database_url" -c "ALTER TABLE users DISABLE TRIGGER users_count_inserted"
   without=$(pgbench -n -c "$c" -j "$c" -T "$duration" -f "$work/insert.sql" "$database_url" 2>/dev/null | awk '/^tps/ {printf "%d", $3}')
   psql -q "$database_url" -c "ALTER TABLE users ENABLE TRIGGER users_count_inserted"
-  echo "insert c=$c: $with rows/s with the count trigger, $without without"
+  echo "insert c=$c: $with rows/s with the count trigger, $without without (load $(cut -d' ' -f1 /proc/loadavg))"
 done

@@ -175,7 +175,7 @@ impl UserStore for PostgresStore {
         // walks users_created_at_idx. The ORDER BY names the table's column: a bare
         // `created_at` would be the whole-seconds output alias.
         let sql = format!(
-            "SELECT {USER_COLUMNS}, (SELECT sum(n) FROM users_count)::int8 AS total FROM users \
+            "SELECT {USER_COLUMNS}, (SELECT COALESCE(sum(n), 0) FROM users_count)::int8 AS total FROM users \
              ORDER BY users.created_at DESC, users.id DESC LIMIT $1 OFFSET $2"
         );
         let limit = i64::from(page.limit());
@@ -193,8 +193,10 @@ impl UserStore for PostgresStore {
             Some(row) => row.6,
             // A page past the end has no rows to carry the total.
             None => {
-                let count = sqlx::query_scalar::<_, i64>("SELECT sum(n)::int8 FROM users_count")
-                    .fetch_one(&self.pool);
+                let count = sqlx::query_scalar::<_, i64>(
+                    "SELECT COALESCE(sum(n), 0)::int8 FROM users_count",
+                )
+                .fetch_one(&self.pool);
                 timed(&self.metrics, "count_users", count)
                     .instrument(query_span("SELECT"))
                     .await?

@@ -135,7 +135,7 @@ async fn snapshot(connection: &mut PgConnection) -> Vec<String> {
     let mut lines = schema(connection).await;
     for query in [
         "SELECT json_agg(u ORDER BY id)::text FROM users u",
-        "SELECT json_agg(c ORDER BY slot)::text FROM users_count c",
+        "SELECT sum(n)::text FROM users_count",
         "SELECT json_agg(l ORDER BY id)::text FROM users_repair_log l",
         "SELECT json_agg(a)::text FROM legacy_adoption a",
         "SELECT json_agg(json_build_array(version, success, checksum, installed_on) ORDER BY version)::text \

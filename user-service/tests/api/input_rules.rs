@@ -349,3 +349,73 @@ async fn list_total_follows_every_write(backend: Backend) {
     }
     app.teardown().await;
 }
+
+/// Two folds of the PostgreSQL count at once (forced: the second waits on rows the first holds),
+/// each in a transaction that also inserts a user: the total stays exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_count_folds_keep_the_total_exact() {
+    let app = spawn_app(Backend::Postgres).await;
+    for n in 0..3 {
+        app.create(&format!("U{n}"), &format!("u{n}@example.com"), 30)
+            .await
+            .unwrap();
+    }
+    let url = app.database_url().unwrap().to_owned();
+    let insert = |n: u32| {
+        sqlx::query("INSERT INTO users (name, email, age) VALUES ($1, $2, 30)")
+            .bind(format!("Folder {n}"))
+            .bind(format!("folder{n}@example.com"))
+    };
+    let mut first = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut first_tx = first.begin().await.unwrap();
+    insert(1).execute(&mut *first_tx).await.unwrap();
+    sqlx::query("SELECT users_count_fold()")
+        .execute(&mut *first_tx)
+        .await
+        .unwrap();
+
+    let mut second = sqlx::PgConnection::connect(&url).await.unwrap();
+    let second_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut second)
+        .await
+        .unwrap();
+    let folding = tokio::spawn(async move {
+        let mut tx = second.begin().await.unwrap();
+        insert(2).execute(&mut *tx).await.unwrap();
+        sqlx::query("SELECT users_count_fold()")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    });
+    let mut observer = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut blocked = false;
+    for _ in 0..500 {
+        blocked = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock')",
+        )
+        .bind(second_pid)
+        .fetch_one(&mut observer)
+        .await
+        .unwrap();
+        if blocked {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(blocked, "the second fold waits for the first one's rows");
+    first_tx.commit().await.unwrap();
+    folding.await.unwrap();
+
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&mut observer)
+        .await
+        .unwrap();
+    assert_eq!(rows, 5);
+    assert_eq!(
+        total(&app, 13).await,
+        5,
+        "a page size not read before: from the database"
+    );
+    app.teardown().await;
+}
