@@ -4,9 +4,9 @@
 # (one client, DURATION seconds each) on the query the service used to send (COUNT(*) OVER ())
 # and the one it sends now (users_count), on pages 1-5 of 10 and on page 100 of 100; the plans
 # with EXPLAIN (ANALYZE, BUFFERS); and what the count trigger adds to an INSERT (pgbench with the
-# trigger enabled, then disabled, CLIENTS clients).
+# trigger enabled, then disabled, CLIENTS clients, ROUNDS alternating rounds).
 #
-#   loadgen/bench-list-query.sh                    # ROWS=37000 DURATION=10 CLIENTS="1 8"
+#   loadgen/bench-list-query.sh                    # ROWS=37000 DURATION=10 CLIENTS="1 16" ROUNDS=3
 #   ROWS=1000000 DURATION=5 loadgen/bench-list-query.sh
 #
 # Uses DATABASE_URL (a server URL where a database may be created; default
@@ -17,7 +17,8 @@ cd "$(dirname "$0")/.."
 server_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 rows=${ROWS:-37000}
 duration=${DURATION:-10}
-clients=${CLIENTS:-"1 8"}
+clients=${CLIENTS:-"1 16"}
+rounds=${ROUNDS:-3}
 target_dir=${CARGO_TARGET_DIR:-target}
 
 # The migration's speed is not measured: the debug build will do.
@@ -67,10 +68,16 @@ for query in before after; do
   psql -Atc "EXPLAIN (ANALYZE, BUFFERS) ${sql//:offset/0}" "$database_url" \
     | grep -E 'Limit|WindowAgg|Sort|Scan|InitPlan|Buffers|Execution Time' | sed 's/^/#   /' || true
 done
+# Alternating rounds, with and without the trigger: the neighbours' load moves between rounds.
+insert_tps() { # clients
+  pgbench -n -c "$1" -j "$1" -T "$duration" -f "$work/insert.sql" "$database_url" 2>/dev/null | awk '/^tps/ {printf "%d", $3}'
+}
 for c in $clients; do
-  with=$(pgbench -n -c "$c" -j "$c" -T "$duration" -f "$work/insert.sql" "$database_url" 2>/dev/null | awk '/^tps/ {printf "%d", $3}')
-  psql -q "$database_url" -c "ALTER TABLE users DISABLE TRIGGER users_count_inserted"
-  without=$(pgbench -n -c "$c" -j "$c" -T "$duration" -f "$work/insert.sql" "$database_url" 2>/dev/null | awk '/^tps/ {printf "%d", $3}')
-  psql -q "$database_url" -c "ALTER TABLE users ENABLE TRIGGER users_count_inserted"
-  echo "insert c=$c: $with rows/s with the count trigger, $without without (load $(cut -d' ' -f1 /proc/loadavg))"
+  for round in $(seq "$rounds"); do
+    with=$(insert_tps "$c")
+    psql -q "$database_url" -c "ALTER TABLE users DISABLE TRIGGER users_count_inserted"
+    without=$(insert_tps "$c")
+    psql -q "$database_url" -c "ALTER TABLE users ENABLE TRIGGER users_count_inserted"
+    echo "insert c=$c round $round: $with rows/s with the count trigger, $without without (load $(cut -d' ' -f1 /proc/loadavg))"
+  done
 done

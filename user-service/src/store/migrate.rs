@@ -71,14 +71,6 @@ pub(crate) trait MigrationTarget: Migrate + Send {
     fn plan_repairs(&mut self) -> impl Future<Output = anyhow::Result<Vec<Repair>>> + Send;
     /// Writes one change to `users` (if it has a new value) and its `users_repair_log` row.
     fn apply_repair(&mut self, repair: &Repair) -> impl Future<Output = anyhow::Result<()>> + Send;
-    /// The highest `users_repair_log.id` (0 when empty or not created yet).
-    fn last_repair_log_id(&mut self) -> impl Future<Output = anyhow::Result<i64>> + Send;
-    /// `users_repair_log` rows after `id`, in order.
-    fn repair_log_after(
-        &mut self,
-        id: i64,
-    ) -> impl Future<Output = anyhow::Result<Vec<RepairLogEntry>>> + Send;
-
     /// Before the expand migrations: adopts a legacy database, returning its legacy version.
     fn adopt_legacy(
         &mut self,
@@ -102,6 +94,12 @@ pub(crate) trait MigrationTarget: Migrate + Send {
     fn mark_contracted(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send {
         async { Ok(()) }
     }
+    /// The `users_repair_log` rows the expand migrations of this run wrote (in SQL).
+    fn expand_repairs(
+        &mut self,
+    ) -> impl Future<Output = anyhow::Result<Vec<RepairLogEntry>>> + Send {
+        async { Ok(Vec::new()) }
+    }
 }
 
 /// `user-service migrate`, inside the caller's transaction (so it is all or nothing). Returns the
@@ -114,17 +112,18 @@ pub(crate) async fn run<C: MigrationTarget>(
     conn.lock_migrations().await?;
     check_history(conn, migrator).await?;
     let adopted = conn.adopt_legacy(migrator).await?;
-    let log_from = conn.last_repair_log_id().await?;
     apply_expand(conn, migrator).await?;
+    let mut logged = conn.expand_repairs().await?;
     if let Some(legacy_version) = adopted {
         conn.record_adoption(legacy_version, migrator).await?;
     }
     let run_contract = phase == ContractPhase::Now || !conn.in_overlap().await?;
-    apply_contract(conn, migrator, run_contract).await?;
+    let repaired = apply_contract(conn, migrator, run_contract).await?;
     if phase == ContractPhase::Now {
         conn.mark_contracted().await?;
     }
-    conn.repair_log_after(log_from).await
+    logged.extend(repaired.iter().map(RepairLogEntry::from));
+    Ok(logged)
 }
 
 /// Refuses a history that names migrations this binary does not have (a newer release migrated
@@ -171,16 +170,16 @@ async fn pending_contract<C: Migrate>(
         .collect())
 }
 
-/// Runs the pending contract migrations (when `run_now`) after the repair pass, or only logs
-/// what that pass would change.
+/// Runs the pending contract migrations (when `run_now`) after the repair pass, returning the
+/// repairs it applied, or only logs what that pass would change.
 async fn apply_contract<C: MigrationTarget>(
     conn: &mut C,
     migrator: &Migrator,
     run_now: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Repair>> {
     let pending = pending_contract(conn, migrator).await?;
     if pending.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     if !run_now {
         let planned = conn.plan_repairs().await.context("planning the repairs")?;
@@ -194,7 +193,7 @@ async fn apply_contract<C: MigrationTarget>(
              which may still be writing to it; run `user-service migrate --contract` once it is \
              retired (deploy/CUTOVER.md)"
         );
-        return Ok(());
+        return Ok(Vec::new());
     }
     conn.lock_users().await?;
     let mut repairs = conn.plan_repairs().await.context("planning the repairs")?;
@@ -219,7 +218,7 @@ async fn apply_contract<C: MigrationTarget>(
         repairs = repairs.len(),
         "contract migrations applied"
     );
-    Ok(())
+    Ok(repairs)
 }
 
 /// Logs repair log rows (call once the transaction that wrote them has committed).

@@ -310,26 +310,12 @@ impl MigrationTarget for PgConnection {
         Ok(())
     }
 
-    async fn last_repair_log_id(&mut self) -> anyhow::Result<i64> {
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass('users_repair_log') IS NOT NULL")
-            .fetch_one(&mut *self)
-            .await?;
-        if !exists {
-            return Ok(0);
-        }
-        Ok(
-            sqlx::query_scalar("SELECT COALESCE(max(id), 0)::int8 FROM users_repair_log")
-                .fetch_one(&mut *self)
-                .await?,
-        )
-    }
-
-    async fn repair_log_after(&mut self, id: i64) -> anyhow::Result<Vec<RepairLogEntry>> {
+    async fn expand_repairs(&mut self) -> anyhow::Result<Vec<RepairLogEntry>> {
+        // now() is the transaction's start: the rows this run's migrations logged.
         let rows = sqlx::query_as::<_, (String, String, String, Option<String>, Option<String>)>(
             "SELECT user_id::text, field, problem, old_value, new_value FROM users_repair_log \
-             WHERE id > $1 ORDER BY id",
+             WHERE logged_at = now() ORDER BY id",
         )
-        .bind(id)
         .fetch_all(&mut *self)
         .await?;
         Ok(rows

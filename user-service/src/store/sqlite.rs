@@ -11,7 +11,7 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use tracing::Instrument;
 
-use super::migrate::{self, ContractPhase, MigrationTarget, RepairLogEntry};
+use super::migrate::{self, ContractPhase, MigrationTarget};
 use super::{PoolStats, internal, timed};
 use crate::domain::{
     Age, Email, Name, NewUser, PageRequest, StoreError, User, UserChanges, UserId, UserPage,
@@ -256,43 +256,5 @@ impl MigrationTarget for SqliteConnection {
         .execute(&mut *self)
         .await?;
         Ok(())
-    }
-
-    async fn last_repair_log_id(&mut self) -> anyhow::Result<i64> {
-        let exists: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'users_repair_log')",
-        )
-        .fetch_one(&mut *self)
-        .await?;
-        if !exists {
-            return Ok(0);
-        }
-        Ok(
-            sqlx::query_scalar("SELECT COALESCE(max(id), 0) FROM users_repair_log")
-                .fetch_one(&mut *self)
-                .await?,
-        )
-    }
-
-    async fn repair_log_after(&mut self, id: i64) -> anyhow::Result<Vec<RepairLogEntry>> {
-        let rows = sqlx::query_as::<_, (String, String, String, Option<String>, Option<String>)>(
-            "SELECT user_id, field, problem, old_value, new_value FROM users_repair_log \
-             WHERE id > ?1 ORDER BY id",
-        )
-        .bind(id)
-        .fetch_all(&mut *self)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(user_id, field, problem, old_value, new_value)| RepairLogEntry {
-                    user_id,
-                    field,
-                    problem,
-                    old_value,
-                    new_value,
-                },
-            )
-            .collect())
     }
 }
