@@ -1,49 +1,27 @@
--- Contract phase: the input rules of the service become constraints of the schema (see
+-- Contract phase: the input rules of the service become rules of the schema (see
 -- migrations/postgres/20261130000150). The same transaction first runs the repair pass
 -- (user-service/src/repair.rs, rules in migrations/README.md, changes in users_repair_log), so
--- every row satisfies them here. SQLite cannot add constraints to a table: it is rebuilt, and
--- its indexes and triggers (dropped with the old table) are created again.
+-- every row satisfies them here. users_name_length is the baseline's column check.
+--
+-- SQLite cannot add a check to a table without rebuilding it, and a rebuild would have to name
+-- every column, including those of later migrations that may already be applied (a contract
+-- migration can run after them). So the name rule is a pair of triggers, with the error a check
+-- would raise.
 
-CREATE TABLE users_new (
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-    id         TEXT    NOT NULL UNIQUE,
-    name       TEXT    NOT NULL
-        CONSTRAINT users_name_length CHECK (length(name) BETWEEN 1 AND 100)
-        -- Unicode category Cc (GLOB ranges compare code points).
-        CONSTRAINT users_name_characters
-            CHECK (name NOT GLOB ('*[' || char(1) || '-' || char(31) || char(127) || '-' || char(159) || ']*')),
-    email      TEXT    NOT NULL,
-    age        INTEGER NOT NULL CONSTRAINT users_age_range CHECK (age BETWEEN 1 AND 149),
-    created_at INTEGER NOT NULL DEFAULT (CAST(strftime('%s', 'now') AS INTEGER)),
-    updated_at INTEGER NOT NULL DEFAULT (CAST(strftime('%s', 'now') AS INTEGER))
-);
+-- Unicode category Cc (GLOB ranges compare code points).
+CREATE TRIGGER users_name_characters_on_insert BEFORE INSERT ON users
+WHEN NEW.name GLOB ('*[' || char(1) || '-' || char(31) || char(127) || '-' || char(159) || ']*')
+BEGIN
+    SELECT RAISE(ABORT, 'CHECK constraint failed: users_name_characters');
+END;
 
-INSERT INTO users_new (seq, id, name, email, age, created_at, updated_at)
-SELECT seq, id, name, email, age, created_at, updated_at FROM users;
-
--- Also drops the old indexes and triggers; fires no trigger (users_count stays right).
-DROP TABLE users;
-ALTER TABLE users_new RENAME TO users;
+CREATE TRIGGER users_name_characters_on_update BEFORE UPDATE OF name ON users
+WHEN NEW.name GLOB ('*[' || char(1) || '-' || char(31) || char(127) || '-' || char(159) || ']*')
+BEGIN
+    SELECT RAISE(ABORT, 'CHECK constraint failed: users_name_characters');
+END;
 
 -- Identity ignores letter case in the whole address (SQLite's lower() folds ASCII letters only,
--- as PostgreSQL's lower(… COLLATE "C")). The service maps a violation to ALREADY_EXISTS.
+-- as PostgreSQL's lower(… COLLATE "C")). The service maps a violation to ALREADY_EXISTS. The
+-- baseline's exact users_email_key stays: whatever it refuses, this refuses too.
 CREATE UNIQUE INDEX users_email_lower_key ON users (lower(email));
-
-CREATE INDEX users_created_at_idx ON users (created_at DESC, seq DESC);
-
-CREATE TRIGGER users_set_updated_at
-    AFTER UPDATE OF name, email, age ON users
-    FOR EACH ROW
-BEGIN
-    UPDATE users SET updated_at = CAST(strftime('%s', 'now') AS INTEGER) WHERE seq = NEW.seq;
-END;
-
-CREATE TRIGGER users_count_inserted AFTER INSERT ON users
-BEGIN
-    UPDATE users_count SET n = n + 1 WHERE slot = 0;
-END;
-
-CREATE TRIGGER users_count_deleted AFTER DELETE ON users
-BEGIN
-    UPDATE users_count SET n = n - 1 WHERE slot = 0;
-END;

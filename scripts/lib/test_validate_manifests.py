@@ -77,6 +77,41 @@ def test_crd_index_reads_served_versions_and_requires_metadata(tmp_path: Path):
     assert not v.is_valid({**good, "spec": {"size": "big"}})
 
 
+def test_pending_crds_with_a_bare_equals_enum_are_read(tmp_path: Path):
+    # Upstream AlertmanagerConfig lists the bare scalar `=`, which PyYAML's safe loader refuses.
+    crds, pending = tmp_path / "crds", tmp_path / "crds-pending"
+    crds.mkdir()
+    pending.mkdir()
+    (pending / "matchers.yaml").write_text("""\
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: routes.example.com}
+spec:
+  group: example.com
+  names: {kind: Route}
+  versions:
+    - name: v1alpha1
+      served: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec:
+              type: object
+              properties:
+                matchType:
+                  type: string
+                  enum:
+                    - '!='
+                    - =
+""")
+    index = vm.load_crd_index(crds)
+    v = index.validators[("example.com/v1alpha1", "Route")]()
+    obj = {"apiVersion": "example.com/v1alpha1", "kind": "Route", "metadata": {"name": "r"}}
+    assert v.is_valid({**obj, "spec": {"matchType": "="}})
+    assert not v.is_valid({**obj, "spec": {"matchType": "=="}})
+
+
 def test_missing_crd_folder_is_a_skip_with_the_reason(tmp_path: Path):
     with pytest.raises(vm.Skipped, match="does not exist"):
         vm.load_crd_index(tmp_path / "nope")

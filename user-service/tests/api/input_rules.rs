@@ -2,9 +2,11 @@
 //! backends: control characters in names, email identity without letter case, the contract
 //! migration repairing a database meshgate filled before these rules, the trigger-kept total.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use meshgate_proto::user::{CreateUserRequest, ListUsersRequest, UpdateUserRequest};
+use sqlx::migrate::Migrator;
 use sqlx::{Connection, Executor};
 use tokio::sync::Barrier;
 use tonic::Code;
@@ -175,7 +177,9 @@ async fn concurrent_creates_of_case_variants_exactly_one_wins(backend: Backend) 
     app.teardown().await;
 }
 
-/// Rows written by meshgate before these rules: one at the baseline schema (first migration).
+/// Rows written by meshgate before these rules, on a database migrated by the release before
+/// them: every migration except this change's (20261130000100–199), so those then run after
+/// later ones (20261130000300), as on any database that release created.
 const BEFORE_THE_RULES: [(&str, &str, &str, i64); 4] = [
     (
         "00000000-0000-4000-8000-0000000000a1",
@@ -203,6 +207,19 @@ const BEFORE_THE_RULES: [(&str, &str, &str, i64); 4] = [
     ),
 ];
 
+fn previous_release(all: Migrator) -> Migrator {
+    let this_change = 20261130000100..20261130000200;
+    Migrator {
+        migrations: Cow::Owned(
+            all.iter()
+                .filter(|m| !this_change.contains(&m.version))
+                .cloned()
+                .collect(),
+        ),
+        ..Migrator::DEFAULT
+    }
+}
+
 async fn a_database_filled_before_the_rules_is_repaired_by_the_contract_migration(
     backend: Backend,
 ) {
@@ -210,8 +227,8 @@ async fn a_database_filled_before_the_rules_is_repaired_by_the_contract_migratio
         Backend::Postgres => {
             let database = TestDatabase::create().await;
             let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
-            sqlx::migrate!("../migrations/postgres")
-                .run_to(20261126000001, &pool)
+            previous_release(sqlx::migrate!("../migrations/postgres"))
+                .run(&pool)
                 .await
                 .unwrap();
             for (id, name, email, created) in BEFORE_THE_RULES {
@@ -245,8 +262,8 @@ async fn a_database_filled_before_the_rules_is_repaired_by_the_contract_migratio
             let mut connection = sqlx::SqliteConnection::connect_with(&options)
                 .await
                 .unwrap();
-            sqlx::migrate!("../migrations/sqlite")
-                .run_to(20261126000001, &mut connection)
+            previous_release(sqlx::migrate!("../migrations/sqlite"))
+                .run(&mut connection)
                 .await
                 .unwrap();
             for (id, name, email, created) in BEFORE_THE_RULES {
@@ -293,6 +310,22 @@ async fn a_database_filled_before_the_rules_is_repaired_by_the_contract_migratio
         (bell.name.as_str(), bell.email.as_str()),
         ("Bell", "bell@example.com")
     );
+    // The later migration's column and trigger survived this change's running after it.
+    let updated = app
+        .client
+        .clone()
+        .update_user(UpdateUserRequest {
+            id: dee.to_owned(),
+            name: String::new(),
+            email: String::new(),
+            age: 31,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!((updated.age, get(dee).await.age), (31, 31));
     let status = app
         .create("Dee Three", "D@example.COM", 30)
         .await
