@@ -5,7 +5,6 @@
 
 use std::process::Output;
 use std::sync::Arc;
-use std::time::Duration;
 
 use meshgate_proto::user::{
     DeleteUserRequest, GetUserRequest, ListUsersRequest, UpdateUserRequest, User,
@@ -17,7 +16,7 @@ use user_service::metrics::Metrics;
 use user_service::startup::open_database;
 use user_service::store::postgres::MIGRATE_LOCK_KEY;
 
-use crate::helpers::{TestApp, TestDatabase, base_config, spawn_configured};
+use crate::helpers::{TestApp, TestDatabase, base_config, spawn_configured, wait_for_lock_waiters};
 
 const FIXTURE: &str = include_str!("fixtures/legacy_goose.sql");
 const BINARY: &str = env!("CARGO_BIN_EXE_user-service");
@@ -650,22 +649,7 @@ async fn concurrent_migrate_runs_adopt_once() {
             tokio::spawn(async move { migrate(&url, false).await })
         })
         .collect();
-    let mut observer = connect(&database).await;
-    let mut waiting = 0_i64;
-    for _ in 0..300 {
-        waiting = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
-             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        )
-        .fetch_one(&mut observer)
-        .await
-        .unwrap();
-        if waiting == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(waiting, 2, "both runs wait on the lock");
+    wait_for_lock_waiters(&database.url, 2).await;
     sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(MIGRATE_LOCK_KEY)
         .execute(&mut holder)
@@ -674,6 +658,7 @@ async fn concurrent_migrate_runs_adopt_once() {
     for run in runs {
         run.await.unwrap().expect("both runs succeed");
     }
+    let mut observer = connect(&database).await;
     let adoptions: i64 = sqlx::query_scalar("SELECT count(*) FROM legacy_adoption")
         .fetch_one(&mut observer)
         .await

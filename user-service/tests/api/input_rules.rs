@@ -12,7 +12,9 @@ use tokio::sync::Barrier;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{Backend, TestApp, TestDatabase, spawn_app, spawn_configured};
+use crate::helpers::{
+    Backend, TestApp, TestDatabase, spawn_app, spawn_configured, wait_for_lock_waiters,
+};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -408,10 +410,6 @@ async fn concurrent_count_folds_keep_the_total_exact() {
         .unwrap();
 
     let mut second = sqlx::PgConnection::connect(&url).await.unwrap();
-    let second_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut second)
-        .await
-        .unwrap();
     let folding = tokio::spawn(async move {
         let mut tx = second.begin().await.unwrap();
         insert(2).execute(&mut *tx).await.unwrap();
@@ -421,27 +419,13 @@ async fn concurrent_count_folds_keep_the_total_exact() {
             .unwrap();
         tx.commit().await.unwrap();
     });
-    let mut observer = sqlx::PgConnection::connect(&url).await.unwrap();
-    let mut blocked = false;
-    for _ in 0..500 {
-        blocked = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock')",
-        )
-        .bind(second_pid)
-        .fetch_one(&mut observer)
-        .await
-        .unwrap();
-        if blocked {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert!(blocked, "the second fold waits for the first one's rows");
+    // The second fold waits for the rows the first one holds.
+    wait_for_lock_waiters(&url, 1).await;
     first_tx.commit().await.unwrap();
     folding.await.unwrap();
 
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
-        .fetch_one(&mut observer)
+        .fetch_one(&mut first)
         .await
         .unwrap();
     assert_eq!(rows, 5);
