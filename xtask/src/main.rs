@@ -12,6 +12,7 @@ mod container;
 mod contract;
 mod images;
 mod objects;
+mod rehearse;
 mod render;
 mod secrets;
 mod util;
@@ -37,22 +38,56 @@ enum Command {
         #[arg(long = "env", value_parser = ["dev", "prod"])]
         envs: Vec<String>,
     },
+    /// Rehearse a deployment of an environment locally (network namespaces, real binaries).
+    Rehearse {
+        /// Environments to rehearse, one after the other; default: all.
+        #[arg(long = "env", value_parser = ["dev", "prod"])]
+        envs: Vec<String>,
+    },
     /// Internal: become the container described by a launch spec (used by the others).
     #[command(hide = true)]
     Container { spec: PathBuf },
+    /// Internal: the rehearsal's client pod.
+    #[command(hide = true)]
+    RehearsalClient {
+        /// The edge as `service.namespace:port`.
+        #[arg(long)]
+        edge: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let root = util::repo_root();
+    let chosen = |envs: &[String]| -> Vec<String> {
+        if envs.is_empty() {
+            argo::ENVIRONMENTS.iter().map(|e| (*e).to_owned()).collect()
+        } else {
+            envs.to_vec()
+        }
+    };
     match cli.command {
         Command::Container { spec } => container::main(&spec),
+        Command::RehearsalClient { edge } => rehearse::client::main(&edge),
         Command::ConfigContract { envs } => {
-            let envs: Vec<&str> = if envs.is_empty() {
-                argo::ENVIRONMENTS.to_vec()
-            } else {
-                envs.iter().map(String::as_str).collect()
-            };
-            finish(contract::run(&util::repo_root(), &envs))
+            let envs = chosen(&envs);
+            let envs: Vec<&str> = envs.iter().map(String::as_str).collect();
+            finish(contract::run(&root, &envs))
+        }
+        Command::Rehearse { envs } => {
+            // One environment per process: each rehearsal enters its own node namespace.
+            let envs = chosen(&envs);
+            if let [env] = envs.as_slice() {
+                return finish(rehearse::run(&root, env));
+            }
+            let mut ok = true;
+            for env in &envs {
+                let status = std::process::Command::new(std::env::current_exe().unwrap_or_default())
+                    .args(["rehearse", "--env", env])
+                    .status();
+                ok &= status.is_ok_and(|s| s.success());
+            }
+            if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
     }
 }
