@@ -18,7 +18,6 @@ pub struct Application {
     pub wave: i64,
     pub source: String,
     pub namespace: String,
-    pub object: Object,
     pub objects: Vec<Object>,
 }
 
@@ -70,7 +69,6 @@ pub fn render_environment(root: &Path, kubectl: &Path, env: &str) -> anyhow::Res
                 .to_owned(),
             name,
             source,
-            object,
             objects,
         });
     }

@@ -66,22 +66,29 @@ pub struct Program {
     pub target: String,
 }
 
+/// What a container gets besides its plan: the programs in place of its image, extra files
+/// (`/etc/hosts`...), its hostname, and whether it has any network.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub programs: Vec<Program>,
+    pub binds: Vec<BindSpec>,
+    pub hostname: String,
+    pub isolate_network: bool,
+}
+
 /// Writes the container's volumes under `pod_dir` (shared by the pod's containers, as the
-/// kubelet's are) and returns the launch spec. `extra_binds` come first (`/etc/hosts`...).
+/// kubelet's are) and returns the launch spec running `argv`.
 pub fn prepare(
     pod_dir: &Path,
     container_dir: &Path,
     plan: &ContainerPlan,
     argv: Vec<String>,
-    programs: &[Program],
-    extra_binds: Vec<BindSpec>,
-    hostname: Option<String>,
-    isolate_network: bool,
+    sandbox: Sandbox,
 ) -> anyhow::Result<LaunchSpec> {
     let scratch = container_dir.join("scratch");
     std::fs::create_dir_all(&scratch)?;
-    let mut binds = extra_binds;
-    for program in programs {
+    let mut binds = sandbox.binds;
+    for program in &sandbox.programs {
         binds.push(BindSpec {
             source: program.host_path.clone(),
             target: program.target.clone(),
@@ -111,8 +118,8 @@ pub fn prepare(
         gid: plan.security.gid,
         groups: plan.security.supplementary_groups.clone(),
         no_new_privileges: plan.security.no_new_privileges,
-        hostname,
-        isolate_network,
+        hostname: Some(sandbox.hostname),
+        isolate_network: sandbox.isolate_network,
         root: RootSpec {
             scratch,
             read_only: plan.security.read_only_root,

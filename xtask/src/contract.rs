@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::argo::{Environment, render_environment};
-use crate::container::{Program, prepare};
+use crate::container::{Program, Sandbox, prepare};
 use crate::images::{ImageConfig, build_binaries, our_image};
 use crate::objects::Object;
 use crate::secrets::{database_clusters, template_secrets};
@@ -131,7 +131,11 @@ pub fn run(root: &Path, envs: &[&str]) -> anyhow::Result<bool> {
             ),
             Err(error) => {
                 failures += 1;
-                println!("FAIL {header}\n       {error:#}");
+                println!(
+                    "FAIL {env} (Application {}): {error:#}",
+                    case.application,
+                    env = case.env
+                );
             }
         }
     }
@@ -146,7 +150,108 @@ pub fn run(root: &Path, envs: &[&str]) -> anyhow::Result<bool> {
         "config contract: {} ok, {failures} failed",
         cases.len() - failures
     );
-    Ok(failures == 0)
+    let self_test = self_test(&cases, &stores, &binaries, work.path());
+    Ok(failures == 0 && self_test)
+}
+
+/// The key the self-test adds to a mounted config file; no binary of ours knows it.
+const DRIFTED_KEY: &str = "rehearsal_drifted_key";
+
+/// Proves the contract can fail: in one environment, each ConfigMap-mounted YAML config file of
+/// each container of ours gets an unknown top-level key; the run must be rejected with a
+/// message naming the key, the file to fix, the object and the container.
+fn self_test(
+    cases: &[Case<'_>],
+    stores: &BTreeMap<&str, Store>,
+    binaries: &BTreeMap<String, PathBuf>,
+    work: &Path,
+) -> bool {
+    let Some(first_env) = cases.first().map(|c| c.env) else {
+        return false;
+    };
+    let mut seeded = 0;
+    let mut ok = true;
+    for (index, case) in cases.iter().enumerate().filter(|(_, c)| c.env == first_env) {
+        let Some(template) = pod_template(case.object) else {
+            continue;
+        };
+        for volume in template.spec()["volumes"].as_array().into_iter().flatten() {
+            let Some(name) = volume["configMap"]["name"].as_str() else {
+                continue;
+            };
+            let key = (case.namespace.clone(), name.to_owned());
+            let Some(config_map) = stores[case.env].config_maps.get(&key) else {
+                continue;
+            };
+            for (file, content) in &config_map.data {
+                let is_mapping = serde_yaml::from_slice::<serde_yaml::Value>(content)
+                    .is_ok_and(|v| v.is_mapping());
+                if !is_mapping {
+                    continue;
+                }
+                seeded += 1;
+                let mut store = stores[case.env].clone();
+                if let Some(data) = store.config_maps.get_mut(&key) {
+                    let mut drifted = content.clone();
+                    drifted.extend_from_slice(format!("\n{DRIFTED_KEY}: true\n").as_bytes());
+                    data.data.insert(file.clone(), drifted);
+                }
+                let dir = work.join(format!("self-test-{index}-{seeded}"));
+                let what = format!(
+                    "a drifted key in {file} of ConfigMap {name} mounted by {} container {}",
+                    case.object.id(),
+                    case.container
+                );
+                let source_file = config_map
+                    .origin
+                    .as_ref()
+                    .and_then(|o| {
+                        o.generated_by
+                            .as_ref()
+                            .and_then(|g| g.files.get(file))
+                            .or(o.file.as_ref())
+                    })
+                    .cloned()
+                    .unwrap_or_default();
+                match run_case(&dir, &store, case, binaries) {
+                    Err(error) => {
+                        let message = format!("{error:#}");
+                        let names_everything = [
+                            DRIFTED_KEY,
+                            source_file.as_str(),
+                            &case.object.described(),
+                            &case.container,
+                        ]
+                        .iter()
+                        .all(|part| message.contains(part));
+                        if names_everything {
+                            println!(
+                                "self-test ok: {what} is rejected naming it and {source_file}"
+                            );
+                        } else {
+                            ok = false;
+                            println!(
+                                "self-test FAIL: {what} is rejected, but the message does not name the key, {source_file}, the object and the container: {message}"
+                            );
+                        }
+                    }
+                    Ok(_) => {
+                        ok = false;
+                        println!(
+                            "self-test FAIL: {what} was accepted: the contract cannot catch drift there"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    if seeded == 0 {
+        println!(
+            "self-test FAIL: no ConfigMap-mounted YAML config file to seed a drifted key into"
+        );
+        return false;
+    }
+    ok
 }
 
 /// Runs one container's binary with `--test`; `(shown command line, its one line of output)`.
@@ -178,16 +283,13 @@ fn run_case(
         target: case.image.binary_path_in_image().to_owned(),
     };
     let pod_dir = dir.join("pod");
-    let spec = prepare(
-        &pod_dir,
-        &dir.join("container"),
-        &plan,
-        argv,
-        &[program],
-        Vec::new(),
-        Some(pod.name.clone()),
-        true,
-    )?;
+    let sandbox = Sandbox {
+        programs: vec![program],
+        binds: Vec::new(),
+        hostname: pod.name.clone(),
+        isolate_network: true,
+    };
+    let spec = prepare(&pod_dir, &dir.join("container"), &plan, argv, sandbox)?;
     let spec_file = dir.join("launch.json");
     std::fs::write(&spec_file, serde_json::to_vec(&spec)?)?;
     let mut child = Command::new(std::env::current_exe()?)
@@ -220,7 +322,9 @@ fn run_case(
             .code()
             .map_or_else(|| format!("{status}"), |c| c.to_string());
         anyhow::bail!(
-            "{shown}\n       exited {code}: {}{}",
+            "{} container {}: {shown}\n       exited {code}: {}{}",
+            case.object.described(),
+            case.container,
             if stderr.is_empty() { &stdout } else { &stderr },
             mounted_sources(&plan)
         );

@@ -82,12 +82,17 @@ fn main() -> ExitCode {
             }
             let mut ok = true;
             for env in &envs {
-                let status = std::process::Command::new(std::env::current_exe().unwrap_or_default())
-                    .args(["rehearse", "--env", env])
-                    .status();
+                let status =
+                    std::process::Command::new(std::env::current_exe().unwrap_or_default())
+                        .args(["rehearse", "--env", env])
+                        .status();
                 ok &= status.is_ok_and(|s| s.success());
             }
-            if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

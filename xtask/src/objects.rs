@@ -72,10 +72,6 @@ impl Object {
         self.value["metadata"]["annotations"][key].as_str()
     }
 
-    pub fn labels(&self) -> BTreeMap<String, String> {
-        string_map(&self.value["metadata"]["labels"])
-    }
-
     /// `Kind namespace/name`, or `Kind name` for cluster-scoped objects.
     pub fn id(&self) -> ObjectId {
         ObjectId {

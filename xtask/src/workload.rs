@@ -37,6 +37,10 @@ impl Store {
     /// elsewhere).
     pub fn apply(&mut self, object: &Object, namespace: &str) -> anyhow::Result<()> {
         let key = (namespace.to_owned(), object.name().to_owned());
+        let id = ObjectId {
+            namespace: Some(namespace.to_owned()),
+            ..object.id()
+        };
         match (object.group(), object.kind()) {
             ("", "ConfigMap") => {
                 let mut data: BTreeMap<String, Vec<u8>> = object.value["data"]
@@ -59,7 +63,7 @@ impl Store {
                 self.config_maps.insert(
                     key,
                     DataObject {
-                        id: object.id(),
+                        id: id.clone(),
                         origin: Some(object.origin.clone()),
                         data,
                     },
@@ -82,7 +86,7 @@ impl Store {
                 self.secrets.insert(
                     key,
                     DataObject {
-                        id: object.id(),
+                        id: id.clone(),
                         origin: Some(object.origin.clone()),
                         data,
                     },
@@ -499,7 +503,7 @@ fn container_env(
 ) -> anyhow::Result<Vec<(String, String)>> {
     let namespace = pod.namespace.as_str();
     let mut env: Vec<(String, String)> = vec![("PATH".into(), DEFAULT_PATH.into())];
-    let mut set = |env: &mut Vec<(String, String)>, key: String, value: String| {
+    let set = |env: &mut Vec<(String, String)>, key: String, value: String| {
         env.retain(|(k, _)| *k != key);
         env.push((key, value));
     };
@@ -987,18 +991,20 @@ spec:
         assert_eq!(env["POD"], "api-1");
         assert_eq!(env["APP"], "api");
         assert_eq!(env["PATH"], DEFAULT_PATH);
-        assert_eq!(plan.mounts.len(), 2);
+        // Shallower mount points first, as the kubelet mounts them.
+        let paths: Vec<&str> = plan.mounts.iter().map(|m| m.mount_path.as_str()).collect();
+        assert_eq!(paths, ["/tmp", "/etc/api"]);
         assert_eq!(
-            plan.mounts[0].content,
+            plan.mounts[1].content,
             VolumeContent::Files(vec![VolumeFile {
                 path: "conf.yaml".into(),
                 content: b"x: 1".to_vec(),
                 mode: 0o644
             }])
         );
-        assert!(plan.mounts[0].read_only && plan.mounts[0].from.contains("ConfigMap ns/cfg"));
+        assert!(plan.mounts[1].read_only && plan.mounts[1].from.contains("ConfigMap ns/cfg"));
         assert_eq!(
-            plan.mounts[1].content,
+            plan.mounts[0].content,
             VolumeContent::EmptyDir { memory: true }
         );
         assert_eq!(
@@ -1011,7 +1017,7 @@ spec:
                 no_new_privileges: true
             }
         );
-        let readiness = plan.probes.readiness.unwrap();
+        let readiness = plan.probes.readiness.clone().unwrap();
         assert_eq!(
             readiness.action,
             ProbeAction::Http {
@@ -1026,7 +1032,7 @@ spec:
             (5, 3)
         );
         assert_eq!(
-            plan.probes.liveness.unwrap().action,
+            plan.probes.liveness.as_ref().unwrap().action,
             ProbeAction::Grpc {
                 port: 50051,
                 service: Some("liveness".into())

@@ -19,7 +19,10 @@ use prost::Message;
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn main(edge: &str) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("client: {error}");
@@ -49,29 +52,65 @@ async fn drive(edge: &str) -> anyhow::Result<()> {
     .await?;
     println!(
         "ok   DNS {edge} → {}",
-        addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let unique = uuid::Uuid::new_v4().simple().to_string();
 
     // REST: create (201 + Location), read it back, and a NOT_FOUND mapped to 404.
     let body = serde_json::json!({"name": "Rehearsal", "email": format!("rehearsal-{unique}@example.com"), "age": 42});
-    let (status, headers, created) = step("REST POST /v1/users", http1(edge, "POST", "/v1/users", "application/json", body.to_string().into())).await?;
-    ensure!(status == 201, "REST POST /v1/users answered {status}: {}", String::from_utf8_lossy(&created));
+    let (status, headers, created) = step(
+        "REST POST /v1/users",
+        http1(
+            edge,
+            "POST",
+            "/v1/users",
+            "application/json",
+            body.to_string().into(),
+        ),
+    )
+    .await?;
+    ensure!(
+        status == 201,
+        "REST POST /v1/users answered {status}: {}",
+        String::from_utf8_lossy(&created)
+    );
     let location = headers
         .get("location")
         .and_then(|v| v.to_str().ok())
         .context("REST POST /v1/users: no Location header")?
         .to_owned();
-    let created: serde_json::Value = serde_json::from_slice(&created).context("REST POST /v1/users: body is not JSON")?;
-    let id = created["user"]["id"].as_str().context("REST POST /v1/users: no user.id")?.to_owned();
+    let created: serde_json::Value =
+        serde_json::from_slice(&created).context("REST POST /v1/users: body is not JSON")?;
+    let id = created["user"]["id"]
+        .as_str()
+        .context("REST POST /v1/users: no user.id")?
+        .to_owned();
     println!("ok   REST POST /v1/users → 201, Location {location}");
-    let (status, _, read) = step("REST GET", http1(edge, "GET", &location, "application/json", Bytes::new())).await?;
+    let (status, _, read) = step(
+        "REST GET",
+        http1(edge, "GET", &location, "application/json", Bytes::new()),
+    )
+    .await?;
     let read: serde_json::Value = serde_json::from_slice(&read).unwrap_or_default();
-    ensure!(status == 200 && read["user"]["id"] == id.as_str(), "REST GET {location} answered {status}: {read}");
+    ensure!(
+        status == 200 && read["user"]["id"] == id.as_str(),
+        "REST GET {location} answered {status}: {read}"
+    );
     println!("ok   REST GET {location} → 200, the user just created");
     let missing = format!("/v1/users/{}", uuid::Uuid::new_v4());
-    let (status, _, _) = step("REST GET (missing)", http1(edge, "GET", &missing, "application/json", Bytes::new())).await?;
-    ensure!(status == 404, "REST GET {missing} answered {status}, expected 404 (NOT_FOUND)");
+    let (status, _, _) = step(
+        "REST GET (missing)",
+        http1(edge, "GET", &missing, "application/json", Bytes::new()),
+    )
+    .await?;
+    ensure!(
+        status == 404,
+        "REST GET {missing} answered {status}, expected 404 (NOT_FOUND)"
+    );
     println!("ok   REST GET {missing} → 404");
 
     // gRPC-web (binary): one length-prefixed message, the status in a trailer frame.
@@ -82,7 +121,13 @@ async fn drive(edge: &str) -> anyhow::Result<()> {
     request.encode(&mut frame)?;
     let (status, headers, body) = step(
         "gRPC-web GetUser",
-        http1(edge, "POST", "/user.UserService/GetUser", "application/grpc-web+proto", frame.freeze()),
+        http1(
+            edge,
+            "POST",
+            "/user.UserService/GetUser",
+            "application/grpc-web+proto",
+            frame.freeze(),
+        ),
     )
     .await?;
     ensure!(status == 200, "gRPC-web GetUser answered HTTP {status}");
@@ -93,7 +138,10 @@ async fn drive(edge: &str) -> anyhow::Result<()> {
         .map(str::to_owned)
         .or_else(|| trailer_value(&trailers, "grpc-status"))
         .unwrap_or_default();
-    ensure!(grpc_status == "0", "gRPC-web GetUser: grpc-status {grpc_status:?} ({trailers})");
+    ensure!(
+        grpc_status == "0",
+        "gRPC-web GetUser: grpc-status {grpc_status:?} ({trailers})"
+    );
     let user = GetUserResponse::decode(message.context("gRPC-web GetUser: no message")?)?
         .user
         .context("gRPC-web GetUser: no user")?;
@@ -102,15 +150,23 @@ async fn drive(edge: &str) -> anyhow::Result<()> {
 
     // Native gRPC over h2c through the same port, resolved by tonic (getaddrinfo).
     let channel = step("gRPC connect", async {
-        Ok(tonic::transport::Endpoint::from_shared(format!("http://{edge}"))?
-            .connect_timeout(STEP_TIMEOUT)
-            .connect()
-            .await?)
+        Ok(
+            tonic::transport::Endpoint::from_shared(format!("http://{edge}"))?
+                .connect_timeout(STEP_TIMEOUT)
+                .connect()
+                .await?,
+        )
     })
     .await?;
     let mut client = UserServiceClient::new(channel);
     let listed = step("gRPC ListUsers", async {
-        Ok(client.list_users(ListUsersRequest { page: 1, limit: 100 }).await?.into_inner())
+        Ok(client
+            .list_users(ListUsersRequest {
+                page: 1,
+                limit: 100,
+            })
+            .await?
+            .into_inner())
     })
     .await?;
     ensure!(listed.total >= 1, "gRPC ListUsers: total {}", listed.total);
@@ -128,11 +184,17 @@ async fn drive(edge: &str) -> anyhow::Result<()> {
     let grpc_id = created.user.context("gRPC CreateUser: no user")?.id;
     for id in [&id, &grpc_id] {
         step("gRPC DeleteUser", async {
-            Ok(client.delete_user(DeleteUserRequest { id: id.clone() }).await?)
+            Ok(client
+                .delete_user(DeleteUserRequest { id: id.clone() })
+                .await?)
         })
         .await?;
     }
-    let gone = client.get_user(GetUserRequest { id: grpc_id.clone() }).await;
+    let gone = client
+        .get_user(GetUserRequest {
+            id: grpc_id.clone(),
+        })
+        .await;
     match gone {
         Err(status) if status.code() == tonic::Code::NotFound => {}
         other => bail!("gRPC GetUser after DeleteUser: expected NOT_FOUND, got {other:?}"),
@@ -147,7 +209,13 @@ async fn drive(edge: &str) -> anyhow::Result<()> {
 type Response = (u16, http::HeaderMap, Bytes);
 
 /// One HTTP/1.1 request on a new connection (the name resolved by getaddrinfo).
-async fn http1(edge: &str, method: &str, path: &str, content_type: &str, body: Bytes) -> anyhow::Result<Response> {
+async fn http1(
+    edge: &str,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: Bytes,
+) -> anyhow::Result<Response> {
     let stream = tokio::net::TcpStream::connect(edge).await?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
@@ -187,7 +255,9 @@ fn parse_grpc_web(mut body: Bytes) -> anyhow::Result<(Option<Bytes>, String)> {
 fn trailer_value(trailers: &str, name: &str) -> Option<String> {
     trailers.split("\r\n").find_map(|line| {
         let (key, value) = line.split_once(':')?;
-        key.trim().eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
+        key.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_owned())
     })
 }
 
@@ -207,6 +277,9 @@ mod tests {
         body.put_slice(trailer);
         let (message, trailers) = parse_grpc_web(body.freeze()).unwrap();
         assert_eq!(message.as_deref(), Some(&b"hi"[..]));
-        assert_eq!(trailer_value(&trailers, "grpc-status").as_deref(), Some("0"));
+        assert_eq!(
+            trailer_value(&trailers, "grpc-status").as_deref(),
+            Some("0")
+        );
     }
 }

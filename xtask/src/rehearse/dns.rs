@@ -4,7 +4,6 @@
 //! the ready pods' IPs for a headless one — updated as readiness changes. Names outside the
 //! zone are refused: the rehearsal has no upstream.
 
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -30,7 +29,8 @@ impl ClusterDns {
     /// Serves the zone on `addr` (UDP and TCP), which must be a local address.
     pub async fn start(addr: SocketAddr) -> anyhow::Result<Self> {
         let origin = Name::from_str(&format!("{CLUSTER_DOMAIN}.")).context("zone name")?;
-        let mut zone = InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
+        let mut zone =
+            InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
         let soa = SOA::new(
             Name::from_str(&format!("ns.dns.{CLUSTER_DOMAIN}."))?,
             Name::from_str(&format!("hostmaster.{CLUSTER_DOMAIN}."))?,
@@ -40,7 +40,10 @@ impl ClusterDns {
             86400,
             RECORD_TTL,
         );
-        zone.upsert_mut(Record::from_rdata(origin.clone(), RECORD_TTL, RData::SOA(soa)), 1);
+        zone.upsert_mut(
+            Record::from_rdata(origin.clone(), RECORD_TTL, RData::SOA(soa)),
+            1,
+        );
         let zone = Arc::new(zone);
         let mut catalog = Catalog::new();
         catalog.upsert(LowerName::new(&origin), vec![zone.clone()]);
@@ -104,17 +107,6 @@ pub fn hosts_file(pod_name: &str, pod_ip: Ipv4Addr) -> String {
     )
 }
 
-/// What a Service publishes in DNS (for the report).
-pub fn describe_records(records: &BTreeMap<String, Vec<Ipv4Addr>>) -> Vec<String> {
-    records
-        .iter()
-        .map(|(name, ips)| {
-            let ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
-            format!("{name} A {}", if ips.is_empty() { "(none: NXDOMAIN)".into() } else { ips.join(", ") })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +119,9 @@ mod tests {
             "search meshgate.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
         );
         assert!(hosts_file("api-0", Ipv4Addr::new(10, 244, 0, 9)).ends_with("10.244.0.9\tapi-0\n"));
-        assert_eq!(service_fqdn("valkey", "meshgate"), "valkey.meshgate.svc.cluster.local");
+        assert_eq!(
+            service_fqdn("valkey", "meshgate"),
+            "valkey.meshgate.svc.cluster.local"
+        );
     }
 }

@@ -40,8 +40,10 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::argo::{Application, Environment, Phase, phase, render_environment, sync_order, sync_wave};
-use crate::container::{BindSpec, Program, prepare};
+use crate::argo::{
+    Application, Environment, Phase, phase, render_environment, sync_order, sync_wave,
+};
+use crate::container::{BindSpec, Program, Sandbox, prepare};
 use crate::images::{ImageConfig, build_binaries, our_image};
 use crate::objects::{Object, ObjectId, selector_matches, string_map};
 use crate::secrets::{DatabaseCluster, database_clusters, template_secrets};
@@ -88,7 +90,9 @@ fn not_rehearsed(group: &str, kind: &str) -> &'static str {
         ("argoproj.io", "AnalysisTemplate") => {
             "operator-owned (Argo Rollouts): its queries need Prometheus"
         }
-        ("argoproj.io", "Application" | "AppProject") => "Argo CD: modelled by the sync order itself",
+        ("argoproj.io", "Application" | "AppProject") => {
+            "Argo CD: modelled by the sync order itself"
+        }
         ("networking.istio.io" | "security.istio.io" | "telemetry.istio.io", _) => {
             "operator-owned (Istio): mTLS, routing and authorization need istiod and the sidecars"
         }
@@ -96,9 +100,15 @@ fn not_rehearsed(group: &str, kind: &str) -> &'static str {
             "operator-owned (Istio): the sidecars pull and run the module (the filters' own tests \
              run them in a proxy-wasm host)"
         }
-        ("postgresql.cnpg.io", _) => "operator-owned (CloudNativePG): backups and scheduling need the operator",
-        ("monitoring.coreos.com", _) => "operator-owned (Prometheus Operator): scraping and rules need Prometheus",
-        ("opentelemetry.io", _) => "operator-owned (OpenTelemetry Operator): no collector runs here",
+        ("postgresql.cnpg.io", _) => {
+            "operator-owned (CloudNativePG): backups and scheduling need the operator"
+        }
+        ("monitoring.coreos.com", _) => {
+            "operator-owned (Prometheus Operator): scraping and rules need Prometheus"
+        }
+        ("opentelemetry.io", _) => {
+            "operator-owned (OpenTelemetry Operator): no collector runs here"
+        }
         _ => "not rehearsed: no local equivalent",
     }
 }
@@ -115,21 +125,25 @@ pub fn run(root: &Path, env_name: &str) -> anyhow::Result<bool> {
     net::sweep_stale();
     let started = Instant::now();
     let env = render_environment(root, &kubectl, env_name)?;
+    let rendered = started.elapsed();
     let images = our_images(root, &env)?;
     let binaries = build_binaries(root, &images)?;
     println!(
-        "rehearsal of {env_name}: {} ← {} ({} Applications, rendered and built in {:.1} s)",
+        "rehearsal of {env_name}: {} ← {} ({} Applications; rendered in {:.1} s, binaries built in {:.1} s)",
         env.root_file,
         env.root_source,
         env.applications.len(),
-        started.elapsed().as_secs_f64()
+        rendered.as_secs_f64(),
+        (started.elapsed() - rendered).as_secs_f64()
     );
+    let started = Instant::now();
     let work = TempDir::new(&format!("rehearsal-{env_name}"))?;
     let network = net::Network::create()?;
     // This thread (and so every runtime thread it starts) enters the node's namespace: the
     // kubelet, kube-proxy and DNS stand-ins live there, the host's network is never touched.
     let node = std::fs::File::open(format!("/run/netns/{}", network.node))?;
-    nix::sched::setns(&node, nix::sched::CloneFlags::CLONE_NEWNET).context("entering the node namespace")?;
+    nix::sched::setns(&node, nix::sched::CloneFlags::CLONE_NEWNET)
+        .context("entering the node namespace")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -250,7 +264,11 @@ impl Board {
         if self.exits.contains_key(&(pod, container.to_owned())) {
             return false;
         }
-        let state = |kind| self.trackers.get(&(pod, container.to_owned(), kind)).map(|t| t.state);
+        let state = |kind| {
+            self.trackers
+                .get(&(pod, container.to_owned(), kind))
+                .map(|t| t.state)
+        };
         match state(ProbeKind::Readiness) {
             Some(ready) => ready == Some(true),
             None => !matches!(state(ProbeKind::Startup), Some(None | Some(false))),
@@ -260,7 +278,11 @@ impl Board {
     fn pod_ready(&self, pod: usize) -> bool {
         let state = &self.pods[pod];
         state.fixed_ready.unwrap_or_else(|| {
-            !state.containers.is_empty() && state.containers.iter().all(|c| self.container_ready(pod, c))
+            !state.containers.is_empty()
+                && state
+                    .containers
+                    .iter()
+                    .all(|c| self.container_ready(pod, c))
         })
     }
 }
@@ -278,7 +300,11 @@ impl Shared {
     }
 
     fn log(&self, line: impl AsRef<str>) {
-        println!("  +{:>6.2}s {}", self.started.elapsed().as_secs_f64(), line.as_ref());
+        println!(
+            "  +{:>6.2}s {}",
+            self.started.elapsed().as_secs_f64(),
+            line.as_ref()
+        );
     }
 
     fn notify(&self) {
@@ -294,6 +320,9 @@ impl Shared {
                 let ready = board.pod_ready(index);
                 if board.pods[index].ready != ready {
                     board.pods[index].ready = ready;
+                    if !board.pods[index].long_running {
+                        continue;
+                    }
                     self.log(format!(
                         "pod {} {}",
                         board.pods[index].name,
@@ -306,7 +335,11 @@ impl Shared {
                 let members: Vec<&PodState> = board
                     .pods
                     .iter()
-                    .filter(|p| p.ready && p.namespace == service.namespace && selector_matches(&service.selector, &p.labels))
+                    .filter(|p| {
+                        p.ready
+                            && p.namespace == service.namespace
+                            && selector_matches(&service.selector, &p.labels)
+                    })
                     .collect();
                 for port in &service.ports {
                     let addresses: Vec<SocketAddr> = members
@@ -329,7 +362,8 @@ impl Shared {
                     let ips: Vec<Ipv4Addr> = members.iter().map(|p| p.ip).collect();
                     if service.published.as_ref() != Some(&ips) {
                         service.published = Some(ips.clone());
-                        dns_updates.push((dns::service_fqdn(&service.name, &service.namespace), ips));
+                        dns_updates
+                            .push((dns::service_fqdn(&service.name, &service.namespace), ips));
                     }
                 }
             }
@@ -342,14 +376,22 @@ impl Shared {
     }
 
     /// Waits until `done` holds (re-checked on every change), at most `limit`.
-    async fn wait_for(&self, what: &str, limit: Duration, done: impl Fn(&Board) -> bool) -> anyhow::Result<()> {
+    async fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&Board) -> bool,
+    ) -> anyhow::Result<()> {
         let mut changes = self.changed.subscribe();
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             if done(&self.board()) {
                 return Ok(());
             }
-            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
                 bail!("{what}: not within {limit:?}");
             }
         }
@@ -438,7 +480,9 @@ impl<'a> Rehearsal<'a> {
                 namespace: Some(secret.namespace.clone()),
                 name: secret.name.clone(),
             });
-            rehearsal.store.add_secret(&secret.namespace, &secret.name, secret.data);
+            rehearsal
+                .store
+                .add_secret(&secret.namespace, &secret.name, secret.data);
         }
         Ok(rehearsal)
     }
@@ -496,7 +540,11 @@ impl<'a> Rehearsal<'a> {
                     Phase::SyncFail => "SyncFail hook",
                     Phase::Skip => "Skip",
                 },
-                if wave == 0 { String::new() } else { format!(", wave {wave}") }
+                if wave == 0 {
+                    String::new()
+                } else {
+                    format!(", wave {wave}")
+                }
             );
             if matches!(object_phase, Phase::Skip | Phase::SyncFail) {
                 println!("  {label}: never applied by a successful sync");
@@ -507,9 +555,20 @@ impl<'a> Rehearsal<'a> {
         self.wait_healthy(&app.name).await
     }
 
-    async fn apply(&mut self, app: &Application, object: &'a Object, namespace: &str, label: &str) -> anyhow::Result<()> {
+    async fn apply(
+        &mut self,
+        app: &Application,
+        object: &'a Object,
+        namespace: &str,
+        label: &str,
+    ) -> anyhow::Result<()> {
         let mut id = object.id();
-        if id.namespace.is_none() && !matches!(object.kind(), "Namespace" | "ClusterRole" | "ClusterRoleBinding") {
+        if id.namespace.is_none()
+            && !matches!(
+                object.kind(),
+                "Namespace" | "ClusterRole" | "ClusterRoleBinding"
+            )
+        {
             id.namespace = Some(namespace.to_owned());
         }
         self.applied.insert(id);
@@ -525,8 +584,13 @@ impl<'a> Rehearsal<'a> {
                 let mut pods = Vec::new();
                 for index in 0..replicas {
                     pods.push(
-                        self.start_pod(&template, namespace, &format!("{}-{index}", object.name()), true)
-                            .await?,
+                        self.start_pod(
+                            &template,
+                            namespace,
+                            &format!("{}-{index}", object.name()),
+                            true,
+                        )
+                        .await?,
                     );
                 }
                 self.pending_health.push((pods, object.described()));
@@ -540,7 +604,9 @@ impl<'a> Rehearsal<'a> {
             ("batch", "CronJob") => println!(
                 "  {label}: not run (scheduled); its containers are in the config contract"
             ),
-            ("postgresql.cnpg.io", "Cluster") => self.start_database(object, namespace, label).await?,
+            ("postgresql.cnpg.io", "Cluster") => {
+                self.start_database(object, namespace, label).await?
+            }
             (group, kind) => println!("  {label}: {}", not_rehearsed(group, kind)),
         }
         Ok(())
@@ -572,10 +638,7 @@ impl<'a> Rehearsal<'a> {
     /// A pod can only be created once what it references exists (otherwise the API server
     /// refuses it, or the kubelet cannot start it): a hook that needs a later object hangs.
     fn check_references(&mut self, template: &PodTemplate<'_>, label: &str) {
-        for missing in references(template) {
-            if self.applied.contains(&missing) {
-                continue;
-            }
+        for missing in missing_references(template, &self.applied) {
             let declared = self
                 .env
                 .objects()
@@ -602,7 +665,12 @@ impl<'a> Rehearsal<'a> {
         }
     }
 
-    async fn add_service(&mut self, object: &Object, namespace: &str, label: &str) -> anyhow::Result<()> {
+    async fn add_service(
+        &mut self,
+        object: &Object,
+        namespace: &str,
+        label: &str,
+    ) -> anyhow::Result<()> {
         let spec = &object.value["spec"];
         if spec["type"].as_str() == Some("ExternalName") {
             println!("  {label}: ExternalName: not rehearsed");
@@ -656,7 +724,8 @@ impl<'a> Rehearsal<'a> {
         for (port_name, port, target) in ports {
             let endpoints = Arc::new(Endpoints::default());
             if let Some(vip) = address {
-                self.tasks.push(proxy::serve(SocketAddr::from((vip, port)), endpoints.clone()).await?);
+                self.tasks
+                    .push(proxy::serve(SocketAddr::from((vip, port)), endpoints.clone()).await?);
             }
             service_ports.push(ServicePort {
                 name: port_name,
@@ -684,7 +753,10 @@ impl<'a> Rehearsal<'a> {
             .collect();
         println!(
             "  {label}: DNS {fqdn} → {}; ports {}",
-            address.map_or_else(|| "ready pod IPs (headless)".to_owned(), |a| format!("ClusterIP {a}")),
+            address.map_or_else(
+                || "ready pod IPs (headless)".to_owned(),
+                |a| format!("ClusterIP {a}")
+            ),
             shown_ports.join(", ")
         );
         self.shared.board().services.push(ServiceState {
@@ -699,7 +771,12 @@ impl<'a> Rehearsal<'a> {
         Ok(())
     }
 
-    async fn start_database(&mut self, object: &Object, namespace: &str, label: &str) -> anyhow::Result<()> {
+    async fn start_database(
+        &mut self,
+        object: &Object,
+        namespace: &str,
+        label: &str,
+    ) -> anyhow::Result<()> {
         let cluster = self
             .databases
             .iter()
@@ -712,7 +789,12 @@ impl<'a> Rehearsal<'a> {
             .as_object()
             .into_iter()
             .flatten()
-            .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+                )
+            })
             .collect();
         let dir = self.work.join("databases").join(&cluster.cluster);
         std::fs::create_dir_all(&dir)?;
@@ -750,7 +832,11 @@ impl<'a> Rehearsal<'a> {
             network.ip,
             cluster.database,
             cluster.owner,
-            parameters.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
+            parameters
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
             cluster.instances
         );
         // What the operator creates next to it: the Services and the application Secret.
@@ -780,13 +866,17 @@ impl<'a> Rehearsal<'a> {
             });
         }
         let secret = cluster.app_secret();
-        println!("  (operator) Secret {namespace}/{}: {}", secret.name, secret.made_by);
+        println!(
+            "  (operator) Secret {namespace}/{}: {}",
+            secret.name, secret.made_by
+        );
         self.applied.insert(ObjectId {
             kind: "Secret".into(),
             namespace: Some(namespace.to_owned()),
             name: secret.name.clone(),
         });
-        self.store.add_secret(&secret.namespace, &secret.name, secret.data);
+        self.store
+            .add_secret(&secret.namespace, &secret.name, secret.data);
         self.postgres.push((pod, server));
         self.shared.notify();
         Ok(())
@@ -811,13 +901,23 @@ impl<'a> Rehearsal<'a> {
             annotations: template.annotations(),
         };
         let grace = Duration::from_secs(
-            template.spec()["terminationGracePeriodSeconds"].as_u64().unwrap_or(30).min(10),
+            template.spec()["terminationGracePeriodSeconds"]
+                .as_u64()
+                .unwrap_or(30)
+                .min(10),
         );
         let mut plans = Vec::new();
         for (container, init) in template.containers() {
             let image = our_image(self.root, container["image"].as_str().unwrap_or(""))?;
-            let plan = plan_container(&self.store, &context, template, container, init, image.as_ref())
-                .with_context(|| format!("{}: pod {pod_name}", template.workload.described()))?;
+            let plan = plan_container(
+                &self.store,
+                &context,
+                template,
+                container,
+                init,
+                image.as_ref(),
+            )
+            .with_context(|| format!("{}: pod {pod_name}", template.workload.described()))?;
             let secrets = secret_env_values(container, &self.store, namespace);
             plans.push((plan, image, secrets));
         }
@@ -828,16 +928,30 @@ impl<'a> Rehearsal<'a> {
                 namespace: namespace.to_owned(),
                 labels,
                 ip: network.ip,
-                ports: plans.iter().filter(|(p, ..)| !p.init).flat_map(|(p, ..)| p.ports.clone()).collect(),
-                containers: plans.iter().filter(|(p, ..)| !p.init).map(|(p, ..)| p.name.clone()).collect(),
+                ports: plans
+                    .iter()
+                    .filter(|(p, ..)| !p.init)
+                    .flat_map(|(p, ..)| p.ports.clone())
+                    .collect(),
+                containers: plans
+                    .iter()
+                    .filter(|(p, ..)| !p.init)
+                    .map(|(p, ..)| p.name.clone())
+                    .collect(),
                 fixed_ready: None,
                 long_running,
-                binaries: plans.iter().filter_map(|(_, image, _)| image.as_ref().map(|i| i.binary.clone())).collect(),
+                binaries: plans
+                    .iter()
+                    .filter_map(|(_, image, _)| image.as_ref().map(|i| i.binary.clone()))
+                    .collect(),
                 ready: false,
             });
             board.pods.len() - 1
         };
-        self.shared.log(format!("pod {pod_name} ({}) in {}", network.ip, network.netns));
+        self.shared.log(format!(
+            "pod {pod_name} ({}) in {}",
+            network.ip, network.netns
+        ));
         let pod_dir = self.work.join("pods").join(pod_name);
         for (plan, image, secrets) in plans {
             let programs = self.programs(&plan, image.as_ref())?;
@@ -849,15 +963,18 @@ impl<'a> Rehearsal<'a> {
                     read_only: true,
                 })
                 .collect();
+            let sandbox = Sandbox {
+                programs,
+                binds,
+                hostname: pod_name.to_owned(),
+                isolate_network: false,
+            };
             let spec = prepare(
                 &pod_dir,
                 &pod_dir.join(&plan.name),
                 &plan,
                 plan.argv.clone(),
-                &programs,
-                binds,
-                Some(pod_name.to_owned()),
-                false,
+                sandbox,
             )?;
             self.shared.log(format!(
                 "  container {}: {}{}",
@@ -868,17 +985,24 @@ impl<'a> Rehearsal<'a> {
                 } else {
                     format!(
                         "  [{}]",
-                        plan.mounts.iter().map(|m| format!("{} ← {}", m.mount_path, m.from)).collect::<Vec<_>>().join("; ")
+                        plan.mounts
+                            .iter()
+                            .map(|m| format!("{} ← {}", m.mount_path, m.from))
+                            .collect::<Vec<_>>()
+                            .join("; ")
                     )
                 }
             ));
-            let process = self.spawn_container(pod, &network.netns, &pod_dir, &plan, &spec, grace)?;
+            let process =
+                self.spawn_container(pod, &network.netns, &pod_dir, &plan, &spec, grace)?;
             if plan.init {
                 let name = plan.name.clone();
                 self.shared
-                    .wait_for(&format!("init container {name} of {pod_name}"), HEALTH_LIMIT, |b| {
-                        b.exits.contains_key(&(pod, name.clone()))
-                    })
+                    .wait_for(
+                        &format!("init container {name} of {pod_name}"),
+                        HEALTH_LIMIT,
+                        |b| b.exits.contains_key(&(pod, name.clone())),
+                    )
                     .await?;
                 let exit = self.shared.board().exits[&(pod, name.clone())].clone();
                 if exit.code != Some(0) {
@@ -886,12 +1010,16 @@ impl<'a> Rehearsal<'a> {
                 }
                 continue;
             }
-            self.start_kubelet(pod, &plan, Target {
-                ip: network.ip,
-                pid: Some(process),
-                uid: plan.security.uid,
-                gid: plan.security.gid,
-            });
+            self.start_kubelet(
+                pod,
+                &plan,
+                Target {
+                    ip: network.ip,
+                    pid: Some(process),
+                    uid: plan.security.uid,
+                    gid: plan.security.gid,
+                },
+            );
         }
         self.shared.notify();
         Ok(pod)
@@ -899,7 +1027,11 @@ impl<'a> Rehearsal<'a> {
 
     /// The binaries a container needs in its root: ours at the image's ENTRYPOINT path, or a
     /// host program standing in for the image's command.
-    fn programs(&self, plan: &ContainerPlan, image: Option<&ImageConfig>) -> anyhow::Result<Vec<Program>> {
+    fn programs(
+        &self,
+        plan: &ContainerPlan,
+        image: Option<&ImageConfig>,
+    ) -> anyhow::Result<Vec<Program>> {
         if let Some(image) = image {
             return Ok(vec![Program {
                 host_path: self.binaries[&image.binary].clone(),
@@ -907,16 +1039,26 @@ impl<'a> Rehearsal<'a> {
             }]);
         }
         let command = plan.argv[0].as_str();
-        let name = Path::new(command).file_name().and_then(|n| n.to_str()).unwrap_or(command);
+        let name = Path::new(command)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(command);
         let candidates = STAND_INS
             .iter()
             .find(|(wanted, _)| *wanted == name)
             .map(|(_, candidates)| *candidates)
-            .with_context(|| format!("container {}: image {} is not ours and {name} has no local stand-in", plan.name, plan.image))?;
-        let host_path = candidates
-            .iter()
-            .find_map(|c| which(c))
-            .with_context(|| format!("none of {candidates:?} is installed (the stand-in for {})", plan.image))?;
+            .with_context(|| {
+                format!(
+                    "container {}: image {} is not ours and {name} has no local stand-in",
+                    plan.name, plan.image
+                )
+            })?;
+        let host_path = candidates.iter().find_map(|c| which(c)).with_context(|| {
+            format!(
+                "none of {candidates:?} is installed (the stand-in for {})",
+                plan.image
+            )
+        })?;
         let target = if command.starts_with('/') {
             command.to_owned()
         } else {
@@ -971,7 +1113,9 @@ impl<'a> Rehearsal<'a> {
                     let mut lines = tokio::io::BufReader::new(stream).lines();
                     while let Ok(Some(line)) = lines.next_line().await {
                         use std::io::Write;
-                        if let Some(file) = log_file.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                        if let Some(file) =
+                            log_file.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
+                        {
                             let _ = writeln!(file, "{line}");
                         }
                     }
@@ -989,13 +1133,20 @@ impl<'a> Rehearsal<'a> {
             let mut board = shared.board();
             let expected = board.stopping.contains(&pod);
             let pod_name = board.pods[pod].name.clone();
-            if !expected && !(init && code == Some(0)) {
+            if !(expected || init && code == Some(0)) {
                 shared.log(format!(
                     "container {name} of pod {pod_name} exited ({text}): {}",
                     postgres::tail(&log, 6)
                 ));
             }
-            board.exits.insert((pod, name), ExitRecord { code, text, expected });
+            board.exits.insert(
+                (pod, name),
+                ExitRecord {
+                    code,
+                    text,
+                    expected,
+                },
+            );
             drop(board);
             shared.notify();
         }));
@@ -1021,7 +1172,9 @@ impl<'a> Rehearsal<'a> {
                 if let Some(probe) = probe {
                     let tracker = Tracker::new(*kind, probe.clone());
                     self.shared.log(format!("  {}", tracker.describe()));
-                    board.trackers.insert((pod, plan.name.clone(), *kind), tracker);
+                    board
+                        .trackers
+                        .insert((pod, plan.name.clone(), *kind), tracker);
                 }
             }
         }
@@ -1029,10 +1182,10 @@ impl<'a> Rehearsal<'a> {
         let container = plan.name.clone();
         self.tasks.push(tokio::spawn(async move {
             let [startup, liveness, readiness] = probes;
-            if let (kind, Some(probe)) = startup {
-                if !probe_loop(&shared, pod, &container, kind, &probe, target).await {
-                    return;
-                }
+            if let (kind, Some(probe)) = startup
+                && !probe_loop(&shared, pod, &container, kind, &probe, target).await
+            {
+                return;
             }
             let run = |(kind, probe): (ProbeKind, Option<crate::workload::Probe>)| {
                 let shared = shared.clone();
@@ -1047,18 +1200,38 @@ impl<'a> Rehearsal<'a> {
         }));
     }
 
-    async fn run_job(&mut self, object: &Object, template: &PodTemplate<'_>, namespace: &str) -> anyhow::Result<()> {
-        let attempts = object.value["spec"]["backoffLimit"].as_u64().unwrap_or(6).min(2) + 1;
+    async fn run_job(
+        &mut self,
+        object: &Object,
+        template: &PodTemplate<'_>,
+        namespace: &str,
+    ) -> anyhow::Result<()> {
+        let attempts = object.value["spec"]["backoffLimit"]
+            .as_u64()
+            .unwrap_or(6)
+            .min(2)
+            + 1;
         for attempt in 1..=attempts {
             let pod = self
-                .start_pod(template, namespace, &format!("{}-{attempt}", object.name()), false)
+                .start_pod(
+                    template,
+                    namespace,
+                    &format!("{}-{attempt}", object.name()),
+                    false,
+                )
                 .await?;
             let containers = self.shared.board().pods[pod].containers.clone();
             let started = Instant::now();
             self.shared
-                .wait_for(&format!("Job {} to complete", object.name()), HEALTH_LIMIT, |board| {
-                    containers.iter().all(|c| board.exits.contains_key(&(pod, c.clone())))
-                })
+                .wait_for(
+                    &format!("Job {} to complete", object.name()),
+                    HEALTH_LIMIT,
+                    |board| {
+                        containers
+                            .iter()
+                            .all(|c| board.exits.contains_key(&(pod, c.clone())))
+                    },
+                )
                 .await?;
             let board = self.shared.board();
             let failed: Vec<String> = containers
@@ -1077,9 +1250,16 @@ impl<'a> Rehearsal<'a> {
                 ));
                 return Ok(());
             }
-            self.shared.log(format!("Job {} attempt {attempt} failed: {}", object.name(), failed.join(", ")));
+            self.shared.log(format!(
+                "Job {} attempt {attempt} failed: {}",
+                object.name(),
+                failed.join(", ")
+            ));
         }
-        self.fail(format!("{}: the Job failed {attempts} times (backoffLimit)", object.described()));
+        self.fail(format!(
+            "{}: the Job failed {attempts} times (backoffLimit)",
+            object.described()
+        ));
         Ok(())
     }
 
@@ -1091,20 +1271,29 @@ impl<'a> Rehearsal<'a> {
                 .shared
                 .wait_for(&format!("{what}: all pods Ready"), HEALTH_LIMIT, |board| {
                     pods.iter().all(|p| board.pods[*p].ready)
-                        || pods.iter().any(|p| board.pods[*p].containers.iter().any(|c| board.exits.contains_key(&(*p, c.clone()))))
+                        || pods.iter().any(|p| {
+                            board.pods[*p]
+                                .containers
+                                .iter()
+                                .any(|c| board.exits.contains_key(&(*p, c.clone())))
+                        })
                 })
                 .await;
             let board = self.shared.board();
-            let crashed: Vec<String> = pods
-                .iter()
-                .flat_map(|p| {
-                    board.pods[*p]
-                        .containers
-                        .iter()
-                        .filter_map(|c| board.exits.get(&(*p, c.clone())).map(|e| format!("{}/{c} exited {}", board.pods[*p].name, e.text)))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
+            let crashed: Vec<String> =
+                pods.iter()
+                    .flat_map(|p| {
+                        board.pods[*p]
+                            .containers
+                            .iter()
+                            .filter_map(|c| {
+                                board.exits.get(&(*p, c.clone())).map(|e| {
+                                    format!("{}/{c} exited {}", board.pods[*p].name, e.text)
+                                })
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
             let unready: Vec<String> = pods
                 .iter()
                 .filter(|p| !board.pods[**p].ready)
@@ -1112,7 +1301,10 @@ impl<'a> Rehearsal<'a> {
                 .collect();
             drop(board);
             if !crashed.is_empty() {
-                bail!("{what} crashed (Application {app} never becomes healthy): {}", crashed.join("; "));
+                bail!(
+                    "{what} crashed (Application {app} never becomes healthy): {}",
+                    crashed.join("; ")
+                );
             }
             if let Err(error) = result {
                 bail!("{error:#}: {}", unready.join("; "));
@@ -1125,7 +1317,9 @@ impl<'a> Rehearsal<'a> {
     /// The client pod drives the three protocols through the edge's Service name.
     async fn drive_traffic(&mut self, when: &str) {
         let Some(edge) = self.edge_address() else {
-            self.fail("no Service routes to an edge-gateway pod: nothing to drive traffic through".into());
+            self.fail(
+                "no Service routes to an edge-gateway pod: nothing to drive traffic through".into(),
+            );
             return;
         };
         println!("\n== traffic {when}: client pod in namespace {CLIENT_NAMESPACE} → {edge}");
@@ -1140,7 +1334,8 @@ impl<'a> Rehearsal<'a> {
                 .stderr(Stdio::inherit())
                 .kill_on_drop(true)
                 .spawn()?;
-            let mut lines = tokio::io::BufReader::new(child.stdout.take().context("client stdout")?).lines();
+            let mut lines =
+                tokio::io::BufReader::new(child.stdout.take().context("client stdout")?).lines();
             let mut failed = Vec::new();
             let read = async {
                 while let Ok(Some(line)) = lines.next_line().await {
@@ -1155,7 +1350,14 @@ impl<'a> Rehearsal<'a> {
                 .await
                 .context("the client took longer than 90 s")??;
             if !status.success() || !failed.is_empty() {
-                bail!("traffic {when}: {}", if failed.is_empty() { format!("client exited {status}") } else { failed.join("; ") });
+                bail!(
+                    "traffic {when}: {}",
+                    if failed.is_empty() {
+                        format!("client exited {status}")
+                    } else {
+                        failed.join("; ")
+                    }
+                );
             }
             Ok(())
         }
@@ -1174,10 +1376,14 @@ impl<'a> Rehearsal<'a> {
             .filter(|p| p.binaries.iter().any(|b| b == EDGE_BINARY))
             .collect();
         board.services.iter().find_map(|service| {
-            let selects = edge_pods
+            let selects = edge_pods.iter().any(|p| {
+                p.namespace == service.namespace && selector_matches(&service.selector, &p.labels)
+            });
+            let port = service
+                .ports
                 .iter()
-                .any(|p| p.namespace == service.namespace && selector_matches(&service.selector, &p.labels));
-            let port = service.ports.iter().find(|p| p.name == "http").or(service.ports.first())?;
+                .find(|p| p.name == "http")
+                .or(service.ports.first())?;
             selects.then(|| format!("{}.{}:{}", service.name, service.namespace, port.port))
         })
     }
@@ -1206,19 +1412,36 @@ impl<'a> Rehearsal<'a> {
         self.shared.notify();
         let observed = self
             .shared
-            .wait_for("every liveness probe checked past its failure threshold during the outage", HEALTH_LIMIT, |board| {
-                baseline.iter().all(|(key, (checks, threshold))| {
-                    board.trackers.get(key).is_none_or(|t| t.checks >= checks + u64::from(*threshold) + 1)
-                })
-            })
+            .wait_for(
+                "every liveness probe checked past its failure threshold during the outage",
+                HEALTH_LIMIT,
+                |board| {
+                    baseline.iter().all(|(key, (checks, threshold))| {
+                        board
+                            .trackers
+                            .get(key)
+                            .is_none_or(|t| t.checks > checks + u64::from(*threshold))
+                    })
+                },
+            )
             .await;
         let unready: Vec<String> = {
             let board = self.shared.board();
-            board.pods.iter().enumerate().filter(|(i, p)| *i != db_pod && !p.ready).map(|(_, p)| p.name.clone()).collect()
+            board
+                .pods
+                .iter()
+                .enumerate()
+                .filter(|(i, p)| *i != db_pod && p.long_running && !p.ready)
+                .map(|(_, p)| p.name.clone())
+                .collect()
         };
         self.shared.log(format!(
             "during the outage: NotReady (left the endpoints): {}",
-            if unready.is_empty() { "none".into() } else { unready.join(", ") }
+            if unready.is_empty() {
+                "none".into()
+            } else {
+                unready.join(", ")
+            }
         ));
         if unready.is_empty() {
             self.note("no pod's readiness followed the database: traffic kept reaching pods that cannot serve it".into());
@@ -1226,7 +1449,9 @@ impl<'a> Rehearsal<'a> {
         observed?;
         let new_restarts: Vec<String> = self.shared.board().restarts[restarts_before..].to_vec();
         for restart in new_restarts {
-            self.fail(format!("while PostgreSQL was down: {restart} (liveness must not follow a dependency)"));
+            self.fail(format!(
+                "while PostgreSQL was down: {restart} (liveness must not follow a dependency)"
+            ));
         }
         println!("\n== dependency outage: PostgreSQL {name} started again");
         self.postgres[0].1.start().await?;
@@ -1246,7 +1471,10 @@ impl<'a> Rehearsal<'a> {
                 .map(|p| describe_unready(&board, p))
                 .collect();
             drop(board);
-            self.fail(format!("after PostgreSQL came back: {error:#}: {}", unready.join("; ")));
+            self.fail(format!(
+                "after PostgreSQL came back: {error:#}: {}",
+                unready.join("; ")
+            ));
             return Ok(());
         }
         self.shared.log("every pod Ready again");
@@ -1261,7 +1489,12 @@ impl<'a> Rehearsal<'a> {
             .exits
             .iter()
             .filter(|((pod, _), exit)| !exit.expected && board.pods[*pod].long_running)
-            .map(|((pod, name), exit)| format!("pod {} container {name} exited ({})", board.pods[*pod].name, exit.text))
+            .map(|((pod, name), exit)| {
+                format!(
+                    "pod {} container {name} exited ({})",
+                    board.pods[*pod].name, exit.text
+                )
+            })
             .collect();
         drop(board);
         for restart in restarts {
@@ -1297,25 +1530,36 @@ impl<'a> Rehearsal<'a> {
         let keys: Vec<(usize, String)> = running.iter().map(|(p, n, ..)| (*p, n.clone())).collect();
         let stopped = self
             .shared
-            .wait_for("containers stopping after SIGTERM", grace, |board| keys.iter().all(|k| board.exits.contains_key(k)))
+            .wait_for("containers stopping after SIGTERM", grace, |board| {
+                keys.iter().all(|k| board.exits.contains_key(k))
+            })
             .await;
-        let board = self.shared.board();
-        let mut summary = Vec::new();
-        for (pod, name, pid, _) in &running {
-            match board.exits.get(&(*pod, name.clone())) {
-                Some(exit) => summary.push(format!("{}/{name}: {}", board.pods[*pod].name, exit.text)),
-                None => {
-                    let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
-                    summary.push(format!("{}/{name}: killed after {grace:?}", board.pods[*pod].name));
+        let summary = {
+            let board = self.shared.board();
+            let mut summary = Vec::new();
+            for (pod, name, pid, _) in &running {
+                match board.exits.get(&(*pod, name.clone())) {
+                    Some(exit) => {
+                        summary.push(format!("{}/{name}: {}", board.pods[*pod].name, exit.text))
+                    }
+                    None => {
+                        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+                        summary.push(format!(
+                            "{}/{name}: killed after {grace:?}",
+                            board.pods[*pod].name
+                        ));
+                    }
                 }
             }
-        }
-        drop(board);
+            summary
+        };
         if !running.is_empty() {
             self.shared.log(format!("SIGTERM: {}", summary.join(", ")));
         }
         if stopped.is_err() {
-            self.note(format!("some containers did not stop within their grace period ({grace:?})"));
+            self.note(format!(
+                "some containers did not stop within their grace period ({grace:?})"
+            ));
         }
         for (_, server) in &mut self.postgres {
             let _ = server.stop().await;
@@ -1328,9 +1572,13 @@ impl<'a> Rehearsal<'a> {
 
     fn summary(&self, started: Instant) -> bool {
         println!(
-            "\n== rehearsal of {}: {} in {:.1} s ({} pods, {} notes)",
+            "\n== rehearsal of {}: {} in {:.1} s after the build ({} pods, {} notes)",
             self.env.name,
-            if self.failures.is_empty() { "ok" } else { "FAILED" },
+            if self.failures.is_empty() {
+                "ok"
+            } else {
+                "FAILED"
+            },
             started.elapsed().as_secs_f64(),
             self.shared.board().pods.len(),
             self.notes.len()
@@ -1342,12 +1590,22 @@ impl<'a> Rehearsal<'a> {
     }
 }
 
+/// What a pod of `template` references that does not exist yet.
+fn missing_references(template: &PodTemplate<'_>, applied: &BTreeSet<ObjectId>) -> Vec<ObjectId> {
+    references(template)
+        .into_iter()
+        .filter(|id| !applied.contains(id))
+        .collect()
+}
+
 fn describe_unready(board: &Board, pod: usize) -> String {
     let state = &board.pods[pod];
     let reasons: Vec<String> = board
         .trackers
         .iter()
-        .filter(|((p, _, _), t)| *p == pod && t.state != Some(true) && t.kind != ProbeKind::Liveness)
+        .filter(|((p, _, _), t)| {
+            *p == pod && t.state != Some(true) && t.kind != ProbeKind::Liveness
+        })
         .map(|((_, c, _), t)| {
             format!(
                 "{c} {} {} ({} checks, last error: {})",
@@ -1358,16 +1616,35 @@ fn describe_unready(board: &Board, pod: usize) -> String {
             )
         })
         .collect();
-    format!("{} NotReady: {}", state.name, if reasons.is_empty() { "no probe result yet".into() } else { reasons.join(", ") })
+    format!(
+        "{} NotReady: {}",
+        state.name,
+        if reasons.is_empty() {
+            "no probe result yet".into()
+        } else {
+            reasons.join(", ")
+        }
+    )
 }
 
 /// One probe's loop; returns whether it passed (for a startup probe: whether to go on).
-async fn probe_loop(shared: &Shared, pod: usize, container: &str, kind: ProbeKind, probe: &crate::workload::Probe, target: Target) -> bool {
+async fn probe_loop(
+    shared: &Shared,
+    pod: usize,
+    container: &str,
+    kind: ProbeKind,
+    probe: &crate::workload::Probe,
+    target: Target,
+) -> bool {
     tokio::time::sleep(scaled(probe.initial_delay_seconds)).await;
     let timeout = Duration::from_secs(probe.timeout_seconds.max(1));
     let key = (pod, container.to_owned(), kind);
     loop {
-        if shared.board().exits.contains_key(&(pod, container.to_owned())) {
+        if shared
+            .board()
+            .exits
+            .contains_key(&(pod, container.to_owned()))
+        {
             return false;
         }
         let result = probe::check(&probe.action, target, timeout).await;
@@ -1379,13 +1656,15 @@ async fn probe_loop(shared: &Shared, pod: usize, container: &str, kind: ProbeKin
             };
             let changed = tracker.record(result);
             let error = tracker.last_error.clone().unwrap_or_default();
-            if changed == Some(false) && matches!(kind, ProbeKind::Liveness | ProbeKind::Startup) {
-                if !board.stopping.contains(&pod) {
-                    board.restarts.push(format!(
-                        "pod {pod_name} container {container}: {kind} failed {} times ({error}): the kubelet would restart the container",
-                        probe.failure_threshold
-                    ));
-                }
+            if changed == Some(false)
+                && matches!(kind, ProbeKind::Liveness | ProbeKind::Startup)
+                && !board.stopping.contains(&pod)
+            {
+                board.restarts.push(format!(
+                    "pod {pod_name} container {container}: {kind} failed {} times ({error}): \
+                     the kubelet would restart the container",
+                    probe.failure_threshold
+                ));
             }
             (changed, pod_name, error)
         };
@@ -1394,12 +1673,70 @@ async fn probe_loop(shared: &Shared, pod: usize, container: &str, kind: ProbeKin
         if let Some(state) = changed {
             shared.log(format!(
                 "pod {pod_name} container {container} {kind} {}",
-                if state { "passing".to_owned() } else { format!("FAILED: {error}") }
+                if state {
+                    "passing".to_owned()
+                } else {
+                    format!("FAILED: {error}")
+                }
             ));
             if kind == ProbeKind::Startup {
                 return state;
             }
         }
         tokio::time::sleep(scaled(probe.period_seconds)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::Origin;
+
+    fn object(yaml: &str) -> Object {
+        Object {
+            value: serde_yaml::from_str(yaml).unwrap(),
+            origin: Origin {
+                application: "apps".into(),
+                source: "deploy/x".into(),
+                file: None,
+                generated_by: None,
+            },
+        }
+    }
+
+    /// The seeded bad case of issue 11: a PreSync hook whose pod uses a Sync-phase
+    /// ServiceAccount cannot start on the first sync; as a hook of the same phase it can.
+    #[test]
+    fn a_hook_using_a_sync_phase_object_is_caught_at_its_turn() {
+        let job = |sa_annotations: &str| {
+            vec![
+                object(&format!(
+                    "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: migrate, namespace: ns{sa_annotations}}}"
+                )),
+                object(
+                    "apiVersion: batch/v1\nkind: Job\nmetadata: {name: migrate, namespace: ns, annotations: {argocd.argoproj.io/hook: PreSync}}\n\
+                     spec: {template: {spec: {serviceAccountName: migrate, containers: [{name: m, image: x}]}}}",
+                ),
+            ]
+        };
+        let missing_at_the_job = |objects: &[Object]| {
+            let mut applied = BTreeSet::new();
+            for object in sync_order(objects) {
+                if let Some(template) = pod_template(object) {
+                    return missing_references(&template, &applied);
+                }
+                applied.insert(object.id());
+            }
+            unreachable!("no Job")
+        };
+        let missing = missing_at_the_job(&job(""));
+        assert_eq!(
+            missing.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["ServiceAccount ns/migrate"]
+        );
+        let fixed = job(
+            ", annotations: {argocd.argoproj.io/hook: PreSync, argocd.argoproj.io/sync-wave: \"-2\"}",
+        );
+        assert!(missing_at_the_job(&fixed).is_empty());
     }
 }

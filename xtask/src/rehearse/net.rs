@@ -114,7 +114,10 @@ impl Network {
     /// A new Service virtual IP, local to the node (where the rehearsal's kube-proxy listens).
     pub fn allocate_service_ip(&mut self) -> anyhow::Result<Ipv4Addr> {
         let octet = self.next_service;
-        self.next_service = self.next_service.checked_add(1).context("out of Service IPs")?;
+        self.next_service = self
+            .next_service
+            .checked_add(1)
+            .context("out of Service IPs")?;
         let [a, b, c] = SERVICE_NETWORK;
         let address = Ipv4Addr::new(a, b, c, octet);
         self.add_local_address(address)?;
@@ -122,28 +125,64 @@ impl Network {
     }
 
     fn add_local_address(&self, address: Ipv4Addr) -> anyhow::Result<()> {
-        ip(&["-n", &self.node, "addr", "add", &format!("{address}/32"), "dev", "lo"])
+        ip(&[
+            "-n",
+            &self.node,
+            "addr",
+            "add",
+            &format!("{address}/32"),
+            "dev",
+            "lo",
+        ])
     }
 
     /// A pod's namespace, address, veth and DNS files.
     pub fn add_pod(&mut self, name: &str, dns_namespace: &str) -> anyhow::Result<PodNetwork> {
         let index = self.next_pod;
-        self.next_pod = self.next_pod.checked_add(1).filter(|n| *n < 255).context("out of pod IPs")?;
+        self.next_pod = self
+            .next_pod
+            .checked_add(1)
+            .filter(|n| *n < 255)
+            .context("out of pod IPs")?;
         let netns = format!("{}-{index}", self.prefix);
         ip(&["netns", "add", &netns])?;
         self.made.push(netns.clone());
         let [a, b, c] = POD_NETWORK;
         let address = Ipv4Addr::new(a, b, c, index);
         let veth = format!("veth{index}");
-        ip(&["-n", &self.node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns])?;
-        ip(&["-n", &self.node, "link", "set", &veth, "master", BRIDGE, "up"])?;
+        ip(&[
+            "-n", &self.node, "link", "add", &veth, "type", "veth", "peer", "name", "eth0",
+            "netns", &netns,
+        ])?;
+        ip(&[
+            "-n", &self.node, "link", "set", &veth, "master", BRIDGE, "up",
+        ])?;
         ip(&["-n", &netns, "link", "set", "lo", "up"])?;
-        ip(&["-n", &netns, "addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &netns, "route", "add", "default", "via", &gateway_address().to_string()])?;
+        ip(&[
+            "-n",
+            &netns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &gateway_address().to_string(),
+        ])?;
         let etc_dir = PathBuf::from(format!("/etc/netns/{netns}"));
         std::fs::create_dir_all(&etc_dir)?;
-        std::fs::write(etc_dir.join("resolv.conf"), super::dns::resolv_conf(dns_namespace, DNS_ADDRESS))?;
+        std::fs::write(
+            etc_dir.join("resolv.conf"),
+            super::dns::resolv_conf(dns_namespace, DNS_ADDRESS),
+        )?;
         std::fs::write(etc_dir.join("hosts"), super::dns::hosts_file(name, address))?;
         Ok(PodNetwork {
             netns,

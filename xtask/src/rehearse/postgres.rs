@@ -77,25 +77,42 @@ impl Postgres {
         let output = Command::new(bin.join("initdb"))
             .arg("-D")
             .arg(&data)
-            .args(["-U", "postgres", "-E", "UTF8", "--no-sync", "--auth-local=trust", "--auth-host=scram-sha-256"])
+            .args([
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+            ])
             .uid(uid)
             .gid(gid)
             .output()
             .await
             .context("running initdb")?;
         if !output.status.success() {
-            bail!("initdb failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+            bail!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
         }
         let mut conf = String::from(
             "\n# The rehearsal's CloudNativePG stand-in\nlisten_addresses = '*'\nport = 5432\nfsync = off\n",
         );
-        conf.push_str(&format!("unix_socket_directories = '{}'\n", socket_dir.display()));
+        conf.push_str(&format!(
+            "unix_socket_directories = '{}'\n",
+            socket_dir.display()
+        ));
         for (name, value) in parameters {
             conf.push_str(&format!("{name} = '{}'\n", value.replace('\'', "''")));
         }
         append(&data.join("postgresql.conf"), &conf)?;
         // CloudNativePG's default pg_hba: password (SCRAM) authentication from anywhere.
-        append(&data.join("pg_hba.conf"), "host all all all scram-sha-256\n")?;
+        append(
+            &data.join("pg_hba.conf"),
+            "host all all all scram-sha-256\n",
+        )?;
         let version = std::fs::read_to_string(data.join("PG_VERSION"))
             .unwrap_or_default()
             .trim()
@@ -160,7 +177,10 @@ impl Postgres {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        bail!("postgres did not accept connections within 15 s: {}", self.log_tail())
+        bail!(
+            "postgres did not accept connections within 15 s: {}",
+            self.log_tail()
+        )
     }
 
     /// Fast shutdown (SIGINT), as a primary losing its pod would stop.
@@ -172,7 +192,10 @@ impl Postgres {
                     nix::sys::signal::Signal::SIGINT,
                 );
             }
-            if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
                 child.kill().await?;
             }
         }
@@ -183,7 +206,18 @@ impl Postgres {
         let output = Command::new(self.bin.join("psql"))
             .arg("-h")
             .arg(&self.socket_dir)
-            .args(["-p", "5432", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qAtc", sql])
+            .args([
+                "-p",
+                "5432",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-qAtc",
+                sql,
+            ])
             .output()
             .await?;
         if !output.status.success() {

@@ -84,7 +84,8 @@ impl Tracker {
             Ok(()) => {
                 self.failures = 0;
                 self.successes += 1;
-                if self.successes >= self.probe.success_threshold.max(1) && self.state != Some(true) {
+                if self.successes >= self.probe.success_threshold.max(1) && self.state != Some(true)
+                {
                     self.state = Some(true);
                     return Some(true);
                 }
@@ -94,7 +95,8 @@ impl Tracker {
                 self.last_error = Some(error);
                 self.successes = 0;
                 self.failures += 1;
-                if self.failures >= self.probe.failure_threshold.max(1) && self.state != Some(false) {
+                if self.failures >= self.probe.failure_threshold.max(1) && self.state != Some(false)
+                {
                     self.state = Some(false);
                     return Some(false);
                 }
@@ -121,9 +123,14 @@ impl Tracker {
 
 pub fn describe_action(action: &ProbeAction) -> String {
     match action {
-        ProbeAction::Http { path, port, scheme, .. } => format!("httpGet {scheme} :{port}{path}"),
+        ProbeAction::Http {
+            path, port, scheme, ..
+        } => format!("httpGet {scheme} :{port}{path}"),
         ProbeAction::Grpc { port, service } => {
-            format!("grpc :{port} service {:?}", service.as_deref().unwrap_or(""))
+            format!(
+                "grpc :{port} service {:?}",
+                service.as_deref().unwrap_or("")
+            )
         }
         ProbeAction::Tcp { port } => format!("tcpSocket :{port}"),
         ProbeAction::Exec { command } => format!("exec {}", command.join(" ")),
@@ -173,7 +180,9 @@ async fn run_check(action: &ProbeAction, target: Target) -> anyhow::Result<()> {
             for (name, value) in headers {
                 request = request.header(name.as_str(), value.as_str());
             }
-            let response = sender.send_request(request.body(Empty::<Bytes>::new())?).await?;
+            let response = sender
+                .send_request(request.body(Empty::<Bytes>::new())?)
+                .await?;
             let status = response.status().as_u16();
             if (200..400).contains(&status) {
                 Ok(())
@@ -183,15 +192,18 @@ async fn run_check(action: &ProbeAction, target: Target) -> anyhow::Result<()> {
         }
         ProbeAction::Grpc { port, service } => {
             use tonic_health::pb::health_check_response::ServingStatus;
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}:{port}", target.ip))?
-                .connect()
-                .await?;
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("http://{}:{port}", target.ip))?
+                    .connect()
+                    .await?;
             let response = tonic_health::pb::health_client::HealthClient::new(channel)
                 .check(tonic_health::pb::HealthCheckRequest {
                     service: service.clone().unwrap_or_default(),
                 })
                 .await
-                .map_err(|status| anyhow::anyhow!("rpc error: {:?}: {}", status.code(), status.message()))?;
+                .map_err(|status| {
+                    anyhow::anyhow!("rpc error: {:?}: {}", status.code(), status.message())
+                })?;
             let status = response.into_inner().status();
             if status == ServingStatus::Serving {
                 Ok(())
@@ -248,7 +260,11 @@ mod tests {
         assert_eq!(tracker.record(Ok(())), Some(true));
         assert_eq!(tracker.record(Err("a".into())), None);
         assert_eq!(tracker.record(Err("b".into())), None);
-        assert_eq!(tracker.record(Ok(())), None, "a success resets the failure count");
+        assert_eq!(
+            tracker.record(Ok(())),
+            None,
+            "a success resets the failure count"
+        );
         for _ in 0..2 {
             assert_eq!(tracker.record(Err("c".into())), None);
         }

@@ -25,13 +25,6 @@ impl Endpoints {
         *self.addresses.write().unwrap_or_else(|e| e.into_inner()) = addresses;
     }
 
-    pub fn current(&self) -> Vec<SocketAddr> {
-        self.addresses
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
     fn pick(&self) -> Option<SocketAddr> {
         let addresses = self.addresses.read().unwrap_or_else(|e| e.into_inner());
         if addresses.is_empty() {
@@ -47,17 +40,18 @@ pub async fn serve(vip: SocketAddr, endpoints: Arc<Endpoints>) -> anyhow::Result
     let listener = TcpListener::bind(vip).await?;
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((mut inbound, _)) = listener.accept().await else {
+            let Ok((inbound, _)) = listener.accept().await else {
                 continue;
             };
             let Some(target) = endpoints.pick() else {
+                // Closed at once: the client's connection ends before any byte.
                 endpoints.refused.fetch_add(1, Ordering::Relaxed);
-                // Dropping the socket with SO_LINGER 0 resets it: the client sees a refusal.
-                let _ = inbound.set_linger(Some(std::time::Duration::ZERO));
+                drop(inbound);
                 continue;
             };
             endpoints.forwarded.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
+                let mut inbound = inbound;
                 if let Ok(mut outbound) = TcpStream::connect(target).await {
                     let _ = inbound.set_nodelay(true);
                     let _ = outbound.set_nodelay(true);
@@ -99,7 +93,11 @@ mod tests {
                 _ => None,
             }
         };
-        assert_eq!(read_one().await, None, "no endpoint: the connection is reset");
+        assert_eq!(
+            read_one().await,
+            None,
+            "no endpoint: the connection is reset"
+        );
         endpoints.set(backends.clone());
         let mut seen = vec![read_one().await.unwrap(), read_one().await.unwrap()];
         seen.sort_unstable();
