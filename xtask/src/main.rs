@@ -43,6 +43,9 @@ enum Command {
         /// Environments to rehearse, one after the other; default: all.
         #[arg(long = "env", value_parser = ["dev", "prod"])]
         envs: Vec<String>,
+        /// Copy every container's log to DIR/<env>/<pod>/<container>.log before cleaning up.
+        #[arg(long, value_name = "DIR")]
+        keep_logs: Option<PathBuf>,
     },
     /// Internal: become the container described by a launch spec (used by the others).
     #[command(hide = true)]
@@ -74,19 +77,21 @@ fn main() -> ExitCode {
             let envs: Vec<&str> = envs.iter().map(String::as_str).collect();
             finish(contract::run(&root, &envs))
         }
-        Command::Rehearse { envs } => {
+        Command::Rehearse { envs, keep_logs } => {
             // One environment per process: each rehearsal enters its own node namespace.
             let envs = chosen(&envs);
             if let [env] = envs.as_slice() {
-                return finish(rehearse::run(&root, env));
+                return finish(rehearse::run(&root, env, keep_logs.as_deref()));
             }
             let mut ok = true;
             for env in &envs {
-                let status =
-                    std::process::Command::new(std::env::current_exe().unwrap_or_default())
-                        .args(["rehearse", "--env", env])
-                        .status();
-                ok &= status.is_ok_and(|s| s.success());
+                let mut command =
+                    std::process::Command::new(std::env::current_exe().unwrap_or_default());
+                command.args(["rehearse", "--env", env]);
+                if let Some(dir) = &keep_logs {
+                    command.arg("--keep-logs").arg(dir);
+                }
+                ok &= command.status().is_ok_and(|s| s.success());
             }
             if ok {
                 ExitCode::SUCCESS

@@ -114,7 +114,7 @@ fn not_rehearsed(group: &str, kind: &str) -> &'static str {
 }
 
 /// Runs the rehearsal of `env_name`; `Ok(false)` when it found problems.
-pub fn run(root: &Path, env_name: &str) -> anyhow::Result<bool> {
+pub fn run(root: &Path, env_name: &str, keep_logs: Option<&Path>) -> anyhow::Result<bool> {
     require_root("the deployment rehearsal")?;
     net::preflight()?;
     for tool in ["setpriv", "nsenter"] {
@@ -160,6 +160,9 @@ pub fn run(root: &Path, env_name: &str) -> anyhow::Result<bool> {
             rehearsal.fail(format!("{error:#}"));
         }
         rehearsal.shutdown().await;
+        if let Some(dir) = keep_logs {
+            rehearsal.keep_logs(&dir.join(env_name));
+        }
         Ok::<_, anyhow::Error>(rehearsal.summary(started))
     });
     runtime.shutdown_timeout(Duration::from_secs(2));
@@ -233,6 +236,8 @@ struct PodState {
     fixed_ready: Option<bool>,
     /// A Deployment's pod (must stay up), not a Job's.
     long_running: bool,
+    /// Its containers are being started (their probes not registered yet): not Ready.
+    starting: bool,
     /// Our binaries it runs (`edge-gateway`...).
     binaries: Vec<String>,
     ready: bool,
@@ -278,7 +283,8 @@ impl Board {
     fn pod_ready(&self, pod: usize) -> bool {
         let state = &self.pods[pod];
         state.fixed_ready.unwrap_or_else(|| {
-            !state.containers.is_empty()
+            !state.starting
+                && !state.containers.is_empty()
                 && state
                     .containers
                     .iter()
@@ -405,6 +411,7 @@ struct ContainerProcess {
     name: String,
     pid: u32,
     grace: Duration,
+    log: PathBuf,
 }
 
 struct Rehearsal<'a> {
@@ -820,6 +827,7 @@ impl<'a> Rehearsal<'a> {
                 containers: Vec::new(),
                 fixed_ready: Some(true),
                 long_running: true,
+                starting: false,
                 binaries: Vec::new(),
                 ready: false,
             });
@@ -940,6 +948,7 @@ impl<'a> Rehearsal<'a> {
                     .collect(),
                 fixed_ready: None,
                 long_running,
+                starting: true,
                 binaries: plans
                     .iter()
                     .filter_map(|(_, image, _)| image.as_ref().map(|i| i.binary.clone()))
@@ -1021,6 +1030,7 @@ impl<'a> Rehearsal<'a> {
                 },
             );
         }
+        self.shared.board().pods[pod].starting = false;
         self.shared.notify();
         Ok(pod)
     }
@@ -1155,6 +1165,7 @@ impl<'a> Rehearsal<'a> {
             name: plan.name.clone(),
             pid,
             grace,
+            log: pod_dir.join(format!("{}.log", plan.name)),
         });
         Ok(pid)
     }
@@ -1363,6 +1374,9 @@ impl<'a> Rehearsal<'a> {
         }
         .await;
         if let Err(error) = result {
+            for tail in self.log_tails() {
+                println!("  log {tail}");
+            }
             self.fail(format!("{error:#}"));
         }
     }
@@ -1568,6 +1582,38 @@ impl<'a> Rehearsal<'a> {
             task.abort();
         }
         self.network.teardown();
+    }
+
+    /// Copies every container's log to `dir/<pod>/<container>.log` (the work dir goes away).
+    fn keep_logs(&self, dir: &Path) {
+        let board = self.shared.board();
+        for process in &self.processes {
+            let pod_dir = dir.join(&board.pods[process.pod].name);
+            let copied = std::fs::create_dir_all(&pod_dir).and_then(|()| {
+                std::fs::copy(&process.log, pod_dir.join(format!("{}.log", process.name)))
+            });
+            if let Err(error) = copied {
+                eprintln!("keeping {}: {error}", process.log.display());
+            }
+        }
+        println!("container logs kept in {}", dir.display());
+    }
+
+    /// The last lines of every long-running container's log (for a failed traffic step).
+    fn log_tails(&self) -> Vec<String> {
+        let board = self.shared.board();
+        self.processes
+            .iter()
+            .filter(|p| board.pods[p.pod].long_running)
+            .map(|p| {
+                format!(
+                    "{}/{}: {}",
+                    board.pods[p.pod].name,
+                    p.name,
+                    postgres::tail(&p.log, 3)
+                )
+            })
+            .collect()
     }
 
     fn summary(&self, started: Instant) -> bool {
