@@ -12,7 +12,7 @@ use anyhow::Context;
 
 use crate::argo::{Environment, render_environment};
 use crate::container::{Program, Sandbox, prepare};
-use crate::images::{ImageConfig, build_binaries, our_image};
+use crate::images::{Build, ImageConfig, build_binaries, our_image};
 use crate::objects::Object;
 use crate::secrets::{database_clusters, template_secrets};
 use crate::util::{TempDir, require_root};
@@ -64,7 +64,7 @@ struct Case<'a> {
     image: ImageConfig,
 }
 
-pub fn run(root: &Path, envs: &[&str]) -> anyhow::Result<bool> {
+pub fn run(root: &Path, envs: &[&str], build: Build) -> anyhow::Result<bool> {
     require_root("the config contract")?;
     let kubectl = crate::render::kubectl()?;
     let mut rendered = Vec::new();
@@ -101,7 +101,7 @@ pub fn run(root: &Path, envs: &[&str]) -> anyhow::Result<bool> {
         }
     }
     let images: Vec<ImageConfig> = cases.iter().map(|c| c.image.clone()).collect();
-    let binaries = build_binaries(root, &images)?;
+    let binaries = build_binaries(root, &images, build)?;
     let work = TempDir::new("contract")?;
     let stores: BTreeMap<&str, Store> = rendered
         .iter()

@@ -171,10 +171,21 @@ fn cargo_builds(run: &str) -> Vec<(String, String)> {
     found
 }
 
-/// Builds the binaries of `images` in the current profile (debug) and returns where they are.
+/// How the binaries are built (both in the debug profile, into the target dir).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// `cargo build -p <package> --bin <binary>` for each image.
+    Packages,
+    /// `cargo test --workspace --no-run`: the same artifacts `cargo test --workspace` makes (a
+    /// no-op right after it, where `Packages`' different feature set would rebuild much).
+    LikeWorkspaceTests,
+}
+
+/// Builds the binaries of `images` and returns where they are.
 pub fn build_binaries(
     root: &Path,
     images: &[ImageConfig],
+    build: Build,
 ) -> anyhow::Result<BTreeMap<String, PathBuf>> {
     let mut wanted: BTreeMap<&str, &str> = BTreeMap::new();
     for image in images {
@@ -185,11 +196,17 @@ pub fn build_binaries(
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = std::process::Command::new(cargo);
-    command
-        .current_dir(root)
-        .args(["build", "--quiet", "--locked"]);
-    for (binary, package) in &wanted {
-        command.args(["-p", package, "--bin", binary]);
+    command.current_dir(root);
+    match build {
+        Build::Packages => {
+            command.args(["build", "--quiet", "--locked"]);
+            for (binary, package) in &wanted {
+                command.args(["-p", package, "--bin", binary]);
+            }
+        }
+        Build::LikeWorkspaceTests => {
+            command.args(["test", "--workspace", "--no-run", "--quiet", "--locked"]);
+        }
     }
     let status = command.status().context("running cargo build")?;
     if !status.success() {

@@ -28,6 +28,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Build the binaries as `cargo test --workspace` does (what ./scripts/test uses: a no-op
+    /// after its cargo test stage) instead of `cargo build -p <package>`.
+    #[arg(long, global = true)]
+    test_build: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,6 +66,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let root = util::repo_root();
+    let build = if cli.test_build {
+        images::Build::LikeWorkspaceTests
+    } else {
+        images::Build::Packages
+    };
     let chosen = |envs: &[String]| -> Vec<String> {
         if envs.is_empty() {
             argo::ENVIRONMENTS.iter().map(|e| (*e).to_owned()).collect()
@@ -75,19 +84,22 @@ fn main() -> ExitCode {
         Command::ConfigContract { envs } => {
             let envs = chosen(&envs);
             let envs: Vec<&str> = envs.iter().map(String::as_str).collect();
-            finish(contract::run(&root, &envs))
+            finish(contract::run(&root, &envs, build))
         }
         Command::Rehearse { envs, keep_logs } => {
             // One environment per process: each rehearsal enters its own node namespace.
             let envs = chosen(&envs);
             if let [env] = envs.as_slice() {
-                return finish(rehearse::run(&root, env, keep_logs.as_deref()));
+                return finish(rehearse::run(&root, env, keep_logs.as_deref(), build));
             }
             let mut ok = true;
             for env in &envs {
                 let mut command =
                     std::process::Command::new(std::env::current_exe().unwrap_or_default());
                 command.args(["rehearse", "--env", env]);
+                if cli.test_build {
+                    command.arg("--test-build");
+                }
                 if let Some(dir) = &keep_logs {
                     command.arg("--keep-logs").arg(dir);
                 }

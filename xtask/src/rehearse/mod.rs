@@ -44,7 +44,7 @@ use crate::argo::{
     Application, Environment, Phase, phase, render_environment, sync_order, sync_wave,
 };
 use crate::container::{BindSpec, Program, Sandbox, prepare};
-use crate::images::{ImageConfig, build_binaries, our_image};
+use crate::images::{Build, ImageConfig, build_binaries, our_image};
 use crate::objects::{Object, ObjectId, selector_matches, string_map};
 use crate::secrets::{DatabaseCluster, database_clusters, template_secrets};
 use crate::util::{TempDir, require_root, which};
@@ -114,7 +114,12 @@ fn not_rehearsed(group: &str, kind: &str) -> &'static str {
 }
 
 /// Runs the rehearsal of `env_name`; `Ok(false)` when it found problems.
-pub fn run(root: &Path, env_name: &str, keep_logs: Option<&Path>) -> anyhow::Result<bool> {
+pub fn run(
+    root: &Path,
+    env_name: &str,
+    keep_logs: Option<&Path>,
+    build: Build,
+) -> anyhow::Result<bool> {
     require_root("the deployment rehearsal")?;
     net::preflight()?;
     for tool in ["setpriv", "nsenter"] {
@@ -127,7 +132,7 @@ pub fn run(root: &Path, env_name: &str, keep_logs: Option<&Path>) -> anyhow::Res
     let env = render_environment(root, &kubectl, env_name)?;
     let rendered = started.elapsed();
     let images = our_images(root, &env)?;
-    let binaries = build_binaries(root, &images)?;
+    let binaries = build_binaries(root, &images, build)?;
     println!(
         "rehearsal of {env_name}: {} ← {} ({} Applications; rendered in {:.1} s, binaries built in {:.1} s)",
         env.root_file,
