@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use http::Method;
+use tonic::Code;
 
 use crate::grpc_compression::CompressionError;
 use crate::grpc_web::FramingError;
@@ -54,6 +55,7 @@ pub enum GatewayError {
 #[derive(Debug, Clone)]
 pub struct SyntheticResponse {
     pub http_status: u16,
+    /// The grpc-status as sent: a filter's local reply may carry any number.
     pub grpc_code: i32,
     pub message: String,
     /// An encoded google.rpc.Status (`grpc-status-details-bin`), if the upstream sent one.
@@ -69,11 +71,9 @@ impl GatewayError {
         use std::error::Error;
         let from_transport = status.source().is_some();
         match status.code() {
-            tonic::Code::Unavailable if from_transport => Self::UpstreamUnavailable,
-            tonic::Code::Unknown | tonic::Code::Internal if from_transport => {
-                Self::UpstreamUnavailable
-            }
-            tonic::Code::DeadlineExceeded if from_transport => Self::UpstreamTimeout,
+            Code::Unavailable if from_transport => Self::UpstreamUnavailable,
+            Code::Unknown | Code::Internal if from_transport => Self::UpstreamUnavailable,
+            Code::DeadlineExceeded if from_transport => Self::UpstreamTimeout,
             _ => Self::Upstream(status),
         }
     }
@@ -82,7 +82,7 @@ impl GatewayError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             Self::UpstreamUnavailable | Self::NoHealthyUpstream => true,
-            Self::Upstream(status) => status.code() == tonic::Code::Unavailable,
+            Self::Upstream(status) => status.code() == Code::Unavailable,
             _ => false,
         }
     }
@@ -90,7 +90,7 @@ impl GatewayError {
     pub fn rescue(&self) -> SyntheticResponse {
         let simple = |http_status: u16| SyntheticResponse {
             http_status,
-            grpc_code: grpc_code_for_http(http_status),
+            grpc_code: grpc_code_for_http(http_status) as i32,
             message: self.to_string(),
             details: None,
             allow: None,
@@ -108,7 +108,7 @@ impl GatewayError {
                 ..simple(405)
             },
             Self::PayloadTooLarge { .. } => SyntheticResponse {
-                grpc_code: 8,
+                grpc_code: Code::ResourceExhausted as i32,
                 ..simple(413)
             },
             Self::UnsupportedMediaType(_) => simple(415),
@@ -118,10 +118,12 @@ impl GatewayError {
             Self::GrpcWebCompression(error) => {
                 // The gRPC compression spec's codes; gRPC-web answers them as trailers-only 200.
                 let grpc_code = match error {
-                    CompressionError::Unsupported(_) => 12,
-                    CompressionError::TooLarge { .. } => 8,
-                    CompressionError::FlagWithoutEncoding | CompressionError::Corrupt(_) => 13,
-                };
+                    CompressionError::Unsupported(_) => Code::Unimplemented,
+                    CompressionError::TooLarge { .. } => Code::ResourceExhausted,
+                    CompressionError::FlagWithoutEncoding | CompressionError::Corrupt(_) => {
+                        Code::Internal
+                    }
+                } as i32;
                 SyntheticResponse {
                     http_status: http_status_for(grpc_code),
                     grpc_code,
@@ -144,7 +146,7 @@ impl GatewayError {
             Self::Filtered(reply) => SyntheticResponse {
                 grpc_code: reply
                     .grpc_status
-                    .unwrap_or_else(|| grpc_code_for_http(reply.http_status)),
+                    .unwrap_or_else(|| grpc_code_for_http(reply.http_status) as i32),
                 ..simple(reply.http_status)
             },
             Self::Internal(_) => simple(500),

@@ -32,13 +32,7 @@ pub enum Mode {
 impl Mode {
     /// Recognises `application/grpc-web[-text][+proto]` (parameters ignored).
     pub fn from_content_type(content_type: &str) -> Option<Self> {
-        let essence = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        match essence.as_str() {
+        match crate::protocol::media_type(content_type).as_str() {
             "application/grpc-web" | "application/grpc-web+proto" => Some(Self::Binary),
             "application/grpc-web-text" | "application/grpc-web-text+proto" => Some(Self::Text),
             _ => None,

@@ -9,26 +9,12 @@
 use bytes::Bytes;
 use http::HeaderMap;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Rest,
-    GrpcWeb,
-    Grpc,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Rest => "rest",
-            Self::GrpcWeb => "grpc-web",
-            Self::Grpc => "grpc",
-        }
-    }
-}
+use crate::protocol::Protocol;
 
 /// What a filter sees of a request.
 #[derive(Debug)]
 pub struct FilterRequest<'a> {
+    /// REST, gRPC-web or gRPC: the filters run on API calls only.
     pub protocol: Protocol,
     /// `/package.Service/Method`.
     pub grpc_method: &'a str,
@@ -52,6 +38,7 @@ pub struct FilterRequest<'a> {
 pub struct FilterResponse<'a> {
     pub protocol: Protocol,
     pub grpc_method: &'a str,
+    /// The grpc-status, as on the wire.
     pub grpc_status: i32,
     /// The HTTP status the client will get; a filter may change it (304 Not Modified).
     pub http_status: &'a mut u16,

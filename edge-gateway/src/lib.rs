@@ -4,31 +4,38 @@
 //! # Layout
 //! - [`path_template`], [`routes`]: HttpRule templates and the route table (pure).
 //! - [`transcode`]: path/query/JSON body → request message, response message → JSON (pure).
-//! - [`status`], [`error`]: gRPC ↔ HTTP status and the one place errors become responses.
+//! - [`status`], [`error`]: gRPC ↔ HTTP status and the one place errors become responses
+//!   (pure); [`protocol`]: the one protocol type (labels, error shape, what filters see).
 //! - [`grpc_web`]: gRPC-web framing and base64 as state machines (pure);
-//!   [`grpc_compression`]: `grpc-encoding` and size-bounded gzip decompression (pure).
-//! - [`cors`], [`trace`], [`retry`]: edge policies (pure); [`telemetry`]: the server span
-//!   exported over OTLP (`gateway.otlp`).
-//! - [`openapi`]: OpenAPI 3.1 from the descriptors.
-//! - [`config`]: YAML + flags/env → one validated [`config::GatewayConfig`].
+//!   [`grpc_compression`]: `grpc-encoding` and size-bounded gzip decompression (pure);
+//!   [`grpc_headers`]: `grpc-timeout`, `grpc-message`, `grpc-status(-details-bin)` (pure).
+//! - [`cors`], [`trace`], [`retry`]: edge policies (pure); [`openapi`]: OpenAPI 3.1 from the
+//!   descriptors (pure).
+//! - [`config`]: YAML + flags/env → one validated [`config::GatewayConfig`] (reads the YAML
+//!   file and the TLS files it names).
+//! - [`state`]: what every request shares, built once from the config (loads descriptor sets).
 //! - [`upstream`]: tonic channels, gRPC health checks, load balancing, retries.
-//! - [`hooks`]: the request/response filter seam (the wasm filters plug in here).
-//! - [`static_files`]: the web page from `static_dir` for paths no API route claims.
 //! - [`hooks`]: the request/response filter seam; [`wasm_filters`]: the istio-filters `.wasm`
 //!   modules (`gateway.filters`) behind it.
-//! - [`proxy`]: the single `ProxyHttp` impl; [`server`]: pingora wiring; [`tls`]: the TLS
-//!   listener's certificate (cargo feature `rustls`, on by default).
+//! - [`static_files`]: the web page from `static_dir` for paths no API route claims (reads
+//!   files; its path resolution is pure).
+//! - [`proxy`]: the single `ProxyHttp` impl, one module per concern under it ([`proxy::classify`]
+//!   decides each request's kind, purely); [`server`]: pingora wiring; [`telemetry`]: the server
+//!   span exported over OTLP (`gateway.otlp`); [`metrics`]: the Prometheus series; [`tls`]: the
+//!   TLS listener's certificate (cargo feature `rustls`, on by default).
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod cors;
 pub mod error;
 pub mod grpc_compression;
+pub mod grpc_headers;
 pub mod grpc_web;
 pub mod hooks;
 pub mod metrics;
 pub mod openapi;
 pub mod path_template;
+pub mod protocol;
 pub mod proxy;
 pub mod retry;
 pub mod routes;

@@ -2,41 +2,43 @@
 
 use prost_reflect::{DescriptorPool, DynamicMessage};
 use serde_json::{Value, json};
+use tonic::Code;
 
 use crate::transcode::{JsonOptions, message_json};
 
-/// HTTP status for a gRPC code, per google/rpc/code.proto.
+/// HTTP status for a gRPC code as on the wire, per google/rpc/code.proto (codes outside the
+/// enum are UNKNOWN).
 pub fn http_status_for(code: i32) -> u16 {
-    match code {
-        0 => 200,
-        1 => 499,
-        3 | 9 | 11 => 400,
-        4 => 504,
-        5 => 404,
-        6 | 10 => 409,
-        7 => 403,
-        8 => 429,
-        12 => 501,
-        14 => 503,
-        16 => 401,
-        _ => 500,
+    match Code::from_i32(code) {
+        Code::Ok => 200,
+        Code::Cancelled => 499,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 400,
+        Code::DeadlineExceeded => 504,
+        Code::NotFound => 404,
+        Code::AlreadyExists | Code::Aborted => 409,
+        Code::PermissionDenied => 403,
+        Code::ResourceExhausted => 429,
+        Code::Unimplemented => 501,
+        Code::Unavailable => 503,
+        Code::Unauthenticated => 401,
+        Code::Unknown | Code::Internal | Code::DataLoss => 500,
     }
 }
 
 /// The gRPC code a gateway-made HTTP error corresponds to.
-pub fn grpc_code_for_http(status: u16) -> i32 {
+pub fn grpc_code_for_http(status: u16) -> Code {
     match status {
-        400 | 405 | 411 | 413 | 415 => 3,
-        401 => 16,
-        403 => 7,
-        404 => 5,
-        409 => 6,
-        429 => 8,
-        499 => 1,
-        501 => 12,
-        503 => 14,
-        504 => 4,
-        _ => 13,
+        400 | 405 | 411 | 413 | 415 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        409 => Code::AlreadyExists,
+        429 => Code::ResourceExhausted,
+        499 => Code::Cancelled,
+        501 => Code::Unimplemented,
+        503 => Code::Unavailable,
+        504 => Code::DeadlineExceeded,
+        _ => Code::Internal,
     }
 }
 

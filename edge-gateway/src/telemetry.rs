@@ -29,7 +29,7 @@ use opentelemetry_sdk::{
     trace::{BatchSpanProcessor, SpanData, SpanEvents, SpanLinks, SpanProcessor},
 };
 
-use crate::trace::TraceContext;
+use crate::{protocol::Protocol, trace::TraceContext};
 
 /// Where spans go (`gateway.otlp`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,8 +48,7 @@ pub struct ServerSpan<'a> {
     pub end: SystemTime,
     pub http_method: &'a str,
     pub path: &'a str,
-    /// `rest`, `grpc-web`, `grpc`, `static`, `preflight`.
-    pub protocol: &'a str,
+    pub protocol: Protocol,
     /// The route label of the access log and metrics (`GET /v1/users/{id}`,
     /// `/user.UserService/GetUser`, `unmatched`).
     pub route: &'a str,
@@ -222,17 +221,13 @@ pub fn span_data(span: &ServerSpan<'_>, scope: &InstrumentationScope) -> Option<
     })
 }
 
-fn is_grpc(protocol: &str) -> bool {
-    protocol == "grpc" || protocol == "grpc-web"
-}
-
 /// `GET /v1/users/{id}` for REST, `user.UserService/GetUser` for gRPC (the semantic
 /// conventions' names), the bare HTTP method when nothing matched (bounded cardinality).
 fn span_name(span: &ServerSpan<'_>) -> Cow<'static, str> {
     let matched = !span.route.is_empty() && span.route != "unmatched";
-    if matched && is_grpc(span.protocol) {
+    if matched && span.protocol.is_grpc() {
         Cow::Owned(span.route.trim_start_matches('/').to_owned())
-    } else if matched && span.protocol == "rest" {
+    } else if matched && span.protocol == Protocol::Rest {
         Cow::Owned(span.route.to_owned())
     } else {
         Cow::Owned(span.http_method.to_owned())
@@ -241,7 +236,7 @@ fn span_name(span: &ServerSpan<'_>) -> Cow<'static, str> {
 
 fn attributes(span: &ServerSpan<'_>) -> Vec<KeyValue> {
     let mut attributes = Vec::with_capacity(12 + span.filter_attributes.len());
-    attributes.push(KeyValue::new("meshgate.protocol", span.protocol.to_owned()));
+    attributes.push(KeyValue::new("meshgate.protocol", span.protocol.as_str()));
     attributes.push(KeyValue::new("meshgate.route", span.route.to_owned()));
     attributes.push(KeyValue::new(
         "http.request.method",
@@ -255,7 +250,7 @@ fn attributes(span: &ServerSpan<'_>) -> Vec<KeyValue> {
             i64::from(span.http_status),
         ));
     }
-    if span.protocol == "rest"
+    if span.protocol == Protocol::Rest
         && let Some((_, template)) = span.route.split_once(' ')
     {
         attributes.push(KeyValue::new("http.route", template.to_owned()));
@@ -290,8 +285,10 @@ fn status(span: &ServerSpan<'_>) -> Status {
     if span.http_status >= 500 {
         return Status::error(format!("HTTP {}", span.http_status));
     }
-    if is_grpc(span.protocol)
-        && let Some(code) = span.grpc_status.filter(|code| *code != 0)
+    if span.protocol.is_grpc()
+        && let Some(code) = span
+            .grpc_status
+            .filter(|code| *code != tonic::Code::Ok as i32)
     {
         return Status::error(format!("grpc-status {code}"));
     }
@@ -326,7 +323,7 @@ mod tests {
             end: start + Duration::from_millis(3),
             http_method: "GET",
             path: "/v1/users/abc",
-            protocol: "rest",
+            protocol: Protocol::Rest,
             route: "GET /v1/users/{id}",
             grpc_method: "/user.UserService/GetUser",
             http_status: 200,
@@ -422,7 +419,7 @@ mod tests {
             span_data(&s, &scope()).unwrap().status,
             Status::Error { .. }
         ));
-        s.protocol = "grpc";
+        s.protocol = Protocol::Grpc;
         s.route = "/user.UserService/GetUser";
         s.http_status = 200;
         s.grpc_status = Some(5);

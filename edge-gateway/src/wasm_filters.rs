@@ -19,10 +19,11 @@ use meshgate_filter_host::{Chain, Exchange, LoadError, Plugin, PluginOptions, Re
 
 use crate::{
     config::FilterSpec,
+    grpc_headers,
     hooks::{
         Decision, Filter, FilterChain, FilterRequest, FilterResponse, LocalReply, PendingResponse,
-        Protocol,
     },
+    protocol::Protocol,
 };
 
 /// A filter that could not be started; names the config entry.
@@ -174,7 +175,12 @@ fn to_host_response(protocol: Protocol, response: &FilterResponse<'_>) -> Respon
         None => {
             let content_type = match protocol {
                 Protocol::GrpcWeb => "application/grpc-web+proto",
-                Protocol::Grpc | Protocol::Rest => "application/grpc",
+                // The filters only run on REST, gRPC-web and gRPC calls.
+                Protocol::Grpc
+                | Protocol::Rest
+                | Protocol::Static
+                | Protocol::Admin
+                | Protocol::Preflight => "application/grpc",
             };
             if !host.headers.iter().any(|(name, _)| name == "content-type") {
                 host.headers
@@ -218,7 +224,8 @@ pub fn local_reply(reply: &Response) -> LocalReply {
         .header_value("grpc-status")
         .and_then(|v| v.trim().parse::<i32>().ok());
     let message = match reply.header_value("grpc-message") {
-        Some(message) => percent_decode(message),
+        // Percent-encoded on the wire; the proxy encodes it again when writing.
+        Some(message) => grpc_headers::decode_message(message),
         None => reply_message(&reply.body),
     };
     let http_status = match grpc_status {
@@ -252,30 +259,6 @@ fn reply_message(body: &[u8]) -> String {
         .ok()
         .and_then(|json| json.get("message")?.as_str().map(str::to_owned))
         .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
-}
-
-/// `grpc-message` is percent-encoded on the wire; the proxy encodes it again when writing.
-fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        let escaped = (bytes[index] == b'%')
-            .then(|| value.get(index + 1..index + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escaped {
-            Some(byte) => {
-                out.push(byte);
-                index += 3;
-            }
-            None => {
-                out.push(bytes[index]);
-                index += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn replace_headers(target: &mut HeaderMap, pairs: &[(String, String)]) {
@@ -325,12 +308,6 @@ mod tests {
         assert_eq!(local.message, "rate limited ✓");
         assert!(local.headers.get("grpc-status").is_none());
         assert_eq!(local.headers["retry-after"], "1");
-    }
-
-    #[test]
-    fn percent_decode_leaves_stray_percent_signs() {
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz%41"), "%zzA");
     }
 
     #[test]

@@ -15,6 +15,9 @@ from collections.abc import Iterable
 
 # Objects an operator creates from another object, so they never appear in the manifests.
 # CloudNativePG: per Cluster <c>, Services <c>-rw/-ro/-r, Secret <c>-app, ServiceAccount <c>.
+# ECK: per Elasticsearch <e>, Secrets <e>-es-http-certs-public (ca.crt) and <e>-es-elastic-user;
+# per Kibana <k>, Secret <k>-kb-http-certs-public.
+ECK_SECRET_SUFFIXES = {"Elasticsearch": ("-es-http-certs-public", "-es-elastic-user"), "Kibana": ("-kb-http-certs-public",)}
 CNPG_SERVICE_SUFFIXES = ("-rw", "-ro", "-r")
 CNPG_POSTGRES_PORT = 5432
 
@@ -35,6 +38,8 @@ class ObjectSet:
     name: str
     objects: list[dict]
     default_namespace: str = "meshgate"
+    # The Argo CD Applications that deploy these objects, each with its own (empty: one folder).
+    apps: list[tuple[dict, list[dict]]] = field(default_factory=list)
 
     def ns(self, obj: dict) -> str:
         return (obj.get("metadata") or {}).get("namespace") or self.default_namespace
@@ -76,6 +81,13 @@ class ObjectSet:
                 if template is None and ref:
                     target = self.find(ref.get("kind", ""), ref.get("name", ""), self.ns(obj))
                     template = ((target or {}).get("spec") or {}).get("template")
+            elif kind == "OpenTelemetryCollector":
+                # The operator's pods: labelled with the component and <namespace>.<name>.
+                templates.append(PodTemplate(owner, self.ns(obj), {
+                    "app.kubernetes.io/component": "opentelemetry-collector",
+                    "app.kubernetes.io/instance": f"{self.ns(obj)}.{meta.get('name')}",
+                    "app.kubernetes.io/managed-by": "opentelemetry-operator"}, {}, {}))
+                continue
             elif kind == "Cluster" and str(obj.get("apiVersion", "")).startswith("postgresql.cnpg.io/"):
                 templates.append(PodTemplate(owner, self.ns(obj), {"cnpg.io/cluster": meta.get("name", "")},
                                              {"serviceAccountName": meta.get("name")},
@@ -273,6 +285,8 @@ def check_mesh_routing(objs: ObjectSet) -> Iterable[str]:
 
 def check_pod_references(objs: ObjectSet, pods: list[PodTemplate], external_secrets: set[str]) -> Iterable[str]:
     generated_secrets = {f"{c['metadata']['name']}-app" for c in objs.of_kind("Cluster")}
+    generated_secrets |= {o["metadata"]["name"] + suffix for kind, suffixes in ECK_SECRET_SUFFIXES.items()
+                          for o in objs.of_kind(kind) for suffix in suffixes}
     for pod in pods:
         spec = pod.spec
         if pod.owner.startswith("Cluster/"):
@@ -326,8 +340,14 @@ def check_otel_pipelines(objs: ObjectSet) -> Iterable[str]:
     for collector in objs.of_kind("OpenTelemetryCollector"):
         config = (collector.get("spec") or {}).get("config") or {}
         pipelines = (config.get("service") or {}).get("pipelines") or {}
+        connectors = set(config.get("connectors") or {})
+        for name in sorted(connectors):
+            ends = [{n for p in pipelines.values() for n in (p or {}).get(s) or []} for s in ("exporters", "receivers")]
+            if name not in ends[0] or name not in ends[1]:
+                yield (f"{label(collector)}: connector {name} must be a pipeline's exporter and another's receiver "
+                       "(it joins two pipelines)")
         for section in ("receivers", "processors", "exporters"):
-            defined = set(config.get(section) or {})
+            defined = set(config.get(section) or {}) | (connectors if section != "processors" else set())
             used = {name for p in pipelines.values() for name in (p or {}).get(section) or []}
             for name in sorted(used - defined):
                 yield f"{label(collector)}: pipeline uses {section[:-1]} {name}, which is not configured"
@@ -411,7 +431,7 @@ def check_sync_waves(apps: list[tuple[dict, list[dict]]]) -> Iterable[str]:
 
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PriorityClass",
                   "StorageClass", "ClusterAnalysisTemplate", "MutatingWebhookConfiguration",
-                  "ValidatingWebhookConfiguration", "PersistentVolume", "GatewayClass"}
+                  "ValidatingWebhookConfiguration", "PersistentVolume", "GatewayClass", "ClusterIssuer"}
 
 
 def check_namespaces(objs: ObjectSet) -> Iterable[str]:

@@ -11,6 +11,9 @@ deploy/tests/bad/<step>/. Steps:
   crd-schema      every CRD kind against strict JSON schemas generated now from upstream CRD YAML
   promtool-rules  `promtool check rules` on every PrometheusRule's groups
   promtool-tests  `promtool test rules`, and every alert must have a test
+  alertmanager    the AlertmanagerConfig as the operator generates it: amtool check-config, amtool
+                  route tests of every alert, inhibition and silence cases on a real Alertmanager
+                  (scripts/lib/alert_routing.py)
   promql-queries  dashboard and AnalysisTemplate queries parsed by promtool
   metrics-contract every app metric a query uses is listed in deploy/observability/METRICS.md
   hadolint        every Dockerfile under deploy/images
@@ -22,6 +25,11 @@ deploy/tests/bad/<step>/. Steps:
                   DestinationRule subsets, AnalysisTemplates; HPA targets; selectors -> pods;
                   Service/ServiceMonitor ports; ConfigMaps, Secrets, ServiceAccounts, principals;
                   collector pipelines; Applications vs. AppProject; sync-wave order
+  argocd-order    Argo CD's apply order (scripts/lib/argocd_order.py)
+  workload-policy probes, drain, sidecars, budgets, canaries... (scripts/lib/workload_policy.py)
+  operations      certificates, probe modules, log shipping, recovery clusters
+                  (scripts/lib/operations_policy.py)
+  supply-chain    what the workflows build, pin, scan and sign (scripts/lib/supply_chain.py)
 """
 
 from __future__ import annotations
@@ -45,12 +53,32 @@ from collections.abc import Callable
 import jsonschema
 import yaml
 
+import alert_routing
+import argocd_order
 import manifest_refs
+import operations_policy
+import supply_chain
+import workload_policy
 
 try:
-    YamlLoader = yaml.CSafeLoader  # libyaml: the CRD bundle is 6 MB
+    _SafeLoader = yaml.CSafeLoader  # libyaml: the CRD bundle is 6 MB
 except AttributeError:  # pragma: no cover
-    YamlLoader = yaml.SafeLoader
+    _SafeLoader = yaml.SafeLoader
+
+
+class YamlLoader(_SafeLoader):  # type: ignore[misc, valid-type]
+    """The safe loader, reading two YAML 1.1 types as the plain strings Kubernetes (YAML 1.2) sees.
+
+    `value`: PyYAML resolves the bare scalar `=` to it and its safe loader has no constructor, so
+    upstream CRDs whose enums list `=` (AlertmanagerConfig's matchType), and kustomize's output of
+    an AlertmanagerConfig, could not be read at all. `timestamp`: kustomize writes
+    `2026-01-01 00:00:00+00` unquoted (a string in YAML 1.2; a CNPG recovery target), which
+    PyYAML would turn into a datetime.
+    """
+
+
+for _tag in ("tag:yaml.org,2002:value", "tag:yaml.org,2002:timestamp"):
+    YamlLoader.add_constructor(_tag, lambda loader, node: loader.construct_scalar(node))
 
 ROOT = Path(__file__).resolve().parents[2]
 BAD_DIR = ROOT / "deploy" / "tests" / "bad"
@@ -67,8 +95,14 @@ TOOL_CONFIGS = {"deploy/yamllint.yaml", "deploy/images/hadolint.yaml", "deploy/p
 CRD_GROUPS = {
     "networking.istio.io", "security.istio.io", "telemetry.istio.io", "extensions.istio.io",
     "argoproj.io", "monitoring.coreos.com", "postgresql.cnpg.io", "gateway.networking.k8s.io",
-    "opentelemetry.io",
+    "opentelemetry.io", "barmancloud.cnpg.io", "cert-manager.io", "elasticsearch.k8s.elastic.co",
+    "kibana.k8s.elastic.co",
 }
+# CRD groups an older CRD folder may lack (scripts/fetch-crds fetches them, pinned in crds.lock):
+# their objects are reported as not schema-checked instead of failing.
+OPTIONAL_CRD_GROUPS = {"barmancloud.cnpg.io": "cloudnative-pg/plugin-barman-cloud"}
+# Kinds whose CRD lives in the pending folder (pending_folder), which an older checkout may lack.
+OPTIONAL_CRD_KINDS = {("monitoring.coreos.com/v1alpha1", "AlertmanagerConfig")}
 
 
 class Skipped(Exception):
@@ -108,6 +142,7 @@ class Inputs:
     kustomize_dirs: list[Path] = field(default_factory=list)
     objects: list[Obj] = field(default_factory=list)  # standalone files + rendered overlays
     rule_tests: list[Path] = field(default_factory=list)
+    route_tests: list[Path] = field(default_factory=list)  # Alertmanager routing tests (alert_routing)
     dashboards: list[Path] = field(default_factory=list)
     dockerfiles: list[Path] = field(default_factory=list)
     workflows: list[Path] = field(default_factory=list)
@@ -220,9 +255,12 @@ def collect(roots: list[Path], exclude: list[Path]) -> tuple[Inputs, list[str]]:
                     inputs.objects.append(Obj(rel(path), doc))
                 elif isinstance(doc, dict) and "rule_files" in doc and "tests" in doc:
                     inputs.rule_tests.append(path)
+                elif isinstance(doc, dict) and "alertmanager_config" in doc and "routes" in doc:
+                    inputs.route_tests.append(path)
                 elif rel(path) not in TOOL_CONFIGS:
                     inputs.unclassified.append(f"{rel(path)}: document {index + 1} is neither a Kubernetes object "
-                                               "(apiVersion + kind), a kustomization input, nor a promtool test")
+                                               "(apiVersion + kind), a kustomization input, a promtool test nor an "
+                                               "Alertmanager route test")
         elif name.endswith(".json") and "dashboards" in path.parts:
             inputs.dashboards.append(path)
         elif name == "Dockerfile" or name.endswith(".Dockerfile"):
@@ -389,12 +427,20 @@ class CrdIndex:
     files: int
 
 
-def load_crd_index(folder: Path) -> CrdIndex:
+def pending_folder(folder: Path) -> Path:
+    """Where the CRDs a plain safe loader refuses live: `<crds>-pending` beside the CRD folder
+    (../shared/crds-pending; scripts/fetch-crds lays them out the same way)."""
+    return folder.with_name(folder.name + "-pending")
+
+
+def load_crd_index(folder: Path, pending: Path | None = None) -> CrdIndex:
     if not folder.is_dir():
         raise Skipped(f"CRD folder {folder} does not exist, so CRD kinds were NOT schema-checked "
                       f"(pass --crds-dir or set MESHGATE_CRDS_DIR to a folder of upstream CRD YAML)")
+    pending = pending_folder(folder) if pending is None else pending
     raw: dict[tuple[str, str], dict] = {}
-    files = sorted(p for p in folder.rglob("*") if p.suffix in (".yaml", ".yml"))
+    files = sorted(p for root in (folder, pending) if root.is_dir()
+                   for p in root.rglob("*") if p.suffix in (".yaml", ".yml"))
     for path in files:
         for doc in load_docs(path):
             if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
@@ -429,10 +475,18 @@ def step_crd_schema(inputs: Inputs, crds: CrdIndex | Skipped) -> list[str]:
         raise crds
     problems: list[str] = []
     checked = 0
+    unchecked: set[str] = set()
     for obj in inputs.objects:
         if obj.group not in CRD_GROUPS:
             continue
         factory = crds.validators.get((obj.group_version, obj.kind))
+        if factory is None and (obj.group_version, obj.kind) in OPTIONAL_CRD_KINDS:
+            unchecked.add(f"{obj.group_version} {obj.kind}")
+            continue
+        if factory is None and obj.group in OPTIONAL_CRD_GROUPS and \
+                not any(gv.startswith(obj.group + "/") for gv, _ in crds.validators):
+            unchecked.add(f"{obj.group_version} {obj.kind}")
+            continue
         if factory is None:
             problems.append(f"{obj.where()}: {obj.group_version} {obj.kind} is served by none of the CRDs "
                             f"in {crds.folder}")
@@ -440,7 +494,11 @@ def step_crd_schema(inputs: Inputs, crds: CrdIndex | Skipped) -> list[str]:
         checked += 1
         problems.extend(error_lines(obj, factory()))
     print(f"   {checked} custom resources against {len(crds.validators)} CRD versions from {crds.folder}"
+          f"{' and ' + str(pending_folder(crds.folder)) if pending_folder(crds.folder).is_dir() else ''}"
           " (unknown fields rejected; CEL x-kubernetes-validations are not evaluated)")
+    for kind in sorted(unchecked):
+        print(f"   note: {kind} NOT schema-checked: its CRD is not in {crds.folder} nor {pending_folder(crds.folder)} "
+              "(./scripts/fetch-crds DIR fetches every pinned CRD)")
     return problems
 
 
@@ -453,12 +511,38 @@ def prometheus_rule_objects(inputs: Inputs) -> list[Obj]:
             if o.kind == "PrometheusRule" and o.group == "monitoring.coreos.com" and not o.source.startswith("render:")]
 
 
+def analysis_template_objects(inputs: Inputs) -> list[Obj]:
+    return [o for o in inputs.objects
+            if o.kind in ("AnalysisTemplate", "ClusterAnalysisTemplate") and not o.source.startswith("render:")]
+
+
+def analysis_records(obj: Obj) -> list[tuple[str, str]]:
+    """(record name, PromQL) per Prometheus metric of an AnalysisTemplate: analysis:<template>:<metric>
+    ('-' as '_'), each {{args.NAME}} replaced by NAME, so promtool tests can feed and check it."""
+    records = []
+    for metric in (obj.doc.get("spec") or {}).get("metrics") or []:
+        query = ((metric.get("provider") or {}).get("prometheus") or {}).get("query")
+        if query:
+            name = f"analysis:{obj.name}:{metric.get('name')}".replace("-", "_")
+            records.append((name, ARGO_ARG_NAMES.sub(lambda m: m.group(1), query)))
+    return records
+
+
 def extracted_rule_files(inputs: Inputs, workdir: Path) -> dict[str, list[Path]]:
-    """Write each PrometheusRule's spec as a plain Prometheus rule file; key: the CR's source file."""
+    """Write each PrometheusRule's spec as a plain Prometheus rule file, and each AnalysisTemplate's
+    queries as recording rules (analysis_records); key: the object's source file."""
     out: dict[str, list[Path]] = {}
     for index, obj in enumerate(prometheus_rule_objects(inputs)):
         target = workdir / f"{index:02d}-{obj.name}.rules.yaml"
         target.write_text(yaml.safe_dump(obj.doc.get("spec") or {}, sort_keys=False))
+        out.setdefault(str((ROOT / obj.source).resolve()), []).append(target)
+    for index, obj in enumerate(analysis_template_objects(inputs)):
+        records = analysis_records(obj)
+        if not records:
+            continue
+        target = workdir / f"analysis-{index:02d}-{obj.name}.rules.yaml"
+        group = {"name": f"analysis-{obj.name}", "rules": [{"record": r, "expr": e} for r, e in records]}
+        target.write_text(yaml.safe_dump({"groups": [group]}, sort_keys=False))
         out.setdefault(str((ROOT / obj.source).resolve()), []).append(target)
     return out
 
@@ -469,7 +553,7 @@ def step_promtool_rules(inputs: Inputs, workdir: Path) -> list[str]:
         return []
     proc = run(["promtool", "check", "rules", *map(str, files)])
     if proc.returncode == 0:
-        print(f"   {len(files)} PrometheusRule(s) parsed by promtool")
+        print(f"   {len(files)} rule file(s) (PrometheusRules, AnalysisTemplate queries) parsed by promtool")
         return []
     sources = {str(p): src for src, paths in extracted_rule_files(inputs, workdir).items() for p in paths}
     lines = []
@@ -494,6 +578,7 @@ def step_promtool_tests(inputs: Inputs, workdir: Path) -> list[str]:
     extracted = extracted_rule_files(inputs, workdir)
     problems: list[str] = []
     tested: set[str] = set()
+    tested_exprs: list[str] = []
     runs: list[tuple[Path, Path]] = []
     for index, test_file in enumerate(inputs.rule_tests):
         doc = load_docs(test_file)[0]
@@ -508,6 +593,8 @@ def step_promtool_tests(inputs: Inputs, workdir: Path) -> list[str]:
         for test in doc.get("tests") or []:
             for case in test.get("alert_rule_test") or []:
                 tested.add(case.get("alertname", ""))
+            for case in test.get("promql_expr_test") or []:
+                tested_exprs.append(str(case.get("expr", "")))
         copy_path = workdir / f"test-{index:02d}-{test_file.name}"
         copy_path.write_text(yaml.safe_dump(doc, sort_keys=False))
         runs.append((test_file, copy_path))
@@ -521,14 +608,53 @@ def step_promtool_tests(inputs: Inputs, workdir: Path) -> list[str]:
     for alert, source in sorted(alert_names(inputs).items()):
         if alert not in tested:
             problems.append(f"{source}: alert {alert} has no promtool unit test (alert_rule_test)")
+    for obj in analysis_template_objects(inputs):
+        for record, _ in analysis_records(obj):
+            if not any(re.search(rf"\b{re.escape(record)}\b", expr) for expr in tested_exprs):
+                problems.append(f"{obj.where()}: query {record} has no promtool unit test (promql_expr_test)")
     if not problems:
         print(f"   {len(inputs.rule_tests)} test file(s), {len(tested)} alert(s) covered")
+    return problems
+
+
+def step_alertmanager(inputs: Inputs, workdir: Path) -> list[str]:
+    configs = [o for o in inputs.objects if o.kind == "AlertmanagerConfig" and not o.source.startswith("render:")]
+    if not configs and not inputs.route_tests:
+        return []
+    for tool in ("amtool", "prometheus-alertmanager"):
+        if shutil.which(tool) is None:
+            return [f"{tool} not found: install Debian's prometheus-alertmanager (scripts/validate-manifests does as root)"]
+    problems: list[str] = []
+    summaries = []
+    tested = set()
+    for path in inputs.route_tests:
+        doc = load_docs(path)[0]
+        target = str((path.parent / doc["alertmanager_config"]).resolve())
+        amconfig = next((o for o in configs if str((ROOT / o.source).resolve()) == target), None)
+        if amconfig is None:
+            problems.append(f"{rel(path)}: alertmanager_config {doc['alertmanager_config']} holds no AlertmanagerConfig")
+            continue
+        tested.add(id(amconfig))
+        sub = workdir / f"routes-{len(summaries)}"
+        sub.mkdir()
+        found, summary = alert_routing.check_all(amconfig.doc, amconfig.where(),
+                                                 alert_routing.load_route_tests(path, doc, rel(path)),
+                                                 alert_names(inputs), inputs.rule_tests, sub)
+        problems += found
+        summaries.append(summary)
+    for obj in configs:
+        if id(obj) not in tested:
+            problems.append(f"{obj.where()}: no route tests (a YAML file with alertmanager_config: naming it)")
+    if not problems:
+        for summary in summaries:
+            print(f"   {summary}")
     return problems
 
 
 GRAFANA_INTERVALS = re.compile(r"\$(__rate_interval|__interval|__range)\b|\$\{(__rate_interval|__interval|__range)\}")
 GRAFANA_VARS = re.compile(r"\$\{[^}]+\}|\$[A-Za-z_][A-Za-z0-9_]*|\[\[[^\]]+\]\]")
 ARGO_ARGS = re.compile(r"\{\{\s*args\.[^}]+\}\}")
+ARGO_ARG_NAMES = re.compile(r"\{\{\s*args\.([^}\s]+)\s*\}\}")
 
 
 def dashboard_queries(path: Path) -> list[tuple[str, str]]:
@@ -796,7 +922,7 @@ def environment_sets(inputs: Inputs) -> tuple[list[manifest_refs.ObjectSet], lis
         for _, app_objects in per_app:
             objects.extend(app_objects)
         problems.extend(f"[{source.removeprefix('render:')}] {p}" for p in manifest_refs.check_sync_waves(per_app))
-        sets.append(manifest_refs.ObjectSet(source.removeprefix("render:"), objects))
+        sets.append(manifest_refs.ObjectSet(source.removeprefix("render:"), objects, apps=per_app))
     for note in sorted(notes):
         print(note)
     # Overlays are the environments; their bases are covered through them.
@@ -806,7 +932,9 @@ def environment_sets(inputs: Inputs) -> tuple[list[manifest_refs.ObjectSet], lis
         problems = [p for p in problems if not any(p.startswith(f"[{b}]") or p.startswith(f"render:{b}:") for b in bases)]
     if not sets:  # no app of apps (self-test folders): the folder is one set
         rendered = [o.doc for o in inputs.objects if o.source.startswith("render:")]
-        sets.append(manifest_refs.ObjectSet("all", rendered or [o.doc for o in inputs.objects]))
+        objects = rendered or [o.doc for o in inputs.objects]
+        # One folder is one Application, synced as a whole.
+        sets.append(manifest_refs.ObjectSet("all", objects, apps=[({"metadata": {"name": "(folder)"}}, objects)]))
     return sets, problems
 
 
@@ -817,6 +945,93 @@ def step_references(inputs: Inputs) -> list[str]:
         problems.extend(manifest_refs.check_set(objs, external))
     if not problems:
         print(f"   {len(sets)} set(s): " + ", ".join(f"{s.name} ({len(s.objects)} objects)" for s in sets))
+    return problems
+
+
+# --- order, policies and supply chain
+
+
+def object_namer(inputs: Inputs) -> Callable[[dict], str]:
+    """Names an object as `file: Kind/name`, the file being where it is written (rendered objects
+    are traced back to the source file of the same kind and name)."""
+    origins: dict[tuple[str, str], str] = {}
+    for obj in inputs.objects:
+        if not obj.source.startswith("render:"):
+            origins.setdefault((obj.kind, obj.name), obj.source)
+
+    def where(doc: dict) -> str:
+        kind, name = str(doc.get("kind")), str((doc.get("metadata") or {}).get("name"))
+        source = origins.get((kind, name))
+        return f"{source}: {kind}/{name}" if source else f"{kind}/{name}"
+    return where
+
+
+def step_argocd_order(inputs: Inputs) -> list[str]:
+    sets, _ = environment_sets(inputs)
+    where = object_namer(inputs)
+    problems = [f"[{objs.name}] {p}" for objs in sets for p in argocd_order.check_sync_order(objs.apps, where)]
+    if not problems:
+        print(f"   {sum(len(objs.apps) for objs in sets)} Application(s) in {len(sets)} set(s): every pod's "
+              "ServiceAccount, ConfigMaps, Secrets and network/authorization policies come first")
+    return problems
+
+
+def app_of_apps_objects(inputs: Inputs) -> list[dict]:
+    """The Applications of every rendered app of apps (their own pins live there)."""
+    return [o.doc for o in inputs.objects if o.kind == "Application" and o.source.startswith("render:")]
+
+
+def step_workload_policy(inputs: Inputs) -> list[str]:
+    sets, _ = environment_sets(inputs)
+    where = object_namer(inputs)
+    problems = [f"[{objs.name}] {p}" for objs in sets for p in workload_policy.check_all(objs, where)]
+    apps = manifest_refs.ObjectSet("applications", app_of_apps_objects(inputs))
+    problems += list(dict.fromkeys(workload_policy.check_pinned_revisions(apps, where)))
+    if not problems:
+        print(f"   {len(sets)} set(s): probes, drain, native sidecars, secrets, connection budget, WasmPlugins, "
+              "canaries, monitors, prune protection, backups, release pins")
+    return problems
+
+
+def step_operations(inputs: Inputs) -> list[str]:
+    sets, _ = environment_sets(inputs)
+    where = object_namer(inputs)
+    problems = [f"[{objs.name}] {p}" for objs in sets for p in operations_policy.check_all(objs, where)]
+    # Kustomizations no Application syncs (applied by hand: the users-db restore) hold recovery
+    # Clusters too; they read the ObjectStores the environments deploy.
+    deployed = {id(doc) for objs in sets for doc in objs.objects}
+    manual = [o.doc for o in inputs.objects if o.source.startswith("render:") and id(o.doc) not in deployed
+              and o.kind in ("Cluster", "ObjectStore")]
+    if manual:
+        stores = [o.doc for o in inputs.objects if o.kind == "ObjectStore"]
+        extra = manifest_refs.ObjectSet("by hand", manual + stores)
+        problems += list(dict.fromkeys(f"[by hand] {p}" for p in operations_policy.check_recovery(extra, where)))
+    if not problems:
+        print(f"   {len(sets)} set(s): ingress certificates and issuers, probe modules and probers, log shipping")
+    return problems
+
+
+def workflow_documents(inputs: Inputs) -> list[tuple[str, dict]]:
+    """The workflows given, or the repository's when the inputs have none (a self-test folder is
+    judged against what this repository builds)."""
+    paths = inputs.workflows or sorted((ROOT / ".github" / "workflows").glob("*.y*ml"))
+    return [(rel(p), load_docs(p)[0]) for p in paths]
+
+
+def step_supply_chain(inputs: Inputs) -> list[str]:
+    workflows = workflow_documents(inputs)
+    built = supply_chain.built_images(workflows)
+    problems = list(supply_chain.check_workflow_policy([w for w in workflows if inputs.workflows]))
+    where = object_namer(inputs)
+    seen: set[str] = set()
+    for obj in inputs.objects:
+        for problem in supply_chain.check_images_built([obj.doc], built, where):
+            if problem not in seen:
+                seen.add(problem)
+                problems.append(problem)
+    if not problems:
+        print(f"   {len(workflows)} workflow(s): actions pinned by commit, pushed images scanned and signed; "
+              f"every image and WasmPlugin url built ({', '.join(sorted(built.repositories))})")
     return problems
 
 
@@ -909,6 +1124,7 @@ def validate(inputs: Inputs, crds: CrdIndex | Skipped, only: set[str] | None = N
             ("crd-schema", lambda: step_crd_schema(inputs, crds)),
             ("promtool-rules", lambda: step_promtool_rules(inputs, sub("rules"))),
             ("promtool-tests", lambda: step_promtool_tests(inputs, sub("tests"))),
+            ("alertmanager", lambda: step_alertmanager(inputs, sub("alertmanager"))),
             ("promql-queries", lambda: step_promql_queries(inputs, sub("queries"))),
             ("metrics-contract", lambda: step_metrics_contract(inputs)),
             ("hadolint", lambda: step_hadolint(inputs)),
@@ -917,6 +1133,10 @@ def validate(inputs: Inputs, crds: CrdIndex | Skipped, only: set[str] | None = N
             ("trivy", lambda: step_trivy(inputs, sub("policy"))),
             ("mesh-invariants", lambda: step_mesh_invariants(inputs)),
             ("references", lambda: step_references(inputs)),
+            ("argocd-order", lambda: step_argocd_order(inputs)),
+            ("workload-policy", lambda: step_workload_policy(inputs)),
+            ("operations", lambda: step_operations(inputs)),
+            ("supply-chain", lambda: step_supply_chain(inputs)),
         ]
         for name, fn in steps:
             if only is None or name in only or name == "kustomize":
@@ -958,6 +1178,8 @@ SELF_TESTS = [
     ("promtool-rules", "promtool-rules", "unclosed left parenthesis"),
     ("promtool-tests", "promtool-tests", "promtool test rules failed"),
     ("promtool-tests", "promtool-untested-alert", "has no promtool unit test"),
+    ("alertmanager", "alert-routing", "QueueBacklog {alertname=QueueBacklog, severity=page, team=platform} should reach"),
+    ("alertmanager", "alert-routing", "alert QueueStalled has no route test"),
     ("promql-queries", "promql-queries", "does not parse"),
     ("metrics-contract", "metrics-contract", "grpc_server_requests_totl"),
     ("hadolint", "hadolint", "DL3007"),
@@ -968,6 +1190,34 @@ SELF_TESTS = [
     ("mesh-invariants", "mesh-authz", "without from.source.principals"),
     ("references", "references", "has no http route named primary"),
     ("references", "references-selector", "matches no pod template"),
+    ("argocd-order", "argocd-order", "uses ServiceAccount/user-service-migrate"),
+    ("workload-policy", "probes", "livenessProbe asks gRPC health service ''"),
+    ("workload-policy", "probes", "livenessProbe GET /readyz"),
+    ("workload-policy", "drain", "terminationGracePeriodSeconds 30 < preStop 5 + drain 25"),
+    ("workload-policy", "native-sidecar", "the Job never completes"),
+    ("workload-policy", "secret-argv", "on its command line"),
+    ("workload-policy", "secret-argv", "is a TCP connect"),
+    ("workload-policy", "db-budget", "but the clients may open 200"),
+    ("workload-policy", "wasm-match", "no match on mode SERVER"),
+    ("workload-policy", "wasm-registry-egress", "cannot pull oci://"),
+    ("workload-policy", "rate-limit-principal", "keys on the peer principal"),
+    ("workload-policy", "canary-steps", "has no pods yet"),
+    ("workload-policy", "analysis-empty", "can return an empty vector"),
+    ("workload-policy", "monitor-label", "lacks the label"),
+    ("workload-policy", "prune", "lacks Delete=false, Prune=false"),
+    ("workload-policy", "barman-in-tree", "deprecated since CloudNativePG 1.26"),
+    ("workload-policy", "prod-pin", "a prod Application tracks 'main'"),
+    ("operations", "probe-module", "module 'http_2xx' is not in the blackbox exporter's config"),
+    ("operations", "recovery-archive", "the archive it recovers from"),
+    ("operations", "log-shipping", "without verified TLS"),
+    ("operations", "log-shipping", "http_passwd is not ${VAR} of an env var from a Secret"),
+    ("operations", "certificate-hand-made", "which no cert-manager Certificate in istio-system issues"),
+    ("operations", "certificate-http01-redirect", "redirects port 80 to HTTPS"),
+    ("operations", "certificate-http01-redirect", "do not cover host api.example.org"),
+    ("supply-chain", "wasm-image", "no workflow builds registry.example.com/meshgate/geo-block"),
+    ("supply-chain", "wasm-image", "'ratelimit-latest' is none of them"),
+    ("supply-chain", "workflow-pins", "pin the action by its full commit SHA"),
+    ("supply-chain", "workflow-pins", "without signing them"),
 ]
 
 

@@ -68,6 +68,16 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub cache_timeout_ms: u64,
 
+    /// Consecutive failed cache calls that open the cache circuit breaker.
+    #[arg(long, env = "CACHE_BREAKER_FAILURES", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub cache_breaker_failures: u32,
+
+    /// How long an open cache breaker skips the cache before one probe call (ms).
+    #[arg(long, env = "CACHE_BREAKER_COOLDOWN_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub cache_breaker_cooldown_ms: u64,
+
     /// Entries the in-process cache holds (used when REDIS_URL is unset).
     #[arg(long, env = "LOCAL_CACHE_CAPACITY", default_value_t = 10_000)]
     pub local_cache_capacity: usize,
@@ -86,8 +96,20 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(10..))]
     pub health_probe_interval_ms: u64,
 
-    /// After SIGTERM/SIGINT, how long in-flight calls may take before the server stops (s).
-    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 25)]
+    /// Consecutive failed database pings before readiness turns NOT_SERVING.
+    #[arg(long, env = "READINESS_FAILURE_THRESHOLD", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub readiness_failure_threshold: u32,
+
+    /// After SIGTERM/SIGINT: readiness turns NOT_SERVING at once, and calls (and new
+    /// connections) are still served for this long, so load balancers see it first (ms).
+    #[arg(long, env = "DRAIN_DELAY_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub drain_delay_ms: u64,
+
+    /// After the drain delay: how long in-flight calls may take before the server stops (s).
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 25,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_grace_secs: u64,
 
     /// Log format.
@@ -117,7 +139,8 @@ pub struct ConfigError {
 
 impl Config {
     /// The embedded configuration the in-process tests use: SQLite at `sqlite_path`, an
-    /// in-process cache, loopback port 0 for both listeners, migrations on start.
+    /// in-process cache, loopback port 0 for both listeners, migrations on start, no drain
+    /// delay.
     pub fn embedded(sqlite_path: PathBuf) -> Self {
         Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -131,10 +154,15 @@ impl Config {
             cache_key_prefix: String::new(),
             cache_ttl_secs: 900,
             cache_timeout_ms: 100,
+            cache_breaker_failures: 5,
+            cache_breaker_cooldown_ms: 1000,
             local_cache_capacity: 10_000,
             max_message_bytes: 4 * 1024 * 1024,
             request_timeout_ms: 30_000,
             health_probe_interval_ms: 1000,
+            readiness_failure_threshold: 3,
+            // In-process tests stop the app without a load balancer to wait for.
+            drain_delay_ms: 0,
             shutdown_grace_secs: 25,
             log_format: LogFormat::Json,
             log_filter: "info".to_owned(),
@@ -244,6 +272,8 @@ impl Config {
             ttl: Duration::from_secs(self.cache_ttl_secs),
             timeout: Duration::from_millis(self.cache_timeout_ms),
             local_capacity: self.local_cache_capacity,
+            breaker_failures: self.cache_breaker_failures,
+            breaker_cooldown: Duration::from_millis(self.cache_breaker_cooldown_ms),
         }
     }
 

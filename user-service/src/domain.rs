@@ -17,6 +17,31 @@ pub struct User {
     pub age: Age,
     pub created_at: i64,
     pub updated_at: i64,
+    pub version: Version,
+}
+
+/// How often one user has been written: [`Version::FIRST`] when created, one more on every
+/// update, and one more again for the delete. The database keeps it (a trigger), so versions
+/// follow commit order, which `updated_at` does not (it is the transaction's start time). The
+/// cache orders its entries by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version(i64);
+
+impl Version {
+    pub const FIRST: Self = Self(1);
+
+    pub fn new(raw: i64) -> Self {
+        Self(raw)
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+
+    /// The version of the write after this one (a delete's, for its tombstone).
+    pub fn next(self) -> Self {
+        Self(self.0.saturating_add(1))
+    }
 }
 
 /// A user identifier (a UUID, assigned by the service on create).
@@ -313,7 +338,8 @@ pub trait UserStore: Send + Sync + 'static {
         id: UserId,
         changes: UserChanges,
     ) -> impl Future<Output = Result<User, StoreError>> + Send;
-    fn delete(&self, id: UserId) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Deletes the user; answers the delete's version (one past the last stored one).
+    fn delete(&self, id: UserId) -> impl Future<Output = Result<Version, StoreError>> + Send;
     fn list(&self, page: PageRequest) -> impl Future<Output = Result<UserPage, StoreError>> + Send;
     /// Succeeds while the database answers (the health probe).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -8,6 +8,7 @@
 //! - [`store`]: the PostgreSQL and SQLite implementations of the port.
 //! - [`cache`]: the read-through cache decorator (Redis or in-process).
 //! - [`grpc`]: the thin tonic adapter (wire ↔ domain, errors → status codes).
+//! - [`health`]: liveness and readiness (`grpc.health.v1`), the K-consecutive readiness rule.
 //! - [`config`], [`telemetry`], [`metrics`]: settings, logs/traces, Prometheus.
 //! - [`startup`]: [`Application`], which wires the above; `main.rs` only parses and runs it.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod health;
 pub mod metrics;
 pub mod startup;
 pub mod store;

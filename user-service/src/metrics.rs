@@ -9,7 +9,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use tokio::net::TcpListener;
 
@@ -25,12 +26,31 @@ pub struct Metrics {
     pub grpc_latency: HistogramVec,
     /// `grpc_server_in_flight{grpc_method}`: calls being handled right now.
     pub grpc_in_flight: IntGaugeVec,
-    /// `user_cache_requests_total{cache, result}`: result is hit, miss or error.
+    /// `user_cache_requests_total{cache, result}`: result is hit, miss, error or bypass (the
+    /// breaker is open, or this instance owes the cache an update for what was asked).
     pub cache_requests: IntCounterVec,
     /// `user_cache_errors_total{operation}`: timeouts and Redis errors (requests still succeed).
     pub cache_errors: IntCounterVec,
+    /// `user_cache_skipped_total{operation}`: cache calls not made because the breaker is open.
+    pub cache_skipped: IntCounterVec,
+    /// `user_cache_breaker_state{state}`: 1 for the breaker's current state, 0 for the others.
+    pub cache_breaker_state: IntGaugeVec,
+    /// `user_cache_breaker_transitions_total{state}`: changes into each state.
+    pub cache_breaker_transitions: IntCounterVec,
+    /// `user_cache_repairs_total{result}`: failed cache updates retried until `done`, or
+    /// `dropped` when too many were pending (left to the TTL).
+    pub cache_repairs: IntCounterVec,
+    /// `user_cache_repairs_pending`: users whose cache update is still being retried.
+    pub cache_repairs_pending: IntGauge,
+    /// `user_cache_shared_fills_total{cache}`: misses answered by another request's database
+    /// read of the same key (single flight).
+    pub cache_shared_fills: IntCounterVec,
     /// `db_query_duration_seconds{operation}`
     pub db_query_duration: HistogramVec,
+    /// `db_ping_consecutive_failures`: failed health pings in a row (0 after a success).
+    pub db_ping_consecutive_failures: IntGauge,
+    /// `user_service_ready`: 1 while readiness is SERVING.
+    pub ready: IntGauge,
     /// `db_pool_connections{state}`: idle, in_use, max. Refreshed on every scrape.
     pub db_pool_connections: IntGaugeVec,
 }
@@ -77,6 +97,52 @@ impl Metrics {
             &["operation"],
         )
         .expect("static metric definition");
+        let counter = |name: &str, help: &str, label: &str| {
+            IntCounterVec::new(Opts::new(name, help), &[label]).expect("static metric definition")
+        };
+        let cache_skipped = counter(
+            "user_cache_skipped_total",
+            "Cache calls not made because the circuit breaker is open",
+            "operation",
+        );
+        let cache_breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "user_cache_breaker_state",
+                "Cache circuit breaker state (1 = current)",
+            ),
+            &["state"],
+        )
+        .expect("static metric definition");
+        let cache_breaker_transitions = counter(
+            "user_cache_breaker_transitions_total",
+            "Cache circuit breaker changes into each state",
+            "state",
+        );
+        let cache_repairs = counter(
+            "user_cache_repairs_total",
+            "Failed cache updates after a write, retried until done (or dropped when too many)",
+            "result",
+        );
+        let cache_repairs_pending = IntGauge::new(
+            "user_cache_repairs_pending",
+            "Users whose cache update after a write is still being retried",
+        )
+        .expect("static metric definition");
+        let cache_shared_fills = counter(
+            "user_cache_shared_fills_total",
+            "Cache misses answered by a concurrent request's database read of the same key",
+            "cache",
+        );
+        let db_ping_consecutive_failures = IntGauge::new(
+            "db_ping_consecutive_failures",
+            "Failed database health pings in a row",
+        )
+        .expect("static metric definition");
+        let ready = IntGauge::new(
+            "user_service_ready",
+            "1 while the readiness health service is SERVING",
+        )
+        .expect("static metric definition");
         let db_query_duration = HistogramVec::new(
             HistogramOpts::new("db_query_duration_seconds", "Database query latency")
                 .buckets(LATENCY_BUCKETS.to_vec()),
@@ -94,7 +160,15 @@ impl Metrics {
             Box::new(grpc_in_flight.clone()),
             Box::new(cache_requests.clone()),
             Box::new(cache_errors.clone()),
+            Box::new(cache_skipped.clone()),
+            Box::new(cache_breaker_state.clone()),
+            Box::new(cache_breaker_transitions.clone()),
+            Box::new(cache_repairs.clone()),
+            Box::new(cache_repairs_pending.clone()),
+            Box::new(cache_shared_fills.clone()),
             Box::new(db_query_duration.clone()),
+            Box::new(db_ping_consecutive_failures.clone()),
+            Box::new(ready.clone()),
             Box::new(db_pool_connections.clone()),
         ] {
             registry
@@ -108,7 +182,15 @@ impl Metrics {
             grpc_in_flight,
             cache_requests,
             cache_errors,
+            cache_skipped,
+            cache_breaker_state,
+            cache_breaker_transitions,
+            cache_repairs,
+            cache_repairs_pending,
+            cache_shared_fills,
             db_query_duration,
+            db_ping_consecutive_failures,
+            ready,
             db_pool_connections,
         }
     }

@@ -13,18 +13,14 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 
 use crate::cache::{CacheBackend, CachedStore};
 use crate::config::Config;
-use crate::domain::UserStore;
 use crate::grpc::UserApi;
+use crate::health;
 use crate::metrics::{self, Metrics};
 use crate::store::postgres::PoolSettings;
 use crate::store::{Database, PostgresStore, SqliteStore};
-
-/// The health service name clients check (besides "" for the whole server).
-const SERVICE_NAME: &str = meshgate_proto::USER_SERVICE;
 
 pub struct Application {
     config: Config,
@@ -91,7 +87,10 @@ impl Application {
         let cache = match &config.redis_url {
             Some(url) => CacheBackend::redis(url, Duration::from_millis(config.cache_timeout_ms))
                 .context("configuring the Redis cache")?,
-            None => CacheBackend::local(config.local_cache_capacity),
+            None => CacheBackend::local(
+                config.local_cache_capacity,
+                Duration::from_secs(config.cache_ttl_secs),
+            ),
         };
         let store = Arc::new(CachedStore::new(
             database.clone(),
@@ -127,8 +126,10 @@ impl Application {
         self.metrics_addr
     }
 
-    /// Serves gRPC and `/metrics` until `shutdown` completes, then stops accepting, lets
-    /// in-flight calls finish (up to `SHUTDOWN_GRACE_SECS`) and closes the pool.
+    /// Serves gRPC and `/metrics` until `shutdown` completes, then drains: readiness turns
+    /// NOT_SERVING at once while calls are still served for `DRAIN_DELAY_MS` (load balancers
+    /// stop sending), then the listener closes, in-flight calls finish (up to
+    /// `SHUTDOWN_GRACE_SECS`) and the pool closes. Liveness stays SERVING throughout.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -149,12 +150,16 @@ impl Application {
         });
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        set_health(&health, ServingStatus::NotServing).await;
-        let probe = tokio::spawn(probe_database(
+        health
+            .set_service_status(health::LIVENESS, ServingStatus::Serving)
+            .await;
+        health::set_readiness(&health, ServingStatus::NotServing).await;
+        let probe = tokio::spawn(health::probe_database(
             store.clone(),
             health.clone(),
             Duration::from_millis(config.health_probe_interval_ms),
-            stop_rx.clone(),
+            config.readiness_failure_threshold,
+            metrics.clone(),
         ));
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -171,13 +176,14 @@ impl Application {
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(config.max_message_bytes);
 
+        let (drained_tx, drained_rx) = watch::channel(false);
         let metrics_server = {
             let database = database.clone();
             tokio::spawn(metrics::serve(
                 metrics_listener,
-                metrics,
+                metrics.clone(),
                 move || database.pool_stats(),
-                stopped(stop_rx.clone()),
+                stopped(drained_rx.clone()),
             ))
         };
 
@@ -187,6 +193,7 @@ impl Application {
                 let _ = stream.set_nodelay(true);
             })
         });
+        let drain_delay = Duration::from_millis(config.drain_delay_ms);
         let server = tonic::transport::Server::builder()
             .timeout(Duration::from_millis(config.request_timeout_ms))
             .add_service(health_service)
@@ -195,17 +202,26 @@ impl Application {
             .add_service(users)
             .serve_with_incoming_shutdown(incoming, {
                 let health = health.clone();
-                let stop = stopped(stop_rx.clone());
+                let stop = stopped(stop_rx);
                 async move {
                     stop.await;
-                    // Tell load balancers first, then stop accepting.
-                    set_health(&health, ServingStatus::NotServing).await;
+                    // The probe must not turn readiness back on once the drain has begun.
+                    probe.abort();
+                    let _ = probe.await;
+                    health::set_readiness(&health, ServingStatus::NotServing).await;
+                    metrics.ready.set(0);
+                    tracing::info!(
+                        ?drain_delay,
+                        "draining: readiness NOT_SERVING, still serving until the delay ends"
+                    );
+                    tokio::time::sleep(drain_delay).await;
                     tracing::info!("shutting down: no new calls, finishing in-flight ones");
+                    let _ = drained_tx.send(true);
                 }
             });
         let grace = Duration::from_secs(config.shutdown_grace_secs);
         let deadline = async move {
-            stopped(stop_rx).await;
+            stopped(drained_rx).await;
             tokio::time::sleep(grace).await;
         };
         let outcome = tokio::select! {
@@ -215,7 +231,6 @@ impl Application {
                 Ok(())
             }
         };
-        probe.abort();
         let _ = metrics_server.await;
         database.close().await;
         tracing::info!("shutdown complete");
@@ -223,51 +238,9 @@ impl Application {
     }
 }
 
-/// Resolves once the stop flag is raised.
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    // An error means the sender is gone, which only happens after it signalled.
-    let _ = stop.wait_for(|stopped| *stopped).await;
-}
-
-async fn set_health(health: &HealthReporter, status: ServingStatus) {
-    health.set_service_status("", status).await;
-    health.set_service_status(SERVICE_NAME, status).await;
-}
-
-/// SERVING only while the database answers: pings it every `interval`, each ping bounded by
-/// the same interval.
-async fn probe_database<S: UserStore>(
-    store: Arc<S>,
-    health: HealthReporter,
-    interval: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut serving = None;
-    loop {
-        let answered = matches!(
-            tokio::time::timeout(interval, store.ping()).await,
-            Ok(Ok(()))
-        );
-        if *stop.borrow() {
-            return;
-        }
-        if serving != Some(answered) {
-            if answered {
-                tracing::info!("database answers: SERVING");
-            } else {
-                tracing::warn!("database does not answer: NOT_SERVING");
-            }
-            let status = if answered {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            set_health(&health, status).await;
-            serving = Some(answered);
-        }
-        tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            _ = stop.changed() => return,
-        }
-    }
+/// Resolves once the flag is raised.
+async fn stopped(mut flag: watch::Receiver<bool>) {
+    // An error means the sender is gone, which only happens after it signalled (or the server
+    // failed before draining; then nothing is left to wait for).
+    let _ = flag.wait_for(|raised| *raised).await;
 }

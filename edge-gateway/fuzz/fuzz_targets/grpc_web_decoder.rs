@@ -1,5 +1,5 @@
 //! gRPC-web request bodies (binary and text) through `grpc_web::RequestDecoder`, pushed in
-//! arbitrary chunks, as `proxy::handle_grpc_web` does with the body it read.
+//! arbitrary chunks, as `proxy::grpc_web` does with the body it read.
 //!
 //! Invariants beyond "no panic":
 //! - chunking does not matter: any split of a body decodes to the same frames as one push,

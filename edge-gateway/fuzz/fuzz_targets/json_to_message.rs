@@ -1,4 +1,4 @@
-//! REST request → protobuf message, the way `proxy::handle_rest` does it: a request path rendered
+//! REST request → protobuf message, the way `proxy::rest` does it: a request path rendered
 //! from a route's template with arbitrary values (or an arbitrary raw path) goes through
 //! `Router::lookup`, and the bindings it returns, an arbitrary query string and an arbitrary
 //! JSON body go through `transcode::build_request`. Runs against the real contract and the

@@ -1,4 +1,4 @@
-//! Upstream answers → REST responses, as `proxy::handle_rest` renders them: arbitrary bytes as
+//! Upstream answers → REST responses, as `proxy::rest` renders them: arbitrary bytes as
 //! a route's response message (`transcode::decode_response`), then proto3 JSON
 //! (`transcode::render_response`, honouring `response_body` and the JSON options) and the
 //! `Location` header (`transcode::fill_location`).

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use crate::domain::{
     BoxError, NewUser, PageRequest, StoreError, User, UserChanges, UserId, UserPage, UserStore,
+    Version,
 };
 use crate::metrics::Metrics;
 
@@ -78,7 +79,7 @@ impl UserStore for Database {
     async fn update(&self, id: UserId, changes: UserChanges) -> Result<User, StoreError> {
         dispatch!(self, s => s.update(id, changes))
     }
-    async fn delete(&self, id: UserId) -> Result<(), StoreError> {
+    async fn delete(&self, id: UserId) -> Result<Version, StoreError> {
         dispatch!(self, s => s.delete(id))
     }
     async fn list(&self, page: PageRequest) -> Result<UserPage, StoreError> {

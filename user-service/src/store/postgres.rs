@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{PoolStats, internal, timed};
 use crate::domain::{
     Age, Email, Name, NewUser, PageRequest, StoreError, User, UserChanges, UserId, UserPage,
-    UserStore,
+    UserStore, Version,
 };
 use crate::metrics::Metrics;
 
@@ -20,11 +20,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgre
 /// Columns every query returns, timestamps as unix seconds.
 const USER_COLUMNS: &str = "id, name, email, age, \
      EXTRACT(EPOCH FROM created_at)::int8 AS created_at, \
-     EXTRACT(EPOCH FROM updated_at)::int8 AS updated_at";
+     EXTRACT(EPOCH FROM updated_at)::int8 AS updated_at, version";
 
-type UserRow = (Uuid, String, String, i32, i64, i64);
+type UserRow = (Uuid, String, String, i32, i64, i64, i64);
 
-fn to_user((id, name, email, age, created_at, updated_at): UserRow) -> User {
+fn to_user((id, name, email, age, created_at, updated_at, version): UserRow) -> User {
     User {
         id: UserId::from(id),
         name: Name::from_trusted(name),
@@ -32,6 +32,7 @@ fn to_user((id, name, email, age, created_at, updated_at): UserRow) -> User {
         age: Age::from_trusted(age),
         created_at,
         updated_at,
+        version: Version::new(version),
     }
 }
 
@@ -136,18 +137,17 @@ impl UserStore for PostgresStore {
         row.map(to_user).ok_or(StoreError::NotFound)
     }
 
-    async fn delete(&self, id: UserId) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM users WHERE id = $1")
-            .bind(id.as_uuid())
-            .execute(&self.pool);
-        let done = timed(&self.metrics, "delete_user", done)
+    async fn delete(&self, id: UserId) -> Result<Version, StoreError> {
+        let deleted =
+            sqlx::query_scalar::<_, i64>("DELETE FROM users WHERE id = $1 RETURNING version")
+                .bind(id.as_uuid())
+                .fetch_optional(&self.pool);
+        let deleted = timed(&self.metrics, "delete_user", deleted)
             .instrument(query_span("DELETE"))
             .await?;
-        if done.rows_affected() == 0 {
-            Err(StoreError::NotFound)
-        } else {
-            Ok(())
-        }
+        deleted
+            .map(|version| Version::new(version).next())
+            .ok_or(StoreError::NotFound)
     }
 
     async fn list(&self, page: PageRequest) -> Result<UserPage, StoreError> {
@@ -159,7 +159,7 @@ impl UserStore for PostgresStore {
         );
         let limit = i64::from(page.limit());
         let offset = i64::try_from(page.offset()).map_err(internal)?;
-        let rows = sqlx::query_as::<_, (Uuid, String, String, i32, i64, i64, i64)>(
+        let rows = sqlx::query_as::<_, (Uuid, String, String, i32, i64, i64, i64, i64)>(
             sqlx::AssertSqlSafe(sql),
         )
         .bind(limit)
@@ -169,7 +169,7 @@ impl UserStore for PostgresStore {
             .instrument(query_span("SELECT"))
             .await?;
         let total = match rows.first() {
-            Some(row) => row.6,
+            Some(row) => row.7,
             // A page past the end has no rows to carry the window count.
             None => {
                 let count = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users")
@@ -181,8 +181,8 @@ impl UserStore for PostgresStore {
         };
         let users = rows
             .into_iter()
-            .map(|(id, name, email, age, created, updated, _)| {
-                to_user((id, name, email, age, created, updated))
+            .map(|(id, name, email, age, created, updated, version, _)| {
+                to_user((id, name, email, age, created, updated, version))
             })
             .collect();
         Ok(UserPage { users, total })

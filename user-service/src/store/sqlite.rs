@@ -11,18 +11,20 @@ use tracing::Instrument;
 use super::{PoolStats, internal, timed};
 use crate::domain::{
     Age, Email, Name, NewUser, PageRequest, StoreError, User, UserChanges, UserId, UserPage,
-    UserStore,
+    UserStore, Version,
 };
 use crate::metrics::Metrics;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 const SELECT_USER: &str =
-    "SELECT id, name, email, age, created_at, updated_at FROM users WHERE id = ?1";
+    "SELECT id, name, email, age, created_at, updated_at, version FROM users WHERE id = ?1";
 
-type UserRow = (String, String, String, i32, i64, i64);
+type UserRow = (String, String, String, i32, i64, i64, i64);
 
-fn to_user((id, name, email, age, created_at, updated_at): UserRow) -> Result<User, StoreError> {
+fn to_user(
+    (id, name, email, age, created_at, updated_at, version): UserRow,
+) -> Result<User, StoreError> {
     Ok(User {
         id: UserId::parse(&id).map_err(|_| internal(format!("stored id {id:?} is not a UUID")))?,
         name: Name::from_trusted(name),
@@ -30,6 +32,7 @@ fn to_user((id, name, email, age, created_at, updated_at): UserRow) -> Result<Us
         age: Age::from_trusted(age),
         created_at,
         updated_at,
+        version: Version::new(version),
     })
 }
 
@@ -97,7 +100,7 @@ impl UserStore for SqliteStore {
     async fn create(&self, user: NewUser) -> Result<User, StoreError> {
         let row = sqlx::query_as::<_, UserRow>(
             "INSERT INTO users (id, name, email, age) VALUES (?1, ?2, ?3, ?4) \
-             RETURNING id, name, email, age, created_at, updated_at",
+             RETURNING id, name, email, age, created_at, updated_at, version",
         )
         .bind(user.id.to_string())
         .bind(user.name.as_str())
@@ -134,25 +137,24 @@ impl UserStore for SqliteStore {
         self.select(id).await
     }
 
-    async fn delete(&self, id: UserId) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM users WHERE id = ?1")
-            .bind(id.to_string())
-            .execute(&self.pool);
-        let done = timed(&self.metrics, "delete_user", done)
+    async fn delete(&self, id: UserId) -> Result<Version, StoreError> {
+        let deleted =
+            sqlx::query_scalar::<_, i64>("DELETE FROM users WHERE id = ?1 RETURNING version")
+                .bind(id.to_string())
+                .fetch_optional(&self.pool);
+        let deleted = timed(&self.metrics, "delete_user", deleted)
             .instrument(query_span("DELETE"))
             .await?;
-        if done.rows_affected() == 0 {
-            Err(StoreError::NotFound)
-        } else {
-            Ok(())
-        }
+        deleted
+            .map(|version| Version::new(version).next())
+            .ok_or(StoreError::NotFound)
     }
 
     async fn list(&self, page: PageRequest) -> Result<UserPage, StoreError> {
         let limit = i64::from(page.limit());
         let offset = i64::try_from(page.offset()).map_err(internal)?;
-        let rows = sqlx::query_as::<_, (String, String, String, i32, i64, i64, i64)>(
-            "SELECT id, name, email, age, created_at, updated_at, COUNT(*) OVER () AS total \
+        let rows = sqlx::query_as::<_, (String, String, String, i32, i64, i64, i64, i64)>(
+            "SELECT id, name, email, age, created_at, updated_at, version, COUNT(*) OVER () AS total \
              FROM users ORDER BY created_at DESC, seq DESC LIMIT ?1 OFFSET ?2",
         )
         .bind(limit)
@@ -162,7 +164,7 @@ impl UserStore for SqliteStore {
             .instrument(query_span("SELECT"))
             .await?;
         let total = match rows.first() {
-            Some(row) => row.6,
+            Some(row) => row.7,
             None => {
                 let count = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users")
                     .fetch_one(&self.pool);
@@ -173,8 +175,8 @@ impl UserStore for SqliteStore {
         };
         let users = rows
             .into_iter()
-            .map(|(id, name, email, age, created, updated, _)| {
-                to_user((id, name, email, age, created, updated))
+            .map(|(id, name, email, age, created, updated, version, _)| {
+                to_user((id, name, email, age, created, updated, version))
             })
             .collect::<Result<_, _>>()?;
         Ok(UserPage { users, total })

@@ -1,7 +1,6 @@
 //! The `user-service` binary: config errors exit 2 with one line, SIGTERM drains and exits 0,
 //! `migrate` applies migrations.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use meshgate_proto::user::user_service_client::UserServiceClient;
@@ -12,23 +11,16 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_user-service");
+use crate::process::ServiceProcess;
 
 fn command(dir: &std::path::Path) -> Command {
-    let mut command = Command::new(BINARY);
-    command
-        .env_clear()
-        .env("SQLITE_PATH", dir.join("users.db"))
-        .env("GRPC_ADDR", "127.0.0.1:0")
-        .env("METRICS_ADDR", "127.0.0.1:0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    command
+    let sqlite_path = dir.join("users.db");
+    crate::process::command(&[
+        ("SQLITE_PATH", sqlite_path.to_str().expect("a UTF-8 path")),
+        ("DRAIN_DELAY_MS", "200"),
+    ])
 }
 
 fn temp_dir() -> std::path::PathBuf {
@@ -72,6 +64,22 @@ async fn bad_config_exits_2_with_one_line_naming_the_setting() {
     assert!(line.contains("REDIS_URL"), "{line}");
     let line = config_error(&[], &[("LOG_FORMAT", "xml")]).await;
     assert!(line.contains("LOG_FORMAT"), "{line}");
+    for (env, bad) in [
+        ("READINESS_FAILURE_THRESHOLD", "0"),
+        ("DRAIN_DELAY_MS", "-1"),
+        ("DRAIN_DELAY_MS", "600001"),
+        ("SHUTDOWN_GRACE_SECS", "forever"),
+        ("CACHE_BREAKER_FAILURES", "0"),
+        ("CACHE_BREAKER_COOLDOWN_MS", "5"),
+    ] {
+        let line = config_error(&[], &[(env, bad)]).await;
+        assert!(line.contains(env), "{env}={bad}: {line}");
+    }
+    let line = config_error(&["--drain-delay-ms", "soon"], &[]).await;
+    assert!(
+        line.contains("--drain-delay-ms") && line.contains("DRAIN_DELAY_MS"),
+        "{line}"
+    );
 }
 
 /// `--test` exits 0 with one line and touches nothing: the URLs name hosts that do not exist
@@ -154,24 +162,10 @@ async fn migrate_subcommand_applies_the_sqlite_migrations() {
 #[tokio::test]
 async fn sigterm_drains_and_exits_cleanly() {
     let dir = temp_dir();
-    let mut child = command(&dir)
-        .env("MIGRATE_ON_START", "true")
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let grpc_addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if log["fields"]["message"] == "user-service listening" {
-                return log["fields"]["grpc_addr"].as_str().unwrap().to_owned();
-            }
-        }
-        panic!("the service exited before listening");
-    })
-    .await
-    .expect("the service starts within 30 s");
+    let mut command = command(&dir);
+    command.env("MIGRATE_ON_START", "true");
+    let service = ServiceProcess::spawn(command).await;
+    let grpc_addr = service.grpc_addr;
 
     let mut client = UserServiceClient::connect(format!("http://{grpc_addr}"))
         .await
@@ -197,26 +191,12 @@ async fn sigterm_drains_and_exits_cleanly() {
     );
     client.test_error(request).await.unwrap_err();
 
-    let pid = child.id().unwrap().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("exits within 30 s of SIGTERM")
-        .unwrap();
+    service.signal("TERM").await;
+    let (status, log) = service.exited().await;
     assert!(status.success(), "exit status {status:?}");
-    let mut rest = Vec::new();
-    while let Some(line) = lines.next_line().await.unwrap() {
-        rest.push(line);
-    }
-    let rest = rest.join("\n");
     assert!(
-        rest.contains("SIGTERM received") && rest.contains("shutdown complete"),
-        "{rest}"
+        log.contains("SIGTERM received") && log.contains("shutdown complete"),
+        "{log}"
     );
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -249,29 +229,16 @@ async fn spans_are_exported_over_otlp_in_the_callers_trace() {
     );
 
     let dir = temp_dir();
-    let mut child = command(&dir)
+    let mut command = command(&dir);
+    command
         .env("MIGRATE_ON_START", "true")
         .env(
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             format!("http://{collector_addr}"),
         )
-        .env("OTEL_SERVICE_NAME", "user-service-otlp-test")
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let grpc_addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if log["fields"]["message"] == "user-service listening" {
-                return log["fields"]["grpc_addr"].as_str().unwrap().to_owned();
-            }
-        }
-        panic!("the service exited before listening");
-    })
-    .await
-    .expect("the service starts within 30 s");
+        .env("OTEL_SERVICE_NAME", "user-service-otlp-test");
+    let service = ServiceProcess::spawn(command).await;
+    let grpc_addr = service.grpc_addr;
 
     let mut client = UserServiceClient::connect(format!("http://{grpc_addr}"))
         .await
@@ -294,16 +261,8 @@ async fn spans_are_exported_over_otlp_in_the_callers_trace() {
     client.create_user(request).await.unwrap();
 
     // SIGTERM flushes the batch exporter on the way out.
-    let pid = child.id().unwrap().to_string();
-    Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    service.signal("TERM").await;
+    let (status, _) = service.exited().await;
     assert!(status.success());
 
     let mut spans = Vec::new();

@@ -65,6 +65,8 @@ pub struct TestApp {
     pub client: UserServiceClient<Channel>,
     pub channel: Channel,
     pub key_prefix: String,
+    /// The Redis the app's cache uses (`None`: the in-process cache).
+    pub redis_url: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     database: Option<TestDatabase>,
@@ -106,7 +108,7 @@ impl TestDatabase {
             .replacen(&format!("{host}:{port}"), &proxy.addr().to_string(), 1)
     }
 
-    async fn drop_database(&self) {
+    pub async fn drop_database(&self) {
         if let Ok(mut connection) = PgConnection::connect(&server_url()).await {
             let _ = connection
                 .execute(sqlx::AssertSqlSafe(format!(
@@ -147,23 +149,27 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// Fails with a clear message when the test Redis is not there.
-pub async fn ensure_redis() {
-    let url = redis_url();
-    let reachable = async {
-        let client = redis::Client::open(url.as_str()).ok()?;
+/// Whether a Redis at `url` answers PING within `wait`.
+pub async fn redis_answers(url: &str, wait: Duration) -> bool {
+    let ping = async {
+        let client = redis::Client::open(url).ok()?;
         let mut connection = client.get_multiplexed_async_connection().await.ok()?;
         redis::cmd("PING")
             .query_async::<String>(&mut connection)
             .await
             .ok()
     };
-    if tokio::time::timeout(Duration::from_secs(3), reachable)
+    tokio::time::timeout(wait, ping)
         .await
         .ok()
         .flatten()
-        .is_none()
-    {
+        .is_some()
+}
+
+/// Fails with a clear message when the test Redis is not there.
+pub async fn ensure_redis() {
+    let url = redis_url();
+    if !redis_answers(&url, Duration::from_secs(3)).await {
         panic!(
             "Redis at REDIS_URL ({url}) is unreachable. Run the suite with ./scripts/test, \
              which provides PostgreSQL and Redis."
@@ -220,6 +226,7 @@ pub async fn spawn_configured(
         config.redis_url = Some(redis_url());
     }
     adjust(&mut config);
+    let redis_url = config.redis_url.clone();
 
     let application = Application::build(config)
         .await
@@ -241,6 +248,7 @@ pub async fn spawn_configured(
         client: UserServiceClient::new(channel.clone()),
         channel,
         key_prefix,
+        redis_url,
         shutdown: Some(shutdown),
         handle: Some(handle),
         database,
@@ -249,6 +257,11 @@ pub async fn spawn_configured(
 }
 
 impl TestApp {
+    /// The app's PostgreSQL database, if it has one.
+    pub fn database_url(&self) -> Option<&str> {
+        self.database.as_ref().map(|database| database.url.as_str())
+    }
+
     pub async fn create(&self, name: &str, email: &str, age: i32) -> Result<User, tonic::Status> {
         let response = self
             .client
@@ -275,31 +288,36 @@ impl TestApp {
         response.into_inner().status()
     }
 
-    /// Polls health until it reports `wanted` (the probe runs every 100 ms in tests).
+    /// Polls readiness until it reports `wanted` (the probe runs every 100 ms in tests).
     pub async fn wait_for_health(&self, wanted: ServingStatus) {
+        self.wait_for_service_health("user.UserService", wanted)
+            .await;
+    }
+
+    pub async fn wait_for_service_health(&self, service: &str, wanted: ServingStatus) {
         for _ in 0..150 {
-            if self.health("user.UserService").await == wanted {
+            if self.health(service).await == wanted {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("health never became {wanted:?}");
+        panic!("health of {service:?} never became {wanted:?}");
     }
 
     /// GET /metrics over plain HTTP/1.1.
     pub async fn metrics(&self) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(self.metrics_addr)
-            .await
-            .unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-        response
+        scrape(self.metrics_addr).await
+    }
+
+    /// Polls /metrics until it contains `line`.
+    pub async fn wait_for_metric(&self, line: &str) {
+        for _ in 0..1500 {
+            if self.metrics().await.contains(line) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("/metrics never showed {line}");
     }
 
     /// Raises the shutdown signal without waiting.
@@ -331,6 +349,20 @@ impl TestApp {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// GET /metrics of the service at `addr` over plain HTTP/1.1.
+pub async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
 }
 
 /// A unique email per call, so tests never collide.

@@ -4,11 +4,17 @@
 //! test role may CREATE DATABASE.
 
 mod binary;
+mod cache_coherence;
+mod faults;
 mod helpers;
+mod hooks;
+mod load;
 mod metrics_contract;
 mod observability;
+mod process;
 mod proxy;
 mod resilience;
+mod throwaway;
 mod users;
 
 /// Generates one test per backend from an `async fn(Backend)` body.

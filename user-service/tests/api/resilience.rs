@@ -236,3 +236,128 @@ async fn oversized_messages_are_rejected() {
     app.create("Small", &unique_email(), 30).await.unwrap();
     app.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_withdraws_readiness_first_and_keeps_serving_for_the_drain_delay() {
+    let mut app = spawn_app_with(Backend::Sqlite, |config| {
+        // Long enough that the calls below land inside it even on a loaded machine.
+        config.drain_delay_ms = 5_000;
+    })
+    .await;
+    app.wait_for_health(ServingStatus::Serving).await;
+    app.signal_shutdown();
+    app.wait_for_service_health("readiness", ServingStatus::NotServing)
+        .await;
+    assert_eq!(app.health("").await, ServingStatus::NotServing);
+    assert_eq!(
+        app.health("user.UserService").await,
+        ServingStatus::NotServing
+    );
+    assert_eq!(app.health("liveness").await, ServingStatus::Serving);
+    // Still serving, also on a new connection (a load balancer that has not looked yet).
+    let mut fresh = meshgate_proto::user::user_service_client::UserServiceClient::connect(format!(
+        "http://{}",
+        app.grpc_addr
+    ))
+    .await
+    .expect("new connections are accepted while draining");
+    fresh
+        .list_users(ListUsersRequest { page: 1, limit: 1 })
+        .await
+        .expect("calls are served while draining");
+    app.stopped().await.expect("clean shutdown after the delay");
+    app.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_does_not_follow_the_database() {
+    let database = TestDatabase::create().await;
+    let proxy = TcpProxy::start(postgres_server_addr()).await;
+    let url = database.url_via(&proxy);
+    let app = spawn_configured(Some(database), |config| {
+        config.database_url = Some(url);
+        config.db_acquire_timeout_ms = 300;
+        config.readiness_failure_threshold = 2;
+    })
+    .await;
+    app.wait_for_service_health("readiness", ServingStatus::Serving)
+        .await;
+    proxy.cut();
+    app.wait_for_service_health("readiness", ServingStatus::NotServing)
+        .await;
+    assert_eq!(app.health("liveness").await, ServingStatus::Serving);
+    proxy.restore();
+    app.wait_for_service_health("readiness", ServingStatus::Serving)
+        .await;
+    app.teardown().await;
+}
+
+/// The degraded mode (user-service/README.md): with the database unreachable, what the cache
+/// holds is still answered; everything else is UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_still_answers_what_the_cache_holds() {
+    let database = TestDatabase::create().await;
+    let proxy = TcpProxy::start(postgres_server_addr()).await;
+    let url = database.url_via(&proxy);
+    let app = spawn_configured(Some(database), |config| {
+        config.database_url = Some(url);
+        config.db_acquire_timeout_ms = 300;
+    })
+    .await;
+    let mut client = app.client.clone();
+    let cached = app.create("Cached", &unique_email(), 30).await.unwrap();
+    let page = ListUsersRequest { page: 1, limit: 10 };
+    let listed = client.list_users(page).await.unwrap().into_inner();
+    let doomed = app.create("Deleted", &unique_email(), 30).await.unwrap();
+    client
+        .delete_user(DeleteUserRequest {
+            id: doomed.id.clone(),
+        })
+        .await
+        .unwrap();
+
+    proxy.cut();
+    app.wait_for_service_health("readiness", ServingStatus::NotServing)
+        .await;
+    let read = client
+        .get_user(GetUserRequest {
+            id: cached.id.clone(),
+        })
+        .await
+        .expect("a cached user is served during the outage")
+        .into_inner();
+    assert_eq!(read.user.unwrap(), cached);
+    let gone = client
+        .get_user(GetUserRequest { id: doomed.id })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound, "the tombstone answers");
+    let uncached = client
+        .get_user(GetUserRequest {
+            id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(uncached.code(), Code::Unavailable, "{uncached:?}");
+    let write = app.create("During", &unique_email(), 30).await.unwrap_err();
+    assert_eq!(write.code(), Code::Unavailable, "{write:?}");
+    // The page cached before the delete is behind the generation the delete bumped: a miss.
+    let list = client.list_users(page).await.unwrap_err();
+    assert_eq!(list.code(), Code::Unavailable, "{list:?}");
+    assert_eq!(listed.total, 1);
+    assert_eq!(app.health("liveness").await, ServingStatus::Serving);
+
+    proxy.restore();
+    app.wait_for_service_health("readiness", ServingStatus::Serving)
+        .await;
+    let listed = client.list_users(page).await.unwrap().into_inner();
+    assert_eq!(listed.total, 1);
+    // Cached again: served during a second outage.
+    proxy.cut();
+    app.wait_for_service_health("readiness", ServingStatus::NotServing)
+        .await;
+    let again = client.list_users(page).await.unwrap().into_inner();
+    assert_eq!(again.total, 1, "a cached page is served during the outage");
+    proxy.restore();
+    app.teardown().await;
+}

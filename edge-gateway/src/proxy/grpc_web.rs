@@ -1,0 +1,146 @@
+//! gRPC-web (binary and text), terminated here: one request message decoded from the body
+//! ([`crate::grpc_web`], [`crate::grpc_compression`]), one upstream call, the response messages
+//! streamed back as frames as they arrive, the status in the closing trailer frame.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method};
+use pingora::{Error, http::ResponseHeader, proxy::Session};
+
+use super::{GatewayProxy, RequestCtx, header_str, metadata, respond::grpc_status_fields};
+use crate::{
+    error::GatewayError,
+    grpc_compression::Encoding,
+    grpc_headers,
+    grpc_web::{COMPRESSED_FLAG, Mode, RequestDecoder, ResponseEncoder},
+    hooks::FilterResponse,
+    protocol::Protocol,
+    routes::grpc_route_label,
+};
+
+impl GatewayProxy {
+    pub(super) async fn handle_grpc_web(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        mode: Mode,
+    ) -> Result<(), GatewayError> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_owned();
+        ctx.grpc_method = path.clone();
+        ctx.route = grpc_route_label(&self.state.pool, &path);
+        if method != Method::POST {
+            return Err(GatewayError::MethodNotAllowed {
+                method,
+                path,
+                allow: vec![Method::POST],
+            });
+        }
+        // An encoding the gateway cannot decode is refused before the body is read (grpc-go).
+        let encoding = Encoding::from_header(header_str(session, "grpc-encoding"))?;
+        let body = self.read_body(session).await?;
+        let mut decoder = RequestDecoder::new(mode, self.state.config.max_body_bytes);
+        let mut frames = Vec::new();
+        decoder.push(&body, &mut frames)?;
+        decoder.finish(&mut frames)?;
+        let messages: Vec<_> = frames.into_iter().filter(|f| !f.is_trailers()).collect();
+        if messages.len() != 1 {
+            return Err(GatewayError::GrpcWebMessageCount(messages.len()));
+        }
+        // Forwarded uncompressed; inflating stops at max_body_bytes (gzip bombs).
+        let message = encoding.decode_message(
+            messages[0].flags & COMPRESSED_FLAG != 0,
+            messages[0].payload.clone(),
+            self.state.config.max_body_bytes,
+        )?;
+        let metadata = self.upstream_metadata(session, ctx, &message, &body)?;
+        // The client's deadline, if shorter than the configured one.
+        let configured = self.state.config.timeout_for(None, &path);
+        let timeout = header_str(session, "grpc-timeout")
+            .and_then(grpc_headers::parse_timeout)
+            .map_or(configured, |client| client.min(configured));
+        let (upstream, response) = self
+            .state
+            .upstreams
+            .call(&path, message, &metadata, timeout, false)
+            .await?;
+        ctx.upstream = Some(upstream);
+        let (response_metadata, mut stream, _) = response.into_parts();
+        let encoder = ResponseEncoder::new(mode);
+        let mut head = ResponseHeader::build(200, Some(8))
+            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        let _ = head.insert_header("content-type", mode.content_type());
+        for (name, value) in response_metadata.into_headers().iter() {
+            if metadata::is_returned(name) {
+                let _ = head.append_header(name.clone(), value.clone());
+            }
+        }
+        self.cors_headers(ctx, &mut head);
+        self.trace_header(ctx, &mut head);
+        ctx.status = 200;
+        let mut sent_headers = head.headers.clone();
+        let mut first_message: Option<Bytes> = None;
+        let write_error =
+            |e: Box<Error>| GatewayError::Internal(format!("writing gRPC-web response: {e}"));
+        session
+            .write_response_header(Box::new(head), false)
+            .await
+            .map_err(write_error)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let status = loop {
+            match tokio::time::timeout_at(deadline, stream.message()).await {
+                Ok(Ok(Some(message))) => {
+                    if first_message.is_none() {
+                        first_message = Some(message.clone());
+                    }
+                    session
+                        .write_response_body(Some(encoder.message(&message)), false)
+                        .await
+                        .map_err(write_error)?;
+                }
+                Ok(Ok(None)) => break tonic::Status::ok(""),
+                Ok(Err(status)) => break status,
+                Err(_) => break tonic::Status::deadline_exceeded("upstream deadline exceeded"),
+            }
+        };
+        let mut trailers = HeaderMap::new();
+        if status.code() == tonic::Code::Ok
+            && let Ok(Some(upstream_trailers)) = stream.trailers().await
+        {
+            trailers = upstream_trailers.into_headers();
+        }
+        let rescued = if status.code() == tonic::Code::Ok {
+            None
+        } else {
+            Some(GatewayError::from_upstream(status).rescue())
+        };
+        let code = rescued
+            .as_ref()
+            .map_or(tonic::Code::Ok as i32, |r| r.grpc_code);
+        trailers.insert("grpc-status", HeaderValue::from(code));
+        for (name, value) in rescued.iter().flat_map(grpc_status_fields) {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                trailers.insert(name, value);
+            }
+        }
+        ctx.grpc_status = Some(code);
+        // The stream has gone out: the filters' response phase only records attributes.
+        let mut http_status = 200;
+        self.state.filters.on_response(
+            &mut ctx.filters,
+            &mut FilterResponse {
+                protocol: Protocol::GrpcWeb,
+                grpc_method: &path,
+                grpc_status: code,
+                http_status: &mut http_status,
+                headers: &mut sent_headers,
+                message: first_message.as_ref(),
+                body: None,
+                attributes: &mut ctx.filter_attributes,
+            },
+        );
+        session
+            .write_response_body(Some(encoder.trailers(&trailers)), true)
+            .await
+            .map_err(write_error)
+    }
+}

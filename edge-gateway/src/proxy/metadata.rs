@@ -1,0 +1,207 @@
+//! Header policy for terminated calls (REST, gRPC-web): which client headers become the
+//! upstream call's metadata (after the filters' request phase), which upstream metadata goes
+//! back to gRPC-web clients.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName};
+use pingora::proxy::Session;
+use tonic::metadata::MetadataMap;
+
+use super::{GatewayProxy, RequestCtx, client_addr, request_uri};
+use crate::{
+    error::GatewayError,
+    hooks::{Decision, FilterRequest},
+    protocol::Protocol,
+    trace::TraceContext,
+};
+
+/// Request headers that are about this hop, not the call, and are not forwarded as metadata.
+const NOT_FORWARDED: &[&str] = &[
+    "host",
+    "content-type",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "accept",
+    "accept-encoding",
+    "origin",
+    "referer",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    "grpc-encoding",
+    "grpc-accept-encoding",
+    "user-agent",
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "cookie",
+    "access-control-request-method",
+    "access-control-request-headers",
+    "sec-fetch-mode",
+    "sec-fetch-site",
+    "sec-fetch-dest",
+];
+
+/// Response metadata the gateway does not pass to gRPC-web clients as headers.
+const NOT_RETURNED: &[&str] = &[
+    "content-type",
+    "content-length",
+    "date",
+    "server",
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    // The messages are sent as the gateway decoded them, uncompressed; what the upstream
+    // accepts is not what the gateway accepts.
+    "grpc-encoding",
+    "grpc-accept-encoding",
+];
+
+/// Whether an upstream response header goes back to a gRPC-web client.
+pub(super) fn is_returned(name: &HeaderName) -> bool {
+    !NOT_RETURNED.contains(&name.as_str())
+}
+
+/// The client's call headers plus the gateway's trace context, as upstream metadata.
+fn metadata_from(headers: &HeaderMap, trace: &TraceContext) -> MetadataMap {
+    let mut forwarded = HeaderMap::with_capacity(headers.len() + 4);
+    for (name, value) in headers {
+        if !NOT_FORWARDED.contains(&name.as_str()) {
+            forwarded.append(name.clone(), value.clone());
+        }
+    }
+    for (name, value) in trace.upstream_headers() {
+        if let Some(value) = TraceContext::unindexed(&value) {
+            forwarded.insert(HeaderName::from_static(name), value);
+        }
+    }
+    MetadataMap::from_headers(forwarded)
+}
+
+impl GatewayProxy {
+    /// The metadata for the upstream call of a terminated (REST or gRPC-web) request, after the
+    /// filters' request phase, which may answer instead. Without filters the client's headers
+    /// are read in place, not copied.
+    pub(super) fn upstream_metadata(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        message: &Bytes,
+        body: &Bytes,
+    ) -> Result<MetadataMap, GatewayError> {
+        let trace = ctx
+            .trace
+            .clone()
+            .unwrap_or_else(|| TraceContext::from_headers(|_| None));
+        if self.state.filters.is_empty() {
+            return Ok(metadata_from(&session.req_header().headers, &trace));
+        }
+        let protocol = ctx.protocol;
+        let mut headers = session.req_header().headers.clone();
+        let uri = match protocol {
+            Protocol::Rest => request_uri(session),
+            _ => ctx.grpc_method.clone(),
+        };
+        let client = client_addr(session);
+        let decision = self.state.filters.on_request(
+            &mut FilterRequest {
+                protocol,
+                grpc_method: &ctx.grpc_method,
+                route: (protocol == Protocol::Rest).then_some(ctx.route.as_str()),
+                http_method: session.req_header().method.as_str(),
+                uri: &uri,
+                client_addr: client.as_deref(),
+                headers: &mut headers,
+                message: Some(message),
+                body: Some(body),
+            },
+            &mut ctx.filters,
+        );
+        if let Decision::Respond(reply) = decision {
+            return Err(ctx.filtered(reply));
+        }
+        Ok(metadata_from(&headers, &trace))
+    }
+}
+
+/// Makes the forwarded request headers what the filters left (added, changed, removed).
+pub(super) fn replace_request_headers(
+    request: &mut pingora::http::RequestHeader,
+    headers: &HeaderMap,
+) -> pingora::Result<()> {
+    let current: Vec<HeaderName> = request.headers.keys().cloned().collect();
+    for name in current {
+        if !headers.contains_key(&name) {
+            request.remove_header(&name);
+        }
+    }
+    for name in headers.keys() {
+        let mut values = headers.get_all(name).iter();
+        if let Some(first) = values.next() {
+            request.insert_header(name.clone(), first.clone())?;
+            for value in values {
+                request.append_header(name.clone(), value.clone())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn only_call_headers_and_the_gateways_trace_context_go_upstream() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("authorization", "Bearer t"),
+            ("x-request-id", "r1"),
+            ("cookie", "session=secret"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("content-type", "application/json"),
+            ("grpc-timeout", "1S"),
+        ] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        let trace =
+            TraceContext::from_headers(|name| headers.get(name).and_then(|v| v.to_str().ok()));
+        let metadata = metadata_from(&headers, &trace).into_headers();
+        assert_eq!(metadata["authorization"], "Bearer t");
+        assert_eq!(metadata["x-request-id"], "r1");
+        for hop in ["cookie", "content-type", "grpc-timeout"] {
+            assert!(!metadata.contains_key(hop), "{hop} forwarded");
+        }
+        // The gateway's own span, a child of the caller's, not the caller's header.
+        let traceparent = metadata["traceparent"].to_str().unwrap();
+        assert!(traceparent.contains("0af7651916cd43dd8448eb211c80319c"));
+        assert!(!traceparent.contains("b7ad6b7169203331"), "{traceparent}");
+    }
+
+    #[test]
+    fn grpc_status_and_encoding_are_not_returned_as_headers() {
+        for name in [
+            "grpc-status",
+            "grpc-message",
+            "grpc-encoding",
+            "content-type",
+        ] {
+            assert!(!is_returned(&HeaderName::from_static(name)), "{name}");
+        }
+        assert!(is_returned(&HeaderName::from_static("x-custom-bin")));
+    }
+}

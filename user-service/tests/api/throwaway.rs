@@ -1,0 +1,311 @@
+//! Servers a fault test may stop and kill: a Redis and a PostgreSQL cluster of its own, started
+//! from the installed binaries on free loopback ports and removed when dropped. The shared
+//! test servers are never touched.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+/// A loopback port with nothing listening (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// Sends `signal` (`STOP`, `CONT`, `TERM`, `KILL`) to a process.
+pub async fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .await
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+fn temp_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("user-service-{what}-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    dir
+}
+
+// === Redis ===
+
+pub struct ThrowawayRedis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl ThrowawayRedis {
+    pub async fn start() -> Self {
+        let mut redis = Self {
+            port: free_port(),
+            dir: temp_dir("redis"),
+            child: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("redis is running")
+    }
+
+    /// Starts it again on the same port (empty: nothing is persisted).
+    pub async fn restart(&mut self) {
+        let server = ["valkey-server", "redis-server"]
+            .into_iter()
+            .find(|name| which(name).is_some())
+            .expect("redis-server or valkey-server is installed (apt-get install -y redis-server)");
+        let child = Command::new(server)
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis starts");
+        self.child = Some(child);
+        let url = self.url();
+        for _ in 0..500 {
+            if crate::helpers::redis_answers(&url, Duration::from_millis(500)).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the throwaway Redis did not answer");
+    }
+
+    /// Sends `sig` and, for a terminating signal, waits until the process is gone.
+    pub async fn signal(&mut self, sig: &str) {
+        signal(self.pid(), sig).await;
+        if matches!(sig, "TERM" | "KILL") {
+            let mut child = self.child.take().expect("running");
+            tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .expect("redis exits")
+                .expect("redis exit status");
+        }
+    }
+}
+
+impl Drop for ThrowawayRedis {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            // A stopped process must be continued to die of SIGKILL's aftermath cleanly.
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-CONT", &pid.to_string()])
+                    .status();
+            }
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+// === PostgreSQL ===
+
+/// A PostgreSQL cluster in a temp dir (`initdb` + `pg_ctl`), trust auth, user `postgres`.
+/// As root, the server runs as the `postgres` user (initdb refuses root).
+pub struct ThrowawayPostgres {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+    run_as: Option<&'static str>,
+}
+
+impl ThrowawayPostgres {
+    pub async fn start() -> Self {
+        let bin = postgres_bin_dir().expect(
+            "PostgreSQL server binaries (initdb, pg_ctl) in /usr/lib/postgresql/*/bin or on PATH \
+             (apt-get install -y postgresql)",
+        );
+        let dir = temp_dir("pg");
+        let run_as = is_root().then(|| {
+            if user_exists("postgres") {
+                "postgres"
+            } else {
+                "nobody"
+            }
+        });
+        if let Some(user) = run_as {
+            let status = Command::new("chown")
+                .args(["-R", user])
+                .arg(&dir)
+                .status()
+                .await
+                .expect("chown runs");
+            assert!(status.success());
+        }
+        let cluster = Self {
+            dir,
+            bin,
+            port: free_port(),
+            run_as,
+        };
+        let mut initdb = cluster.command("initdb");
+        initdb.arg("-D").arg(cluster.data()).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
+        succeed("initdb", initdb).await;
+        cluster.start_server().await;
+        cluster
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        let mut command = match self.run_as {
+            Some(user) => {
+                let mut command = Command::new("runuser");
+                command.args(["-u", user, "--"]).arg(path);
+                command
+            }
+            None => Command::new(path),
+        };
+        command.stdin(Stdio::null()).kill_on_drop(true);
+        command
+    }
+
+    /// The URL of database `name` (create it with [`Self::create_database`]).
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    pub async fn create_database(&self, name: &str) {
+        use sqlx::{Connection, Executor};
+        let mut connection = sqlx::postgres::PgConnection::connect(&self.url("postgres"))
+            .await
+            .expect("the throwaway PostgreSQL answers");
+        connection
+            .execute(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+            .await
+            .expect("CREATE DATABASE");
+    }
+
+    pub async fn start_server(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100",
+            self.port,
+            self.dir.display()
+        );
+        let mut start = self.command("pg_ctl");
+        start
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .args(["-w", "-o", &options, "start"]);
+        succeed("pg_ctl start", start).await;
+    }
+
+    /// `pg_ctl stop -m fast`: sessions are terminated, the server shuts down cleanly.
+    pub async fn stop_server(&self) {
+        let mut stop = self.command("pg_ctl");
+        stop.arg("-D")
+            .arg(self.data())
+            .args(["-m", "fast", "-w", "stop"]);
+        succeed("pg_ctl stop", stop).await;
+    }
+}
+
+impl Drop for ThrowawayPostgres {
+    fn drop(&mut self) {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let mut command = match self.run_as {
+            Some(user) => {
+                let mut command = std::process::Command::new("runuser");
+                command.args(["-u", user, "--"]).arg(pg_ctl);
+                command
+            }
+            None => std::process::Command::new(pg_ctl),
+        };
+        let _ = command
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `command`; a failure fails the test with its stderr.
+async fn succeed(what: &str, mut command: Command) {
+    let output = command
+        .output()
+        .await
+        .unwrap_or_else(|error| panic!("{what}: {error}"));
+    assert!(
+        output.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn postgres_bin_dir() -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("bin"))
+        .filter(|dir| dir.join("initdb").is_file())
+        .collect();
+    // The newest major version first (directory names are the version numbers).
+    candidates.sort_by_key(|dir| {
+        dir.parent()
+            .and_then(Path::file_name)
+            .and_then(|name| name.to_str()?.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    candidates
+        .pop()
+        .or_else(|| which("initdb").and_then(|path| path.parent().map(Path::to_path_buf)))
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
+}
+
+fn user_exists(name: &str) -> bool {
+    std::process::Command::new("id")
+        .arg(name)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
