@@ -126,9 +126,16 @@ impl Store {
     }
 }
 
+/// The API server's decoding: line breaks inside the value are ignored (folded YAML).
 fn decode_base64(value: &Value) -> anyhow::Result<Vec<u8>> {
+    let text: String = value
+        .as_str()
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !matches!(c, '\n' | '\r'))
+        .collect();
     base64::engine::general_purpose::STANDARD
-        .decode(value.as_str().unwrap_or_default())
+        .decode(text)
         .map_err(|e| anyhow!("invalid base64 in data: {e}"))
 }
 
@@ -256,6 +263,13 @@ pub struct Probe {
     pub failure_threshold: u32,
 }
 
+/// A lifecycle hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hook {
+    Action(ProbeAction),
+    Sleep { seconds: u64 },
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Probes {
     pub startup: Option<Probe>,
@@ -284,13 +298,14 @@ pub struct ContainerPlan {
     pub mounts: Vec<MountPlan>,
     pub ports: Vec<(Option<String>, u16)>,
     pub probes: Probes,
+    pub pre_stop: Option<Hook>,
     pub security: SecurityPlan,
 }
 
 impl ContainerPlan {
-    /// The command line with the values of Secret-backed variables masked.
+    /// The command line on one line, with the values of Secret-backed variables masked.
     pub fn shown_argv(&self, secret_values: &[String]) -> String {
-        let mut shown = self.argv.join(" ");
+        let mut shown = self.argv.join(" ").trim_end().replace('\n', "\\n");
         for value in secret_values.iter().filter(|v| v.len() >= 4) {
             shown = shown.replace(value.as_str(), "<secret>");
         }
@@ -471,6 +486,13 @@ pub fn plan_container(
         liveness: probe("livenessProbe")?,
         readiness: probe("readinessProbe")?,
     };
+    let pre_stop = container["lifecycle"]
+        .get("preStop")
+        .filter(|v| v.is_object())
+        .map(|v| {
+            parse_hook(v, &ports).with_context(|| format!("container {name}: lifecycle.preStop"))
+        })
+        .transpose()?;
     let mounts = container_mounts(store, namespace, template, container)
         .with_context(|| format!("container {name}"))?;
     let security = security_plan(template.spec(), container, image);
@@ -489,6 +511,7 @@ pub fn plan_container(
         mounts,
         ports,
         probes,
+        pre_stop,
         security,
     })
 }
@@ -811,6 +834,28 @@ fn security_plan(pod_spec: &Value, container: &Value, image: Option<&ImageConfig
 }
 
 fn parse_probe(probe: &Value, ports: &[(Option<String>, u16)]) -> anyhow::Result<Probe> {
+    let action = parse_action(probe, ports)?;
+    let number = |name: &str, default: u64| probe[name].as_u64().unwrap_or(default);
+    Ok(Probe {
+        action,
+        initial_delay_seconds: number("initialDelaySeconds", 0),
+        period_seconds: number("periodSeconds", 10),
+        timeout_seconds: number("timeoutSeconds", 1),
+        success_threshold: number("successThreshold", 1) as u32,
+        failure_threshold: number("failureThreshold", 3) as u32,
+    })
+}
+
+/// A `lifecycle.preStop`/`postStart` handler: a probe-like action or the kubelet's own sleep.
+fn parse_hook(hook: &Value, ports: &[(Option<String>, u16)]) -> anyhow::Result<Hook> {
+    if let Some(seconds) = hook["sleep"]["seconds"].as_u64() {
+        return Ok(Hook::Sleep { seconds });
+    }
+    parse_action(hook, ports).map(Hook::Action)
+}
+
+/// The handler of a probe or hook (httpGet, grpc, tcpSocket, exec), ports resolved.
+fn parse_action(probe: &Value, ports: &[(Option<String>, u16)]) -> anyhow::Result<ProbeAction> {
     let port = |value: &Value| -> anyhow::Result<u16> {
         if let Some(number) = value.as_u64() {
             return u16::try_from(number).map_err(|_| anyhow!("port {number} out of range"));
@@ -867,15 +912,7 @@ fn parse_probe(probe: &Value, ports: &[(Option<String>, u16)]) -> anyhow::Result
     } else {
         bail!("no handler (httpGet, grpc, tcpSocket or exec)");
     };
-    let number = |name: &str, default: u64| probe[name].as_u64().unwrap_or(default);
-    Ok(Probe {
-        action,
-        initial_delay_seconds: number("initialDelaySeconds", 0),
-        period_seconds: number("periodSeconds", 10),
-        timeout_seconds: number("timeoutSeconds", 1),
-        success_threshold: number("successThreshold", 1) as u32,
-        failure_threshold: number("failureThreshold", 3) as u32,
-    })
+    Ok(action)
 }
 
 #[cfg(test)]
@@ -946,6 +983,7 @@ spec:
           readinessProbe: {httpGet: {path: /readyz, port: http}, periodSeconds: 5}
           livenessProbe: {grpc: {port: 50051, service: liveness}}
           securityContext: {readOnlyRootFilesystem: true, allowPrivilegeEscalation: false}
+          lifecycle: {preStop: {sleep: {seconds: 5}}}
           volumeMounts:
             - {name: config, mountPath: /etc/api, readOnly: true}
             - {name: tmp, mountPath: /tmp}
@@ -1031,6 +1069,7 @@ spec:
             (readiness.period_seconds, readiness.failure_threshold),
             (5, 3)
         );
+        assert_eq!(plan.pre_stop, Some(Hook::Sleep { seconds: 5 }));
         assert_eq!(
             plan.probes.liveness.as_ref().unwrap().action,
             ProbeAction::Grpc {
@@ -1091,6 +1130,21 @@ spec:
         )
         .unwrap();
         assert!(!plan.env.iter().any(|(k, _)| k == "PASSWORD"));
+    }
+
+    #[test]
+    fn secret_data_folded_over_lines_decodes_like_the_api_server() {
+        let mut store = Store::default();
+        store
+            .apply(
+                &object("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata:\n  k: |\n    aGVs\n    bG8=\n"),
+                "ns",
+            )
+            .unwrap();
+        assert_eq!(
+            store.secrets[&("ns".to_owned(), "s".to_owned())].data["k"],
+            b"hello"
+        );
     }
 
     #[test]

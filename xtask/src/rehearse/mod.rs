@@ -49,7 +49,7 @@ use crate::objects::{Object, ObjectId, selector_matches, string_map};
 use crate::secrets::{DatabaseCluster, database_clusters, template_secrets};
 use crate::util::{TempDir, require_root, which};
 use crate::workload::{
-    ContainerPlan, PodContext, PodTemplate, Store, plan_container, pod_template, references,
+    ContainerPlan, Hook, PodContext, PodTemplate, Store, plan_container, pod_template, references,
     secret_env_values,
 };
 use probe::{ProbeKind, Target, Tracker, scaled};
@@ -66,11 +66,34 @@ const EDGE_BINARY: &str = "edge-gateway";
 /// The client pod's Kubernetes namespace: the Istio ingress gateway's, the edge's only caller.
 const CLIENT_NAMESPACE: &str = "istio-system";
 
-/// Programs that stand in for images we do not build, by the command the container runs.
-const STAND_INS: &[(&str, &[&str])] = &[
-    ("valkey-server", &["valkey-server", "redis-server"]),
-    ("redis-server", &["redis-server", "valkey-server"]),
-];
+/// Images we do not build whose programs the host has: each program name (bound at
+/// `/usr/local/bin/<name>` in the container) and the host programs that can stand in for it,
+/// first found wins. The rest of such an image (a shell, sed, grep) is the host's.
+type StandIns = &'static [(&'static str, &'static [&'static str])];
+const STAND_INS: &[(&str, StandIns)] = &[(
+    "docker.io/valkey/valkey",
+    &[
+        ("valkey-server", &["valkey-server", "redis-server"]),
+        ("valkey-cli", &["valkey-cli", "redis-cli"]),
+    ],
+)];
+
+/// `registry/name:tag@digest` → `registry/name`.
+fn image_repository(image: &str) -> &str {
+    let image = image.split('@').next().unwrap_or(image);
+    match image.rsplit_once(':') {
+        Some((repository, tag)) if !tag.contains('/') => repository,
+        _ => image,
+    }
+}
+
+fn stand_ins(image: &str) -> Option<StandIns> {
+    let repository = image_repository(image);
+    STAND_INS
+        .iter()
+        .find(|(wanted, _)| *wanted == repository)
+        .map(|(_, programs)| *programs)
+}
 
 /// Why kinds are not rehearsed (reported for each such object).
 fn not_rehearsed(group: &str, kind: &str) -> &'static str {
@@ -108,6 +131,18 @@ fn not_rehearsed(group: &str, kind: &str) -> &'static str {
         }
         ("opentelemetry.io", _) => {
             "operator-owned (OpenTelemetry Operator): no collector runs here"
+        }
+        ("cert-manager.io" | "acme.cert-manager.io", _) => {
+            "operator-owned (cert-manager): issuing certificates needs the controller"
+        }
+        ("elasticsearch.k8s.elastic.co" | "kibana.k8s.elastic.co", _) => {
+            "operator-owned (Elastic Cloud on Kubernetes): no Elasticsearch runs here"
+        }
+        ("barmancloud.cnpg.io", _) => {
+            "operator-owned (CloudNativePG barman-cloud plugin): backups need the object store"
+        }
+        ("rbac.authorization.k8s.io", _) => {
+            "not rehearsed: no API server here to authorize against"
         }
         _ => "not rehearsed: no local equivalent",
     }
@@ -287,6 +322,9 @@ impl Board {
 
     fn pod_ready(&self, pod: usize) -> bool {
         let state = &self.pods[pod];
+        if self.stopping.contains(&pod) {
+            return false;
+        }
         state.fixed_ready.unwrap_or_else(|| {
             !state.starting
                 && !state.containers.is_empty()
@@ -417,6 +455,8 @@ struct ContainerProcess {
     pid: u32,
     grace: Duration,
     log: PathBuf,
+    /// Run before the SIGTERM at teardown, in the container.
+    pre_stop: Option<(Hook, Target)>,
 }
 
 struct Rehearsal<'a> {
@@ -589,8 +629,14 @@ impl<'a> Rehearsal<'a> {
             ("", "ConfigMap" | "Secret" | "ServiceAccount") => println!("  {label}: applied"),
             ("", "Service") => self.add_service(object, namespace, label).await?,
             ("apps", "Deployment" | "StatefulSet" | "ReplicaSet" | "DaemonSet") => {
-                let replicas = self.replicas(app, object);
                 let template = pod_template(object).context("no pod template")?;
+                if let Some(image) = self.foreign_image(&template)? {
+                    println!(
+                        "  {label}: not rehearsed: image {image} is not built here and has no local stand-in"
+                    );
+                    return Ok(());
+                }
+                let replicas = self.replicas(app, object);
                 println!("  {label}: {replicas} pod(s)");
                 self.check_references(&template, label);
                 let mut pods = Vec::new();
@@ -609,6 +655,12 @@ impl<'a> Rehearsal<'a> {
             }
             ("batch", "Job") => {
                 let template = pod_template(object).context("no pod template")?;
+                if let Some(image) = self.foreign_image(&template)? {
+                    println!(
+                        "  {label}: not rehearsed: image {image} is not built here and has no local stand-in"
+                    );
+                    return Ok(());
+                }
                 println!("  {label}: run to completion");
                 self.check_references(&template, label);
                 self.run_job(object, &template, namespace).await?;
@@ -622,6 +674,17 @@ impl<'a> Rehearsal<'a> {
             (group, kind) => println!("  {label}: {}", not_rehearsed(group, kind)),
         }
         Ok(())
+    }
+
+    /// The first image of the pod that is neither ours nor stood in by a host program.
+    fn foreign_image(&self, template: &PodTemplate<'_>) -> anyhow::Result<Option<String>> {
+        for (container, _) in template.containers() {
+            let image = container["image"].as_str().unwrap_or("");
+            if our_image(self.root, image)?.is_none() && stand_ins(image).is_none() {
+                return Ok(Some(image.to_owned()));
+            }
+        }
+        Ok(None)
     }
 
     /// `spec.replicas`, else the minimum of the autoscaler that targets it (or its Rollout).
@@ -1009,6 +1072,16 @@ impl<'a> Rehearsal<'a> {
             ));
             let process =
                 self.spawn_container(pod, &network.netns, &pod_dir, &plan, &spec, grace)?;
+            let target = Target {
+                ip: network.ip,
+                pid: Some(process),
+                uid: plan.security.uid,
+                gid: plan.security.gid,
+                env: Arc::new(plan.env.clone()),
+            };
+            if let Some(last) = self.processes.last_mut() {
+                last.pre_stop = plan.pre_stop.clone().map(|hook| (hook, target.clone()));
+            }
             if plan.init {
                 let name = plan.name.clone();
                 self.shared
@@ -1024,24 +1097,15 @@ impl<'a> Rehearsal<'a> {
                 }
                 continue;
             }
-            self.start_kubelet(
-                pod,
-                &plan,
-                Target {
-                    ip: network.ip,
-                    pid: Some(process),
-                    uid: plan.security.uid,
-                    gid: plan.security.gid,
-                },
-            );
+            self.start_kubelet(pod, &plan, target);
         }
         self.shared.board().pods[pod].starting = false;
         self.shared.notify();
         Ok(pod)
     }
 
-    /// The binaries a container needs in its root: ours at the image's ENTRYPOINT path, or a
-    /// host program standing in for the image's command.
+    /// The binaries a container needs in its root: ours at the image's ENTRYPOINT path, or the
+    /// host programs standing in for a foreign image's.
     fn programs(
         &self,
         plan: &ContainerPlan,
@@ -1053,38 +1117,35 @@ impl<'a> Rehearsal<'a> {
                 target: image.binary_path_in_image().to_owned(),
             }]);
         }
-        let command = plan.argv[0].as_str();
-        let name = Path::new(command)
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or(command);
-        let candidates = STAND_INS
-            .iter()
-            .find(|(wanted, _)| *wanted == name)
-            .map(|(_, candidates)| *candidates)
-            .with_context(|| {
-                format!(
-                    "container {}: image {} is not ours and {name} has no local stand-in",
-                    plan.name, plan.image
-                )
-            })?;
-        let host_path = candidates.iter().find_map(|c| which(c)).with_context(|| {
+        let table = stand_ins(&plan.image).with_context(|| {
             format!(
-                "none of {candidates:?} is installed (the stand-in for {})",
-                plan.image
+                "container {}: image {} is neither ours nor stood in",
+                plan.name, plan.image
             )
         })?;
-        let target = if command.starts_with('/') {
-            command.to_owned()
-        } else {
-            format!("/usr/local/bin/{name}")
-        };
+        let mut programs = Vec::new();
+        for (name, candidates) in table {
+            let host_path = candidates.iter().find_map(|c| which(c)).with_context(|| {
+                format!(
+                    "none of {candidates:?} is installed (the stand-in for {name} of {})",
+                    plan.image
+                )
+            })?;
+            programs.push(Program {
+                host_path,
+                target: format!("/usr/local/bin/{name}"),
+            });
+        }
+        let shown: Vec<String> = programs
+            .iter()
+            .map(|p| format!("{} as {}", p.host_path.display(), p.target))
+            .collect();
         println!(
-            "    (image {} stood in by {} at {target})",
+            "    (image {} stood in by {})",
             plan.image,
-            host_path.display()
+            shown.join(", ")
         );
-        Ok(vec![Program { host_path, target }])
+        Ok(programs)
     }
 
     fn spawn_container(
@@ -1171,6 +1232,7 @@ impl<'a> Rehearsal<'a> {
             pid,
             grace,
             log: pod_dir.join(format!("{}.log", plan.name)),
+            pre_stop: None,
         });
         Ok(pid)
     }
@@ -1199,16 +1261,17 @@ impl<'a> Rehearsal<'a> {
         self.tasks.push(tokio::spawn(async move {
             let [startup, liveness, readiness] = probes;
             if let (kind, Some(probe)) = startup
-                && !probe_loop(&shared, pod, &container, kind, &probe, target).await
+                && !probe_loop(&shared, pod, &container, kind, &probe, &target).await
             {
                 return;
             }
             let run = |(kind, probe): (ProbeKind, Option<crate::workload::Probe>)| {
                 let shared = shared.clone();
                 let container = container.clone();
+                let target = target.clone();
                 async move {
                     if let Some(probe) = probe {
-                        probe_loop(&shared, pod, &container, kind, &probe, target).await;
+                        probe_loop(&shared, pod, &container, kind, &probe, &target).await;
                     }
                 }
             };
@@ -1538,12 +1601,55 @@ impl<'a> Rehearsal<'a> {
                 .map(|p| (p.pod, p.name.clone(), p.pid, p.grace))
                 .collect()
         };
+        // The kubelet's stop: the pod leaves the endpoints and its preStop hooks run, then
+        // SIGTERM.
         {
             let mut board = self.shared.board();
-            for (pod, _, pid, _) in &running {
+            for (pod, ..) in &running {
                 board.stopping.insert(*pod);
-                let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGTERM);
             }
+        }
+        self.shared.notify();
+        let mut hooks = tokio::task::JoinSet::new();
+        for process in self
+            .processes
+            .iter()
+            .filter(|p| running.iter().any(|r| r.2 == p.pid))
+        {
+            let Some((hook, target)) = process.pre_stop.clone() else {
+                continue;
+            };
+            let grace = process.grace;
+            hooks.spawn(async move {
+                match hook {
+                    Hook::Sleep { seconds } => {
+                        tokio::time::sleep(scaled(seconds).min(grace)).await;
+                        Ok(())
+                    }
+                    Hook::Action(action) => probe::check(&action, &target, grace).await,
+                }
+            });
+        }
+        let hook_count = hooks.len();
+        let hook_errors: Vec<String> = hooks
+            .join_all()
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        if hook_count > 0 {
+            self.shared.log(format!(
+                "preStop hooks: {hook_count} run (sleeps scaled by {}){}",
+                probe::TIME_SCALE,
+                if hook_errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(", failed: {}", hook_errors.join("; "))
+                }
+            ));
+        }
+        for (_, _, pid, _) in &running {
+            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGTERM);
         }
         let grace = running.iter().map(|r| r.3).max().unwrap_or_default();
         let keys: Vec<(usize, String)> = running.iter().map(|(p, n, ..)| (*p, n.clone())).collect();
@@ -1685,7 +1791,7 @@ async fn probe_loop(
     container: &str,
     kind: ProbeKind,
     probe: &crate::workload::Probe,
-    target: Target,
+    target: &Target,
 ) -> bool {
     tokio::time::sleep(scaled(probe.initial_delay_seconds)).await;
     let timeout = Duration::from_secs(probe.timeout_seconds.max(1));

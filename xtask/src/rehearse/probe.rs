@@ -137,24 +137,26 @@ pub fn describe_action(action: &ProbeAction) -> String {
     }
 }
 
-/// Where a probe is run: the pod IP, and for exec probes the container's process.
-#[derive(Debug, Clone, Copy)]
+/// Where a probe is run: the pod IP, and for exec probes the container's process, user and
+/// environment.
+#[derive(Debug, Clone)]
 pub struct Target {
     pub ip: Ipv4Addr,
     pub pid: Option<u32>,
     pub uid: u32,
     pub gid: u32,
+    pub env: std::sync::Arc<Vec<(String, String)>>,
 }
 
 /// One check, bounded by the probe's timeout.
-pub async fn check(action: &ProbeAction, target: Target, timeout: Duration) -> Result<(), String> {
+pub async fn check(action: &ProbeAction, target: &Target, timeout: Duration) -> Result<(), String> {
     match tokio::time::timeout(timeout, run_check(action, target)).await {
         Ok(result) => result.map_err(|e| format!("{e:#}")),
         Err(_) => Err(format!("timed out after {timeout:?}")),
     }
 }
 
-async fn run_check(action: &ProbeAction, target: Target) -> anyhow::Result<()> {
+async fn run_check(action: &ProbeAction, target: &Target) -> anyhow::Result<()> {
     match action {
         ProbeAction::Tcp { port } => {
             tokio::net::TcpStream::connect((target.ip, *port)).await?;
@@ -220,6 +222,8 @@ async fn run_check(action: &ProbeAction, target: Target) -> anyhow::Result<()> {
                 .arg(format!("--setgid={}", target.gid))
                 .arg("--")
                 .args(command)
+                .env_clear()
+                .envs(target.env.iter().map(|(k, v)| (k, v)))
                 .kill_on_drop(true)
                 .output()
                 .await
