@@ -320,6 +320,13 @@ impl Board {
         }
     }
 
+    /// A startup or liveness probe of the pod failed: the kubelet restarts its container.
+    fn restarting(&self, pod: usize) -> bool {
+        self.trackers.iter().any(|((p, _, kind), tracker)| {
+            *p == pod && *kind != ProbeKind::Readiness && tracker.state == Some(false)
+        })
+    }
+
     fn pod_ready(&self, pod: usize) -> bool {
         let state = &self.pods[pod];
         if self.stopping.contains(&pod) {
@@ -1356,8 +1363,21 @@ impl<'a> Rehearsal<'a> {
                                 .iter()
                                 .any(|c| board.exits.contains_key(&(*p, c.clone())))
                         })
+                        || pods.iter().any(|p| board.restarting(*p))
                 })
                 .await;
+            if let Some(restart) = {
+                let board = self.shared.board();
+                pods.iter().find(|p| board.restarting(**p)).and_then(|p| {
+                    board
+                        .restarts
+                        .iter()
+                        .find(|r| r.starts_with(&format!("pod {} ", board.pods[*p].name)))
+                        .cloned()
+                })
+            } {
+                bail!("{what}: {restart} (Application {app} never becomes healthy)");
+            }
             let board = self.shared.board();
             let crashed: Vec<String> =
                 pods.iter()
