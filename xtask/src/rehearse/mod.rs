@@ -1590,7 +1590,12 @@ impl<'a> Rehearsal<'a> {
         let crashed: Vec<String> = board
             .exits
             .iter()
-            .filter(|((pod, _), exit)| !exit.expected && board.pods[*pod].long_running)
+            .filter(|((pod, name), exit)| {
+                // Init containers exit by design; the main containers of a Deployment must not.
+                !exit.expected
+                    && board.pods[*pod].long_running
+                    && board.pods[*pod].containers.contains(name)
+            })
             .map(|((pod, name), exit)| {
                 format!(
                     "pod {} container {name} exited ({})",
