@@ -208,6 +208,10 @@ pub fn exec(spec: &LaunchSpec) -> anyhow::Result<Infallible> {
     setgroups(&groups).context("setgroups")?;
     setgid(Gid::from_raw(spec.gid)).context("setgid")?;
     setuid(Uid::from_raw(spec.uid)).context("setuid")?;
+    // Set after the credential change (which clears it): if the rehearsal dies, even by
+    // SIGKILL, its containers die with it.
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .context("PR_SET_PDEATHSIG")?;
     let program = resolve_program(&spec.argv[0], &spec.env)?;
     let error = std::process::Command::new(&program)
         .arg0(&spec.argv[0])

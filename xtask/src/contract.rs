@@ -67,6 +67,7 @@ struct Case<'a> {
 pub fn run(root: &Path, envs: &[&str], build: Build) -> anyhow::Result<bool> {
     require_root("the config contract")?;
     let kubectl = crate::render::kubectl()?;
+    crate::util::sweep_stale_temp_dirs();
     let mut rendered = Vec::new();
     for env in envs {
         rendered.push(render_environment(root, &kubectl, env)?);

@@ -38,6 +38,28 @@ impl Drop for TempDir {
     }
 }
 
+/// Removes the temporary directories of earlier runs that died without cleaning up (SIGKILL):
+/// `meshgate-<label>-<pid>-<n>` whose pid is gone.
+pub fn sweep_stale_temp_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("meshgate-") else {
+            continue;
+        };
+        let mut parts = rest.rsplitn(3, '-');
+        let (Some(n), Some(pid), Some(_label)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let numeric = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+        if numeric(n) && numeric(pid) && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// `a/b/../c` → `a/c`, without touching the file system (paths in manifests, not on disk).
 pub fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();

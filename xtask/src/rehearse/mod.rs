@@ -163,6 +163,7 @@ pub fn run(
     postgres::server_binaries()?;
     let kubectl = crate::render::kubectl()?;
     net::sweep_stale();
+    crate::util::sweep_stale_temp_dirs();
     let started = Instant::now();
     let env = render_environment(root, &kubectl, env_name)?;
     let rendered = started.elapsed();
