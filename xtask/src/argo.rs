@@ -188,19 +188,7 @@ pub fn sync_order(objects: &[Object]) -> Vec<&Object> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objects::Origin;
-
-    fn object(yaml: &str) -> Object {
-        Object {
-            value: serde_yaml::from_str(yaml).unwrap(),
-            origin: Origin {
-                application: "app".into(),
-                source: "src".into(),
-                file: None,
-                generated_by: None,
-            },
-        }
-    }
+    use crate::objects::test_object as object;
 
     #[test]
     fn presync_hooks_come_first_then_waves_then_kinds() {

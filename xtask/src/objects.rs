@@ -139,6 +139,20 @@ pub fn parse_yaml_stream(text: &str) -> anyhow::Result<Vec<Value>> {
     Ok(values)
 }
 
+/// A parsed object for unit tests, declared in `deploy/x/deployment.yaml` of Application `apps`.
+#[cfg(test)]
+pub fn test_object(yaml: &str) -> Object {
+    Object {
+        value: serde_yaml::from_str(yaml).expect("test YAML"),
+        origin: Origin {
+            application: "apps".into(),
+            source: "deploy/x".into(),
+            file: Some("deploy/x/deployment.yaml".into()),
+            generated_by: None,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -918,19 +918,7 @@ fn parse_action(probe: &Value, ports: &[(Option<String>, u16)]) -> anyhow::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objects::Origin;
-
-    fn object(yaml: &str) -> Object {
-        Object {
-            value: serde_yaml::from_str(yaml).unwrap(),
-            origin: Origin {
-                application: "apps".into(),
-                source: "deploy/x".into(),
-                file: Some("deploy/x/deployment.yaml".into()),
-                generated_by: None,
-            },
-        }
-    }
+    use crate::objects::test_object as object;
 
     fn pod() -> PodContext {
         PodContext {
@@ -1003,6 +991,14 @@ spec:
             package: "api".into(),
             binary: "api".into(),
         }
+    }
+
+    /// The plan of the first container of a Deployment given as YAML.
+    fn plan_of(yaml: &str) -> anyhow::Result<ContainerPlan> {
+        let deployment = object(yaml);
+        let template = pod_template(&deployment).unwrap();
+        let (container, init) = template.containers()[0];
+        plan_container(&store(), &pod(), &template, container, init, Some(&image()))
     }
 
     #[test]
@@ -1118,17 +1114,8 @@ spec:
                 "ServiceAccount ns/api"
             ]
         );
-        let optional = object(&DEPLOYMENT.replace("key: password}", "key: nope, optional: true}"));
-        let template = pod_template(&optional).unwrap();
-        let plan = plan_container(
-            &store(),
-            &pod(),
-            &template,
-            template.containers()[0].0,
-            false,
-            Some(&image()),
-        )
-        .unwrap();
+        let plan =
+            plan_of(&DEPLOYMENT.replace("key: password}", "key: nope, optional: true}")).unwrap();
         assert!(!plan.env.iter().any(|(k, _)| k == "PASSWORD"));
     }
 
@@ -1156,17 +1143,8 @@ spec:
 
     #[test]
     fn named_grpc_probe_ports_are_refused_like_the_api_server_does() {
-        let deployment = object(&DEPLOYMENT.replace("grpc: {port: 50051", "grpc: {port: grpc"));
-        let template = pod_template(&deployment).unwrap();
-        let error = plan_container(
-            &store(),
-            &pod(),
-            &template,
-            template.containers()[0].0,
-            false,
-            Some(&image()),
-        )
-        .unwrap_err();
+        let error =
+            plan_of(&DEPLOYMENT.replace("grpc: {port: 50051", "grpc: {port: grpc")).unwrap_err();
         assert!(format!("{error:#}").contains("livenessProbe"), "{error:#}");
     }
 }

@@ -1873,19 +1873,7 @@ async fn probe_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::objects::Origin;
-
-    fn object(yaml: &str) -> Object {
-        Object {
-            value: serde_yaml::from_str(yaml).unwrap(),
-            origin: Origin {
-                application: "apps".into(),
-                source: "deploy/x".into(),
-                file: None,
-                generated_by: None,
-            },
-        }
-    }
+    use crate::objects::test_object as object;
 
     /// The seeded bad case of issue 11: a PreSync hook whose pod uses a Sync-phase
     /// ServiceAccount cannot start on the first sync; as a hook of the same phase it can.
