@@ -16,10 +16,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("kitchen_descriptor.bin"),
         compiler.encode_file_descriptor_set(),
     )?;
+    // A rule the gateway refuses (tests: it must not start on it).
+    let mut unsupported = protox::Compiler::new(["tests/proto", "../proto"])?;
+    unsupported
+        .include_imports(true)
+        .open_files(["unsupported/v1/rules.proto"])?;
+    fs::write(
+        out_dir.join("unsupported_descriptor.bin"),
+        unsupported.encode_file_descriptor_set(),
+    )?;
+    let mut descriptors = compiler.file_descriptor_set();
+    descriptors
+        .file
+        .retain(|file| !file.name().starts_with("buf/validate/"));
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         .include_file("kitchen_includes.rs")
-        .compile_fds(compiler.file_descriptor_set())?;
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::{env, fs, path::PathBuf};
 const PROTOS: &[&str] = &[
     "user.proto",
     "meshgate/api/options.proto",
+    "buf/validate/validate.proto",
     "google/api/annotations.proto",
     "google/api/http.proto",
     "google/rpc/status.proto",
@@ -28,11 +29,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .open_files(PROTOS)?;
     // Encoded through the compiler's own pool: prost_types would drop the custom options
     // (google.api.http) as unknown fields.
+    let encoded = compiler.encode_file_descriptor_set();
     fs::write(
         out_dir.join("meshgate_descriptor.bin"),
-        compiler.encode_file_descriptor_set(),
+        slim_files(&encoded, "buf/validate/")?,
     )?;
-    let descriptors = compiler.file_descriptor_set();
+    let mut descriptors = compiler.file_descriptor_set();
+    // buf.validate only annotates the contract (read through reflection): no Rust types for it.
+    descriptors
+        .file
+        .retain(|file| !file.name().starts_with("buf/validate/"));
 
     let grpc = env::var_os("CARGO_FEATURE_GRPC").is_some();
     tonic_prost_build::configure()
@@ -42,4 +48,94 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .include_file("_includes.rs")
         .compile_fds(descriptors)?;
     Ok(())
+}
+
+/// Slims the files under `prefix` (buf/validate) in the encoded set: every consumer decodes it
+/// (the gateway, reflection, and the wasm filters, which embed it and must stay small), and
+/// none needs their comments (`source_code_info`) or the options on the rule messages' own
+/// fields (`buf.validate.predefined`: the CEL a CEL-based runtime would evaluate; the gateway
+/// evaluates the standard rules natively). The messages, fields, enums and extensions stay, so
+/// `(buf.validate.field)` options decode exactly as written. Works on the encoded bytes, so
+/// every other file stays exactly as protox encoded it.
+fn slim_files(set: &[u8], prefix: &str) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    use prost::encoding::{WireType, decode_key, decode_varint, encode_key, encode_varint};
+    type Fields<'a> = Vec<(u32, &'a [u8], &'a [u8])>;
+    /// (field number, payload of a length-delimited field, the whole encoded field).
+    fn fields(mut bytes: &[u8]) -> Result<Fields<'_>, Box<dyn std::error::Error>> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let start = bytes;
+            let (number, wire_type) = decode_key(&mut bytes)?;
+            let value: &[u8] = match wire_type {
+                WireType::LengthDelimited => {
+                    let len = decode_varint(&mut bytes)? as usize;
+                    let (value, rest) = bytes
+                        .split_at_checked(len)
+                        .ok_or("truncated descriptor set")?;
+                    bytes = rest;
+                    value
+                }
+                WireType::Varint => {
+                    decode_varint(&mut bytes)?;
+                    &[]
+                }
+                other => {
+                    return Err(
+                        format!("unexpected wire type {other:?} in a descriptor set").into(),
+                    );
+                }
+            };
+            let raw = &start[..start.len() - bytes.len()];
+            out.push((number, value, raw));
+        }
+        Ok(out)
+    }
+    fn nested(out: &mut Vec<u8>, number: u32, payload: &[u8]) {
+        encode_key(number, WireType::LengthDelimited, out);
+        encode_varint(payload.len() as u64, out);
+        out.extend_from_slice(payload);
+    }
+    // DescriptorProto.field = 2 (FieldDescriptorProto.options = 8), .nested_type = 3.
+    fn message(bytes: &[u8]) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+        let mut out = Vec::with_capacity(bytes.len());
+        for (number, value, raw) in fields(bytes)? {
+            match number {
+                2 => {
+                    let kept: Vec<u8> = fields(value)?
+                        .iter()
+                        .filter(|(n, _, _)| *n != 8)
+                        .flat_map(|(_, _, raw)| raw.iter().copied())
+                        .collect();
+                    nested(&mut out, 2, &kept);
+                }
+                3 => nested(&mut out, 3, &message(value)?),
+                _ => out.extend_from_slice(raw),
+            }
+        }
+        Ok(out)
+    }
+    // FileDescriptorSet.file = 1; FileDescriptorProto.name = 1, .message_type = 4,
+    // .source_code_info = 9.
+    let mut out = Vec::with_capacity(set.len());
+    for (number, file, raw) in fields(set)? {
+        let file_fields = fields(file)?;
+        let slimmed = number == 1
+            && file_fields
+                .iter()
+                .any(|(n, value, _)| *n == 1 && value.starts_with(prefix.as_bytes()));
+        if !slimmed {
+            out.extend_from_slice(raw);
+            continue;
+        }
+        let mut kept = Vec::with_capacity(file.len());
+        for (number, value, raw) in file_fields {
+            match number {
+                9 => {}
+                4 => nested(&mut kept, 4, &message(value)?),
+                _ => kept.extend_from_slice(raw),
+            }
+        }
+        nested(&mut out, 1, &kept);
+    }
+    Ok(out)
 }

@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 use serde::Deserialize;
 
 use crate::telemetry::OtlpSettings;
+use crate::transcode::JsonOptions;
 
 /// A configuration problem, naming the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -94,18 +95,45 @@ impl Default for GatewaySection {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// REST JSON conventions: `style` picks a preset, each key below overrides it.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JsonSection {
-    pub use_proto_field_names: bool,
-    pub emit_defaults: bool,
+    pub style: JsonStyle,
+    /// `created_at` instead of `createdAt`.
+    pub use_proto_field_names: Option<bool>,
+    /// Fields holding their default value are written.
+    pub emit_defaults: Option<bool>,
+    /// 64-bit integers as JSON numbers up to ±(2^53 − 1), strings beyond.
+    pub int64_as_number: Option<bool>,
+    /// Unknown request fields and query parameters are ignored instead of refused.
+    pub ignore_unknown_fields: Option<bool>,
+    /// Error bodies add `detail`; request-validation failures are 422 with an item list.
+    pub error_detail: Option<bool>,
 }
 
-impl Default for JsonSection {
-    fn default() -> Self {
-        Self {
-            use_proto_field_names: false,
-            emit_defaults: true,
+/// The two REST JSON presets.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JsonStyle {
+    /// grpc-gateway / AIP: lowerCamelCase names, 64-bit integers as strings, unknown fields
+    /// refused, errors as google.rpc.Status, validation failures 400.
+    #[default]
+    GrpcGateway,
+    /// The replaced FastAPI facade: proto (snake_case) names, 64-bit integers as numbers,
+    /// unknown fields ignored, errors with `detail`, validation failures 422.
+    Fastapi,
+}
+
+impl JsonSection {
+    fn options(&self) -> JsonOptions {
+        let fastapi = self.style == JsonStyle::Fastapi;
+        JsonOptions {
+            use_proto_field_names: self.use_proto_field_names.unwrap_or(fastapi),
+            emit_defaults: self.emit_defaults.unwrap_or(true),
+            int64_as_number: self.int64_as_number.unwrap_or(fastapi),
+            ignore_unknown_fields: self.ignore_unknown_fields.unwrap_or(fastapi),
+            error_detail: self.error_detail.unwrap_or(fastapi),
         }
     }
 }
@@ -370,8 +398,8 @@ pub struct GatewayConfig {
     pub upstreams: Vec<SocketAddr>,
     pub descriptor_sets: Vec<PathBuf>,
     pub skip_builtin_descriptors: bool,
-    pub use_proto_field_names: bool,
-    pub emit_defaults: bool,
+    /// REST JSON conventions (`gateway.json`).
+    pub json: JsonOptions,
     pub max_body_bytes: usize,
     pub timeout: Duration,
     pub route_timeouts: BTreeMap<String, Duration>,
@@ -556,8 +584,7 @@ impl GatewayConfig {
             upstreams,
             descriptor_sets: gateway.descriptor_sets,
             skip_builtin_descriptors: gateway.skip_builtin_descriptors,
-            use_proto_field_names: gateway.json.use_proto_field_names,
-            emit_defaults: gateway.json.emit_defaults,
+            json: gateway.json.options(),
             max_body_bytes: gateway.max_body_bytes,
             timeout: positive("gateway.timeout_ms", gateway.timeout_ms)?,
             route_timeouts,
@@ -622,6 +649,36 @@ mod tests {
         assert_eq!(config.listen.port(), 8080);
         assert_eq!(config.metrics_listen.unwrap().port(), 9091);
         assert_eq!(config.upstreams, vec!["127.0.0.1:50051".parse().unwrap()]);
+        // The replaced facade's REST contract.
+        assert_eq!(
+            config.json,
+            JsonOptions {
+                use_proto_field_names: true,
+                emit_defaults: true,
+                int64_as_number: true,
+                ignore_unknown_fields: true,
+                error_detail: true,
+            }
+        );
+        let aip = load(include_str!("../config/gateway-grpc-gateway.yaml")).unwrap();
+        assert_eq!(aip.json, JsonOptions::default());
+        assert_eq!(aip.listen.port(), 8080);
+    }
+
+    #[test]
+    fn json_keys_override_the_style() {
+        let config =
+            load("gateway:\n  json:\n    style: fastapi\n    use_proto_field_names: false\n")
+                .unwrap();
+        assert!(!config.json.use_proto_field_names);
+        assert!(config.json.error_detail && config.json.int64_as_number);
+        let config = load("gateway:\n  json:\n    int64_as_number: true\n").unwrap();
+        assert!(config.json.int64_as_number && !config.json.error_detail);
+        let error = load("gateway:\n  json:\n    style: fast\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("gateway.json.style"), "{error}");
+        assert!(error.contains("fastapi"), "{error}");
     }
 
     #[test]

@@ -8,7 +8,10 @@ use tonic::Code;
 
 use crate::grpc_compression::CompressionError;
 use crate::grpc_web::FramingError;
-use crate::status::{grpc_code_for_http, http_status_for};
+use crate::status::{
+    VALIDATION_FAILED, bad_request_details, detail_json, grpc_code_for_http, http_status_for,
+    status_json, validation_items,
+};
 use crate::transcode::TranscodeError;
 
 #[derive(Debug, thiserror::Error)]
@@ -112,9 +115,11 @@ impl GatewayError {
                 ..simple(413)
             },
             Self::UnsupportedMediaType(_) => simple(415),
-            Self::BadRequest(_) | Self::GrpcWebFraming(_) | Self::GrpcWebMessageCount(_) => {
-                simple(400)
-            }
+            Self::BadRequest(error) => SyntheticResponse {
+                details: bad_request_details(error).map(Bytes::from),
+                ..simple(400)
+            },
+            Self::GrpcWebFraming(_) | Self::GrpcWebMessageCount(_) => simple(400),
             Self::GrpcWebCompression(error) => {
                 // The gRPC compression spec's codes; gRPC-web answers them as trailers-only 200.
                 let grpc_code = match error {
@@ -151,6 +156,37 @@ impl GatewayError {
             },
             Self::Internal(_) => simple(500),
         }
+    }
+}
+
+/// A REST error's status and body: google.rpc.Status, and with `error_detail` its `detail`
+/// (validation failures become 422 with the item list).
+pub fn rest_error_body(
+    pool: &prost_reflect::DescriptorPool,
+    error_detail: bool,
+    error: &GatewayError,
+    rescued: &SyntheticResponse,
+) -> (u16, Vec<u8>) {
+    let details = rescued.details.as_deref();
+    if !error_detail {
+        let body = status_json(pool, rescued.grpc_code, &rescued.message, details);
+        return (rescued.http_status, body);
+    }
+    match error {
+        GatewayError::BadRequest(invalid) => (
+            VALIDATION_FAILED,
+            detail_json(
+                pool,
+                rescued.grpc_code,
+                &rescued.message,
+                details,
+                Some(validation_items(invalid)),
+            ),
+        ),
+        _ => (
+            rescued.http_status,
+            detail_json(pool, rescued.grpc_code, &rescued.message, details, None),
+        ),
     }
 }
 

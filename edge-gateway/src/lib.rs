@@ -11,6 +11,8 @@
 //!   [`grpc_headers`]: `grpc-timeout`, `grpc-message`, `grpc-status(-details-bin)` (pure).
 //! - [`cors`], [`trace`], [`retry`]: edge policies (pure); [`openapi`]: OpenAPI 3.1 from the
 //!   descriptors (pure).
+//! - [`validate`]: `buf.validate` field rules from the descriptors, checked on REST and
+//!   gRPC-web requests (pure).
 //! - [`config`]: YAML + flags/env → one validated [`config::GatewayConfig`] (reads the YAML
 //!   file and the TLS files it names).
 //! - [`state`]: what every request shares, built once from the config (loads descriptor sets).
@@ -49,4 +51,5 @@ pub mod tls;
 pub mod trace;
 pub mod transcode;
 pub mod upstream;
+pub mod validate;
 pub mod wasm_filters;

@@ -1,15 +1,18 @@
 //! OpenAPI 3.1 from the route table and the message descriptors, built once at start-up.
-//! Schemas follow the proto3 JSON mapping (64-bit integers as strings, enums by name,
-//! well-known types as their JSON forms).
+//! Schemas follow the proto3 JSON mapping as the gateway serves it ([`JsonOptions`]: field
+//! names, 64-bit integers, error bodies), enums by name, well-known types as their JSON forms,
+//! and the `buf.validate` rules as schema keywords (`minLength`, `maximum`, `format`, `required`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
 
 use crate::routes::{BodyTarget, Route, Router, resolve_field_path};
+use crate::transcode::JsonOptions;
+use crate::validate::schema_keywords;
 
-pub fn document(router: &Router, title: &str, use_proto_field_names: bool) -> Value {
+pub fn document(router: &Router, title: &str, options: JsonOptions) -> Value {
     let mut schemas = BTreeMap::new();
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     let mut operation_ids: BTreeMap<String, usize> = BTreeMap::new();
@@ -21,7 +24,7 @@ pub fn document(router: &Router, title: &str, use_proto_field_names: bool) -> Va
             continue;
         }
         let path = openapi_path(route);
-        let mut operation = operation(route, &mut schemas, use_proto_field_names);
+        let mut operation = operation(route, &mut schemas, options);
         // Additional bindings share the method: operationIds must stay unique.
         let base_id = operation["operationId"]
             .as_str()
@@ -34,13 +37,126 @@ pub fn document(router: &Router, title: &str, use_proto_field_names: bool) -> Va
         }
         paths.entry(path).or_default().insert(method, operation);
     }
+    mark_always_present(router, &mut schemas, options);
     schemas.insert("google.rpc.Status".to_owned(), status_schema());
+    if options.error_detail {
+        schemas.insert("HTTPError".to_owned(), http_error_schema());
+        schemas.insert(
+            "HTTPValidationError".to_owned(),
+            http_validation_error_schema(),
+        );
+        schemas.insert("ValidationError".to_owned(), validation_error_schema());
+    }
+    schemas.insert("HealthResponse".to_owned(), health_schema());
+    for (path, item) in admin_paths() {
+        if let Value::Object(item) = item {
+            paths.insert(path.to_owned(), item);
+        }
+    }
     json!({
         "openapi": "3.1.0",
         "info": { "title": title, "version": env!("CARGO_PKG_VERSION") },
         "paths": paths,
         "components": { "schemas": schemas },
     })
+}
+
+/// With `emit_defaults` every field of a response message is written: messages only ever
+/// answered (never sent) list them all as `required`.
+fn mark_always_present(
+    router: &Router,
+    schemas: &mut BTreeMap<String, Value>,
+    options: JsonOptions,
+) {
+    if !options.emit_defaults {
+        return;
+    }
+    let (mut sent, mut answered) = (BTreeSet::new(), BTreeSet::new());
+    for route in router.routes() {
+        reachable(&route.input(), &mut sent);
+        let output = route.output();
+        match route
+            .response_body
+            .as_deref()
+            .and_then(|name| output.get_field_by_name(name))
+        {
+            Some(field) => {
+                if let Kind::Message(inner) = field.kind() {
+                    reachable(&inner, &mut answered);
+                }
+            }
+            None => reachable(&output, &mut answered),
+        }
+    }
+    for name in answered.difference(&sent) {
+        let Some(schema) = schemas.get_mut(name) else {
+            continue;
+        };
+        let Some(message) = router
+            .routes()
+            .first()
+            .and_then(|r| r.method.parent_pool().get_message_by_name(name))
+        else {
+            continue;
+        };
+        // In declaration order; members of a oneof are written only when set.
+        let required: Vec<Value> = message
+            .fields()
+            .filter(|f| f.containing_oneof().is_none())
+            .map(|f| Value::String(json_name(&f, options)))
+            .collect();
+        if !required.is_empty() {
+            schema["required"] = Value::Array(required);
+        }
+    }
+}
+
+fn reachable(message: &MessageDescriptor, seen: &mut BTreeSet<String>) {
+    if wkt_schema(message).is_some() || !seen.insert(message.full_name().to_owned()) {
+        return;
+    }
+    for field in message.fields() {
+        if let Kind::Message(inner) = field.kind() {
+            reachable(&inner, seen);
+        }
+    }
+}
+
+/// The gateway's own endpoints.
+fn admin_paths() -> Vec<(&'static str, Value)> {
+    let text = |description: &str| json!({"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}});
+    vec![
+        (
+            "/healthz",
+            json!({"get": {
+                "operationId": "gateway_health",
+                "tags": ["gateway"],
+                "summary": "The gateway and its upstreams' grpc.health.v1 state",
+                "responses": {"200": {
+                    "description": "The gateway answers; grpc_user_status tells the upstreams' health",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HealthResponse"}}},
+                }},
+            }}),
+        ),
+        (
+            "/livez",
+            json!({"get": {
+                "operationId": "gateway_liveness",
+                "tags": ["gateway"],
+                "summary": "The gateway process is up (liveness probe)",
+                "responses": {"200": text("ok")},
+            }}),
+        ),
+        (
+            "/readyz",
+            json!({"get": {
+                "operationId": "gateway_readiness",
+                "tags": ["gateway"],
+                "summary": "At least one upstream is healthy (readiness probe)",
+                "responses": {"200": text("ready"), "503": text("no healthy upstream")},
+            }}),
+        ),
+    ]
 }
 
 const STANDARD_METHODS: &[&str] = &[
@@ -71,7 +187,7 @@ fn openapi_path(route: &Route) -> String {
     out
 }
 
-fn operation(route: &Route, schemas: &mut BTreeMap<String, Value>, proto_names: bool) -> Value {
+fn operation(route: &Route, schemas: &mut BTreeMap<String, Value>, options: JsonOptions) -> Value {
     let input = route.input();
     let mut parameters = Vec::new();
     let bound: Vec<&str> = route.template.field_paths().collect();
@@ -81,7 +197,7 @@ fn operation(route: &Route, schemas: &mut BTreeMap<String, Value>, proto_names: 
             "name": path,
             "in": "path",
             "required": true,
-            "schema": field.map_or(json!({"type": "string"}), |f| field_schema(&f, schemas, proto_names)),
+            "schema": field.map_or(json!({"type": "string"}), |f| field_schema(&f, schemas, options)),
         }));
     }
     if route.body != BodyTarget::Whole {
@@ -99,10 +215,10 @@ fn operation(route: &Route, schemas: &mut BTreeMap<String, Value>, proto_names: 
                 continue;
             }
             parameters.push(json!({
-                "name": json_name(&field, proto_names),
+                "name": json_name(&field, options),
                 "in": "query",
                 "required": false,
-                "schema": field_schema(&field, schemas, proto_names),
+                "schema": field_schema(&field, schemas, options),
             }));
         }
     }
@@ -113,14 +229,25 @@ fn operation(route: &Route, schemas: &mut BTreeMap<String, Value>, proto_names: 
         "responses": {
             route.success_code.to_string(): {
                 "description": "Success",
-                "content": { "application/json": { "schema": response_schema(route, schemas, proto_names) } },
-            },
-            "default": {
-                "description": "Error (google.rpc.Status)",
-                "content": { "application/json": { "schema": { "$ref": "#/components/schemas/google.rpc.Status" } } },
+                "content": { "application/json": { "schema": response_schema(route, schemas, options) } },
             },
         },
     });
+    let error = |description: &str, schema: &str| {
+        json!({
+            "description": description,
+            "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } },
+        })
+    };
+    if options.error_detail {
+        op["responses"]["422"] = error(
+            "Validation error: one `detail` item per problem",
+            "HTTPValidationError",
+        );
+        op["responses"]["default"] = error("Error (google.rpc.Status with `detail`)", "HTTPError");
+    } else {
+        op["responses"]["default"] = error("Error (google.rpc.Status)", "google.rpc.Status");
+    }
     if let Some(summary) = route
         .method
         .parent_service()
@@ -132,10 +259,10 @@ fn operation(route: &Route, schemas: &mut BTreeMap<String, Value>, proto_names: 
     }
     let body_schema = match &route.body {
         BodyTarget::None => None,
-        BodyTarget::Whole => Some(message_ref(&input, schemas, proto_names)),
+        BodyTarget::Whole => Some(message_ref(&input, schemas, options)),
         BodyTarget::Field(name) => input
             .get_field_by_name(name)
-            .map(|f| field_schema(&f, schemas, proto_names)),
+            .map(|f| field_schema(&f, schemas, options)),
     };
     if let Some(schema) = body_schema {
         op["requestBody"] = json!({
@@ -149,19 +276,19 @@ fn operation(route: &Route, schemas: &mut BTreeMap<String, Value>, proto_names: 
 fn response_schema(
     route: &Route,
     schemas: &mut BTreeMap<String, Value>,
-    proto_names: bool,
+    options: JsonOptions,
 ) -> Value {
     let output = route.output();
     match &route.response_body {
         Some(name) => output
             .get_field_by_name(name)
-            .map_or(json!({}), |f| field_schema(&f, schemas, proto_names)),
-        None => message_ref(&output, schemas, proto_names),
+            .map_or(json!({}), |f| field_schema(&f, schemas, options)),
+        None => message_ref(&output, schemas, options),
     }
 }
 
-fn json_name(field: &FieldDescriptor, proto_names: bool) -> String {
-    if proto_names {
+fn json_name(field: &FieldDescriptor, options: JsonOptions) -> String {
+    if options.use_proto_field_names {
         field.name().to_owned()
     } else {
         field.json_name().to_owned()
@@ -207,7 +334,7 @@ fn wkt_schema(message: &MessageDescriptor) -> Option<Value> {
 fn message_ref(
     message: &MessageDescriptor,
     schemas: &mut BTreeMap<String, Value>,
-    proto_names: bool,
+    options: JsonOptions,
 ) -> Value {
     if let Some(schema) = wkt_schema(message) {
         return schema;
@@ -217,27 +344,41 @@ fn message_ref(
         // Placeholder first: recursive messages refer to themselves.
         schemas.insert(name.clone(), json!({}));
         let mut properties = Map::new();
+        let mut required = Vec::new();
         for field in message.fields() {
-            properties.insert(
-                json_name(&field, proto_names),
-                field_schema(&field, schemas, proto_names),
-            );
+            let key = json_name(&field, options);
+            if schema_keywords(field.parent_pool(), &field).1 {
+                required.push(Value::String(key.clone()));
+            }
+            properties.insert(key, field_schema(&field, schemas, options));
         }
-        schemas.insert(
-            name.clone(),
-            json!({"type": "object", "properties": properties}),
-        );
+        let mut schema = json!({"type": "object", "properties": properties});
+        if !required.is_empty() {
+            schema["required"] = Value::Array(required);
+        }
+        schemas.insert(name.clone(), schema);
     }
     json!({ "$ref": format!("#/components/schemas/{name}") })
 }
 
-fn kind_schema(kind: &Kind, schemas: &mut BTreeMap<String, Value>, proto_names: bool) -> Value {
+fn kind_schema(kind: &Kind, schemas: &mut BTreeMap<String, Value>, options: JsonOptions) -> Value {
     match kind {
         Kind::Double | Kind::Float => json!({"type": "number"}),
         Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
             json!({"type": "integer", "format": "int32"})
         }
         Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "format": "int64", "minimum": 0}),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 if options.int64_as_number => json!({
+            "type": ["integer", "string"],
+            "format": "int64",
+            "description": "A JSON number while within ±(2^53 − 1), a decimal string beyond",
+        }),
+        Kind::Uint64 | Kind::Fixed64 if options.int64_as_number => json!({
+            "type": ["integer", "string"],
+            "format": "uint64",
+            "minimum": 0,
+            "description": "A JSON number while within 2^53 − 1, a decimal string beyond",
+        }),
         Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({"type": "string", "format": "int64"}),
         Kind::Uint64 | Kind::Fixed64 => json!({"type": "string", "format": "uint64"}),
         Kind::Bool => json!({"type": "boolean"}),
@@ -246,14 +387,14 @@ fn kind_schema(kind: &Kind, schemas: &mut BTreeMap<String, Value>, proto_names: 
         Kind::Enum(e) => {
             json!({"type": "string", "enum": e.values().map(|v| v.name().to_owned()).collect::<Vec<_>>()})
         }
-        Kind::Message(m) => message_ref(m, schemas, proto_names),
+        Kind::Message(m) => message_ref(m, schemas, options),
     }
 }
 
 fn field_schema(
     field: &FieldDescriptor,
     schemas: &mut BTreeMap<String, Value>,
-    proto_names: bool,
+    options: JsonOptions,
 ) -> Value {
     if field.is_map()
         && let Kind::Message(entry) = field.kind()
@@ -261,15 +402,73 @@ fn field_schema(
         let value = entry.map_entry_value_field().kind();
         return json!({
             "type": "object",
-            "additionalProperties": kind_schema(&value, schemas, proto_names),
+            "additionalProperties": kind_schema(&value, schemas, options),
         });
     }
-    let item = kind_schema(&field.kind(), schemas, proto_names);
+    let item = kind_schema(&field.kind(), schemas, options);
     if field.is_list() {
-        json!({"type": "array", "items": item})
-    } else {
-        item
+        return json!({"type": "array", "items": item});
     }
+    let (keywords, _) = schema_keywords(field.parent_pool(), field);
+    match item {
+        Value::Object(mut schema) if !schema.contains_key("$ref") => {
+            schema.extend(keywords);
+            Value::Object(schema)
+        }
+        // A `$ref` takes no siblings worth relying on: rules on message fields stay implicit.
+        other => other,
+    }
+}
+
+/// google.rpc.Status plus `detail` (`gateway.json.error_detail`).
+fn http_error_schema() -> Value {
+    let mut schema = status_schema();
+    schema["properties"]["detail"] =
+        json!({"type": "string", "description": "The message, as the replaced facade answered it"});
+    schema["required"] = json!(["code", "message", "detail"]);
+    schema
+}
+
+fn http_validation_error_schema() -> Value {
+    let mut schema = status_schema();
+    schema["properties"]["detail"] = json!({
+        "type": "array",
+        "items": { "$ref": "#/components/schemas/ValidationError" },
+    });
+    schema["required"] = json!(["code", "message", "detail"]);
+    schema
+}
+
+/// FastAPI's (pydantic's) validation error item.
+fn validation_error_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "loc": {
+                "type": "array",
+                "items": { "anyOf": [{"type": "string"}, {"type": "integer"}] },
+                "description": "Where: `body`, `query` or `path`, then the field path (or the character offset of a JSON syntax error)",
+            },
+            "msg": {"type": "string"},
+            "type": {"type": "string", "description": "pydantic's error type, e.g. missing, string_too_short, less_than_equal"},
+            "input": {"description": "The value sent"},
+            "ctx": {"type": "object", "description": "The rule's bound, e.g. {\"le\": 150}"},
+        },
+        "required": ["loc", "msg", "type"],
+    })
+}
+
+fn health_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "status": {"type": "string", "const": "healthy"},
+            "service": {"type": "string"},
+            "version": {"type": "string"},
+            "grpc_user_status": {"type": "string", "enum": ["healthy", "unhealthy"]},
+        },
+        "required": ["status", "service", "version", "grpc_user_status"],
+    })
 }
 
 fn status_schema() -> Value {
@@ -291,7 +490,7 @@ mod tests {
     #[test]
     fn user_api_document() {
         let router = Router::from_pool(meshgate_proto::descriptor_pool()).unwrap();
-        let doc = document(&router, "meshgate", false);
+        let doc = document(&router, "meshgate", JsonOptions::default());
         assert_eq!(doc["openapi"], "3.1.0");
         let create = &doc["paths"]["/v1/users"]["post"];
         assert!(create["responses"]["201"].is_object(), "{create}");
@@ -311,5 +510,58 @@ mod tests {
         assert_eq!(names, vec![json!("page"), json!("limit")]);
         let user = &doc["components"]["schemas"]["user.User"]["properties"];
         assert_eq!(user["createdAt"]["type"], "string");
+        assert_eq!(user["id"]["format"], "uuid");
+        assert!(doc["paths"]["/healthz"]["get"].is_object());
+        // `response_body: "user"`: the user itself.
+        assert_eq!(
+            create["responses"]["201"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/user.User"
+        );
+    }
+
+    #[test]
+    fn rules_and_the_fastapi_style_show_in_the_schemas() {
+        let router = Router::from_pool(meshgate_proto::descriptor_pool()).unwrap();
+        let options = JsonOptions {
+            use_proto_field_names: true,
+            int64_as_number: true,
+            error_detail: true,
+            ..JsonOptions::default()
+        };
+        let doc = document(&router, "meshgate", options);
+        let schemas = &doc["components"]["schemas"];
+        let create = &schemas["user.CreateUserRequest"];
+        assert_eq!(create["required"], json!(["name", "email", "age"]));
+        let create = &create["properties"];
+        assert_eq!(create["name"]["minLength"], 1);
+        assert_eq!(create["name"]["maxLength"], 100);
+        assert_eq!(create["email"]["format"], "email");
+        assert_eq!(create["age"]["minimum"], 0);
+        assert_eq!(create["age"]["maximum"], 150);
+        let user = &schemas["user.User"];
+        assert_eq!(
+            user["properties"]["created_at"]["type"],
+            json!(["integer", "string"])
+        );
+        // Only ever answered, and every field written: all required.
+        assert_eq!(
+            user["required"],
+            json!(["id", "name", "email", "age", "created_at", "updated_at"])
+        );
+        let list = &doc["paths"]["/v1/users"]["get"];
+        let limit = list["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "limit")
+            .unwrap();
+        assert_eq!(limit["schema"]["minimum"], 1);
+        assert_eq!(limit["schema"]["maximum"], 100);
+        assert_eq!(
+            list["responses"]["422"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/HTTPValidationError"
+        );
+        let get = &doc["paths"]["/v1/users/{id}"]["get"];
+        assert_eq!(get["parameters"][0]["schema"]["format"], "uuid");
     }
 }

@@ -12,7 +12,7 @@ pub enum Protocol {
     Grpc,
     /// A file from `static_dir`.
     Static,
-    /// The gateway's own endpoints (`/healthz`, `/readyz`, `/openapi.json`).
+    /// The gateway's own endpoints (`/livez`, `/healthz`, `/readyz`, `/openapi.json`).
     Admin,
     /// A CORS preflight, answered by the gateway.
     Preflight,

@@ -293,26 +293,25 @@ fn build_route(
     }))
 }
 
-/// Resolves `a.b.c` (proto or JSON names) to the leaf field.
+/// The method a gRPC request path `/package.Service/Method` calls, if the pool has it.
+pub fn grpc_method(pool: &DescriptorPool, path: &str) -> Option<MethodDescriptor> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    pool.get_service_by_name(service)?
+        .methods()
+        .find(|m| m.name() == method)
+}
+
 /// The metric/log label of a gRPC or gRPC-web call: its path when the method is in the loaded
 /// descriptors, else `unmatched`, so clients cannot grow label cardinality with made-up paths.
 pub fn grpc_route_label(pool: &DescriptorPool, path: &str) -> String {
-    let known = path
-        .strip_prefix('/')
-        .and_then(|rest| rest.split_once('/'))
-        .and_then(|(service, method)| {
-            pool.get_service_by_name(service)?
-                .methods()
-                .find(|m| m.name() == method)
-        })
-        .is_some();
-    if known {
+    if grpc_method(pool, path).is_some() {
         path.to_owned()
     } else {
         "unmatched".to_owned()
     }
 }
 
+/// Resolves `a.b.c` (proto or JSON names) to the leaf field.
 pub fn resolve_field_path(message: &MessageDescriptor, path: &str) -> Option<FieldDescriptor> {
     let mut current = message.clone();
     let mut parts = path.split('.').peekable();

@@ -15,6 +15,7 @@ use crate::{
     telemetry::SpanExport,
     transcode::JsonOptions,
     upstream::{UpstreamSettings, Upstreams},
+    validate::{RuleError, Validators},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,8 @@ pub enum StartError {
     Descriptors { path: String, reason: String },
     #[error("invalid google.api.http rule in {0}")]
     Routes(#[from] RouteBuildError),
+    #[error("buf.validate rules in {0}")]
+    Rules(RuleError),
     #[error("upstreams: {0}")]
     Upstreams(String),
     #[error("invalid pingora server config: {0}")]
@@ -47,6 +50,8 @@ pub struct GatewayState {
     pub pool: DescriptorPool,
     pub router: Router,
     pub json: JsonOptions,
+    /// The `buf.validate` rules REST and gRPC-web requests are checked against.
+    pub validators: Validators,
     pub cors: CorsPolicy,
     pub upstreams: Upstreams,
     pub openapi: Bytes,
@@ -106,12 +111,9 @@ impl GatewayState {
         filters: FilterChain,
     ) -> Result<Arc<Self>, StartError> {
         let router = Router::from_pool(&pool)?;
-        let json = JsonOptions {
-            use_proto_field_names: config.use_proto_field_names,
-            emit_defaults: config.emit_defaults,
-        };
-        let document =
-            openapi::document(&router, "meshgate edge gateway", json.use_proto_field_names);
+        let json = config.json;
+        let validators = Validators::from_pool(&pool).map_err(StartError::Rules)?;
+        let document = openapi::document(&router, "meshgate edge gateway", json);
         let openapi = serde_json::to_vec_pretty(&document)
             .expect("a JSON value always serializes")
             .into();
@@ -135,6 +137,7 @@ impl GatewayState {
             pool,
             router,
             json,
+            validators,
             cors,
             upstreams,
             openapi,

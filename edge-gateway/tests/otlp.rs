@@ -352,7 +352,7 @@ async fn the_gateway_exports_its_server_span_as_the_parent_of_the_services_span(
         .await
         .unwrap();
     assert_eq!(created.status(), reqwest::StatusCode::CREATED);
-    let id = created.json::<Value>().await.unwrap()["user"]["id"]
+    let id = created.json::<Value>().await.unwrap()["id"]
         .as_str()
         .unwrap()
         .to_owned();

@@ -82,7 +82,7 @@ impl Transport for RestTransport {
             .error_for_status()?
             .text()
             .await?;
-        // Pull "id" out without a JSON dependency: the gateway writes {"user":{"id":"..."...
+        // Pull "id" out without a JSON dependency: the answer is the user, {"id":"...",...}
         let id = text
             .split("\"id\":\"")
             .nth(1)

@@ -94,6 +94,45 @@ mod tests {
 
     #[cfg(feature = "reflect")]
     #[test]
+    fn validation_rules_survive_the_slimmed_schema() {
+        let pool = descriptor_pool();
+        let rules = pool.get_extension_by_name("buf.validate.field").unwrap();
+        let name = pool
+            .get_message_by_name("user.CreateUserRequest")
+            .unwrap()
+            .get_field_by_name("name")
+            .unwrap();
+        let value = name.options().get_extension(&rules).into_owned();
+        let string = value
+            .as_message()
+            .unwrap()
+            .get_field_by_name("string")
+            .unwrap()
+            .into_owned();
+        let string = string.as_message().unwrap();
+        assert_eq!(
+            string.get_field_by_name("max_len").unwrap().as_u64(),
+            Some(100)
+        );
+        // buf/validate is carried without its comments; the contract keeps its own.
+        let file = |name: &str| {
+            pool.files()
+                .find(|f| f.name() == name)
+                .unwrap()
+                .file_descriptor_proto()
+                .source_code_info
+                .is_some()
+        };
+        assert!(!file("buf/validate/validate.proto"));
+        assert!(file("user.proto"));
+        assert!(
+            FILE_DESCRIPTOR_SET.len() < 64 * 1024,
+            "the wasm filters embed it"
+        );
+    }
+
+    #[cfg(feature = "reflect")]
+    #[test]
     fn pool_resolves_the_http_extension() {
         let pool = descriptor_pool();
         let service = pool.get_service_by_name(USER_SERVICE).unwrap();

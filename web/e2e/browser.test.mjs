@@ -177,8 +177,10 @@ for (const protocol of PROTOCOLS) {
     assert.equal(await row(page, email).locator("td.age").textContent(), "37");
     // Read back through REST, independent of the protocol under test.
     const stored = await (await restGetUser(id)).json();
-    assert.equal(stored.user.name, `Ada Lovelace ${protocol.label}`);
-    assert.equal(stored.user.age, 37);
+    // The shipped contract: the user itself, snake_case, Unix seconds as numbers.
+    assert.equal(stored.name, `Ada Lovelace ${protocol.label}`);
+    assert.equal(stored.age, 37);
+    assert.equal(typeof stored.created_at, "number");
 
     await row(page, email).locator("button.delete").click();
     await expectStatus(page, `Deleted Ada Lovelace ${protocol.label}`);
@@ -189,7 +191,7 @@ for (const protocol of PROTOCOLS) {
 }
 
 for (const protocol of PROTOCOLS) {
-  test(`duplicate email (409) and invalid fields (400) are shown through ${protocol.label}`, async () => {
+  test(`duplicate email (409) and invalid fields (REST 422, gRPC-web INVALID_ARGUMENT) are shown through ${protocol.label}`, async () => {
     const page = await openPage(gateway);
     await choose(page, protocol.value);
     const email = `grace.${protocol.value}.${runId}@example.com`;
@@ -205,7 +207,9 @@ for (const protocol of PROTOCOLS) {
     await fillUser(page, { name: "", email: "not-an-email", age: -3 });
     await page.click("#save");
     await expectError(page, "Please correct the highlighted fields");
-    assert.match(await page.textContent("#error-codes"), /HTTP 400 · INVALID_ARGUMENT/);
+    // REST answers validation failures with the facade's 422; gRPC-web carries INVALID_ARGUMENT.
+    const invalidStatus = protocol.value === "rest" ? "422" : "400";
+    assert.match(await page.textContent("#error-codes"), new RegExp(`HTTP ${invalidStatus} · INVALID_ARGUMENT`));
     for (const field of ["name", "email", "age"]) {
       assert.notEqual((await page.textContent(`#${field}-error`)).trim(), "", `${field} has a message`);
       assert.equal(await page.getAttribute(`#${field}`, "aria-invalid"), "true");

@@ -55,6 +55,25 @@ describe("restError", () => {
     expect(restError(400, body).fieldViolations).toEqual([{ field: "name", description: "required" }]);
   });
 
+  it("reads the facade style: a 422 Status with a FastAPI detail list beside it", () => {
+    const body = JSON.stringify({
+      code: 3,
+      message: "invalid value for field age: value must be less than or equal to 150",
+      details: [
+        {
+          "@type": "type.googleapis.com/google.rpc.BadRequest",
+          fieldViolations: [{ field: "age", description: "value must be less than or equal to 150" }],
+        },
+      ],
+      detail: [{ loc: ["body", "age"], msg: "Input should be less than or equal to 150", type: "less_than_equal" }],
+    });
+    const error = restError(422, body);
+    expect(error.grpcCode).toBe(GrpcCode.INVALID_ARGUMENT);
+    expect(error.httpStatus).toBe(422);
+    expect(error.fieldViolations).toEqual([{ field: "age", description: "value must be less than or equal to 150" }]);
+    expect(restError(422, "nope").grpcCode).toBe(GrpcCode.INVALID_ARGUMENT);
+  });
+
   it("falls back on the HTTP status when the body is not a Status", () => {
     const error = restError(429, "slow down");
     expect(error.grpcCode).toBe(GrpcCode.RESOURCE_EXHAUSTED);

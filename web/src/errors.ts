@@ -99,6 +99,7 @@ export function httpStatusForGrpcCode(code: number): number {
 export function grpcCodeForHttpStatus(status: number): number {
   switch (status) {
     case 400:
+    case 422:
       return GrpcCode.INVALID_ARGUMENT;
     case 401:
       return GrpcCode.UNAUTHENTICATED;
@@ -152,7 +153,11 @@ export function violationsFromJsonDetails(details: unknown): FieldViolation[] {
   return violations;
 }
 
-/** An error from a non-2xx REST answer: a google.rpc.Status body when the gateway wrote one. */
+/**
+ * An error from a non-2xx REST answer: a google.rpc.Status body when the gateway wrote one.
+ * With the facade's JSON style the same object also carries `detail` (and validation failures
+ * are HTTP 422); `code`, `message` and `details` read the same.
+ */
 export function restError(httpStatus: number, body: string): ApiError {
   let parsed: unknown;
   try {

@@ -1,14 +1,15 @@
 // REST/JSON client for the gateway's transcoded routes (proto/user.proto's
-// google.api.http annotations). Bodies are parsed with protobuf-es' proto3
-// JSON reader, so int64 strings and json/proto field names are handled.
+// google.api.http annotations). Create, get and update answer the user itself
+// (`response_body: "user"`). Bodies are parsed with protobuf-es' proto3 JSON
+// reader, so either JSON style the gateway serves reads the same: snake_case or
+// lowerCamelCase names, 64-bit integers as numbers or strings.
 
 import { fromJsonString, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
 import {
-  CreateUserResponseSchema,
+  DeleteUserResponseSchema,
   ListUsersResponseSchema,
   TestErrorResponseSchema,
-  UpdateUserResponseSchema,
-  DeleteUserResponseSchema,
+  UserSchema,
 } from "./gen/user_pb";
 import type { User, UserApi, UserInput, UserPage } from "./api";
 import { ApiError, restError } from "./errors";
@@ -36,11 +37,6 @@ export function restClient(baseUrl: string): UserApi {
     return fromJsonString(schema, text, { ignoreUnknownFields: true });
   }
 
-  function requireUser(user: User | undefined): User {
-    if (!user) throw new ApiError(13, "the answer carried no user", 500);
-    return user;
-  }
-
   return {
     async list(page: number, limit: number): Promise<UserPage> {
       const query = new URLSearchParams({ page: String(page), limit: String(limit) });
@@ -48,13 +44,11 @@ export function restClient(baseUrl: string): UserApi {
       return { users: res.users, total: res.total };
     },
     async create(input: UserInput): Promise<User> {
-      const res = await call(CreateUserResponseSchema, "POST", "/v1/users", input);
-      return requireUser(res.user);
+      return call(UserSchema, "POST", "/v1/users", input);
     },
     async update(id: string, input: UserInput): Promise<User> {
       const path = `/v1/users/${encodeURIComponent(id)}`;
-      const res = await call(UpdateUserResponseSchema, "PUT", path, input);
-      return requireUser(res.user);
+      return call(UserSchema, "PUT", path, input);
     },
     async remove(id: string): Promise<void> {
       await call(DeleteUserResponseSchema, "DELETE", `/v1/users/${encodeURIComponent(id)}`);

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use arbitrary::Arbitrary;
 use edge_gateway::path_template::{PathTemplate, Segment};
 use edge_gateway::routes::Router;
+use edge_gateway::validate::Validators;
 use prost_reflect::DescriptorPool;
 
 const KITCHEN_DESCRIPTOR: &[u8] =
@@ -18,6 +19,8 @@ const KITCHEN_DESCRIPTOR: &[u8] =
 pub struct Api {
     pub pool: DescriptorPool,
     pub router: Router,
+    /// The `buf.validate` rules of the pool, as the gateway checks them.
+    pub validators: Validators,
 }
 
 pub fn apis() -> &'static [Api; 2] {
@@ -28,6 +31,7 @@ pub fn apis() -> &'static [Api; 2] {
             DescriptorPool::decode(KITCHEN_DESCRIPTOR).expect("build.rs encodes a valid set");
         [contract, kitchen].map(|pool| Api {
             router: Router::from_pool(&pool).expect("the routes of both protos build"),
+            validators: Validators::from_pool(&pool).expect("the rules of both protos compile"),
             pool,
         })
     })

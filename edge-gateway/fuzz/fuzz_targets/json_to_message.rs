@@ -31,6 +31,8 @@ struct Input {
     path: PathInput,
     query: Option<QueryInput>,
     body: BodyInput,
+    /// `gateway.json.ignore_unknown_fields` (the facade style's choice).
+    ignore_unknown_fields: bool,
 }
 
 #[derive(Debug, Arbitrary)]
@@ -270,7 +272,18 @@ fuzz_target!(|input: Input| {
         }
     };
 
-    let message = match transcode::build_request(&route, &bindings, query.as_deref(), &body) {
+    let request_options = JsonOptions {
+        ignore_unknown_fields: input.ignore_unknown_fields,
+        ..JsonOptions::default()
+    };
+    let message = match transcode::build_request(
+        &route,
+        &bindings,
+        query.as_deref(),
+        &body,
+        request_options,
+        &api.validators,
+    ) {
         Ok(message) => message,
         Err(error) => {
             let rescued = GatewayError::BadRequest(error).rescue();
@@ -294,6 +307,7 @@ fuzz_target!(|input: Input| {
     let options = JsonOptions {
         use_proto_field_names: false,
         emit_defaults: false,
+        ..JsonOptions::default()
     };
     let json = transcode::message_json(&message, options).expect("an accepted message renders");
     assert_eq!(

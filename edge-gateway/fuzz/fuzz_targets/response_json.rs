@@ -23,6 +23,7 @@ struct Input {
     route: u8,
     use_proto_field_names: bool,
     emit_defaults: bool,
+    int64_as_number: bool,
     location: Option<String>,
     bytes: Vec<u8>,
 }
@@ -38,6 +39,8 @@ fuzz_target!(|input: Input| {
     let options = JsonOptions {
         use_proto_field_names: input.use_proto_field_names,
         emit_defaults: input.emit_defaults,
+        int64_as_number: input.int64_as_number,
+        ..JsonOptions::default()
     };
     let rendered = match transcode::render_response(route, &message, options) {
         Ok(rendered) => rendered,

@@ -1,5 +1,5 @@
-//! The gateway's own answers that reach no upstream: `/healthz`, `/readyz`, `/openapi.json`,
-//! and files from `static_dir` for GET/HEAD paths no API route claims.
+//! The gateway's own answers that reach no upstream: `/livez`, `/healthz`, `/readyz`,
+//! `/openapi.json`, and files from `static_dir` for GET/HEAD paths no API route claims.
 
 use bytes::Bytes;
 use pingora::{http::ResponseHeader, proxy::Session};
@@ -19,6 +19,20 @@ fn readiness(healthy: usize) -> (u16, Bytes) {
     }
 }
 
+/// `/healthz`: the replaced facade's health body. `status` is the gateway's own (it answered);
+/// `grpc_user_status` is the upstreams' grpc.health.v1 state as the active health checks last
+/// saw it (`healthy` while at least one upstream is).
+fn health(healthy_upstreams: usize) -> Bytes {
+    serde_json::to_vec(&serde_json::json!({
+        "status": "healthy",
+        "service": "meshgate edge-gateway",
+        "version": env!("CARGO_PKG_VERSION"),
+        "grpc_user_status": if healthy_upstreams > 0 { "healthy" } else { "unhealthy" },
+    }))
+    .expect("a JSON value always serializes")
+    .into()
+}
+
 impl GatewayProxy {
     pub(super) async fn admin(
         &self,
@@ -27,7 +41,13 @@ impl GatewayProxy {
         endpoint: AdminEndpoint,
     ) -> pingora::Result<()> {
         let (status, content_type, body) = match endpoint {
-            AdminEndpoint::Healthz => (200, "text/plain", Bytes::from_static(b"ok\n")),
+            // The process only: nothing here waits on an upstream.
+            AdminEndpoint::Livez => (200, "text/plain", Bytes::from_static(b"ok\n")),
+            AdminEndpoint::Healthz => (
+                200,
+                "application/json",
+                health(self.state.upstreams.healthy_count()),
+            ),
             AdminEndpoint::Readyz => {
                 let (status, body) = readiness(self.state.upstreams.healthy_count());
                 (status, "text/plain", body)
@@ -90,5 +110,15 @@ mod tests {
             (200, Bytes::from_static(b"ready: 2 healthy upstream(s)\n"))
         );
         assert_eq!(readiness(0).0, 503);
+    }
+
+    #[test]
+    fn health_is_the_facade_body() {
+        let body: serde_json::Value = serde_json::from_slice(&health(1)).unwrap();
+        assert_eq!(body["status"], "healthy");
+        assert_eq!(body["grpc_user_status"], "healthy");
+        assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+        let body: serde_json::Value = serde_json::from_slice(&health(0)).unwrap();
+        assert_eq!(body["grpc_user_status"], "unhealthy");
     }
 }

@@ -45,6 +45,7 @@ pub enum RequestKind {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdminEndpoint {
+    Livez,
     Healthz,
     Readyz,
     OpenApi,
@@ -53,6 +54,7 @@ pub enum AdminEndpoint {
 impl AdminEndpoint {
     fn from_path(path: &str) -> Option<Self> {
         match path {
+            "/livez" => Some(Self::Livez),
             "/healthz" => Some(Self::Healthz),
             "/readyz" => Some(Self::Readyz),
             "/openapi.json" => Some(Self::OpenApi),
@@ -63,6 +65,7 @@ impl AdminEndpoint {
     /// The path, which is also the endpoint's route label.
     pub fn path(self) -> &'static str {
         match self {
+            Self::Livez => "/livez",
             Self::Healthz => "/healthz",
             Self::Readyz => "/readyz",
             Self::OpenApi => "/openapi.json",
@@ -183,6 +186,7 @@ mod tests {
     #[test]
     fn admin_endpoints_answer_get_only() {
         for endpoint in [
+            AdminEndpoint::Livez,
             AdminEndpoint::Healthz,
             AdminEndpoint::Readyz,
             AdminEndpoint::OpenApi,

@@ -15,6 +15,7 @@ use crate::{
     hooks::FilterResponse,
     protocol::Protocol,
     routes::grpc_route_label,
+    transcode::TranscodeError,
 };
 
 impl GatewayProxy {
@@ -52,6 +53,15 @@ impl GatewayProxy {
             messages[0].payload.clone(),
             self.state.config.max_body_bytes,
         )?;
+        // The method's buf.validate rules, with protobuf presence (messages the gateway cannot
+        // read are left to the service to refuse).
+        let violations =
+            self.state
+                .validators
+                .check_grpc_request(&self.state.pool, &path, &message);
+        if !violations.is_empty() {
+            return Err(TranscodeError::from_violations(violations).into());
+        }
         let metadata = self.upstream_metadata(session, ctx, &message, &body)?;
         // The client's deadline, if shorter than the configured one.
         let configured = self.state.config.timeout_for(None, &path);

@@ -1,7 +1,7 @@
 //! The one `ProxyHttp` impl, kept thin: `request_filter` classifies each request once
 //! ([`classify`]) and dispatches on its kind:
 //! 1. CORS preflight, answered here before anything else can fail (`respond`);
-//! 2. the gateway's own endpoints `/healthz`, `/readyz`, `/openapi.json` (`admin`);
+//! 2. the gateway's own endpoints `/livez`, `/healthz`, `/readyz`, `/openapi.json` (`admin`);
 //! 3. native gRPC (`application/grpc`) falls through to pingora's proxy: h2c to an upstream,
 //!    trailers and streaming preserved (`grpc` holds those phases);
 //! 4. gRPC-web (`grpc_web`) and REST (`rest`) are terminated here with the gRPC client of

@@ -7,12 +7,11 @@ use pingora::{http::ResponseHeader, proxy::Session};
 
 use super::{GatewayProxy, RequestCtx, header_str};
 use crate::{
-    error::{GatewayError, SyntheticResponse},
+    error::{GatewayError, SyntheticResponse, rest_error_body},
     grpc_compression::{self, CompressionError},
     grpc_headers,
     grpc_web::Mode,
     protocol::Protocol,
-    status::status_json,
     trace::TraceContext,
 };
 
@@ -167,7 +166,8 @@ impl GatewayProxy {
         session.write_response_body(None, true).await
     }
 
-    /// A `google.rpc.Status` as JSON with the HTTP status of the code.
+    /// A `google.rpc.Status` as JSON with the HTTP status of the code (with `detail` and 422
+    /// for validation failures under `gateway.json.error_detail`).
     async fn respond_json_error(
         &self,
         session: &mut Session,
@@ -175,11 +175,11 @@ impl GatewayProxy {
         error: &GatewayError,
         rescued: SyntheticResponse,
     ) -> pingora::Result<()> {
-        let body = status_json(
+        let (http_status, body) = rest_error_body(
             &self.state.pool,
-            rescued.grpc_code,
-            &rescued.message,
-            rescued.details.as_deref(),
+            self.state.json.error_detail,
+            error,
+            &rescued,
         );
         let mut extra = Vec::new();
         if let Some(allow) = rescued.allow {
@@ -195,7 +195,7 @@ impl GatewayProxy {
         self.write_simple(
             session,
             ctx,
-            rescued.http_status,
+            http_status,
             "application/json",
             body.into(),
             &extra,

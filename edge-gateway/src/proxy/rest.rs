@@ -68,7 +68,14 @@ impl GatewayProxy {
                 return Err(GatewayError::UnsupportedMediaType(content_type.to_owned()));
             }
         }
-        let request = transcode::build_request(&route, &bindings, uri.query(), &body)?;
+        let request = transcode::build_request(
+            &route,
+            &bindings,
+            uri.query(),
+            &body,
+            self.state.json,
+            &self.state.validators,
+        )?;
         let message = transcode::encode(&request);
         let metadata = self.upstream_metadata(session, ctx, &message, &body)?;
         let timeout = self

@@ -169,7 +169,7 @@ async fn filter_hooks_see_requests_and_responses() {
 
 /// Runs the reference OpenAPI validator (Python `openapi-spec-validator`, 3.1 schema) on the
 /// served document.
-fn validate_openapi(doc: &Value) {
+pub(crate) fn validate_openapi(doc: &Value) {
     let path = std::env::temp_dir().join(format!(
         "edge-gateway-openapi-{}.json",
         uuid::Uuid::new_v4()

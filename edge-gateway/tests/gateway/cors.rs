@@ -82,7 +82,7 @@ async fn preflight_and_actual_requests() {
 async fn cors_on_upstream_failures() {
     let gw = spawn_gateway(&[free_addr()]).await;
     let response = h2()
-        .get(gw.url("/v1/users/x"))
+        .get(gw.url("/v1/users/3f0c6a0e-9a51-4d2e-8f7a-1b2c3d4e5f60"))
         .header("origin", ORIGIN)
         .send()
         .await

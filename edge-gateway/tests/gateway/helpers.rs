@@ -6,6 +6,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
+    path::PathBuf,
     pin::Pin,
     sync::{Arc, Mutex},
     time::Duration,
@@ -28,6 +29,9 @@ use kitchen::kitchen_service_server::{KitchenService, KitchenServiceServer};
 pub use pb::kitchen::v1 as kitchen;
 
 pub const KITCHEN_DESCRIPTORS: &str = concat!(env!("OUT_DIR"), "/kitchen_descriptor.bin");
+/// A descriptor set with a buf.validate rule the gateway refuses.
+pub const UNSUPPORTED_RULES_DESCRIPTORS: &str =
+    concat!(env!("OUT_DIR"), "/unsupported_descriptor.bin");
 pub const ORIGIN: &str = "https://app.example";
 
 /// A port nobody listens on right now.
@@ -151,6 +155,13 @@ impl KitchenService for Kitchen {
         }))
     }
 
+    async fn place_order(
+        &self,
+        request: Request<kitchen::Order>,
+    ) -> Result<Response<kitchen::Order>, Status> {
+        Ok(Response::new(request.into_inner()))
+    }
+
     type CountStream = TickStream;
 
     async fn count(
@@ -196,7 +207,8 @@ impl user::user_service_server::UserService for Users {
         let id = {
             let mut next = self.next.lock().unwrap();
             *next += 1;
-            format!("user-{next}")
+            // UUIDs, like the real service: the contract's rules check the id's form.
+            uuid::Uuid::from_u128(u128::from(*next)).to_string()
         };
         let user = user::User {
             id: id.clone(),
@@ -360,6 +372,78 @@ impl Backend {
         }
         if let Some(handle) = self.handle.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
+        }
+    }
+}
+
+// === the real user-service ===
+
+/// The real user-service (embedded SQLite), in process.
+pub struct UserService {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+pub fn sqlite_path() -> PathBuf {
+    std::env::temp_dir().join(format!("edge-gateway-test-{}.db", uuid::Uuid::new_v4()))
+}
+
+impl UserService {
+    pub async fn start(path: PathBuf) -> Self {
+        let mut config = user_service::Config::embedded(path);
+        config.shutdown_grace_secs = 1;
+        config.health_probe_interval_ms = 100;
+        let app = user_service::Application::build(config).await.unwrap();
+        let addr = app.grpc_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = app
+                .run_until_stopped(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        let service = Self {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        service.wait_serving().await;
+        service
+    }
+
+    /// The service reports NOT_SERVING until its first database probe; start the gateway
+    /// only after that, or its first health check would take the upstream out of rotation.
+    async fn wait_serving(&self) {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+        for _ in 0..100 {
+            if let Ok(channel) =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+                    .unwrap()
+                    .connect()
+                    .await
+                && let Ok(response) = HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                && response.get_ref().status == serving
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("user-service on {} never reported SERVING", self.addr);
+    }
+
+    pub async fn kill(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
     }
 }

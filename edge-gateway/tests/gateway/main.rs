@@ -4,6 +4,7 @@
 mod helpers;
 
 mod admin;
+mod contract;
 mod cors;
 mod grpc_native;
 mod grpc_web;

@@ -1,84 +1,14 @@
 //! Against the real user-service (embedded SQLite, in process): the README's curl walk-through
 //! over HTTP/1.1 and HTTP/2, gRPC-web and native gRPC, and two instances with one killed.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use meshgate_proto::user;
 use prost::Message;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::{sync::oneshot, task::JoinHandle};
 
 use crate::helpers::*;
-
-struct UserService {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-fn sqlite_path() -> PathBuf {
-    std::env::temp_dir().join(format!("edge-gateway-test-{}.db", uuid::Uuid::new_v4()))
-}
-
-impl UserService {
-    async fn start(path: PathBuf) -> Self {
-        let mut config = user_service::Config::embedded(path);
-        config.shutdown_grace_secs = 1;
-        config.health_probe_interval_ms = 100;
-        let app = user_service::Application::build(config).await.unwrap();
-        let addr = app.grpc_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = app
-                .run_until_stopped(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        let service = Self {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        };
-        service.wait_serving().await;
-        service
-    }
-
-    /// The service reports NOT_SERVING until its first database probe; start the gateway
-    /// only after that, or its first health check would take the upstream out of rotation.
-    async fn wait_serving(&self) {
-        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-        let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
-        for _ in 0..100 {
-            if let Ok(channel) =
-                tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
-                    .unwrap()
-                    .connect()
-                    .await
-                && let Ok(response) = HealthClient::new(channel)
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                && response.get_ref().status == serving
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("user-service on {} never reported SERVING", self.addr);
-    }
-
-    async fn kill(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-        }
-    }
-}
 
 #[tokio::test]
 async fn readme_walkthrough_against_the_real_service() {
@@ -95,10 +25,10 @@ async fn readme_walkthrough_against_the_real_service() {
         assert_eq!(created.status(), StatusCode::CREATED);
         let location = created.headers()["location"].to_str().unwrap().to_owned();
         let created: Value = created.json().await.unwrap();
-        let id = created["user"]["id"].as_str().unwrap().to_owned();
+        let id = created["id"].as_str().unwrap().to_owned();
         assert_eq!(location, format!("/v1/users/{id}"));
         assert!(
-            created["user"]["createdAt"].is_string(),
+            created["createdAt"].is_string(),
             "int64 as a JSON string: {created}"
         );
 
@@ -110,7 +40,7 @@ async fn readme_walkthrough_against_the_real_service() {
             .json()
             .await
             .unwrap();
-        assert_eq!(fetched["user"]["email"], email.as_str());
+        assert_eq!(fetched["email"], email.as_str());
 
         let listed = client
             .get(gw.url("/v1/users?page=1&limit=10"))
@@ -136,8 +66,8 @@ async fn readme_walkthrough_against_the_real_service() {
             .unwrap();
         assert_eq!(updated.status(), StatusCode::OK);
         let updated: Value = updated.json().await.unwrap();
-        assert_eq!(updated["user"]["name"], "Ada King");
-        assert_eq!(updated["user"]["age"], 37);
+        assert_eq!(updated["name"], "Ada King");
+        assert_eq!(updated["age"], 37);
 
         let duplicate = client
             .post(gw.url("/v1/users"))
@@ -253,10 +183,7 @@ async fn two_instances_one_killed_mid_test_gets_keep_succeeding() {
         .json()
         .await
         .unwrap();
-    let url = gw.url(&format!(
-        "/v1/users/{}",
-        created["user"]["id"].as_str().unwrap()
-    ));
+    let url = gw.url(&format!("/v1/users/{}", created["id"].as_str().unwrap()));
     let load = {
         let client = client.clone();
         let url = url.clone();

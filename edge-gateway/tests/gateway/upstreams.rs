@@ -10,7 +10,11 @@ use crate::helpers::*;
 #[tokio::test]
 async fn upstream_down_is_503_and_slow_is_504() {
     let gw = spawn_gateway(&[free_addr()]).await;
-    let down = h1().get(gw.url("/v1/users/x")).send().await.unwrap();
+    let down = h1()
+        .get(gw.url("/v1/users/3f0c6a0e-9a51-4d2e-8f7a-1b2c3d4e5f60"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = down.json().await.unwrap();
     assert_eq!(body["code"], 14);

@@ -22,7 +22,6 @@ use std::{
 use meshgate_proto::user;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::{sync::oneshot, task::JoinHandle};
 
 use crate::helpers::*;
 
@@ -50,47 +49,6 @@ fn module(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// The real user-service (embedded SQLite, in process).
-struct UserService {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-impl UserService {
-    async fn start() -> Self {
-        let path = std::env::temp_dir().join(format!("gw-filters-{}.db", uuid::Uuid::new_v4()));
-        let mut config = user_service::Config::embedded(path);
-        config.shutdown_grace_secs = 1;
-        let app = user_service::Application::build(config).await.unwrap();
-        let addr = app.grpc_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = app
-                .run_until_stopped(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        Self {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-}
-
-impl Drop for UserService {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
 }
 
 /// The gateway binary with a config file; its stdout (JSON logs) is collected line by line.
@@ -262,7 +220,7 @@ async fn rest_grpc_and_grpc_web_through_the_bundled_filters() {
 
 async fn through_the_filters(filters: fn(u32) -> Value) {
     const LIMIT: u32 = 3;
-    let service = UserService::start().await;
+    let service = UserService::start(sqlite_path()).await;
     let gw = GatewayProcess::start(service.addr, filters(LIMIT)).await;
     let client = h1();
 
@@ -274,7 +232,7 @@ async fn through_the_filters(filters: fn(u32) -> Value) {
         .await
         .unwrap();
     assert_eq!(created.status(), StatusCode::CREATED);
-    let id = created.json::<Value>().await.unwrap()["user"]["id"]
+    let id = created.json::<Value>().await.unwrap()["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -301,7 +259,7 @@ async fn through_the_filters(filters: fn(u32) -> Value) {
         "strong etag: {etag}"
     );
     assert_eq!(
-        first.json::<Value>().await.unwrap()["user"]["email"],
+        first.json::<Value>().await.unwrap()["email"],
         email.as_str()
     );
 

@@ -16,6 +16,8 @@ pub struct Route {
     pub template: PathTemplate,
     /// The `body` of the rule: `""` (none), `"*"` (whole message) or a field name.
     pub body: String,
+    /// The `response_body` of the rule: `""` (the whole message) or the field REST answers with.
+    pub response_body: String,
     pub method: MethodDescriptor,
 }
 
@@ -194,6 +196,7 @@ fn push_rule(
         http_method,
         template,
         body: text(rule, "body"),
+        response_body: text(rule, "response_body"),
         method: method.clone(),
     });
     Ok(())

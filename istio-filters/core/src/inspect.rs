@@ -17,8 +17,9 @@ pub struct RequestTarget {
     pub http_method: String,
     pub path: String,
     pub method: Option<MethodDescriptor>,
-    /// REST only: the rule's `body` and the path bindings.
+    /// REST only: the rule's `body` and `response_body`, and the path bindings.
     pub rest_body: Option<String>,
+    pub rest_response_body: Option<String>,
     pub bindings: Vec<(String, String)>,
     pub query: Vec<(String, String)>,
     /// The request headers as they were at `on_request_headers`, fetched in one host call
@@ -56,6 +57,7 @@ impl RequestTarget {
             path,
             method: None,
             rest_body: None,
+            rest_response_body: None,
             bindings: Vec::new(),
             query: Vec::new(),
             headers: Rc::new(headers),
@@ -69,6 +71,7 @@ impl RequestTarget {
             if let Some(route) = catalog.routes().get(found.route_index) {
                 target.method = Some(route.method.clone());
                 target.rest_body = Some(route.body.clone());
+                target.rest_response_body = Some(route.response_body.clone());
             }
             target.bindings = found.bindings;
             target.query = query_pairs(&target.path);
@@ -185,6 +188,19 @@ impl RequestTarget {
                 FieldPath::parse(rest).ok()?.read_json(json)
             }
             _ => None,
+        }
+    }
+
+    /// Reads a field of the response message. A REST answer is the JSON of the rule's
+    /// `response_body` field when it has one: paths below that field are read below the JSON's
+    /// top level, and other paths are not in the answer.
+    pub fn read_response_field(&self, decoded: &Decoded, path: &FieldPath) -> Option<String> {
+        match (decoded, self.rest_response_body.as_deref()) {
+            (Decoded::Json(_) | Decoded::JsonText(_), Some(field)) if !field.is_empty() => {
+                let rest = path.as_str().strip_prefix(field)?.strip_prefix('.')?;
+                decoded.read(&FieldPath::parse(rest).ok()?)
+            }
+            _ => decoded.read(path),
         }
     }
 

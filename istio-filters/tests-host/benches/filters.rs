@@ -104,8 +104,7 @@ fn rest_exchange(chain: &Chain) {
             "traceparent",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         );
-    let body =
-        br#"{"user":{"id":"u-12345","name":"Ada Lovelace","email":"ada@example.com","age":36}}"#;
+    let body = br#"{"id":"u-12345","name":"Ada Lovelace","email":"ada@example.com","age":36}"#;
     let exchange = chain.on_request(request).expect("request phase");
     let done = exchange
         .on_response(

@@ -860,7 +860,8 @@ mod tests {
         Bundle::configure(json.as_bytes(), host).map(Rc::new)
     }
 
-    const USER_JSON: &[u8] = br#"{"user":{"id":"u1","email":"ada@example.com"}}"#;
+    // GET /v1/users/{id} answers the user itself (`response_body: "user"`).
+    const USER_JSON: &[u8] = br#"{"id":"u1","email":"ada@example.com"}"#;
 
     /// A REST GetUser through the bundle: the request phase, then a 200 JSON response.
     fn rest_get(root: &Rc<Bundle>, host: &mut TestHost, id: &str, extra: &[(&str, &str)]) {

@@ -405,8 +405,8 @@ impl SpanEnrichmentStream {
             }
         };
         for field in self.root.fields_for(method, Direction::Response) {
-            if let Some(value) = decoded
-                .read(&field.path)
+            if let Some(value) = target
+                .read_response_field(&decoded, &field.path)
                 .and_then(|v| redact(field.redact, &v))
             {
                 host.set_property(&[&field.state_key], clip(&value).as_bytes());

@@ -141,7 +141,7 @@ fn response_fields_and_grpc_status_become_filter_state() {
         .on_request(Request::new("GET", "/v1/users/u-9"))
         .unwrap();
     let done = exchange
-        .on_response(Response::new(200).body(r#"{"user":{"id":"u-9","email":"ada@example.com"}}"#))
+        .on_response(Response::new(200).body(r#"{"id":"u-9","email":"ada@example.com"}"#))
         .unwrap();
     assert_eq!(attribute(&done, "meshgate.response.user.id"), Some("u-9"));
 }
