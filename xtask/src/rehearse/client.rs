@@ -85,10 +85,7 @@ async fn drive(edge: &str) -> anyhow::Result<()> {
         .to_owned();
     let created: serde_json::Value =
         serde_json::from_slice(&created).context("REST POST /v1/users: body is not JSON")?;
-    let id = created["user"]["id"]
-        .as_str()
-        .context("REST POST /v1/users: no user.id")?
-        .to_owned();
+    let id = user_id(&created).context("REST POST /v1/users: no id in the body")?;
     println!("ok   REST POST /v1/users → 201, Location {location}");
     let (status, _, read) = step(
         "REST GET",
@@ -97,7 +94,7 @@ async fn drive(edge: &str) -> anyhow::Result<()> {
     .await?;
     let read: serde_json::Value = serde_json::from_slice(&read).unwrap_or_default();
     ensure!(
-        status == 200 && read["user"]["id"] == id.as_str(),
+        status == 200 && user_id(&read).as_deref() == Some(id.as_str()),
         "REST GET {location} answered {status}: {read}"
     );
     println!("ok   REST GET {location} → 200, the user just created");
@@ -206,6 +203,15 @@ async fn drive(edge: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The user's id in a REST body: the user itself (the FastAPI-compatible style the gateway
+/// ships) or wrapped in the response message (`{"user": {...}}`, the grpc-gateway style).
+fn user_id(body: &serde_json::Value) -> Option<String> {
+    body["id"]
+        .as_str()
+        .or_else(|| body["user"]["id"].as_str())
+        .map(str::to_owned)
+}
+
 type Response = (u16, http::HeaderMap, Bytes);
 
 /// One HTTP/1.1 request on a new connection (the name resolved by getaddrinfo).
@@ -264,6 +270,15 @@ fn trailer_value(trailers: &str, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_ids_are_found_in_both_json_styles() {
+        let fastapi = serde_json::json!({"id": "a", "name": "n"});
+        let grpc_gateway = serde_json::json!({"user": {"id": "b"}, "message": "m"});
+        assert_eq!(user_id(&fastapi).as_deref(), Some("a"));
+        assert_eq!(user_id(&grpc_gateway).as_deref(), Some("b"));
+        assert_eq!(user_id(&serde_json::json!({"detail": "x"})), None);
+    }
 
     #[test]
     fn grpc_web_bodies_split_into_message_and_trailers() {
