@@ -54,8 +54,10 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
-    /// Prefix of every cache key (lets several deployments or tests share one Redis).
-    #[arg(long, env = "CACHE_KEY_PREFIX", default_value = "")]
+    /// Prefix of every cache key (lets several deployments or tests share one Redis). Never
+    /// empty by default: bare keys such as `user:{id}` could collide with the replaced
+    /// service's cache when both use one Redis during the cut-over.
+    #[arg(long, env = "CACHE_KEY_PREFIX", default_value = DEFAULT_CACHE_KEY_PREFIX)]
     pub cache_key_prefix: String,
 
     /// Lifetime of cached users and list pages (seconds).
@@ -129,6 +131,9 @@ pub struct Config {
     pub service_name: String,
 }
 
+/// The default `CACHE_KEY_PREFIX`.
+pub const DEFAULT_CACHE_KEY_PREFIX: &str = "meshgate:";
+
 /// A setting with an unusable value. Printed as one line; the binary exits with code 2.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid {setting}: {problem}")]
@@ -151,7 +156,7 @@ impl Config {
             db_acquire_timeout_ms: 2000,
             migrate_on_start: true,
             redis_url: None,
-            cache_key_prefix: String::new(),
+            cache_key_prefix: DEFAULT_CACHE_KEY_PREFIX.to_owned(),
             cache_ttl_secs: 900,
             cache_timeout_ms: 100,
             cache_breaker_failures: 5,
@@ -325,6 +330,10 @@ mod tests {
             ("DATABASE_URL".to_owned(), None)
         );
         assert_eq!(default_of("cache_ttl_secs").1.as_deref(), Some("900"));
+        assert_eq!(
+            default_of("cache_key_prefix").1.as_deref(),
+            Some(DEFAULT_CACHE_KEY_PREFIX)
+        );
         let embedded = Config::embedded("x.db".into());
         assert!(embedded.validate().is_ok());
         assert_eq!(

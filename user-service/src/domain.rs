@@ -76,7 +76,9 @@ impl fmt::Display for UserId {
     }
 }
 
-/// A display name: 1 to 100 characters once surrounding whitespace is trimmed.
+/// A display name: 1 to 100 characters once surrounding whitespace is trimmed, with no control
+/// characters (Unicode category Cc: U+0000–U+001F, U+007F–U+009F) left inside. PostgreSQL cannot
+/// store NUL at all, and a tab or a line break inside a name is a client bug, not a name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Name(String);
 
@@ -88,6 +90,11 @@ impl Name {
         let chars = trimmed.chars().count();
         if chars == 0 {
             Err(FieldViolation::new("name", "must not be empty"))
+        } else if trimmed.chars().any(char::is_control) {
+            Err(FieldViolation::new(
+                "name",
+                "must not contain control characters",
+            ))
         } else if chars > Self::MAX_CHARS {
             Err(FieldViolation::new(
                 "name",
@@ -103,7 +110,16 @@ impl Name {
     }
 }
 
-/// A syntactically valid email address (RFC 5322 addr-spec as checked by `email_address`).
+/// A syntactically valid email address (RFC 5322 addr-spec as checked by `email_address`), in
+/// its stored form: surrounding whitespace trimmed and the domain lower-cased (ASCII letters).
+///
+/// The local part keeps the case it was given: RFC 5321 lets a mail server treat it
+/// case-sensitively, so mail must go out exactly as the user typed it. But no mainstream provider
+/// does, and two accounts that differ only in letter case are the same person (or an
+/// impersonation), so *identity* ignores case in the whole address ([`email_identity`]); the
+/// databases enforce it with a unique index on `lower(email)` (`users_email_lower_key`). Only
+/// ASCII letters are folded, the same in Rust, PostgreSQL (`lower(… COLLATE "C")`) and SQLite
+/// (`lower()`), so the rule never depends on a server's locale.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email(String);
 
@@ -114,8 +130,9 @@ impl Email {
             return Err(FieldViolation::new("email", "must not be empty"));
         }
         // `is_valid` accepts display-name forms ("Ada <a@b.c>"); a stored address must be bare.
-        if email_address::EmailAddress::is_valid(trimmed) && !trimmed.contains(['<', '>', ' ']) {
-            Ok(Self(trimmed.to_owned()))
+        let bare = !trimmed.contains(['<', '>', ' ']) && !trimmed.chars().any(char::is_control);
+        if bare && email_address::EmailAddress::is_valid(trimmed) {
+            Ok(Self(normalise_domain(trimmed)))
         } else {
             Err(FieldViolation::new(
                 "email",
@@ -126,6 +143,21 @@ impl Email {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// The identity of a stored address (see [`Email`]): spaces trimmed, ASCII letters lower-cased.
+/// The databases compute the same (`lower(trim(email))`) to order rows for the repair pass.
+pub fn email_identity(stored: &str) -> String {
+    stored.trim_matches(' ').to_ascii_lowercase()
+}
+
+/// `local@Domain.Example` → `local@domain.example`. The domain starts after the last `@` (a
+/// quoted local part may contain one).
+fn normalise_domain(address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
+        None => address.to_owned(),
     }
 }
 
@@ -358,6 +390,51 @@ mod tests {
             "counts characters, not bytes"
         );
         assert!(Name::parse(&"a".repeat(101)).is_err());
+    }
+
+    #[test]
+    fn control_characters_inside_a_name_are_refused() {
+        for bad in [
+            "a\u{0}b",
+            "Ada\tLovelace",
+            "line\nbreak",
+            "del\u{7f}",
+            "c1\u{85}x",
+            "\u{1}",
+        ] {
+            let violation = Name::parse(bad).unwrap_err();
+            assert_eq!(violation.field, "name", "{bad:?}");
+            assert!(violation.description.contains("control"), "{bad:?}");
+        }
+        // Surrounding whitespace (tabs and line breaks included) is trimmed, not refused.
+        assert_eq!(Name::parse("\tAda\r\n").unwrap().as_str(), "Ada");
+        assert!(
+            Name::parse("Zoë – d’Arc 李").is_ok(),
+            "non-ASCII text is fine"
+        );
+    }
+
+    #[test]
+    fn email_domain_is_lower_cased_and_the_local_part_kept() {
+        let parsed = |raw: &str| Email::parse(raw).unwrap().as_str().to_owned();
+        assert_eq!(parsed("d@EXAMPLE.COM"), "d@example.com");
+        assert_eq!(parsed(" D.Smith@Example.Com "), "D.Smith@example.com");
+        assert_eq!(parsed("\"a@b\"@X.org"), "\"a@b\"@x.org");
+        // The three spellings of issue 12 are one identity.
+        let identities: std::collections::HashSet<_> = [
+            "d@example.com",
+            "d@EXAMPLE.COM",
+            "d@Example.Com",
+            "D@example.com",
+        ]
+        .iter()
+        .map(|raw| email_identity(Email::parse(raw).unwrap().as_str()))
+        .collect();
+        assert_eq!(identities.len(), 1);
+        // ASCII only: the databases fold the same letters whatever their locale.
+        assert_ne!(email_identity("É@x.org"), email_identity("é@x.org"));
+        assert!(Email::parse("a\u{0}@example.com").is_err());
+        assert!(Email::parse("a\tb@example.com").is_err());
     }
 
     #[test]

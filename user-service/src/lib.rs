@@ -5,7 +5,8 @@
 //!
 //! - [`domain`]: users, parsed values (`Email`, `Name`, `Age`), the [`domain::UserStore`] port
 //!   and its errors. No tonic, no sqlx.
-//! - [`store`]: the PostgreSQL and SQLite implementations of the port.
+//! - [`repair`]: the rules that repair stored rows breaking the input rules (contract phase).
+//! - [`store`]: the PostgreSQL and SQLite implementations of the port, and the migration runner.
 //! - [`cache`]: the read-through cache decorator (Redis or in-process).
 //! - [`grpc`]: the thin tonic adapter (wire ↔ domain, errors → status codes).
 //! - [`health`]: liveness and readiness (`grpc.health.v1`), the K-consecutive readiness rule.
@@ -19,6 +20,7 @@ pub mod domain;
 pub mod grpc;
 pub mod health;
 pub mod metrics;
+pub mod repair;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -30,7 +30,12 @@ enum Command {
     /// Serve gRPC and /metrics (the default).
     Serve,
     /// Apply the database migrations and exit.
-    Migrate,
+    Migrate {
+        /// Also run the contract migrations on a database adopted from the replaced service
+        /// (only once its old server is retired: deploy/CUTOVER.md).
+        #[arg(long)]
+        contract: bool,
+    },
 }
 
 const CONFIG_ERROR: u8 = 2;
@@ -79,13 +84,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let _telemetry = telemetry::init(&config.telemetry_settings(), telemetry::stdout())
         .context("setting up logging and tracing")?;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Migrate => {
+        Command::Migrate { contract } => {
             let metrics = std::sync::Arc::new(user_service::metrics::Metrics::new());
             let database = user_service::startup::open_database(&config, metrics)?;
-            database
-                .migrate()
-                .await
-                .with_context(|| format!("applying the {} migrations", database.backend()))?;
+            let applied = if contract {
+                database.contract().await
+            } else {
+                database.migrate().await
+            };
+            applied.with_context(|| format!("applying the {} migrations", database.backend()))?;
             tracing::info!(backend = database.backend(), "migrations applied");
             database.close().await;
             Ok(())

@@ -1,5 +1,6 @@
 //! Storage adapters behind [`UserStore`](crate::domain::UserStore): PostgreSQL (production),
-//! SQLite (the embedded default) and the cache decorator in [`crate::cache`].
+//! SQLite (the embedded default) and the cache decorator in [`crate::cache`]; the migration
+//! runner ([`migrate`]) and the adoption of the replaced service's database (`legacy`).
 
 use std::time::Instant;
 
@@ -9,9 +10,12 @@ use crate::domain::{
 };
 use crate::metrics::Metrics;
 
+mod legacy;
+pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
 
+pub use migrate::ContractPhase;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -31,9 +35,21 @@ pub struct PoolStats {
 }
 
 impl Database {
+    /// `user-service migrate` (and `--migrate-on-start`): every migration that is safe now. On a
+    /// database adopted from the replaced service, the contract set waits for [`Self::contract`].
     pub async fn migrate(&self) -> anyhow::Result<()> {
+        self.migrate_with(ContractPhase::WhenSafe).await
+    }
+
+    /// `user-service migrate --contract`: also the contract set of an adopted database (the
+    /// operator has retired the replaced server).
+    pub async fn contract(&self) -> anyhow::Result<()> {
+        self.migrate_with(ContractPhase::Now).await
+    }
+
+    async fn migrate_with(&self, phase: ContractPhase) -> anyhow::Result<()> {
         match self {
-            Self::Postgres(store) => store.migrate().await,
+            Self::Postgres(store) => store.migrate(phase).await,
             Self::Sqlite(store) => store.migrate().await,
         }
     }
@@ -111,10 +127,18 @@ pub(crate) fn classify(error: sqlx::Error) -> StoreError {
     }
 }
 
-/// The named unique constraint (PostgreSQL) or, as SQLite does not report names, the column.
+/// The unique index on the email's identity, `users_email_lower_key` (the contract phase), or the
+/// exact `users_email_key` it replaces (an adopted database before the contract phase).
+/// PostgreSQL names them; SQLite names an expression index in the message and a column
+/// constraint by its column.
 fn is_email_unique_violation(db: &dyn sqlx::error::DatabaseError) -> bool {
+    const NAMES: [&str; 2] = ["users_email_lower_key", "users_email_key"];
     matches!(db.kind(), sqlx::error::ErrorKind::UniqueViolation)
-        && (db.constraint() == Some("users_email_key") || db.message().contains("users.email"))
+        && (db.constraint().is_some_and(|name| NAMES.contains(&name))
+            || NAMES
+                .iter()
+                .any(|name| db.message().contains(&format!("'{name}'")))
+            || db.message().contains("users.email"))
 }
 
 /// SQLSTATE classes meaning "the server cannot serve you right now": connection exceptions (08),

@@ -4,21 +4,33 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::TryStreamExt;
+use sqlx::PgConnection;
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{PoolStats, internal, timed};
+use super::migrate::{self, ContractPhase, MigrationTarget, RepairLogEntry};
+use super::{PoolStats, internal, legacy, timed};
 use crate::domain::{
     Age, Email, Name, NewUser, PageRequest, StoreError, User, UserChanges, UserId, UserPage,
     UserStore, Version,
 };
 use crate::metrics::Metrics;
+use crate::repair::{Planner, Repair, StoredRow};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 
-/// Columns every query returns, timestamps as unix seconds.
-const USER_COLUMNS: &str = "id, name, email, age, \
+/// One `migrate` at a time per database (pods starting with MIGRATE_ON_START, the Job): a
+/// transaction-scoped advisory lock on this key.
+pub const MIGRATE_LOCK_KEY: i64 = i64::from_be_bytes(*b"meshmigr");
+
+/// Columns every query returns, timestamps as unix seconds. `name` and `email` are cast to text:
+/// an adopted database turns them from varchar into text at the contract phase, and a prepared
+/// statement whose result type changes fails ("cached plan must not change result type"); with
+/// the casts, statements prepared before the change are re-planned silently.
+const USER_COLUMNS: &str = "id, name::text AS name, email::text AS email, age, \
      EXTRACT(EPOCH FROM created_at)::int8 AS created_at, \
      EXTRACT(EPOCH FROM updated_at)::int8 AS updated_at, version";
 
@@ -65,8 +77,15 @@ impl PostgresStore {
         Ok(Self { pool, metrics })
     }
 
-    pub async fn migrate(&self) -> anyhow::Result<()> {
-        MIGRATOR.run(&self.pool).await?;
+    /// Applies the migrations in one transaction ([`migrate::run`]): adopts a legacy database
+    /// (see `store/legacy.rs`), applies the expand set, then the contract set after the repair
+    /// pass unless the database is an adopted one still in its cut-over overlap and `phase` is
+    /// `WhenSafe`.
+    pub async fn migrate(&self, phase: ContractPhase) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let logged = migrate::run(&mut *tx, &MIGRATOR, phase).await?;
+        tx.commit().await?;
+        migrate::log_repair_log(&logged);
         Ok(())
     }
 
@@ -151,10 +170,12 @@ impl UserStore for PostgresStore {
     }
 
     async fn list(&self, page: PageRequest) -> Result<UserPage, StoreError> {
-        // One statement so the page and the total come from the same snapshot. The ORDER BY
-        // names the table's column: a bare `created_at` would be the whole-seconds output alias.
+        // One statement, so the page and the total come from the same snapshot. The total is
+        // the trigger-kept count (migration 20261130000110), not a scan of every row; the page
+        // walks users_created_at_idx. The ORDER BY names the table's column: a bare
+        // `created_at` would be the whole-seconds output alias.
         let sql = format!(
-            "SELECT {USER_COLUMNS}, COUNT(*) OVER () AS total FROM users \
+            "SELECT {USER_COLUMNS}, (SELECT COALESCE(sum(n), 0) FROM users_count)::int8 AS total FROM users \
              ORDER BY users.created_at DESC, users.id DESC LIMIT $1 OFFSET $2"
         );
         let limit = i64::from(page.limit());
@@ -170,10 +191,12 @@ impl UserStore for PostgresStore {
             .await?;
         let total = match rows.first() {
             Some(row) => row.7,
-            // A page past the end has no rows to carry the window count.
+            // A page past the end has no rows to carry the total.
             None => {
-                let count = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users")
-                    .fetch_one(&self.pool);
+                let count = sqlx::query_scalar::<_, i64>(
+                    "SELECT COALESCE(sum(n), 0)::int8 FROM users_count",
+                )
+                .fetch_one(&self.pool);
                 timed(&self.metrics, "count_users", count)
                     .instrument(query_span("SELECT"))
                     .await?
@@ -194,5 +217,118 @@ impl UserStore for PostgresStore {
             .instrument(query_span("SELECT"))
             .await
             .map(drop)
+    }
+}
+
+/// `migrate` on PostgreSQL (inside its transaction).
+impl MigrationTarget for PgConnection {
+    async fn lock_migrations(&mut self) -> anyhow::Result<()> {
+        // The migrations' "already exists, skipping" notices are expected; keep the log for
+        // what matters.
+        sqlx::query("SET LOCAL client_min_messages = warning")
+            .execute(&mut *self)
+            .await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATE_LOCK_KEY)
+            .execute(&mut *self)
+            .await?;
+        Ok(())
+    }
+
+    async fn adopt_legacy(&mut self, migrator: &Migrator) -> anyhow::Result<Option<i64>> {
+        legacy::adopt(self, migrator).await
+    }
+
+    async fn record_adoption(
+        &mut self,
+        legacy_version: i64,
+        migrator: &Migrator,
+    ) -> anyhow::Result<()> {
+        legacy::record(self, legacy_version, migrator).await
+    }
+
+    async fn in_overlap(&mut self) -> anyhow::Result<bool> {
+        legacy::in_overlap(self).await
+    }
+
+    async fn mark_contracted(&mut self) -> anyhow::Result<()> {
+        legacy::mark_contracted(self).await
+    }
+
+    async fn lock_users(&mut self) -> anyhow::Result<()> {
+        // Fail clearly rather than queue behind a long transaction with every request queued
+        // behind us.
+        sqlx::query("SET LOCAL lock_timeout = '10s'")
+            .execute(&mut *self)
+            .await?;
+        sqlx::query("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE")
+            .execute(&mut *self)
+            .await?;
+        Ok(())
+    }
+
+    async fn plan_repairs(&mut self) -> anyhow::Result<Vec<Repair>> {
+        let mut rows = sqlx::query_as::<_, (Uuid, String, String)>(
+            "SELECT id, name::text, email::text FROM users \
+             ORDER BY lower(trim(email) COLLATE \"C\"), created_at, id",
+        )
+        .fetch(&mut *self);
+        let mut planner = Planner::default();
+        let mut repairs = Vec::new();
+        while let Some((id, name, email)) = rows.try_next().await? {
+            repairs.extend(planner.row(&StoredRow {
+                id: UserId::from(id),
+                name,
+                email,
+            }));
+        }
+        Ok(repairs)
+    }
+
+    async fn apply_repair(&mut self, repair: &Repair) -> anyhow::Result<()> {
+        if let Some(value) = &repair.new_value {
+            let column = repair.field.column();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE users SET {column} = $2 WHERE id = $1"
+            )))
+            .bind(repair.user_id.as_uuid())
+            .bind(value)
+            .execute(&mut *self)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO users_repair_log (user_id, field, problem, old_value, new_value) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(repair.user_id.as_uuid())
+        .bind(repair.field.column())
+        .bind(&repair.problem)
+        .bind(&repair.old_value)
+        .bind(repair.new_value.as_deref())
+        .execute(&mut *self)
+        .await?;
+        Ok(())
+    }
+
+    async fn expand_repairs(&mut self) -> anyhow::Result<Vec<RepairLogEntry>> {
+        // now() is the transaction's start: the rows this run's migrations logged.
+        let rows = sqlx::query_as::<_, (String, String, String, Option<String>, Option<String>)>(
+            "SELECT user_id::text, field, problem, old_value, new_value FROM users_repair_log \
+             WHERE logged_at = now() ORDER BY id",
+        )
+        .fetch_all(&mut *self)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(user_id, field, problem, old_value, new_value)| RepairLogEntry {
+                    user_id,
+                    field,
+                    problem,
+                    old_value,
+                    new_value,
+                },
+            )
+            .collect())
     }
 }

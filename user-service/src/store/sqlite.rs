@@ -5,17 +5,22 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::TryStreamExt;
+use sqlx::SqliteConnection;
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use tracing::Instrument;
 
+use super::migrate::{self, ContractPhase, MigrationTarget};
 use super::{PoolStats, internal, timed};
 use crate::domain::{
     Age, Email, Name, NewUser, PageRequest, StoreError, User, UserChanges, UserId, UserPage,
     UserStore, Version,
 };
 use crate::metrics::Metrics;
+use crate::repair::{Planner, Repair, StoredRow};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+pub(crate) static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 
 const SELECT_USER: &str =
     "SELECT id, name, email, age, created_at, updated_at, version FROM users WHERE id = ?1";
@@ -64,8 +69,13 @@ impl SqliteStore {
         Self { pool, metrics }
     }
 
+    /// Applies the migrations in one transaction ([`migrate::run`]). SQLite databases are
+    /// always meshgate's own, so the contract set runs as soon as it is there.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        MIGRATOR.run(&self.pool).await?;
+        let mut tx = self.pool.begin().await?;
+        let logged = migrate::run(&mut *tx, &MIGRATOR, ContractPhase::WhenSafe).await?;
+        tx.commit().await?;
+        migrate::log_repair_log(&logged);
         Ok(())
     }
 
@@ -151,10 +161,13 @@ impl UserStore for SqliteStore {
     }
 
     async fn list(&self, page: PageRequest) -> Result<UserPage, StoreError> {
+        // The total is the trigger-kept count (migration 20261130000110), read in the same
+        // statement as the page.
         let limit = i64::from(page.limit());
         let offset = i64::try_from(page.offset()).map_err(internal)?;
         let rows = sqlx::query_as::<_, (String, String, String, i32, i64, i64, i64, i64)>(
-            "SELECT id, name, email, age, created_at, updated_at, version, COUNT(*) OVER () AS total \
+            "SELECT id, name, email, age, created_at, updated_at, version, \
+             (SELECT sum(n) FROM users_count) AS total \
              FROM users ORDER BY created_at DESC, seq DESC LIMIT ?1 OFFSET ?2",
         )
         .bind(limit)
@@ -166,7 +179,7 @@ impl UserStore for SqliteStore {
         let total = match rows.first() {
             Some(row) => row.7,
             None => {
-                let count = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users")
+                let count = sqlx::query_scalar::<_, i64>("SELECT sum(n) FROM users_count")
                     .fetch_one(&self.pool);
                 timed(&self.metrics, "count_users", count)
                     .instrument(query_span("SELECT"))
@@ -188,5 +201,62 @@ impl UserStore for SqliteStore {
             .instrument(query_span("SELECT"))
             .await
             .map(drop)
+    }
+}
+
+/// `migrate` on SQLite (inside its transaction).
+impl MigrationTarget for SqliteConnection {
+    async fn lock_migrations(&mut self) -> anyhow::Result<()> {
+        // One process owns an embedded database; SQLite's own locking covers the rest.
+        Ok(())
+    }
+
+    async fn lock_users(&mut self) -> anyhow::Result<()> {
+        // Any write takes SQLite's database-wide write lock until the transaction ends; this
+        // no-op write takes it now, before the rows are read.
+        sqlx::query("UPDATE users_count SET n = n WHERE slot = 0")
+            .execute(&mut *self)
+            .await?;
+        Ok(())
+    }
+
+    async fn plan_repairs(&mut self) -> anyhow::Result<Vec<Repair>> {
+        let mut rows = sqlx::query_as::<_, (String, String, String)>(
+            "SELECT id, name, email FROM users ORDER BY lower(trim(email)), created_at, seq",
+        )
+        .fetch(&mut *self);
+        let mut planner = Planner::default();
+        let mut repairs = Vec::new();
+        while let Some((id, name, email)) = rows.try_next().await? {
+            let id = UserId::parse(&id)
+                .map_err(|_| anyhow::anyhow!("stored id {id:?} is not a UUID"))?;
+            repairs.extend(planner.row(&StoredRow { id, name, email }));
+        }
+        Ok(repairs)
+    }
+
+    async fn apply_repair(&mut self, repair: &Repair) -> anyhow::Result<()> {
+        if let Some(value) = &repair.new_value {
+            let column = repair.field.column();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE users SET {column} = ?2 WHERE id = ?1"
+            )))
+            .bind(repair.user_id.to_string())
+            .bind(value)
+            .execute(&mut *self)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO users_repair_log (user_id, field, problem, old_value, new_value) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(repair.user_id.to_string())
+        .bind(repair.field.column())
+        .bind(&repair.problem)
+        .bind(&repair.old_value)
+        .bind(repair.new_value.as_deref())
+        .execute(&mut *self)
+        .await?;
+        Ok(())
     }
 }

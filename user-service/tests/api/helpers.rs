@@ -320,6 +320,11 @@ impl TestApp {
         panic!("/metrics never showed {line}");
     }
 
+    /// Removes `dir` at teardown (for an app started on a SQLite file the test prepared).
+    pub fn remove_dir_on_teardown(&mut self, dir: PathBuf) {
+        self.sqlite_dir = Some(dir);
+    }
+
     /// Raises the shutdown signal without waiting.
     pub fn signal_shutdown(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
@@ -363,6 +368,27 @@ pub async fn scrape(addr: SocketAddr) -> String {
     stream.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
+}
+
+/// Waits until `count` sessions of the database at `url` wait on a lock (a row, a table or an
+/// advisory lock): how a test knows the interleaving it forces has happened.
+pub async fn wait_for_lock_waiters(url: &str, count: i64) {
+    let mut observer = PgConnection::connect(url).await.unwrap();
+    let mut waiting = 0;
+    for _ in 0..500 {
+        waiting = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut observer)
+        .await
+        .unwrap();
+        if waiting == count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{waiting} sessions wait on a lock, not {count}");
 }
 
 /// A unique email per call, so tests never collide.

@@ -3,11 +3,13 @@
 //! `cargo test -p user-service` with DATABASE_URL / REDIS_URL pointing at servers where the
 //! test role may CREATE DATABASE.
 
+mod adoption;
 mod binary;
 mod cache_coherence;
 mod faults;
 mod helpers;
 mod hooks;
+mod input_rules;
 mod load;
 mod metrics_contract;
 mod observability;
