@@ -117,7 +117,8 @@ fn validate_only(cli: &Cli) -> ExitCode {
     }
     let mode = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => "serve",
-        Command::Migrate => "migrate",
+        Command::Migrate { contract: false } => "migrate",
+        Command::Migrate { contract: true } => "migrate --contract",
     };
     let database = if cli.config.database_url.is_some() {
         "postgres"
