@@ -5,8 +5,13 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration}
 
 use serde::Deserialize;
 
-use crate::telemetry::OtlpSettings;
-use crate::transcode::JsonOptions;
+use crate::{
+    balance::{HealthThresholds, OutlierSettings},
+    conn_limits::ConnectionSettings,
+    discovery::UpstreamTarget,
+    telemetry::OtlpSettings,
+    transcode::JsonOptions,
+};
 
 /// A configuration problem, naming the offending key.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +64,14 @@ pub struct GatewaySection {
     /// Concurrent h2 streams per upstream connection for gRPC pass-through (pingora's default is 1).
     pub h2_streams_per_connection: usize,
     pub health_check: HealthSection,
+    /// How upstream host names are resolved (`upstreams` entries that are not `IP:port`).
+    pub dns: DnsSection,
+    pub load_balancing: LoadBalancingSection,
+    pub outlier_detection: OutlierSection,
     pub retry: RetrySection,
+    pub shutdown: ShutdownSection,
+    /// Downstream connection limits (slow, idle and too many clients).
+    pub connections: ConnectionsSection,
     pub cors: CorsSection,
     pub tls: Option<TlsSection>,
     /// OTLP span export (off unless an endpoint is set here or in OTEL_EXPORTER_OTLP_ENDPOINT).
@@ -85,7 +97,12 @@ impl Default for GatewaySection {
             connect_timeout_ms: 1_000,
             h2_streams_per_connection: 128,
             health_check: HealthSection::default(),
+            dns: DnsSection::default(),
+            load_balancing: LoadBalancingSection::default(),
+            outlier_detection: OutlierSection::default(),
             retry: RetrySection::default(),
+            shutdown: ShutdownSection::default(),
+            connections: ConnectionsSection::default(),
             cors: CorsSection::default(),
             tls: None,
             otlp: OtlpSection::default(),
@@ -145,8 +162,10 @@ pub struct HealthSection {
     pub timeout_ms: u64,
     /// The service name asked about in grpc.health.v1 (empty: the whole server).
     pub service: String,
-    pub unhealthy_threshold: usize,
-    pub healthy_threshold: usize,
+    /// Consecutive failed checks before an endpoint leaves the rotation.
+    pub unhealthy_threshold: u32,
+    /// Consecutive passed checks before it returns.
+    pub healthy_threshold: u32,
 }
 
 impl Default for HealthSection {
@@ -155,8 +174,117 @@ impl Default for HealthSection {
             interval_ms: 1_000,
             timeout_ms: 500,
             service: String::new(),
-            unhealthy_threshold: 1,
-            healthy_threshold: 1,
+            unhealthy_threshold: 3,
+            healthy_threshold: 2,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSection {
+    /// `IP:port` of the DNS servers to ask; empty: the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<String>,
+    /// Search domains; unset: the system's (`search` in `/etc/resolv.conf`).
+    pub search: Option<Vec<String>>,
+    /// `ndots`; unset: the system's (Kubernetes sets 5).
+    pub ndots: Option<usize>,
+    /// Per-query timeout.
+    pub timeout_ms: u64,
+    /// A name is re-resolved when its records' TTL runs out, but never sooner than this ...
+    pub min_refresh_ms: u64,
+    /// ... and never later than this.
+    pub max_refresh_ms: u64,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        Self {
+            nameservers: Vec::new(),
+            search: None,
+            ndots: None,
+            timeout_ms: 2_000,
+            min_refresh_ms: 1_000,
+            max_refresh_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadBalancingSection {
+    /// Below this percentage of available endpoints (healthy and not ejected), requests go to
+    /// every endpoint instead (Envoy's panic threshold); 0 turns panic routing off.
+    pub panic_threshold_percent: u8,
+}
+
+impl Default for LoadBalancingSection {
+    fn default() -> Self {
+        Self {
+            panic_threshold_percent: 50,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierSection {
+    /// Consecutive connect failures / resets that eject an endpoint; 0: no passive ejection.
+    pub consecutive_failures: u32,
+    /// The first ejection lasts this long; the n-th, n times as long ...
+    pub base_ejection_ms: u64,
+    /// ... up to this.
+    pub max_ejection_ms: u64,
+}
+
+impl Default for OutlierSection {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection_ms: 5_000,
+            max_ejection_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSection {
+    /// After SIGTERM, `/readyz` answers 503 and the gateway keeps serving this long before it
+    /// stops accepting; in-flight requests then get `server.grace_period_seconds` to finish.
+    pub drain_delay_ms: u64,
+}
+
+impl Default for ShutdownSection {
+    fn default() -> Self {
+        Self {
+            drain_delay_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionsSection {
+    /// A connection must deliver a complete request header this soon after it opens, or after
+    /// its previous request ended plus `idle_timeout_ms` (slowloris).
+    pub header_read_timeout_ms: u64,
+    /// HTTP/1.1 keep-alive and HTTP/2 connections with no request in progress are closed after this.
+    pub idle_timeout_ms: u64,
+    /// Open downstream connections; more are answered 503 and closed. Also capped below the
+    /// process's open-file limit, so upstream connections always find a descriptor.
+    pub max: usize,
+    /// Open connections per client IP; 0: no per-client cap.
+    pub max_per_client_ip: usize,
+}
+
+impl Default for ConnectionsSection {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max: 4_096,
+            max_per_client_ip: 0,
         }
     }
 }
@@ -167,9 +295,11 @@ pub struct RetrySection {
     /// Attempts for GET routes answered UNAVAILABLE, first try included.
     pub max_attempts: u32,
     /// Retries allowed as a fraction of requests ...
-    pub budget_ratio: f64,
+    pub budget_ratio: f32,
     /// ... plus this many retries per second regardless of traffic.
     pub min_retries_per_second: u32,
+    /// How long a request counts towards the budget (1-60 s).
+    pub budget_window_secs: u64,
 }
 
 impl Default for RetrySection {
@@ -178,6 +308,7 @@ impl Default for RetrySection {
             max_attempts: 3,
             budget_ratio: 0.2,
             min_retries_per_second: 10,
+            budget_window_secs: 10,
         }
     }
 }
@@ -309,6 +440,130 @@ fn filter_specs(sections: Vec<FilterSection>) -> Result<Vec<FilterSpec>, ConfigE
     Ok(specs)
 }
 
+fn at_least_one(key: &str, value: u32) -> Result<u32, ConfigError> {
+    if value == 0 {
+        Err(invalid(key, "must be at least 1"))
+    } else {
+        Ok(value)
+    }
+}
+
+fn millis(key: &str, value: u64) -> Result<Duration, ConfigError> {
+    if value == 0 {
+        Err(invalid(key, "must be greater than 0"))
+    } else {
+        Ok(Duration::from_millis(value))
+    }
+}
+
+fn dns_settings(section: DnsSection) -> Result<DnsSettings, ConfigError> {
+    let nameservers = section
+        .nameservers
+        .iter()
+        .enumerate()
+        .map(|(i, value)| {
+            value.trim().parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    &format!("gateway.dns.nameservers[{i}]"),
+                    format!(
+                        "{value:?} is not an IP:port address (also --dns-nameserver / \
+                         GATEWAY_DNS_NAMESERVERS)"
+                    ),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(search) = &section.search {
+        for (i, domain) in search.iter().enumerate() {
+            let probe = format!("{}:1", domain.trim_end_matches('.'));
+            if !matches!(
+                UpstreamTarget::parse(&probe),
+                Ok(UpstreamTarget::Name { .. })
+            ) {
+                return Err(invalid(
+                    &format!("gateway.dns.search[{i}]"),
+                    format!("{domain:?} is not a DNS domain"),
+                ));
+            }
+        }
+    }
+    if let Some(ndots) = section.ndots
+        && ndots > 15
+    {
+        return Err(invalid("gateway.dns.ndots", "must be at most 15"));
+    }
+    let min_refresh = millis("gateway.dns.min_refresh_ms", section.min_refresh_ms)?;
+    let max_refresh = millis("gateway.dns.max_refresh_ms", section.max_refresh_ms)?;
+    if max_refresh < min_refresh {
+        return Err(invalid(
+            "gateway.dns.max_refresh_ms",
+            "must not be below gateway.dns.min_refresh_ms",
+        ));
+    }
+    Ok(DnsSettings {
+        nameservers,
+        search: section.search,
+        ndots: section.ndots,
+        timeout: millis("gateway.dns.timeout_ms", section.timeout_ms)?,
+        min_refresh,
+        max_refresh,
+    })
+}
+
+fn outlier_settings(section: &OutlierSection) -> Result<OutlierSettings, ConfigError> {
+    let base_ejection = millis(
+        "gateway.outlier_detection.base_ejection_ms",
+        section.base_ejection_ms,
+    )?;
+    let max_ejection = millis(
+        "gateway.outlier_detection.max_ejection_ms",
+        section.max_ejection_ms,
+    )?;
+    if max_ejection < base_ejection {
+        return Err(invalid(
+            "gateway.outlier_detection.max_ejection_ms",
+            "must not be below gateway.outlier_detection.base_ejection_ms",
+        ));
+    }
+    Ok(OutlierSettings {
+        consecutive_failures: section.consecutive_failures,
+        base_ejection,
+        max_ejection,
+    })
+}
+
+fn connection_settings(section: &ConnectionsSection) -> Result<ConnectionSettings, ConfigError> {
+    if section.max == 0 {
+        return Err(invalid("gateway.connections.max", "must be at least 1"));
+    }
+    if section.max_per_client_ip > section.max {
+        return Err(invalid(
+            "gateway.connections.max_per_client_ip",
+            "must not exceed gateway.connections.max (0 turns the per-client cap off)",
+        ));
+    }
+    let idle_timeout = millis(
+        "gateway.connections.idle_timeout_ms",
+        section.idle_timeout_ms,
+    )?;
+    if idle_timeout < Duration::from_secs(1) {
+        // pingora's HTTP/1.1 keep-alive timeout has whole seconds.
+        return Err(invalid(
+            "gateway.connections.idle_timeout_ms",
+            "must be at least 1000",
+        ));
+    }
+    Ok(ConnectionSettings {
+        header_read_timeout: millis(
+            "gateway.connections.header_read_timeout_ms",
+            section.header_read_timeout_ms,
+        )?,
+        idle_timeout,
+        max: section.max,
+        max_per_client_ip: section.max_per_client_ip,
+    })
+}
+
 fn otlp_settings(section: OtlpSection) -> Result<Option<OtlpSettings>, ConfigError> {
     let endpoint = section.endpoint.trim();
     if endpoint.is_empty() {
@@ -368,9 +623,17 @@ pub struct Overrides {
     /// Metrics listener.
     #[arg(long, env = "GATEWAY_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
-    /// Upstream gRPC addresses, comma-separated.
+    /// Upstream gRPC services, comma-separated `host:port` (resolved, every A/AAAA record an
+    /// endpoint) or `IP:port`.
     #[arg(long = "upstream", env = "GATEWAY_UPSTREAMS", value_delimiter = ',')]
     pub upstreams: Vec<String>,
+    /// DNS servers (`IP:port`, comma-separated) for upstream names; default: /etc/resolv.conf.
+    #[arg(
+        long = "dns-nameserver",
+        env = "GATEWAY_DNS_NAMESERVERS",
+        value_delimiter = ','
+    )]
+    pub dns_nameservers: Vec<String>,
     /// CORS allowed origins, comma-separated.
     #[arg(
         long = "cors-origin",
@@ -395,7 +658,8 @@ pub struct GatewayConfig {
     pub server: Option<String>,
     pub listen: SocketAddr,
     pub metrics_listen: Option<SocketAddr>,
-    pub upstreams: Vec<SocketAddr>,
+    pub upstreams: Vec<UpstreamTarget>,
+    pub dns: DnsSettings,
     pub descriptor_sets: Vec<PathBuf>,
     pub skip_builtin_descriptors: bool,
     /// REST JSON conventions (`gateway.json`).
@@ -408,11 +672,17 @@ pub struct GatewayConfig {
     pub health_interval: Duration,
     pub health_timeout: Duration,
     pub health_service: String,
-    pub healthy_threshold: usize,
-    pub unhealthy_threshold: usize,
+    pub health_thresholds: HealthThresholds,
+    /// `gateway.load_balancing.panic_threshold_percent`.
+    pub panic_threshold_percent: u8,
+    pub outlier: OutlierSettings,
     pub retry_max_attempts: u32,
-    pub retry_budget_ratio: f64,
+    pub retry_budget_ratio: f32,
     pub retry_min_per_second: u32,
+    pub retry_budget_window: Duration,
+    /// `gateway.shutdown.drain_delay_ms`.
+    pub drain_delay: Duration,
+    pub connections: ConnectionSettings,
     pub cors_origins: Vec<String>,
     pub cors_allow_credentials: bool,
     pub cors_max_age: Duration,
@@ -422,6 +692,21 @@ pub struct GatewayConfig {
     pub static_dir: Option<PathBuf>,
     pub filters: Vec<FilterSpec>,
 }
+
+/// `gateway.dns`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// Empty: the system's resolver configuration.
+    pub nameservers: Vec<SocketAddr>,
+    pub search: Option<Vec<String>>,
+    pub ndots: Option<usize>,
+    pub timeout: Duration,
+    pub min_refresh: Duration,
+    pub max_refresh: Duration,
+}
+
+/// Longest accepted `drain_delay_ms`: beyond it a rolling update would stall.
+const MAX_DRAIN_DELAY_MS: u64 = 300_000;
 
 impl GatewayConfig {
     /// Reads the file (if any), applies overrides, validates.
@@ -464,6 +749,9 @@ impl GatewayConfig {
         }
         if !overrides.upstreams.is_empty() {
             gateway.upstreams = overrides.upstreams.clone();
+        }
+        if !overrides.dns_nameservers.is_empty() {
+            gateway.dns.nameservers = overrides.dns_nameservers.clone();
         }
         if !overrides.cors_origins.is_empty() {
             gateway.cors.allowed_origins = overrides.cors_origins.clone();
@@ -519,7 +807,14 @@ impl GatewayConfig {
             .upstreams
             .iter()
             .enumerate()
-            .map(|(i, value)| addr(&format!("gateway.upstreams[{i}]"), value))
+            .map(|(i, value)| {
+                UpstreamTarget::parse(value).map_err(|reason| {
+                    invalid(
+                        &format!("gateway.upstreams[{i}]"),
+                        format!("{reason} (also --upstream / GATEWAY_UPSTREAMS)"),
+                    )
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let positive = |key: &str, value: u64| -> Result<Duration, ConfigError> {
             if value == 0 {
@@ -547,6 +842,43 @@ impl GatewayConfig {
                 "must be between 0 and 1",
             ));
         }
+        if !(1..=60).contains(&gateway.retry.budget_window_secs) {
+            return Err(invalid(
+                "gateway.retry.budget_window_secs",
+                "must be between 1 and 60",
+            ));
+        }
+        if i32::try_from(gateway.retry.min_retries_per_second).is_err() {
+            return Err(invalid(
+                "gateway.retry.min_retries_per_second",
+                "is too large",
+            ));
+        }
+        let dns = dns_settings(gateway.dns)?;
+        let health_thresholds = HealthThresholds {
+            unhealthy: at_least_one(
+                "gateway.health_check.unhealthy_threshold",
+                gateway.health_check.unhealthy_threshold,
+            )?,
+            healthy: at_least_one(
+                "gateway.health_check.healthy_threshold",
+                gateway.health_check.healthy_threshold,
+            )?,
+        };
+        if gateway.load_balancing.panic_threshold_percent > 100 {
+            return Err(invalid(
+                "gateway.load_balancing.panic_threshold_percent",
+                "must be between 0 and 100",
+            ));
+        }
+        let outlier = outlier_settings(&gateway.outlier_detection)?;
+        if gateway.shutdown.drain_delay_ms > MAX_DRAIN_DELAY_MS {
+            return Err(invalid(
+                "gateway.shutdown.drain_delay_ms",
+                format!("must be at most {MAX_DRAIN_DELAY_MS}"),
+            ));
+        }
+        let connections = connection_settings(&gateway.connections)?;
         for (i, origin) in gateway.cors.allowed_origins.iter().enumerate() {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 return Err(invalid(
@@ -582,6 +914,7 @@ impl GatewayConfig {
             listen,
             metrics_listen,
             upstreams,
+            dns,
             descriptor_sets: gateway.descriptor_sets,
             skip_builtin_descriptors: gateway.skip_builtin_descriptors,
             json: gateway.json.options(),
@@ -599,11 +932,15 @@ impl GatewayConfig {
                 gateway.health_check.timeout_ms,
             )?,
             health_service: gateway.health_check.service,
-            healthy_threshold: gateway.health_check.healthy_threshold.max(1),
-            unhealthy_threshold: gateway.health_check.unhealthy_threshold.max(1),
+            health_thresholds,
+            panic_threshold_percent: gateway.load_balancing.panic_threshold_percent,
+            outlier,
             retry_max_attempts: gateway.retry.max_attempts,
             retry_budget_ratio: gateway.retry.budget_ratio,
             retry_min_per_second: gateway.retry.min_retries_per_second,
+            retry_budget_window: Duration::from_secs(gateway.retry.budget_window_secs),
+            drain_delay: Duration::from_millis(gateway.shutdown.drain_delay_ms),
+            connections,
             cors_origins: gateway.cors.allowed_origins,
             cors_allow_credentials: gateway.cors.allow_credentials,
             cors_max_age: Duration::from_secs(gateway.cors.max_age_secs),
@@ -620,7 +957,7 @@ impl GatewayConfig {
             .expect("defaults are valid");
         config.listen = listen;
         config.metrics_listen = None;
-        config.upstreams = upstreams;
+        config.upstreams = upstreams.into_iter().map(UpstreamTarget::Address).collect();
         config
     }
 
@@ -648,7 +985,15 @@ mod tests {
         let config = load(text).unwrap();
         assert_eq!(config.listen.port(), 8080);
         assert_eq!(config.metrics_listen.unwrap().port(), 9091);
-        assert_eq!(config.upstreams, vec!["127.0.0.1:50051".parse().unwrap()]);
+        assert_eq!(
+            config.upstreams,
+            vec![UpstreamTarget::Address("127.0.0.1:50051".parse().unwrap())]
+        );
+        // Route timeouts exceed the user-service's database acquire timeout (2 s), so a busy
+        // pool answers UNAVAILABLE (503) rather than a gateway timeout (504).
+        for (route, timeout) in &config.route_timeouts {
+            assert!(*timeout > Duration::from_millis(2_000), "{route}");
+        }
         // The replaced facade's REST contract.
         assert_eq!(
             config.json,
@@ -682,6 +1027,66 @@ mod tests {
     }
 
     #[test]
+    fn resilience_defaults() {
+        let config = load("gateway: {}\n").unwrap();
+        assert_eq!(
+            config.health_thresholds,
+            HealthThresholds {
+                unhealthy: 3,
+                healthy: 2
+            }
+        );
+        assert_eq!(config.panic_threshold_percent, 50);
+        assert_eq!(config.outlier.consecutive_failures, 5);
+        assert_eq!(config.drain_delay, Duration::from_secs(5));
+        assert_eq!(config.connections.max, 4_096);
+        assert_eq!(config.connections.max_per_client_ip, 0);
+        assert_eq!(
+            config.connections.header_read_timeout,
+            Duration::from_secs(10)
+        );
+        assert!(
+            config.dns.nameservers.is_empty(),
+            "system resolver by default"
+        );
+        assert_eq!(config.dns.min_refresh, Duration::from_secs(1));
+        assert_eq!(config.dns.max_refresh, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn upstreams_may_be_names_and_nameservers_explicit() {
+        let config = load(
+            "gateway:\n  upstreams: [\"user-service:50051\", \"10.0.0.7:50051\"]\n  dns:\n    nameservers: [\"127.0.0.1:5353\"]\n    search: [meshgate.svc.cluster.local]\n    ndots: 5\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.upstreams[0],
+            UpstreamTarget::Name {
+                host: "user-service".into(),
+                port: 50051
+            }
+        );
+        assert_eq!(
+            config.dns.nameservers,
+            vec!["127.0.0.1:5353".parse().unwrap()]
+        );
+        assert_eq!(config.dns.ndots, Some(5));
+        let overrides = Overrides {
+            dns_nameservers: vec!["127.0.0.2:53".into()],
+            ..Default::default()
+        };
+        let config = GatewayConfig::from_file(
+            GatewayConfig::parse_file("gateway: {}\n").unwrap(),
+            &overrides,
+        )
+        .unwrap();
+        assert_eq!(
+            config.dns.nameservers,
+            vec!["127.0.0.2:53".parse().unwrap()]
+        );
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let error = load("gateway:\n  cors:\n    allowed_origns: []\n")
             .unwrap_err()
@@ -696,6 +1101,84 @@ mod tests {
             ("gateway:\n  listen: nowhere\n", "gateway.listen"),
             ("gateway:\n  upstreams: []\n", "gateway.upstreams"),
             ("gateway:\n  upstreams: [\"x\"]\n", "gateway.upstreams[0]"),
+            (
+                "gateway:\n  upstreams: [\"a\", \"bad host:1\"]\n",
+                "gateway.upstreams[0]",
+            ),
+            (
+                "gateway:\n  upstreams: [\"host:0\"]\n",
+                "gateway.upstreams[0]",
+            ),
+            (
+                "gateway:\n  dns: {nameservers: [\"dns.example\"]}\n",
+                "gateway.dns.nameservers[0]",
+            ),
+            (
+                "gateway:\n  dns: {search: [\"a b\"]}\n",
+                "gateway.dns.search[0]",
+            ),
+            ("gateway:\n  dns: {ndots: 16}\n", "gateway.dns.ndots"),
+            (
+                "gateway:\n  dns: {timeout_ms: 0}\n",
+                "gateway.dns.timeout_ms",
+            ),
+            (
+                "gateway:\n  dns: {min_refresh_ms: 0}\n",
+                "gateway.dns.min_refresh_ms",
+            ),
+            (
+                "gateway:\n  dns: {min_refresh_ms: 5000, max_refresh_ms: 1000}\n",
+                "gateway.dns.max_refresh_ms",
+            ),
+            ("gateway:\n  dns: {nameserver: []}\n", "nameserver"),
+            (
+                "gateway:\n  health_check: {unhealthy_threshold: 0}\n",
+                "gateway.health_check.unhealthy_threshold",
+            ),
+            (
+                "gateway:\n  health_check: {healthy_threshold: 0}\n",
+                "gateway.health_check.healthy_threshold",
+            ),
+            (
+                "gateway:\n  load_balancing: {panic_threshold_percent: 101}\n",
+                "gateway.load_balancing.panic_threshold_percent",
+            ),
+            (
+                "gateway:\n  outlier_detection: {base_ejection_ms: 0}\n",
+                "gateway.outlier_detection.base_ejection_ms",
+            ),
+            (
+                "gateway:\n  outlier_detection: {base_ejection_ms: 2000, max_ejection_ms: 1000}\n",
+                "gateway.outlier_detection.max_ejection_ms",
+            ),
+            (
+                "gateway:\n  retry: {budget_window_secs: 61}\n",
+                "gateway.retry.budget_window_secs",
+            ),
+            (
+                "gateway:\n  retry: {min_retries_per_second: 4000000000}\n",
+                "gateway.retry.min_retries_per_second",
+            ),
+            (
+                "gateway:\n  shutdown: {drain_delay_ms: 300001}\n",
+                "gateway.shutdown.drain_delay_ms",
+            ),
+            (
+                "gateway:\n  connections: {max: 0}\n",
+                "gateway.connections.max",
+            ),
+            (
+                "gateway:\n  connections: {max: 10, max_per_client_ip: 11}\n",
+                "gateway.connections.max_per_client_ip",
+            ),
+            (
+                "gateway:\n  connections: {idle_timeout_ms: 500}\n",
+                "gateway.connections.idle_timeout_ms",
+            ),
+            (
+                "gateway:\n  connections: {header_read_timeout_ms: 0}\n",
+                "gateway.connections.header_read_timeout_ms",
+            ),
             ("gateway:\n  timeout_ms: 0\n", "gateway.timeout_ms"),
             (
                 "gateway:\n  retry:\n    budget_ratio: 2\n",

@@ -76,6 +76,9 @@ impl GatewayError {
         match status.code() {
             Code::Unavailable if from_transport => Self::UpstreamUnavailable,
             Code::Unknown | Code::Internal if from_transport => Self::UpstreamUnavailable,
+            // A connection that broke under a call (hyper: "operation was canceled") is a
+            // transport failure: the client never asked to cancel, so never HTTP 499.
+            Code::Cancelled if from_transport => Self::UpstreamUnavailable,
             Code::DeadlineExceeded if from_transport => Self::UpstreamTimeout,
             _ => Self::Upstream(status),
         }
@@ -263,5 +266,20 @@ mod tests {
         let transport = GatewayError::from_upstream(transport);
         assert!(transport.is_unavailable(), "{transport:?}");
         assert!(!transport.rescue().message.contains("10.0.0.1"));
+    }
+
+    #[test]
+    fn a_cancelled_transport_is_unavailable_not_499() {
+        let mut broken = tonic::Status::cancelled("operation was canceled");
+        broken.set_source(std::sync::Arc::new(std::io::Error::other(
+            "connection closed",
+        )));
+        let error = GatewayError::from_upstream(broken);
+        assert!(error.is_unavailable(), "{error:?}");
+        let rescued = error.rescue();
+        assert_eq!((rescued.http_status, rescued.grpc_code), (503, 14));
+        // A CANCELLED the service itself answered passes through as before.
+        let answered = GatewayError::from_upstream(tonic::Status::cancelled("caller went away"));
+        assert!(matches!(answered, GatewayError::Upstream(_)));
     }
 }

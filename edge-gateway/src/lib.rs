@@ -8,15 +8,22 @@
 //!   (pure); [`protocol`]: the one protocol type (labels, error shape, what filters see).
 //! - [`grpc_web`]: gRPC-web framing and base64 as state machines (pure);
 //!   [`grpc_compression`]: `grpc-encoding` and size-bounded gzip decompression (pure);
-//!   [`grpc_headers`]: `grpc-timeout`, `grpc-message`, `grpc-status(-details-bin)` (pure).
-//! - [`cors`], [`trace`], [`retry`]: edge policies (pure); [`openapi`]: OpenAPI 3.1 from the
-//!   descriptors (pure).
+//!   [`grpc_headers`]: `grpc-timeout`, `grpc-message`, `grpc-status(-details-bin)` (pure);
+//!   [`grpc_frames`]: the per-message size limit on native gRPC pass-through (pure).
+//! - [`cors`], [`trace`]: edge policies (pure); [`openapi`]: OpenAPI 3.1 from the descriptors
+//!   (pure).
 //! - [`validate`]: `buf.validate` field rules from the descriptors, checked on REST and
 //!   gRPC-web requests (pure).
+//! - [`balance`] (health thresholds, outlier ejection, panic routing), [`discovery`] (upstream
+//!   targets, TTL refresh, endpoint set changes), [`conn_limits`] (connection caps, header
+//!   deadline): resilience policy (pure).
 //! - [`config`]: YAML + flags/env → one validated [`config::GatewayConfig`] (reads the YAML
 //!   file and the TLS files it names).
 //! - [`state`]: what every request shares, built once from the config (loads descriptor sets).
-//! - [`upstream`]: tonic channels, gRPC health checks, load balancing, retries.
+//! - [`upstream`]: endpoints, tonic channels, gRPC health checks, load balancing, retries;
+//!   [`dns`]: the resolver behind upstream names.
+//! - [`listener`]: the connection gate in front of pingora's HTTP handling (caps, header
+//!   deadline); [`lifecycle`]: draining, in-flight requests, drain-aware shutdown.
 //! - [`hooks`]: the request/response filter seam; [`wasm_filters`]: the istio-filters `.wasm`
 //!   modules (`gateway.filters`) behind it.
 //! - [`static_files`]: the web page from `static_dir` for paths no API route claims (reads
@@ -27,19 +34,25 @@
 //!   TLS listener's certificate (cargo feature `rustls`, on by default).
 #![forbid(unsafe_code)]
 
+pub mod balance;
 pub mod config;
+pub mod conn_limits;
 pub mod cors;
+pub mod discovery;
+pub mod dns;
 pub mod error;
 pub mod grpc_compression;
+pub mod grpc_frames;
 pub mod grpc_headers;
 pub mod grpc_web;
 pub mod hooks;
+pub mod lifecycle;
+pub mod listener;
 pub mod metrics;
 pub mod openapi;
 pub mod path_template;
 pub mod protocol;
 pub mod proxy;
-pub mod retry;
 pub mod routes;
 pub mod server;
 pub mod state;

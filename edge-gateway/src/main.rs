@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::Parser;
 use edge_gateway::{
     config::{GatewayConfig, Overrides},
+    discovery::UpstreamTarget,
+    dns, lifecycle,
     server::build_server,
     wasm_filters,
 };
@@ -57,6 +59,19 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // Upstream names need a resolver configuration (the system's or gateway.dns): checked now
+    // so a container without a usable /etc/resolv.conf fails here, not at the first lookup.
+    let names = config
+        .upstreams
+        .iter()
+        .any(|target| matches!(target, UpstreamTarget::Name { .. }));
+    if names && let Err(error) = dns::resolver_config(&config.dns) {
+        eprintln!(
+            "edge-gateway: invalid config key `{}`: {}",
+            error.key, error.reason
+        );
+        std::process::exit(2);
+    }
     if args.test {
         println!("config ok");
         return;
@@ -67,7 +82,8 @@ fn main() {
     };
     let listen = config.listen;
     let metrics = config.metrics_listen;
-    let upstreams = config.upstreams.clone();
+    let upstreams: Vec<String> = config.upstreams.iter().map(UpstreamTarget::label).collect();
+    let drain_delay = config.drain_delay;
     let (mut server, state) = match build_server(config, Some(opt), filters) {
         Ok(built) => built,
         Err(error) => {
@@ -77,9 +93,21 @@ fn main() {
     };
     server.bootstrap();
     tracing::info!(%listen, ?metrics, ?upstreams, "edge-gateway listening: REST, gRPC-web and gRPC (h2c) on http://{listen}");
-    // `run` returns once every service runtime has stopped (so every request has finished and
-    // recorded its span): flush the span exporter, then exit like `run_forever`.
-    server.run(pingora::server::RunArgs::default());
+    // SIGTERM: /readyz 503 while serving on for the drain delay, then pingora stops accepting;
+    // the process exits as soon as no request is in flight (at the latest when
+    // `grace_period_seconds` ends and pingora drops what is left), after flushing spans.
+    let exiting_state = state.clone();
+    lifecycle::exit_when_drained(
+        server.watch_execution_phase(),
+        state.lifecycle.clone(),
+        move || exiting_state.flush_spans(),
+    );
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(lifecycle::DrainingSignals {
+            lifecycle: state.lifecycle.clone(),
+            drain_delay,
+        }),
+    });
     state.flush_spans();
     std::process::exit(0);
 }

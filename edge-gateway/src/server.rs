@@ -1,5 +1,6 @@
 //! Wiring: the pingora `Server` with the proxy service (REST, gRPC-web and h2c gRPC on one
-//! port), the metrics service and the upstream health-check background service.
+//! port) behind the connection gate, the metrics service and the upstream discovery and
+//! health-check background service.
 
 use std::sync::Arc;
 
@@ -7,7 +8,7 @@ use async_trait::async_trait;
 use pingora::{
     apps::HttpServerOptions,
     protocols::http::ServerSession,
-    proxy::http_proxy_service,
+    proxy::http_proxy,
     server::{
         RunArgs, Server, ShutdownSignal, ShutdownSignalWatch,
         configuration::{Opt, ServerConf},
@@ -17,12 +18,33 @@ use pingora::{
 
 use crate::{
     config::GatewayConfig,
+    conn_limits::effective_max,
     hooks::FilterChain,
+    listener::{ConnectionGate, ConnectionTracker},
     metrics,
     proxy::GatewayProxy,
-    state::{GatewayState, StartError, load_pool, settings},
-    upstream::{Upstreams, load_balancer},
+    state::{GatewayState, StartError, load_pool},
+    upstream::{UpstreamMaintenance, UpstreamPool, UpstreamSettings, Upstreams},
 };
+
+/// Raises the soft open-file limit to the hard one and returns it (`None`: unknown/unlimited).
+fn open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum
+        && setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        )
+        .is_ok()
+    {
+        return limit.maximum;
+    }
+    limit.current
+}
 
 /// Serves `/metrics` on the metrics port.
 struct MetricsApp;
@@ -64,25 +86,51 @@ pub fn build_server(
     let mut server = Server::new_with_opt_and_conf(opt, server_conf);
 
     let pool = load_pool(&config)?;
-    let upstream_settings = settings(&config);
-    let balancer =
-        load_balancer(&upstream_settings).map_err(|e| StartError::Upstreams(e.to_string()))?;
-    let health = background_service("upstream grpc health", balancer);
-    let upstreams = Upstreams::new(&upstream_settings, health.task());
-    let state = GatewayState::new(config.clone(), pool, upstreams, filters)?;
+    let names: Vec<String> = config
+        .upstreams
+        .iter()
+        .filter(|target| matches!(target, crate::discovery::UpstreamTarget::Name { .. }))
+        .map(crate::discovery::UpstreamTarget::label)
+        .collect();
+    metrics::init(&names);
+    let upstream_settings = UpstreamSettings::from_config(&config);
+    let endpoints = Arc::new(UpstreamPool::new(&upstream_settings));
+    let maintenance = UpstreamMaintenance::new(endpoints.clone(), upstream_settings.clone())
+        .map_err(|e| StartError::Upstreams(e.to_string()))?;
+    let background = background_service("upstream discovery and health", maintenance);
+    let upstreams = Upstreams::new(&upstream_settings, endpoints);
+    let max_connections = effective_max(config.connections.max, open_file_limit());
+    if max_connections < config.connections.max {
+        tracing::warn!(
+            configured = config.connections.max,
+            effective = max_connections,
+            "gateway.connections.max lowered to stay below the open-file limit"
+        );
+    }
+    tracing::info!(
+        max_connections,
+        max_per_client_ip = config.connections.max_per_client_ip,
+        "downstream connection caps"
+    );
+    let tracker = Arc::new(ConnectionTracker::new(config.connections, max_connections));
+    let state = GatewayState::new(config.clone(), pool, upstreams, filters, tracker.clone())?;
 
-    let mut proxy = http_proxy_service(
+    let mut app = http_proxy(
         &server.configuration,
         GatewayProxy {
             state: state.clone(),
         },
     );
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut options = HttpServerOptions::default();
-        // gRPC clients speak h2c with prior knowledge on the same port as HTTP/1.1.
-        options.h2c = true;
-        app.server_options = Some(options);
-    }
+    let mut options = HttpServerOptions::default();
+    // gRPC clients speak h2c with prior knowledge on the same port as HTTP/1.1.
+    options.h2c = true;
+    options.h2_idle_timeout = Some(config.connections.idle_timeout);
+    app.server_options = Some(options);
+    let gate = ConnectionGate {
+        inner: Arc::new(app),
+        tracker,
+    };
+    let mut proxy = Service::new("edge gateway".to_owned(), gate);
     proxy.add_tcp(&config.listen.to_string());
     // The same proxy (REST, gRPC-web, gRPC) over TLS; ALPN picks h2 or HTTP/1.1.
     #[cfg(feature = "rustls")]
@@ -98,7 +146,7 @@ pub fn build_server(
         ));
     }
     server.add_service(proxy);
-    server.add_service(health);
+    server.add_service(background);
     if let Some(addr) = config.metrics_listen {
         let mut metrics_service = Service::new("metrics".to_owned(), MetricsApp);
         metrics_service.add_tcp(&addr.to_string());

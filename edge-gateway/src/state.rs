@@ -9,12 +9,14 @@ use crate::{
     config::GatewayConfig,
     cors::CorsPolicy,
     hooks::FilterChain,
+    lifecycle::Lifecycle,
+    listener::ConnectionTracker,
     openapi,
     routes::{RouteBuildError, Router},
     static_files::StaticFiles,
     telemetry::SpanExport,
     transcode::JsonOptions,
-    upstream::{UpstreamSettings, Upstreams},
+    upstream::Upstreams,
     validate::{RuleError, Validators},
 };
 
@@ -60,6 +62,10 @@ pub struct GatewayState {
     pub static_files: Option<StaticFiles>,
     /// OTLP span export, when `gateway.otlp` is configured.
     pub spans: Option<SpanExport>,
+    /// Draining and in-flight requests (`/readyz`, shutdown).
+    pub lifecycle: Arc<Lifecycle>,
+    /// Open downstream connections (header deadline, caps).
+    pub connections: Arc<ConnectionTracker>,
 }
 
 /// The built-in contract plus every configured descriptor set (files already present are skipped).
@@ -88,27 +94,13 @@ pub fn add_descriptor_set(pool: &mut DescriptorPool, bytes: &[u8]) -> Result<(),
         .map_err(|e| e.to_string())
 }
 
-pub fn settings(config: &GatewayConfig) -> UpstreamSettings {
-    UpstreamSettings {
-        addresses: config.upstreams.clone(),
-        connect_timeout: config.connect_timeout,
-        health_interval: config.health_interval,
-        health_timeout: config.health_timeout,
-        health_service: config.health_service.clone(),
-        healthy_threshold: config.healthy_threshold,
-        unhealthy_threshold: config.unhealthy_threshold,
-        retry_max_attempts: config.retry_max_attempts,
-        retry_budget_ratio: config.retry_budget_ratio,
-        retry_min_per_second: config.retry_min_per_second,
-    }
-}
-
 impl GatewayState {
     pub fn new(
         config: GatewayConfig,
         pool: DescriptorPool,
         upstreams: Upstreams,
         filters: FilterChain,
+        connections: Arc<ConnectionTracker>,
     ) -> Result<Arc<Self>, StartError> {
         let router = Router::from_pool(&pool)?;
         let json = config.json;
@@ -144,6 +136,8 @@ impl GatewayState {
             filters,
             static_files,
             spans,
+            lifecycle: Arc::new(Lifecycle::default()),
+            connections,
         }))
     }
 }

@@ -18,6 +18,90 @@ fn write_config(text: &str) -> std::path::PathBuf {
     path
 }
 
+/// Both the check (`--test`) and a real start refuse `config` before binding anything: exit
+/// 2 and one line naming `key`.
+fn assert_refused_naming(config: &std::path::Path, key: &str) {
+    for test_only in [true, false] {
+        let mut command = Command::new(BIN);
+        command.arg("--config").arg(config);
+        if test_only {
+            command.arg("--test");
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{key}: {stderr}");
+        assert!(stderr.contains(key), "{key}: {stderr}");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "one line expected, got: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn bad_resilience_keys_exit_2_naming_the_key_also_under_test() {
+    let cases = [
+        (
+            "gateway:\n  connections: {max: 0}\n",
+            "gateway.connections.max",
+        ),
+        (
+            "gateway:\n  connections: {header_read_timeout_ms: 0}\n",
+            "gateway.connections.header_read_timeout_ms",
+        ),
+        (
+            "gateway:\n  load_balancing: {panic_threshold_percent: 120}\n",
+            "gateway.load_balancing.panic_threshold_percent",
+        ),
+        (
+            "gateway:\n  outlier_detection: {base_ejection_ms: 0}\n",
+            "gateway.outlier_detection.base_ejection_ms",
+        ),
+        (
+            "gateway:\n  shutdown: {drain_delay_ms: 999999}\n",
+            "gateway.shutdown.drain_delay_ms",
+        ),
+        (
+            "gateway:\n  dns: {min_refresh_ms: 9000, max_refresh_ms: 10}\n",
+            "gateway.dns.max_refresh_ms",
+        ),
+        (
+            "gateway:\n  upstreams: [\"user-service\"]\n",
+            "gateway.upstreams[0]",
+        ),
+        (
+            "gateway:\n  retry: {budget_window_secs: 0}\n",
+            "gateway.retry.budget_window_secs",
+        ),
+    ];
+    for (text, key) in cases {
+        assert_refused_naming(&write_config(text), key);
+    }
+    // Upstream names with explicit nameservers validate; a bad nameserver flag is named.
+    let names = write_config(
+        "gateway:\n  upstreams: [\"user-service.meshgate.svc.cluster.local:50051\"]\n  dns: {nameservers: [\"127.0.0.1:5353\"], search: [meshgate.svc.cluster.local], ndots: 5}\n",
+    );
+    let output = Command::new(BIN)
+        .args(["--test", "--config"])
+        .arg(&names)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = Command::new(BIN)
+        .args(["--test", "--config"])
+        .arg(&names)
+        .env("GATEWAY_DNS_NAMESERVERS", "dns.example:53")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("gateway.dns.nameservers[0]"));
+}
+
 #[test]
 fn invalid_config_exits_2_naming_the_key() {
     let path = write_config("gateway:\n  cors:\n    allowed_origins: [\"ftp://x\"]\n");
@@ -100,23 +184,7 @@ fn unusable_tls_files_exit_2_naming_gateway_tls() {
         (cert.clone(), other_key.clone(), "gateway.tls"),
     ];
     for (cert_path, key_path, named) in cases {
-        let config = tls_config(&cert_path, &key_path);
-        // Both the check (--test) and a real start refuse before binding anything.
-        for test_only in [true, false] {
-            let mut command = Command::new(BIN);
-            command.arg("--config").arg(&config);
-            if test_only {
-                command.arg("--test");
-            }
-            let output = command.output().unwrap();
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            assert_eq!(output.status.code(), Some(2), "{stderr}");
-            assert!(stderr.contains(named), "{named}: {stderr}");
-            assert!(
-                stderr.lines().count() == 1,
-                "one line expected, got: {stderr}"
-            );
-        }
+        assert_refused_naming(&tls_config(&cert_path, &key_path), named);
     }
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -139,7 +207,7 @@ fn server_config(port: u16) -> std::path::PathBuf {
     let dir = std::env::temp_dir();
     let id = uuid::Uuid::new_v4();
     write_config(&format!(
-        "server:\n  version: 1\n  threads: 1\n  pid_file: {dir}/gw-{id}.pid\n  upgrade_sock: {dir}/gw-{id}.sock\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\ngateway:\n  listen: 127.0.0.1:{port}\n  metrics_listen: \"\"\n",
+        "server:\n  version: 1\n  threads: 1\n  pid_file: {dir}/gw-{id}.pid\n  upgrade_sock: {dir}/gw-{id}.sock\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\ngateway:\n  listen: 127.0.0.1:{port}\n  metrics_listen: \"\"\n  shutdown: {{drain_delay_ms: 200}}\n",
         dir = dir.display()
     ))
 }

@@ -7,15 +7,24 @@ use pingora::{http::ResponseHeader, proxy::Session};
 use super::{GatewayProxy, RequestCtx, classify::AdminEndpoint, header_str};
 use crate::{protocol::Protocol, static_files::StaticResponse};
 
-/// `/readyz`: ready while at least one upstream passes its health checks.
-fn readiness(healthy: usize) -> (u16, Bytes) {
-    if healthy > 0 {
+/// `/readyz`: ready unless draining or no upstream endpoint is known yet. Upstream *health* is
+/// deliberately not part of it: every edge replica shares the same upstreams, so going unready
+/// with them would take the whole site down, including what the service can still answer (its
+/// cache) and the edge itself (static page, OpenAPI). Unhealthy upstreams are the balancer's
+/// business (panic routing); the body says how many are healthy.
+fn readiness(draining: bool, endpoints: usize, healthy: usize) -> (u16, Bytes) {
+    if draining {
+        (503, Bytes::from_static(b"not ready: draining\n"))
+    } else if endpoints == 0 {
         (
-            200,
-            format!("ready: {healthy} healthy upstream(s)\n").into(),
+            503,
+            Bytes::from_static(b"not ready: no upstream endpoint resolved yet\n"),
         )
     } else {
-        (503, Bytes::from_static(b"not ready: no healthy upstream\n"))
+        (
+            200,
+            format!("ready: {healthy} of {endpoints} upstream endpoint(s) healthy\n").into(),
+        )
     }
 }
 
@@ -46,10 +55,15 @@ impl GatewayProxy {
             AdminEndpoint::Healthz => (
                 200,
                 "application/json",
-                health(self.state.upstreams.healthy_count()),
+                health(self.state.upstreams.pool().healthy_count()),
             ),
             AdminEndpoint::Readyz => {
-                let (status, body) = readiness(self.state.upstreams.healthy_count());
+                let pool = self.state.upstreams.pool();
+                let (status, body) = readiness(
+                    self.state.lifecycle.is_draining(),
+                    pool.len(),
+                    pool.healthy_count(),
+                );
                 (status, "text/plain", body)
             }
             AdminEndpoint::OpenApi => (200, "application/json", self.state.openapi.clone()),
@@ -104,12 +118,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ready_with_one_healthy_upstream() {
+    fn ready_unless_draining_or_nothing_resolved() {
         assert_eq!(
-            readiness(2),
-            (200, Bytes::from_static(b"ready: 2 healthy upstream(s)\n"))
+            readiness(false, 3, 2),
+            (
+                200,
+                Bytes::from_static(b"ready: 2 of 3 upstream endpoint(s) healthy\n")
+            )
         );
-        assert_eq!(readiness(0).0, 503);
+        // No healthy upstream: still ready (the balancer routes in panic; the site stays up).
+        assert_eq!(readiness(false, 3, 0).0, 200);
+        assert_eq!(readiness(false, 0, 0).0, 503);
+        assert_eq!(readiness(true, 3, 3).0, 503);
     }
 
     #[test]

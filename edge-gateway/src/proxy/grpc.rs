@@ -8,11 +8,13 @@ use pingora::{Error, ErrorType, proxy::Session, upstreams::peer::HttpPeer};
 use super::{GatewayProxy, RequestCtx, client_addr, metadata::replace_request_headers};
 use crate::{
     error::GatewayError,
+    grpc_frames::MessageSizeGuard,
     grpc_headers,
     hooks::{Decision, FilterRequest, FilterResponse},
     protocol::Protocol,
     routes::grpc_route_label,
     trace::TraceContext,
+    upstream::Outcome,
 };
 
 impl GatewayProxy {
@@ -58,8 +60,10 @@ impl GatewayProxy {
         let addr = self
             .state
             .upstreams
+            .pool()
             .pick(&ctx.tried)
-            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no healthy upstream"))?;
+            .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no healthy upstream"))?
+            .addr;
         ctx.tried.push(addr);
         ctx.upstream = Some(addr);
         let mut peer = HttpPeer::new(addr, false, String::new());
@@ -68,6 +72,43 @@ impl GatewayProxy {
         peer.options.max_h2_streams = self.state.config.h2_streams_per_connection;
         peer.options.connection_timeout = Some(self.state.config.connect_timeout);
         Ok(Box::new(peer))
+    }
+
+    /// Refuses a request message over `max_body_bytes` (RESOURCE_EXHAUSTED) before the
+    /// service sees it.
+    pub(super) fn limit_grpc_messages(
+        &self,
+        chunk: Option<&[u8]>,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let Some(chunk) = chunk else {
+            return Ok(());
+        };
+        let limit = self.state.config.max_body_bytes;
+        let guard = ctx
+            .grpc_messages
+            .get_or_insert_with(|| MessageSizeGuard::new(limit));
+        if let Err(too_large) = guard.push(chunk) {
+            tracing::debug!(%too_large, "native gRPC request refused");
+            ctx.refused = Some(GatewayError::PayloadTooLarge { limit });
+            // Marked as the client's fault, so pingora stops the call at once (rather than
+            // awaiting the upstream's answer); fail_to_proxy answers with `ctx.refused`.
+            return Err(Error::create(
+                ErrorType::Custom("message too large"),
+                pingora::ErrorSource::Downstream,
+                Some(too_large.to_string().into()),
+                None,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Passive health of the endpoint this call went to (outlier detection).
+    pub(super) fn report_grpc_upstream(&self, ctx: &RequestCtx, outcome: Outcome) {
+        let pool = self.state.upstreams.pool();
+        if let Some(endpoint) = ctx.upstream.and_then(|addr| pool.endpoint(addr)) {
+            pool.report(&endpoint, outcome);
+        }
     }
 
     /// The gateway's trace context, `te: trailers` and a deadline on the proxied request.

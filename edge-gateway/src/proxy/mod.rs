@@ -35,11 +35,14 @@ use tracing::Instrument;
 
 use crate::{
     error::GatewayError,
+    grpc_frames::MessageSizeGuard,
     hooks::{LocalReply, PendingFilters},
+    lifecycle::InFlight,
     protocol::Protocol,
     state::GatewayState,
     trace::TraceContext,
     transcode::TranscodeError,
+    upstream::Outcome,
 };
 use classify::{RequestHead, RequestKind, classify};
 
@@ -66,6 +69,12 @@ pub struct RequestCtx {
     grpc_filters_pending: bool,
     /// Attributes the filters recorded (span enrichment), logged with the request.
     filter_attributes: Vec<(String, String)>,
+    /// Counts the request as in flight (drain-aware shutdown) until the context is dropped.
+    _in_flight: InFlight,
+    /// Native gRPC: the request messages' size limit, scanned as the body passes.
+    grpc_messages: Option<MessageSizeGuard>,
+    /// Why the gateway itself aborted a proxied request (answered in `fail_to_proxy`).
+    refused: Option<GatewayError>,
 }
 
 impl RequestCtx {
@@ -158,6 +167,9 @@ impl GatewayProxy {
                 }
                 Ok(None) => return Ok(body.freeze()),
                 Err(e) => {
+                    // The framing is broken (e.g. a bad chunk size): the next request's start
+                    // cannot be found, so the connection closes after the 400.
+                    session.set_keepalive(None);
                     return Err(GatewayError::BadRequest(TranscodeError::Invalid(format!(
                         "request body could not be read: {}",
                         e.etype().as_str()
@@ -193,7 +205,33 @@ impl ProxyHttp for GatewayProxy {
             filters: PendingFilters::default(),
             grpc_filters_pending: false,
             filter_attributes: Vec::new(),
+            _in_flight: self.state.lifecycle.request_started(),
+            grpc_messages: None,
+            refused: None,
         }
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let downstream = session.as_downstream();
+        let http2 = downstream.is_http2();
+        let digest = downstream
+            .digest()
+            .and_then(|digest| digest.socket_digest.as_ref());
+        self.state.connections.request_started(digest, http2);
+        if !http2 {
+            // While draining, HTTP/1.1 clients are told to reconnect (elsewhere) after this.
+            let idle = if self.state.lifecycle.is_draining() {
+                None
+            } else {
+                Some(self.state.config.connections.idle_timeout.as_secs())
+            };
+            session.set_keepalive(idle);
+        }
+        Ok(())
     }
 
     async fn request_filter(
@@ -264,11 +302,25 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // Nothing reached the upstream: safe to try another one for any method.
-        if ctx.tried.len() < self.state.config.upstreams.len() {
+        self.report_grpc_upstream(ctx, Outcome::TransportFailure);
+        // Nothing reached the upstream: safe to try another one for any method, for free.
+        if self.state.upstreams.pool().has_untried(&ctx.tried) {
+            crate::metrics::RETRIES
+                .with_label_values(&["connect_failover"])
+                .inc();
             e.set_retry(true);
         }
         e
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        self.limit_grpc_messages(body.as_deref(), ctx)
     }
 
     async fn upstream_request_filter(
@@ -287,6 +339,7 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         ctx.status = upstream_response.status.as_u16();
+        self.report_grpc_upstream(ctx, Outcome::Answered);
         grpc::record_status(ctx, &upstream_response.headers);
         self.cors_headers(ctx, upstream_response);
         Ok(())
@@ -310,11 +363,24 @@ impl ProxyHttp for GatewayProxy {
     ) -> FailToProxy {
         // Runs instead of response_filter: CORS and the gRPC shape are added here.
         tracing::warn!(error = %e, "proxying failed");
-        let downstream_gone = matches!(e.esource(), pingora::ErrorSource::Downstream);
+        if matches!(e.esource(), pingora::ErrorSource::Upstream)
+            && ctx.refused.is_none()
+            && session.response_written().is_none()
+        {
+            // The upstream connection broke before any answer (reset, closed).
+            self.report_grpc_upstream(ctx, Outcome::TransportFailure);
+        }
+        let refused = ctx.refused.take();
+        let downstream_gone =
+            matches!(e.esource(), pingora::ErrorSource::Downstream) && refused.is_none();
         if !downstream_gone
             && session.response_written().is_none()
             && let Err(write) = self
-                .respond_error(session, ctx, &grpc::proxy_error(e))
+                .respond_error(
+                    session,
+                    ctx,
+                    &refused.unwrap_or_else(|| grpc::proxy_error(e)),
+                )
                 .await
         {
             tracing::debug!(%write, "could not write the error response");
@@ -326,6 +392,11 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        let digest = session
+            .as_downstream()
+            .digest()
+            .and_then(|digest| digest.socket_digest.as_ref());
+        self.state.connections.request_ended(digest);
         self.finish_grpc_filters(ctx);
         self.log_request(session, error, ctx);
     }

@@ -105,3 +105,28 @@ async fn gateway_errors_for_grpc_clients_are_grpc_statuses() {
         "{status:?}"
     );
 }
+
+#[tokio::test]
+async fn an_oversized_message_is_resource_exhausted_at_the_edge() {
+    let backend = Backend::start("limits").await;
+    let mut config = test_config(&[backend.addr]);
+    config.max_body_bytes = 4 * 1024;
+    let gw = spawn_gateway_with(config, Default::default()).await;
+    let mut client = kitchen_client(gw.addr).await;
+    let sink = |bytes: usize| kitchen::Sink {
+        blob: vec![1u8; bytes],
+        ..Default::default()
+    };
+    let fits = client.echo(sink(3 * 1024)).await.unwrap().into_inner();
+    assert_eq!(fits.blob.len(), 3 * 1024);
+    let refused = client.echo(sink(64 * 1024)).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("4096"), "{}", refused.message());
+    // The connection and the gateway carry on.
+    let after = client.echo(sink(10)).await.unwrap().into_inner();
+    assert_eq!(after.served_by, "limits");
+}

@@ -334,8 +334,32 @@ impl Backend {
         Self::start_at(name, "127.0.0.1:0".parse().unwrap()).await
     }
 
+    /// Binds `ip` on a port that is free on every one of `ips` (so one DNS name with one port
+    /// can point at several backends); returns the backends in the order of `ips`.
+    pub async fn start_on_ips(names: &[&str], ips: &[std::net::IpAddr]) -> (u16, Vec<Self>) {
+        'port: loop {
+            let first = TcpListener::bind((ips[0], 0)).await.unwrap();
+            let port = first.local_addr().unwrap().port();
+            let mut listeners = vec![first];
+            for ip in &ips[1..] {
+                match TcpListener::bind((*ip, port)).await {
+                    Ok(listener) => listeners.push(listener),
+                    Err(_) => continue 'port,
+                }
+            }
+            let mut backends = Vec::new();
+            for (name, listener) in names.iter().zip(listeners) {
+                backends.push(Self::serve(name, listener).await);
+            }
+            return (port, backends);
+        }
+    }
+
     pub async fn start_at(name: &str, addr: SocketAddr) -> Self {
-        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::serve(name, TcpListener::bind(addr).await.unwrap()).await
+    }
+
+    async fn serve(name: &str, listener: TcpListener) -> Self {
         let addr = listener.local_addr().unwrap();
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -416,26 +440,7 @@ impl UserService {
     /// The service reports NOT_SERVING until its first database probe; start the gateway
     /// only after that, or its first health check would take the upstream out of rotation.
     async fn wait_serving(&self) {
-        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-        let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
-        for _ in 0..100 {
-            if let Ok(channel) =
-                tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
-                    .unwrap()
-                    .connect()
-                    .await
-                && let Ok(response) = HealthClient::new(channel)
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                && response.get_ref().status == serving
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("user-service on {} never reported SERVING", self.addr);
+        wait_grpc_serving(self.addr).await;
     }
 
     pub async fn kill(&mut self) {
@@ -460,6 +465,11 @@ pub struct TestGateway {
 impl TestGateway {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// Downstream connections this gateway has admitted and not closed yet.
+    pub fn open_connections(&self) -> usize {
+        self.running.state.connections.open_connections()
     }
 }
 
@@ -660,4 +670,218 @@ pub async fn wait_listening(addr: SocketAddr) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("nothing listens on {addr}");
+}
+
+// === closed-loop load through the gateway, with counts ===
+
+/// What a load run saw.
+#[derive(Debug, Default)]
+pub struct LoadStats {
+    pub ok: usize,
+    /// One line per failed request: status or transport error.
+    pub failed: Vec<String>,
+    /// Answers per `servedBy` (kitchen backends name themselves).
+    pub served_by: HashMap<String, usize>,
+}
+
+/// `workers` clients sending GETs to `url` back to back until [`Load::finish`].
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<JoinHandle<LoadStats>>,
+    /// Requests sent and not yet answered.
+    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Requests answered (any outcome).
+    pub completed: Arc<std::sync::atomic::AtomicUsize>,
+    /// The last `servedBy` seen per backend name, as a count of answers so far.
+    pub served: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One request of a load run: `Ok(served_by)` when it succeeded, `Err(why)` when it failed.
+pub type LoadCall = Arc<
+    dyn Fn() -> Pin<Box<dyn std::future::Future<Output = Result<Option<String>, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+impl Load {
+    /// GETs of `url`; a 2xx is a success (its JSON `servedBy` is recorded).
+    pub fn start(client: reqwest::Client, url: String, workers: usize) -> Self {
+        Self::run(
+            workers,
+            Arc::new(move || {
+                let (client, url) = (client.clone(), url.clone());
+                Box::pin(async move {
+                    let response = client.get(&url).send().await.map_err(|e| {
+                        if e.is_connect() {
+                            format!("connect: {e}")
+                        } else {
+                            format!("transport: {e}")
+                        }
+                    })?;
+                    let status = response.status();
+                    let body = response
+                        .bytes()
+                        .await
+                        .map_err(|e| format!("transport: {e}"))?;
+                    if !status.is_success() {
+                        return Err(format!("{status} {}", String::from_utf8_lossy(&body)));
+                    }
+                    Ok(serde_json::from_slice::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v["servedBy"].as_str().map(str::to_owned)))
+                })
+            }),
+        )
+    }
+
+    /// `workers` loops of `call` until [`Load::finish`].
+    pub fn run(workers: usize, call: LoadCall) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let completed = Arc::new(AtomicUsize::new(0));
+        let served = Arc::new(Mutex::new(HashMap::new()));
+        let tasks = (0..workers)
+            .map(|_| {
+                let (call, stop) = (call.clone(), stop.clone());
+                let (in_flight, completed, served) =
+                    (in_flight.clone(), completed.clone(), served.clone());
+                tokio::spawn(async move {
+                    let mut stats = LoadStats::default();
+                    while !stop.load(Ordering::Acquire) {
+                        in_flight.fetch_add(1, Ordering::AcqRel);
+                        let result = call().await;
+                        in_flight.fetch_sub(1, Ordering::AcqRel);
+                        completed.fetch_add(1, Ordering::AcqRel);
+                        match result {
+                            Ok(by) => {
+                                stats.ok += 1;
+                                if let Some(by) = by {
+                                    *stats.served_by.entry(by.clone()).or_default() += 1;
+                                    *served.lock().unwrap().entry(by).or_default() += 1;
+                                }
+                            }
+                            Err(why) => stats.failed.push(why),
+                        }
+                    }
+                    stats
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            tasks,
+            in_flight,
+            completed,
+            served,
+        }
+    }
+
+    /// Requests sent and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn completed(&self) -> usize {
+        self.completed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Answers served by `backend` so far.
+    pub fn served_by(&self, backend: &str) -> usize {
+        self.served
+            .lock()
+            .unwrap()
+            .get(backend)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Waits until `more` further requests have completed (the load really ran meanwhile);
+    /// bounded by a minute, for a machine busy with other tests.
+    pub async fn run_for(&self, more: usize) {
+        let target = self.completed() + more;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while self.completed() < target {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {more} more requests through the gateway"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn finish(self) -> LoadStats {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let mut total = LoadStats::default();
+        for task in self.tasks {
+            let stats = task.await.unwrap();
+            total.ok += stats.ok;
+            total.failed.extend(stats.failed);
+            for (by, count) in stats.served_by {
+                *total.served_by.entry(by).or_default() += count;
+            }
+        }
+        total
+    }
+}
+
+/// The value of one sample in the gateway's (process-wide) metrics, 0 when absent.
+pub fn metric_value(name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = String::from_utf8(edge_gateway::metrics::render()).unwrap();
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| {
+            line.starts_with(name)
+                && line[name.len()..].starts_with(['{', ' '])
+                && labels
+                    .iter()
+                    .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits until the gRPC server at `addr` reports SERVING on `grpc.health.v1` (the user-service
+/// is NOT_SERVING until its first database probe).
+pub async fn wait_grpc_serving(addr: SocketAddr) {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    eventually(
+        &format!("the gRPC server on {addr} to report SERVING"),
+        || async {
+            let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+            else {
+                return false;
+            };
+            HealthClient::new(channel)
+                .check(HealthCheckRequest::default())
+                .await
+                .is_ok_and(|response| response.get_ref().status == serving)
+        },
+    )
+    .await;
+}
+
+/// A config file for the gateway binary in a fresh directory: listening on `listen`, no
+/// metrics, `grace_period_seconds`, then the given `gateway` keys (YAML lines, indented).
+pub fn binary_config(
+    listen: SocketAddr,
+    grace_period_seconds: u64,
+    gateway_keys: &str,
+) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("edge-gateway-bin-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "server:\n  version: 1\n  threads: 2\n  pid_file: {d}/pid\n  upgrade_sock: {d}/sock\n  grace_period_seconds: {grace_period_seconds}\ngateway:\n  listen: {listen}\n  metrics_listen: \"\"\n{gateway_keys}",
+            d = dir.display(),
+        ),
+    )
+    .unwrap();
+    path
 }

@@ -1,11 +1,15 @@
 //! End-to-end tests: the real gateway (pingora, in process, on a free port) in front of real
 //! tonic servers, driven by real HTTP/1.1, HTTP/2 and gRPC clients.
 
+mod dns_server;
 mod helpers;
 
 mod admin;
+mod connections;
 mod contract;
 mod cors;
+mod discovery;
+mod faults;
 mod grpc_native;
 mod grpc_web;
 mod grpc_web_compression;
