@@ -215,6 +215,62 @@ impl Config {
         Ok(())
     }
 
+    /// Checks the files a start would use, without creating or changing any: with no
+    /// `DATABASE_URL`, the SQLite file must be openable for writing, or its directory (the
+    /// nearest existing one, which a start would create the rest under) must accept a new file.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        if self.database_url.is_some() {
+            return Ok(());
+        }
+        let path = &self.sqlite_path;
+        let problem = |what: String| ConfigError {
+            setting: "SQLITE_PATH (--sqlite-path)",
+            problem: what,
+        };
+        if path.exists() {
+            if !path.is_file() {
+                return Err(problem(format!("{} is not a file", path.display())));
+            }
+            return std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map(drop)
+                .map_err(|error| problem(format!("{}: {error}", path.display())));
+        }
+        let mut dir = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => parent.to_path_buf(),
+            None => std::path::PathBuf::from("."),
+        };
+        while !dir.exists() {
+            match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(parent) => dir = parent.to_path_buf(),
+                None => dir = std::path::PathBuf::from("."),
+            }
+        }
+        if !dir.is_dir() {
+            return Err(problem(format!("{} is not a directory", dir.display())));
+        }
+        // Only trying tells whether this user may create a file there (permissions, a
+        // read-only root filesystem): an exclusive probe file, removed at once.
+        let probe = dir.join(format!(".user-service-test-{}", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+        {
+            Ok(_) => {
+                let _ = std::fs::remove_file(&probe);
+                Ok(())
+            }
+            Err(error) => Err(problem(format!(
+                "cannot create {} in {}: {error}",
+                path.display(),
+                dir.display()
+            ))),
+        }
+    }
+
     pub fn cache_settings(&self) -> CacheSettings {
         CacheSettings {
             key_prefix: self.cache_key_prefix.clone(),

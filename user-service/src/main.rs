@@ -19,6 +19,10 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     config: Config,
+    /// Validate the settings (flags, environment, the files a start would use) and exit: 0 with
+    /// one line, or 2 naming the bad setting. Connects to nothing.
+    #[arg(long, global = true)]
+    test: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::Subcommand)]
@@ -47,6 +51,9 @@ fn main() -> ExitCode {
     if let Err(error) = cli.config.validate() {
         eprintln!("error: {error}");
         return ExitCode::from(CONFIG_ERROR);
+    }
+    if cli.test {
+        return validate_only(&cli);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -100,6 +107,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             application.run_until_stopped(shutdown_signal()).await
         }
     }
+}
+
+/// `--test`: what a start would check before touching the network, then one line.
+fn validate_only(cli: &Cli) -> ExitCode {
+    if let Err(error) = cli.config.check_files() {
+        eprintln!("error: {error}");
+        return ExitCode::from(CONFIG_ERROR);
+    }
+    let mode = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => "serve",
+        Command::Migrate { contract: false } => "migrate",
+        Command::Migrate { contract: true } => "migrate --contract",
+    };
+    let database = if cli.config.database_url.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    let cache = if cli.config.redis_url.is_some() {
+        "redis"
+    } else {
+        "in-process"
+    };
+    println!("config ok: {mode}, database {database}, cache {cache}");
+    ExitCode::SUCCESS
 }
 
 /// Completes on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).

@@ -82,6 +82,69 @@ async fn bad_config_exits_2_with_one_line_naming_the_setting() {
     );
 }
 
+/// `--test` exits 0 with one line and touches nothing: the URLs name hosts that do not exist
+/// (a start would fail to connect to them), and the SQLite file is not created.
+#[tokio::test]
+async fn test_flag_validates_without_connecting_or_creating_anything() {
+    let dir = temp_dir();
+    for args in [
+        &["--test"][..],
+        &["migrate", "--test"],
+        &["--test", "serve"],
+    ] {
+        let output = command(&dir)
+            .args(args)
+            .env(
+                "DATABASE_URL",
+                "postgresql://users:secret@users-db-rw.meshgate.invalid:5432/users",
+            )
+            .env(
+                "REDIS_URL",
+                "redis://:secret@valkey.meshgate.invalid:6379/0",
+            )
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(stdout.lines().count(), 1, "one line: {stdout}");
+        assert!(
+            stdout.starts_with("config ok") && stdout.contains("postgres"),
+            "{stdout}"
+        );
+        assert!(!stdout.contains("secret"), "{stdout}");
+    }
+    let output = command(&dir).arg("--test").output().await.unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("database sqlite"));
+    assert!(
+        std::fs::read_dir(&dir).unwrap().next().is_none(),
+        "--test left files behind"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn test_flag_rejects_bad_settings_and_unusable_files_naming_them() {
+    let line = config_error(&["--test"], &[("REDIS_URL", "http://cache")]).await;
+    assert!(line.contains("REDIS_URL"), "{line}");
+    let line = config_error(&["migrate", "--test"], &[("GRPC_ADDR", "nope")]).await;
+    assert!(line.contains("GRPC_ADDR"), "{line}");
+    // The SQLite file's directory is a file: a start could not create the database.
+    let dir = temp_dir();
+    let blocker = dir.join("not-a-dir");
+    std::fs::write(&blocker, b"").unwrap();
+    let sqlite = blocker.join("users.db");
+    let line = config_error(&["--test"], &[("SQLITE_PATH", sqlite.to_str().unwrap())]).await;
+    assert!(line.contains("SQLITE_PATH"), "{line}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn migrate_subcommand_applies_the_sqlite_migrations() {
     let dir = temp_dir();
