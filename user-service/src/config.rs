@@ -11,7 +11,7 @@ use clap::ArgAction;
 use crate::cache::CacheSettings;
 use crate::telemetry::{LogFormat, TelemetrySettings};
 
-/// Every setting of the service. See NOTES-user-service.md for the table.
+/// Every setting of the service. The table is in user-service/README.md (Configuration).
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "user-service",
