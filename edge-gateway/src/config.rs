@@ -40,7 +40,7 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
 pub struct FileConfig {
     /// pingora's ServerConf (threads, pid_file, upgrade_sock, grace periods, ...).
     #[serde(default)]
-    pub server: Option<serde_yaml::Value>,
+    pub server: Option<serde_norway::Value>,
     #[serde(default)]
     pub gateway: GatewaySection,
 }
@@ -736,7 +736,7 @@ impl GatewayConfig {
     }
 
     pub fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
-        serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))
+        serde_norway::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))
     }
 
     pub fn from_file(file: FileConfig, overrides: &Overrides) -> Result<Self, ConfigError> {
@@ -783,8 +783,8 @@ impl GatewayConfig {
         };
         let server = match file.server {
             Some(value) => {
-                let text =
-                    serde_yaml::to_string(&value).map_err(|e| invalid("server", e.to_string()))?;
+                let text = serde_norway::to_string(&value)
+                    .map_err(|e| invalid("server", e.to_string()))?;
                 pingora::server::configuration::ServerConf::from_yaml(&text)
                     .map_err(|e| invalid("server", e.to_string()))?;
                 Some(text)

@@ -185,7 +185,7 @@ fn self_test(
                 continue;
             };
             for (file, content) in &config_map.data {
-                let is_mapping = serde_yaml::from_slice::<serde_yaml::Value>(content)
+                let is_mapping = serde_norway::from_slice::<serde_norway::Value>(content)
                     .is_ok_and(|v| v.is_mapping());
                 if !is_mapping {
                     continue;

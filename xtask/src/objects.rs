@@ -130,7 +130,7 @@ pub fn selector_matches(
 pub fn parse_yaml_stream(text: &str) -> anyhow::Result<Vec<Value>> {
     use serde::Deserialize;
     let mut values = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(text) {
+    for document in serde_norway::Deserializer::from_str(text) {
         let value = Value::deserialize(document)?;
         if !value.is_null() {
             values.push(value);
@@ -143,7 +143,7 @@ pub fn parse_yaml_stream(text: &str) -> anyhow::Result<Vec<Value>> {
 #[cfg(test)]
 pub fn test_object(yaml: &str) -> Object {
     Object {
-        value: serde_yaml::from_str(yaml).expect("test YAML"),
+        value: serde_norway::from_str(yaml).expect("test YAML"),
         origin: Origin {
             application: "apps".into(),
             source: "deploy/x".into(),

@@ -136,7 +136,7 @@ fn take_origin(
     let Some(recorded) = recorded else {
         return origin;
     };
-    let Ok(recorded) = serde_yaml::from_str::<Value>(&recorded) else {
+    let Ok(recorded) = serde_norway::from_str::<Value>(&recorded) else {
         return origin;
     };
     let resolve = |relative: &str| normalize(&wrapper.join(relative));
@@ -169,7 +169,7 @@ fn generator_inputs(
         _ => return None,
     };
     let text = std::fs::read_to_string(kustomization).ok()?;
-    let parsed: Value = serde_yaml::from_str(&text).ok()?;
+    let parsed: Value = serde_norway::from_str(&text).ok()?;
     let dir = kustomization.parent()?;
     let generator = parsed[field].as_array()?.iter().find(|g| {
         g["name"].as_str().is_some_and(|name| {

@@ -13,6 +13,9 @@
 //! Invariant: nothing here panics on input; a body that cannot be read is passed on and
 //! counted, never rejected.
 #![forbid(unsafe_code)]
+// A panic in a filter aborts the proxy's Wasm VM and fails every request it serves. Tests may
+// unwrap (clippy.toml: allow-*-in-tests).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod bucket_table;
 pub mod catalog;

@@ -6,6 +6,9 @@
 //! logic never sees a host status. (The SDK itself still traps on statuses the ABI does not
 //! allow for a call; those mean a broken host, not bad traffic.)
 #![forbid(unsafe_code)]
+// A panic in a filter aborts the proxy's Wasm VM and fails every request it serves. Tests may
+// unwrap (clippy.toml: allow-*-in-tests).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::marker::PhantomData;
 use std::rc::Rc;

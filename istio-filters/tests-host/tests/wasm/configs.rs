@@ -130,7 +130,7 @@ fn plugin_examples(dir: &std::path::Path) -> Vec<String> {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let doc: serde_norway::Value = serde_norway::from_str(&text).unwrap();
         let file = path.display();
         assert_eq!(
             doc["apiVersion"].as_str(),
@@ -162,7 +162,7 @@ fn plugin_examples(dir: &std::path::Path) -> Vec<String> {
             "{file}"
         );
         let config: serde_json::Value =
-            serde_yaml::from_value(spec["pluginConfig"].clone()).unwrap();
+            serde_norway::from_value(spec["pluginConfig"].clone()).unwrap();
         if let Err(e) = try_load(module, &config.to_string(), 1, ManualClock::new(START)) {
             panic!("{file}: pluginConfig refused by {module}: {e}");
         }
