@@ -16,6 +16,7 @@ use std::{
 };
 
 use meshgate_proto::user::{self, user_service_client::UserServiceClient};
+use meshgate_test_support::user_service::{EmbeddedUserService, sqlite_path};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -25,7 +26,7 @@ use opentelemetry_proto::tonic::{
     trace::v1::{Span, span::SpanKind, status::StatusCode as OtlpStatus},
 };
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -35,23 +36,7 @@ fn free_addr() -> SocketAddr {
 }
 
 fn span_enrichment_module() -> PathBuf {
-    let dir = match std::env::var_os("MESHGATE_WASM_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => std::env::current_exe()
-            .unwrap()
-            .ancestors()
-            .nth(3)
-            .expect("test binary lives in <target>/<profile>/deps")
-            .join("wasm32-wasip1")
-            .join("wasm"),
-    };
-    let path = dir.join("meshgate_span_enrichment.wasm");
-    assert!(
-        path.is_file(),
-        "{} is missing: build it with `cargo build --profile wasm --target wasm32-wasip1 -p meshgate-span-enrichment`",
-        path.display()
-    );
-    path
+    meshgate_test_support::wasm::module("meshgate_span_enrichment")
 }
 
 /// A minimal OTLP/gRPC trace collector: every export request goes to the test.
@@ -150,62 +135,6 @@ fn hex(text: &str) -> Vec<u8> {
 
 fn random_hex(bytes: usize) -> String {
     uuid::Uuid::new_v4().simple().to_string()[..bytes * 2].to_owned()
-}
-
-struct UserService {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-}
-
-impl UserService {
-    async fn start() -> Self {
-        let path = std::env::temp_dir().join(format!("gw-otlp-{}.db", uuid::Uuid::new_v4()));
-        let mut config = user_service::Config::embedded(path);
-        config.shutdown_grace_secs = 1;
-        config.health_probe_interval_ms = 100;
-        let app = user_service::Application::build(config).await.unwrap();
-        let addr = app.grpc_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = app
-                .run_until_stopped(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        // NOT_SERVING until the first database probe: wait, or the gateway's first health
-        // check would take the upstream out of rotation.
-        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-        let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
-        for _ in 0..100 {
-            if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect()
-                .await
-                && let Ok(response) = HealthClient::new(channel)
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                && response.get_ref().status == serving
-            {
-                return Self {
-                    addr,
-                    stop: Some(stop),
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("user-service on {addr} never reported SERVING");
-    }
-}
-
-impl Drop for UserService {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
 }
 
 struct Gateway {
@@ -340,7 +269,7 @@ async fn the_gateway_exports_its_server_span_as_the_parent_of_the_services_span(
         user_service::telemetry::discard(),
     )
     .unwrap();
-    let service = UserService::start().await;
+    let service = EmbeddedUserService::start(sqlite_path()).await;
     let mut gateway = Gateway::start(service.addr, collector).await;
     let client = reqwest::Client::new();
 

@@ -11,8 +11,7 @@ use edge_gateway::routes::Router;
 use edge_gateway::validate::Validators;
 use prost_reflect::DescriptorPool;
 
-const KITCHEN_DESCRIPTOR: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/kitchen_descriptor.bin"));
+use meshgate_test_support::kitchen::DESCRIPTOR_SET as KITCHEN_DESCRIPTOR;
 
 /// The real contract (`proto/user.proto`) and the gateway's test proto (every field kind and
 /// HttpRule shape), each with its router.

@@ -259,10 +259,9 @@ fn query_cannot_set_the_body_field() {
     // `PATCH /v1/sinks/{id}/nested` with `body: "nested"`: a query value under `nested` used to
     // replace a non-object body silently (body `5` + `?nested.label=x` was accepted as
     // `{"label":"x"}`) or merge into it. Noticed while writing the json_to_message fuzz target.
-    let pool = prost_reflect::DescriptorPool::decode(
-        &include_bytes!(concat!(env!("OUT_DIR"), "/kitchen_descriptor.bin"))[..],
-    )
-    .unwrap();
+    let pool =
+        prost_reflect::DescriptorPool::decode(meshgate_test_support::kitchen::DESCRIPTOR_SET)
+            .unwrap();
     let router = Router::from_pool(&pool).unwrap();
     let (route, bindings) = router
         .lookup(&Method::PATCH, "/v1/sinks/s1/nested")

@@ -4,8 +4,7 @@ use serde_json::json;
 use super::*;
 
 fn kitchen() -> DescriptorPool {
-    DescriptorPool::decode(&include_bytes!(concat!(env!("OUT_DIR"), "/kitchen_descriptor.bin"))[..])
-        .unwrap()
+    DescriptorPool::decode(meshgate_test_support::kitchen::DESCRIPTOR_SET).unwrap()
 }
 
 fn order(pool: &DescriptorPool, value: Json) -> DynamicMessage {
@@ -184,10 +183,7 @@ fn schema_keywords_follow_the_rules() {
 
 #[test]
 fn unsupported_rules_are_refused_not_skipped() {
-    let pool = DescriptorPool::decode(
-        &include_bytes!(concat!(env!("OUT_DIR"), "/unsupported_descriptor.bin"))[..],
-    )
-    .unwrap();
+    let pool = DescriptorPool::decode(meshgate_test_support::kitchen::UNSUPPORTED_RULES).unwrap();
     let error = Validators::from_pool(&pool).unwrap_err().to_string();
     assert!(error.contains("unsupported.v1.Code.value"), "{error}");
     assert!(error.contains("string.pattern"), "{error}");

@@ -527,7 +527,7 @@ async fn healthz_tells_the_upstreams_grpc_health() {
     let live = s.client.get(s.gw.url("/livez")).send().await.unwrap();
     assert_eq!(live.status(), StatusCode::OK);
 
-    s.service.kill().await;
+    s.service.stop().await;
     let url = s.gw.url("/healthz");
     eventually("grpc_user_status unhealthy", || {
         let (client, url) = (s.client.clone(), url.clone());

@@ -80,7 +80,8 @@ async fn preflight_and_actual_requests() {
 
 #[tokio::test]
 async fn cors_on_upstream_failures() {
-    let gw = spawn_gateway(&[free_addr()]).await;
+    let nothing_listens = ClosedPort::new();
+    let gw = spawn_gateway(&[nothing_listens.addr]).await;
     let response = h2()
         .get(gw.url("/v1/users/3f0c6a0e-9a51-4d2e-8f7a-1b2c3d4e5f60"))
         .header("origin", ORIGIN)

@@ -32,8 +32,7 @@ fn user_service_process() {
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async move {
-        let mut config = user_service::Config::embedded(db.into());
-        config.health_probe_interval_ms = 100;
+        let config = meshgate_test_support::user_service::config(db.into());
         let app = user_service::Application::build(config).await.unwrap();
         println!("LISTENING {}", app.grpc_addr());
         let _ = app.run_until_stopped(std::future::pending::<()>()).await;

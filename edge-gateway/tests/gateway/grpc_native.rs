@@ -83,7 +83,8 @@ async fn error_status_and_details_arrive_in_trailers() {
 
 #[tokio::test]
 async fn gateway_errors_for_grpc_clients_are_grpc_statuses() {
-    let gw = spawn_gateway(&[free_addr()]).await;
+    let nothing_listens = ClosedPort::new();
+    let gw = spawn_gateway(&[nothing_listens.addr]).await;
     let mut client = kitchen_client(gw.addr).await;
     let status = client.echo(kitchen::Sink::default()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");

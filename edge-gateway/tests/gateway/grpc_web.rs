@@ -152,7 +152,8 @@ async fn text_body_with_padding_mid_stream_and_garbage() {
 
 #[tokio::test]
 async fn unreachable_upstream_is_trailers_only_unavailable() {
-    let gw = spawn_gateway(&[free_addr()]).await;
+    let nothing_listens = ClosedPort::new();
+    let gw = spawn_gateway(&[nothing_listens.addr]).await;
     let sink = kitchen::Sink::default();
     let (response, body) = call(&h1(), &gw, "Echo", grpc_web_request(&sink, false), false).await;
     assert!(body.is_empty());

@@ -6,7 +6,6 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    path::PathBuf,
     pin::Pin,
     sync::{Arc, Mutex},
     time::Duration,
@@ -21,20 +20,21 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_stream::{Stream, wrappers::TcpListenerStream};
 use tonic::{Request, Response, Status};
 
-pub mod pb {
-    include!(concat!(env!("OUT_DIR"), "/kitchen_includes.rs"));
-}
+pub use meshgate_test_support::kitchen::DESCRIPTOR_SET_PATH as KITCHEN_DESCRIPTORS;
+pub use meshgate_test_support::kitchen::pb;
+pub use meshgate_test_support::user_service::{EmbeddedUserService as UserService, sqlite_path};
+pub use meshgate_test_support::wait::{
+    ClosedPort, eventually, grpc_serving as wait_grpc_serving, listening as wait_listening,
+};
 
 use kitchen::kitchen_service_server::{KitchenService, KitchenServiceServer};
 pub use pb::kitchen::v1 as kitchen;
 
-pub const KITCHEN_DESCRIPTORS: &str = concat!(env!("OUT_DIR"), "/kitchen_descriptor.bin");
-/// A descriptor set with a buf.validate rule the gateway refuses.
-pub const UNSUPPORTED_RULES_DESCRIPTORS: &str =
-    concat!(env!("OUT_DIR"), "/unsupported_descriptor.bin");
 pub const ORIGIN: &str = "https://app.example";
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, for the gateway's own listeners: pingora binds them
+/// itself and takes no pre-bound socket. (An upstream that must refuse connections is a
+/// [`ClosedPort`], which holds its port.)
 pub fn free_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap()
@@ -400,59 +400,6 @@ impl Backend {
     }
 }
 
-// === the real user-service ===
-
-/// The real user-service (embedded SQLite), in process.
-pub struct UserService {
-    pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
-
-pub fn sqlite_path() -> PathBuf {
-    std::env::temp_dir().join(format!("edge-gateway-test-{}.db", uuid::Uuid::new_v4()))
-}
-
-impl UserService {
-    pub async fn start(path: PathBuf) -> Self {
-        let mut config = user_service::Config::embedded(path);
-        config.shutdown_grace_secs = 1;
-        config.health_probe_interval_ms = 100;
-        let app = user_service::Application::build(config).await.unwrap();
-        let addr = app.grpc_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = app
-                .run_until_stopped(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        let service = Self {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        };
-        service.wait_serving().await;
-        service
-    }
-
-    /// The service reports NOT_SERVING until its first database probe; start the gateway
-    /// only after that, or its first health check would take the upstream out of rotation.
-    async fn wait_serving(&self) {
-        wait_grpc_serving(self.addr).await;
-    }
-
-    pub async fn kill(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-        }
-    }
-}
-
 // === impl TestGateway ===
 
 pub struct TestGateway {
@@ -526,21 +473,6 @@ pub async fn kitchen_client(
     kitchen::kitchen_service_client::KitchenServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap()
-}
-
-/// Polls until `check` passes or 5 s elapse.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..100 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 // === gRPC-web, decoded independently of the gateway's codec ===
@@ -659,17 +591,6 @@ impl Drop for TestPki {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Polls until something accepts TCP connections on `addr`.
-pub async fn wait_listening(addr: SocketAddr) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("nothing listens on {addr}");
 }
 
 // === closed-loop load through the gateway, with counts ===
@@ -839,30 +760,6 @@ pub fn metric_value(name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .and_then(|line| line.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0.0)
-}
-
-/// Waits until the gRPC server at `addr` reports SERVING on `grpc.health.v1` (the user-service
-/// is NOT_SERVING until its first database probe).
-pub async fn wait_grpc_serving(addr: SocketAddr) {
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
-    eventually(
-        &format!("the gRPC server on {addr} to report SERVING"),
-        || async {
-            let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect()
-                .await
-            else {
-                return false;
-            };
-            HealthClient::new(channel)
-                .check(HealthCheckRequest::default())
-                .await
-                .is_ok_and(|response| response.get_ref().status == serving)
-        },
-    )
-    .await;
 }
 
 /// A config file for the gateway binary in a fresh directory: listening on `listen`, no

@@ -5,8 +5,7 @@ use reqwest::StatusCode;
 
 use crate::{dns_server::TestDns, helpers::*};
 
-#[path = "../../../deploy/observability/metrics_contract.rs"]
-mod contract;
+use meshgate_test_support::metrics_contract as contract;
 
 #[tokio::test]
 async fn metrics_contract_rows_are_all_exported() {

@@ -197,7 +197,7 @@ async fn two_instances_one_killed_mid_test_gets_keep_succeeding() {
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    first.kill().await;
+    first.stop().await;
     let statuses = load.await.unwrap();
     assert!(
         statuses.iter().all(|s| *s == StatusCode::OK),

@@ -9,7 +9,8 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn upstream_down_is_503_and_slow_is_504() {
-    let gw = spawn_gateway(&[free_addr()]).await;
+    let nothing_listens = ClosedPort::new();
+    let gw = spawn_gateway(&[nothing_listens.addr]).await;
     let down = h1()
         .get(gw.url("/v1/users/3f0c6a0e-9a51-4d2e-8f7a-1b2c3d4e5f60"))
         .send()

@@ -25,30 +25,8 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-const BUILD_COMMAND: &str = "scripts/build-filters";
-
-fn wasm_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("MESHGATE_WASM_DIR") {
-        return dir.into();
-    }
-    // <target>/debug/deps/gateway-<hash> → <target>/wasm32-wasip1/wasm
-    let exe = std::env::current_exe().unwrap();
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .expect("test binary lives in <target>/<profile>/deps");
-    target.join("wasm32-wasip1").join("wasm")
-}
-
 fn module(name: &str) -> PathBuf {
-    let path = wasm_dir().join(format!("meshgate_{name}.wasm"));
-    assert!(
-        path.is_file(),
-        "{} is missing: build the filter modules first with `{BUILD_COMMAND}` \
-         (or point MESHGATE_WASM_DIR at them)",
-        path.display()
-    );
-    path
+    meshgate_test_support::wasm::module(&format!("meshgate_{name}"))
 }
 
 /// The gateway binary with a config file; its stdout (JSON logs) is collected line by line.

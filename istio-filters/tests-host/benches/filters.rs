@@ -6,11 +6,11 @@
 //! (`BENCH_ITERATIONS` overrides the 5000 measured exchanges per case; `BENCH_THRASH_KIB`
 //! evicts the caches between samples).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshgate_filter_host::{Chain, ManualClock, Plugin, PluginOptions, Request, Response, Runtime};
+use meshgate_test_support::wasm::{module_bytes, module_path};
 use prost::Message;
 
 const RATE_LIMIT: (&str, &str) = (
@@ -40,34 +40,13 @@ fn bundle() -> (&'static str, String) {
     )
 }
 
-fn module_path(module: &str) -> PathBuf {
-    if let Some(dir) = std::env::var_os("MESHGATE_WASM_DIR") {
-        return PathBuf::from(dir).join(format!("{module}.wasm"));
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
-        PathBuf::from,
-    );
-    let profile = std::env::var("MESHGATE_WASM_PROFILE").unwrap_or_else(|_| "wasm".to_owned());
-    target
-        .join("wasm32-wasip1")
-        .join(profile)
-        .join(format!("{module}.wasm"))
-}
-
 fn load(runtime: &Runtime, (module, config): (&str, &str), workers: usize) -> Arc<Plugin> {
     let override_config = std::env::var("BENCH_SPAN_CONFIG").ok();
     let config = match (&override_config, module) {
         (Some(c), "meshgate_span_enrichment") => c.as_str(),
         _ => config,
     };
-    let path = module_path(module);
-    let wasm = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{} is missing ({e}): build the modules first: scripts/build-filters",
-            path.display()
-        )
-    });
+    let wasm = module_bytes(module);
     let options = PluginOptions {
         workers,
         clock: ManualClock::new(1_800_000_000_000_000_000),

@@ -2,22 +2,18 @@
 //! dashboards and canary analysis query) is scraped from the real /metrics, labels and all.
 
 use meshgate_proto::user::{GetUserRequest, ListUsersRequest};
+use meshgate_test_support::metrics_contract as contract;
+use meshgate_test_support::wait::ClosedPort;
 
 use crate::helpers::{Backend, spawn_app_with, unique_email};
-
-#[path = "../../../deploy/observability/metrics_contract.rs"]
-mod contract;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_contract_rows_are_all_exported() {
     // Redis on a closed port: cache lookups and writes fail, so the error series exist too,
     // next to the gRPC, query and pool series every call produces.
-    let closed_port = {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let closed = ClosedPort::new();
     let app = spawn_app_with(Backend::Postgres, |config| {
-        config.redis_url = Some(format!("redis://127.0.0.1:{closed_port}"));
+        config.redis_url = Some(format!("redis://{}", closed.addr));
     })
     .await;
     let mut client = app.client.clone();

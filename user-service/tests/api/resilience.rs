@@ -5,6 +5,7 @@ use std::time::Duration;
 use meshgate_proto::user::{
     CreateUserRequest, DeleteUserRequest, GetUserRequest, ListUsersRequest, UpdateUserRequest,
 };
+use meshgate_test_support::wait::{ClosedPort, eventually};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -13,32 +14,11 @@ use crate::helpers::{
 };
 use crate::proxy::TcpProxy;
 
-/// Polls `condition` every 50 ms for up to 15 s.
-async fn wait_until<F, Fut>(mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..300 {
-        if condition().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("condition not reached within 15 s");
-}
-
-/// A loopback port with nothing listening (bound, then released).
-async fn closed_port() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_succeeds_with_redis_unreachable() {
-    let port = closed_port().await;
+    let closed = ClosedPort::new();
     let app = spawn_app_with(Backend::Postgres, |config| {
-        config.redis_url = Some(format!("redis://127.0.0.1:{port}"));
+        config.redis_url = Some(format!("redis://{}", closed.addr));
     })
     .await;
     let mut client = app.client.clone();
@@ -161,7 +141,7 @@ async fn shutdown_lets_in_flight_calls_finish() {
             })
         })
         .collect();
-    wait_until(|| async {
+    eventually("five CreateUser calls in flight", || async {
         app.metrics()
             .await
             .contains(r#"grpc_server_in_flight{grpc_method="CreateUser"} 5"#)
@@ -169,7 +149,7 @@ async fn shutdown_lets_in_flight_calls_finish() {
     .await;
     app.signal_shutdown();
     // New connections are refused while the old calls are still running.
-    wait_until(|| async {
+    eventually("new connections to be refused", || async {
         tonic::transport::Channel::from_shared(format!("http://{}", app.grpc_addr))
             .unwrap()
             .connect()

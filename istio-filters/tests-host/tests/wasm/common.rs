@@ -1,14 +1,11 @@
 //! Shared helpers: locating the built modules, loading plugins, building gRPC bodies.
 
-use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 
 use meshgate_filter_host::{
     Chain, Completed, LoadError, ManualClock, Plugin, PluginOptions, Request, Runtime,
 };
 use prost::Message;
-
-pub const BUILD_COMMAND: &str = "scripts/build-filters";
 
 pub const RATE_LIMIT: &str = "meshgate_rate_limit";
 pub const CACHE_HEADERS: &str = "meshgate_cache_headers";
@@ -23,31 +20,7 @@ pub const SECOND: u64 = 1_000_000_000;
 static RUNTIME: LazyLock<Runtime> =
     LazyLock::new(|| Runtime::new().unwrap_or_else(|e| panic!("wasmtime runtime: {e}")));
 
-/// `target/wasm32-wasip1/<profile>/<module>.wasm` (profile `wasm`, or `MESHGATE_WASM_PROFILE`).
-pub fn module_path(module: &str) -> PathBuf {
-    if let Some(dir) = std::env::var_os("MESHGATE_WASM_DIR") {
-        return PathBuf::from(dir).join(format!("{module}.wasm"));
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
-        PathBuf::from,
-    );
-    let profile = std::env::var("MESHGATE_WASM_PROFILE").unwrap_or_else(|_| "wasm".to_owned());
-    target
-        .join("wasm32-wasip1")
-        .join(profile)
-        .join(format!("{module}.wasm"))
-}
-
-pub fn module_bytes(module: &str) -> Vec<u8> {
-    let path = module_path(module);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{} is missing ({e}): build the modules first: {BUILD_COMMAND}",
-            path.display()
-        )
-    })
-}
+pub use meshgate_test_support::wasm::module_bytes;
 
 pub fn try_load(
     module: &str,

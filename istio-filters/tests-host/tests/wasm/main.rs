@@ -1,5 +1,5 @@
 //! The real `.wasm` modules in `proxy-wasm-host` (wasmtime), driven through the embed crate
-//! `meshgate-filter-host`. Build the modules first (see `common::BUILD_COMMAND`).
+//! `meshgate-filter-host`. Build the modules first (`scripts/build-filters`).
 
 mod bundle;
 mod cache_headers;

@@ -1,12 +1,12 @@
-//! Drift guard for `METRICS.md`, shared by the user-service and edge-gateway integration tests
-//! (each includes this file with `#[path]`). It reads the contract's table rows for one component
-//! and compares them with a real `/metrics` scrape: same family, same type, exactly the listed
-//! label names, and values inside any closed set the contract declares.
+//! Drift guard for `deploy/observability/METRICS.md`, used by the user-service and edge-gateway
+//! integration tests. It reads the contract's table rows for one component and compares them with
+//! a real `/metrics` scrape: same family, same type, exactly the listed label names, and values
+//! inside any closed set the contract declares.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The contract, compiled in so that editing it re-runs the guards.
-pub const CONTRACT: &str = include_str!("METRICS.md");
+pub const CONTRACT: &str = include_str!("../../deploy/observability/METRICS.md");
 
 /// One row of a contract table.
 #[derive(Debug)]
@@ -165,30 +165,35 @@ pub fn check(component: &str, scrape: &str) -> Vec<String> {
     problems
 }
 
-#[test]
-fn contract_parser_reads_labels_and_closed_sets() {
-    let labels = parse_labels("`cache` = `user` \u{1} `list`, `operation`");
-    assert_eq!(labels["cache"].as_ref().unwrap().len(), 2);
-    assert_eq!(labels["operation"], None);
-    assert!(parse_labels("—").is_empty());
-    let sample =
-        parse_sample(r#"x_total{route="GET /v1/users/{id}",q="a\"b,c",protocol="rest"} 3"#);
-    assert_eq!(sample.name, "x_total");
-    assert_eq!(sample.labels["route"], "GET /v1/users/{id}");
-    assert_eq!(sample.labels["q"], "a\"b,c");
-    assert_eq!(sample.labels["protocol"], "rest");
-    let problems = check(
-        "edge-gateway",
-        "# TYPE meshgate_gateway_retries_total counter\nmeshgate_gateway_retries_total{outcome=\"gave_up\"} 1\n",
-    );
-    assert!(
-        problems.iter().any(|p| p.contains("gave_up")),
-        "{problems:?}"
-    );
-    assert!(
-        problems
-            .iter()
-            .any(|p| p.contains("meshgate_gateway_requests_total")),
-        "{problems:?}"
-    );
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_parser_reads_labels_and_closed_sets() {
+        let labels = parse_labels("`cache` = `user` \u{1} `list`, `operation`");
+        assert_eq!(labels["cache"].as_ref().unwrap().len(), 2);
+        assert_eq!(labels["operation"], None);
+        assert!(parse_labels("—").is_empty());
+        let sample =
+            parse_sample(r#"x_total{route="GET /v1/users/{id}",q="a\"b,c",protocol="rest"} 3"#);
+        assert_eq!(sample.name, "x_total");
+        assert_eq!(sample.labels["route"], "GET /v1/users/{id}");
+        assert_eq!(sample.labels["q"], "a\"b,c");
+        assert_eq!(sample.labels["protocol"], "rest");
+        let problems = check(
+            "edge-gateway",
+            "# TYPE meshgate_gateway_retries_total counter\nmeshgate_gateway_retries_total{outcome=\"gave_up\"} 1\n",
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("gave_up")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("meshgate_gateway_requests_total")),
+            "{problems:?}"
+        );
+    }
 }

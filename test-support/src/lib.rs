@@ -1,0 +1,20 @@
+//! Test harnesses shared across meshgate's crates, so that each exists once. Dev-only: no
+//! shipped crate depends on it.
+//!
+//! - [`kitchen`]: the test-only `kitchen.proto` (every field kind and HttpRule shape) and a
+//!   proto with a rule the gateway refuses, compiled once here (descriptor sets; tonic stubs with
+//!   the `grpc` feature).
+//! - [`wasm`]: where the built `.wasm` filter modules are.
+//! - [`metrics_contract`]: the drift guard between `deploy/observability/METRICS.md` and a
+//!   real `/metrics` scrape.
+//! - [`wait`] (feature `wait`): waiting on a condition instead of sleeping; a port held closed.
+//! - [`user_service`] (feature `user-service`): the real user-service in process.
+#![forbid(unsafe_code)]
+
+pub mod kitchen;
+pub mod metrics_contract;
+#[cfg(feature = "user-service")]
+pub mod user_service;
+#[cfg(feature = "wait")]
+pub mod wait;
+pub mod wasm;
