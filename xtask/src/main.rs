@@ -4,9 +4,11 @@
 //!   validate-only mode with its exact args, env and mounted files (see [`contract`]).
 //! - `rehearse`: a local deployment rehearsal of an environment in network namespaces (see
 //!   [`rehearse`]).
+//! - `architecture`: the modules ARCHITECTURE.md calls pure do no I/O (see [`architecture`]).
 //!
-//! Both need root (namespaces, mounts); `./scripts/test` runs them.
+//! The first two need root (namespaces, mounts); `./scripts/test` runs them.
 
+mod architecture;
 mod argo;
 mod container;
 mod contract;
@@ -51,6 +53,8 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         keep_logs: Option<PathBuf>,
     },
+    /// Check that the modules ARCHITECTURE.md lists as pure do no I/O.
+    Architecture,
     /// Internal: become the container described by a launch spec (used by the others).
     #[command(hide = true)]
     Container { spec: PathBuf },
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Container { spec } => container::main(&spec),
+        Command::Architecture => finish(architecture::run(&root)),
         Command::RehearsalClient { edge } => rehearse::client::main(&edge),
         Command::ConfigContract { envs } => {
             let envs = chosen(&envs);
