@@ -4,7 +4,8 @@
 //! # Layout
 //!
 //! - [`domain`]: users, parsed values (`Email`, `Name`, `Age`), the [`domain::UserStore`] port
-//!   and its errors. No tonic, no sqlx.
+//!   and its errors: the `meshgate-user-domain` crate, which depends on no transport or storage
+//!   crate.
 //! - [`repair`]: the rules that repair stored rows breaking the input rules (contract phase).
 //! - [`store`]: the PostgreSQL and SQLite implementations of the port, and the migration runner.
 //! - [`cache`]: the read-through cache decorator (Redis or in-process).
@@ -16,7 +17,6 @@
 
 pub mod cache;
 pub mod config;
-pub mod domain;
 pub mod grpc;
 pub mod health;
 pub mod metrics;
@@ -26,4 +26,5 @@ pub mod store;
 pub mod telemetry;
 
 pub use config::{Config, ConfigError};
+pub use meshgate_user_domain as domain;
 pub use startup::Application;

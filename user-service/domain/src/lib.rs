@@ -1,7 +1,10 @@
-//! The domain core: users, the parsed values they are made of, and the storage port.
+//! The user-service's domain core: users, the parsed values they are made of, and the storage
+//! port. The service re-exports it as `user_service::domain`.
 //!
-//! **Architecture invariant:** nothing here knows about tonic, prost, sqlx or redis. The
-//! gRPC adapter converts wire messages into these types, the stores persist them.
+//! **Architecture invariant:** nothing here knows about tonic, prost, sqlx or redis: this crate
+//! does not depend on them, so the compiler keeps it that way. The gRPC adapter converts wire
+//! messages into these types, the stores persist them.
+#![forbid(unsafe_code)]
 
 use std::fmt;
 use std::future::Future;
@@ -179,20 +182,21 @@ impl Age {
     }
 }
 
-// Stores read values back from their own schema, whose constraints mirror the parsers above;
-// these constructors are for those trusted rows only.
+// Stores and caches read values back from what they wrote, whose constraints mirror the
+// parsers above; these constructors are for those trusted rows only (public because the
+// adapters live in the service crate), never for input.
 impl Name {
-    pub(crate) fn from_trusted(raw: String) -> Self {
+    pub fn from_trusted(raw: String) -> Self {
         Self(raw)
     }
 }
 impl Email {
-    pub(crate) fn from_trusted(raw: String) -> Self {
+    pub fn from_trusted(raw: String) -> Self {
         Self(raw)
     }
 }
 impl Age {
-    pub(crate) fn from_trusted(raw: i32) -> Self {
+    pub fn from_trusted(raw: i32) -> Self {
         Self(raw)
     }
 }
