@@ -13,6 +13,7 @@
 # postgres://postgres@127.0.0.1:5432/test) and REDIS_URL (default redis://127.0.0.1:6379).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/wait.sh
 
 server_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 redis_url=${REDIS_URL:-redis://127.0.0.1:6379}
@@ -91,10 +92,7 @@ done
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 for port in "$grpc_port" "$plain_port" "$filtered_port" "$bundle_port"; do
-  for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-    sleep 0.1
-  done
+  wait_for_port "$port" "user-service or a gateway" 20
 done
 sleep 1 # first health check of the upstream
 

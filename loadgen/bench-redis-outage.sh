@@ -14,6 +14,7 @@
 # postgres://postgres@127.0.0.1:5432/test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/wait.sh
 
 server_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 duration=${DURATION:-10}
@@ -33,7 +34,7 @@ service=""
 start_redis() {
   redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no --dir "$redis_dir" >/dev/null &
   redis=$!
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null && return; sleep 0.1; done
+  wait_for_port "$redis_port" redis-server
 }
 stop_service() {
   if [ -n "$service" ]; then kill -TERM "$service" 2>/dev/null || true; wait "$service" 2>/dev/null || true; fi
@@ -63,7 +64,7 @@ grpc_port=$(free_port)
   --cache-key-prefix "bench:$database:" --grpc-addr "127.0.0.1:$grpc_port" \
   --metrics-addr 127.0.0.1:0 --drain-delay-ms 0 --migrate-on-start ${SERVICE_ARGS:-} >/dev/null &
 service=$!
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$grpc_port") 2>/dev/null && break; sleep 0.1; done
+wait_for_port "$grpc_port" user-service
 
 run get-hit "redis up"; normal=$rate
 run get-miss "redis up, every read from PostgreSQL"; database_only=$rate

@@ -11,6 +11,7 @@
 # postgres://postgres@127.0.0.1:5432/test) and REDIS_URL (default redis://127.0.0.1:6379).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/wait.sh
 
 server_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 redis_url=${REDIS_URL:-redis://127.0.0.1:6379}
@@ -38,10 +39,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$grpc_port") 2>/dev/null && break
-  sleep 0.1
-done
+wait_for_port "$grpc_port" user-service
 
 echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for scenario in $scenarios; do

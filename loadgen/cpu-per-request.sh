@@ -9,6 +9,7 @@
 # as in that script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/wait.sh
 filter=${1:-info}
 server_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 redis_url=${REDIS_URL:-redis://127.0.0.1:6379}
@@ -27,10 +28,7 @@ cleanup() {
   psql -q "$server_url" -c "DROP DATABASE IF EXISTS $database WITH (FORCE)" || true
 }
 trap cleanup EXIT
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  sleep 0.1
-done
+wait_for_port "$port" "the server under test"
 loadgen="$target_dir/release/meshgate-loadgen --target http://127.0.0.1:$port --scenario get-hit --concurrency 16"
 $loadgen --requests 1 --seed-users 200 >/dev/null   # warm connections and the cache
 ticks_per_second=$(getconf CLK_TCK)

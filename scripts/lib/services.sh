@@ -12,8 +12,8 @@ _init_tmpdir() {
   [ -n "$_services_tmp" ] || _services_tmp="$(mktemp -d -t meshgate-services.XXXXXX)"
 }
 
-# True when something accepts TCP connections on host:port.
-_port_answers() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+# port_answers, wait_for_port
+source "$(dirname "${BASH_SOURCE[0]}")/wait.sh"
 
 _free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -29,7 +29,7 @@ _find_pg_bin() {
 ensure_postgres() {
   if [ -n "${DATABASE_URL:-}" ]; then return; fi
   local url="postgres://postgres@127.0.0.1:5432/test"
-  if _port_answers 127.0.0.1 5432; then
+  if port_answers 5432; then
     if ! command -v psql >/dev/null || psql "$url" -qAtc 'select 1' >/dev/null 2>&1; then
       DATABASE_URL="$url"; return
     fi
@@ -63,7 +63,7 @@ ensure_postgres() {
 
 ensure_redis() {
   if [ -n "${REDIS_URL:-}" ]; then return; fi
-  if _port_answers 127.0.0.1 6379; then REDIS_URL="redis://127.0.0.1:6379"; return; fi
+  if port_answers 6379; then REDIS_URL="redis://127.0.0.1:6379"; return; fi
   local server
   server=$(command -v valkey-server || command -v redis-server) || die "Redis or Valkey is needed: set REDIS_URL, run one on 127.0.0.1:6379, or install a server (Debian/Ubuntu: apt-get install -y redis-server or valkey-server; macOS: brew install redis)"
   local dir port
@@ -73,7 +73,7 @@ ensure_redis() {
   echo "starting a throwaway $(basename "$server") on 127.0.0.1:$port"
   "$server" --bind 127.0.0.1 --port "$port" --save '' --appendonly no --dir "$dir" \
     --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log"
-  for _ in $(seq 50); do _port_answers 127.0.0.1 "$port" && break; sleep 0.1; done
+  wait_for_port "$port" "$(basename "$server")" 5 || { cat "$dir/redis.log"; die "the throwaway Redis did not start"; }
   _started_redis="$dir/redis.pid"
   REDIS_URL="redis://127.0.0.1:$port"
 }
