@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The edge gateway's REST throughput with the three istio-filters filters (span-enrichment,
-# rate-limit, cache-headers) vs no filters, side by side: three release gateways in front of one
+# rate-limit, cache-headers) vs no filters, side by side: release gateways in front of one
 # release user-service (PostgreSQL + Redis), driven in turn by meshgate-loadgen (REST over h2c,
 # get-hit = GetUser served from Redis), loopback only, ROUNDS alternating runs per cell.
-# Variants: plain (no filters), filtered (the three modules, one plugin each), bundle (the same
-# three configs in meshgate_filters.wasm, one plugin).
+# Variants: plain (no filters), native (the three configs as the built-in bundle, run natively:
+# the gateway's default), bundle (the same in meshgate_filters.wasm on wasmtime), filtered (the
+# three modules on wasmtime, one plugin each).
 #
-#   loadgen/bench-gateway-filters.sh                      # DURATION=10 s, CONCURRENCY="16 64", ROUNDS=2
-#   DURATION=5 CONCURRENCY=64 ROUNDS=1 VARIANTS="plain bundle" FILTER_WORKERS=1 loadgen/bench-gateway-filters.sh
+#   loadgen/bench-gateway-filters.sh     # DURATION=10 s, CONCURRENCY="16 64", ROUNDS=2, VARIANTS="plain native bundle"
+#   DURATION=5 CONCURRENCY=64 ROUNDS=1 VARIANTS="plain native bundle filtered" FILTER_WORKERS=1 loadgen/bench-gateway-filters.sh
 #
 # DATABASE_URL (server URL where a database may be created; default
 # postgres://postgres@127.0.0.1:5432/test) and REDIS_URL (default redis://127.0.0.1:6379).
@@ -24,6 +25,7 @@ grpc_port=${BENCH_GRPC_PORT:-50561}
 plain_port=${BENCH_PLAIN_PORT:-18081}
 filtered_port=${BENCH_FILTERED_PORT:-18082}
 bundle_port=${BENCH_BUNDLE_PORT:-18083}
+native_port=${BENCH_NATIVE_PORT:-18084}
 target_dir=$(realpath "${CARGO_TARGET_DIR:-target}")
 
 cargo build --release -p user-service -p edge-gateway -p meshgate-loadgen >&2
@@ -70,20 +72,33 @@ cache_config="{policies: [
     {name: user-reads, methods: [user.UserService/GetUser], cacheControl: {scope: private, maxAge: 30},
      vary: [authorization], etag: true}]}"
 # The same three configs, as three modules (three WasmPlugins) and as the bundle (one).
-# FILTER_WORKERS sets the VMs per filter (the gateway's default is 4).
+# FILTER_WORKERS sets the workers (VMs, or native roots) per filter (the gateway's default is 4).
 workers=${FILTER_WORKERS:-4}
 filters="[
   {name: span-enrichment, module: $wasm/meshgate_span_enrichment.wasm, workers: $workers, config: $span_config},
   {name: rate-limit, module: $wasm/meshgate_rate_limit.wasm, workers: $workers, config: $rate_config},
   {name: cache-headers, module: $wasm/meshgate_cache_headers.wasm, workers: $workers, config: $cache_config}]"
-bundle="[{name: meshgate-filters, module: $wasm/meshgate_filters.wasm, workers: $workers, config: {
-  spanEnrichment: $span_config, rateLimit: $rate_config, cacheHeaders: $cache_config}}]"
+bundle_config="{spanEnrichment: $span_config, rateLimit: $rate_config, cacheHeaders: $cache_config}"
+bundle="[{name: meshgate-filters, builtin: bundle, runtime: wasm, module: $wasm/meshgate_filters.wasm,
+  workers: $workers, config: $bundle_config}]"
+native="[{name: meshgate-filters, builtin: bundle, workers: $workers, config: $bundle_config}]"
 gateway_config "$plain_port" "[]" >"$work/plain.yaml"
 gateway_config "$filtered_port" "$filters" >"$work/filtered.yaml"
 gateway_config "$bundle_port" "$bundle" >"$work/bundle.yaml"
+gateway_config "$native_port" "$native" >"$work/native.yaml"
+port_of() {
+  case $1 in
+    plain) echo "$plain_port" ;;
+    filtered) echo "$filtered_port" ;;
+    bundle) echo "$bundle_port" ;;
+    native) echo "$native_port" ;;
+    *) echo "unknown variant $1 (plain, native, bundle, filtered)" >&2; exit 2 ;;
+  esac
+}
 declare -A gateway_pid
-variants=${VARIANTS:-"plain filtered bundle"}
-for variant in plain filtered bundle; do
+variants=${VARIANTS:-"plain native bundle"}
+for variant in $variants; do
+  port_of "$variant" >/dev/null
   RUST_LOG=warn "$target_dir/release/edge-gateway" --config "$work/$variant.yaml" >/dev/null &
   pids+=($!)
   gateway_pid[$variant]=$!
@@ -91,7 +106,7 @@ done
 # The gateway's own CPU per request (µs, from /proc): steadier than req/s on a shared machine.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-for port in "$grpc_port" "$plain_port" "$filtered_port" "$bundle_port"; do
+for port in "$grpc_port" $(for variant in $variants; do port_of "$variant"; done); do
   wait_for_port "$port" "user-service or a gateway" 20
 done
 sleep 1 # first health check of the upstream
@@ -100,12 +115,7 @@ echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xa
 for c in $concurrency; do
   for round in $(seq "$rounds"); do
     for variant in $variants; do
-      case $variant in
-        plain) port=$plain_port ;;
-        filtered) port=$filtered_port ;;
-        bundle) port=$bundle_port ;;
-        *) echo "unknown variant $variant (plain, filtered, bundle)" >&2; exit 2 ;;
-      esac
+      port=$(port_of "$variant")
       echo "## concurrency $c, round $round, gateway $variant (:$port)"
       before=$(cpu_ticks "${gateway_pid[$variant]}")
       line=$("$target_dir/release/meshgate-loadgen" --target "http://127.0.0.1:$port" --transport rest \

@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
+use meshgate_filter_host::BuiltIn;
 use serde::Deserialize;
 
 use crate::{
@@ -78,7 +79,8 @@ pub struct GatewaySection {
     pub otlp: OtlpSection,
     /// Static files (the built web page) served at `/` for GET/HEAD paths no API route claims.
     pub static_dir: Option<PathBuf>,
-    /// proxy-wasm filters (istio-filters modules), run in this order on every request.
+    /// Filters (istio-filters built-ins natively, or proxy-wasm modules), run in this order on
+    /// every API request.
     pub filters: Vec<FilterSection>,
 }
 
@@ -358,33 +360,102 @@ impl Default for OtlpSection {
     }
 }
 
-/// One proxy-wasm filter: the module and the same pluginConfig its WasmPlugin carries.
+/// One filter: a built-in istio-filters filter (run natively by default) or a proxy-wasm
+/// module, with the same pluginConfig its WasmPlugin carries.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterSection {
     pub name: String,
-    /// Path to the `.wasm`; a relative path is taken from the config file's directory.
-    pub module: PathBuf,
+    /// A filter of istio-filters: `span-enrichment`, `rate-limit`, `cache-headers` or `bundle`
+    /// (the three in one stream context).
+    #[serde(default)]
+    pub builtin: Option<String>,
+    /// `native` (the default with `builtin`: the filter's own code, no VM) or `wasm` (the
+    /// default with only `module`: any proxy-wasm module, ours included).
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// Path to the `.wasm` (runtime `wasm`); a relative path is taken from the config file's
+    /// directory. Ignored by runtime `native`, so one key flips a built-in between the two.
+    #[serde(default)]
+    pub module: Option<PathBuf>,
     /// The WasmPlugin's `pluginConfig` object (YAML or JSON syntax); handed over as JSON.
     #[serde(default)]
     pub config: Option<serde_json::Value>,
-    /// VMs running the module (Envoy's worker threads); shared data is shared between them.
+    /// Workers running the filter (Envoy's worker threads: a VM each with `wasm`, a configured
+    /// root each with `native`); shared data is shared between them.
     #[serde(default)]
     pub workers: Option<usize>,
+}
+
+/// What runs a filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterRuntime {
+    /// A built-in filter, natively (Envoy's null VM).
+    Native(BuiltIn),
+    /// A proxy-wasm module on wasmtime.
+    Wasm { module: PathBuf },
 }
 
 /// A validated [`FilterSection`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilterSpec {
     pub name: String,
-    pub module: PathBuf,
+    pub runtime: FilterRuntime,
     pub config_json: String,
     pub workers: usize,
 }
 
-/// VMs per filter when `workers` is not set: enough that the gateway's threads rarely wait.
+/// Workers per filter when `workers` is not set: enough that the gateway's threads rarely wait.
 pub const DEFAULT_FILTER_WORKERS: usize = 4;
 const MAX_FILTER_WORKERS: usize = 64;
+
+fn builtin_names() -> String {
+    BuiltIn::ALL.map(BuiltIn::name).join(", ")
+}
+
+fn filter_runtime(section: &FilterSection, key: &dyn Fn(&str) -> String) -> Result<FilterRuntime, ConfigError> {
+    let builtin = match section.builtin.as_deref() {
+        None => None,
+        Some(name) => Some(BuiltIn::from_name(name).ok_or_else(|| {
+            invalid(
+                &key("builtin"),
+                format!("{name:?} is not a built-in filter ({})", builtin_names()),
+            )
+        })?),
+    };
+    let native = match section.runtime.as_deref() {
+        None => builtin.is_some(),
+        Some("native") => true,
+        Some("wasm") => false,
+        Some(other) => {
+            return Err(invalid(
+                &key("runtime"),
+                format!("{other:?} must be native or wasm"),
+            ));
+        }
+    };
+    if native {
+        let builtin = builtin.ok_or_else(|| {
+            invalid(
+                &key("builtin"),
+                format!(
+                    "runtime native runs a built-in filter: set builtin ({})",
+                    builtin_names()
+                ),
+            )
+        })?;
+        return Ok(FilterRuntime::Native(builtin));
+    }
+    match &section.module {
+        Some(module) if !module.as_os_str().is_empty() => Ok(FilterRuntime::Wasm {
+            module: module.clone(),
+        }),
+        _ => Err(invalid(
+            &key("module"),
+            "runtime wasm needs a path to a .wasm module",
+        )),
+    }
+}
 
 fn filter_specs(sections: Vec<FilterSection>) -> Result<Vec<FilterSpec>, ConfigError> {
     let mut specs: Vec<FilterSpec> = Vec::with_capacity(sections.len());
@@ -407,12 +478,7 @@ fn filter_specs(sections: Vec<FilterSection>) -> Result<Vec<FilterSpec>, ConfigE
                 format!("{:?} is used by an earlier filter", section.name),
             ));
         }
-        if section.module.as_os_str().is_empty() {
-            return Err(invalid(
-                &key("module"),
-                "a path to a .wasm module is required",
-            ));
-        }
+        let runtime = filter_runtime(&section, &key)?;
         let config_json = match section.config {
             None => "{}".to_owned(),
             Some(value @ serde_json::Value::Object(_)) => value.to_string(),
@@ -432,7 +498,7 @@ fn filter_specs(sections: Vec<FilterSection>) -> Result<Vec<FilterSpec>, ConfigE
         }
         specs.push(FilterSpec {
             name: section.name,
-            module: section.module,
+            runtime,
             config_json,
             workers,
         });
@@ -727,8 +793,10 @@ impl GatewayConfig {
         let mut config = Self::from_file(file, overrides)?;
         if let Some(dir) = path.and_then(std::path::Path::parent) {
             for filter in &mut config.filters {
-                if filter.module.is_relative() {
-                    filter.module = dir.join(&filter.module);
+                if let FilterRuntime::Wasm { module } = &mut filter.runtime
+                    && module.is_relative()
+                {
+                    *module = dir.join(&*module);
                 }
             }
         }
@@ -1198,6 +1266,26 @@ mod tests {
                 "gateway.filters[0].name",
             ),
             (
+                "gateway:\n  filters:\n    - {name: a, builtin: ratelimit}\n",
+                "gateway.filters[0].builtin",
+            ),
+            (
+                "gateway:\n  filters:\n    - {name: a, builtin: bundle, runtime: v8}\n",
+                "gateway.filters[0].runtime",
+            ),
+            (
+                "gateway:\n  filters:\n    - {name: a, builtin: bundle, runtime: wasm}\n",
+                "gateway.filters[0].module",
+            ),
+            (
+                "gateway:\n  filters:\n    - {name: a, module: a.wasm, runtime: native}\n",
+                "gateway.filters[0].builtin",
+            ),
+            (
+                "gateway:\n  filters:\n    - {name: a}\n",
+                "gateway.filters[0].module",
+            ),
+            (
                 "gateway:\n  filters:\n    - {name: a, module: a.wasm}\n    - {name: a, module: b.wasm}\n",
                 "gateway.filters[1].name",
             ),
@@ -1249,10 +1337,37 @@ mod tests {
         .unwrap();
         let spec = &config.filters[0];
         assert_eq!(spec.workers, DEFAULT_FILTER_WORKERS);
+        assert_eq!(
+            spec.runtime,
+            FilterRuntime::Wasm {
+                module: "/m/rl.wasm".into()
+            }
+        );
         let json: serde_json::Value = serde_json::from_str(&spec.config_json).unwrap();
         assert_eq!(
             json,
             serde_json::json!({"mode": "shadow", "rules": [{"name": "r", "requests": 2}]})
+        );
+    }
+
+    #[test]
+    fn builtin_filters_run_natively_unless_runtime_says_wasm() {
+        let config = load(
+            "gateway:\n  filters:\n    - {name: all, builtin: bundle, module: f.wasm, config: {}}\n    - {name: rl, builtin: rate-limit, runtime: wasm, module: /m/rl.wasm}\n    - {name: own, module: /m/own.wasm}\n",
+        )
+        .unwrap();
+        let runtimes: Vec<&FilterRuntime> = config.filters.iter().map(|f| &f.runtime).collect();
+        assert_eq!(
+            runtimes,
+            [
+                &FilterRuntime::Native(BuiltIn::Bundle),
+                &FilterRuntime::Wasm {
+                    module: "/m/rl.wasm".into()
+                },
+                &FilterRuntime::Wasm {
+                    module: "/m/own.wasm".into()
+                },
+            ]
         );
     }
 

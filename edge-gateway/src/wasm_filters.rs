@@ -1,24 +1,32 @@
-//! The proxy-wasm filters of istio-filters behind the gateway's filter seam ([`crate::hooks`]):
-//! the same `.wasm` modules and the same pluginConfig JSON as the mesh's WasmPlugins, run on
-//! `meshgate-filter-host` (wasmtime).
+//! The istio-filters filters behind the gateway's filter seam ([`crate::hooks`]), with the same
+//! pluginConfig JSON as the mesh's WasmPlugins: the built-in filters natively (the same
+//! `meshgate-filter-core` code the `.wasm` modules wrap, Envoy's "null VM"), any proxy-wasm
+//! module (ours included) on wasmtime — per filter, `runtime: native | wasm` in the config.
+//! Both run on `meshgate-filter-host` with the same stream state and shared-data store, and
+//! the gateway's parity suite checks that they answer alike.
 //!
 //! The filters run as one [`Chain`] (request phase in config order, response phase reversed),
-//! so one [`Exchange`] carries a request's stream contexts to its response. The guest calls
-//! take microseconds and lock one worker VM each, so they run inline on pingora's threads;
-//! `workers` VMs per filter keep those threads from waiting on each other. `Exchange` is
-//! `Send`, so it lives in the proxy's per-request context across awaits.
+//! so one [`Exchange`] carries a request's streams to its response. Filter calls take
+//! microseconds, so they run inline on pingora's threads; `workers` per filter (VMs, or native
+//! roots) keep those threads from waiting on each other. `Exchange` is `Send`, so it lives in
+//! the proxy's per-request context across awaits.
 //!
-//! A guest that traps fails open (the request goes on, logged): a broken filter must not take
-//! the edge down, as with `failStrategy: FAIL_OPEN` in the mesh.
+//! A filter that fails (a trapping guest, a panicking native filter) fails open (the request
+//! goes on, logged): a broken filter must not take the edge down, as with
+//! `failStrategy: FAIL_OPEN` in the mesh. The filters' counters are served on the metrics
+//! port under the names the filters define, labelled with the filter's name.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use meshgate_filter_host::{Chain, Exchange, LoadError, Plugin, PluginOptions, Request, Response};
+use prometheus::IntCounterVec;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 
 use crate::{
-    config::FilterSpec,
+    config::{FilterRuntime, FilterSpec},
     grpc_headers,
     hooks::{
         Decision, Filter, FilterChain, FilterRequest, FilterResponse, LocalReply, PendingResponse,
@@ -31,65 +39,84 @@ use crate::{
 pub enum FilterLoadError {
     #[error("wasm runtime: {0}")]
     Runtime(String),
-    #[error("gateway.filters[{index}] ({name}, {module}): {source}")]
+    #[error("gateway.filters[{index}] ({name}, {runs}): {source}")]
     Plugin {
         index: usize,
         name: String,
-        module: String,
+        /// `native <builtin>` or the module's path.
+        runs: String,
         source: Box<LoadError>,
     },
 }
 
-/// Loads every configured filter (compiling the modules and configuring their VMs) into the
-/// chain the proxy runs. No filters: an empty chain, and no wasm runtime is created.
+/// Loads every configured filter (configuring native roots, compiling modules and starting
+/// their VMs) into the chain the proxy runs, and serves their counters. No filters: an empty
+/// chain; no wasm filter: no wasm runtime is created.
 pub fn load(specs: &[FilterSpec]) -> Result<FilterChain, FilterLoadError> {
     if specs.is_empty() {
         return Ok(FilterChain::default());
     }
-    let runtime = meshgate_filter_host::Runtime::new()
-        .map_err(|e| FilterLoadError::Runtime(e.to_string()))?;
+    let mut wasm_runtime = None;
     let mut plugins = Vec::with_capacity(specs.len());
     for (index, spec) in specs.iter().enumerate() {
-        let plugin = Plugin::load_file(
-            &runtime,
-            &spec.name,
-            &spec.module,
-            &spec.config_json,
-            PluginOptions {
-                workers: spec.workers,
-                ..Default::default()
-            },
-        )
-        .map_err(|source| FilterLoadError::Plugin {
+        let options = PluginOptions {
+            workers: spec.workers,
+            ..Default::default()
+        };
+        let (loaded, runs) = match &spec.runtime {
+            FilterRuntime::Native(builtin) => (
+                Plugin::load_native(&spec.name, *builtin, &spec.config_json, options),
+                format!("native {}", builtin.name()),
+            ),
+            FilterRuntime::Wasm { module } => {
+                let runtime = match &wasm_runtime {
+                    Some(runtime) => runtime,
+                    None => wasm_runtime.insert(
+                        meshgate_filter_host::Runtime::new()
+                            .map_err(|e| FilterLoadError::Runtime(e.to_string()))?,
+                    ),
+                };
+                (
+                    Plugin::load_file(runtime, &spec.name, module, &spec.config_json, options),
+                    module.display().to_string(),
+                )
+            }
+        };
+        let plugin = loaded.map_err(|source| FilterLoadError::Plugin {
             index,
             name: spec.name.clone(),
-            module: spec.module.display().to_string(),
+            runs,
             source: Box::new(source),
         })?;
         plugins.push(Arc::new(plugin));
     }
-    Ok(FilterChain::new(vec![Arc::new(WasmFilters {
+    let metrics = FilterMetrics::new(&plugins);
+    if let Err(error) = prometheus::register(Box::new(metrics)) {
+        // A second chain in one process (tests) keeps the first one's series.
+        tracing::warn!(%error, "filter counters not registered");
+    }
+    Ok(FilterChain::new(vec![Arc::new(IstioFilters {
         chain: Chain::new(plugins),
     })]))
 }
 
-/// The configured wasm filters as one seam filter.
-pub struct WasmFilters {
+/// The configured filters as one seam filter.
+pub struct IstioFilters {
     chain: Chain,
 }
 
-impl WasmFilters {
+impl IstioFilters {
     pub fn plugins(&self) -> &[Arc<Plugin>] {
         self.chain.plugins()
     }
 }
 
-impl Filter for WasmFilters {
+impl Filter for IstioFilters {
     fn on_request(&self, request: &mut FilterRequest<'_>) -> Decision {
         let exchange = match self.chain.on_request(to_host_request(request)) {
             Ok(exchange) => exchange,
             Err(error) => {
-                tracing::warn!(%error, "wasm filter failed on the request; failing open");
+                tracing::warn!(%error, "filter failed on the request; failing open");
                 return Decision::Continue;
             }
         };
@@ -111,6 +138,75 @@ impl Filter for WasmFilters {
     }
 }
 
+/// The filters' counters (`meshgate_rate_limit_allowed`, ...) with a `filter` label, read from
+/// the filters' stores at each scrape.
+struct FilterMetrics {
+    plugins: Vec<Arc<Plugin>>,
+    /// One family per counter name, refilled at each scrape (the lock keeps scrapes apart).
+    families: Mutex<Vec<(String, IntCounterVec)>>,
+    descs: Vec<Desc>,
+}
+
+impl FilterMetrics {
+    fn new(plugins: &[Arc<Plugin>]) -> Self {
+        let mut names: Vec<String> = plugins
+            .iter()
+            .flat_map(|plugin| plugin.counters().into_iter().map(|(name, _)| name))
+            .collect();
+        names.sort();
+        names.dedup();
+        let families: Vec<(String, IntCounterVec)> = names
+            .into_iter()
+            .filter_map(|name| {
+                let opts = prometheus::Opts::new(
+                    name.clone(),
+                    "A counter an istio-filters filter defines, summed over its workers.",
+                );
+                let family = IntCounterVec::new(opts, &["filter"]).ok()?;
+                Some((name, family))
+            })
+            .collect();
+        let descs = families
+            .iter()
+            .flat_map(|(_, family)| family.desc().into_iter().cloned())
+            .collect();
+        Self {
+            plugins: plugins.to_vec(),
+            families: Mutex::new(families),
+            descs,
+        }
+    }
+}
+
+impl Collector for FilterMetrics {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let families = self
+            .families
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (_, family) in families.iter() {
+            family.reset();
+        }
+        for plugin in &self.plugins {
+            for (name, value) in plugin.counters() {
+                if let Some((_, family)) = families.iter().find(|(n, _)| *n == name) {
+                    family
+                        .with_label_values(&[plugin.name()])
+                        .inc_by(u64::try_from(value).unwrap_or(0));
+                }
+            }
+        }
+        families
+            .iter()
+            .flat_map(|(_, family)| family.collect())
+            .collect()
+    }
+}
+
 /// One request's stream contexts, waiting for the response.
 struct PendingExchange {
     exchange: Exchange,
@@ -123,7 +219,7 @@ impl PendingResponse for PendingExchange {
         let completed = match self.exchange.on_response(host_response) {
             Ok(completed) => completed,
             Err(error) => {
-                tracing::warn!(%error, "wasm filter failed on the response; failing open");
+                tracing::warn!(%error, "filter failed on the response; failing open");
                 return;
             }
         };

@@ -1,10 +1,11 @@
-//! The istio-filters `.wasm` modules in the gateway binary (`gateway.filters`), in front of the
-//! real user-service: cache headers and 304 over REST, one rate limit answered as 429 (REST),
+//! The istio-filters filters in the gateway binary (`gateway.filters`), in front of the real
+//! user-service: cache headers and 304 over REST, one rate limit answered as 429 (REST),
 //! RESOURCE_EXHAUSTED (gRPC, gRPC-web), span-enrichment attributes in the access log, and a
 //! refused filter config exiting 2.
 //!
-//! Each flow runs twice: with the three modules as three plugins, and with the bundle module
-//! (`meshgate_filters.wasm`, the same configs in one plugin).
+//! Each flow runs with the three filters as three plugins and as the bundle (the same configs
+//! in one plugin), each natively (`builtin`, the default) and as `.wasm` modules
+//! (`runtime: wasm`). `filter_parity` checks that the two runtimes answer alike.
 //!
 //! The modules must be built first: `scripts/build-filters` (the test command does).
 //! They are looked up in `$MESHGATE_WASM_DIR`, else in `<target dir>/wasm32-wasip1/wasm/`
@@ -25,14 +26,15 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-fn module(name: &str) -> PathBuf {
+pub fn module(name: &str) -> PathBuf {
     meshgate_test_support::wasm::module(&format!("meshgate_{name}"))
 }
 
 /// The gateway binary with a config file; its stdout (JSON logs) is collected line by line.
-struct GatewayProcess {
+pub struct GatewayProcess {
     child: Child,
-    addr: SocketAddr,
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
     lines: Arc<Mutex<Vec<String>>>,
     _dir: TempDir,
 }
@@ -54,10 +56,20 @@ impl Drop for TempDir {
 }
 
 fn write_config(dir: &Path, listen: SocketAddr, upstream: SocketAddr, filters: Value) -> PathBuf {
+    write_config_with_metrics(dir, listen, None, upstream, filters)
+}
+
+fn write_config_with_metrics(
+    dir: &Path,
+    listen: SocketAddr,
+    metrics: Option<SocketAddr>,
+    upstream: SocketAddr,
+    filters: Value,
+) -> PathBuf {
     let config = json!({
         "gateway": {
             "listen": listen.to_string(),
-            "metrics_listen": "",
+            "metrics_listen": metrics.map(|addr| addr.to_string()).unwrap_or_default(),
             "upstreams": [upstream.to_string()],
             "health_check": {"interval_ms": 200, "timeout_ms": 200},
             "cors": {"allowed_origins": [ORIGIN]},
@@ -71,10 +83,16 @@ fn write_config(dir: &Path, listen: SocketAddr, upstream: SocketAddr, filters: V
 }
 
 impl GatewayProcess {
-    async fn start(upstream: SocketAddr, filters: Value) -> Self {
+    pub async fn start(upstream: SocketAddr, filters: Value) -> Self {
+        Self::start_with(upstream, filters, false).await
+    }
+
+    /// With `metrics`, the metrics port listens too (the filters' counters are there).
+    pub async fn start_with(upstream: SocketAddr, filters: Value, metrics: bool) -> Self {
         let dir = TempDir::new();
         let addr = free_addr();
-        let config = write_config(&dir.0, addr, upstream, filters);
+        let metrics_addr = metrics.then(free_addr);
+        let config = write_config_with_metrics(&dir.0, addr, metrics_addr, upstream, filters);
         let mut child = Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
             .arg("--config")
             .arg(&config)
@@ -94,6 +112,7 @@ impl GatewayProcess {
         let gateway = Self {
             child,
             addr,
+            metrics_addr,
             lines,
             _dir: dir,
         };
@@ -111,12 +130,12 @@ impl GatewayProcess {
         panic!("gateway did not become ready");
     }
 
-    fn url(&self, path: &str) -> String {
+    pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
     /// Access-log records (`target: access`) written so far.
-    fn access_log(&self) -> Vec<Value> {
+    pub fn access_log(&self) -> Vec<Value> {
         self.lines
             .lock()
             .unwrap()
@@ -135,7 +154,7 @@ impl Drop for GatewayProcess {
 }
 
 /// The pluginConfigs of the three filters, as their WasmPlugins carry them.
-fn span_enrichment_config() -> Value {
+pub fn span_enrichment_config() -> Value {
     json!({"fields": [
         {"path": "id"},
         {"path": "user.email", "from": "response",
@@ -143,7 +162,7 @@ fn span_enrichment_config() -> Value {
     ]})
 }
 
-fn rate_limit_config(limit: u32) -> Value {
+pub fn rate_limit_config(limit: u32) -> Value {
     json!({"rules": [{
         "name": "per-tenant",
         "key": [{"type": "header", "name": "x-tenant"}],
@@ -152,7 +171,7 @@ fn rate_limit_config(limit: u32) -> Value {
     }]})
 }
 
-fn cache_headers_config() -> Value {
+pub fn cache_headers_config() -> Value {
     json!({"policies": [{
         "name": "user-reads",
         "methods": ["user.UserService/GetUser"],
@@ -160,6 +179,30 @@ fn cache_headers_config() -> Value {
         "vary": ["authorization"],
         "etag": true
     }]})
+}
+
+/// The three filters natively, one plugin each (the gateway's default for built-ins).
+fn all_three_native(limit: u32) -> Value {
+    json!([
+        {"name": "span-enrichment", "builtin": "span-enrichment", "workers": 2,
+         "config": span_enrichment_config()},
+        {"name": "rate-limit", "builtin": "rate-limit", "workers": 2,
+         "config": rate_limit_config(limit)},
+        {"name": "cache-headers", "builtin": "cache-headers", "workers": 2,
+         "config": cache_headers_config()}
+    ])
+}
+
+/// The bundle natively.
+fn bundled_native(limit: u32) -> Value {
+    json!([
+        {"name": "meshgate-filters", "builtin": "bundle", "workers": 2,
+         "config": {
+            "spanEnrichment": span_enrichment_config(),
+            "rateLimit": rate_limit_config(limit),
+            "cacheHeaders": cache_headers_config()
+         }}
+    ])
 }
 
 /// The three modules, one plugin each (as three WasmPlugins).
@@ -184,6 +227,16 @@ fn bundled_filters(limit: u32) -> Value {
             "cacheHeaders": cache_headers_config()
          }}
     ])
+}
+
+#[tokio::test]
+async fn rest_grpc_and_grpc_web_through_the_native_filters() {
+    through_the_filters(all_three_native).await;
+}
+
+#[tokio::test]
+async fn rest_grpc_and_grpc_web_through_the_native_bundle() {
+    through_the_filters(bundled_native).await;
 }
 
 #[tokio::test]
@@ -434,6 +487,31 @@ async fn a_refused_filter_config_or_a_bad_module_exits_2() {
             json!([{"name": "bundle", "module": module("filters"),
                     "config": {"rateLimit": {"rulez": []}}}]),
             vec!["gateway.filters[0]", "bundle", "rateLimit: ", "rulez"],
+        ),
+        (
+            json!([{"name": "bundle", "builtin": "bundle",
+                    "config": {"rateLimit": {"rulez": []}}}]),
+            vec![
+                "gateway.filters[0]",
+                "native bundle",
+                "refused its configuration",
+                "rateLimit: ",
+                "rulez",
+            ],
+        ),
+        (
+            json!([{"name": "rl", "builtin": "rate-limit",
+                    "config": {"rules": [{"name": "r", "key": [{"type": "header"}],
+                                          "requests": 1, "periodSeconds": 1}]}}]),
+            vec!["gateway.filters[0]", "rl", "refused its configuration"],
+        ),
+        (
+            json!([{"name": "x", "builtin": "ratelimit"}]),
+            vec!["gateway.filters[0].builtin", "not a built-in filter"],
+        ),
+        (
+            json!([{"name": "x", "builtin": "bundle", "runtime": "wasm"}]),
+            vec!["gateway.filters[0].module", "runtime wasm"],
         ),
         (
             json!([{"name": "missing", "module": "no-such-filter.wasm"}]),

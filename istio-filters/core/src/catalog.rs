@@ -2,7 +2,7 @@
 //! FileDescriptorSet from config, plus the REST routes of their `google.api.http` rules.
 
 use std::cell::RefCell;
-use std::rc::{Rc, Weak};
+use std::sync::{Arc, Weak};
 
 use base64::Engine as _;
 use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, ReflectMessage, Value};
@@ -48,7 +48,7 @@ impl Catalog {
     /// [`Catalog::load`], shared: filters of one VM configured with the same descriptors (the
     /// built-in set, or the same base64 text) get the same catalog, so the bundle's members
     /// can share what one of them worked out about a request (and the VM keeps one pool).
-    pub fn shared(descriptor_set_base64: Option<&str>) -> Result<Rc<Self>, CatalogError> {
+    pub fn shared(descriptor_set_base64: Option<&str>) -> Result<Arc<Self>, CatalogError> {
         thread_local! {
             static LOADED: RefCell<Vec<(Option<String>, Weak<Catalog>)>> =
                 const { RefCell::new(Vec::new()) };
@@ -63,8 +63,8 @@ impl Catalog {
         }) {
             return Ok(catalog);
         }
-        let catalog = Rc::new(Self::load(descriptor_set_base64)?);
-        LOADED.with_borrow_mut(|loaded| loaded.push((key, Rc::downgrade(&catalog))));
+        let catalog = Arc::new(Self::load(descriptor_set_base64)?);
+        LOADED.with_borrow_mut(|loaded| loaded.push((key, Arc::downgrade(&catalog))));
         Ok(catalog)
     }
 

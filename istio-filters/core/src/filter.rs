@@ -1,7 +1,10 @@
 //! The shape every filter has: a configured root (one per VM, shared by its streams) and a
-//! stream per request. `meshgate-filter-wasm` adapts these to proxy-wasm contexts.
+//! stream per request. Roots are `Sync` and streams `Send` so the gateway can run the same
+//! filters natively (`meshgate-filter-host`'s native runtime, Envoy's "null VM"); on wasm32 the
+//! atomics of `Arc` compile to plain memory operations. `meshgate-filter-wasm` adapts these to
+//! proxy-wasm contexts.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
@@ -19,13 +22,13 @@ impl ConfigError {
 }
 
 /// A filter's configured, compiled root.
-pub trait Filter: Sized + 'static {
-    type Stream: Stream;
+pub trait Filter: Sized + Send + Sync + 'static {
+    type Stream: Stream + Send;
     /// Metric prefix and log name, e.g. `meshgate_rate_limit`.
     const NAME: &'static str;
     /// Parses and compiles the pluginConfig JSON; registers metrics and shared state.
     fn configure(config: &[u8], host: &mut dyn Host) -> Result<Self, ConfigError>;
-    fn new_stream(self: &Rc<Self>) -> Self::Stream;
+    fn new_stream(self: &Arc<Self>) -> Self::Stream;
 }
 
 /// The per-request callbacks. `body_size` is the size of the whole buffered body so far.
@@ -55,6 +58,17 @@ pub trait Stream {
     fn on_response_trailers(&mut self, _host: &mut dyn Host) -> Action {
         Action::Continue
     }
+}
+
+/// The line a filter logs when it refuses its pluginConfig (one line, naming the plugin and the
+/// problem: what an operator greps for). The wasm adapter logs it, the native runtime reports it.
+pub fn refusal_line(name: &str, error: &ConfigError) -> String {
+    format!("{name}: invalid pluginConfig, plugin not started: {error}")
+}
+
+/// The line a filter logs when its VM (or native worker) starts.
+pub fn started_line(name: &str) -> String {
+    format!("{name} {} started", env!("CARGO_PKG_VERSION"))
 }
 
 /// Parses pluginConfig JSON into a `deny_unknown_fields` struct with a readable error.

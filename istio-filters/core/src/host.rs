@@ -5,7 +5,7 @@
 //! logic: a failed host call is an absent value (reads) or a logged no-op (writes), so the
 //! hot path never unwraps.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::catalog::Catalog;
 use crate::inspect::RequestTarget;
@@ -57,6 +57,12 @@ pub struct LocalReply {
     pub grpc_status: Option<u32>,
 }
 
+/// The gRPC status a proxy-wasm guest can send: the SDK knows codes 0–16 and sends any other
+/// as UNKNOWN (2).
+pub const fn grpc_status_on_wire(code: u32) -> u32 {
+    if code <= 16 { code } else { 2 }
+}
+
 /// A counter registered with the proxy at configure time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MetricId(pub u32);
@@ -99,11 +105,11 @@ pub trait Host {
 
     /// The request as an earlier filter of this stream identified it with `catalog`, when the
     /// host shares that between filters (the bundle does; a proxy-wasm host has no such thing).
-    fn shared_target(&self, _catalog: &Rc<Catalog>) -> Option<Rc<RequestTarget>> {
+    fn shared_target(&self, _catalog: &Arc<Catalog>) -> Option<Arc<RequestTarget>> {
         None
     }
     /// Offers a freshly identified request to the filters after this one.
-    fn share_target(&self, _catalog: &Rc<Catalog>, _target: &Rc<RequestTarget>) {}
+    fn share_target(&self, _catalog: &Arc<Catalog>, _target: &Arc<RequestTarget>) {}
 }
 
 /// The value of header `name` (any case) in a header list.

@@ -1,7 +1,7 @@
 //! What a request is: its protocol, its gRPC method (from the gRPC path or a REST route) and
 //! the readable fields of its message.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use prost_reflect::{DynamicMessage, MessageDescriptor, MethodDescriptor};
 
@@ -25,7 +25,7 @@ pub struct RequestTarget {
     /// The request headers as they were at `on_request_headers`, fetched in one host call
     /// (each host call crosses the wasm boundary; a filter reads several headers). Shared, so
     /// a copy of the target for another filter does not copy them.
-    headers: Rc<Vec<(String, String)>>,
+    headers: Arc<Vec<(String, String)>>,
     /// Changes made after identification (last one wins), over `headers`.
     changed: Vec<(String, Option<String>)>,
     /// `package.Service/Method`, worked out once.
@@ -36,11 +36,11 @@ impl RequestTarget {
     /// What the request is. A host that runs several filters on one stream (the bundle)
     /// hands back what an earlier filter with the same catalog worked out, so the headers are
     /// fetched and the route matched once per request.
-    pub fn identify(catalog: &Rc<Catalog>, host: &dyn Host) -> Rc<Self> {
+    pub fn identify(catalog: &Arc<Catalog>, host: &dyn Host) -> Arc<Self> {
         if let Some(target) = host.shared_target(catalog) {
             return target;
         }
-        let target = Rc::new(Self::inspect(catalog, host));
+        let target = Arc::new(Self::inspect(catalog, host));
         host.share_target(catalog, &target);
         target
     }
@@ -60,7 +60,7 @@ impl RequestTarget {
             rest_response_body: None,
             bindings: Vec::new(),
             query: Vec::new(),
-            headers: Rc::new(headers),
+            headers: Arc::new(headers),
             changed: Vec::new(),
             qualified: None,
         };
@@ -283,7 +283,7 @@ mod tests {
     use super::*;
     use crate::test_host::TestHost;
 
-    fn target(headers: &[(&str, &str)]) -> Rc<RequestTarget> {
+    fn target(headers: &[(&str, &str)]) -> Arc<RequestTarget> {
         let catalog = Catalog::shared(None).unwrap();
         RequestTarget::identify(&catalog, &TestHost::with_request(headers))
     }

@@ -11,10 +11,10 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::marker::PhantomData;
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
-use meshgate_filter_core::filter::{Filter, Stream};
+use meshgate_filter_core::filter::{self, Filter, Stream};
 use meshgate_filter_core::host::{self, Host, LocalReply, MetricId, SharedEntry, SharedWriteError};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -184,17 +184,14 @@ fn to_action(action: host::Action) -> Action {
 // === root context ===
 
 struct Root<F: Filter> {
-    filter: Option<Rc<F>>,
+    filter: Option<Arc<F>>,
 }
 
 impl<F: Filter> Context for Root<F> {}
 
 impl<F: Filter> RootContext for Root<F> {
     fn on_vm_start(&mut self, _size: usize) -> bool {
-        WasmHost.log(
-            host::LogLevel::Info,
-            &format!("{} {} started", F::NAME, env!("CARGO_PKG_VERSION")),
-        );
+        WasmHost.log(host::LogLevel::Info, &filter::started_line(F::NAME));
         true
     }
 
@@ -206,18 +203,11 @@ impl<F: Filter> RootContext for Root<F> {
         let mut host = WasmHost;
         match F::configure(&config, &mut host) {
             Ok(filter) => {
-                self.filter = Some(Rc::new(filter));
+                self.filter = Some(Arc::new(filter));
                 true
             }
             Err(error) => {
-                // One line, naming the plugin and the problem: what an operator greps for.
-                host.log(
-                    host::LogLevel::Error,
-                    &format!(
-                        "{}: invalid pluginConfig, plugin not started: {error}",
-                        F::NAME
-                    ),
-                );
+                host.log(host::LogLevel::Error, &filter::refusal_line(F::NAME, &error));
                 false
             }
         }

@@ -20,7 +20,7 @@
 //! member's own pluginConfig, at least one present; a member's config error names its key.
 
 use std::cell::RefCell;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -45,22 +45,22 @@ pub struct BundleConfig {
 
 /// The configured members, in request order.
 pub struct Bundle {
-    span_enrichment: Option<Rc<SpanEnrichment>>,
-    rate_limit: Option<Rc<RateLimit>>,
-    cache_headers: Option<Rc<CacheHeaders>>,
+    span_enrichment: Option<Arc<SpanEnrichment>>,
+    rate_limit: Option<Arc<RateLimit>>,
+    cache_headers: Option<Arc<CacheHeaders>>,
 }
 
 fn member<F: Filter>(
     key: &str,
     config: Option<serde_json::Value>,
     host: &mut dyn Host,
-) -> Result<Option<Rc<F>>, ConfigError> {
+) -> Result<Option<Arc<F>>, ConfigError> {
     let Some(config) = config else {
         return Ok(None);
     };
     let bytes = serde_json::to_vec(&config).map_err(|e| ConfigError::at(key, e))?;
     F::configure(&bytes, host)
-        .map(|filter| Some(Rc::new(filter)))
+        .map(|filter| Some(Arc::new(filter)))
         .map_err(|e| ConfigError::at(key, e))
 }
 
@@ -88,7 +88,7 @@ impl Filter for Bundle {
         Ok(bundle)
     }
 
-    fn new_stream(self: &Rc<Self>) -> BundleStream {
+    fn new_stream(self: &Arc<Self>) -> BundleStream {
         let mut members: Vec<Member> = Vec::with_capacity(3);
         if let Some(f) = &self.span_enrichment {
             members.push(Member::new(Box::new(f.new_stream())));
@@ -112,7 +112,7 @@ enum Side {
 }
 
 struct Member {
-    stream: Box<dyn Stream>,
+    stream: Box<dyn Stream + Send>,
     progress: [Progress; 2],
 }
 
@@ -128,7 +128,7 @@ struct Progress {
 }
 
 impl Member {
-    fn new(stream: Box<dyn Stream>) -> Self {
+    fn new(stream: Box<dyn Stream + Send>) -> Self {
         Self {
             stream,
             progress: [Progress::default(); 2],
@@ -372,7 +372,7 @@ fn cached_body(
 }
 
 /// The request identified once per stream: `RequestTarget::identify` asks the host first.
-type SharedTarget = RefCell<Option<(Rc<Catalog>, Rc<RequestTarget>)>>;
+type SharedTarget = RefCell<Option<(Arc<Catalog>, Arc<RequestTarget>)>>;
 
 struct MemberHost<'h, 'c> {
     inner: &'h mut dyn Host,
@@ -425,7 +425,7 @@ impl Host for MemberHost<'_, '_> {
             set_header_value(headers, name, value);
         }
         if let Some((_, target)) = self.target.borrow_mut().as_mut() {
-            Rc::make_mut(target).set_header(name, value);
+            Arc::make_mut(target).set_header(name, value);
         }
     }
     fn response_header(&self, name: &str) -> Option<String> {
@@ -502,14 +502,14 @@ impl Host for MemberHost<'_, '_> {
     fn log(&self, level: LogLevel, message: &str) {
         self.inner.log(level, message);
     }
-    fn shared_target(&self, catalog: &Rc<Catalog>) -> Option<Rc<RequestTarget>> {
+    fn shared_target(&self, catalog: &Arc<Catalog>) -> Option<Arc<RequestTarget>> {
         match &*self.target.borrow() {
-            Some((known, target)) if Rc::ptr_eq(known, catalog) => Some(Rc::clone(target)),
+            Some((known, target)) if Arc::ptr_eq(known, catalog) => Some(Arc::clone(target)),
             _ => None,
         }
     }
-    fn share_target(&self, catalog: &Rc<Catalog>, target: &Rc<RequestTarget>) {
-        *self.target.borrow_mut() = Some((Rc::clone(catalog), Rc::clone(target)));
+    fn share_target(&self, catalog: &Arc<Catalog>, target: &Arc<RequestTarget>) {
+        *self.target.borrow_mut() = Some((Arc::clone(catalog), Arc::clone(target)));
     }
 }
 
@@ -538,7 +538,7 @@ mod tests {
         clear_response: bool,
     }
 
-    type Log = Rc<RefCell<Vec<String>>>;
+    type Log = Arc<std::sync::Mutex<Vec<String>>>;
 
     struct Recorder {
         name: &'static str,
@@ -548,7 +548,7 @@ mod tests {
 
     impl Recorder {
         fn note(&self, event: String) {
-            self.log.borrow_mut().push(format!("{} {event}", self.name));
+            self.log.lock().unwrap().push(format!("{} {event}", self.name));
         }
     }
 
@@ -614,14 +614,14 @@ mod tests {
     }
 
     fn bundle(scripts: &[(&'static str, Script)]) -> (BundleStream, Log) {
-        let log: Log = Rc::default();
+        let log: Log = Arc::default();
         let members = scripts
             .iter()
             .map(|(name, script)| {
                 Member::new(Box::new(Recorder {
                     name,
                     script: *script,
-                    log: Rc::clone(&log),
+                    log: Arc::clone(&log),
                 }))
             })
             .collect();
@@ -670,7 +670,7 @@ mod tests {
     }
 
     fn taken(log: &Log) -> Vec<String> {
-        std::mem::take(&mut *log.borrow_mut())
+        std::mem::take(&mut *log.lock().unwrap())
     }
 
     #[test]
@@ -856,15 +856,15 @@ mod tests {
                                        "etag": true}]}
     }"#;
 
-    fn configure(json: &str, host: &mut TestHost) -> Result<Rc<Bundle>, ConfigError> {
-        Bundle::configure(json.as_bytes(), host).map(Rc::new)
+    fn configure(json: &str, host: &mut TestHost) -> Result<Arc<Bundle>, ConfigError> {
+        Bundle::configure(json.as_bytes(), host).map(Arc::new)
     }
 
     // GET /v1/users/{id} answers the user itself (`response_body: "user"`).
     const USER_JSON: &[u8] = br#"{"id":"u1","email":"ada@example.com"}"#;
 
     /// A REST GetUser through the bundle: the request phase, then a 200 JSON response.
-    fn rest_get(root: &Rc<Bundle>, host: &mut TestHost, id: &str, extra: &[(&str, &str)]) {
+    fn rest_get(root: &Arc<Bundle>, host: &mut TestHost, id: &str, extra: &[(&str, &str)]) {
         host.request_headers = vec![
             (":method".into(), "GET".into()),
             (":path".into(), format!("/v1/users/{id}")),

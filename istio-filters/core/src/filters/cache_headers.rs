@@ -6,7 +6,7 @@
 //! upstream ETag is kept (and used for 304s); ETag and 304 only for REST GET/HEAD 200s
 //! (a 304 would break gRPC and gRPC-web clients, who get `Cache-Control`/`Vary` only).
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -89,7 +89,7 @@ struct Policy {
 }
 
 pub struct CacheHeaders {
-    catalog: Rc<Catalog>,
+    catalog: Arc<Catalog>,
     max_body: usize,
     policies: Vec<Policy>,
     counters: Counters,
@@ -214,9 +214,9 @@ impl Filter for CacheHeaders {
         Self::compile(filter::parse_config(config)?, host)
     }
 
-    fn new_stream(self: &Rc<Self>) -> CacheHeadersStream {
+    fn new_stream(self: &Arc<Self>) -> CacheHeadersStream {
         CacheHeadersStream {
-            root: Rc::clone(self),
+            root: Arc::clone(self),
             policy: None,
             conditional: None,
             etag_eligible: false,
@@ -229,7 +229,7 @@ impl Filter for CacheHeaders {
 // === stream ===
 
 pub struct CacheHeadersStream {
-    root: Rc<CacheHeaders>,
+    root: Arc<CacheHeaders>,
     policy: Option<usize>,
     /// The request's `If-None-Match` (REST GET/HEAD only).
     conditional: Option<String>,
@@ -257,7 +257,7 @@ impl Stream for CacheHeadersStream {
         let Some(policy) = self.policy.and_then(|i| self.root.policies.get(i)) else {
             return Action::Continue;
         };
-        let root = Rc::clone(&self.root);
+        let root = Arc::clone(&self.root);
         let status: u16 = host
             .response_header(":status")
             .and_then(|s| s.parse().ok())
@@ -382,7 +382,7 @@ mod tests {
         body: &[u8],
     ) -> Exchange {
         let mut host = TestHost::with_request(request);
-        let root = Rc::new(CacheHeaders::configure(CONFIG.as_bytes(), &mut host).unwrap());
+        let root = Arc::new(CacheHeaders::configure(CONFIG.as_bytes(), &mut host).unwrap());
         let mut stream = root.new_stream();
         stream.on_request_headers(&mut host, true);
         host.response_headers = vec![(":status".into(), status.into())];

@@ -4,7 +4,7 @@
 //! A rule whose key cannot be built for a request (header absent, field unset, body
 //! unreadable) does not apply to that request, as with Envoy rate-limit descriptors.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -118,7 +118,7 @@ impl Rule {
 
 pub struct RateLimit {
     mode: Mode,
-    catalog: Rc<Catalog>,
+    catalog: Arc<Catalog>,
     max_body: usize,
     rules: Vec<Rule>,
     counters: Counters,
@@ -265,9 +265,9 @@ impl Filter for RateLimit {
         Self::compile(filter::parse_config(config)?, host)
     }
 
-    fn new_stream(self: &Rc<Self>) -> RateLimitStream {
+    fn new_stream(self: &Arc<Self>) -> RateLimitStream {
         RateLimitStream {
-            root: Rc::clone(self),
+            root: Arc::clone(self),
             target: None,
             waiting_for_body: false,
         }
@@ -277,8 +277,8 @@ impl Filter for RateLimit {
 // === stream ===
 
 pub struct RateLimitStream {
-    root: Rc<RateLimit>,
-    target: Option<Rc<RequestTarget>>,
+    root: Arc<RateLimit>,
+    target: Option<Arc<RequestTarget>>,
     waiting_for_body: bool,
 }
 
@@ -372,7 +372,7 @@ impl RateLimitStream {
         let Some(target) = self.target.take() else {
             return Action::Continue;
         };
-        let root = Rc::clone(&self.root);
+        let root = Arc::clone(&self.root);
         let method = target.method_name();
         let now = host.now_nanos();
         let mut limited: Option<(&Rule, Verdict)> = None;
@@ -529,11 +529,11 @@ mod tests {
     use crate::grpc::encode_frame;
     use crate::test_host::TestHost;
 
-    fn configure(json: &str) -> Result<Rc<RateLimit>, ConfigError> {
-        RateLimit::configure(json.as_bytes(), &mut TestHost::default()).map(Rc::new)
+    fn configure(json: &str) -> Result<Arc<RateLimit>, ConfigError> {
+        RateLimit::configure(json.as_bytes(), &mut TestHost::default()).map(Arc::new)
     }
 
-    fn run(root: &Rc<RateLimit>, host: &mut TestHost) -> Action {
+    fn run(root: &Arc<RateLimit>, host: &mut TestHost) -> Action {
         let mut stream = root.new_stream();
         let eos = host.request_body.is_empty();
         let action = stream.on_request_headers(host, eos);
@@ -626,7 +626,7 @@ mod tests {
         let mut host = TestHost::default();
         host.properties
             .insert("source.address".into(), b"10.1.2.3:4444".to_vec());
-        let root = Rc::new(RateLimit::configure(json.as_bytes(), &mut host).unwrap());
+        let root = Arc::new(RateLimit::configure(json.as_bytes(), &mut host).unwrap());
         for _ in 0..3 {
             host.request_headers = vec![(":path".into(), "/x".into())];
             assert_eq!(run(&root, &mut host), Action::Continue);
@@ -641,7 +641,7 @@ mod tests {
         let json = r#"{"rules":[{"name":"per-user","methods":["user.UserService/GetUser"],
                 "key":[{"type":"field","path":"id"}],"requests":1,"periodSeconds":10}]}"#;
         let mut host = TestHost::default();
-        let root = Rc::new(RateLimit::configure(json.as_bytes(), &mut host).unwrap());
+        let root = Arc::new(RateLimit::configure(json.as_bytes(), &mut host).unwrap());
         for _ in 0..3 {
             host.request_headers = vec![
                 (":path".into(), "/user.UserService/GetUser".into()),

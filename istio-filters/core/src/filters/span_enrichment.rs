@@ -7,7 +7,7 @@
 //! values (fields, `grpc-status`) go to filter state only, since the request headers are gone
 //! by then.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -108,7 +108,7 @@ impl Field {
 }
 
 pub struct SpanEnrichment {
-    catalog: Rc<Catalog>,
+    catalog: Arc<Catalog>,
     max_body: usize,
     fields: Vec<Field>,
     counters: Counters,
@@ -198,9 +198,9 @@ impl Filter for SpanEnrichment {
         Self::compile(filter::parse_config(config)?, host)
     }
 
-    fn new_stream(self: &Rc<Self>) -> SpanEnrichmentStream {
+    fn new_stream(self: &Arc<Self>) -> SpanEnrichmentStream {
         SpanEnrichmentStream {
-            root: Rc::clone(self),
+            root: Arc::clone(self),
             target: None,
             waiting_for_request: false,
             response_body: Vec::new(),
@@ -213,8 +213,8 @@ impl Filter for SpanEnrichment {
 // === stream ===
 
 pub struct SpanEnrichmentStream {
-    root: Rc<SpanEnrichment>,
-    target: Option<Rc<RequestTarget>>,
+    root: Arc<SpanEnrichment>,
+    target: Option<Arc<RequestTarget>>,
     waiting_for_request: bool,
     /// A copy of the response body (the response itself streams on unheld).
     response_body: Vec<u8>,
@@ -498,7 +498,7 @@ mod tests {
 
     fn run(request: &[(&str, &str)], body: &[u8]) -> TestHost {
         let mut host = TestHost::with_request(request);
-        let root = Rc::new(SpanEnrichment::configure(CONFIG.as_bytes(), &mut host).unwrap());
+        let root = Arc::new(SpanEnrichment::configure(CONFIG.as_bytes(), &mut host).unwrap());
         let mut stream = root.new_stream();
         host.request_body = body.to_vec();
         let action = stream.on_request_headers(&mut host, body.is_empty());
@@ -616,7 +616,7 @@ mod tests {
             (":path", "/user.UserService/GetUser"),
             ("content-type", "application/grpc"),
         ]);
-        let root = Rc::new(SpanEnrichment::configure(CONFIG.as_bytes(), &mut host).unwrap());
+        let root = Arc::new(SpanEnrichment::configure(CONFIG.as_bytes(), &mut host).unwrap());
         let mut stream = root.new_stream();
         stream.on_request_headers(&mut host, true);
         let response = meshgate_proto::user::GetUserResponse {
@@ -651,7 +651,7 @@ mod tests {
             (":path", "/user.UserService/DeleteUser"),
             ("content-type", "application/grpc-web+proto"),
         ]);
-        let root = Rc::new(SpanEnrichment::configure(CONFIG.as_bytes(), &mut host).unwrap());
+        let root = Arc::new(SpanEnrichment::configure(CONFIG.as_bytes(), &mut host).unwrap());
         let mut stream = root.new_stream();
         stream.on_request_headers(&mut host, true);
         let trailer = b"grpc-status: 7\r\n";
