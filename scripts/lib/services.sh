@@ -1,11 +1,12 @@
 # shellcheck shell=bash
-# Finds or starts the PostgreSQL and Redis servers the tests need. Sourced by scripts/test.
+# Finds or starts the PostgreSQL, Redis and NATS servers the tests need. Sourced by scripts/test.
 
 die() { echo "error: $*" >&2; exit 1; }
 
 _services_tmp=""
 _started_pg=""
 _started_redis=""
+_started_nats=""
 
 # Called in the current shell (not in $(...)) so the directory is created once.
 _init_tmpdir() {
@@ -78,8 +79,32 @@ ensure_redis() {
   REDIS_URL="redis://127.0.0.1:$port"
 }
 
+_find_nats_server() {
+  command -v nats-server || { [ -x /usr/sbin/nats-server ] && echo /usr/sbin/nats-server; }
+}
+
+# NATS with JetStream. The fault tests also start throwaway nats-servers of their own (they
+# kill and restart them), so the binary is needed even when NATS_URL points elsewhere.
+ensure_nats() {
+  local server
+  server=$(_find_nats_server) || die "nats-server is needed (the event tests start and kill their own): Debian/Ubuntu: apt-get install -y nats-server; macOS: brew install nats-server"
+  if [ -n "${NATS_URL:-}" ]; then return; fi
+  if _port_answers 127.0.0.1 4222; then NATS_URL="nats://127.0.0.1:4222"; return; fi
+  local dir port
+  _init_tmpdir
+  dir="$_services_tmp/nats"; port=$(_free_port)
+  mkdir -p "$dir"
+  echo "starting a throwaway nats-server -js on 127.0.0.1:$port"
+  "$server" -js -a 127.0.0.1 -p "$port" -sd "$dir/store" -P "$dir/nats.pid" -l "$dir/nats.log" &
+  for _ in $(seq 50); do _port_answers 127.0.0.1 "$port" && break; sleep 0.1; done
+  _port_answers 127.0.0.1 "$port" || { cat "$dir/nats.log" 2>/dev/null; die "nats-server did not start"; }
+  _started_nats="$dir/nats.pid"
+  NATS_URL="nats://127.0.0.1:$port"
+}
+
 stop_services() {
   if [ -n "$_started_pg" ]; then "${_pg_as[@]}" "$_pg_ctl" -D "$_started_pg" -m fast stop >/dev/null 2>&1 || true; fi
   if [ -n "$_started_redis" ] && [ -f "$_started_redis" ]; then kill "$(cat "$_started_redis")" 2>/dev/null || true; fi
+  if [ -n "$_started_nats" ] && [ -f "$_started_nats" ]; then kill "$(cat "$_started_nats")" 2>/dev/null || true; fi
   if [ -n "$_services_tmp" ]; then rm -rf "$_services_tmp"; fi
 }

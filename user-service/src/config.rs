@@ -50,6 +50,17 @@ pub struct Config {
           num_args = 0..=1, default_missing_value = "true")]
     pub migrate_on_start: bool,
 
+    /// NATS URL (JetStream) the outbox relay publishes user events to, and the worker consumes
+    /// from. Unset: no broker; events still accumulate in the outbox (`ListUserEvents` shows
+    /// them).
+    #[arg(long, env = "NATS_URL", hide_env_values = true)]
+    pub nats_url: Option<String>,
+
+    /// How long a CreateUser `idempotency-key` is remembered (seconds).
+    #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub idempotency_ttl_secs: u64,
+
     /// Valkey/Redis URL for the cache. Unset: an in-process cache.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
@@ -155,6 +166,8 @@ impl Config {
             db_max_connections: 10,
             db_acquire_timeout_ms: 2000,
             migrate_on_start: true,
+            nats_url: None,
+            idempotency_ttl_secs: 86_400,
             redis_url: None,
             cache_key_prefix: DEFAULT_CACHE_KEY_PREFIX.to_owned(),
             cache_ttl_secs: 900,
@@ -198,6 +211,12 @@ impl Config {
             redis::Client::open(url.as_str()).map_err(|error| ConfigError {
                 setting: "REDIS_URL (--redis-url)",
                 problem: format!("not a valid Redis URL ({})", redact(&error.to_string())),
+            })?;
+        }
+        if let Some(url) = &self.nats_url {
+            async_nats::ServerAddr::from_str(url).map_err(|error| ConfigError {
+                setting: "NATS_URL (--nats-url)",
+                problem: format!("not a valid NATS URL ({})", redact(&error.to_string())),
             })?;
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_filter).map_err(|error| ConfigError {

@@ -7,13 +7,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use meshgate_proto::user::user_service_server::UserService;
 use meshgate_proto::user::{
     CreateUserRequest, CreateUserResponse, DeleteUserRequest, DeleteUserResponse, GetUserRequest,
-    GetUserResponse, ListUsersRequest, ListUsersResponse, TestErrorRequest, TestErrorResponse,
-    UpdateUserRequest, UpdateUserResponse,
+    GetUserResponse, ListUserEventsRequest, ListUserEventsResponse, ListUsersRequest,
+    ListUsersResponse, TestErrorRequest, TestErrorResponse, UpdateUserRequest, UpdateUserResponse,
 };
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status};
@@ -22,8 +22,10 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::domain::{
-    Invalid, NewUser, PageRequest, StoreError, User, UserChanges, UserId, UserStore,
+    FieldViolation, Invalid, NewUser, PageRequest, StoreError, User, UserChanges, UserId, UserStore,
 };
+use crate::events::{EventLog, UserEvent};
+use crate::idempotency::{self, Claim, IdempotencyKey, IdempotentCreate, Outcome};
 use crate::metrics::Metrics;
 use crate::telemetry;
 
@@ -31,11 +33,22 @@ use crate::telemetry;
 pub struct UserApi<S> {
     store: Arc<S>,
     metrics: Arc<Metrics>,
+    idempotency_ttl: Duration,
 }
 
 impl<S> UserApi<S> {
     pub fn new(store: Arc<S>, metrics: Arc<Metrics>) -> Self {
-        Self { store, metrics }
+        Self {
+            store,
+            metrics,
+            idempotency_ttl: idempotency::DEFAULT_TTL,
+        }
+    }
+
+    /// How long an `idempotency-key` is remembered.
+    pub fn with_idempotency_ttl(mut self, ttl: Duration) -> Self {
+        self.idempotency_ttl = ttl;
+        self
     }
 }
 
@@ -79,10 +92,13 @@ impl<S: UserStore> UserApi<S> {
 
         let started = Instant::now();
         let _in_flight = InFlight::enter(&self.metrics, method);
+        let trace_parent = telemetry::trace_parent_of(&span, &remote);
         let call = Call { trace_id };
-        let outcome = handler(self.store.clone(), call, request.into_inner())
-            .instrument(span.clone())
-            .await;
+        let outcome = crate::events::with_trace_parent(
+            trace_parent,
+            handler(self.store.clone(), call, request.into_inner()).instrument(span.clone()),
+        )
+        .await;
         let code = outcome.as_ref().map_or_else(Status::code, |_| Code::Ok);
         // Straight to the OpenTelemetry span: a tracing field would be re-formatted for logs.
         span.set_attribute("rpc.grpc.status_code", i64::from(code as i32));
@@ -120,15 +136,36 @@ impl Drop for InFlight {
 }
 
 #[tonic::async_trait]
-impl<S: UserStore> UserService for UserApi<S> {
+impl<S: UserStore + EventLog + IdempotentCreate> UserService for UserApi<S> {
     async fn create_user(
         &self,
         request: Request<CreateUserRequest>,
     ) -> Result<Response<CreateUserResponse>, Status> {
-        self.handle("CreateUser", request, |store, _, message| async move {
+        let key = request
+            .metadata()
+            .get(idempotency::METADATA_KEY)
+            .map(|value| IdempotencyKey::parse(value.as_bytes()));
+        let ttl = self.idempotency_ttl;
+        self.handle("CreateUser", request, move |store, _, message| async move {
+            let key = key
+                .transpose()
+                .map_err(|violation| invalid(Invalid(vec![violation])))?;
             let new_user =
                 NewUser::parse(&message.name, &message.email, message.age).map_err(invalid)?;
-            let user = store.create(new_user).await.map_err(from_store)?;
+            let user = match key {
+                None => store.create(new_user).await.map_err(from_store)?,
+                Some(key) => {
+                    let claim = Claim::new(key, ttl, &message.name, &message.email, message.age);
+                    match store
+                        .create_idempotent(new_user, &claim)
+                        .await
+                        .map_err(from_store)?
+                    {
+                        Outcome::Created(user) | Outcome::Replayed(user) => user,
+                        Outcome::Conflict => return Err(key_reused()),
+                    }
+                }
+            };
             Ok(CreateUserResponse {
                 user: Some(to_wire(&user)),
                 message: "User created successfully".to_owned(),
@@ -207,6 +244,20 @@ impl<S: UserStore> UserService for UserApi<S> {
         .await
     }
 
+    async fn list_user_events(
+        &self,
+        request: Request<ListUserEventsRequest>,
+    ) -> Result<Response<ListUserEventsResponse>, Status> {
+        self.handle("ListUserEvents", request, |store, _, message| async move {
+            let id = parse_id(&message.id)?;
+            let events = store.user_events(id).await.map_err(from_store)?;
+            Ok(ListUserEventsResponse {
+                events: events.iter().map(event_to_wire).collect(),
+            })
+        })
+        .await
+    }
+
     async fn test_error(
         &self,
         request: Request<TestErrorRequest>,
@@ -278,6 +329,14 @@ fn invalid(error: Invalid) -> Status {
     )
 }
 
+/// The same `idempotency-key` with a different request.
+fn key_reused() -> Status {
+    invalid(Invalid(vec![FieldViolation::new(
+        idempotency::METADATA_KEY,
+        "was already used with a different request; use a new key for a new request",
+    )]))
+}
+
 #[expect(
     clippy::disallowed_methods,
     reason = "the one place INTERNAL is answered, with fixed text"
@@ -302,6 +361,18 @@ fn to_wire(user: &User) -> meshgate_proto::user::User {
         age: user.age.get(),
         created_at: user.created_at,
         updated_at: user.updated_at,
+    }
+}
+
+fn event_to_wire(event: &UserEvent) -> meshgate_proto::user::UserEvent {
+    meshgate_proto::user::UserEvent {
+        event_id: event.event_id.to_string(),
+        user_id: event.user_id.to_string(),
+        r#type: event.kind.as_str().to_owned(),
+        version: event.version,
+        user: event.snapshot_user().as_ref().map(to_wire),
+        occurred_at: event.occurred_at_ms,
+        trace_parent: event.trace_parent.clone().unwrap_or_default(),
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`repair`]: the rules that repair stored rows breaking the input rules (contract phase).
 //! - [`store`]: the PostgreSQL and SQLite implementations of the port, and the migration runner.
 //! - [`cache`]: the read-through cache decorator (Redis or in-process).
+//! - [`events`]: user change events: the outbox's records, the relay to NATS JetStream and the
+//!   worker.
 //! - [`grpc`]: the thin tonic adapter (wire ↔ domain, errors → status codes).
 //! - [`health`]: liveness and readiness (`grpc.health.v1`), the K-consecutive readiness rule.
 //! - [`config`], [`telemetry`], [`metrics`]: settings, logs/traces, Prometheus.
@@ -17,8 +19,10 @@
 
 pub mod cache;
 pub mod config;
+pub mod events;
 pub mod grpc;
 pub mod health;
+pub mod idempotency;
 pub mod metrics;
 pub mod repair;
 pub mod startup;

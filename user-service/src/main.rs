@@ -30,6 +30,8 @@ enum Command {
     /// Serve gRPC and /metrics (the default).
     Serve,
     /// Apply the database migrations and exit.
+    /// Consume the USERS event stream (audit trail, cache warming); needs NATS_URL.
+    Worker,
     Migrate {
         /// Also run the contract migrations on a database adopted from the replaced service
         /// (only once its old server is retired: deploy/CUTOVER.md).
@@ -97,6 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             database.close().await;
             Ok(())
         }
+        Command::Worker => user_service::startup::run_worker(config, shutdown_signal()).await,
         Command::Serve => {
             let application = Application::build(config).await?;
             tracing::info!(
@@ -115,8 +118,13 @@ fn validate_only(cli: &Cli) -> ExitCode {
         eprintln!("error: {error}");
         return ExitCode::from(CONFIG_ERROR);
     }
+    if matches!(cli.command, Some(Command::Worker)) && cli.config.nats_url.is_none() {
+        eprintln!("error: invalid NATS_URL (--nats-url): the worker needs a broker");
+        return ExitCode::from(CONFIG_ERROR);
+    }
     let mode = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => "serve",
+        Command::Worker => "worker",
         Command::Migrate { contract: false } => "migrate",
         Command::Migrate { contract: true } => "migrate --contract",
     };

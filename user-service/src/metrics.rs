@@ -53,6 +53,15 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// `db_pool_connections{state}`: idle, in_use, max. Refreshed on every scrape.
     pub db_pool_connections: IntGaugeVec,
+    /// `user_outbox_backlog`: committed events not yet acknowledged by JetStream.
+    pub outbox_backlog: IntGauge,
+    /// `user_outbox_published_total`: events the relay got JetStream's acknowledgement for.
+    pub outbox_published: prometheus::IntCounter,
+    /// `user_outbox_relay_leader`: 1 while this instance's relay holds the publishing lease.
+    pub outbox_relay_leader: IntGauge,
+    /// `user_worker_events_total{result}`: applied, duplicate (redelivered, changed nothing) or
+    /// invalid (undecodable, terminated).
+    pub worker_events: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -154,6 +163,26 @@ impl Metrics {
             &["state"],
         )
         .expect("static metric definition");
+        let outbox_backlog = IntGauge::new(
+            "user_outbox_backlog",
+            "Committed user events not yet acknowledged by JetStream",
+        )
+        .expect("static metric definition");
+        let outbox_published = prometheus::IntCounter::new(
+            "user_outbox_published_total",
+            "User events published to JetStream and acknowledged",
+        )
+        .expect("static metric definition");
+        let outbox_relay_leader = IntGauge::new(
+            "user_outbox_relay_leader",
+            "1 while this instance's outbox relay holds the publishing lease",
+        )
+        .expect("static metric definition");
+        let worker_events = counter(
+            "user_worker_events_total",
+            "Events handled by the worker: applied, duplicate or invalid",
+            "result",
+        );
         for collector in [
             Box::new(grpc_handled.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(grpc_latency.clone()),
@@ -170,6 +199,10 @@ impl Metrics {
             Box::new(db_ping_consecutive_failures.clone()),
             Box::new(ready.clone()),
             Box::new(db_pool_connections.clone()),
+            Box::new(outbox_backlog.clone()),
+            Box::new(outbox_published.clone()),
+            Box::new(outbox_relay_leader.clone()),
+            Box::new(worker_events.clone()),
         ] {
             registry
                 .register(collector)
@@ -192,6 +225,10 @@ impl Metrics {
             db_ping_consecutive_failures,
             ready,
             db_pool_connections,
+            outbox_backlog,
+            outbox_published,
+            outbox_relay_leader,
+            worker_events,
         }
     }
 

@@ -16,6 +16,8 @@ use tonic_health::ServingStatus;
 
 use crate::cache::{CacheBackend, CachedStore};
 use crate::config::Config;
+use crate::events::relay::{self, RelaySettings};
+use crate::events::worker::{self, WorkerSettings};
 use crate::grpc::UserApi;
 use crate::health;
 use crate::metrics::{self, Metrics};
@@ -31,6 +33,8 @@ pub struct Application {
     database: Database,
     store: Arc<CachedStore<Database>>,
     metrics: Arc<Metrics>,
+    /// JetStream, when NATS_URL is set: the outbox relay publishes there.
+    jetstream: Option<async_nats::jetstream::Context>,
 }
 
 /// Opens the configured database (PostgreSQL when `DATABASE_URL` is set, else SQLite).
@@ -84,20 +88,8 @@ impl Application {
                 .await
                 .with_context(|| format!("applying the {} migrations", database.backend()))?;
         }
-        let cache = match &config.redis_url {
-            Some(url) => CacheBackend::redis(url, Duration::from_millis(config.cache_timeout_ms))
-                .context("configuring the Redis cache")?,
-            None => CacheBackend::local(
-                config.local_cache_capacity,
-                Duration::from_secs(config.cache_ttl_secs),
-            ),
-        };
-        let store = Arc::new(CachedStore::new(
-            database.clone(),
-            cache,
-            config.cache_settings(),
-            metrics.clone(),
-        ));
+        let store = Arc::new(open_cached_store(&config, &database, &metrics)?);
+        let jetstream = connect_jetstream(&config).await?;
         let grpc_listener = TcpListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("binding GRPC_ADDR {}", config.grpc_addr))?;
@@ -115,6 +107,7 @@ impl Application {
             database,
             store,
             metrics,
+            jetstream,
         })
     }
 
@@ -141,8 +134,23 @@ impl Application {
             database,
             store,
             metrics,
+            jetstream,
             ..
         } = self;
+        let purge = tokio::spawn(purge_idempotency_keys(database.clone()));
+        let relay = match jetstream {
+            Some(js) => tokio::spawn(relay::run(
+                database.clone(),
+                js,
+                metrics.clone(),
+                RelaySettings::default(),
+            )),
+            None => tokio::spawn(relay::watch_backlog(
+                database.clone(),
+                metrics.clone(),
+                Duration::from_secs(1),
+            )),
+        };
         let (stop_tx, stop_rx) = watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
@@ -172,7 +180,9 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .context("building the reflection service")?;
-        let users = UserServiceServer::new(UserApi::new(store, metrics.clone()))
+        let api = UserApi::new(store, metrics.clone())
+            .with_idempotency_ttl(Duration::from_secs(config.idempotency_ttl_secs));
+        let users = UserServiceServer::new(api)
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(config.max_message_bytes);
 
@@ -232,10 +242,132 @@ impl Application {
             }
         };
         let _ = metrics_server.await;
+        relay.abort();
+        let _ = relay.await;
+        purge.abort();
+        let _ = purge.await;
         database.close().await;
         tracing::info!("shutdown complete");
         outcome
     }
+}
+
+/// Deletes expired idempotency keys now and then (any replica may; the deletes are idempotent).
+async fn purge_idempotency_keys(database: Database) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        if let Ok(purged) = database.purge_expired_idempotency_keys().await
+            && purged > 0
+        {
+            tracing::info!(purged, "expired idempotency keys purged");
+        }
+    }
+}
+
+/// The read-through cache over `database` (Redis when REDIS_URL is set, else in-process).
+fn open_cached_store(
+    config: &Config,
+    database: &Database,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<CachedStore<Database>> {
+    let cache = match &config.redis_url {
+        Some(url) => CacheBackend::redis(url, Duration::from_millis(config.cache_timeout_ms))
+            .context("configuring the Redis cache")?,
+        None => CacheBackend::local(
+            config.local_cache_capacity,
+            Duration::from_secs(config.cache_ttl_secs),
+        ),
+    };
+    Ok(CachedStore::new(
+        database.clone(),
+        cache,
+        config.cache_settings(),
+        metrics.clone(),
+    ))
+}
+
+async fn connect_jetstream(
+    config: &Config,
+) -> anyhow::Result<Option<async_nats::jetstream::Context>> {
+    match &config.nats_url {
+        Some(url) => Ok(Some(async_nats::jetstream::new(relay::connect(url).await?))),
+        None => Ok(None),
+    }
+}
+
+/// `user-service worker`: consumes `USERS` (audit trail, cache warming) and serves `/metrics`
+/// until `shutdown` completes. Needs NATS_URL; the cache is warmed usefully only when it is
+/// shared (REDIS_URL).
+pub async fn run_worker(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    if config.nats_url.is_none() {
+        return Err(crate::ConfigError {
+            setting: "NATS_URL (--nats-url)",
+            problem: "the worker needs a broker: set it to the NATS JetStream URL".to_owned(),
+        }
+        .into());
+    }
+    let metrics = Arc::new(Metrics::new());
+    let database = open_database(&config, metrics.clone())?;
+    if config.migrate_on_start {
+        database
+            .migrate()
+            .await
+            .with_context(|| format!("applying the {} migrations", database.backend()))?;
+    }
+    let cache = config
+        .redis_url
+        .is_some()
+        .then(|| open_cached_store(&config, &database, &metrics))
+        .transpose()?
+        .map(Arc::new);
+    let js = connect_jetstream(&config)
+        .await?
+        .expect("NATS_URL checked above");
+    let metrics_listener = TcpListener::bind(config.metrics_addr)
+        .await
+        .with_context(|| format!("binding METRICS_ADDR {}", config.metrics_addr))?;
+    tracing::info!(metrics_addr = %metrics_listener.local_addr()?, "user-service worker started");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics_server = {
+        let database = database.clone();
+        tokio::spawn(metrics::serve(
+            metrics_listener,
+            metrics.clone(),
+            move || database.pool_stats(),
+            stopped(stop_rx),
+        ))
+    };
+    let settings = WorkerSettings::default();
+    let work = async {
+        let mut backoff = relay::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        loop {
+            match worker::run(
+                database.clone(),
+                cache.clone(),
+                js.clone(),
+                metrics.clone(),
+                settings.clone(),
+            )
+            .await
+            {
+                Ok(()) => tracing::warn!("worker: message stream ended; resubscribing"),
+                Err(error) => tracing::warn!(error = format!("{error:#}"), "worker: restarting"),
+            }
+            tokio::time::sleep(backoff.failed()).await;
+        }
+    };
+    tokio::select! {
+        _ = work => {}
+        () = shutdown => tracing::info!("worker stopping"),
+    }
+    let _ = stop_tx.send(true);
+    let _ = metrics_server.await;
+    database.close().await;
+    Ok(())
 }
 
 /// Resolves once the flag is raised.

@@ -137,6 +137,18 @@ pub fn trace_id_of(span: &tracing::Span, remote: &opentelemetry::Context) -> Opt
     })
 }
 
+/// The W3C `traceparent` of `span` (or of the remote parent when no OpenTelemetry layer is
+/// installed), for the events a request's writes record. `None` when neither has a trace.
+pub fn trace_parent_of(span: &tracing::Span, remote: &opentelemetry::Context) -> Option<String> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = [span.context(), remote.clone()]
+        .into_iter()
+        .find(|cx| cx.span().span_context().is_valid())?;
+    let mut carrier = std::collections::HashMap::new();
+    TraceContextPropagator::new().inject_context(&context, &mut carrier);
+    carrier.remove("traceparent")
+}
+
 /// The span id of `span` (16 hex digits), when it has one.
 pub fn span_id_of(span: &tracing::Span) -> Option<String> {
     use tracing_opentelemetry::OpenTelemetrySpanExt;

@@ -132,6 +132,12 @@ impl<S> CachedStore<S> {
         Ok(bytes.and_then(|bytes| CacheEntry::decode(&bytes)))
     }
 
+    /// Stores `entry` for `id` unless the cache holds a newer one (the worker warms the cache
+    /// from events with it; same compare-and-set and repair as after a write here).
+    pub async fn warm(&self, id: UserId, entry: CacheEntry) {
+        self.cache.after_write(id, entry).await;
+    }
+
     /// Users (and list generation bumps) whose cache update failed and is still being retried.
     pub fn pending_repairs(&self) -> usize {
         let generation = usize::from(self.cache.repairs.generation_dirty());

@@ -10,12 +10,15 @@ use crate::domain::{
 };
 use crate::metrics::Metrics;
 
+mod idempotency;
 mod legacy;
 pub mod migrate;
+pub mod outbox;
 pub mod postgres;
 pub mod sqlite;
 
 pub use migrate::ContractPhase;
+pub use outbox::{OutboxLease, PendingEvent};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 

@@ -12,11 +12,12 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::migrate::{self, ContractPhase, MigrationTarget, RepairLogEntry};
-use super::{PoolStats, internal, legacy, timed};
+use super::{PoolStats, internal, legacy, outbox, timed};
 use crate::domain::{
     Age, Email, Name, NewUser, PageRequest, StoreError, User, UserChanges, UserId, UserPage,
     UserStore, Version,
 };
+use crate::events::UserEvent;
 use crate::metrics::Metrics;
 use crate::repair::{Planner, Repair, StoredRow};
 
@@ -100,9 +101,34 @@ impl PostgresStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
 }
 
-fn query_span(operation: &'static str) -> tracing::Span {
+/// Inserts `user` and its `user.created` event, inside the caller's transaction.
+pub(crate) async fn insert_user(conn: &mut PgConnection, user: &NewUser) -> sqlx::Result<User> {
+    let sql = format!(
+        "INSERT INTO users (id, name, email, age) VALUES ($1, $2, $3, $4) RETURNING {USER_COLUMNS}"
+    );
+    let row = sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql))
+        .bind(user.id.as_uuid())
+        .bind(user.name.as_str())
+        .bind(user.email.as_str())
+        .bind(user.age.get())
+        .fetch_one(&mut *conn)
+        .await?;
+    let created = to_user(row);
+    outbox::insert_pg(conn, &UserEvent::created(&created)).await?;
+    Ok(created)
+}
+
+pub(crate) fn query_span(operation: &'static str) -> tracing::Span {
     tracing::info_span!(
         "db.query",
         db.system = "postgresql",
@@ -112,19 +138,16 @@ fn query_span(operation: &'static str) -> tracing::Span {
 
 impl UserStore for PostgresStore {
     async fn create(&self, user: NewUser) -> Result<User, StoreError> {
-        let sql = format!(
-            "INSERT INTO users (id, name, email, age) VALUES ($1, $2, $3, $4) RETURNING {USER_COLUMNS}"
-        );
-        let row = sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql))
-            .bind(user.id.as_uuid())
-            .bind(user.name.as_str())
-            .bind(user.email.as_str())
-            .bind(user.age.get())
-            .fetch_one(&self.pool);
-        let row = timed(&self.metrics, "insert_user", row)
+        // The user and its event commit together (the transactional outbox).
+        let write = async {
+            let mut tx = self.pool.begin().await?;
+            let created = insert_user(&mut tx, &user).await?;
+            tx.commit().await?;
+            Ok(created)
+        };
+        timed(&self.metrics, "insert_user", write)
             .instrument(query_span("INSERT"))
-            .await?;
-        Ok(to_user(row))
+            .await
     }
 
     async fn get(&self, id: UserId) -> Result<User, StoreError> {
@@ -144,29 +167,49 @@ impl UserStore for PostgresStore {
             "UPDATE users SET name = COALESCE($2, name), email = COALESCE($3, email), \
              age = COALESCE($4, age) WHERE id = $1 RETURNING {USER_COLUMNS}"
         );
-        let row = sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql))
-            .bind(id.as_uuid())
-            .bind(changes.name.as_ref().map(Name::as_str))
-            .bind(changes.email.as_ref().map(Email::as_str))
-            .bind(changes.age.map(|age| age.get()))
-            .fetch_optional(&self.pool);
-        let row = timed(&self.metrics, "update_user", row)
+        let write = async {
+            let mut tx = self.pool.begin().await?;
+            let row = sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql))
+                .bind(id.as_uuid())
+                .bind(changes.name.as_ref().map(Name::as_str))
+                .bind(changes.email.as_ref().map(Email::as_str))
+                .bind(changes.age.map(|age| age.get()))
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let updated = to_user(row);
+            outbox::insert_pg(&mut tx, &UserEvent::updated(&updated)).await?;
+            tx.commit().await?;
+            Ok(Some(updated))
+        };
+        let updated = timed(&self.metrics, "update_user", write)
             .instrument(query_span("UPDATE"))
             .await?;
-        row.map(to_user).ok_or(StoreError::NotFound)
+        updated.ok_or(StoreError::NotFound)
     }
 
     async fn delete(&self, id: UserId) -> Result<Version, StoreError> {
-        let deleted =
-            sqlx::query_scalar::<_, i64>("DELETE FROM users WHERE id = $1 RETURNING version")
-                .bind(id.as_uuid())
-                .fetch_optional(&self.pool);
-        let deleted = timed(&self.metrics, "delete_user", deleted)
+        let write = async {
+            let mut tx = self.pool.begin().await?;
+            let deleted =
+                sqlx::query_scalar::<_, i64>("DELETE FROM users WHERE id = $1 RETURNING version")
+                    .bind(id.as_uuid())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some(last) = deleted else {
+                return Ok(None);
+            };
+            let version = Version::new(last).next();
+            outbox::insert_pg(&mut tx, &UserEvent::deleted(id, version)).await?;
+            tx.commit().await?;
+            Ok(Some(version))
+        };
+        let deleted = timed(&self.metrics, "delete_user", write)
             .instrument(query_span("DELETE"))
             .await?;
-        deleted
-            .map(|version| Version::new(version).next())
-            .ok_or(StoreError::NotFound)
+        deleted.ok_or(StoreError::NotFound)
     }
 
     async fn list(&self, page: PageRequest) -> Result<UserPage, StoreError> {

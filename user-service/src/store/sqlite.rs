@@ -12,11 +12,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use tracing::Instrument;
 
 use super::migrate::{self, ContractPhase, MigrationTarget};
-use super::{PoolStats, internal, timed};
+use super::{PoolStats, internal, outbox, timed};
 use crate::domain::{
     Age, Email, Name, NewUser, PageRequest, StoreError, User, UserChanges, UserId, UserPage,
     UserStore, Version,
 };
+use crate::events::UserEvent;
 use crate::metrics::Metrics;
 use crate::repair::{Planner, Repair, StoredRow};
 
@@ -91,6 +92,14 @@ impl SqliteStore {
         self.pool.close().await;
     }
 
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     async fn select(&self, id: UserId) -> Result<User, StoreError> {
         let row = sqlx::query_as::<_, UserRow>(SELECT_USER)
             .bind(id.to_string())
@@ -102,25 +111,39 @@ impl SqliteStore {
     }
 }
 
-fn query_span(operation: &'static str) -> tracing::Span {
+/// Inserts `user` and its `user.created` event, inside the caller's transaction.
+pub(crate) async fn insert_user(conn: &mut SqliteConnection, user: &NewUser) -> sqlx::Result<User> {
+    let row = sqlx::query_as::<_, UserRow>(
+        "INSERT INTO users (id, name, email, age) VALUES (?1, ?2, ?3, ?4) \
+         RETURNING id, name, email, age, created_at, updated_at, version",
+    )
+    .bind(user.id.to_string())
+    .bind(user.name.as_str())
+    .bind(user.email.as_str())
+    .bind(user.age.get())
+    .fetch_one(&mut *conn)
+    .await?;
+    let created = to_user(row).map_err(|error| sqlx::Error::Decode(error.into()))?;
+    outbox::insert_sqlite(conn, &UserEvent::created(&created)).await?;
+    Ok(created)
+}
+
+pub(crate) fn query_span(operation: &'static str) -> tracing::Span {
     tracing::info_span!("db.query", db.system = "sqlite", db.operation = operation)
 }
 
 impl UserStore for SqliteStore {
     async fn create(&self, user: NewUser) -> Result<User, StoreError> {
-        let row = sqlx::query_as::<_, UserRow>(
-            "INSERT INTO users (id, name, email, age) VALUES (?1, ?2, ?3, ?4) \
-             RETURNING id, name, email, age, created_at, updated_at, version",
-        )
-        .bind(user.id.to_string())
-        .bind(user.name.as_str())
-        .bind(user.email.as_str())
-        .bind(user.age.get())
-        .fetch_one(&self.pool);
-        let row = timed(&self.metrics, "insert_user", row)
+        // The user and its event commit together (the transactional outbox).
+        let write = async {
+            let mut tx = self.pool.begin().await?;
+            let created = insert_user(&mut tx, &user).await?;
+            tx.commit().await?;
+            Ok(created)
+        };
+        timed(&self.metrics, "insert_user", write)
             .instrument(query_span("INSERT"))
-            .await?;
-        to_user(row)
+            .await
     }
 
     async fn get(&self, id: UserId) -> Result<User, StoreError> {
@@ -128,36 +151,57 @@ impl UserStore for SqliteStore {
     }
 
     async fn update(&self, id: UserId, changes: UserChanges) -> Result<User, StoreError> {
-        // RETURNING would show the row before the updated_at trigger ran, so read it back.
-        let updated = sqlx::query(
-            "UPDATE users SET name = COALESCE(?2, name), email = COALESCE(?3, email), \
-             age = COALESCE(?4, age) WHERE id = ?1",
-        )
-        .bind(id.to_string())
-        .bind(changes.name.as_ref().map(Name::as_str))
-        .bind(changes.email.as_ref().map(Email::as_str))
-        .bind(changes.age.map(|age| age.get()))
-        .execute(&self.pool);
-        let updated = timed(&self.metrics, "update_user", updated)
+        let write = async {
+            let mut tx = self.pool.begin().await?;
+            let updated = sqlx::query(
+                "UPDATE users SET name = COALESCE(?2, name), email = COALESCE(?3, email), \
+                 age = COALESCE(?4, age) WHERE id = ?1",
+            )
+            .bind(id.to_string())
+            .bind(changes.name.as_ref().map(Name::as_str))
+            .bind(changes.email.as_ref().map(Email::as_str))
+            .bind(changes.age.map(|age| age.get()))
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() == 0 {
+                return Ok(None);
+            }
+            // RETURNING would show the row before the updated_at trigger ran, so read it back.
+            let row = sqlx::query_as::<_, UserRow>(SELECT_USER)
+                .bind(id.to_string())
+                .fetch_one(&mut *tx)
+                .await?;
+            let user = to_user(row).map_err(|error| sqlx::Error::Decode(error.into()))?;
+            outbox::insert_sqlite(&mut tx, &UserEvent::updated(&user)).await?;
+            tx.commit().await?;
+            Ok(Some(user))
+        };
+        let updated = timed(&self.metrics, "update_user", write)
             .instrument(query_span("UPDATE"))
             .await?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        self.select(id).await
+        updated.ok_or(StoreError::NotFound)
     }
 
     async fn delete(&self, id: UserId) -> Result<Version, StoreError> {
-        let deleted =
-            sqlx::query_scalar::<_, i64>("DELETE FROM users WHERE id = ?1 RETURNING version")
-                .bind(id.to_string())
-                .fetch_optional(&self.pool);
-        let deleted = timed(&self.metrics, "delete_user", deleted)
+        let write = async {
+            let mut tx = self.pool.begin().await?;
+            let deleted =
+                sqlx::query_scalar::<_, i64>("DELETE FROM users WHERE id = ?1 RETURNING version")
+                    .bind(id.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some(last) = deleted else {
+                return Ok(None);
+            };
+            let version = Version::new(last).next();
+            outbox::insert_sqlite(&mut tx, &UserEvent::deleted(id, version)).await?;
+            tx.commit().await?;
+            Ok(Some(version))
+        };
+        let deleted = timed(&self.metrics, "delete_user", write)
             .instrument(query_span("DELETE"))
             .await?;
-        deleted
-            .map(|version| Version::new(version).next())
-            .ok_or(StoreError::NotFound)
+        deleted.ok_or(StoreError::NotFound)
     }
 
     async fn list(&self, page: PageRequest) -> Result<UserPage, StoreError> {

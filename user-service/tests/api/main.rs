@@ -6,9 +6,11 @@
 mod adoption;
 mod binary;
 mod cache_coherence;
+mod events;
 mod faults;
 mod helpers;
 mod hooks;
+mod idempotency;
 mod input_rules;
 mod load;
 mod metrics_contract;

@@ -309,3 +309,81 @@ fn user_exists(name: &str) -> bool {
         .status()
         .is_ok_and(|status| status.success())
 }
+
+// === NATS ===
+
+/// A `nats-server -js` on a free port with its own store directory, which survives restarts
+/// (JetStream streams and consumers persist like in production).
+pub struct ThrowawayNats {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl ThrowawayNats {
+    pub async fn start() -> Self {
+        let mut nats = Self {
+            port: free_port(),
+            dir: temp_dir("nats"),
+            child: None,
+        };
+        nats.restart().await;
+        nats
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again) on the same port and store directory.
+    pub async fn restart(&mut self) {
+        let server = which("nats-server")
+            .or_else(|| Some(PathBuf::from("/usr/sbin/nats-server")).filter(|p| p.is_file()))
+            .expect("nats-server is installed (apt-get install -y nats-server)");
+        let child = Command::new(server)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        for _ in 0..500 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the throwaway nats-server did not answer");
+    }
+
+    /// SIGKILL, waiting until the process is gone.
+    pub async fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.start_kill().expect("kill nats-server");
+        tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("nats-server exits")
+            .expect("nats-server exit status");
+    }
+}
+
+impl Drop for ThrowawayNats {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

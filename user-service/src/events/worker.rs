@@ -1,0 +1,167 @@
+//! `user-service worker`: a durable JetStream pull consumer on `USERS` that keeps the audit
+//! trail (`ListUserEvents`) and warms the cache after writes.
+//!
+//! Idempotent: the processed-event record and the audit row commit in one transaction
+//! ([`Database::apply_event`]), so a redelivered event changes nothing; cache warming is a
+//! versioned compare-and-set, so replaying an old event never overwrites a newer entry. An
+//! event is acknowledged only after its transaction committed: a worker killed in between gets
+//! it redelivered, and the record turns the replay into a no-op.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use futures::StreamExt;
+
+use super::UserEvent;
+use crate::cache::{CacheEntry, CachedStore};
+use crate::domain::{UserId, Version};
+use crate::metrics::Metrics;
+use crate::store::Database;
+
+/// The durable consumer's name (also the `consumer` of `processed_events`).
+pub const CONSUMER: &str = "user-worker";
+
+/// Worker tuning.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// How long JetStream waits for an acknowledgement before redelivering.
+    pub ack_wait: Duration,
+    /// Messages fetched per pull.
+    pub batch: usize,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            ack_wait: Duration::from_secs(5),
+            batch: 64,
+        }
+    }
+}
+
+/// The cache entry an event leaves behind: the snapshot, or the delete's tombstone.
+pub fn cache_entry(event: &UserEvent) -> CacheEntry {
+    match event.snapshot_user() {
+        Some(user) => CacheEntry::User(user),
+        None => CacheEntry::Deleted(Version::new(event.version)),
+    }
+}
+
+/// Creates (or finds) the durable pull consumer on `USERS`.
+pub async fn ensure_consumer(
+    js: &jetstream::Context,
+    settings: &WorkerSettings,
+) -> anyhow::Result<jetstream::consumer::Consumer<pull::Config>> {
+    let stream = super::relay::ensure_stream(js).await?;
+    stream
+        .get_or_create_consumer(
+            CONSUMER,
+            pull::Config {
+                durable_name: Some(CONSUMER.to_owned()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: settings.ack_wait,
+                ..Default::default()
+            },
+        )
+        .await
+        .context("creating the user-worker consumer")
+}
+
+/// Handles one delivered message; `Ok` when it may be acknowledged.
+pub async fn handle(
+    database: &Database,
+    cache: Option<&CachedStore<Database>>,
+    metrics: &Metrics,
+    payload: &[u8],
+) -> Result<(), crate::domain::StoreError> {
+    let event = match UserEvent::decode(payload) {
+        Ok(event) => event,
+        Err(error) => {
+            // Not ours to fix by retrying: counted, logged, acknowledged.
+            tracing::error!(%error, "worker: undecodable event dropped");
+            metrics.worker_events.with_label_values(&["invalid"]).inc();
+            return Ok(());
+        }
+    };
+    let applied = database.apply_event(CONSUMER, &event).await?;
+    metrics
+        .worker_events
+        .with_label_values(&[if applied { "applied" } else { "duplicate" }])
+        .inc();
+    if let Some(cache) = cache {
+        cache
+            .warm(UserId::from(event.user_id), cache_entry(&event))
+            .await;
+    }
+    Ok(())
+}
+
+/// Consumes until the task is dropped or the consumer's message stream ends with an error
+/// (the caller restarts it).
+pub async fn run(
+    database: Database,
+    cache: Option<Arc<CachedStore<Database>>>,
+    js: jetstream::Context,
+    metrics: Arc<Metrics>,
+    settings: WorkerSettings,
+) -> anyhow::Result<()> {
+    let consumer = ensure_consumer(&js, &settings).await?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(settings.batch)
+        .messages()
+        .await
+        .context("pulling from the user-worker consumer")?;
+    while let Some(message) = messages.next().await {
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::warn!(%error, "worker: pull failed; continuing");
+                continue;
+            }
+        };
+        match handle(&database, cache.as_deref(), &metrics, &message.payload).await {
+            Ok(()) => {
+                if let Err(error) = message.ack().await {
+                    // Redelivered later; the processed record makes that a no-op.
+                    tracing::warn!(%error, "worker: ack failed");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "worker: event not applied; redelivering");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Age, Email, Name, User};
+
+    #[test]
+    fn a_delete_leaves_a_tombstone_and_a_write_its_snapshot() {
+        let id = UserId::new_random();
+        let deleted = UserEvent::deleted(id, Version::new(5));
+        assert_eq!(cache_entry(&deleted), CacheEntry::Deleted(Version::new(5)));
+        let user = User {
+            id,
+            name: Name::parse("Ada").unwrap(),
+            email: Email::parse("ada@example.com").unwrap(),
+            age: Age::parse(36).unwrap(),
+            created_at: 1,
+            updated_at: 2,
+            version: Version::new(2),
+        };
+        assert_eq!(
+            cache_entry(&UserEvent::updated(&user)),
+            CacheEntry::User(user)
+        );
+    }
+}

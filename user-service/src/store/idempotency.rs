@@ -1,0 +1,160 @@
+//! Claimed `Idempotency-Key`s (migration 20261130000500), for both backends.
+
+use tracing::Instrument;
+
+use super::{Database, internal, postgres, sqlite, timed};
+use crate::domain::{NewUser, StoreError};
+use crate::events::UserEvent;
+use crate::idempotency::{Claim, IdempotentCreate, Outcome};
+
+impl IdempotentCreate for Database {
+    async fn create_idempotent(&self, user: NewUser, claim: &Claim) -> Result<Outcome, StoreError> {
+        Database::create_idempotent(self, user, claim).await
+    }
+}
+
+/// A stored key: the request's fingerprint and the created user (as its `user.created` event).
+type StoredKey = (String, Option<String>);
+
+fn replay(claim: &Claim, (fingerprint, response): StoredKey) -> Result<Outcome, StoreError> {
+    if fingerprint != claim.fingerprint {
+        return Ok(Outcome::Conflict);
+    }
+    let response =
+        response.ok_or_else(|| internal("a committed idempotency key has no response"))?;
+    let event = UserEvent::decode(response.as_bytes()).map_err(internal)?;
+    event
+        .snapshot_user()
+        .map(Outcome::Replayed)
+        .ok_or_else(|| internal("an idempotency key's response has no user"))
+}
+
+impl Database {
+    /// Creates `user` unless `claim`'s key is already taken (and not expired): the claim, the
+    /// user, its event and the response commit in one transaction. A concurrent call with the
+    /// same key waits on the key's unique index until this transaction ends.
+    pub async fn create_idempotent(
+        &self,
+        user: NewUser,
+        claim: &Claim,
+    ) -> Result<Outcome, StoreError> {
+        let ttl_secs = i64::try_from(claim.ttl.as_secs()).unwrap_or(i64::MAX);
+        match self {
+            Self::Postgres(store) => {
+                let work = async {
+                    let mut tx = store.pool().begin().await?;
+                    let claimed = sqlx::query_scalar::<_, i32>(
+                        "INSERT INTO idempotency_keys (key, fingerprint, expires_at) \
+                         VALUES ($1, $2, now() + make_interval(secs => $3)) \
+                         ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
+                         response = NULL, created_at = now(), expires_at = EXCLUDED.expires_at \
+                         WHERE idempotency_keys.expires_at <= now() RETURNING 1",
+                    )
+                    .bind(claim.key.as_str())
+                    .bind(&claim.fingerprint)
+                    .bind(ttl_secs as f64)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some();
+                    if !claimed {
+                        let stored = sqlx::query_as::<_, StoredKey>(
+                            "SELECT fingerprint, response FROM idempotency_keys WHERE key = $1",
+                        )
+                        .bind(claim.key.as_str())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        return Ok(Err(stored));
+                    }
+                    let created = postgres::insert_user(&mut tx, &user).await?;
+                    sqlx::query("UPDATE idempotency_keys SET response = $2 WHERE key = $1")
+                        .bind(claim.key.as_str())
+                        .bind(
+                            String::from_utf8_lossy(&UserEvent::created(&created).encode())
+                                .as_ref(),
+                        )
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(Ok(created))
+                };
+                let outcome = timed(store.metrics(), "insert_user_idempotent", work)
+                    .instrument(postgres::query_span("INSERT"))
+                    .await?;
+                match outcome {
+                    Ok(created) => Ok(Outcome::Created(created)),
+                    Err(stored) => replay(claim, stored),
+                }
+            }
+            Self::Sqlite(store) => {
+                let work = async {
+                    let mut tx = store.pool().begin().await?;
+                    let claimed = sqlx::query_scalar::<_, i32>(
+                        "INSERT INTO idempotency_keys (key, fingerprint, expires_at) \
+                         VALUES (?1, ?2, CAST(strftime('%s', 'now') AS INTEGER) + ?3) \
+                         ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, \
+                         response = NULL, created_at = CAST(strftime('%s', 'now') AS INTEGER), \
+                         expires_at = excluded.expires_at \
+                         WHERE idempotency_keys.expires_at <= CAST(strftime('%s', 'now') AS INTEGER) \
+                         RETURNING 1",
+                    )
+                    .bind(claim.key.as_str())
+                    .bind(&claim.fingerprint)
+                    .bind(ttl_secs)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some();
+                    if !claimed {
+                        let stored = sqlx::query_as::<_, StoredKey>(
+                            "SELECT fingerprint, response FROM idempotency_keys WHERE key = ?1",
+                        )
+                        .bind(claim.key.as_str())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        return Ok(Err(stored));
+                    }
+                    let created = sqlite::insert_user(&mut tx, &user).await?;
+                    sqlx::query("UPDATE idempotency_keys SET response = ?2 WHERE key = ?1")
+                        .bind(claim.key.as_str())
+                        .bind(
+                            String::from_utf8_lossy(&UserEvent::created(&created).encode())
+                                .as_ref(),
+                        )
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(Ok(created))
+                };
+                let outcome = timed(store.metrics(), "insert_user_idempotent", work)
+                    .instrument(sqlite::query_span("INSERT"))
+                    .await?;
+                match outcome {
+                    Ok(created) => Ok(Outcome::Created(created)),
+                    Err(stored) => replay(claim, stored),
+                }
+            }
+        }
+    }
+
+    /// Forgets expired keys (their rows are also reclaimed in place when a key is reused).
+    pub async fn purge_expired_idempotency_keys(&self) -> Result<u64, StoreError> {
+        match self {
+            Self::Postgres(store) => {
+                let purge = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= now()")
+                    .execute(store.pool());
+                Ok(timed(store.metrics(), "purge_idempotency_keys", purge)
+                    .await?
+                    .rows_affected())
+            }
+            Self::Sqlite(store) => {
+                let purge = sqlx::query(
+                    "DELETE FROM idempotency_keys \
+                     WHERE expires_at <= CAST(strftime('%s', 'now') AS INTEGER)",
+                )
+                .execute(store.pool());
+                Ok(timed(store.metrics(), "purge_idempotency_keys", purge)
+                    .await?
+                    .rows_affected())
+            }
+        }
+    }
+}

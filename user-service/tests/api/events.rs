@@ -1,0 +1,380 @@
+//! Events (issue 16): the transactional outbox on both backends, the relay to a real NATS
+//! JetStream and the worker, killed and restarted under writes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use meshgate_proto::user::{
+    DeleteUserRequest, ListUserEventsRequest, UpdateUserRequest, UserEvent as WireEvent,
+};
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+use tonic::Code;
+use user_service::events::UserEvent;
+use user_service::events::worker;
+
+use crate::helpers::{Backend, TestDatabase, scrape, spawn_app, spawn_configured, unique_email};
+use crate::on_both_backends;
+use crate::process::{self, ServiceProcess};
+use crate::throwaway::ThrowawayNats;
+
+async fn events_of(app: &crate::helpers::TestApp, id: &str) -> Vec<WireEvent> {
+    app.client
+        .clone()
+        .list_user_events(ListUserEventsRequest { id: id.to_owned() })
+        .await
+        .expect("ListUserEvents answers")
+        .into_inner()
+        .events
+}
+
+/// With no broker, every committed write's event is in the outbox, readable through the API,
+/// in version order; a refused write leaves none.
+async fn every_committed_write_records_an_event(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let email = unique_email();
+    let mut request = tonic::Request::new(meshgate_proto::user::CreateUserRequest {
+        name: "Ada".to_owned(),
+        email: email.clone(),
+        age: 36,
+    });
+    let trace_parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    request
+        .metadata_mut()
+        .insert("traceparent", trace_parent.parse().unwrap());
+    let user = app
+        .client
+        .clone()
+        .create_user(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let taken = app.create("Eve", &email, 30).await.unwrap_err();
+    assert_eq!(taken.code(), Code::AlreadyExists);
+    app.client
+        .clone()
+        .update_user(UpdateUserRequest {
+            id: user.id.clone(),
+            age: 37,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    app.client
+        .clone()
+        .delete_user(DeleteUserRequest {
+            id: user.id.clone(),
+        })
+        .await
+        .unwrap();
+
+    let events = events_of(&app, &user.id).await;
+    let summary: Vec<_> = events
+        .iter()
+        .map(|event| (event.r#type.as_str(), event.version))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("user.created", 1),
+            ("user.updated", 2),
+            ("user.deleted", 3)
+        ]
+    );
+    assert_eq!(events[0].user.as_ref().unwrap().email, email);
+    assert_eq!(events[1].user.as_ref().unwrap().age, 37);
+    assert!(events[2].user.is_none(), "a delete has no snapshot");
+    assert!(events.iter().all(|event| event.user_id == user.id));
+    // The request's trace continues in its event (a new span of the same trace).
+    assert!(
+        events[0]
+            .trace_parent
+            .starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{}",
+        events[0].trace_parent
+    );
+    let distinct: HashSet<_> = events.iter().map(|event| &event.event_id).collect();
+    assert_eq!(distinct.len(), 3);
+
+    let bad = app
+        .client
+        .clone()
+        .list_user_events(ListUserEventsRequest {
+            id: "not-a-uuid".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    app.wait_for_metric("user_outbox_backlog 3").await;
+    app.teardown().await;
+}
+
+on_both_backends!(every_committed_write_records_an_event);
+
+/// Redelivery of one event changes nothing: the processed record and the audit row commit
+/// together, so the second apply is a no-op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_event_is_applied_once() {
+    let app = spawn_app(Backend::Postgres).await;
+    let url = app.database_url().unwrap().to_owned();
+    let user = app.create("Ada", &unique_email(), 36).await.unwrap();
+    let metrics = std::sync::Arc::new(user_service::metrics::Metrics::new());
+    let mut config = crate::helpers::base_config();
+    config.database_url = Some(url.clone());
+    let database = user_service::startup::open_database(&config, metrics.clone()).unwrap();
+    let mut connection = PgConnection::connect(&url).await.unwrap();
+    let payload: String = sqlx::query_scalar("SELECT payload FROM user_outbox")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        worker::handle(&database, None, &metrics, payload.as_bytes())
+            .await
+            .unwrap();
+    }
+    let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM user_events")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(audit, 1);
+    let text = metrics_text(&metrics);
+    assert!(
+        text.contains("user_worker_events_total{result=\"applied\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("user_worker_events_total{result=\"duplicate\"} 2"),
+        "{text}"
+    );
+    // The audit row and the outbox row are the same event: listed once.
+    assert_eq!(events_of(&app, &user.id).await.len(), 1);
+    worker::handle(&database, None, &metrics, b"{not json")
+        .await
+        .expect("an undecodable event is dropped, not retried forever");
+    database.close().await;
+    app.teardown().await;
+}
+
+fn metrics_text(metrics: &user_service::metrics::Metrics) -> String {
+    metrics.render()
+}
+
+/// One user's writes, as acknowledged to the client: (version, type).
+type Acknowledged = BTreeMap<String, Vec<(i64, &'static str)>>;
+
+async fn write_burst(
+    client: &mut meshgate_proto::user::user_service_client::UserServiceClient<
+        tonic::transport::Channel,
+    >,
+    users: usize,
+    acknowledged: &mut Acknowledged,
+) {
+    for n in 0..users {
+        let created = client
+            .create_user(meshgate_proto::user::CreateUserRequest {
+                name: format!("user {n}"),
+                email: unique_email(),
+                age: 20,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .user
+            .unwrap();
+        let writes = acknowledged.entry(created.id.clone()).or_default();
+        writes.push((1, "user.created"));
+        for age in 21..23 {
+            client
+                .update_user(UpdateUserRequest {
+                    id: created.id.clone(),
+                    age,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let version = writes.last().unwrap().0 + 1;
+            writes.push((version, "user.updated"));
+        }
+        if n % 3 == 0 {
+            client
+                .delete_user(DeleteUserRequest {
+                    id: created.id.clone(),
+                })
+                .await
+                .unwrap();
+            writes.push((4, "user.deleted"));
+        }
+    }
+}
+
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Writes while the publishing relay is SIGKILLed (another replica takes the lease over), NATS
+/// is SIGKILLed and restarted (the backlog waits in the outbox) and the worker is SIGKILLed and
+/// restarted: every acknowledged write reaches the stream once and in per-user order, and the
+/// worker's audit trail holds each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_survive_relay_nats_and_worker_crashes() {
+    let mut nats = ThrowawayNats::start().await;
+    let database = TestDatabase::create().await;
+    let database_url = database.url.clone();
+    let nats_url = nats.url();
+    let env = [
+        ("DATABASE_URL", database_url.as_str()),
+        ("NATS_URL", nats_url.as_str()),
+        ("MIGRATE_ON_START", "true"),
+    ];
+
+    // Replica A (a child process) starts first and takes the publishing lease.
+    let replica_a = ServiceProcess::spawn(process::command(&env)).await;
+    wait_for(|| async {
+        metric_value(
+            &scrape(replica_a.metrics_addr).await,
+            "user_outbox_relay_leader",
+        ) == Some(1.0)
+    })
+    .await;
+    // Replica B (in process) serves the writes and waits for the lease.
+    let url = database_url.clone();
+    let nats_for_b = nats_url.clone();
+    let app = spawn_configured(Some(database), move |config| {
+        config.database_url = Some(url);
+        config.nats_url = Some(nats_for_b);
+    })
+    .await;
+    let spawn_worker = || {
+        let mut command = process::command(&env);
+        command.arg("worker").stdout(std::process::Stdio::null());
+        command.spawn().expect("the worker starts")
+    };
+    let mut worker_process = spawn_worker();
+
+    let mut client = app.client.clone();
+    let mut acknowledged = Acknowledged::new();
+    write_burst(&mut client, 5, &mut acknowledged).await;
+    assert_eq!(
+        metric_value(&app.metrics().await, "user_outbox_relay_leader"),
+        Some(0.0),
+        "one publisher at a time"
+    );
+
+    // The relay crashes mid-stream: B takes over.
+    replica_a.signal("KILL").await;
+    write_burst(&mut client, 5, &mut acknowledged).await;
+    app.wait_for_metric("user_outbox_relay_leader 1").await;
+
+    // The worker crashes; NATS crashes: writes still succeed and wait in the outbox.
+    worker_process.start_kill().unwrap();
+    let _ = worker_process.wait().await;
+    nats.kill().await;
+    write_burst(&mut client, 5, &mut acknowledged).await;
+    let backlog = metric_value(&app.metrics().await, "user_outbox_backlog").unwrap_or(0.0);
+    assert!(backlog > 0.0, "writes during the outage wait in the outbox");
+
+    nats.restart().await;
+    let mut worker_process = spawn_worker();
+    write_burst(&mut client, 5, &mut acknowledged).await;
+    let total: usize = acknowledged.values().map(Vec::len).sum();
+
+    // Everything drains: the outbox empties and the worker records every event.
+    let mut connection = PgConnection::connect(app.database_url().unwrap())
+        .await
+        .unwrap();
+    let mut recorded = 0;
+    for _ in 0..600 {
+        recorded = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM user_events")
+            .fetch_one(&mut connection)
+            .await
+            .unwrap();
+        if recorded as usize >= total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(recorded as usize, total, "the worker recorded every event");
+    app.wait_for_metric("user_outbox_backlog 0").await;
+
+    // The audit trail: exactly the acknowledged writes, once each.
+    let rows = sqlx::query_as::<_, (String, i64, String)>(
+        "SELECT user_id::text, version, event_type FROM user_events ORDER BY user_id, version",
+    )
+    .fetch_all(&mut connection)
+    .await
+    .unwrap();
+    let mut audited = Acknowledged::new();
+    for (user, version, kind) in rows {
+        let kind = match kind.as_str() {
+            "user.created" => "user.created",
+            "user.updated" => "user.updated",
+            "user.deleted" => "user.deleted",
+            other => panic!("unknown type {other}"),
+        };
+        audited.entry(user).or_default().push((version, kind));
+    }
+    assert_eq!(audited, acknowledged);
+    let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(processed as usize, total, "each event processed once");
+
+    // The stream: every event once (Nats-Msg-Id dedupe), per-user versions in order.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let stream = js.get_stream("USERS").await.unwrap();
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut seen = HashSet::new();
+    let mut order: HashMap<String, Vec<i64>> = HashMap::new();
+    while seen.len() < total {
+        let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("the stream holds every event")
+            .unwrap()
+            .unwrap();
+        let event = UserEvent::decode(&message.payload).unwrap();
+        assert_eq!(message.subject.as_str(), event.kind.subject());
+        assert!(seen.insert(event.event_id), "published twice: {event:?}");
+        order
+            .entry(event.user_id.to_string())
+            .or_default()
+            .push(event.version);
+    }
+    for (user, versions) in &order {
+        let expected: Vec<i64> = acknowledged[user].iter().map(|(v, _)| *v).collect();
+        assert_eq!(versions, &expected, "per-user order of {user}");
+    }
+    let info = js.get_stream("USERS").await.unwrap().cached_info().clone();
+    assert_eq!(
+        info.state.messages as usize, total,
+        "no duplicates in the stream"
+    );
+
+    worker_process.start_kill().unwrap();
+    let _ = worker_process.wait().await;
+    app.teardown().await;
+}
+
+async fn wait_for<F, Fut>(mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..300 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition never held");
+}
