@@ -316,6 +316,15 @@ impl user::user_service_server::UserService for Users {
         };
         Err(Status::new(code, "test error"))
     }
+
+    async fn list_user_events(
+        &self,
+        _: Request<user::ListUserEventsRequest>,
+    ) -> Result<Response<user::ListUserEventsResponse>, Status> {
+        Err(Status::unimplemented(
+            "the gateway tests' backend keeps no event history",
+        ))
+    }
 }
 
 // === impl Backend ===
