@@ -89,15 +89,14 @@ ensure_nats() {
   local server
   server=$(_find_nats_server) || die "nats-server is needed (the event tests start and kill their own): Debian/Ubuntu: apt-get install -y nats-server; macOS: brew install nats-server"
   if [ -n "${NATS_URL:-}" ]; then return; fi
-  if _port_answers 127.0.0.1 4222; then NATS_URL="nats://127.0.0.1:4222"; return; fi
+  if port_answers 4222; then NATS_URL="nats://127.0.0.1:4222"; return; fi
   local dir port
   _init_tmpdir
   dir="$_services_tmp/nats"; port=$(_free_port)
   mkdir -p "$dir"
   echo "starting a throwaway nats-server -js on 127.0.0.1:$port"
   "$server" -js -a 127.0.0.1 -p "$port" -sd "$dir/store" -P "$dir/nats.pid" -l "$dir/nats.log" &
-  for _ in $(seq 50); do _port_answers 127.0.0.1 "$port" && break; sleep 0.1; done
-  _port_answers 127.0.0.1 "$port" || { cat "$dir/nats.log" 2>/dev/null; die "nats-server did not start"; }
+  wait_for_port "$port" nats-server 5 || { cat "$dir/nats.log" 2>/dev/null; die "nats-server did not start"; }
   _started_nats="$dir/nats.pid"
   NATS_URL="nats://127.0.0.1:$port"
 }
