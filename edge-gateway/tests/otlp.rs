@@ -16,12 +16,10 @@ use std::{
 };
 
 use meshgate_proto::user::{self, user_service_client::UserServiceClient};
+use meshgate_test_support::otlp::start_collector;
 use meshgate_test_support::user_service::{EmbeddedUserService, sqlite_path};
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-        trace_service_server::{TraceService, TraceServiceServer},
-    },
+    collector::trace::v1::ExportTraceServiceRequest,
     common::v1::any_value::Value as AnyValue,
     trace::v1::{Span, span::SpanKind, status::StatusCode as OtlpStatus},
 };
@@ -37,22 +35,6 @@ fn free_addr() -> SocketAddr {
 
 fn span_enrichment_module() -> PathBuf {
     meshgate_test_support::wasm::module("meshgate_span_enrichment")
-}
-
-/// A minimal OTLP/gRPC trace collector: every export request goes to the test.
-struct Collector(mpsc::UnboundedSender<ExportTraceServiceRequest>);
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let _ = self.0.send(request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
 }
 
 /// A received span with its resource's `service.name`.
@@ -245,14 +227,7 @@ impl Drop for Gateway {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_exports_its_server_span_as_the_parent_of_the_services_span() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let collector = listener.local_addr().unwrap();
-    let (exports, received) = mpsc::unbounded_channel();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(Collector(exports)))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (collector, received) = start_collector().await;
     let mut spans = Spans {
         received,
         spans: Vec::new(),

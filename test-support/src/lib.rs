@@ -9,10 +9,13 @@
 //!   real `/metrics` scrape.
 //! - [`wait`] (feature `wait`): waiting on a condition instead of sleeping; a port held closed.
 //! - [`user_service`] (feature `user-service`): the real user-service in process.
+//! - [`otlp`] (feature `otlp`): an OTLP/gRPC trace collector the test reads from.
 #![forbid(unsafe_code)]
 
 pub mod kitchen;
 pub mod metrics_contract;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 #[cfg(feature = "user-service")]
 pub mod user_service;
 #[cfg(feature = "wait")]

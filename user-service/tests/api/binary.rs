@@ -5,12 +5,7 @@ use std::time::Duration;
 
 use meshgate_proto::user::user_service_client::UserServiceClient;
 use meshgate_proto::user::{CreateUserRequest, TestErrorRequest};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use meshgate_test_support::otlp::start_collector;
 use tokio::process::Command;
 
 use crate::process::ServiceProcess;
@@ -201,32 +196,9 @@ async fn sigterm_drains_and_exits_cleanly() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A minimal OTLP/gRPC trace collector: forwards every export request to the test.
-struct Collector(tokio::sync::mpsc::UnboundedSender<ExportTraceServiceRequest>);
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let _ = self.0.send(request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_are_exported_over_otlp_in_the_callers_trace() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let collector_addr = listener.local_addr().unwrap();
-    let (exports, mut received) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(Collector(exports)))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (collector_addr, mut received) = start_collector().await;
 
     let dir = temp_dir();
     let mut command = command(&dir);
