@@ -138,19 +138,21 @@ impl Application {
             ..
         } = self;
         let purge = tokio::spawn(purge_idempotency_keys(database.clone()));
-        let relay = match jetstream {
-            Some(js) => tokio::spawn(relay::run(
+        // The backlog gauge has its own task: a relay stuck on an unreachable broker must not
+        // freeze it.
+        let backlog = tokio::spawn(relay::watch_backlog(
+            database.clone(),
+            metrics.clone(),
+            Duration::from_secs(1),
+        ));
+        let relay = jetstream.map(|js| {
+            tokio::spawn(relay::run(
                 database.clone(),
                 js,
                 metrics.clone(),
                 RelaySettings::default(),
-            )),
-            None => tokio::spawn(relay::watch_backlog(
-                database.clone(),
-                metrics.clone(),
-                Duration::from_secs(1),
-            )),
-        };
+            ))
+        });
         let (stop_tx, stop_rx) = watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
@@ -242,8 +244,12 @@ impl Application {
             }
         };
         let _ = metrics_server.await;
-        relay.abort();
-        let _ = relay.await;
+        backlog.abort();
+        let _ = backlog.await;
+        if let Some(relay) = relay {
+            relay.abort();
+            let _ = relay.await;
+        }
         purge.abort();
         let _ = purge.await;
         database.close().await;

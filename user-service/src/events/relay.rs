@@ -25,8 +25,11 @@ use crate::store::{Database, OutboxLease};
 pub struct RelaySettings {
     /// Rows read per outbox query.
     pub batch: i64,
-    /// How often an empty outbox, or a lease held by another replica, is looked at again.
+    /// How often the leader looks at an empty outbox again.
     pub poll_interval: Duration,
+    /// How often a standby replica tries to take the lease (the takeover delay after the
+    /// leader's session ends).
+    pub standby_interval: Duration,
     /// Longest wait between retries after a failure.
     pub max_backoff: Duration,
 }
@@ -36,6 +39,7 @@ impl Default for RelaySettings {
         Self {
             batch: 256,
             poll_interval: Duration::from_millis(100),
+            standby_interval: Duration::from_millis(500),
             max_backoff: Duration::from_secs(5),
         }
     }
@@ -65,7 +69,8 @@ pub async fn ensure_stream(js: &jetstream::Context) -> anyhow::Result<jetstream:
     .context("creating the USERS stream")
 }
 
-/// Keeps `user_outbox_backlog` current while no broker is configured.
+/// Keeps `user_outbox_backlog` current (every replica, broker or not; the relay also sets it
+/// after each batch).
 pub async fn watch_backlog(database: Database, metrics: Arc<Metrics>, interval: Duration) {
     loop {
         if let Ok(backlog) = database.outbox_backlog().await {
@@ -101,7 +106,7 @@ pub async fn run(
         let lease = match database.try_lead_outbox().await {
             Ok(Some(lease)) => lease,
             Ok(None) => {
-                tokio::time::sleep(settings.poll_interval).await;
+                tokio::time::sleep(settings.standby_interval).await;
                 continue;
             }
             Err(error) => {
