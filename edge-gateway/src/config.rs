@@ -413,7 +413,10 @@ fn builtin_names() -> String {
     BuiltIn::ALL.map(BuiltIn::name).join(", ")
 }
 
-fn filter_runtime(section: &FilterSection, key: &dyn Fn(&str) -> String) -> Result<FilterRuntime, ConfigError> {
+fn filter_runtime(
+    section: &FilterSection,
+    key: &dyn Fn(&str) -> String,
+) -> Result<FilterRuntime, ConfigError> {
     let builtin = match section.builtin.as_deref() {
         None => None,
         Some(name) => Some(BuiltIn::from_name(name).ok_or_else(|| {

@@ -19,9 +19,7 @@ use meshgate_proto::user;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
-use crate::wasm_filters::{
-    GatewayProcess, cache_headers_config, module, span_enrichment_config,
-};
+use crate::wasm_filters::{GatewayProcess, cache_headers_config, module, span_enrichment_config};
 
 const LIMIT: u32 = 3;
 
@@ -290,7 +288,10 @@ async fn flows(gw: &GatewayProcess, id: &str) -> Vec<Seen> {
 
 /// The access log's filter state, request by request: (method, path, status, grpc status,
 /// attributes).
-async fn filter_state(gw: &GatewayProcess, requests: usize) -> Vec<(String, String, Value, Value, Value)> {
+async fn filter_state(
+    gw: &GatewayProcess,
+    requests: usize,
+) -> Vec<(String, String, Value, Value, Value)> {
     let mut records = Vec::new();
     for _ in 0..200 {
         records = gw.access_log();
@@ -378,7 +379,11 @@ async fn parity(filters: fn(&str) -> Value) {
     assert!(
         seen_native.iter().any(|seen| matches!(
             seen,
-            Seen::Grpc { flow: "grpc limited", code: 8, .. }
+            Seen::Grpc {
+                flow: "grpc limited",
+                code: 8,
+                ..
+            }
         )),
         "{seen_native:?}"
     );
@@ -416,9 +421,20 @@ async fn parity(filters: fn(&str) -> Value) {
             .map(|(_, value)| value.parse::<i64>().unwrap())
             .sum::<i64>()
     };
-    assert_eq!(count("meshgate_rate_limit_limited"), 3, "{counters_native:?}");
-    assert_eq!(count("meshgate_cache_headers_not_modified"), 1, "{counters_native:?}");
-    assert!(count("meshgate_span_enrichment_body_skipped") >= 1, "{counters_native:?}");
+    assert_eq!(
+        count("meshgate_rate_limit_limited"),
+        3,
+        "{counters_native:?}"
+    );
+    assert_eq!(
+        count("meshgate_cache_headers_not_modified"),
+        1,
+        "{counters_native:?}"
+    );
+    assert!(
+        count("meshgate_span_enrichment_body_skipped") >= 1,
+        "{counters_native:?}"
+    );
 }
 
 #[tokio::test]

@@ -12,9 +12,7 @@ use meshgate_filter_core::filters::{
     bundle::Bundle, cache_headers::CacheHeaders, rate_limit::RateLimit,
     span_enrichment::SpanEnrichment,
 };
-use meshgate_filter_core::host::{
-    self, Host, LocalReply, MetricId, SharedEntry, SharedWriteError,
-};
+use meshgate_filter_core::host::{self, Host, LocalReply, MetricId, SharedEntry, SharedWriteError};
 use proxy_wasm_host::abi::v0_2_1::types::{LogLevel, MetricType, Status};
 use proxy_wasm_host::abi::v0_2_1::{
     Clock, ContextId, GuestId, HeaderPairs, Invocation, LocalResponse, SharedServices,
@@ -276,7 +274,11 @@ impl Host for NativeHost<'_> {
         // The SDK's two calls: a gRPC reply is status 200 with the message as its body.
         let response = match reply.grpc_status {
             Some(code) => LocalResponse::new(200)
-                .with_body(String::from_utf8_lossy(&reply.body).into_owned().into_bytes())
+                .with_body(
+                    String::from_utf8_lossy(&reply.body)
+                        .into_owned()
+                        .into_bytes(),
+                )
                 .with_headers(headers)
                 .with_grpc_status(host::grpc_status_on_wire(code)),
             None => LocalResponse::new(reply.status)
@@ -307,6 +309,8 @@ impl Host for NativeHost<'_> {
         }
     }
     fn log(&self, level: host::LogLevel, message: &str) {
-        self.services.logs.push(abi_level(level), message.to_owned());
+        self.services
+            .logs
+            .push(abi_level(level), message.to_owned());
     }
 }

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use meshgate_filter_core::filter::Stream;
 use proxy_wasm_host::abi::v0_2_1::types::LogLevel;
 use proxy_wasm_host::abi::v0_2_1::{
-    CallScope, Clock, ContextId, Guest, GuestError, LogSink, PluginConfig, SharedServices,
-    Started, SystemClock, VmServices,
+    CallScope, Clock, ContextId, Guest, GuestError, LogSink, PluginConfig, SharedServices, Started,
+    SystemClock, VmServices,
 };
 use proxy_wasm_host::{Limits, Module};
 
@@ -137,12 +137,7 @@ fn thread_slot(counter: &AtomicUsize) -> usize {
 }
 
 impl Plugin {
-    fn new(
-        name: &str,
-        workers: Workers,
-        store: Arc<MeteredStore>,
-        logs: Arc<LogBuffer>,
-    ) -> Self {
+    fn new(name: &str, workers: Workers, store: Arc<MeteredStore>, logs: Arc<LogBuffer>) -> Self {
         Self {
             name: name.to_owned(),
             workers,

@@ -204,7 +204,10 @@ impl<F: Filter> RootContext for Root<F> {
                 true
             }
             Err(error) => {
-                host.log(host::LogLevel::Error, &filter::refusal_line(F::NAME, &error));
+                host.log(
+                    host::LogLevel::Error,
+                    &filter::refusal_line(F::NAME, &error),
+                );
                 false
             }
         }

@@ -548,7 +548,10 @@ mod tests {
 
     impl Recorder {
         fn note(&self, event: String) {
-            self.log.lock().unwrap().push(format!("{} {event}", self.name));
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("{} {event}", self.name));
         }
     }
 
