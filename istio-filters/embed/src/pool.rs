@@ -50,7 +50,7 @@ pub struct Plugin {
 }
 
 enum Workers {
-    Wasm(WasmWorkers),
+    Wasm(Box<WasmWorkers>),
     Native(NativeWorkers),
 }
 
@@ -181,7 +181,7 @@ impl Plugin {
             let vm = wasm.start_vm(name, &logs)?;
             wasm.vms.push(Mutex::new(vm));
         }
-        let plugin = Self::new(name, Workers::Wasm(wasm), store, logs);
+        let plugin = Self::new(name, Workers::Wasm(Box::new(wasm)), store, logs);
         Ok(plugin)
     }
 
