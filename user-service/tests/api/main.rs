@@ -7,6 +7,7 @@ mod adoption;
 mod binary;
 mod cache_coherence;
 mod faults;
+mod grpc_web;
 mod helpers;
 mod hooks;
 mod input_rules;
