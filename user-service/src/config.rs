@@ -335,7 +335,8 @@ fn is_origin(text: &str) -> bool {
     };
     matches!(uri.scheme_str(), Some("http" | "https"))
         && uri.authority().is_some_and(|a| !a.host().is_empty())
-        && uri.path_and_query().is_none_or(|pq| pq.as_str().is_empty())
+        // `http` reads `https://host` with the path `/`; a written `/` is refused below.
+        && uri.path_and_query().is_none_or(|pq| pq.as_str() == "/")
         && !text.ends_with('/')
 }
 
