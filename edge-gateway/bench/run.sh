@@ -1,21 +1,40 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark: GetUser (cache hit) (a) straight to the user-service over gRPC,
-# (b) REST through the gateway, (c) native gRPC through the gateway, (d) gRPC-web through the
-# gateway; concurrency 1 and 64; then the gateway's RSS. Everything on loopback, one machine.
+# Side-by-side benchmark of GetUser (a cache hit in the user-service), every row in one run on
+# one machine, all over loopback:
+#   (a) native gRPC straight to the user-service,
+#   (b) REST through the gateway,
+#   (c) native gRPC through the gateway (pass-through),
+#   (n) native gRPC through nginx `grpc_pass` (2 workers): the reference for (c),
+#   (d) gRPC-web (binary) through the gateway,
+#   (w) gRPC-web (binary) straight to the user-service (tonic-web): the reference for (d);
+# at concurrency 1 and 64; then the gateway's RSS. Each row prints the CPU every process spent
+# per request (client, user-service, gateway, nginx: utime + stime from /proc over the row ÷
+# requests), which holds up far better than req/s on a shared machine.
 #
 # Usage (from the repository root):
 #   CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
 #     cargo build --release -p edge-gateway -p user-service -p meshgate-loadgen
-#   edge-gateway/bench/run.sh [seconds-per-run]
+#   edge-gateway/bench/run.sh [seconds-per-run] [concurrency ...]
+# Needs nginx with the http_v2 module (Debian: apt-get install nginx-light); NGINX=path overrides.
 set -euo pipefail
 
 SECONDS_PER_RUN="${1:-10}"
+shift || true
+CONCURRENCIES=("$@")
+[[ ${#CONCURRENCIES[@]} -eq 0 ]] && CONCURRENCIES=(1 64)
 BIN="${CARGO_TARGET_DIR:-target}/release"
+# GATEWAY_BIN=path runs another gateway build (e.g. a copy of the binary before a change).
+GATEWAY_BIN="${GATEWAY_BIN:-$BIN/edge-gateway}"
+NGINX="${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}"
 WORK="$(mktemp -d)"
+# nginx's workers run as an unprivileged user when started as root: they must reach the config.
+chmod 755 "$WORK"
 USER_GRPC=127.0.0.1:50151
 GATEWAY=127.0.0.1:8180
+NGINX_ADDR=127.0.0.1:8182
 
 cleanup() {
+  [[ -n "${NGINX_PID:-}" ]] && kill "$NGINX_PID" 2>/dev/null || true
   [[ -n "${GATEWAY_PID:-}" ]] && kill "$GATEWAY_PID" 2>/dev/null || true
   [[ -n "${USER_PID:-}" ]] && kill "$USER_PID" 2>/dev/null || true
   wait 2>/dev/null || true
@@ -32,8 +51,10 @@ wait_port() {
   return 1
 }
 
+# gRPC-web served by the service itself (tonic-web) for row (w); native gRPC is unaffected.
 "$BIN/user-service" --grpc-addr "$USER_GRPC" --metrics-addr 127.0.0.1:9190 \
-  --sqlite-path "$WORK/users.db" --migrate-on-start true --log-format text --log-filter warn &
+  --sqlite-path "$WORK/users.db" --migrate-on-start true --log-format text --log-filter warn \
+  --grpc-web true &
 USER_PID=$!
 wait_port "$USER_GRPC"
 
@@ -49,42 +70,84 @@ gateway:
   upstreams: [$USER_GRPC]
 YAML
 # Access log off (RUST_LOG=warn): the run measures the proxy path, not stdout.
-RUST_LOG=warn "$BIN/edge-gateway" --config "$WORK/gateway.yaml" > "$WORK/gateway.log" 2>&1 &
+RUST_LOG=warn "$GATEWAY_BIN" --config "$WORK/gateway.yaml" > "$WORK/gateway.log" 2>&1 &
 GATEWAY_PID=$!
 wait_port "$GATEWAY"
 
+# nginx as a plain gRPC proxy: h2c in, h2c out over kept-alive upstream connections, no logs.
+mkdir -p "$WORK/nginx"
+cat > "$WORK/nginx/nginx.conf" <<NGINX
+worker_processes 2;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body;
+  proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fastcgi;
+  uwsgi_temp_path $WORK/nginx/uwsgi;
+  scgi_temp_path $WORK/nginx/scgi;
+  # nginx closes a connection after keepalive_requests (default 1000) requests, failing the
+  # calls in flight on it: far more than a run sends, as the gateway has no such limit.
+  keepalive_requests 10000000;
+  upstream users { server $USER_GRPC; keepalive 64; keepalive_requests 10000000; }
+  server {
+    listen $NGINX_ADDR http2;
+    http2_max_concurrent_streams 128;
+    location / { grpc_pass grpc://users; }
+  }
+}
+NGINX
+"$NGINX" -e stderr -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
+NGINX_PID=$!
+wait_port "$NGINX_ADDR"
+
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# nginx: the master and its workers.
+nginx_ticks() {
+  local total=0 pid
+  for pid in "$NGINX_PID" $(pgrep -P "$NGINX_PID"); do
+    total=$((total + $(cpu_ticks "$pid")))
+  done
+  echo "$total"
+}
 ticks_per_second=$(getconf CLK_TCK)
 
-# One row: throughput and latency from the generator, plus the CPU each process spent per
-# request (µs; from /proc, so it holds up better than req/s on a shared machine).
+# One row: throughput and latency from the generator, plus the CPU each process on the path
+# spent per request (µs); "-" for a process the row does not go through.
 run() {
   local label=$1 target=$2 transport=$3 concurrency=$4
-  local line service_before gateway_before service_after gateway_after requests
+  local line requests service_before gateway_before nginx_before
   service_before=$(cpu_ticks "$USER_PID")
   gateway_before=$(cpu_ticks "$GATEWAY_PID")
+  nginx_before=$(nginx_ticks)
   line=$("$BIN/meshgate-loadgen" --target "$target" --scenario get-hit --transport "$transport" \
     --concurrency "$concurrency" --connections 4 --seed-users 200 --duration "$SECONDS_PER_RUN")
-  service_after=$(cpu_ticks "$USER_PID")
-  gateway_after=$(cpu_ticks "$GATEWAY_PID")
+  local service_cpu=$(($(cpu_ticks "$USER_PID") - service_before))
+  local gateway_cpu=$(($(cpu_ticks "$GATEWAY_PID") - gateway_before))
+  local nginx_cpu=$(($(nginx_ticks) - nginx_before))
   requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
   per_request() { awk -v t="$1" -v n="$requests" -v hz="$ticks_per_second" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }'; }
-  local gateway_cpu="-"
-  [[ $target == "http://$GATEWAY" ]] && gateway_cpu=$(per_request $((gateway_after - gateway_before)))
+  local gateway_column="-" nginx_column="-"
+  [[ $target == "http://$GATEWAY" ]] && gateway_column=$(per_request "$gateway_cpu")
+  [[ $target == "http://$NGINX_ADDR" ]] && nginx_column=$(per_request "$nginx_cpu")
   echo "| $label | $concurrency | $(sed -E 's/.*throughput=([0-9]+).*/\1/' <<<"$line") \
 | $(sed -E 's/.*p50=([0-9.]+) ms.*/\1/' <<<"$line") | $(sed -E 's/.*p99=([0-9.]+) ms.*/\1/' <<<"$line") \
 | $(sed -E 's/.*errors=([0-9]+).*/\1/' <<<"$line") \
 | $(sed -E 's/.*client_cpu_us_per_request=([0-9.na\/]+).*/\1/' <<<"$line") \
-| $(per_request $((service_after - service_before))) | $gateway_cpu |"
+| $(per_request "$service_cpu") | $gateway_column | $nginx_column |"
 }
 
-echo "| path | concurrency | req/s | p50 ms | p99 ms | errors | client CPU µs/req | service CPU µs/req | gateway CPU µs/req |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-for concurrency in 1 64; do
+echo "| path | concurrency | req/s | p50 ms | p99 ms | errors | client CPU µs/req | service CPU µs/req | gateway CPU µs/req | nginx CPU µs/req |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+for concurrency in "${CONCURRENCIES[@]}"; do
   run "(a) gRPC direct to user-service" "http://$USER_GRPC" grpc "$concurrency"
   run "(b) REST via gateway" "http://$GATEWAY" rest "$concurrency"
-  run "(c) gRPC via gateway" "http://$GATEWAY" grpc "$concurrency"
+  run "(c) gRPC via gateway (pass-through)" "http://$GATEWAY" grpc "$concurrency"
+  run "(n) gRPC via nginx grpc_pass" "http://$NGINX_ADDR" grpc "$concurrency"
   run "(d) gRPC-web via gateway" "http://$GATEWAY" grpc-web "$concurrency"
+  run "(w) gRPC-web direct to user-service (tonic-web)" "http://$USER_GRPC" grpc-web "$concurrency"
 done
 echo
 grep -E '^(VmRSS|VmHWM)' "/proc/$GATEWAY_PID/status" | sed 's/^/gateway /'

@@ -133,11 +133,16 @@ impl HeaderDeadline {
         self.http2 |= http2;
     }
 
-    /// A request ended; the connection may carry the next one.
-    pub fn request_ended(&mut self, now: Instant, settings: &ConnectionSettings) {
-        if !self.http2 {
-            self.at = Some(now + settings.idle_timeout + settings.header_read_timeout);
+    /// A request ended; the connection may carry the next one. True when this armed the
+    /// deadline: only then must a watcher waiting on the disarmed deadline be woken (clearing
+    /// or keeping it needs no wake-up: a watcher sleeping until an older instant re-reads it).
+    #[must_use]
+    pub fn request_ended(&mut self, now: Instant, settings: &ConnectionSettings) -> bool {
+        if self.http2 {
+            return false;
         }
+        self.at = Some(now + settings.idle_timeout + settings.header_read_timeout);
+        true
     }
 
     pub fn expired(&self, now: Instant) -> bool {
@@ -198,13 +203,19 @@ mod tests {
         deadline.request_started(false);
         assert!(!deadline.expired(start + Duration::from_secs(3600)));
         let ended = start + Duration::from_secs(20);
-        deadline.request_ended(ended, &S);
+        assert!(
+            deadline.request_ended(ended, &S),
+            "re-armed: the watcher must wake"
+        );
         assert!(!deadline.expired(ended + Duration::from_secs(69)));
         assert!(deadline.expired(ended + Duration::from_secs(70)));
         // HTTP/2: disarmed for good after the first request.
         let mut deadline = HeaderDeadline::opened(start, &S);
         deadline.request_started(true);
-        deadline.request_ended(ended, &S);
+        assert!(
+            !deadline.request_ended(ended, &S),
+            "nothing to wake on HTTP/2"
+        );
         assert_eq!(deadline.at(), None);
     }
 }

@@ -101,20 +101,22 @@ impl ConnectionTracker {
             .map(|(_, connection)| connection.clone())
     }
 
-    /// A complete request header arrived on the connection with this socket digest.
+    /// A complete request header arrived on the connection with this socket digest. Disarming
+    /// wakes nobody: the watcher re-reads the deadline when its sleep ends (a wake-up per
+    /// request would poll the whole connection task again).
     pub fn request_started(&self, digest: Option<&Arc<SocketDigest>>, http2: bool) {
         if let Some(connection) = self.connection(digest) {
             connection.deadline().request_started(http2);
-            connection.changed.notify_one();
         }
     }
 
     /// A request on that connection ended.
     pub fn request_ended(&self, digest: Option<&Arc<SocketDigest>>) {
-        if let Some(connection) = self.connection(digest) {
-            connection
+        if let Some(connection) = self.connection(digest)
+            && connection
                 .deadline()
-                .request_ended(Instant::now(), &self.settings);
+                .request_ended(Instant::now(), &self.settings)
+        {
             connection.changed.notify_one();
         }
     }

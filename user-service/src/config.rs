@@ -99,6 +99,17 @@ pub struct Config {
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
 
+    /// Also serve gRPC-web (binary and text, HTTP/1.1 and HTTP/2) on the gRPC port, through
+    /// tonic-web. Off: only native gRPC (HTTP/2) is answered.
+    #[arg(long, env = "GRPC_WEB", default_value_t = false, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub grpc_web: bool,
+
+    /// Browser origins allowed to call gRPC-web (CORS), comma-separated (`https://app.example`,
+    /// or `*` for any). Empty: no cross-origin call is allowed.
+    #[arg(long, env = "GRPC_WEB_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub grpc_web_allowed_origins: Vec<String>,
+
     /// Server-side cap on any call; a shorter client deadline (grpc-timeout) wins (ms).
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 30_000,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -176,6 +187,8 @@ impl Config {
             cache_breaker_cooldown_ms: 1000,
             local_cache_capacity: 10_000,
             max_message_bytes: 4 * 1024 * 1024,
+            grpc_web: false,
+            grpc_web_allowed_origins: Vec::new(),
             request_timeout_ms: 30_000,
             health_probe_interval_ms: 1000,
             readiness_failure_threshold: 3,
@@ -230,6 +243,28 @@ impl Config {
                 setting: "OTEL_EXPORTER_OTLP_ENDPOINT (--otlp-endpoint)",
                 problem: "must be an http:// or https:// URL".to_owned(),
             });
+        }
+        self.validate_grpc_web()
+    }
+
+    /// The gRPC-web origins must be usable as `Access-Control-Allow-Origin` values, and only
+    /// make sense with gRPC-web on.
+    fn validate_grpc_web(&self) -> Result<(), ConfigError> {
+        let problem = |what: String| ConfigError {
+            setting: "GRPC_WEB_ALLOWED_ORIGINS (--grpc-web-allowed-origins)",
+            problem: what,
+        };
+        if !self.grpc_web_allowed_origins.is_empty() && !self.grpc_web {
+            return Err(problem(
+                "set, but gRPC-web is off (GRPC_WEB=true turns it on)".to_owned(),
+            ));
+        }
+        for origin in &self.grpc_web_allowed_origins {
+            if origin != "*" && !is_origin(origin) {
+                return Err(problem(format!(
+                    "{origin:?} is not an origin (scheme://host[:port], no path), nor `*`"
+                )));
+            }
         }
         Ok(())
     }
@@ -311,6 +346,19 @@ impl Config {
     }
 }
 
+/// `scheme://host[:port]` with an http(s) scheme and nothing after the authority, as browsers
+/// send it in `Origin`.
+fn is_origin(text: &str) -> bool {
+    let Ok(uri) = text.parse::<http::Uri>() else {
+        return false;
+    };
+    matches!(uri.scheme_str(), Some("http" | "https"))
+        && uri.authority().is_some_and(|a| !a.host().is_empty())
+        // `http` reads `https://host` with the path `/`; a written `/` is refused below.
+        && uri.path_and_query().is_none_or(|pq| pq.as_str() == "/")
+        && !text.ends_with('/')
+}
+
 /// sqlx errors about URLs can quote the URL; keep only the part before any "://".
 fn redact(message: &str) -> String {
     match message.find("://") {
@@ -369,6 +417,34 @@ mod tests {
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("DATABASE_URL"), "{error}");
         assert!(!error.contains("secret"), "{error}");
+    }
+
+    #[test]
+    fn grpc_web_origins_must_be_origins_and_need_grpc_web() {
+        let mut config = Config::embedded("x.db".into());
+        assert!(!config.grpc_web, "off by default");
+        config.grpc_web_allowed_origins = vec!["https://app.example".to_owned()];
+        let error = config.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("GRPC_WEB_ALLOWED_ORIGINS") && error.contains("off"),
+            "{error}"
+        );
+        config.grpc_web = true;
+        for good in ["https://app.example", "http://127.0.0.1:8080", "*"] {
+            config.grpc_web_allowed_origins = vec![good.to_owned()];
+            assert!(config.validate().is_ok(), "{good}");
+        }
+        for bad in [
+            "app.example",
+            "https://app.example/",
+            "https://app.example/x",
+            "ftp://a.b",
+            "",
+        ] {
+            config.grpc_web_allowed_origins = vec![bad.to_owned()];
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains("GRPC_WEB_ALLOWED_ORIGINS"), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -13,6 +13,9 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
+use tonic_web::GrpcWebLayer;
+use tower::layer::util::Stack;
+use tower_http::cors::CorsLayer;
 
 use crate::cache::{CacheBackend, CachedStore};
 use crate::config::Config;
@@ -207,7 +210,10 @@ impl Application {
         });
         let drain_delay = Duration::from_millis(config.drain_delay_ms);
         let server = tonic::transport::Server::builder()
+            // Browsers' gRPC-web calls may come over HTTP/1.1.
+            .accept_http1(config.grpc_web)
             .timeout(Duration::from_millis(config.request_timeout_ms))
+            .layer(tower::util::option_layer(grpc_web_layer(&config)))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -374,6 +380,40 @@ pub async fn run_worker(
     let _ = metrics_server.await;
     database.close().await;
     Ok(())
+}
+
+/// gRPC-web (tonic-web) behind CORS for the configured origins, when `GRPC_WEB` is on. Native
+/// gRPC passes both untouched.
+fn grpc_web_layer(config: &Config) -> Option<Stack<GrpcWebLayer, CorsLayer>> {
+    use http::{HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowHeaders, AllowOrigin};
+
+    if !config.grpc_web {
+        return None;
+    }
+    let origins = &config.grpc_web_allowed_origins;
+    let allow_origin = if origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        // Validated as header values by `Config::validate`.
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )
+    };
+    let cors = CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::POST])
+        // Echoing the requested headers lets custom metadata through (as the edge does).
+        .allow_headers(AllowHeaders::mirror_request())
+        .expose_headers([
+            HeaderName::from_static("grpc-status"),
+            HeaderName::from_static("grpc-message"),
+            HeaderName::from_static("grpc-status-details-bin"),
+        ])
+        .max_age(Duration::from_secs(24 * 60 * 60));
+    Some(Stack::new(GrpcWebLayer::new(), cors))
 }
 
 /// Resolves once the flag is raised.

@@ -2,7 +2,7 @@
 //! ([`crate::grpc_web`], [`crate::grpc_compression`]), one upstream call, the response messages
 //! streamed back as frames as they arrive, the status in the closing trailer frame.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method};
 use pingora::{Error, http::ResponseHeader, proxy::Session};
 
@@ -14,7 +14,7 @@ use crate::{
     grpc_web::{COMPRESSED_FLAG, Mode, RequestDecoder, ResponseEncoder},
     hooks::FilterResponse,
     protocol::Protocol,
-    routes::grpc_route_label,
+    routes::{self, grpc_route_label},
     transcode::TranscodeError,
 };
 
@@ -76,7 +76,7 @@ impl GatewayProxy {
         ctx.upstream = Some(upstream);
         let (response_metadata, mut stream, _) = response.into_parts();
         let encoder = ResponseEncoder::new(mode);
-        let mut head = ResponseHeader::build(200, Some(8))
+        let mut head = ResponseHeader::build_no_case(200, Some(8))
             .map_err(|e| GatewayError::Internal(e.to_string()))?;
         let _ = head.insert_header("content-type", mode.content_type());
         for (name, value) in response_metadata.into_headers().iter() {
@@ -87,25 +87,45 @@ impl GatewayProxy {
         self.cors_headers(ctx, &mut head);
         self.trace_header(ctx, &mut head);
         ctx.status = 200;
-        let mut sent_headers = head.headers.clone();
+        // Only filters read the sent headers and the first message back.
+        let filtered = !self.state.filters.is_empty();
+        let mut sent_headers = if filtered {
+            head.headers.clone()
+        } else {
+            HeaderMap::new()
+        };
         let mut first_message: Option<Bytes> = None;
         let write_error =
             |e: Box<Error>| GatewayError::Internal(format!("writing gRPC-web response: {e}"));
-        session
-            .write_response_header(Box::new(head), false)
-            .await
-            .map_err(write_error)?;
+        // A unary answer goes out as the header and one body chunk (its message and trailer
+        // frames), written together once the upstream has finished; a stream is written as it
+        // arrives.
+        let unary = routes::grpc_method(&self.state.pool, &path)
+            .is_some_and(|method| !method.is_server_streaming());
+        let mut head = Some(Box::new(head));
+        if !unary && let Some(head) = head.take() {
+            session
+                .write_response_header(head, false)
+                .await
+                .map_err(write_error)?;
+        }
+        let mut unary_body = BytesMut::new();
         let deadline = tokio::time::Instant::now() + timeout;
         let status = loop {
             match tokio::time::timeout_at(deadline, stream.message()).await {
                 Ok(Ok(Some(message))) => {
-                    if first_message.is_none() {
+                    if filtered && first_message.is_none() {
                         first_message = Some(message.clone());
                     }
-                    session
-                        .write_response_body(Some(encoder.message(&message)), false)
-                        .await
-                        .map_err(write_error)?;
+                    let frame = encoder.message(&message);
+                    if unary {
+                        unary_body.extend_from_slice(&frame);
+                    } else {
+                        session
+                            .write_response_body(Some(frame), false)
+                            .await
+                            .map_err(write_error)?;
+                    }
                 }
                 Ok(Ok(None)) => break tonic::Status::ok(""),
                 Ok(Err(status)) => break status,
@@ -133,23 +153,37 @@ impl GatewayProxy {
             }
         }
         ctx.grpc_status = Some(code);
-        // The stream has gone out: the filters' response phase only records attributes.
+        // The head is decided (for a stream it has gone out): the filters only record attributes.
         let mut http_status = 200;
-        self.state.filters.on_response(
-            &mut ctx.filters,
-            &mut FilterResponse {
-                protocol: Protocol::GrpcWeb,
-                grpc_method: &path,
-                grpc_status: code,
-                http_status: &mut http_status,
-                headers: &mut sent_headers,
-                message: first_message.as_ref(),
-                body: None,
-                attributes: &mut ctx.filter_attributes,
-            },
-        );
+        if filtered {
+            self.state.filters.on_response(
+                &mut ctx.filters,
+                &mut FilterResponse {
+                    protocol: Protocol::GrpcWeb,
+                    grpc_method: &path,
+                    grpc_status: code,
+                    http_status: &mut http_status,
+                    headers: &mut sent_headers,
+                    message: first_message.as_ref(),
+                    body: None,
+                    attributes: &mut ctx.filter_attributes,
+                },
+            );
+        }
+        let trailer_frame = encoder.trailers(&trailers);
+        let Some(head) = head else {
+            return session
+                .write_response_body(Some(trailer_frame), true)
+                .await
+                .map_err(write_error);
+        };
+        unary_body.extend_from_slice(&trailer_frame);
         session
-            .write_response_body(Some(encoder.trailers(&trailers)), true)
+            .write_response_header(head, false)
+            .await
+            .map_err(write_error)?;
+        session
+            .write_response_body(Some(unary_body.freeze()), true)
             .await
             .map_err(write_error)
     }

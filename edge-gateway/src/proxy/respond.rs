@@ -59,7 +59,8 @@ impl GatewayProxy {
         body: Bytes,
         extra: &[(&str, String)],
     ) -> pingora::Result<()> {
-        let mut response = ResponseHeader::build(status, Some(4))?;
+        // No header-name case map: the names are lower-case literals, as both HTTP versions send them.
+        let mut response = ResponseHeader::build_no_case(status, Some(6))?;
         response.insert_header("content-type", content_type)?;
         // A 304 has no body; its headers describe the representation the client already has.
         if status != 304 {

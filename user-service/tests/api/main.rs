@@ -8,6 +8,7 @@ mod binary;
 mod cache_coherence;
 mod events;
 mod faults;
+mod grpc_web;
 mod helpers;
 mod hooks;
 mod idempotency;

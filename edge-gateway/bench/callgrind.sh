@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Instructions the gateway executes per request, by kind (REST GET, native gRPC pass-through,
+# gRPC-web), counted by `valgrind --tool=callgrind` on the release gateway. Unlike CPU time these
+# counts do not move with a shared machine's noise, so before/after comparisons of a change can
+# be read from one run each.
+#
+# Each kind runs GetUser (a cache hit in the user-service) twice through the gateway, with
+# $SHORT and $LONG requests; counters are zeroed before and dumped after each run, so
+# (Ir(LONG) - Ir(SHORT)) / (LONG - SHORT) is the steady-state cost of one request: connection
+# setup, seeding and warm-up cancel out.
+#
+# Usage (from the repository root, after the release build of edge-gateway/bench/run.sh):
+#   edge-gateway/bench/callgrind.sh [concurrency ...]      # default: 1 16
+# KEEP=dir keeps the callgrind dumps there (for callgrind_annotate).
+set -euo pipefail
+
+CONCURRENCIES=("$@")
+[[ ${#CONCURRENCIES[@]} -eq 0 ]] && CONCURRENCIES=(1 16)
+SHORT="${SHORT:-300}"
+LONG="${LONG:-1300}"
+BIN="${CARGO_TARGET_DIR:-target}/release"
+# GATEWAY_BIN=path runs another gateway build (e.g. a copy of the binary before a change).
+GATEWAY_BIN="${GATEWAY_BIN:-$BIN/edge-gateway}"
+WORK="$(mktemp -d)"
+USER_GRPC=127.0.0.1:50161
+GATEWAY=127.0.0.1:8190
+
+cleanup() {
+  [[ -n "${GATEWAY_PID:-}" ]] && kill "$GATEWAY_PID" 2>/dev/null || true
+  [[ -n "${USER_PID:-}" ]] && kill "$USER_PID" 2>/dev/null || true
+  wait 2>/dev/null || true
+  if [[ -n "${KEEP:-}" ]]; then mkdir -p "$KEEP" && cp "$WORK"/callgrind.out* "$KEEP"/ 2>/dev/null || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+wait_port() {
+  for _ in $(seq 1 600); do
+    if (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "nothing listening on $1" >&2
+  return 1
+}
+
+"$BIN/user-service" --grpc-addr "$USER_GRPC" --metrics-addr 127.0.0.1:0 \
+  --sqlite-path "$WORK/users.db" --migrate-on-start true --log-format text --log-filter warn &
+USER_PID=$!
+wait_port "$USER_GRPC"
+
+cat > "$WORK/gateway.yaml" <<YAML
+server:
+  version: 1
+  threads: 2
+  pid_file: $WORK/gateway.pid
+  upgrade_sock: $WORK/gateway.sock
+gateway:
+  listen: $GATEWAY
+  upstreams: [$USER_GRPC]
+YAML
+RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
+  "$GATEWAY_BIN" --config "$WORK/gateway.yaml" > "$WORK/gateway.log" 2>&1 &
+GATEWAY_PID=$!
+wait_port "$GATEWAY"
+
+dumps=0
+# Sets IR to the instructions executed since the last zeroing, read from a fresh dump (not in a
+# subshell: the dump count must persist).
+instructions() {
+  callgrind_control -d "$GATEWAY_PID" >/dev/null 2>&1
+  dumps=$((dumps + 1))
+  local file="$WORK/callgrind.out.$dumps"
+  for _ in $(seq 1 300); do
+    grep -q '^totals:' "$file" 2>/dev/null && break
+    sleep 0.1
+  done
+  IR=$(awk '/^totals:/ {print $2}' "$file")
+}
+
+load() {
+  "$BIN/meshgate-loadgen" --target "http://$GATEWAY" --scenario get-hit --transport "$1" \
+    --concurrency "$2" --connections 4 --seed-users 20 --requests "$3" >/dev/null
+}
+
+echo "| kind | concurrency | gateway instructions per request |"
+echo "| --- | ---: | ---: |"
+for concurrency in "${CONCURRENCIES[@]}"; do
+  for transport in rest grpc grpc-web; do
+    callgrind_control -z "$GATEWAY_PID" >/dev/null 2>&1
+    load "$transport" "$concurrency" "$SHORT"
+    instructions
+    short=$IR
+    callgrind_control -z "$GATEWAY_PID" >/dev/null 2>&1
+    load "$transport" "$concurrency" "$LONG"
+    instructions
+    long=$IR
+    echo "| $transport | $concurrency | $(( (long - short) / (LONG - SHORT) )) |"
+  done
+done
