@@ -13,6 +13,8 @@
 #   edge-gateway/bench/callgrind.sh [concurrency ...]      # default: 1 16
 # KEEP=dir keeps the callgrind dumps there (for callgrind_annotate).
 set -euo pipefail
+# wait_for_port
+source "$(dirname "$0")/../../scripts/lib/wait.sh"
 
 CONCURRENCIES=("$@")
 [[ ${#CONCURRENCIES[@]} -eq 0 ]] && CONCURRENCIES=(1 16)
@@ -34,19 +36,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() {
-  for _ in $(seq 1 600); do
-    if (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listening on $1" >&2
-  return 1
-}
 
 "$BIN/user-service" --grpc-addr "$USER_GRPC" --metrics-addr 127.0.0.1:0 \
   --sqlite-path "$WORK/users.db" --migrate-on-start true --log-format text --log-filter warn &
 USER_PID=$!
-wait_port "$USER_GRPC"
+wait_for_port "${USER_GRPC#*:}" USER_GRPC 60 "${USER_GRPC%:*}"
 
 cat > "$WORK/gateway.yaml" <<YAML
 server:
@@ -61,7 +55,7 @@ YAML
 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
   "$GATEWAY_BIN" --config "$WORK/gateway.yaml" > "$WORK/gateway.log" 2>&1 &
 GATEWAY_PID=$!
-wait_port "$GATEWAY"
+wait_for_port "${GATEWAY#*:}" GATEWAY 60 "${GATEWAY%:*}"
 
 dumps=0
 # Sets IR to the instructions executed since the last zeroing, read from a fresh dump (not in a

@@ -17,6 +17,8 @@
 #   edge-gateway/bench/run.sh [seconds-per-run] [concurrency ...]
 # Needs nginx with the http_v2 module (Debian: apt-get install nginx-light); NGINX=path overrides.
 set -euo pipefail
+# wait_for_port
+source "$(dirname "$0")/../../scripts/lib/wait.sh"
 
 SECONDS_PER_RUN="${1:-10}"
 shift || true
@@ -42,21 +44,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() {
-  for _ in $(seq 1 200); do
-    if (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "nothing listening on $1" >&2
-  return 1
-}
 
 # gRPC-web served by the service itself (tonic-web) for row (w); native gRPC is unaffected.
 "$BIN/user-service" --grpc-addr "$USER_GRPC" --metrics-addr 127.0.0.1:9190 \
   --sqlite-path "$WORK/users.db" --migrate-on-start true --log-format text --log-filter warn \
   --grpc-web true &
 USER_PID=$!
-wait_port "$USER_GRPC"
+wait_for_port "${USER_GRPC#*:}" USER_GRPC 10 "${USER_GRPC%:*}"
 
 cat > "$WORK/gateway.yaml" <<YAML
 server:
@@ -72,7 +66,7 @@ YAML
 # Access log off (RUST_LOG=warn): the run measures the proxy path, not stdout.
 RUST_LOG=warn "$GATEWAY_BIN" --config "$WORK/gateway.yaml" > "$WORK/gateway.log" 2>&1 &
 GATEWAY_PID=$!
-wait_port "$GATEWAY"
+wait_for_port "${GATEWAY#*:}" GATEWAY 10 "${GATEWAY%:*}"
 
 # nginx as a plain gRPC proxy: h2c in, h2c out over kept-alive upstream connections, no logs.
 mkdir -p "$WORK/nginx"
@@ -101,7 +95,7 @@ http {
 NGINX
 "$NGINX" -e stderr -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
 NGINX_PID=$!
-wait_port "$NGINX_ADDR"
+wait_for_port "${NGINX_ADDR#*:}" NGINX_ADDR 10 "${NGINX_ADDR%:*}"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # nginx: the master and its workers.
