@@ -49,6 +49,7 @@ mod tests {
                 "UpdateUser",
                 "DeleteUser",
                 "ListUsers",
+                "ListUserEvents",
                 "TestError"
             ]
         );
