@@ -45,6 +45,19 @@ async fn metrics_contract_rows_are_all_exported() {
         ) >= 1.0
     })
     .await;
+    // A discovered endpoint takes traffic once its first health check passes: until then the
+    // failover below would have nowhere to go.
+    let discovered = format!("127.0.0.9:{port}");
+    eventually(
+        "the discovered endpoint to pass its first check",
+        || async {
+            metric_value(
+                "meshgate_gateway_upstream_healthy",
+                &[("upstream", &discovered)],
+            ) >= 1.0
+        },
+    )
+    .await;
     // Killing one upstream makes the next calls to it fail over to the other (the retry
     // series) until consecutive connect failures eject it (the outlier series).
     one.stop().await;
