@@ -55,6 +55,8 @@ async fn call(
             app.grpc_addr
         ))
         .header("content-type", mode.content_type())
+        // tonic-web picks the response encoding from `accept`, as grpc-web clients send it.
+        .header("accept", mode.content_type())
         .header("x-grpc-web", "1")
         .header("origin", origin)
         .body(ResponseEncoder::new(mode).message(&message.encode_to_vec()))
