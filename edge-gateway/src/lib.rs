@@ -17,8 +17,8 @@
 //! - [`balance`] (health thresholds, outlier ejection, panic routing), [`discovery`] (upstream
 //!   targets, TTL refresh, endpoint set changes), [`conn_limits`] (connection caps, header
 //!   deadline): resilience policy (pure).
-//! - [`config`]: YAML + flags/env → one validated [`config::GatewayConfig`] (reads the YAML
-//!   file and the TLS files it names).
+//! - [`config`]: YAML + flags/env → one validated [`config::GatewayConfig`] (pure schema,
+//!   overrides and checks; its `load` reads the YAML file and the TLS files it names).
 //! - [`state`]: what every request shares, built once from the config (loads descriptor sets).
 //! - [`upstream`]: endpoints, tonic channels, gRPC health checks, load balancing, retries;
 //!   [`dns`]: the resolver behind upstream names.
