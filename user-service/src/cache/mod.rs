@@ -17,29 +17,32 @@
 //! The cache is best effort: every cache operation is bounded by a timeout and goes through a
 //! circuit breaker ([`breaker`]); on a failure or while the breaker is open the request is
 //! served from the database. A write whose cache update failed is remembered and retried in the
-//! background until it lands ([`Repairs`]); until then this instance reads that user (or, for a
+//! background until it lands (`repair`); until then this instance reads that user (or, for a
 //! missed generation bump, every list page) from the database. Concurrent misses of one key
 //! share one database read (single flight), so a cold cache after an outage does not stampede
 //! the database; the shared read's fill goes through the same compare-and-set and every waiter
 //! gets the winning entry.
 
+//!
+//! Modules: [`entry`] and [`breaker`] (pure), [`backend`] (Redis or moka), `guard` (every call
+//! through the breaker and the timeout), `repair` (write-backs and their retries),
+//! `single_flight` (shared misses); this module wires them into the [`UserStore`] decorator.
+
 pub mod backend;
 pub mod breaker;
 pub mod entry;
+mod guard;
+mod repair;
 mod single_flight;
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use tokio::sync::Notify;
-use tracing::Instrument;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub use backend::{CacheBackend, CacheError};
-use breaker::{Admission, Breaker, BreakerState, Outcome};
+use breaker::{Breaker, BreakerState};
 pub use entry::CacheEntry;
+use guard::{RateLimitedLog, Reply};
+use repair::Repairs;
 use single_flight::SingleFlight;
 
 use crate::domain::{
@@ -47,7 +50,6 @@ use crate::domain::{
 };
 use crate::metrics::Metrics;
 
-/// Cache settings from the config.
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
     pub key_prefix: String,
@@ -61,10 +63,6 @@ pub struct CacheSettings {
     /// How long an open breaker skips the cache before one probe call.
     pub breaker_cooldown: Duration,
 }
-
-/// Writes whose cache update failed, kept at most this many users (the rest are counted and
-/// left to the TTL).
-const MAX_PENDING_REPAIRS: usize = 100_000;
 
 /// A [`UserStore`] decorated with the cache.
 pub struct CachedStore<S> {
@@ -83,14 +81,6 @@ struct Cache {
     breaker: Mutex<Breaker>,
     error_log: RateLimitedLog,
     repairs: Repairs,
-}
-
-/// How one cache call went.
-enum Reply<T> {
-    Done(T),
-    Failed,
-    /// Not attempted: the breaker is open.
-    Skipped,
 }
 
 impl<S> CachedStore<S> {
@@ -171,323 +161,6 @@ impl Cache {
             page.page(),
             page.limit()
         )
-    }
-
-    fn lock_breaker(&self) -> MutexGuard<'_, Breaker> {
-        self.breaker
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Runs one cache operation through the breaker and under the timeout. Failures are
-    /// counted and logged (rate-limited); the caller falls back to the database.
-    async fn call<T>(
-        &self,
-        operation: &'static str,
-        call: impl Future<Output = Result<T, CacheError>>,
-    ) -> Reply<T> {
-        let (admission, changed) = self.lock_breaker().admit(Instant::now());
-        if let Some(state) = changed {
-            self.breaker_changed(state);
-        }
-        if admission == Admission::Skip {
-            self.metrics
-                .cache_skipped
-                .with_label_values(&[operation])
-                .inc();
-            return Reply::Skipped;
-        }
-        let mut verdict = Verdict {
-            cache: self,
-            admission,
-            outcome: Outcome::Abandoned,
-        };
-        let span = tracing::info_span!(
-            "cache",
-            cache.backend = self.backend.kind(),
-            cache.operation = operation
-        );
-        let outcome = tokio::time::timeout(self.settings.timeout, call)
-            .instrument(span)
-            .await
-            .unwrap_or(Err(CacheError::Timeout(self.settings.timeout)));
-        match outcome {
-            Ok(value) => {
-                verdict.outcome = Outcome::Success;
-                Reply::Done(value)
-            }
-            Err(error) => {
-                verdict.outcome = Outcome::Failure;
-                self.metrics
-                    .cache_errors
-                    .with_label_values(&[operation])
-                    .inc();
-                self.error_log.warn(operation, &error);
-                Reply::Failed
-            }
-        }
-    }
-
-    fn record(&self, admission: Admission, outcome: Outcome) {
-        let changed = self
-            .lock_breaker()
-            .record(admission, outcome, Instant::now());
-        if let Some(state) = changed {
-            self.breaker_changed(state);
-        }
-    }
-
-    fn breaker_changed(&self, state: BreakerState) {
-        match state {
-            BreakerState::Open => tracing::warn!(
-                breaker = state.name(),
-                cooldown = ?self.settings.breaker_cooldown,
-                "cache circuit breaker open: skipping the cache, serving from the database"
-            ),
-            BreakerState::HalfOpen => {
-                tracing::info!(breaker = state.name(), "cache circuit breaker probing");
-            }
-            BreakerState::Closed => {
-                tracing::info!(breaker = state.name(), "cache circuit breaker closed");
-            }
-        }
-        self.metrics
-            .cache_breaker_transitions
-            .with_label_values(&[state.name()])
-            .inc();
-        self.publish_breaker_state(state);
-    }
-
-    fn publish_breaker_state(&self, current: BreakerState) {
-        for state in BreakerState::ALL {
-            self.metrics
-                .cache_breaker_state
-                .with_label_values(&[state.name()])
-                .set(i64::from(state == current));
-        }
-    }
-
-    /// The value of a call the read path can use; a failed or skipped call is counted as the
-    /// lookup's `error` or `bypass` (the caller then reads the database).
-    fn usable<T>(&self, cache: &'static str, reply: Reply<T>) -> Option<T> {
-        match reply {
-            Reply::Done(value) => Some(value),
-            Reply::Failed => {
-                self.count(cache, "error");
-                None
-            }
-            Reply::Skipped => {
-                self.count(cache, "bypass");
-                None
-            }
-        }
-    }
-
-    fn count_shared_fill(&self, cache: &'static str) {
-        self.metrics
-            .cache_shared_fills
-            .with_label_values(&[cache])
-            .inc();
-    }
-
-    fn count(&self, cache: &'static str, result: &'static str) {
-        self.metrics
-            .cache_requests
-            .with_label_values(&[cache, result])
-            .inc();
-    }
-
-    /// After a committed write: store the user's new entry (or tombstone) unless a newer one is
-    /// there, and bump the list generation, in one atomic step. On failure the write is
-    /// remembered for the repair task.
-    async fn after_write(&self, id: UserId, entry: CacheEntry) {
-        let key = self.user_key(id);
-        let generation_key = self.generation_key();
-        let epoch = self.repairs.generation_epoch();
-        let stored = self
-            .call(
-                "after_write",
-                self.backend
-                    .put_newer(&key, &entry, self.settings.ttl, Some(&generation_key)),
-            )
-            .await;
-        match stored {
-            Reply::Done(winner) => {
-                let landed = winner_version(winner.as_deref()).max(entry.version());
-                self.repairs.landed(id, landed);
-                self.repairs.generation_bumped(epoch);
-            }
-            Reply::Failed | Reply::Skipped => self.remember(id, entry),
-        }
-        self.metrics
-            .cache_repairs_pending
-            .set(i64::try_from(self.repairs.lock().len()).unwrap_or(i64::MAX));
-    }
-
-    fn remember(&self, id: UserId, entry: CacheEntry) {
-        if self.repairs.remember(id, entry) {
-            self.repairs.wake.notify_one();
-        } else {
-            self.metrics
-                .cache_repairs
-                .with_label_values(&["dropped"])
-                .inc();
-        }
-    }
-
-    /// Retries remembered writes until they land. Runs until the store is dropped.
-    async fn repair_loop(self: Arc<Self>) {
-        loop {
-            if self.repairs.is_empty() {
-                self.repairs.wake.notified().await;
-            } else {
-                self.repair_once().await;
-                if !self.repairs.is_empty() {
-                    // Not everything landed: the cache is failing. Try again after a cool-down
-                    // (the breaker skips calls until then anyway) or when a new write fails.
-                    tokio::select! {
-                        () = tokio::time::sleep(self.settings.breaker_cooldown) => {}
-                        () = self.repairs.wake.notified() => {}
-                    }
-                }
-            }
-        }
-    }
-
-    async fn repair_once(&self) {
-        let snapshot: Vec<(UserId, CacheEntry)> = self
-            .repairs
-            .lock()
-            .iter()
-            .map(|(id, entry)| (*id, entry.clone()))
-            .collect();
-        for (id, entry) in snapshot {
-            let key = self.user_key(id);
-            let stored = self
-                .call(
-                    "repair",
-                    self.backend
-                        .put_newer(&key, &entry, self.settings.ttl, None),
-                )
-                .await;
-            let Reply::Done(winner) = stored else {
-                return;
-            };
-            let landed = winner_version(winner.as_deref()).max(entry.version());
-            self.repairs.landed(id, landed);
-            self.metrics
-                .cache_repairs
-                .with_label_values(&["done"])
-                .inc();
-        }
-        if self.repairs.generation_dirty() {
-            let epoch = self.repairs.generation_epoch();
-            let bumped = self
-                .call(
-                    "repair",
-                    self.backend.bump_generation(&self.generation_key()),
-                )
-                .await;
-            if let Reply::Done(()) = bumped {
-                self.repairs.generation_bumped(epoch);
-                self.metrics
-                    .cache_repairs
-                    .with_label_values(&["done"])
-                    .inc();
-            }
-        }
-        self.metrics
-            .cache_repairs_pending
-            .set(i64::try_from(self.repairs.lock().len()).unwrap_or(i64::MAX));
-    }
-}
-
-fn winner_version(winner: Option<&[u8]>) -> Version {
-    winner
-        .and_then(entry::version_of)
-        .unwrap_or(Version::new(0))
-}
-
-/// Records how an admitted cache call ended when dropped, also when the request went away
-/// mid-call (then `Abandoned`), so a cancelled probe cannot wedge the breaker.
-struct Verdict<'a> {
-    cache: &'a Cache,
-    admission: Admission,
-    outcome: Outcome,
-}
-
-impl Drop for Verdict<'_> {
-    fn drop(&mut self) {
-        self.cache.record(self.admission, self.outcome);
-    }
-}
-
-/// Writes whose cache update failed: the newest entry per user, and whether a list generation
-/// bump is owed. `generation_epoch` counts owed bumps, `clean_epoch` the last one known landed:
-/// a bump that *started* after a failure was marked covers it.
-#[derive(Default)]
-struct Repairs {
-    users: Mutex<HashMap<UserId, CacheEntry>>,
-    dirty_epoch: AtomicU64,
-    clean_epoch: AtomicU64,
-    wake: Notify,
-}
-
-impl Repairs {
-    fn lock(&self) -> MutexGuard<'_, HashMap<UserId, CacheEntry>> {
-        self.users
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn is_empty(&self) -> bool {
-        self.lock().is_empty() && !self.generation_dirty()
-    }
-
-    fn is_pending(&self, id: UserId) -> bool {
-        self.lock().contains_key(&id)
-    }
-
-    /// Remembers `entry` (unless a newer one is remembered) and owes a generation bump.
-    /// `false` when the map is full and the entry was dropped.
-    fn remember(&self, id: UserId, entry: CacheEntry) -> bool {
-        self.dirty_epoch.fetch_add(1, Ordering::AcqRel);
-        let mut users = self.lock();
-        if let Some(remembered) = users.get_mut(&id) {
-            if entry::supersedes(entry.version(), Some(remembered.version())) {
-                *remembered = entry;
-            }
-            return true;
-        }
-        if users.len() >= MAX_PENDING_REPAIRS {
-            return false;
-        }
-        users.insert(id, entry);
-        true
-    }
-
-    /// The cache now holds `version` or newer for `id`: a remembered entry not newer is done.
-    fn landed(&self, id: UserId, version: Version) {
-        let mut users = self.lock();
-        if users
-            .get(&id)
-            .is_some_and(|remembered| remembered.version() <= version)
-        {
-            users.remove(&id);
-        }
-    }
-
-    fn generation_epoch(&self) -> u64 {
-        self.dirty_epoch.load(Ordering::Acquire)
-    }
-
-    fn generation_dirty(&self) -> bool {
-        self.dirty_epoch.load(Ordering::Acquire) > self.clean_epoch.load(Ordering::Acquire)
-    }
-
-    /// A bump issued when the epoch was `epoch` landed.
-    fn generation_bumped(&self, epoch: u64) {
-        self.clean_epoch.fetch_max(epoch, Ordering::AcqRel);
     }
 }
 
@@ -650,79 +323,5 @@ impl<S: UserStore> UserStore for CachedStore<S> {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
-    }
-}
-
-/// Logs cache failures at most once per second, with how many were suppressed, so a dead Redis
-/// under load does not flood the logs (the metric counts every one).
-#[derive(Default)]
-struct RateLimitedLog {
-    last_second: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl RateLimitedLog {
-    fn warn(&self, operation: &str, error: &dyn std::fmt::Display) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let last = self.last_second.load(Ordering::Relaxed);
-        if now > last
-            && self
-                .last_second
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
-            tracing::warn!(
-                operation,
-                %error,
-                suppressed,
-                "cache unavailable; serving from the database"
-            );
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(id: UserId, version: i64) -> CacheEntry {
-        CacheEntry::User(User {
-            id,
-            ..entry::sample_user(version)
-        })
-    }
-
-    #[test]
-    fn repairs_keep_the_newest_write_until_it_or_newer_lands() {
-        let repairs = Repairs::default();
-        let id = UserId::new_random();
-        assert!(repairs.remember(id, entry(id, 3)));
-        assert!(
-            repairs.remember(id, entry(id, 2)),
-            "an older write is absorbed"
-        );
-        repairs.landed(id, Version::new(2));
-        assert!(repairs.is_pending(id), "v3 has not landed yet");
-        repairs.landed(id, Version::new(4));
-        assert!(!repairs.is_pending(id), "something newer landed");
-    }
-
-    #[test]
-    fn a_generation_bump_only_covers_failures_marked_before_it_started() {
-        let repairs = Repairs::default();
-        let id = UserId::new_random();
-        repairs.remember(id, entry(id, 1));
-        let before_bump = repairs.generation_epoch();
-        // Another write fails while the bump is in flight: its commit may be after the bump.
-        repairs.remember(id, entry(id, 2));
-        repairs.generation_bumped(before_bump);
-        assert!(repairs.generation_dirty());
-        repairs.generation_bumped(repairs.generation_epoch());
-        assert!(!repairs.generation_dirty());
     }
 }
