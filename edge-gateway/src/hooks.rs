@@ -95,6 +95,10 @@ pub trait Filter: Send + Sync {
     fn on_request(&self, request: &mut FilterRequest<'_>) -> Decision;
     /// The response phase of a filter that answered [`Decision::Continue`].
     fn on_response(&self, _response: &mut FilterResponse<'_>) {}
+    /// The filter's own counters, served with the gateway's metrics on `/metrics`.
+    fn metrics(&self) -> Option<Box<dyn prometheus::core::Collector>> {
+        None
+    }
 }
 
 /// The handles of one request, one slot per filter. pingora needs its per-request context to
@@ -123,6 +127,11 @@ impl FilterChain {
 
     pub fn is_empty(&self) -> bool {
         self.filters.is_empty()
+    }
+
+    /// The filters' own counters, for the gateway's registry.
+    pub fn metrics(&self) -> impl Iterator<Item = Box<dyn prometheus::core::Collector>> + '_ {
+        self.filters.iter().filter_map(|filter| filter.metrics())
     }
 
     /// Runs the request phase in order; handles of tracking filters go to `pending`. Returns

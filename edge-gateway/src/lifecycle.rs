@@ -17,13 +17,14 @@ use std::{
 
 use async_trait::async_trait;
 use pingora::server::{ExecutionPhase, ShutdownSignal, ShutdownSignalWatch};
+use prometheus::IntGauge;
 use tokio::sync::broadcast;
 
-use crate::metrics;
-
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Lifecycle {
     draining: AtomicBool,
+    /// `meshgate_gateway_draining` of this gateway.
+    draining_gauge: IntGauge,
     in_flight: AtomicUsize,
     /// Signalled when the last in-flight request ends.
     idle: (Mutex<()>, Condvar),
@@ -44,13 +45,22 @@ impl Drop for InFlight {
 }
 
 impl Lifecycle {
+    pub fn new(draining_gauge: IntGauge) -> Self {
+        Self {
+            draining: AtomicBool::new(false),
+            draining_gauge,
+            in_flight: AtomicUsize::new(0),
+            idle: (Mutex::new(()), Condvar::new()),
+        }
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
 
     pub fn begin_draining(&self) {
         if !self.draining.swap(true, Ordering::AcqRel) {
-            metrics::DRAINING.set(1);
+            self.draining_gauge.set(1);
             tracing::info!("draining: /readyz answers 503, still serving");
         }
     }

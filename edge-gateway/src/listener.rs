@@ -27,7 +27,7 @@ use tokio::{io::AsyncWriteExt, sync::Notify};
 
 use crate::{
     conn_limits::{Admission, ConnectionSettings, HeaderDeadline},
-    metrics,
+    metrics::Metrics,
 };
 
 /// One open connection's header deadline and its watcher's wake-up.
@@ -133,6 +133,7 @@ impl ConnectionTracker {
 pub struct ConnectionGate<A> {
     pub inner: Arc<A>,
     pub tracker: Arc<ConnectionTracker>,
+    pub metrics: Arc<Metrics>,
 }
 
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
@@ -158,7 +159,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
             .unwrap_or_else(|e| e.into_inner())
             .admit(client);
         if let Err(refusal) = admitted {
-            metrics::CONNECTIONS_REFUSED
+            self.metrics
+                .connections_refused
                 .with_label_values(&[refusal.as_str()])
                 .inc();
             tracing::debug!(?client, reason = refusal.as_str(), "connection refused");
@@ -171,7 +173,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
             .await;
             return None;
         }
-        metrics::CONNECTIONS.inc();
+        self.metrics.connections.inc();
         let connection = Arc::new(Connection {
             deadline: Mutex::new(HeaderDeadline::opened(
                 Instant::now(),
@@ -190,7 +192,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
             result = self.inner.process_new(stream, shutdown) => result,
             _ = connection.expired() => {
                 // Dropping pingora's session closes the socket.
-                metrics::CONNECTIONS_TIMED_OUT.inc();
+                self.metrics.header_timeouts.inc();
                 tracing::debug!(?client, "closed: no complete request header in time");
                 None
             }
@@ -207,7 +209,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .release(client);
-        metrics::CONNECTIONS.dec();
+        self.metrics.connections.dec();
         result
     }
 

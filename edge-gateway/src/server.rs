@@ -2,7 +2,7 @@
 //! port) behind the connection gate, the metrics service and the upstream discovery and
 //! health-check background service.
 
-use std::sync::Arc;
+use std::{net::TcpListener, os::fd::IntoRawFd, sync::Arc};
 
 use async_trait::async_trait;
 use pingora::{
@@ -10,10 +10,10 @@ use pingora::{
     protocols::http::ServerSession,
     proxy::http_proxy,
     server::{
-        RunArgs, Server, ShutdownSignal, ShutdownSignalWatch,
+        ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
         configuration::{Opt, ServerConf},
     },
-    services::{background::background_service, listening::Service},
+    services::{Service as PingoraService, background::background_service, listening::Service},
 };
 
 use crate::{
@@ -21,7 +21,7 @@ use crate::{
     conn_limits::effective_max,
     hooks::FilterChain,
     listener::{ConnectionGate, ConnectionTracker},
-    metrics,
+    metrics::Metrics,
     proxy::GatewayProxy,
     state::{GatewayState, StartError, load_pool},
     upstream::{UpstreamMaintenance, UpstreamPool, UpstreamSettings, Upstreams},
@@ -47,13 +47,15 @@ fn open_file_limit() -> Option<u64> {
 }
 
 /// Serves `/metrics` on the metrics port.
-struct MetricsApp;
+struct MetricsApp {
+    metrics: Arc<Metrics>,
+}
 
 #[async_trait]
 impl pingora::apps::http_app::ServeHttp for MetricsApp {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let (status, body) = if session.req_header().uri.path() == "/metrics" {
-            (200, metrics::render())
+            (200, self.metrics.render().into_bytes())
         } else {
             (404, b"not found\n".to_vec())
         };
@@ -66,12 +68,123 @@ impl pingora::apps::http_app::ServeHttp for MetricsApp {
     }
 }
 
+/// Sockets bound before the server is built (tests, embedding). A service given one listens
+/// on it instead of binding its configured address, so no other process or test can take the
+/// port in between; the config's address becomes the socket's.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// `gateway.listen`.
+    pub main: Option<TcpListener>,
+    /// `gateway.tls.listen`.
+    pub tls: Option<TcpListener>,
+    /// `gateway.metrics_listen`.
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Points the config's addresses at the given sockets.
+    fn apply_to(&self, config: &mut GatewayConfig) -> Result<(), StartError> {
+        let bound = |listener: &TcpListener| {
+            listener
+                .local_addr()
+                .map_err(|e| StartError::Server(format!("pre-bound listener: {e}")))
+        };
+        if let Some(listener) = &self.main {
+            config.listen = bound(listener)?;
+        }
+        if let (Some(listener), Some(tls)) = (&self.tls, &mut config.tls) {
+            tls.0 = bound(listener)?;
+        }
+        if let Some(listener) = &self.metrics {
+            config.metrics_listen = Some(bound(listener)?);
+        }
+        Ok(())
+    }
+}
+
+/// A pingora service whose sockets the caller bound. They go into pingora's table of
+/// inherited listening sockets (the one a graceful upgrade fills from the old process), keyed
+/// by address as pingora keys them, so the service takes them from there instead of binding.
+struct PreBound<S> {
+    inner: S,
+    sockets: Vec<(String, TcpListener)>,
+}
+
+impl<S> PreBound<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            sockets: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, addr: &std::net::SocketAddr, socket: Option<TcpListener>) {
+        if let Some(socket) = socket {
+            self.sockets.push((addr.to_string(), socket));
+        }
+    }
+}
+
+#[async_trait]
+impl<S: PingoraService> PingoraService for PreBound<S> {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        listeners_per_fd: usize,
+    ) {
+        if let Some(fds) = &fds {
+            let mut table = fds.lock();
+            for (addr, socket) in self.sockets.drain(..) {
+                // pingora's accept loop is async: the socket must not block.
+                match socket.set_nonblocking(true) {
+                    Ok(()) => table.add(addr, socket.into_raw_fd()),
+                    Err(error) => tracing::warn!(%addr, %error, "pre-bound socket not used"),
+                }
+            }
+        }
+        self.inner
+            .start_service(fds, shutdown, listeners_per_fd)
+            .await;
+    }
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn threads(&self) -> Option<usize> {
+        self.inner.threads()
+    }
+
+    fn runtime_opts_override(
+        &self,
+        global: &pingora::server::RuntimeOpts,
+    ) -> Option<pingora::server::RuntimeOpts> {
+        self.inner.runtime_opts_override(global)
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        self.inner.listen_addresses()
+    }
+}
+
 /// Builds the pingora server for `config`. `opt` carries pingora's own flags (upgrade, daemon).
 pub fn build_server(
     config: GatewayConfig,
     opt: Option<Opt>,
     filters: FilterChain,
 ) -> Result<(Server, Arc<GatewayState>), StartError> {
+    build_server_on(config, opt, filters, Listeners::default())
+}
+
+/// [`build_server`] on sockets bound by the caller.
+pub fn build_server_on(
+    mut config: GatewayConfig,
+    opt: Option<Opt>,
+    filters: FilterChain,
+    listeners: Listeners,
+) -> Result<(Server, Arc<GatewayState>), StartError> {
+    listeners.apply_to(&mut config)?;
     let server_conf = match &config.server {
         Some(text) => ServerConf::from_yaml(text).map_err(|e| StartError::Server(e.to_string()))?,
         None => {
@@ -92,9 +205,12 @@ pub fn build_server(
         .filter(|target| matches!(target, crate::discovery::UpstreamTarget::Name { .. }))
         .map(crate::discovery::UpstreamTarget::label)
         .collect();
-    metrics::init(&names);
+    let metrics = Arc::new(Metrics::new(&names));
+    for collector in filters.metrics() {
+        metrics.register(collector);
+    }
     let upstream_settings = UpstreamSettings::from_config(&config);
-    let endpoints = Arc::new(UpstreamPool::new(&upstream_settings));
+    let endpoints = Arc::new(UpstreamPool::new(&upstream_settings, metrics.clone()));
     let maintenance = UpstreamMaintenance::new(endpoints.clone(), upstream_settings.clone())
         .map_err(|e| StartError::Upstreams(e.to_string()))?;
     let background = background_service("upstream discovery and health", maintenance);
@@ -113,7 +229,14 @@ pub fn build_server(
         "downstream connection caps"
     );
     let tracker = Arc::new(ConnectionTracker::new(config.connections, max_connections));
-    let state = GatewayState::new(config.clone(), pool, upstreams, filters, tracker.clone())?;
+    let state = GatewayState::new(
+        config.clone(),
+        pool,
+        upstreams,
+        filters,
+        tracker.clone(),
+        metrics.clone(),
+    )?;
 
     let mut app = http_proxy(
         &server.configuration,
@@ -129,15 +252,20 @@ pub fn build_server(
     let gate = ConnectionGate {
         inner: Arc::new(app),
         tracker,
+        metrics: metrics.clone(),
     };
-    let mut proxy = Service::new("edge gateway".to_owned(), gate);
-    proxy.add_tcp(&config.listen.to_string());
+    let mut proxy = PreBound::new(Service::new("edge gateway".to_owned(), gate));
+    proxy.inner.add_tcp(&config.listen.to_string());
+    proxy.add(&config.listen, listeners.main);
     // The same proxy (REST, gRPC-web, gRPC) over TLS; ALPN picks h2 or HTTP/1.1.
     #[cfg(feature = "rustls")]
     if let Some((addr, cert, key)) = &config.tls {
         let tls =
             crate::tls::listener_settings(cert, key).map_err(|e| StartError::Tls(e.to_string()))?;
-        proxy.add_tls_with_settings(&addr.to_string(), None, tls);
+        proxy
+            .inner
+            .add_tls_with_settings(&addr.to_string(), None, tls);
+        proxy.add(addr, listeners.tls);
     }
     #[cfg(not(feature = "rustls"))]
     if config.tls.is_some() {
@@ -148,8 +276,10 @@ pub fn build_server(
     server.add_service(proxy);
     server.add_service(background);
     if let Some(addr) = config.metrics_listen {
-        let mut metrics_service = Service::new("metrics".to_owned(), MetricsApp);
-        metrics_service.add_tcp(&addr.to_string());
+        let mut metrics_service =
+            PreBound::new(Service::new("metrics".to_owned(), MetricsApp { metrics }));
+        metrics_service.inner.add_tcp(&addr.to_string());
+        metrics_service.add(&addr, listeners.metrics);
         server.add_service(metrics_service);
     }
     Ok((server, state))
@@ -176,8 +306,17 @@ pub struct RunningGateway {
 
 impl RunningGateway {
     pub fn start(config: GatewayConfig, filters: FilterChain) -> Result<Self, StartError> {
-        let addr = config.listen;
-        let (mut server, state) = build_server(config, None, filters)?;
+        Self::start_on(config, filters, Listeners::default())
+    }
+
+    /// On sockets bound by the caller (see [`Listeners`]).
+    pub fn start_on(
+        config: GatewayConfig,
+        filters: FilterChain,
+        listeners: Listeners,
+    ) -> Result<Self, StartError> {
+        let (mut server, state) = build_server_on(config, None, filters, listeners)?;
+        let addr = state.config.listen;
         server.bootstrap();
         let shutdown = Arc::new(tokio::sync::Notify::new());
         let signal = NotifyShutdown(shutdown.clone());

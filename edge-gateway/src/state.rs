@@ -11,6 +11,7 @@ use crate::{
     hooks::FilterChain,
     lifecycle::Lifecycle,
     listener::ConnectionTracker,
+    metrics::Metrics,
     openapi,
     routes::{RouteBuildError, Router},
     static_files::StaticFiles,
@@ -66,6 +67,8 @@ pub struct GatewayState {
     pub lifecycle: Arc<Lifecycle>,
     /// Open downstream connections (header deadline, caps).
     pub connections: Arc<ConnectionTracker>,
+    /// This gateway's metrics (its own registry).
+    pub metrics: Arc<Metrics>,
 }
 
 /// The built-in contract plus every configured descriptor set (files already present are skipped).
@@ -101,6 +104,7 @@ impl GatewayState {
         upstreams: Upstreams,
         filters: FilterChain,
         connections: Arc<ConnectionTracker>,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, StartError> {
         let router = Router::from_pool(&pool)?;
         let json = config.json;
@@ -136,8 +140,9 @@ impl GatewayState {
             filters,
             static_files,
             spans,
-            lifecycle: Arc::new(Lifecycle::default()),
+            lifecycle: Arc::new(Lifecycle::new(metrics.draining.clone())),
             connections,
+            metrics,
         }))
     }
 }

@@ -90,11 +90,6 @@ pub fn load(specs: &[FilterSpec]) -> Result<FilterChain, FilterLoadError> {
         })?;
         plugins.push(Arc::new(plugin));
     }
-    let metrics = FilterMetrics::new(&plugins);
-    if let Err(error) = prometheus::register(Box::new(metrics)) {
-        // A second chain in one process (tests) keeps the first one's series.
-        tracing::warn!(%error, "filter counters not registered");
-    }
     Ok(FilterChain::new(vec![Arc::new(IstioFilters {
         chain: Chain::new(plugins),
     })]))
@@ -112,6 +107,10 @@ impl IstioFilters {
 }
 
 impl Filter for IstioFilters {
+    fn metrics(&self) -> Option<Box<dyn Collector>> {
+        Some(Box::new(FilterMetrics::new(self.chain.plugins())))
+    }
+
     fn on_request(&self, request: &mut FilterRequest<'_>) -> Decision {
         let exchange = match self.chain.on_request(to_host_request(request)) {
             Ok(exchange) => exchange,

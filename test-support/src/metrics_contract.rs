@@ -1,7 +1,8 @@
 //! Drift guard for `deploy/observability/METRICS.md`, used by the user-service and edge-gateway
 //! integration tests. It reads the contract's table rows for one component and compares them with
 //! a real `/metrics` scrape: same family, same type, exactly the listed label names, and values
-//! inside any closed set the contract declares.
+//! inside any closed set the contract declares. [`value`] reads one sample of a scrape, for
+//! tests that check what was counted.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -69,6 +70,23 @@ fn backticked(text: &str) -> Vec<String> {
 pub struct Sample {
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    /// `NaN` when the line has no readable value.
+    pub value: f64,
+}
+
+/// The value of the sample of `scrape` named `name` whose labels include `labels` (others may
+/// be there too); `None` when no sample matches.
+pub fn value(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    parse_exposition(scrape)
+        .1
+        .into_iter()
+        .find(|sample| {
+            sample.name == name
+                && labels
+                    .iter()
+                    .all(|(key, value)| sample.labels.get(*key).map(String::as_str) == Some(*value))
+        })
+        .map(|sample| sample.value)
 }
 
 /// `# TYPE` lines (family -> type) and the samples of a scrape.
@@ -90,15 +108,21 @@ pub fn parse_exposition(text: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
 fn parse_sample(line: &str) -> Sample {
     let name_end = line.find(['{', ' ']).unwrap_or(line.len());
     let mut labels = BTreeMap::new();
-    if line[name_end..].starts_with('{') {
+    let mut rest = &line[name_end..];
+    if let Some(inner) = rest.strip_prefix('{') {
         // Label values may hold spaces, braces and commas (`GET /v1/users/{id}`): walk the quotes.
-        let mut chars = line[name_end + 1..].chars();
+        rest = inner;
         loop {
-            let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
-            let key = key.trim_start_matches(',').trim().to_owned();
-            if key.is_empty() || key.starts_with('}') {
+            let next = rest.trim_start_matches(',').trim_start();
+            if let Some(after) = next.strip_prefix('}') {
+                rest = after;
                 break;
             }
+            let Some((key, after_key)) = next.split_once('=') else {
+                rest = "";
+                break;
+            };
+            let mut chars = after_key.chars();
             chars.next(); // the opening quote
             let mut value = String::new();
             while let Some(c) = chars.next() {
@@ -108,12 +132,19 @@ fn parse_sample(line: &str) -> Sample {
                     c => value.push(c),
                 }
             }
-            labels.insert(key, value);
+            labels.insert(key.trim().to_owned(), value);
+            rest = chars.as_str();
         }
     }
     Sample {
         name: line[..name_end].to_owned(),
         labels,
+        // `value [timestamp]`
+        value: rest
+            .split_whitespace()
+            .next()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(f64::NAN),
     }
 }
 
@@ -181,6 +212,12 @@ mod tests {
         assert_eq!(sample.labels["route"], "GET /v1/users/{id}");
         assert_eq!(sample.labels["q"], "a\"b,c");
         assert_eq!(sample.labels["protocol"], "rest");
+        assert_eq!(sample.value, 3.0);
+        let scrape = "# TYPE a counter\na{x=\"1\",y=\"2\"} 5\na{x=\"2\"} 7\nb 1.5e3\n";
+        assert_eq!(value(scrape, "a", &[("x", "2")]), Some(7.0));
+        assert_eq!(value(scrape, "a", &[("y", "2")]), Some(5.0));
+        assert_eq!(value(scrape, "b", &[]), Some(1500.0));
+        assert_eq!(value(scrape, "a", &[("x", "3")]), None);
         let problems = check(
             "edge-gateway",
             "# TYPE meshgate_gateway_retries_total counter\nmeshgate_gateway_retries_total{outcome=\"gave_up\"} 1\n",

@@ -7,7 +7,6 @@ use pingora::{Error, proxy::Session};
 
 use super::{GatewayProxy, RequestCtx};
 use crate::{
-    metrics,
     protocol::Protocol,
     telemetry::{ServerSpan, SpanExport},
 };
@@ -44,10 +43,14 @@ impl GatewayProxy {
         let latency = ctx.start.elapsed();
         let route_label = route_label(&ctx.route, ctx.protocol, status);
         let protocol = ctx.protocol.as_str();
-        metrics::REQUESTS
+        self.state
+            .metrics
+            .requests
             .with_label_values(&[route_label, protocol, &status.to_string()])
             .inc();
-        metrics::LATENCY
+        self.state
+            .metrics
+            .latency
             .with_label_values(&[route_label, protocol])
             .observe(latency.as_secs_f64());
         let trace_id = ctx.trace.as_ref().map_or("", |t| t.trace_id.as_str());

@@ -305,7 +305,9 @@ impl ProxyHttp for GatewayProxy {
         self.report_grpc_upstream(ctx, Outcome::TransportFailure);
         // Nothing reached the upstream: safe to try another one for any method, for free.
         if self.state.upstreams.pool().has_untried(&ctx.tried) {
-            crate::metrics::RETRIES
+            self.state
+                .metrics
+                .retries
                 .with_label_values(&["connect_failover"])
                 .inc();
             e.set_retry(true);

@@ -14,7 +14,7 @@ use crate::helpers::*;
 async fn health_readiness_openapi_and_metrics() {
     let backend = Backend::start("adm").await;
     let mut config = test_config(&[backend.addr]);
-    config.metrics_listen = Some(free_addr());
+    config.metrics_listen = Some(ANY_PORT);
     let gw = spawn_gateway_with(config, FilterChain::default()).await;
     let client = h1();
     assert_eq!(

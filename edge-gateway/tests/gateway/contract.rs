@@ -20,7 +20,7 @@ fn shipped(file: &str, upstream: SocketAddr) -> GatewayConfig {
         .join("config")
         .join(file);
     let overrides = Overrides {
-        listen: Some(free_addr().to_string()),
+        listen: Some(ANY_PORT.to_string()),
         metrics_listen: Some(String::new()),
         upstreams: vec![upstream.to_string()],
         ..Overrides::default()
@@ -335,7 +335,8 @@ async fn test_error_answers_the_mapped_status_with_detail() {
 
 #[tokio::test]
 async fn unavailable_upstream_is_503_with_detail() {
-    let gw = spawn_gateway_with(shipped("gateway.yaml", free_addr()), Default::default()).await;
+    let nobody = ClosedPort::new();
+    let gw = spawn_gateway_with(shipped("gateway.yaml", nobody.addr), Default::default()).await;
     let response = h1()
         .get(gw.url(&format!("/v1/users/{UNKNOWN_ID}")))
         .send()

@@ -73,7 +73,7 @@ async fn endpoints_follow_the_dns_records_under_load_with_no_failed_request() {
     // SERVFAIL: the lookups fail, are counted, and the last good set stays.
     let target = format!("{name}:{port}");
     let failed = |target: &str| {
-        metric_value(
+        gw.metric(
             "meshgate_gateway_dns_lookups_total",
             &[("target", target), ("outcome", "failed")],
         )
@@ -103,7 +103,7 @@ async fn endpoints_follow_the_dns_records_under_load_with_no_failed_request() {
         load.served_by("b") <= b + 8
     })
     .await;
-    assert!(metric_value("meshgate_gateway_upstream_endpoints", &[]) >= 1.0);
+    assert!(gw.metric("meshgate_gateway_upstream_endpoints", &[]) >= 1.0);
 
     let stats = load.finish().await;
     assert!(

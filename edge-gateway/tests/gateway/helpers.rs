@@ -13,7 +13,11 @@ use std::{
 
 use base64::Engine;
 use bytes::{Buf, Bytes};
-use edge_gateway::{config::GatewayConfig, hooks::FilterChain, server::RunningGateway};
+use edge_gateway::{
+    config::GatewayConfig,
+    hooks::FilterChain,
+    server::{Listeners, RunningGateway},
+};
 use meshgate_proto::user::{self, user_service_server::UserServiceServer};
 use prost::Message;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -23,18 +27,24 @@ use tonic::{Request, Response, Status};
 pub use meshgate_test_support::kitchen::DESCRIPTOR_SET_PATH as KITCHEN_DESCRIPTORS;
 pub use meshgate_test_support::kitchen::pb;
 pub use meshgate_test_support::user_service::{EmbeddedUserService as UserService, sqlite_path};
-pub use meshgate_test_support::wait::{
-    ClosedPort, eventually, grpc_serving as wait_grpc_serving, listening as wait_listening,
-};
+pub use meshgate_test_support::wait::{ClosedPort, eventually, grpc_serving as wait_grpc_serving};
 
 use kitchen::kitchen_service_server::{KitchenService, KitchenServiceServer};
 pub use pb::kitchen::v1 as kitchen;
 
 pub const ORIGIN: &str = "https://app.example";
 
-/// A port nobody listens on right now, for the gateway's own listeners: pingora binds them
-/// itself and takes no pre-bound socket. (An upstream that must refuse connections is a
+/// The address an in-process gateway's listener is configured with: [`spawn_gateway_with`]
+/// binds a socket of its own for each listener the config has and hands it to the gateway, so
+/// no parallel test can take the port first. (An upstream that must refuse connections is a
 /// [`ClosedPort`], which holds its port.)
+pub const ANY_PORT: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    0,
+));
+
+/// A port nobody listens on right now, for a gateway *process* (pingora binds by address
+/// there): see `meshgate_test_support::process` for why it is retried.
 pub fn free_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap()
@@ -415,6 +425,8 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     pub base: String,
     pub metrics_addr: Option<SocketAddr>,
+    /// `gateway.tls.listen`, when the config has TLS.
+    pub tls_addr: Option<SocketAddr>,
     running: RunningGateway,
 }
 
@@ -427,10 +439,21 @@ impl TestGateway {
     pub fn open_connections(&self) -> usize {
         self.running.state.connections.open_connections()
     }
+
+    /// This gateway's metrics as `/metrics` serves them (its own registry: no other test's
+    /// requests are in it).
+    pub fn scrape(&self) -> String {
+        self.running.state.metrics.render()
+    }
+
+    /// The value of one sample of this gateway's metrics, 0 when absent.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        meshgate_test_support::metrics_contract::value(&self.scrape(), name, labels).unwrap_or(0.0)
+    }
 }
 
 pub fn test_config(upstreams: &[SocketAddr]) -> GatewayConfig {
-    let mut config = GatewayConfig::for_upstreams(free_addr(), upstreams.to_vec());
+    let mut config = GatewayConfig::for_upstreams(ANY_PORT, upstreams.to_vec());
     config.descriptor_sets = vec![KITCHEN_DESCRIPTORS.into()];
     config.health_interval = Duration::from_millis(200);
     // Generous: a loaded CI machine must not flap upstreams to unhealthy.
@@ -444,23 +467,28 @@ pub async fn spawn_gateway(upstreams: &[SocketAddr]) -> TestGateway {
     spawn_gateway_with(test_config(upstreams), FilterChain::default()).await
 }
 
+/// Starts the gateway in process on sockets bound here (its addresses are theirs; the config's
+/// are ignored). A bound socket queues connections at once, so the gateway can be called as
+/// soon as this returns.
 pub async fn spawn_gateway_with(config: GatewayConfig, filters: FilterChain) -> TestGateway {
+    let bind = || std::net::TcpListener::bind(ANY_PORT).unwrap();
+    let listeners = Listeners {
+        main: Some(bind()),
+        tls: config.tls.as_ref().map(|_| bind()),
+        metrics: config.metrics_listen.map(|_| bind()),
+    };
+    let running = tokio::task::spawn_blocking(move || {
+        RunningGateway::start_on(config, filters, listeners).unwrap()
+    })
+    .await
+    .unwrap();
+    let config = &running.state.config;
     let addr = config.listen;
-    let metrics_addr = config.metrics_listen;
-    let running =
-        tokio::task::spawn_blocking(move || RunningGateway::start(config, filters).unwrap())
-            .await
-            .unwrap();
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     TestGateway {
         addr,
         base: format!("http://{addr}"),
-        metrics_addr,
+        metrics_addr: config.metrics_listen,
+        tls_addr: config.tls.as_ref().map(|tls| tls.0),
         running,
     }
 }
@@ -753,22 +781,6 @@ impl Load {
         }
         total
     }
-}
-
-/// The value of one sample in the gateway's (process-wide) metrics, 0 when absent.
-pub fn metric_value(name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = String::from_utf8(edge_gateway::metrics::render()).unwrap();
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find(|line| {
-            line.starts_with(name)
-                && line[name.len()..].starts_with(['{', ' '])
-                && labels
-                    .iter()
-                    .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// A config file for the gateway binary in a fresh directory: listening on `listen`, no

@@ -1,5 +1,7 @@
 //! Drift guard: every edge-gateway row of deploy/observability/METRICS.md (the series the alerts,
-//! dashboards and canary analysis query) is scraped from the real /metrics, labels and all.
+//! dashboards and canary analysis query) is scraped from the real /metrics, labels and all. Each
+//! gateway has its own registry, so the values are this test's: a request is counted once,
+//! under its route, protocol and status.
 
 use reqwest::StatusCode;
 
@@ -23,7 +25,7 @@ async fn metrics_contract_rows_are_all_exported() {
     config.dns.search = Some(Vec::new());
     // Only passive ejection may notice the killed upstream here (the outlier series).
     config.health_interval = std::time::Duration::from_secs(60);
-    config.metrics_listen = Some(free_addr());
+    config.metrics_listen = Some(ANY_PORT);
     let gw = spawn_gateway_with(config, Default::default()).await;
     let client = h1();
     assert_eq!(
@@ -36,7 +38,7 @@ async fn metrics_contract_rows_are_all_exported() {
         StatusCode::OK
     );
     eventually("the name to resolve", || async {
-        metric_value(
+        gw.metric(
             "meshgate_gateway_dns_lookups_total",
             &[
                 ("target", &format!("contract.metrics.test:{port}")),
@@ -51,7 +53,7 @@ async fn metrics_contract_rows_are_all_exported() {
     eventually(
         "the discovered endpoint to pass its first check",
         || async {
-            metric_value(
+            gw.metric(
                 "meshgate_gateway_upstream_healthy",
                 &[("upstream", &discovered)],
             ) >= 1.0
@@ -69,23 +71,107 @@ async fn metrics_contract_rows_are_all_exported() {
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
-        metric_value(
+        gw.metric(
             "meshgate_gateway_outlier_ejections_total",
             &[("upstream", &killed)],
         ) >= 1.0
     })
     .await;
+    // The metrics port's socket is bound before the gateway starts: it answers once served.
     let metrics_url = format!("http://{}/metrics", gw.metrics_addr.unwrap());
-    let mut scrape = String::new();
-    // The metrics service starts on its own thread; give it a moment.
-    for _ in 0..50 {
-        if let Ok(response) = client.get(&metrics_url).send().await {
-            scrape = response.text().await.unwrap();
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let scrape = client
+        .get(&metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let problems = contract::check("edge-gateway", &scrape);
     assert!(problems.is_empty(), "{problems:#?}\n{scrape}");
     drop(two);
+}
+
+/// The sum of every `name` sample of a scrape.
+fn total(scrape: &str, name: &str) -> f64 {
+    contract::parse_exposition(scrape)
+        .1
+        .iter()
+        .filter(|sample| sample.name == name)
+        .map(|sample| sample.value)
+        .sum()
+}
+
+#[tokio::test]
+async fn each_request_is_counted_once_by_route_protocol_and_status() {
+    let backend = Backend::start("counted").await;
+    let gw = spawn_gateway(&[backend.addr]).await;
+    // A second gateway in the same process: none of the first one's requests are its own.
+    let other = spawn_gateway(&[backend.addr]).await;
+    let client = h1();
+    let sink = kitchen::Sink {
+        id: "counted".into(),
+        ..Default::default()
+    };
+
+    let rest = client
+        .get(gw.url("/v1/sinks/counted"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.status(), StatusCode::OK);
+    let unrouted = client.get(gw.url("/v1/nowhere")).send().await.unwrap();
+    assert_eq!(unrouted.status(), StatusCode::NOT_FOUND);
+    let web = client
+        .post(gw.url("/kitchen.v1.KitchenService/Query"))
+        .header("content-type", "application/grpc-web+proto")
+        .body(grpc_web_request(&sink, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(web.status(), StatusCode::OK);
+    assert_eq!(
+        parse_grpc_web(&web.bytes().await.unwrap(), false).trailers["grpc-status"],
+        "0"
+    );
+    kitchen_client(gw.addr).await.query(sink).await.unwrap();
+
+    // A request is counted when it is logged, after its response went out.
+    eventually("the four requests to be counted", || async {
+        total(&gw.scrape(), "meshgate_gateway_requests_total") >= 4.0
+    })
+    .await;
+    let counted = |route: &str, protocol: &str, status: &str| {
+        gw.metric(
+            "meshgate_gateway_requests_total",
+            &[("route", route), ("protocol", protocol), ("status", status)],
+        )
+    };
+    const QUERY: &str = "/kitchen.v1.KitchenService/Query";
+    assert_eq!(counted("GET /v1/sinks/{id}", "rest", "200"), 1.0);
+    assert_eq!(counted("unmatched", "rest", "404"), 1.0);
+    assert_eq!(counted(QUERY, "grpc-web", "200"), 1.0);
+    assert_eq!(counted(QUERY, "grpc", "200"), 1.0);
+    let scrape = gw.scrape();
+    assert_eq!(
+        total(&scrape, "meshgate_gateway_requests_total"),
+        4.0,
+        "{scrape}"
+    );
+    // One latency observation per request, under the same route and protocol.
+    assert_eq!(
+        gw.metric(
+            "meshgate_gateway_request_duration_seconds_count",
+            &[("route", "GET /v1/sinks/{id}"), ("protocol", "rest")],
+        ),
+        1.0
+    );
+    assert_eq!(
+        total(&scrape, "meshgate_gateway_request_duration_seconds_count"),
+        4.0
+    );
+    assert_eq!(
+        total(&other.scrape(), "meshgate_gateway_requests_total"),
+        0.0
+    );
 }

@@ -15,10 +15,9 @@ use crate::helpers::*;
 
 async fn tls_gateway(backend: &Backend, pki: &TestPki) -> (TestGateway, SocketAddr) {
     let mut config = test_config(&[backend.addr]);
-    let tls_addr = free_addr();
-    config.tls = Some((tls_addr, pki.cert_path.clone(), pki.key_path.clone()));
+    config.tls = Some((ANY_PORT, pki.cert_path.clone(), pki.key_path.clone()));
     let gateway = spawn_gateway_with(config, FilterChain::default()).await;
-    wait_listening(tls_addr).await;
+    let tls_addr = gateway.tls_addr.expect("started with TLS");
     (gateway, tls_addr)
 }
 

@@ -463,7 +463,7 @@ async fn through_the_filters(filters: fn(u32) -> Value) {
 #[tokio::test]
 async fn a_refused_filter_config_or_a_bad_module_exits_2() {
     let dir = TempDir::new();
-    let upstream = free_addr();
+    let upstream = ANY_PORT;
     let cases = [
         (
             json!([{
@@ -523,7 +523,7 @@ async fn a_refused_filter_config_or_a_bad_module_exits_2() {
         ),
     ];
     for (filters, expected) in cases {
-        let config = write_config(&dir.0, free_addr(), upstream, filters);
+        let config = write_config(&dir.0, ANY_PORT, upstream, filters);
         let mut child = Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
             .arg("--config")
             .arg(&config)
