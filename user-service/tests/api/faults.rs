@@ -7,8 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edge_gateway::config::GatewayConfig;
-use edge_gateway::hooks::FilterChain;
-use edge_gateway::server::RunningGateway;
 use meshgate_proto::user::user_service_client::UserServiceClient;
 use meshgate_proto::user::{
     CreateUserRequest, GetUserRequest, ListUsersRequest, UpdateUserRequest, User,
@@ -21,11 +19,11 @@ use user_service::cache::CacheEntry;
 
 use crate::helpers::{
     Backend, TestApp, TestDatabase, ensure_redis, redis_url, scrape, spawn_app_with,
-    spawn_configured, unique_email,
+    spawn_configured, spawn_edge, unique_email,
 };
 use crate::load::{Load, Tally, rate_over};
 use crate::process::{ServiceProcess, command};
-use crate::throwaway::{ThrowawayPostgres, ThrowawayRedis, free_port};
+use crate::throwaway::{ThrowawayPostgres, ThrowawayRedis};
 
 const PHASE: Duration = Duration::from_millis(1500);
 
@@ -359,17 +357,14 @@ async fn sigterm_with_a_peer_up_behind_the_edge_fails_no_request() {
     let leaving = ServiceProcess::spawn(command(&env)).await;
     let staying = ServiceProcess::spawn(command(&env)).await;
 
-    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let mut config =
-        GatewayConfig::for_upstreams(listen, vec![leaving.grpc_addr, staying.grpc_addr]);
+        GatewayConfig::for_upstreams(any_port, vec![leaving.grpc_addr, staying.grpc_addr]);
     config.health_interval = Duration::from_millis(200);
     config.health_timeout = Duration::from_millis(1000);
     config.timeout = Duration::from_secs(10);
-    let mut gateway = tokio::task::spawn_blocking(move || {
-        RunningGateway::start(config, FilterChain::default()).expect("the gateway starts")
-    })
-    .await
-    .unwrap();
+    let mut gateway = spawn_edge(config).await;
+    let listen = gateway.state.config.listen;
     let channel = Channel::from_shared(format!("http://{listen}"))
         .unwrap()
         .connect_lazy();

@@ -391,6 +391,28 @@ pub async fn wait_for_lock_waiters(url: &str, count: i64) {
     panic!("{waiting} sessions wait on a lock, not {count}");
 }
 
+/// The edge gateway in process in front of the service(s) `config` names, on a loopback
+/// socket bound here (the config's `listen` is replaced by it), so no parallel test can take
+/// its port first. The address is `gateway.state.config.listen`.
+pub async fn spawn_edge(
+    config: edge_gateway::config::GatewayConfig,
+) -> edge_gateway::server::RunningGateway {
+    let listeners = edge_gateway::server::Listeners {
+        main: Some(std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback socket")),
+        ..Default::default()
+    };
+    tokio::task::spawn_blocking(move || {
+        edge_gateway::server::RunningGateway::start_on(
+            config,
+            edge_gateway::hooks::FilterChain::default(),
+            listeners,
+        )
+        .expect("the gateway starts")
+    })
+    .await
+    .expect("the gateway start does not panic")
+}
+
 /// A unique email per call, so tests never collide.
 pub fn unique_email() -> String {
     format!("user-{}@example.com", uuid::Uuid::new_v4().simple())

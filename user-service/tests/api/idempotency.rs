@@ -10,7 +10,7 @@ use sqlx::{Connection, Executor};
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::helpers::{Backend, spawn_app, unique_email, wait_for_lock_waiters};
+use crate::helpers::{Backend, spawn_app, spawn_edge, unique_email, wait_for_lock_waiters};
 use crate::on_both_backends;
 
 async fn create_with_key(
@@ -207,17 +207,11 @@ async fn concurrent_duplicates_create_one_user() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rest_header_reaches_the_service_through_the_edge() {
     use edge_gateway::config::GatewayConfig;
-    use edge_gateway::hooks::FilterChain;
-    use edge_gateway::server::RunningGateway;
 
     let app = spawn_app(Backend::Sqlite).await;
-    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], crate::throwaway::free_port()));
-    let config = GatewayConfig::for_upstreams(listen, vec![app.grpc_addr]);
-    let mut gateway = tokio::task::spawn_blocking(move || {
-        RunningGateway::start(config, FilterChain::default()).expect("the gateway starts")
-    })
-    .await
-    .unwrap();
+    let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut gateway = spawn_edge(GatewayConfig::for_upstreams(any_port, vec![app.grpc_addr])).await;
+    let listen = gateway.state.config.listen;
     let http = reqwest::Client::new();
     let url = format!("http://{listen}/v1/users");
     let email = unique_email();
