@@ -119,7 +119,14 @@ impl Router {
                 let mut push = |rule: &DynamicMessage| -> Result<(), RouteBuildError> {
                     if let Some(route) = build_route(&method, rule, success_code, location.clone())?
                     {
-                        routes.push(Arc::new(route));
+                        // Most specific first, so `/v1/users/me` wins over `/v1/users/{id}`;
+                        // equally specific ones in declaration order. Inserted in place rather
+                        // than sorted after: a generic sort would grow every .wasm module.
+                        let specificity = route.template.specificity();
+                        let at = routes.partition_point(|r: &Arc<Route>| {
+                            r.template.specificity() >= specificity
+                        });
+                        routes.insert(at, Arc::new(route));
                     }
                     Ok(())
                 };
@@ -136,8 +143,6 @@ impl Router {
                 }
             }
         }
-        // Most specific first, so `/v1/users/me` wins over `/v1/users/{id}`.
-        routes.sort_by_key(|route| std::cmp::Reverse(route.template.specificity()));
         Ok(Self { routes })
     }
 
