@@ -4,10 +4,10 @@
 
 use bytes::Bytes;
 use http::Method;
+use meshgate_wire::grpc::FrameError;
 use tonic::Code;
 
 use crate::grpc_compression::CompressionError;
-use crate::grpc_web::FramingError;
 use crate::status::{
     VALIDATION_FAILED, bad_request_details, detail_json, grpc_code_for_http, http_status_for,
     status_json, validation_items,
@@ -31,7 +31,7 @@ pub enum GatewayError {
     #[error(transparent)]
     BadRequest(#[from] TranscodeError),
     #[error("invalid gRPC-web body: {0}")]
-    GrpcWebFraming(#[from] FramingError),
+    GrpcWebFraming(#[from] FrameError),
     #[error("gRPC-web requests must carry exactly one message, got {0}")]
     GrpcWebMessageCount(usize),
     /// `grpc-encoding` / compressed-flag problems (see [`crate::grpc_compression`]).

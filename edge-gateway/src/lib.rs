@@ -2,15 +2,14 @@
 //! gRPC-web (binary and text) and native gRPC pass-through, all on one port.
 //!
 //! # Layout
-//! - [`path_template`], [`routes`]: HttpRule templates and the route table (pure).
+//! - The wire formats (HttpRule templates and the route table, gRPC and gRPC-web framing,
+//!   `grpc-*` header values, W3C/B3 trace context, content types, percent-encoding, ETag
+//!   matching) are the `meshgate_wire` crate's, shared with the filters and the load generator.
 //! - [`transcode`]: path/query/JSON body → request message, response message → JSON (pure).
 //! - [`status`], [`error`]: gRPC ↔ HTTP status and the one place errors become responses
 //!   (pure); [`protocol`]: the one protocol type (labels, error shape, what filters see).
-//! - [`grpc_web`]: gRPC-web framing and base64 as state machines (pure);
-//!   [`grpc_compression`]: `grpc-encoding` and size-bounded gzip decompression (pure);
-//!   [`grpc_headers`]: `grpc-timeout`, `grpc-message`, `grpc-status(-details-bin)` (pure);
-//!   [`grpc_frames`]: the per-message size limit on native gRPC pass-through (pure).
-//! - [`cors`], [`trace`]: edge policies (pure); [`openapi`]: OpenAPI 3.1 from the descriptors
+//! - [`grpc_compression`]: `grpc-encoding` and size-bounded gzip decompression (pure).
+//! - [`cors`]: edge policy (pure); [`openapi`]: OpenAPI 3.1 from the descriptors
 //!   (pure).
 //! - [`validate`]: `buf.validate` field rules from the descriptors, checked on REST and
 //!   gRPC-web requests (pure).
@@ -42,18 +41,13 @@ pub mod discovery;
 pub mod dns;
 pub mod error;
 pub mod grpc_compression;
-pub mod grpc_frames;
-pub mod grpc_headers;
-pub mod grpc_web;
 pub mod hooks;
 pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
 pub mod openapi;
-pub mod path_template;
 pub mod protocol;
 pub mod proxy;
-pub mod routes;
 pub mod server;
 pub mod state;
 pub mod static_files;
@@ -61,7 +55,6 @@ pub mod status;
 pub mod telemetry;
 #[cfg(feature = "rustls")]
 pub mod tls;
-pub mod trace;
 pub mod transcode;
 pub mod upstream;
 pub mod validate;

@@ -5,10 +5,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use meshgate_wire::routes::{BodyTarget, Route, Router, resolve_field_path};
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
 
-use crate::routes::{BodyTarget, Route, Router, resolve_field_path};
 use crate::transcode::JsonOptions;
 use crate::validate::schema_keywords;
 

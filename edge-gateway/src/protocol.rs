@@ -37,28 +37,9 @@ impl Protocol {
     }
 }
 
-/// A `content-type`'s essence: `type/subtype` in lowercase, parameters dropped.
-pub fn media_type(content_type: &str) -> String {
-    content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn media_type_drops_parameters_and_case() {
-        assert_eq!(
-            media_type(" Application/JSON ; charset=utf-8"),
-            "application/json"
-        );
-        assert_eq!(media_type(""), "");
-    }
 
     #[test]
     fn labels_are_the_ones_dashboards_use() {

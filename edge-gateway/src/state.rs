@@ -3,6 +3,7 @@
 use std::{path::Path, sync::Arc};
 
 use bytes::Bytes;
+use meshgate_wire::routes::{RouteBuildError, Router};
 use prost_reflect::DescriptorPool;
 
 use crate::{
@@ -13,7 +14,6 @@ use crate::{
     listener::ConnectionTracker,
     metrics::Metrics,
     openapi,
-    routes::{RouteBuildError, Router},
     static_files::StaticFiles,
     telemetry::SpanExport,
     transcode::JsonOptions,

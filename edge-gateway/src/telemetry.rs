@@ -20,6 +20,7 @@ use std::{
     time::SystemTime,
 };
 
+use meshgate_wire::{grpc::split_path, trace::TraceContext};
 use opentelemetry::{
     InstrumentationScope, KeyValue,
     trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
@@ -29,7 +30,7 @@ use opentelemetry_sdk::{
     trace::{BatchSpanProcessor, SpanData, SpanEvents, SpanLinks, SpanProcessor},
 };
 
-use crate::{protocol::Protocol, trace::TraceContext};
+use crate::protocol::Protocol;
 
 /// Where spans go (`gateway.otlp`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,11 +256,7 @@ fn attributes(span: &ServerSpan<'_>) -> Vec<KeyValue> {
     {
         attributes.push(KeyValue::new("http.route", template.to_owned()));
     }
-    if let Some((service, method)) = span
-        .grpc_method
-        .strip_prefix('/')
-        .and_then(|path| path.split_once('/'))
-    {
+    if let Some((service, method)) = split_path(span.grpc_method) {
         attributes.push(KeyValue::new("rpc.system", "grpc"));
         attributes.push(KeyValue::new("rpc.service", service.to_owned()));
         attributes.push(KeyValue::new("rpc.method", method.to_owned()));

@@ -5,6 +5,8 @@
 //! target field's kind, and the document is parsed once by prost-reflect's proto3 JSON reader:
 //! one parser, one set of error messages, and well-known types for free.
 
+use meshgate_wire::percent;
+use meshgate_wire::routes::{BodyTarget, Route, resolve_field_path};
 use prost::Message;
 use prost_reflect::{
     DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage,
@@ -12,8 +14,6 @@ use prost_reflect::{
 };
 use serde_json::{Map, Value};
 
-use crate::path_template::percent_decode;
-use crate::routes::{BodyTarget, Route, resolve_field_path};
 use crate::validate::{Presence, Validators, Violation};
 
 /// Client mistakes: a 400 with the message shown, or with `gateway.json.error_detail` a 422
@@ -573,10 +573,9 @@ fn decode_document(
 /// Parses `a=1&b=x+y&c=%20`; `+` is a space as in HTML forms.
 fn parse_query(query: &str) -> Result<Vec<(String, String)>, TranscodeError> {
     let mut pairs = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (name, value) in percent::query_pairs(query) {
         let decode = |s: &str| {
-            percent_decode(&s.replace('+', " "), true).ok_or_else(|| {
+            percent::decode_query_component(s).ok_or_else(|| {
                 TranscodeError::Fields(vec![FieldError {
                     source: Source::Query,
                     field: name.to_owned(),

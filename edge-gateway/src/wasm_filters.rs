@@ -21,13 +21,13 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use meshgate_filter_host::{Chain, Exchange, LoadError, Plugin, PluginOptions, Request, Response};
+use meshgate_wire::{grpc, grpc_headers};
 use prometheus::IntCounterVec;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
 use crate::{
     config::{FilterRuntime, FilterSpec},
-    grpc_headers,
     hooks::{
         Decision, Filter, FilterChain, FilterRequest, FilterResponse, LocalReply, PendingResponse,
     },
@@ -282,26 +282,13 @@ fn to_host_response(protocol: Protocol, response: &FilterResponse<'_>) -> Respon
                     .push(("content-type".to_owned(), content_type.to_owned()));
             }
             if let Some(message) = response.message {
-                host.body = grpc_frame(message);
+                host.body = grpc::message_frame(message);
             }
             host.trailers
                 .push(("grpc-status".to_owned(), response.grpc_status.to_string()));
         }
     }
     host
-}
-
-/// A message in gRPC's length-prefixed framing (uncompressed).
-fn grpc_frame(message: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(message.len() + 5);
-    frame.push(0);
-    frame.extend_from_slice(
-        &u32::try_from(message.len())
-            .unwrap_or(u32::MAX)
-            .to_be_bytes(),
-    );
-    frame.extend_from_slice(message);
-    frame
 }
 
 /// Headers the gateway sets itself when it writes a local reply in the client's protocol.

@@ -1,9 +1,13 @@
 //! HTTP transports for the edge gateway: REST/JSON and gRPC-web (binary), both over HTTP/2
 //! with prior knowledge (h2c) on a fixed set of connections, like the gRPC transport.
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use meshgate_proto::user::{
     CreateUserRequest, CreateUserResponse, GetUserRequest, ListUsersRequest,
+};
+use meshgate_wire::grpc::{
+    self,
+    status::{NOT_FOUND, OK},
 };
 use prost::Message;
 
@@ -112,10 +116,7 @@ impl GrpcWebTransport {
         method: &str,
         message: Vec<u8>,
     ) -> anyhow::Result<(u32, Option<Bytes>)> {
-        let mut body = Vec::with_capacity(message.len() + 5);
-        body.push(0);
-        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        body.extend_from_slice(&message);
+        let body = grpc::message_frame(&message);
         let response = self.clients[worker % self.clients.len()]
             .post(format!("{}/user.UserService/{method}", self.base))
             .header("content-type", "application/grpc-web+proto")
@@ -128,22 +129,14 @@ impl GrpcWebTransport {
             .headers()
             .get("grpc-status")
             .and_then(|v| v.to_str().ok()?.parse().ok());
-        let mut bytes = response.bytes().await?;
+        let bytes = response.bytes().await?;
         let mut first = None;
         let mut status = header_status;
-        while bytes.remaining() >= 5 {
-            let flags = bytes.get_u8();
-            let len = bytes.get_u32() as usize;
-            anyhow::ensure!(bytes.remaining() >= len, "truncated gRPC-web frame");
-            let payload = bytes.split_to(len);
-            if flags & 0x80 != 0 {
-                let text = String::from_utf8_lossy(&payload);
-                status = text
-                    .lines()
-                    .find_map(|line| line.strip_prefix("grpc-status:"))
-                    .and_then(|v| v.trim().parse().ok());
+        for frame in grpc::frames(&bytes)? {
+            if frame.is_trailers() {
+                status = grpc::trailer_status(frame.payload);
             } else if first.is_none() {
-                first = Some(payload);
+                first = Some(bytes.slice_ref(frame.payload));
             }
         }
         Ok((
@@ -167,8 +160,8 @@ impl Transport for GrpcWebTransport {
             ),
         };
         match self.unary(worker, method, message).await {
-            Ok((0, _)) => Outcome::Ok,
-            Ok((5, _)) => Outcome::NotFound,
+            Ok((OK, _)) => Outcome::Ok,
+            Ok((NOT_FOUND, _)) => Outcome::NotFound,
             _ => Outcome::Failed,
         }
     }
@@ -184,7 +177,7 @@ impl Transport for GrpcWebTransport {
                 CreateUserRequest { name, email, age }.encode_to_vec(),
             )
             .await?;
-        anyhow::ensure!(status == 0, "CreateUser failed with grpc-status {status}");
+        anyhow::ensure!(status == OK, "CreateUser failed with grpc-status {status}");
         let response = CreateUserResponse::decode(message.unwrap_or_default())?;
         Ok(response
             .user

@@ -6,9 +6,9 @@
 use std::sync::OnceLock;
 
 use arbitrary::Arbitrary;
-use edge_gateway::path_template::{PathTemplate, Segment};
-use edge_gateway::routes::Router;
 use edge_gateway::validate::Validators;
+use meshgate_wire::path_template::{PathTemplate, Segment};
+use meshgate_wire::routes::Router;
 use prost_reflect::DescriptorPool;
 
 use meshgate_test_support::kitchen::DESCRIPTOR_SET as KITCHEN_DESCRIPTOR;

@@ -1,9 +1,12 @@
-//! gRPC-web request bodies (binary and text) through `grpc_web::RequestDecoder`, pushed in
-//! arbitrary chunks, as `proxy::grpc_web` does with the body it read.
+//! gRPC-web request bodies (binary and text) through `meshgate_wire::grpc_web::RequestDecoder`,
+//! pushed in arbitrary chunks, as the gateway's `proxy::grpc_web` does with the body it read,
+//! and through the whole-body readers the filters use (`grpc_web::decode_text`, `grpc::frames`).
 //!
 //! Invariants beyond "no panic":
 //! - chunking does not matter: any split of a body decodes to the same frames as one push,
 //!   and is rejected exactly when one push is;
+//! - the whole-body readers agree with the streaming decoder: same frames when it accepts,
+//!   and a text body it refuses as base64 is refused by `decode_text` too;
 //! - what the encoders produce decodes back: frames from `encode_frame`, the response encoder's
 //!   chunks (text mode: each chunk base64-padded on its own, whitespace anywhere), and trailers;
 //! - a frame over the limit is refused with `TooLarge`, never buffered.
@@ -13,11 +16,10 @@ use arbitrary::Arbitrary;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use edge_gateway::error::GatewayError;
-use edge_gateway::grpc_web::{
-    self, Frame, FramingError, Mode, RequestDecoder, ResponseEncoder, TRAILERS_FLAG,
-};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
+use meshgate_wire::grpc::{self, FrameError, TRAILERS_FLAG};
+use meshgate_wire::grpc_web::{self, Frame, Mode, RequestDecoder, ResponseEncoder};
 
 #[derive(Debug, Arbitrary)]
 struct Input {
@@ -48,7 +50,7 @@ fn decode(
     max_frame: usize,
     body: &[u8],
     chunks: &[u8],
-) -> Result<Vec<Frame>, FramingError> {
+) -> Result<Vec<Frame>, FrameError> {
     let mut decoder = RequestDecoder::new(mode, max_frame);
     let mut frames = Vec::new();
     let mut rest = body;
@@ -66,10 +68,30 @@ fn decode(
     Ok(frames)
 }
 
-fn check_error(error: FramingError) {
+fn check_error(error: FrameError) {
     let rescued = GatewayError::GrpcWebFraming(error).rescue();
     assert_eq!(rescued.http_status, 400);
     assert_eq!(rescued.grpc_code, 3, "INVALID_ARGUMENT");
+}
+
+/// The filters read a body they hold whole: text decoded at once, then split into frames.
+fn check_whole_body_readers(mode: Mode, body: &[u8], streamed: &Result<Vec<Frame>, FrameError>) {
+    let binary = match mode {
+        Mode::Binary => Ok(body.to_vec()),
+        Mode::Text => grpc_web::decode_text(body),
+    };
+    match (streamed, &binary) {
+        (Ok(frames), Ok(binary)) => {
+            let whole = grpc::frames(binary).expect("the streaming decoder accepted it");
+            assert_eq!(whole.len(), frames.len());
+            for (a, b) in whole.iter().zip(frames) {
+                assert_eq!((a.flags, a.payload), (b.flags, &b.payload[..]));
+            }
+        }
+        (Ok(_), Err(error)) => panic!("decode_text refused what streamed: {error:?}"),
+        (Err(FrameError::Base64), Ok(_)) => panic!("decode_text accepted bad base64"),
+        (Err(_), _) => {}
+    }
 }
 
 /// Trailer names and values that survive the `name:value\r\n` text form.
@@ -109,6 +131,7 @@ fuzz_target!(|input: Input| {
                 }
                 assert!(frames.iter().all(|f| f.payload.len() <= max_frame));
             }
+            check_whole_body_readers(mode, &body, &whole);
             if let Err(error) = whole {
                 check_error(error);
             }
@@ -129,7 +152,7 @@ fuzz_target!(|input: Input| {
             let mut expected: Vec<Frame> = Vec::new();
             for (flags, payload) in &frames {
                 let flags = flags & !TRAILERS_FLAG;
-                let frame = grpc_web::encode_frame(flags, payload).to_vec();
+                let frame = grpc::encode_frame(flags, payload);
                 encoded.push(match (flags, mode) {
                     (0, _) => encoder.message(payload).to_vec(),
                     (_, Mode::Binary) => frame.clone(),
@@ -173,7 +196,7 @@ fuzz_target!(|input: Input| {
                     assert!(last.is_trailers());
                     assert_eq!(grpc_web::decode_trailers(&last.payload), trailer_map);
                 }
-                Err(FramingError::TooLarge { size, limit }) => {
+                Err(FrameError::TooLarge { size, limit }) => {
                     assert!(!fits, "refused a body whose frames fit");
                     assert_eq!(limit, max_frame);
                     assert!(size > limit);

@@ -18,9 +18,9 @@ mod common;
 
 use arbitrary::Arbitrary;
 use edge_gateway::error::GatewayError;
-use edge_gateway::routes::RouteMiss;
 use edge_gateway::transcode::{self, JsonOptions};
 use libfuzzer_sys::fuzz_target;
+use meshgate_wire::routes::RouteMiss;
 use prost_reflect::{DynamicMessage, Kind, ReflectMessage, Value as ProtoValue};
 use serde_json::{Map, Number, Value};
 

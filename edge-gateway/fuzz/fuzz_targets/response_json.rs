@@ -80,7 +80,7 @@ fuzz_target!(|input: Input| {
                     .all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b)),
                 "{value:?} is not a percent-encoded path segment"
             );
-            assert!(edge_gateway::path_template::percent_decode(&value, true).is_some());
+            assert!(meshgate_wire::percent::decode_segment(&value, true).is_some());
             rebuilt.push_str(&value);
             rest = &rest[close + 1..];
         }

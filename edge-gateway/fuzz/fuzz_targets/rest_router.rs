@@ -1,6 +1,6 @@
 //! The REST route matcher: `Router::lookup` on arbitrary methods and paths (what every REST
 //! request goes through, and the static-file fallback too), `PathTemplate::parse` on arbitrary
-//! templates with a match oracle, and `percent_decode` against a strict reference.
+//! templates with a match oracle, and `percent::decode_segment` against a strict reference.
 //!
 //! Invariants beyond "no panic":
 //! - lookup agrees with the route table: it returns the first route (most specific first) whose
@@ -9,17 +9,18 @@
 //!   means no template matches;
 //! - a parsed template prints back as its source and re-parses to the same template;
 //! - a path rendered from a template matches it, with the bindings the HttpRule spec defines;
-//! - `percent_decode` accepts exactly the strings whose every `%` starts a two-hex-digit escape
+//! - `decode_segment` accepts exactly the strings whose every `%` starts a two-hex-digit escape
 //!   (and whose result is UTF-8), and decodes them as the reference does.
 #![no_main]
 
 mod common;
 
 use arbitrary::Arbitrary;
-use edge_gateway::path_template::{PathTemplate, percent_decode};
-use edge_gateway::routes::RouteMiss;
 use http::Method;
 use libfuzzer_sys::fuzz_target;
+use meshgate_wire::path_template::PathTemplate;
+use meshgate_wire::percent::decode_segment;
+use meshgate_wire::routes::RouteMiss;
 
 #[derive(Debug, Arbitrary)]
 enum Input {
@@ -147,7 +148,7 @@ fuzz_target!(|input: Input| match input {
     }
     Input::PercentDecode { text, decode_slash } => {
         assert_eq!(
-            percent_decode(&text, decode_slash),
+            decode_segment(&text, decode_slash).map(|decoded| decoded.into_owned()),
             reference_decode(&text, decode_slash),
             "{text:?}"
         );

@@ -2,12 +2,13 @@
 //! [`RequestKind`] that [`super::GatewayProxy`]'s `request_filter` dispatches on.
 
 use http::Method;
+use meshgate_wire::content_type::Protocol as ContentProtocol;
+use meshgate_wire::grpc_web::Mode;
+use meshgate_wire::routes::{RouteMiss, Router};
 
 use crate::{
     cors::{CorsPolicy, Preflight},
-    grpc_web::Mode,
     protocol::Protocol,
-    routes::{RouteMiss, Router},
 };
 
 /// The parts of a request that decide its kind.
@@ -114,7 +115,9 @@ pub fn classify(
     if let Some(mode) = Mode::from_content_type(head.content_type) {
         return RequestKind::GrpcWeb(mode);
     }
-    if head.content_type.starts_with("application/grpc") {
+    // Any other gRPC content type (another codec, or gRPC-web that is not protobuf) goes to
+    // the upstream as it is.
+    if ContentProtocol::from_content_type(Some(head.content_type)).is_grpc_family() {
         return RequestKind::Grpc;
     }
     let static_candidate = serves_static
@@ -220,6 +223,11 @@ mod tests {
             ),
             ("application/grpc", RequestKind::Grpc),
             ("application/grpc+proto", RequestKind::Grpc),
+            // Media types are case-insensitive; a longer subtype is not gRPC.
+            ("Application/gRPC", RequestKind::Grpc),
+            ("application/grpcx", RequestKind::Rest),
+            // gRPC-web with another codec is not terminated here: it goes upstream as it is.
+            ("application/grpc-web+json", RequestKind::Grpc),
             ("application/json", RequestKind::Rest),
             ("", RequestKind::Rest),
         ] {

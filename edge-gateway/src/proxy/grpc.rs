@@ -3,17 +3,18 @@
 //! pieces of pingora's later phases that are about gRPC.
 
 use http::HeaderMap;
+use meshgate_wire::grpc::MessageSizeGuard;
+use meshgate_wire::grpc_headers;
+use meshgate_wire::routes::grpc_route_label;
+use meshgate_wire::trace::TraceContext;
 use pingora::{Error, ErrorType, proxy::Session, upstreams::peer::HttpPeer};
 
 use super::{GatewayProxy, RequestCtx, client_addr, metadata::replace_request_headers};
+
 use crate::{
     error::GatewayError,
-    grpc_frames::MessageSizeGuard,
-    grpc_headers,
     hooks::{Decision, FilterRequest, FilterResponse},
     protocol::Protocol,
-    routes::grpc_route_label,
-    trace::TraceContext,
     upstream::Outcome,
 };
 

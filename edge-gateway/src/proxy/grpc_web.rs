@@ -1,20 +1,19 @@
 //! gRPC-web (binary and text), terminated here: one request message decoded from the body
-//! ([`crate::grpc_web`], [`crate::grpc_compression`]), one upstream call, the response messages
-//! streamed back as frames as they arrive, the status in the closing trailer frame.
+//! ([`meshgate_wire::grpc_web`], [`crate::grpc_compression`]), one upstream call, the response
+//! messages streamed back as frames as they arrive, the status in the closing trailer frame.
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method};
+use meshgate_wire::grpc::COMPRESSED_FLAG;
+use meshgate_wire::grpc_headers;
+use meshgate_wire::grpc_web::{Mode, RequestDecoder, ResponseEncoder};
+use meshgate_wire::routes::{self, grpc_route_label};
 use pingora::{Error, http::ResponseHeader, proxy::Session};
 
 use super::{GatewayProxy, RequestCtx, header_str, metadata, respond::grpc_status_fields};
+
 use crate::{
-    error::GatewayError,
-    grpc_compression::Encoding,
-    grpc_headers,
-    grpc_web::{COMPRESSED_FLAG, Mode, RequestDecoder, ResponseEncoder},
-    hooks::FilterResponse,
-    protocol::Protocol,
-    routes::{self, grpc_route_label},
+    error::GatewayError, grpc_compression::Encoding, hooks::FilterResponse, protocol::Protocol,
     transcode::TranscodeError,
 };
 

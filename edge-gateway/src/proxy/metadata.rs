@@ -4,15 +4,16 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName};
+use meshgate_wire::trace::TraceContext;
 use pingora::proxy::Session;
 use tonic::metadata::MetadataMap;
 
 use super::{GatewayProxy, RequestCtx, client_addr, request_uri};
+
 use crate::{
     error::GatewayError,
     hooks::{Decision, FilterRequest},
     protocol::Protocol,
-    trace::TraceContext,
 };
 
 /// Request headers that are about this hop, not the call, and are not forwarded as metadata.

@@ -25,6 +25,8 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
+use meshgate_wire::grpc::MessageSizeGuard;
+use meshgate_wire::trace::TraceContext;
 use pingora::{
     Error, ErrorType,
     http::ResponseHeader,
@@ -35,12 +37,10 @@ use tracing::Instrument;
 
 use crate::{
     error::GatewayError,
-    grpc_frames::MessageSizeGuard,
     hooks::{LocalReply, PendingFilters},
     lifecycle::InFlight,
     protocol::Protocol,
     state::GatewayState,
-    trace::TraceContext,
     transcode::TranscodeError,
     upstream::Outcome,
 };

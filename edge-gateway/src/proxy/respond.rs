@@ -3,16 +3,17 @@
 //! client's protocol (JSON `google.rpc.Status`, or gRPC trailers-only).
 
 use bytes::Bytes;
+use meshgate_wire::grpc_headers;
+use meshgate_wire::grpc_web::Mode;
+use meshgate_wire::trace::TraceContext;
 use pingora::{http::ResponseHeader, proxy::Session};
 
 use super::{GatewayProxy, RequestCtx, header_str};
+
 use crate::{
     error::{GatewayError, SyntheticResponse, rest_error_body},
     grpc_compression::{self, CompressionError},
-    grpc_headers,
-    grpc_web::Mode,
     protocol::Protocol,
-    trace::TraceContext,
 };
 
 /// `grpc-status`, `grpc-message` and (when there are details) `grpc-status-details-bin` for

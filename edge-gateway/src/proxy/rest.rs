@@ -4,17 +4,14 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
+use meshgate_wire::content_type::media_type;
+use meshgate_wire::routes::{Route, RouteMiss};
 use pingora::proxy::Session;
 use prost_reflect::DynamicMessage;
 
 use super::{GatewayProxy, RequestCtx, header_str};
-use crate::{
-    error::GatewayError,
-    hooks::FilterResponse,
-    protocol::{Protocol, media_type},
-    routes::{Route, RouteMiss},
-    transcode,
-};
+
+use crate::{error::GatewayError, hooks::FilterResponse, protocol::Protocol, transcode};
 
 /// A body's content type the REST API accepts: none, `application/json` or `*+json`.
 fn is_json(content_type: &str) -> bool {

@@ -1,8 +1,8 @@
 use http::Method;
+use meshgate_wire::routes::Router;
 use prost_reflect::ReflectMessage;
 
 use super::*;
-use crate::routes::Router;
 use crate::validate::ViolationKind;
 
 fn route(method: Method, path: &str) -> (std::sync::Arc<Route>, Vec<(String, String)>) {

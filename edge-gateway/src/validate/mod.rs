@@ -249,7 +249,7 @@ impl Validators {
         if self.is_empty() {
             return Vec::new();
         }
-        let input = crate::routes::grpc_method(pool, grpc_path)
+        let input = meshgate_wire::routes::grpc_method(pool, grpc_path)
             .map(|method| method.input())
             .filter(|input| self.has_rules(input));
         let Some(input) = input else {

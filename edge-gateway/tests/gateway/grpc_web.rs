@@ -123,9 +123,7 @@ async fn text_body_with_padding_mid_stream_and_garbage() {
         ..Default::default()
     };
     let payload = sink.encode_to_vec();
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&payload);
+    let frame = meshgate_wire::grpc::message_frame(&payload);
     let (a, b) = frame.split_at(4);
     let engine = base64::engine::general_purpose::STANDARD;
     let body = format!("{}{}", engine.encode(a), engine.encode(b));

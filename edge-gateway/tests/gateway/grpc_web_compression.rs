@@ -4,7 +4,6 @@
 
 use std::io::Write;
 
-use base64::Engine;
 use edge_gateway::hooks::FilterChain;
 use prost::Message;
 
@@ -18,13 +17,9 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 
 /// One gRPC-web request frame, base64 for text mode.
 fn body(flags: u8, payload: &[u8], text: bool) -> Vec<u8> {
-    let mut frame = vec![flags];
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(payload);
+    let frame = meshgate_wire::grpc::encode_frame(flags, payload);
     if text {
-        base64::engine::general_purpose::STANDARD
-            .encode(frame)
-            .into_bytes()
+        meshgate_wire::grpc_web::encode_text(&frame).into_bytes()
     } else {
         frame
     }

@@ -515,14 +515,9 @@ pub async fn kitchen_client(
 // === gRPC-web, decoded independently of the gateway's codec ===
 
 pub fn grpc_web_request(message: &impl Message, text: bool) -> Vec<u8> {
-    let payload = message.encode_to_vec();
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&payload);
+    let frame = meshgate_wire::grpc::message_frame(&message.encode_to_vec());
     if text {
-        base64::engine::general_purpose::STANDARD
-            .encode(frame)
-            .into_bytes()
+        meshgate_wire::grpc_web::encode_text(&frame).into_bytes()
     } else {
         frame
     }

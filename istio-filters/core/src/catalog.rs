@@ -1,37 +1,19 @@
 //! The protobuf descriptors a filter knows: the built-in meshgate contract or a
-//! FileDescriptorSet from config, plus the REST routes of their `google.api.http` rules.
+//! FileDescriptorSet from config, plus the REST routes of their `google.api.http` rules (the
+//! gateway's route table, `meshgate_wire::routes`, so both map a REST request to the same
+//! method).
 
 use std::cell::RefCell;
 use std::sync::{Arc, Weak};
 
 use base64::Engine as _;
-use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, ReflectMessage, Value};
-
-use crate::http_rule::PathTemplate;
-
-/// A REST binding of one gRPC method.
-#[derive(Debug, Clone)]
-pub struct Route {
-    pub http_method: String,
-    pub template: PathTemplate,
-    /// The `body` of the rule: `""` (none), `"*"` (whole message) or a field name.
-    pub body: String,
-    /// The `response_body` of the rule: `""` (the whole message) or the field REST answers with.
-    pub response_body: String,
-    pub method: MethodDescriptor,
-}
-
-/// A request path resolved to its gRPC method.
-#[derive(Debug, Clone)]
-pub struct RestMatch {
-    pub route_index: usize,
-    pub bindings: Vec<(String, String)>,
-}
+use meshgate_wire::routes::{Bindings, Route, Router};
+use prost_reflect::{DescriptorPool, MethodDescriptor};
 
 #[derive(Debug, Clone)]
 pub struct Catalog {
     pool: DescriptorPool,
-    routes: Vec<Route>,
+    router: Router,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,8 +22,10 @@ pub enum CatalogError {
     Base64,
     #[error("descriptorSet is not a valid FileDescriptorSet: {0}")]
     Descriptors(String),
-    #[error("method {0:?}: {1}")]
-    Rule(String, String),
+    /// A `google.api.http` rule the route table refuses (e.g. a path variable that is not a
+    /// field of the request message).
+    #[error("{0}")]
+    Rule(String),
 }
 
 impl Catalog {
@@ -78,16 +62,16 @@ impl Catalog {
         };
         let pool = DescriptorPool::decode(bytes.as_slice())
             .map_err(|e| CatalogError::Descriptors(e.to_string()))?;
-        let routes = collect_routes(&pool)?;
-        Ok(Self { pool, routes })
+        let router = Router::from_pool(&pool).map_err(|e| CatalogError::Rule(e.to_string()))?;
+        Ok(Self { pool, router })
     }
 
     pub fn pool(&self) -> &DescriptorPool {
         &self.pool
     }
 
-    pub fn routes(&self) -> &[Route] {
-        &self.routes
+    pub fn routes(&self) -> &[Arc<Route>] {
+        self.router.routes()
     }
 
     /// Looks up `package.Service/Method` (the config spelling and the gRPC path).
@@ -104,102 +88,21 @@ impl Catalog {
         self.method(service, method)
     }
 
-    /// The first route whose verb and template match (rules are tried in declaration order).
-    /// HEAD is served by the GET binding, as HTTP defines it.
-    pub fn route(&self, http_method: &str, path: &str) -> Option<RestMatch> {
-        let http_method = if http_method.eq_ignore_ascii_case("HEAD") {
-            "GET"
-        } else {
-            http_method
+    /// The route of a REST request, as the gateway picks it (the most specific template of the
+    /// request's method), with the path bindings. HEAD is served by the GET binding, as HTTP
+    /// defines it.
+    pub fn route(&self, http_method: &str, path: &str) -> Option<(Arc<Route>, Bindings)> {
+        let method = match http_method {
+            "HEAD" => http::Method::GET,
+            other => http::Method::from_bytes(other.as_bytes()).ok()?,
         };
-        self.routes
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.http_method.eq_ignore_ascii_case(http_method))
-            .find_map(|(route_index, r)| {
-                r.template.matches(path).map(|bindings| RestMatch {
-                    route_index,
-                    bindings,
-                })
-            })
+        self.router.lookup(&method, path).ok()
     }
 }
 
 /// `package.Service/Method`, the spelling used in configs and span tags.
 pub fn qualified_name(method: &MethodDescriptor) -> String {
     format!("{}/{}", method.parent_service().full_name(), method.name())
-}
-
-fn collect_routes(pool: &DescriptorPool) -> Result<Vec<Route>, CatalogError> {
-    let Some(http) = pool.get_extension_by_name("google.api.http") else {
-        return Ok(Vec::new());
-    };
-    let mut routes = Vec::new();
-    for service in pool.services() {
-        for method in service.methods() {
-            let options = method.options();
-            if !options.has_extension(&http) {
-                continue;
-            }
-            let value = options.get_extension(&http);
-            if let Value::Message(rule) = value.as_ref() {
-                push_rule(rule, &method, &mut routes)?;
-                if let Some(Value::List(extra)) =
-                    rule.get_field_by_name("additional_bindings").as_deref()
-                {
-                    for binding in extra {
-                        if let Value::Message(binding) = binding {
-                            push_rule(binding, &method, &mut routes)?;
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(routes)
-}
-
-fn push_rule(
-    rule: &DynamicMessage,
-    method: &MethodDescriptor,
-    routes: &mut Vec<Route>,
-) -> Result<(), CatalogError> {
-    let text = |msg: &DynamicMessage, name: &str| {
-        msg.get_field_by_name(name)
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default()
-    };
-    let mut pattern = None;
-    for verb in ["get", "put", "post", "delete", "patch"] {
-        let has = rule
-            .descriptor()
-            .get_field_by_name(verb)
-            .is_some_and(|f| rule.has_field(&f));
-        if has {
-            pattern = Some((verb.to_ascii_uppercase(), text(rule, verb)));
-        }
-    }
-    if pattern.is_none()
-        && let Some(Value::Message(custom)) = rule.get_field_by_name("custom").as_deref()
-    {
-        pattern = Some((
-            text(custom, "kind").to_ascii_uppercase(),
-            text(custom, "path"),
-        ));
-    }
-    let Some((http_method, path)) = pattern else {
-        return Ok(());
-    };
-    let template = PathTemplate::parse(&path)
-        .map_err(|e| CatalogError::Rule(qualified_name(method), e.to_string()))?;
-    routes.push(Route {
-        http_method,
-        template,
-        body: text(rule, "body"),
-        response_body: text(rule, "response_body"),
-        method: method.clone(),
-    });
-    Ok(())
 }
 
 #[cfg(test)]
@@ -209,22 +112,25 @@ mod tests {
     #[test]
     fn builtin_contract_maps_rest_to_grpc() {
         let catalog = Catalog::load(None).unwrap();
-        let get = catalog.route("GET", "/v1/users/42").unwrap();
-        let route = &catalog.routes()[get.route_index];
+        let (route, bindings) = catalog.route("GET", "/v1/users/42").unwrap();
         assert_eq!(qualified_name(&route.method), "user.UserService/GetUser");
-        assert_eq!(get.bindings, vec![("id".to_owned(), "42".to_owned())]);
+        assert_eq!(bindings, vec![("id".to_owned(), "42".to_owned())]);
+        let (head, _) = catalog.route("HEAD", "/v1/users/42").unwrap();
+        assert_eq!(qualified_name(&head.method), "user.UserService/GetUser");
 
-        let list = catalog.route("get", "/v1/users?page=2").unwrap();
+        let (list, _) = catalog.route("GET", "/v1/users?page=2").unwrap();
+        assert_eq!(qualified_name(&list.method), "user.UserService/ListUsers");
+        // Methods are case-sensitive (RFC 9110 §9.1), as the gateway routes them.
+        assert!(catalog.route("get", "/v1/users").is_none());
+        let (create, _) = catalog.route("POST", "/v1/users").unwrap();
         assert_eq!(
-            qualified_name(&catalog.routes()[list.route_index].method),
-            "user.UserService/ListUsers"
+            qualified_name(&create.method),
+            "user.UserService/CreateUser"
         );
-        let create = catalog.route("POST", "/v1/users").unwrap();
-        let route = &catalog.routes()[create.route_index];
-        assert_eq!(qualified_name(&route.method), "user.UserService/CreateUser");
-        assert_eq!(route.body, "*");
+        assert_eq!(create.body, meshgate_wire::routes::BodyTarget::Whole);
         assert!(catalog.route("PATCH", "/v1/users/1").is_none());
         assert!(catalog.route("GET", "/v2/users").is_none());
+        assert!(catalog.route("GET\n", "/v1/users").is_none());
     }
 
     #[test]

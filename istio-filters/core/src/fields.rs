@@ -2,6 +2,7 @@
 //! bindings, query strings and JSON bodies.
 
 use base64::Engine as _;
+use meshgate_wire::percent;
 use prost_reflect::{DynamicMessage, Kind, MessageDescriptor, ReflectMessage, Value};
 
 /// A dotted path of field names.
@@ -264,22 +265,18 @@ fn scalar_text(value: &Value, kind: &Kind) -> Option<String> {
     })
 }
 
-/// Parses a query string into decoded `key=value` pairs (`+` is a space, as forms send it).
+/// The decoded `key=value` pairs of a request path's query string (`+` is a space, as forms
+/// send it). A pair with a malformed escape is skipped: the gateway refuses such a request.
 pub fn query_pairs(path: &str) -> Vec<(String, String)> {
-    let Some((_, query)) = path.split_once('?') else {
+    let Some(query) = percent::query_of(path) else {
         return Vec::new();
     };
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(&s.replace('+', " "))
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| match pair.split_once('=') {
-            Some((k, v)) => (decode(k), decode(v)),
-            None => (decode(pair), String::new()),
+    percent::query_pairs(query)
+        .filter_map(|(name, value)| {
+            Some((
+                percent::decode_query_component(name)?,
+                percent::decode_query_component(value)?,
+            ))
         })
         .collect()
 }
@@ -426,6 +423,10 @@ mod tests {
             Some("5")
         );
         assert_eq!(FieldPath::parse("user").unwrap().read_json(&json), None);
+        assert_eq!(
+            query_pairs("/v1/users?bad=100%&page=3"),
+            vec![("page".to_owned(), "3".to_owned())]
+        );
         let query = query_pairs("/v1/users?page=2&name=a+b%21&flag");
         assert_eq!(
             query,

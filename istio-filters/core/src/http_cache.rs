@@ -1,5 +1,5 @@
-//! HTTP caching pieces: `Cache-Control` rendering, strong ETags, `If-None-Match`, and which
-//! statuses may carry caching headers.
+//! HTTP caching pieces: `Cache-Control` rendering, strong ETags, and which statuses may carry
+//! caching headers (`If-None-Match` is `meshgate_wire::etag`).
 
 use sha2::{Digest, Sha256};
 
@@ -64,16 +64,6 @@ pub fn strong_etag(body: &[u8]) -> String {
     format!("\"{}\"", hex::encode(&digest[..16]))
 }
 
-/// `If-None-Match` evaluation (RFC 9110 §13.1.2: weak comparison; `*` matches any).
-pub fn if_none_match_hits(header: &str, etag: &str) -> bool {
-    let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
-    let ours = opaque(etag);
-    header
-        .split(',')
-        .map(str::trim)
-        .any(|candidate| candidate == "*" || opaque(candidate) == ours)
-}
-
 /// Appends `names` to an existing `Vary` value without duplicates (case-insensitive).
 pub fn merge_vary(existing: Option<&str>, names: &[String]) -> Option<String> {
     let mut out: Vec<String> = existing
@@ -120,15 +110,6 @@ mod tests {
         assert_eq!(strong_etag(b"abc"), strong_etag(b"abc"));
         assert_ne!(strong_etag(b"abc"), strong_etag(b"abd"));
         assert!(strong_etag(b"").starts_with('"') && strong_etag(b"").len() == 34);
-    }
-
-    #[test]
-    fn if_none_match_uses_weak_comparison() {
-        let tag = strong_etag(b"x");
-        assert!(if_none_match_hits(&tag, &tag));
-        assert!(if_none_match_hits(&format!("\"other\", W/{tag}"), &tag));
-        assert!(if_none_match_hits("*", &tag));
-        assert!(!if_none_match_hits("\"other\"", &tag));
     }
 
     #[test]

@@ -3,11 +3,14 @@
 
 use std::sync::Arc;
 
+use meshgate_wire::content_type::Protocol;
+use meshgate_wire::grpc::{self, FrameError};
+use meshgate_wire::grpc_web;
+use meshgate_wire::routes::BodyTarget;
 use prost_reflect::{DynamicMessage, MessageDescriptor, MethodDescriptor};
 
 use crate::catalog::{Catalog, qualified_name};
 use crate::fields::{FieldPath, query_pairs};
-use crate::grpc::{self, FrameError, Protocol};
 use crate::host::{Host, header_value};
 
 /// The request as the filters classify it at `on_request_headers`.
@@ -17,8 +20,9 @@ pub struct RequestTarget {
     pub http_method: String,
     pub path: String,
     pub method: Option<MethodDescriptor>,
-    /// REST only: the rule's `body` and `response_body`, and the path bindings.
-    pub rest_body: Option<String>,
+    /// REST only: the rule's `body` and `response_body` (`None`: the whole message), and the
+    /// path bindings.
+    pub rest_body: Option<BodyTarget>,
     pub rest_response_body: Option<String>,
     pub bindings: Vec<(String, String)>,
     pub query: Vec<(String, String)>,
@@ -65,15 +69,13 @@ impl RequestTarget {
             qualified: None,
         };
         if protocol.is_grpc_family() {
-            target.method = grpc::split_grpc_path(&target.path)
+            target.method = grpc::split_path(&target.path)
                 .and_then(|(service, method)| catalog.method(service, method));
-        } else if let Some(found) = catalog.route(&target.http_method, &target.path) {
-            if let Some(route) = catalog.routes().get(found.route_index) {
-                target.method = Some(route.method.clone());
-                target.rest_body = Some(route.body.clone());
-                target.rest_response_body = Some(route.response_body.clone());
-            }
-            target.bindings = found.bindings;
+        } else if let Some((route, bindings)) = catalog.route(&target.http_method, &target.path) {
+            target.method = Some(route.method.clone());
+            target.rest_body = Some(route.body.clone());
+            target.rest_response_body = route.response_body.clone();
+            target.bindings = bindings;
             target.query = query_pairs(&target.path);
         }
         target.qualified = target.method.as_ref().map(qualified_name);
@@ -133,7 +135,10 @@ impl RequestTarget {
     /// Whether the request message (or part of it) travels in the body.
     pub fn message_in_body(&self) -> bool {
         match self.protocol {
-            Protocol::Http => self.rest_body.as_deref().is_some_and(|b| !b.is_empty()),
+            Protocol::Http => matches!(
+                self.rest_body,
+                Some(BodyTarget::Whole | BodyTarget::Field(_))
+            ),
             _ => self.method.is_some(),
         }
     }
@@ -181,13 +186,16 @@ impl RequestTarget {
     }
 
     fn read_rest_json(&self, json: &serde_json::Value, path: &FieldPath) -> Option<String> {
-        match self.rest_body.as_deref() {
-            Some("*") => path.read_json(json),
-            Some(field) if !field.is_empty() => {
-                let rest = path.as_str().strip_prefix(field)?.strip_prefix('.')?;
+        match &self.rest_body {
+            Some(BodyTarget::Whole) => path.read_json(json),
+            Some(BodyTarget::Field(field)) => {
+                let rest = path
+                    .as_str()
+                    .strip_prefix(field.as_str())?
+                    .strip_prefix('.')?;
                 FieldPath::parse(rest).ok()?.read_json(json)
             }
-            _ => None,
+            Some(BodyTarget::None) | None => None,
         }
     }
 
@@ -262,7 +270,7 @@ fn decode_grpc_message(
 ) -> Result<Decoded, BodyError> {
     let decoded_text;
     let binary = if protocol == Protocol::GrpcWebText {
-        decoded_text = grpc::decode_grpc_web_text(body)?;
+        decoded_text = grpc_web::decode_text(body)?;
         decoded_text.as_slice()
     } else {
         body
@@ -290,7 +298,7 @@ mod tests {
 
     fn get_user_frame(id: &str) -> Vec<u8> {
         let msg = meshgate_proto::user::GetUserRequest { id: id.into() };
-        grpc::encode_frame(&msg.encode_to_vec())
+        grpc::message_frame(&msg.encode_to_vec())
     }
 
     #[test]

@@ -72,7 +72,7 @@ fn user_response() -> meshgate_proto::user::GetUserResponse {
 }
 
 fn frame(message: &impl Message) -> Vec<u8> {
-    meshgate_filter_core::grpc::encode_frame(&message.encode_to_vec())
+    meshgate_wire::grpc::message_frame(&message.encode_to_vec())
 }
 
 fn rest_exchange(chain: &Chain) {

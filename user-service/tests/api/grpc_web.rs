@@ -1,12 +1,13 @@
 //! gRPC-web served by the service itself (`GRPC_WEB`, tonic-web), checked the way the edge's
 //! gRPC-web is: a real HTTP client over HTTP/1.1 and HTTP/2, binary and text bodies, the status
 //! in the trailer frame of the body, CORS preflights from allowed and refused origins. Frames
-//! are built and read with the edge gateway's codec, which is independent of tonic-web.
+//! are built and read with `meshgate-wire`'s codec (the edge gateway's), which is independent of
+//! tonic-web.
 
 use bytes::Bytes;
-use edge_gateway::grpc_web::{Frame, Mode, RequestDecoder, ResponseEncoder, decode_trailers};
 use http::HeaderMap;
 use meshgate_proto::user::{GetUserRequest, GetUserResponse};
+use meshgate_wire::grpc_web::{Frame, Mode, RequestDecoder, ResponseEncoder, decode_trailers};
 use prost::Message;
 use tonic_types::StatusExt;
 

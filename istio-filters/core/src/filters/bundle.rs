@@ -520,8 +520,8 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
-    use crate::grpc::encode_frame;
     use crate::test_host::TestHost;
+    use meshgate_wire::grpc::message_frame as encode_frame;
 
     // --- the chain semantics, with members that record what they are shown ---
 

@@ -8,14 +8,15 @@
 
 use std::sync::Arc;
 
+use meshgate_wire::content_type::Protocol;
+use meshgate_wire::etag::if_none_match_hits;
+use meshgate_wire::path_template::PathTemplate;
 use serde::Deserialize;
 
 use crate::catalog::Catalog;
 use crate::filter::{self, ConfigError, Filter, Stream};
-use crate::grpc::Protocol;
 use crate::host::{Action, Counters, Host};
 use crate::http_cache::{self, CacheControl};
-use crate::http_rule::PathTemplate;
 use crate::inspect::RequestTarget;
 
 // === config ===
@@ -339,7 +340,7 @@ impl CacheHeadersStream {
         let hit = self
             .conditional
             .as_deref()
-            .is_some_and(|header| http_cache::if_none_match_hits(header, etag));
+            .is_some_and(|header| if_none_match_hits(header, etag));
         if !hit {
             return;
         }

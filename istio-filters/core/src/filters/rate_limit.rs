@@ -6,6 +6,9 @@
 
 use std::sync::Arc;
 
+use meshgate_wire::content_type::Protocol;
+use meshgate_wire::grpc::status;
+use meshgate_wire::grpc_headers;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -13,7 +16,6 @@ use crate::bucket_table::{BucketTable, Outcome};
 use crate::catalog::Catalog;
 use crate::fields::FieldPath;
 use crate::filter::{self, ConfigError, Filter, Stream};
-use crate::grpc::{Protocol, status};
 use crate::host::{Action, Counters, Host, LocalReply, LogLevel};
 use crate::inspect::{Decoded, RequestTarget};
 use crate::token_bucket::{BucketSpec, Verdict};
@@ -489,19 +491,16 @@ fn limited_reply(rule: &Rule, verdict: &Verdict, target: &RequestTarget) -> Loca
                         .to_owned(),
                 ),
                 ("grpc-status".into(), status::RESOURCE_EXHAUSTED.to_string()),
-                ("grpc-message".into(), percent_encode_message(&message)),
+                (
+                    "grpc-message".into(),
+                    grpc_headers::encode_message(&message),
+                ),
                 ("retry-after".into(), retry_after.to_string()),
             ],
             body: Vec::new(),
             grpc_status: None,
         },
     }
-}
-
-/// `grpc-message` is percent-encoded (gRPC over HTTP/2 spec).
-fn percent_encode_message(message: &str) -> String {
-    const SET: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
-    percent_encoding::utf8_percent_encode(message, SET).to_string()
 }
 
 fn text(bytes: Vec<u8>) -> String {
@@ -526,8 +525,8 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
-    use crate::grpc::encode_frame;
     use crate::test_host::TestHost;
+    use meshgate_wire::grpc::message_frame as encode_frame;
 
     fn configure(json: &str) -> Result<Arc<RateLimit>, ConfigError> {
         RateLimit::configure(json.as_bytes(), &mut TestHost::default()).map(Arc::new)

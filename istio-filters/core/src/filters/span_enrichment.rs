@@ -9,16 +9,17 @@
 
 use std::sync::Arc;
 
+use meshgate_wire::content_type::Protocol;
+use meshgate_wire::grpc::{self, status};
+use meshgate_wire::{grpc_web, trace};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::catalog::Catalog;
 use crate::fields::FieldPath;
 use crate::filter::{self, ConfigError, Filter, Stream};
-use crate::grpc::{self, Protocol, status};
 use crate::host::{Action, Counters, Host, LogLevel};
 use crate::inspect::{Decoded, RequestTarget};
-use crate::trace;
 
 pub const HEADER_PREFIX: &str = "x-meshgate-";
 /// Longest header / filter-state value written; longer values are cut (span tags are small).
@@ -236,9 +237,9 @@ impl Stream for SpanEnrichmentStream {
         for name in forged {
             host.set_request_header(name, None);
         }
-        if let Some((format, id)) = trace::trace_id(|name| target.header(name).map(str::to_owned)) {
-            host.set_property(&["meshgate.trace_id"], id.as_bytes());
-            host.set_property(&["meshgate.trace_format"], format.as_str().as_bytes());
+        if let Some(found) = trace::incoming(|name| target.header(name)) {
+            host.set_property(&["meshgate.trace_id"], found.trace_id.as_bytes());
+            host.set_property(&["meshgate.trace_format"], found.format.as_str().as_bytes());
         }
         let Some(method) = target.method.clone() else {
             return Action::Continue;
@@ -419,7 +420,7 @@ impl SpanEnrichmentStream {
         let text_body;
         let body = match self.target.as_ref().map(|t| t.protocol) {
             Some(Protocol::GrpcWebText) => {
-                let Ok(decoded) = grpc::decode_grpc_web_text(&self.response_body) else {
+                let Ok(decoded) = grpc_web::decode_text(&self.response_body) else {
                     return;
                 };
                 text_body = decoded;
@@ -486,8 +487,8 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
-    use crate::grpc::encode_frame;
     use crate::test_host::TestHost;
+    use meshgate_wire::grpc::message_frame as encode_frame;
 
     const CONFIG: &str = r#"{"fields":[
         {"path":"id"},

@@ -53,7 +53,7 @@ pub fn chain(module: &str, config: &str, workers: usize) -> (Chain, Arc<Plugin>,
 
 /// A gRPC frame of `message`.
 pub fn frame(message: &impl Message) -> Vec<u8> {
-    meshgate_filter_core::grpc::encode_frame(&message.encode_to_vec())
+    meshgate_wire::grpc::message_frame(&message.encode_to_vec())
 }
 
 pub fn grpc(method: &str, body: Vec<u8>) -> Request {

@@ -111,6 +111,10 @@ fn rejects_bad_templates() {
         "/v1//x",
         "/v1/x:",
         "/v1/{a..b}",
+        "/v1/{=x}",
+        "/v1/**/**",
+        "/v1/{a b}",
+        "/v1/{é}",
     ] {
         assert!(
             PathTemplate::parse(bad).is_err(),
@@ -125,10 +129,38 @@ fn bad_percent_encoding_does_not_match() {
     assert_eq!(bind("/v1/{id}", "/v1/%f"), None);
     // Found by the rest_router fuzz target: a sign is not a hex digit.
     for bad in ["%+F", "%-1", "%+0", "a%+Fb"] {
-        assert_eq!(percent_decode(bad, true), None, "{bad}");
         assert_eq!(bind("/v1/{id}", &format!("/v1/{bad}")), None, "{bad}");
     }
-    assert_eq!(percent_decode("%4a%4A", true).as_deref(), Some("JJ"));
+    assert_eq!(bind("/v1/{id}", "/v1/%4a%4A"), Some(pairs(&[("id", "JJ")])));
+}
+
+#[test]
+fn query_and_fragment_are_ignored() {
+    assert_eq!(
+        bind("/v1/users/{id}", "/v1/users/abc?x=1"),
+        Some(pairs(&[("id", "abc")]))
+    );
+    assert_eq!(bind("/v1/users", "/v1/users#top"), Some(vec![]));
+    assert_eq!(bind("/v1/users/{id}", "/v1/users?id=1"), None);
+}
+
+#[test]
+fn nested_field_paths_in_several_variables() {
+    assert_eq!(
+        bind(
+            "/v1/{name=shelves/*}/books/{book.id}",
+            "/v1/shelves/s1/books/b2"
+        ),
+        Some(pairs(&[("name", "shelves/s1"), ("book.id", "b2")]))
+    );
+    assert_eq!(
+        bind("/v1/{name=files/**}", "/v1/files/a/b/c"),
+        Some(pairs(&[("name", "files/a/b/c")]))
+    );
+    assert_eq!(
+        bind("/v1/{name=files/**}", "/v1/files"),
+        Some(pairs(&[("name", "files")]))
+    );
 }
 
 #[test]

@@ -1,5 +1,8 @@
 //! The REST route table, built from the `google.api.http` annotations of every service in a
-//! descriptor pool, and matched per request.
+//! descriptor pool, and matched per request: the gateway transcodes with it, the filters name
+//! a REST request's gRPC method with it, so both pick the same route for the same request.
+//! Rules are checked as they are read (path variables and body fields must exist), and the
+//! most specific template wins (`/v1/users/me` before `/v1/users/{id}`).
 
 use std::sync::Arc;
 
@@ -9,6 +12,7 @@ use prost_reflect::{
     ReflectMessage, Value,
 };
 
+use crate::grpc::split_path;
 use crate::path_template::{PathTemplate, TemplateError};
 
 /// Where the HTTP body goes in the request message.
@@ -115,7 +119,14 @@ impl Router {
                 let mut push = |rule: &DynamicMessage| -> Result<(), RouteBuildError> {
                     if let Some(route) = build_route(&method, rule, success_code, location.clone())?
                     {
-                        routes.push(Arc::new(route));
+                        // Most specific first, so `/v1/users/me` wins over `/v1/users/{id}`;
+                        // equally specific ones in declaration order. Inserted in place rather
+                        // than sorted after: a generic sort would grow every .wasm module.
+                        let specificity = route.template.specificity();
+                        let at = routes.partition_point(|r: &Arc<Route>| {
+                            r.template.specificity() >= specificity
+                        });
+                        routes.insert(at, Arc::new(route));
                     }
                     Ok(())
                 };
@@ -132,8 +143,6 @@ impl Router {
                 }
             }
         }
-        // Most specific first, so `/v1/users/me` wins over `/v1/users/{id}`.
-        routes.sort_by_key(|route| std::cmp::Reverse(route.template.specificity()));
         Ok(Self { routes })
     }
 
@@ -141,16 +150,20 @@ impl Router {
         &self.routes
     }
 
+    /// The first (most specific) route of `method` whose template matches `path`, with its
+    /// bindings; on a miss, whether other methods would have matched (405) or none (404).
     pub fn lookup(&self, method: &Method, path: &str) -> Result<(Arc<Route>, Bindings), RouteMiss> {
+        // Templates of the request's method first: a hit matches no other route's template
+        // (this runs per request, in the gateway and in every filter VM).
+        for route in self.routes.iter().filter(|r| r.http_method == *method) {
+            if let Some(bindings) = route.template.matches(path) {
+                return Ok((route.clone(), bindings));
+            }
+        }
         let mut allowed: Vec<Method> = Vec::new();
         for route in &self.routes {
-            if let Some(bindings) = route.template.matches(path) {
-                if route.http_method == *method {
-                    return Ok((route.clone(), bindings));
-                }
-                if !allowed.contains(&route.http_method) {
-                    allowed.push(route.http_method.clone());
-                }
+            if !allowed.contains(&route.http_method) && route.template.matches(path).is_some() {
+                allowed.push(route.http_method.clone());
             }
         }
         if allowed.is_empty() {
@@ -295,7 +308,7 @@ fn build_route(
 
 /// The method a gRPC request path `/package.Service/Method` calls, if the pool has it.
 pub fn grpc_method(pool: &DescriptorPool, path: &str) -> Option<MethodDescriptor> {
-    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    let (service, method) = split_path(path)?;
     pool.get_service_by_name(service)?
         .methods()
         .find(|m| m.name() == method)
@@ -389,6 +402,29 @@ mod tests {
             router.lookup(&Method::GET, "/v2/nothing").unwrap_err(),
             RouteMiss::NotFound
         );
+    }
+
+    #[test]
+    fn lookup_ignores_the_query_and_methods_are_case_sensitive() {
+        let router = router();
+        let (route, bindings) = router.lookup(&Method::GET, "/v1/users?page=2").unwrap();
+        assert_eq!(route.grpc_path, "/user.UserService/ListUsers");
+        assert!(bindings.is_empty());
+        // RFC 9110 §9.1: the method token is case-sensitive; `get` is not GET.
+        let lower = Method::from_bytes(b"get").unwrap();
+        assert!(matches!(
+            router.lookup(&lower, "/v1/users"),
+            Err(RouteMiss::MethodNotAllowed(_))
+        ));
+    }
+
+    #[test]
+    fn grpc_methods_are_found_by_their_path() {
+        let pool = meshgate_proto::descriptor_pool();
+        let method = grpc_method(pool, "/user.UserService/GetUser").unwrap();
+        assert_eq!(method.full_name(), "user.UserService.GetUser");
+        assert!(grpc_method(pool, "/user.UserService/GetUser/x").is_none());
+        assert!(grpc_method(pool, "/v1/users/1").is_none());
     }
 
     #[test]

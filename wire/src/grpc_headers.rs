@@ -1,10 +1,9 @@
-//! The gRPC-over-HTTP/2 header values the gateway reads and writes (pure): `grpc-timeout`,
-//! `grpc-message` (percent-encoded), `grpc-status` and `grpc-status-details-bin` (base64).
+//! The gRPC-over-HTTP/2 header values: `grpc-timeout`, `grpc-message` (percent-encoded),
+//! `grpc-status` and `grpc-status-details-bin` (base64).
 
 use std::time::Duration;
 
 use base64::Engine;
-use http::HeaderMap;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
 /// What `grpc-message` percent-encodes: everything outside printable ASCII, and `%` itself
@@ -51,7 +50,8 @@ pub fn encode_details(details: &[u8]) -> String {
 }
 
 /// The `grpc-status` of a header or trailer block, as the number on the wire.
-pub fn status_of(headers: &HeaderMap) -> Option<i32> {
+#[cfg(feature = "stream")]
+pub fn status_of(headers: &http::HeaderMap) -> Option<i32> {
     headers
         .get("grpc-status")
         .and_then(|v| v.to_str().ok()?.parse().ok())
@@ -98,9 +98,10 @@ mod tests {
         assert_eq!(encode_details(b"\x08\x05"), "CAU");
     }
 
+    #[cfg(feature = "stream")]
     #[test]
     fn status_is_read_from_headers() {
-        let mut headers = HeaderMap::new();
+        let mut headers = http::HeaderMap::new();
         assert_eq!(status_of(&headers), None);
         headers.insert("grpc-status", "14".parse().unwrap());
         assert_eq!(status_of(&headers), Some(14));

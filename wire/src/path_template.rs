@@ -10,9 +10,12 @@
 //! Verb     = ":" LITERAL ;
 //! ```
 //! A template is flattened into segment matchers plus variable spans over them, so matching is
-//! a single pass over the request path's segments.
+//! a single pass over the request path's segments. `**` must be the last segment (the spec's
+//! rule), and a variable is bound at most once.
 
 use std::fmt;
+
+use crate::percent::decode_segment;
 
 /// One position of the flattened template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,9 +104,13 @@ impl PathTemplate {
         {
             return Err(error("'**' must be the last segment"));
         }
-        let mut seen = std::collections::HashSet::new();
-        for variable in &variables {
-            if !seen.insert(variable.field_path.as_str()) {
+        // A handful of variables: a scan, not a HashSet (whose random seed would be one more
+        // import for the .wasm modules).
+        for (index, variable) in variables.iter().enumerate() {
+            if variables[..index]
+                .iter()
+                .any(|earlier| earlier.field_path == variable.field_path)
+            {
                 return Err(error(&format!(
                     "variable {} bound twice",
                     variable.field_path
@@ -118,8 +125,11 @@ impl PathTemplate {
         })
     }
 
-    /// Matches a request path (without query). Returns the variable bindings, percent-decoded.
+    /// Matches a request path (a query string or fragment is ignored). Returns the variable
+    /// bindings, percent-decoded: a single-segment variable fully, a multi-segment one with
+    /// `%2F` kept encoded.
     pub fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
+        let path = path.split(['?', '#']).next().unwrap_or_default();
         let path = path.strip_prefix('/')?;
         let path = match &self.verb {
             Some(verb) => path.strip_suffix(verb.as_str())?.strip_suffix(':')?,
@@ -138,7 +148,7 @@ impl PathTemplate {
         for (segment, part) in self.segments.iter().zip(&parts) {
             match segment {
                 Segment::Literal(literal) => {
-                    if percent_decode(part, true)? != *literal {
+                    if decode_segment(part, true)? != literal.as_str() {
                         return None;
                     }
                 }
@@ -164,12 +174,12 @@ impl PathTemplate {
             let single_segment = variable.end - variable.start == 1
                 && self.segments[variable.start] != Segment::Multi;
             let value = if single_segment {
-                percent_decode(span[0], true)?
+                decode_segment(span[0], true)?.into_owned()
             } else {
                 // Multi-segment values keep '/' as the separator; an encoded "%2F" stays encoded
                 // so the segments remain distinguishable (per the HttpRule spec).
                 span.iter()
-                    .map(|part| percent_decode(part, false))
+                    .map(|part| decode_segment(part, false))
                     .collect::<Option<Vec<_>>>()?
                     .join("/")
             };
@@ -282,8 +292,8 @@ impl Parser<'_> {
                 }
                 let literal = std::str::from_utf8(&self.input[start..self.pos])
                     .map_err(|_| "literal is not UTF-8".to_owned())?;
-                let literal = percent_decode(literal, true).ok_or("bad percent-encoding")?;
-                self.segments.push(Segment::Literal(literal));
+                let literal = decode_segment(literal, true).ok_or("bad percent-encoding")?;
+                self.segments.push(Segment::Literal(literal.into_owned()));
                 Ok(())
             }
         }
@@ -304,33 +314,6 @@ impl Parser<'_> {
         }
         Ok(path.to_owned())
     }
-}
-
-/// Percent-decodes one path segment. With `decode_slash` false, `%2F` stays encoded.
-pub fn percent_decode(input: &str, decode_slash: bool) -> Option<String> {
-    let bytes = input.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        if bytes[index] == b'%' {
-            // Two hex digits, nothing else: `u8::from_str_radix` would also take a sign ("%+F").
-            let digit = |offset: usize| {
-                let byte = *bytes.get(index + offset)?;
-                (byte as char).to_digit(16)
-            };
-            let value = (digit(1)? * 16 + digit(2)?) as u8;
-            if value == b'/' && !decode_slash {
-                out.extend_from_slice(&bytes[index..index + 3]);
-            } else {
-                out.push(value);
-            }
-            index += 3;
-        } else {
-            out.push(bytes[index]);
-            index += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

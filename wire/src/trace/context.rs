@@ -1,21 +1,18 @@
-//! Trace context: W3C `traceparent` and B3 (single `b3` header or `X-B3-*`) accepted; the
-//! gateway's server span becomes the parent of the upstream call, propagated in both formats.
+//! A proxy's own span in the request's trace: the incoming context continued, or a new trace.
 
 use rand::Rng;
+
+use super::incoming;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceContext {
     /// 32 lower-case hex digits.
     pub trace_id: String,
-    /// The gateway's own span (16 hex digits).
+    /// The proxy's own span (16 hex digits).
     pub span_id: String,
     /// The caller's span, if any.
     pub parent_span_id: Option<String>,
     pub sampled: bool,
-}
-
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit()) && s.bytes().any(|b| b != b'0')
 }
 
 /// `bytes` random bytes as lower-case hex (one allocation; this runs on every request).
@@ -35,40 +32,19 @@ impl TraceContext {
     /// Continues the incoming trace, or starts one. `header` looks up a request header.
     pub fn from_headers<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Self {
         let span_id = random_hex(8);
-        if let Some((trace_id, parent, sampled)) = header("traceparent").and_then(parse_traceparent)
-        {
-            return Self {
-                trace_id,
+        match incoming(header) {
+            Some(found) => Self {
+                trace_id: found.trace_id,
                 span_id,
-                parent_span_id: Some(parent),
-                sampled,
-            };
-        }
-        if let Some((trace_id, parent, sampled)) = header("b3").and_then(parse_b3_single) {
-            return Self {
-                trace_id,
+                parent_span_id: found.parent_span_id,
+                sampled: found.sampled,
+            },
+            None => Self {
+                trace_id: random_hex(16),
                 span_id,
-                parent_span_id: parent,
-                sampled,
-            };
-        }
-        if let Some(trace_id) = header("x-b3-traceid").and_then(normalize_b3_trace_id) {
-            let parent = header("x-b3-spanid")
-                .filter(|s| is_hex(s, 16))
-                .map(str::to_ascii_lowercase);
-            let sampled = !matches!(header("x-b3-sampled"), Some("0"));
-            return Self {
-                trace_id,
-                span_id,
-                parent_span_id: parent,
-                sampled,
-            };
-        }
-        Self {
-            trace_id: random_hex(16),
-            span_id,
-            parent_span_id: None,
-            sampled: true,
+                parent_span_id: None,
+                sampled: true,
+            },
         }
     }
 
@@ -103,62 +79,19 @@ impl TraceContext {
     }
 }
 
-fn parse_traceparent(value: &str) -> Option<(String, String, bool)> {
-    let mut parts = value.trim().split('-');
-    let version = parts.next()?;
-    let trace_id = parts.next()?;
-    let parent = parts.next()?;
-    let flags = parts.next()?;
-    if version.len() != 2
-        || version == "ff"
-        || !is_hex(trace_id, 32)
-        || !is_hex(parent, 16)
-        || flags.len() != 2
-    {
-        return None;
-    }
-    let flags = u8::from_str_radix(flags, 16).ok()?;
-    Some((
-        trace_id.to_ascii_lowercase(),
-        parent.to_ascii_lowercase(),
-        flags & 1 == 1,
-    ))
-}
-
-fn normalize_b3_trace_id(value: &str) -> Option<String> {
-    let value = value.trim();
-    if is_hex(value, 32) {
-        Some(value.to_ascii_lowercase())
-    } else if is_hex(value, 16) {
-        // 64-bit B3 ids are left-padded to W3C's 128 bits.
-        Some(format!("{:0>32}", value.to_ascii_lowercase()))
-    } else {
-        None
-    }
-}
-
-/// `b3: {trace}-{span}[-{sampled}[-{parent}]]`, or just `b3: 0` (deny sampling, no ids).
-fn parse_b3_single(value: &str) -> Option<(String, Option<String>, bool)> {
-    let mut parts = value.trim().split('-');
-    let trace_id = normalize_b3_trace_id(parts.next()?)?;
-    let span = parts
-        .next()
-        .filter(|s| is_hex(s, 16))
-        .map(str::to_ascii_lowercase);
-    span.as_ref()?;
-    let sampled = !matches!(parts.next(), Some("0"));
-    Some((trace_id, span, sampled))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn is_id(s: &str, len: usize) -> bool {
+        super::super::is_id(s, len)
+    }
+
     #[test]
     fn fresh_ids_are_lower_case_hex_of_the_right_length() {
         let fresh = TraceContext::from_headers(|_| None);
-        assert!(is_hex(&fresh.trace_id, 32), "{}", fresh.trace_id);
-        assert!(is_hex(&fresh.span_id, 16), "{}", fresh.span_id);
+        assert!(is_id(&fresh.trace_id, 32), "{}", fresh.trace_id);
+        assert!(is_id(&fresh.span_id, 16), "{}", fresh.span_id);
         assert!(!fresh.trace_id.bytes().any(|b| b.is_ascii_uppercase()));
         assert_ne!(fresh.span_id, TraceContext::from_headers(|_| None).span_id);
     }
@@ -203,6 +136,9 @@ mod tests {
         assert_eq!(multi.trace_id, "0000000000000000a3ce929d0e0e4736");
         assert!(!multi.sampled);
         assert!(multi.traceparent().ends_with("-00"));
+        let upstream = multi.upstream_headers();
+        assert_eq!(upstream[1], ("x-b3-traceid", multi.trace_id.clone()));
+        assert_eq!(upstream[3], ("x-b3-sampled", "0".to_owned()));
     }
 
     #[test]

@@ -1,0 +1,32 @@
+//! The wire formats meshgate speaks, written once for the edge gateway, the proxy-wasm filters,
+//! the load generator and the fuzz targets. Pure: no I/O, no runtime; builds for wasm32-wasip1.
+//!
+//! # Layout
+//! - [`percent`]: percent-decoding of path segments (strict) and query strings.
+//! - [`path_template`]: `google.api.http` path templates (parse, match, specificity).
+//! - [`routes`] (feature `descriptors`): the REST route table from a descriptor pool.
+//! - [`grpc`]: 5-byte message frames, trailer blocks, `/Service/Method` paths, status names,
+//!   the streaming message-size guard.
+//! - [`grpc_web`]: gRPC-web content types, grpc-web-text base64 (padding anywhere), and with
+//!   feature `stream` the streaming request decoder and response encoder.
+//! - [`grpc_headers`]: `grpc-timeout`, `grpc-message`, `grpc-status(-details-bin)` values.
+//! - [`content_type`]: media types and which gRPC protocol a `content-type` names.
+//! - [`trace`]: W3C `traceparent` and B3 parsing; with feature `trace-ids` a fresh context.
+//! - [`etag`]: `If-None-Match` evaluation.
+//!
+//! Invariant: nothing here panics on input.
+#![forbid(unsafe_code)]
+// The .wasm filters call this crate: a panic would abort the proxy's Wasm VM. Tests may unwrap
+// (clippy.toml: allow-*-in-tests).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod content_type;
+pub mod etag;
+pub mod grpc;
+pub mod grpc_headers;
+pub mod grpc_web;
+pub mod path_template;
+pub mod percent;
+#[cfg(feature = "descriptors")]
+pub mod routes;
+pub mod trace;
