@@ -82,18 +82,24 @@ pub fn fetch(root: &Path, dest: &Path, from: Option<&Path>) -> anyhow::Result<bo
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        match from {
+        let fetched = match from {
             Some(source) => {
                 let source = pin.under(source);
                 std::fs::copy(&source, &out)
-                    .with_context(|| format!("copying {}", source.display()))?;
+                    .map(drop)
+                    .with_context(|| format!("copying {}", source.display()))
             }
             None => process::run(
                 Command::new("curl")
                     .args(["-fsSL", "--retry", "3", "-o"])
                     .arg(&out)
                     .arg(pin.url()),
-            )?,
+            ),
+        };
+        if let Err(error) = fetched {
+            eprintln!("error: {}: {error:#}", pin.path);
+            ok = false;
+            continue;
         }
         let got = hex::encode(Sha256::digest(std::fs::read(&out)?));
         if got != pin.sha256 {
