@@ -1,4 +1,4 @@
-"""The logs pipeline's contract with the binaries' log lines (run by scripts/test-operations).
+"""The logs pipeline's contract with the binaries' log lines (run by cargo xtask test-operations).
 
 Fluent Bit and Elasticsearch do not run here, so the pipeline is read from the files that ship it
 and applied to log lines captured from a real run of the binaries:

@@ -1,5 +1,5 @@
 """Unit tests of the logs contract model (scripts/lib/log_contract.py) on the shipped pipeline.
-The real binaries' lines are checked by scripts/test-operations; these pin the model itself."""
+The real binaries' lines are checked by cargo xtask test-operations; these pin the model itself."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Offline validation of meshgate's mesh/, deploy/ and .github/workflows (run via scripts/validate-manifests).
+"""Offline validation of meshgate's mesh/, deploy/ and .github/workflows (run via cargo xtask validate-manifests).
 
 Every step is a function taking explicit inputs and returning a list of problems, so the same
 function validates the repository and, in --self-test, must reject a seeded bad input from
@@ -98,7 +98,7 @@ CRD_GROUPS = {
     "opentelemetry.io", "barmancloud.cnpg.io", "cert-manager.io", "elasticsearch.k8s.elastic.co",
     "kibana.k8s.elastic.co",
 }
-# CRD groups an older CRD folder may lack (scripts/fetch-crds fetches them, pinned in crds.lock):
+# CRD groups an older CRD folder may lack (cargo xtask fetch-crds fetches them, pinned in crds.lock):
 # their objects are reported as not schema-checked instead of failing.
 OPTIONAL_CRD_GROUPS = {"barmancloud.cnpg.io": "cloudnative-pg/plugin-barman-cloud"}
 # Kinds whose CRD lives in the pending folder (pending_folder), which an older checkout may lack.
@@ -429,7 +429,7 @@ class CrdIndex:
 
 def pending_folder(folder: Path) -> Path:
     """Where the CRDs a plain safe loader refuses live: `<crds>-pending` beside the CRD folder
-    (../shared/crds-pending; scripts/fetch-crds lays them out the same way)."""
+    (../shared/crds-pending; cargo xtask fetch-crds lays them out the same way)."""
     return folder.with_name(folder.name + "-pending")
 
 
@@ -498,7 +498,7 @@ def step_crd_schema(inputs: Inputs, crds: CrdIndex | Skipped) -> list[str]:
           " (unknown fields rejected; CEL x-kubernetes-validations are not evaluated)")
     for kind in sorted(unchecked):
         print(f"   note: {kind} NOT schema-checked: its CRD is not in {crds.folder} nor {pending_folder(crds.folder)} "
-              "(./scripts/fetch-crds DIR fetches every pinned CRD)")
+              "(cargo xtask fetch-crds DIR fetches every pinned CRD)")
     return problems
 
 
@@ -623,7 +623,7 @@ def step_alertmanager(inputs: Inputs, workdir: Path) -> list[str]:
         return []
     for tool in ("amtool", "prometheus-alertmanager"):
         if shutil.which(tool) is None:
-            return [f"{tool} not found: install Debian's prometheus-alertmanager (scripts/validate-manifests does as root)"]
+            return [f"{tool} not found: install Debian's prometheus-alertmanager (cargo xtask validate-manifests does as root)"]
     problems: list[str] = []
     summaries = []
     tested = set()

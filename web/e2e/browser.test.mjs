@@ -1,6 +1,6 @@
 // End-to-end tests: the built page in headless Chromium (Debian's, driven by
 // playwright-core) against a real edge gateway and user-service.
-// Started by scripts/test-browser, which provides:
+// Started by cargo xtask test-browser, which provides:
 //   GATEWAY_URL          the gateway, which also serves web/dist at /
 //   ALLOWED_ORIGIN_URL   a second static server for web/dist, in the gateway's CORS allow-list
 //   REFUSED_ORIGIN_URL   a third one, not in the allow-list
@@ -17,7 +17,7 @@ import { chromium } from "playwright-core";
 
 function required(name) {
   const value = process.env[name];
-  if (!value) throw new Error(`${name} is not set: run scripts/test-browser`);
+  if (!value) throw new Error(`${name} is not set: run cargo xtask test-browser`);
   return value.replace(/\/$/, "");
 }
 

@@ -1,5 +1,5 @@
 // node:test reporter that prints only the closing line "N passed, N failed"
-// (used beside the spec reporter by scripts/test-browser).
+// (used beside the spec reporter by cargo xtask test-browser).
 export default async function* summaryReporter(source) {
   let passed = 0;
   let failed = 0;

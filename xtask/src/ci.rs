@@ -1,0 +1,70 @@
+//! `cargo xtask ci` (what `.ci/run` and the GitHub workflow run): formatting, lints and the
+//! dependency policy, then exactly the README's test command. Stops at the first failing check:
+//! the suite is the long part.
+
+use std::path::Path;
+
+use crate::process;
+
+const FUZZ_MANIFEST: &str = "edge-gateway/fuzz/Cargo.toml";
+const CARGO_DENY_VERSION: &str = "0.20.2";
+
+#[derive(Debug, clap::Args)]
+pub struct CiArgs {
+    /// Also check the RustSec advisories (their database is a git repository on GitHub: the
+    /// workflow reaches it, the CI machine does not).
+    #[arg(long)]
+    advisories: bool,
+    #[command(flatten)]
+    test: crate::suite::TestArgs,
+}
+
+pub fn run(root: &Path, args: &CiArgs) -> anyhow::Result<bool> {
+    let cargo = || process::cargo(root);
+    println!("== cargo fmt --check");
+    process::run(cargo().args(["fmt", "--all", "--check"]))?;
+    println!("== cargo clippy");
+    process::run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The fuzz targets live outside the workspace (own Cargo.lock; refresh it with a plain
+    // `cargo check --manifest-path edge-gateway/fuzz/Cargo.toml` when the gateway's deps change).
+    println!("== fuzz targets: cargo fmt --check, cargo clippy");
+    process::run(cargo().args(["fmt", "--manifest-path", FUZZ_MANIFEST, "--check"]))?;
+    process::run(cargo().args([
+        "clippy",
+        "--manifest-path",
+        FUZZ_MANIFEST,
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // Licences, banned and duplicate crates, sources (deny.toml). Installed once into
+    // ~/.cargo/bin, so later runs skip the build.
+    println!("== cargo deny");
+    if crate::util::which("cargo-deny").is_none() {
+        process::run(cargo().args([
+            "install",
+            "--locked",
+            "cargo-deny",
+            "--version",
+            CARGO_DENY_VERSION,
+        ]))?;
+    }
+    let mut deny = cargo();
+    deny.args(["deny", "--locked", "check", "licenses", "bans", "sources"]);
+    if args.advisories {
+        deny.arg("advisories");
+    }
+    process::run(&mut deny)?;
+    println!("== cargo xtask test");
+    crate::suite::run(root, &args.test)
+}

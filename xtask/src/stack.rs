@@ -1,0 +1,187 @@
+//! `cargo xtask run`: the whole stack on embedded defaults, no servers needed (user-service on a
+//! SQLite file with an in-process cache, the edge gateway in front of it); and the pieces the
+//! browser and operations tests start the same stack with.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::process::{self, Children};
+
+/// The shipped gateway config (the facade's REST contract).
+pub const GATEWAY_CONFIG: &str = "edge-gateway/config/gateway.yaml";
+
+/// Where `cargo xtask run` listens and keeps its data.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Where the SQLite file lives (default: ./.meshgate).
+    #[arg(long, env = "MESHGATE_DATA", value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// The edge's port.
+    #[arg(long, env = "GATEWAY_PORT", default_value_t = 8080)]
+    gateway_port: u16,
+    /// The user-service's gRPC port.
+    #[arg(long, env = "GRPC_PORT", default_value_t = 50051)]
+    grpc_port: u16,
+    #[arg(long, env = "SERVICE_METRICS_PORT", default_value_t = 9090)]
+    service_metrics_port: u16,
+    #[arg(long, env = "GATEWAY_METRICS_PORT", default_value_t = 9091)]
+    gateway_metrics_port: u16,
+}
+
+/// The user-service on a SQLite file, its own migrations applied: never the environment's
+/// PostgreSQL or Redis.
+pub fn user_service(
+    bin: &Path,
+    grpc_port: u16,
+    metrics_port: u16,
+    sqlite: &Path,
+    log_format: &str,
+) -> Command {
+    let mut command = Command::new(bin.join("user-service"));
+    command
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .args(["--migrate-on-start", "--log-format", log_format])
+        .arg("--sqlite-path")
+        .arg(sqlite)
+        .args(["--grpc-addr", &format!("127.0.0.1:{grpc_port}")])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")]);
+    command
+}
+
+/// The edge gateway with `config`, none of its settings taken from the environment.
+pub fn gateway(bin: &Path, config: &Path) -> Command {
+    let mut command = Command::new(bin.join("edge-gateway"));
+    for name in [
+        "GATEWAY_CONFIG",
+        "GATEWAY_LISTEN",
+        "GATEWAY_METRICS_LISTEN",
+        "GATEWAY_UPSTREAMS",
+        "GATEWAY_CORS_ORIGINS",
+        "GATEWAY_STATIC_DIR",
+    ] {
+        command.env_remove(name);
+    }
+    command.arg("--config").arg(config);
+    command
+}
+
+/// Waits until `url` answers 2xx; fails with the last lines of `log` when `name` (one of
+/// `children`) exits first or after 30 s.
+pub fn wait_http(children: &Children, name: &str, url: &str, log: &Path) -> anyhow::Result<()> {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    process::wait_until(&format!("{name} at {url}"), Duration::from_secs(30), || {
+        if let Some(status) = children.exited(name) {
+            bail!("{name} exited during start-up ({status})");
+        }
+        Ok(client
+            .get(url)
+            .send()
+            .is_ok_and(|response| response.status().is_success()))
+    })
+    .with_context(|| {
+        format!(
+            "{name}'s log ({}):\n{}",
+            log.display(),
+            process::tail(log, 20)
+        )
+    })
+}
+
+/// Builds the user-service and the edge gateway as `cargo test --workspace` does: after the
+/// suite's cargo stage a no-op, not a rebuild with another feature set. Returns the binaries'
+/// folder.
+pub fn build_like_workspace_tests(root: &Path) -> anyhow::Result<PathBuf> {
+    process::run(process::cargo(root).args(["test", "--workspace", "--locked", "--no-run"]))?;
+    Ok(process::target_dir(root).join("debug"))
+}
+
+/// `cargo xtask run`.
+pub fn run(root: &Path, args: &RunArgs) -> anyhow::Result<bool> {
+    let data = args.data.clone().unwrap_or_else(|| root.join(".meshgate"));
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    println!("== building (release)");
+    process::run(process::cargo(root).args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "user-service",
+        "-p",
+        "edge-gateway",
+    ]))?;
+    let bin = process::target_dir(root).join("release");
+    let static_dir = if crate::util::which("npm").is_some() {
+        match crate::web::build(root) {
+            Ok(()) => Some(root.join("web/dist")),
+            Err(error) => {
+                eprintln!("note: the web page did not build ({error:#}); serving without it");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let children = Children::new();
+    let start = Duration::from_secs(10);
+    children.spawn(
+        "user-service",
+        &mut user_service(
+            &bin,
+            args.grpc_port,
+            args.service_metrics_port,
+            &data.join("users.db"),
+            "text",
+        ),
+    )?;
+    children.wait_for_port("user-service", args.grpc_port, start)?;
+    let mut edge = gateway(&bin, &root.join(GATEWAY_CONFIG));
+    edge.args(["--listen", &format!("127.0.0.1:{}", args.gateway_port)])
+        .args([
+            "--metrics-listen",
+            &format!("127.0.0.1:{}", args.gateway_metrics_port),
+        ])
+        .args(["--upstream", &format!("127.0.0.1:{}", args.grpc_port)]);
+    if let Some(dir) = &static_dir {
+        edge.arg("--static-dir").arg(dir);
+    }
+    if std::env::var_os("RUST_LOG").is_none() {
+        edge.env("RUST_LOG", "info,pingora=warn");
+    }
+    children.spawn("edge-gateway", &mut edge)?;
+    children.wait_for_port("edge-gateway", args.gateway_port, start)?;
+
+    let gateway = format!("http://127.0.0.1:{}", args.gateway_port);
+    let page_note = if static_dir.is_some() {
+        ""
+    } else {
+        "(needs npm: run cargo xtask build-web)"
+    };
+    println!(
+        "
+meshgate is up (embedded defaults: SQLite at {db}, in-process cache)
+  REST + gRPC-web + gRPC   {gateway}        e.g. curl -s {gateway}/v1/users
+  OpenAPI                  {gateway}/openapi.json
+  web page                 {gateway}/      {page_note}
+  gateway metrics          http://127.0.0.1:{gateway_metrics}/metrics
+  user-service gRPC        127.0.0.1:{grpc} (reflection on)   metrics http://127.0.0.1:{service_metrics}/metrics
+Ctrl-C stops everything.",
+        db = data.join("users.db").display(),
+        gateway_metrics = args.gateway_metrics_port,
+        grpc = args.grpc_port,
+        service_metrics = args.service_metrics_port,
+    );
+    loop {
+        if let Some((name, status)) = children.first_exited() {
+            eprintln!("{name} exited ({status}); stopping");
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
