@@ -29,6 +29,9 @@ deploy/tests/bad/<step>/. Steps:
   workload-policy probes, drain, sidecars, budgets, canaries... (scripts/lib/workload_policy.py)
   operations      certificates, probe modules, log shipping, recovery clusters
                   (scripts/lib/operations_policy.py)
+  nats-config     every nats-server's mounted config through the real `nats-server -t`, with the pod's
+                  environment; JetStream on a persistent volume, routes = the StatefulSet's pods
+                  (scripts/lib/nats_config.py)
   supply-chain    what the workflows build, pin, scan and sign (scripts/lib/supply_chain.py)
 """
 
@@ -56,6 +59,7 @@ import yaml
 import alert_routing
 import argocd_order
 import manifest_refs
+import nats_config
 import operations_policy
 import supply_chain
 import workload_policy
@@ -732,7 +736,8 @@ def step_promql_queries(inputs: Inputs, workdir: Path) -> list[str]:
     return problems or tool_output(proc)
 
 
-APP_METRIC_PREFIXES = ("grpc_server_", "user_cache_", "db_pool_", "db_query_", "gateway_", "meshgate_")
+APP_METRIC_PREFIXES = ("grpc_server_", "user_cache_", "user_outbox_", "user_worker_", "db_pool_", "db_query_",
+                       "gateway_", "meshgate_", "jetstream_", "gnatsd_")
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
@@ -1011,6 +1016,30 @@ def step_operations(inputs: Inputs) -> list[str]:
     return problems
 
 
+def step_nats_config(inputs: Inputs, workdir: Path) -> list[str]:
+    sets, _ = environment_sets(inputs)
+    where = object_namer(inputs)
+    found = [(objs, server) for objs in sets for server in nats_config.servers(objs, where)]
+    if not found:
+        return []
+    program = shutil.which(nats_config.PROGRAM)
+    if program is None:
+        return ["nats-server not found: install Debian's nats-server (scripts/validate-manifests does as root)"]
+    problems: list[str] = []
+    tested: set[tuple[str, str]] = set()
+    for objs, server in found:
+        problems += [f"[{objs.name}] {p}" for p in nats_config.check_server(server)]
+        key = (server.config or "", repr(sorted(server.env.items())))
+        if key not in tested:  # the same file in two environments is run once
+            tested.add(key)
+            problems += [f"[{objs.name}] {p}" for p in nats_config.test_config(server, program, workdir)]
+    if not problems:
+        version = run([program, "--version"]).stdout.strip()
+        print(f"   {len(found)} nats-server container(s) in {len(sets)} set(s), {len(tested)} distinct config(s) "
+              f"accepted by {version}; JetStream on persistent volumes, routes = the StatefulSet's pods")
+    return problems
+
+
 def workflow_documents(inputs: Inputs) -> list[tuple[str, dict]]:
     """The workflows given, or the repository's when the inputs have none (a self-test folder is
     judged against what this repository builds)."""
@@ -1035,7 +1064,7 @@ def step_supply_chain(inputs: Inputs) -> list[str]:
     return problems
 
 
-METRICS_PORTS = {"9090", "9091", "9187", "8000", "15090", "15020"}  # scraped/probed by non-mesh callers
+METRICS_PORTS = {"9090", "9091", "9187", "8000", "15090", "15020", "7777"}  # scraped/probed by non-mesh callers
 
 
 def step_mesh_invariants(inputs: Inputs) -> list[str]:
@@ -1136,6 +1165,7 @@ def validate(inputs: Inputs, crds: CrdIndex | Skipped, only: set[str] | None = N
             ("argocd-order", lambda: step_argocd_order(inputs)),
             ("workload-policy", lambda: step_workload_policy(inputs)),
             ("operations", lambda: step_operations(inputs)),
+            ("nats-config", lambda: step_nats_config(inputs, sub("nats"))),
             ("supply-chain", lambda: step_supply_chain(inputs)),
         ]
         for name, fn in steps:
@@ -1214,6 +1244,9 @@ SELF_TESTS = [
     ("operations", "certificate-hand-made", "which no cert-manager Certificate in istio-system issues"),
     ("operations", "certificate-http01-redirect", "redirects port 80 to HTTPS"),
     ("operations", "certificate-http01-redirect", "do not cover host api.example.org"),
+    ("nats-config", "nats-config", 'unknown field "max_payloads"'),
+    ("nats-config", "nats-config", "is on no volume of the StatefulSet's volumeClaimTemplates"),
+    ("nats-config", "nats-config", "the cluster routes miss nats-2"),
     ("supply-chain", "wasm-image", "no workflow builds registry.example.com/meshgate/geo-block"),
     ("supply-chain", "wasm-image", "'ratelimit-latest' is none of them"),
     ("supply-chain", "workflow-pins", "pin the action by its full commit SHA"),
