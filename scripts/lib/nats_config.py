@@ -10,7 +10,10 @@ errors there). Then what the pod needs from it (pure, unit-tested):
   - a `cluster` block routes to exactly the StatefulSet's pods through its `serviceName`
     (`<name>-<i>.<serviceName>...`, i < replicas), and a single replica has no cluster block
     (a lone server of a JetStream cluster never elects a meta leader),
-  - the `pid_file` the preStop hook signals is on a mounted volume.
+  - the `pid_file` the preStop hook signals is on a mounted volume,
+  - every client's `NATS_STREAM_REPLICAS` (the copies of stream USERS it creates) fits the
+    servers the environment runs (JetStream refuses more copies than servers, and a single
+    server any more than one).
 """
 
 from __future__ import annotations
@@ -166,6 +169,22 @@ def check_routes(server: NatsServer, spec: dict) -> Iterable[str]:
     missing = sorted(wanted - seen)
     if missing:
         yield f"{server.where}: the cluster routes miss {', '.join(missing)} ({replicas} replicas)"
+
+
+def check_stream_replicas(objs: ObjectSet, where: Where) -> Iterable[str]:
+    """Each container setting NATS_STREAM_REPLICAS asks for no more copies than NATS servers run."""
+    found = servers(objs, where)
+    if not found:
+        return
+    most = max(int((s.workload.get("spec") or {}).get("replicas", 1)) for s in found)
+    for pod in objs.pod_templates():
+        kind, _, name = pod.owner.partition("/")
+        workload = objs.find(kind, name, pod.namespace)
+        for container in pod.spec.get("containers") or []:
+            value = container_env(container, pod, objs).get("NATS_STREAM_REPLICAS")
+            if value is not None and value.isdigit() and int(value) > most and workload is not None:
+                yield (f"{where(workload)}: container {container.get('name')}: NATS_STREAM_REPLICAS {value} but "
+                       f"{most} NATS server(s) run here: JetStream refuses to create the stream")
 
 
 def test_config(server: NatsServer, program: str, workdir: Path) -> list[str]:

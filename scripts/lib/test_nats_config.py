@@ -1,7 +1,7 @@
 """Unit tests of nats_config's pure checks (the nats-server run itself is the self-test's)."""
 
 from manifest_refs import ObjectSet
-from nats_config import block, check_server, servers, setting
+from nats_config import block, check_server, check_stream_replicas, servers, setting
 
 CLUSTER = """
 server_name: $POD_NAME
@@ -69,3 +69,17 @@ def test_the_store_must_be_on_a_volume_claim_and_the_pid_file_on_a_volume():
     problems = "\n".join(check_server(server))
     assert "store_dir /tmp/js is on no volume of the StatefulSet's volumeClaimTemplates (data)" in problems
     assert "pid_file /run/x/nats.pid is on no mounted volume" in problems
+
+
+def test_stream_replicas_fit_the_servers():
+    objs = statefulset(CLUSTER, 2)
+    client = {"kind": "Deployment", "metadata": {"name": "svc", "namespace": "m"},
+              "spec": {"selector": {"matchLabels": {"app": "svc"}}, "template": {
+                  "metadata": {"labels": {"app": "svc"}},
+                  "spec": {"containers": [{"name": "c", "env": [{"name": "NATS_STREAM_REPLICAS", "value": "3"}]}]}}}}
+    objs.objects.append(client)
+    assert list(check_stream_replicas(objs, named)) == [
+        "Deployment/svc: container c: NATS_STREAM_REPLICAS 3 but 2 NATS server(s) run here: JetStream refuses to "
+        "create the stream"]
+    client["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] = "2"
+    assert list(check_stream_replicas(objs, named)) == []

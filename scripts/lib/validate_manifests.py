@@ -1027,6 +1027,8 @@ def step_nats_config(inputs: Inputs, workdir: Path) -> list[str]:
         return ["nats-server not found: install Debian's nats-server (scripts/validate-manifests does as root)"]
     problems: list[str] = []
     tested: set[tuple[str, str]] = set()
+    for objs in sets:
+        problems += [f"[{objs.name}] {p}" for p in nats_config.check_stream_replicas(objs, where)]
     for objs, server in found:
         problems += [f"[{objs.name}] {p}" for p in nats_config.check_server(server)]
         key = (server.config or "", repr(sorted(server.env.items())))
@@ -1247,6 +1249,7 @@ SELF_TESTS = [
     ("nats-config", "nats-config", 'unknown field "max_payloads"'),
     ("nats-config", "nats-config", "is on no volume of the StatefulSet's volumeClaimTemplates"),
     ("nats-config", "nats-config", "the cluster routes miss nats-2"),
+    ("nats-config", "nats-config", "NATS_STREAM_REPLICAS 5 but 3 NATS server(s) run here"),
     ("supply-chain", "wasm-image", "no workflow builds registry.example.com/meshgate/geo-block"),
     ("supply-chain", "wasm-image", "'ratelimit-latest' is none of them"),
     ("supply-chain", "workflow-pins", "pin the action by its full commit SHA"),
