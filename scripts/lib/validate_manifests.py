@@ -20,7 +20,8 @@ deploy/tests/bad/<step>/. Steps:
   image-policy    final stage: minimal base, non-root user, OCI labels
   workflows       .github/workflows against the GitHub workflow schema (check-jsonschema)
   trivy           `trivy config` on rendered overlays and Dockerfiles, allow-list deploy/policy/trivyignore.yaml
-  mesh-invariants STRICT mTLS, deny-by-default authorization, SPIFFE principals on every allow rule
+  mesh-invariants STRICT mTLS, deny-by-default authorization, SPIFFE principals on every allow rule,
+                  a RequestAuthentication (issuer + keys) wherever a policy reads the JWT
   references      per environment (the Argo CD app of apps): Rollout -> VirtualService routes,
                   DestinationRule subsets, AnalysisTemplates; HPA targets; selectors -> pods;
                   Service/ServiceMonitor ports; ConfigMaps, Secrets, ServiceAccounts, principals;
@@ -1104,6 +1105,39 @@ def step_mesh_invariants(inputs: Inputs) -> list[str]:
                                 "from.source.principals (SPIFFE identities)")
             elif any(p == "*" or "*" in p.split("/sa/")[-1] for p in principals):
                 problems.append(f"{o.where()}: rule {index} uses a wildcard principal")
+    problems += jwt_policy_problems(objs)
+    return problems
+
+
+def uses_request_auth(rule: dict) -> bool:
+    """A rule that reads the end user's token: request principals or request.auth.* conditions."""
+    sources = [src.get("source") or {} for src in rule.get("from") or []]
+    return any(s.get("requestPrincipals") or s.get("notRequestPrincipals") for s in sources) or \
+        any(str(w.get("key", "")).startswith("request.auth.") for w in rule.get("when") or [])
+
+
+def jwt_policy_problems(objs: list[Obj]) -> list[str]:
+    """An AuthorizationPolicy on token claims needs a RequestAuthentication for the same workloads
+    (without one no request has a principal: a DENY would refuse every call, an ALLOW none), and a
+    RequestAuthentication needs an issuer with its keys."""
+    problems = []
+    authn = [o for o in objs if o.kind == "RequestAuthentication"]
+    selectors = [((o.doc.get("spec") or {}).get("selector") or {}).get("matchLabels") or {} for o in authn]
+    for o in authn:
+        for index, rule in enumerate((o.doc.get("spec") or {}).get("jwtRules") or []):
+            if not rule.get("issuer") or not (rule.get("jwksUri") or rule.get("jwks")):
+                problems.append(f"{o.where()}: jwtRules[{index}] needs an issuer and its keys (jwksUri or jwks)")
+    for o in objs:
+        if o.kind != "AuthorizationPolicy":
+            continue
+        spec = o.doc.get("spec") or {}
+        if not any(uses_request_auth(rule) for rule in spec.get("rules") or []):
+            continue
+        wanted = (spec.get("selector") or {}).get("matchLabels") or {}
+        if not any(all(wanted.get(k) == v for k, v in sel.items()) for sel in selectors):
+            problems.append(f"{o.where()}: its rules read the request's JWT (requestPrincipals / request.auth), "
+                            f"but no RequestAuthentication selects {wanted or 'the namespace'}: no request would "
+                            "carry a principal")
     return problems
 
 
@@ -1220,6 +1254,8 @@ SELF_TESTS = [
     ("trivy", "trivy", "KSV-0017"),
     ("mesh-invariants", "mesh-invariants", "PERMISSIVE"),
     ("mesh-invariants", "mesh-authz", "without from.source.principals"),
+    ("mesh-invariants", "mesh-jwt", "but no RequestAuthentication selects"),
+    ("mesh-invariants", "mesh-jwt", "needs an issuer and its keys"),
     ("references", "references", "has no http route named primary"),
     ("references", "references-selector", "matches no pod template"),
     ("argocd-order", "argocd-order", "uses ServiceAccount/user-service-migrate"),
