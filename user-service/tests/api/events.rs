@@ -155,6 +155,10 @@ async fn a_redelivered_event_is_applied_once() {
     worker::handle(&database, None, &metrics, b"{not json")
         .await
         .expect("an undecodable event is dropped, not retried forever");
+    // Drift guard of the worker's rows in deploy/observability/METRICS.md (the alerts' series).
+    let text = metrics_text(&metrics);
+    let problems = meshgate_test_support::metrics_contract::check("user-service-worker", &text);
+    assert!(problems.is_empty(), "{problems:#?}\n{text}");
     database.close().await;
     app.teardown().await;
 }
