@@ -5,7 +5,7 @@ from nats_config import block, check_server, check_stream_replicas, servers, set
 
 CLUSTER = """
 server_name: $POD_NAME
-pid_file: /var/run/nats/nats.pid
+pid_file: /run/nats/nats.pid
 jetstream {
   store_dir: /data/jetstream
 }
@@ -31,7 +31,7 @@ def statefulset(config: str, replicas: int) -> ObjectSet:
                                                  "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
                                         "volumeMounts": [{"name": "cfg", "mountPath": "/etc/nats"},
                                                          {"name": "data", "mountPath": "/data"},
-                                                         {"name": "run", "mountPath": "/var/run/nats"}]}],
+                                                         {"name": "run", "mountPath": "/run/nats"}]}],
                         "volumes": [{"name": "cfg", "configMap": {"name": "cfg"}}, {"name": "run", "emptyDir": {}}]}}}}
     return ObjectSet("t", [cm, sts], "m")
 
@@ -65,7 +65,7 @@ def test_routes_must_be_the_statefulset_pods():
 
 def test_the_store_must_be_on_a_volume_claim_and_the_pid_file_on_a_volume():
     [server] = servers(statefulset(CLUSTER.replace("/data/jetstream", "/tmp/js")
-                                   .replace("/var/run/nats/", "/run/x/"), 2), named)
+                                   .replace("/run/nats/", "/run/x/"), 2), named)
     problems = "\n".join(check_server(server))
     assert "store_dir /tmp/js is on no volume of the StatefulSet's volumeClaimTemplates (data)" in problems
     assert "pid_file /run/x/nats.pid is on no mounted volume" in problems
