@@ -240,6 +240,24 @@ mod tests {
         }
     }
 
+    /// `ci` hands its test arguments to `./scripts/test`: they must mean the same there.
+    #[test]
+    fn ci_passes_its_test_arguments_on_unchanged() {
+        for args in [
+            &[][..],
+            &["--throwaway-services", "--only", "cargo", "user_service"],
+            &["--only", "manifests", "--only", "browser"],
+            &["user_service", "--", "--nocapture"],
+        ] {
+            let cli = Cli::try_parse_from(["cargo xtask", "ci"].iter().chain(args)).unwrap();
+            let Command::Ci(ci) = cli.command else {
+                panic!("not the ci command")
+            };
+            let cli_args = ci.test_args().to_cli_args();
+            assert_eq!(cli_args, args, "{args:?}");
+        }
+    }
+
     /// Every visible command has a one-line about (what `cargo xtask --help` lists), the xtask
     /// README's table names every one, and every `cargo xtask <command>` the docs mention exists.
     #[test]

@@ -50,6 +50,26 @@ pub enum Stage {
 }
 
 impl TestArgs {
+    /// These arguments as `cargo xtask test` (and `./scripts/test`) take them.
+    pub fn to_cli_args(&self) -> Vec<String> {
+        use clap::ValueEnum;
+        let mut args = Vec::new();
+        if self.throwaway_services {
+            args.push("--throwaway-services".to_owned());
+        }
+        for stage in &self.only {
+            if let Some(value) = stage.to_possible_value() {
+                args.extend(["--only".to_owned(), value.get_name().to_owned()]);
+            }
+        }
+        args.extend(self.cargo_test_args.iter().cloned());
+        if !self.test_binary_args.is_empty() {
+            args.push("--".to_owned());
+            args.extend(self.test_binary_args.iter().cloned());
+        }
+        args
+    }
+
     /// The arguments for `cargo test`, as they were written.
     pub fn cargo_test_args(&self) -> Vec<String> {
         let mut args = self.cargo_test_args.clone();

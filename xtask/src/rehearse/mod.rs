@@ -29,11 +29,11 @@ mod cluster;
 mod dns;
 mod events;
 mod net;
-mod runnable;
 mod pods;
 mod postgres;
 mod probe;
 mod proxy;
+mod runnable;
 mod sync;
 mod teardown;
 
