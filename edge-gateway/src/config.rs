@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
-use meshgate_filter_host::BuiltIn;
+use meshgate_filter_host::{BuiltIn, FailStrategy};
 use serde::Deserialize;
 
 use crate::{
@@ -385,6 +385,10 @@ pub struct FilterSection {
     /// root each with `native`); shared data is shared between them.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// The WasmPlugin's `failStrategy` when the filter traps or panics mid-request:
+    /// `FAIL_CLOSE` (Istio's default: 503 / `UNAVAILABLE`) or `FAIL_OPEN` (the request passes).
+    #[serde(default, rename = "failStrategy")]
+    pub fail_strategy: Option<String>,
 }
 
 /// What runs a filter.
@@ -403,6 +407,7 @@ pub struct FilterSpec {
     pub runtime: FilterRuntime,
     pub config_json: String,
     pub workers: usize,
+    pub fail_strategy: FailStrategy,
 }
 
 /// Workers per filter when `workers` is not set: enough that the gateway's threads rarely wait.
@@ -499,11 +504,21 @@ fn filter_specs(sections: Vec<FilterSection>) -> Result<Vec<FilterSpec>, ConfigE
                 format!("must be between 1 and {MAX_FILTER_WORKERS}"),
             ));
         }
+        let fail_strategy = match section.fail_strategy.as_deref() {
+            None => FailStrategy::default(),
+            Some(name) => FailStrategy::from_name(name).ok_or_else(|| {
+                invalid(
+                    &key("failStrategy"),
+                    format!("{name:?} must be FAIL_CLOSE or FAIL_OPEN"),
+                )
+            })?,
+        };
         specs.push(FilterSpec {
             name: section.name,
             runtime,
             config_json,
             workers,
+            fail_strategy,
         });
     }
     Ok(specs)
@@ -1350,6 +1365,34 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({"mode": "shadow", "rules": [{"name": "r", "requests": 2}]})
+        );
+    }
+
+    #[test]
+    fn fail_strategy_is_the_wasmplugin_field_and_defaults_to_fail_close() {
+        let config = load(
+            "gateway:\n  filters:\n    - {name: a, builtin: bundle}\n    - {name: b, builtin: bundle, failStrategy: FAIL_OPEN}\n    - {name: c, builtin: bundle, failStrategy: FAIL_CLOSE}\n",
+        )
+        .unwrap();
+        let strategies: Vec<FailStrategy> =
+            config.filters.iter().map(|f| f.fail_strategy).collect();
+        assert_eq!(
+            strategies,
+            [
+                FailStrategy::FailClose,
+                FailStrategy::FailOpen,
+                FailStrategy::FailClose
+            ]
+        );
+        let error = load(
+            "gateway:\n  filters:\n    - {name: a, builtin: bundle, failStrategy: fail_open}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("gateway.filters[0].failStrategy")
+                && error.contains("\"fail_open\" must be FAIL_CLOSE or FAIL_OPEN"),
+            "{error}"
         );
     }
 
