@@ -220,9 +220,11 @@ pub fn instrument(wasm: &[u8]) -> Result<Vec<u8>, InstrumentError> {
             Payload::CustomSection(_) => {}
             other => {
                 if let Some((id, range)) = other.as_section() {
+                    let start = usize::try_from(range.start).map_err(error)?;
+                    let end = usize::try_from(range.end).map_err(error)?;
                     module.section(&RawSection {
                         id,
-                        data: &wasm[range],
+                        data: &wasm[start..end],
                     });
                 }
             }
