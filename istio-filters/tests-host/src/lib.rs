@@ -1,5 +1,1 @@
-//! Integration tests live in `tests/`; the library holds what they and the benchmark share:
-//! [`guest_cost`], the deterministic per-request cost of a module (wasmtime's fuel units).
-#![forbid(unsafe_code)]
-
-pub mod guest_cost;
+//! Integration tests only: see `tests/`.

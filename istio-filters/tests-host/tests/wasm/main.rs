@@ -5,8 +5,6 @@ mod bundle;
 mod cache_headers;
 mod common;
 mod configs;
-mod envoy_abi;
 mod full_chain;
-mod guest_cost;
 mod rate_limit;
 mod span_enrichment;
