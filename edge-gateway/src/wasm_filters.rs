@@ -11,10 +11,13 @@
 //! roots) keep those threads from waiting on each other. `Exchange` is `Send`, so it lives in
 //! the proxy's per-request context across awaits.
 //!
-//! A filter that fails (a trapping guest, a panicking native filter) fails open (the request
-//! goes on, logged): a broken filter must not take the edge down, as with
-//! `failStrategy: FAIL_OPEN` in the mesh. The filters' counters are served on the metrics
-//! port under the names the filters define, labelled with the filter's name.
+//! A filter that fails (a trapping guest, a panicking native filter) gets its `failStrategy`,
+//! as in the mesh: `FAIL_CLOSE` (the default) answers 503 / `UNAVAILABLE` in the client's
+//! protocol, `FAIL_OPEN` lets the request go on without the filter; a trapped VM is rebuilt
+//! before its next request (Envoy's reload). A response already streamed to the client (gRPC,
+//! gRPC-web) cannot be replaced, so there a failure is only logged and counted. The filters'
+//! counters (and `meshgate_filter_failures` / `meshgate_filter_vm_reloads`) are served on the
+//! metrics port under the names the filters define, labelled with the filter's name.
 
 use std::sync::{Arc, Mutex};
 
@@ -61,6 +64,7 @@ pub fn load(specs: &[FilterSpec]) -> Result<FilterChain, FilterLoadError> {
     for (index, spec) in specs.iter().enumerate() {
         let options = PluginOptions {
             workers: spec.workers,
+            fail_strategy: spec.fail_strategy,
             ..Default::default()
         };
         let (loaded, runs) = match &spec.runtime {
@@ -119,6 +123,9 @@ impl Filter for IstioFilters {
                 return Decision::Continue;
             }
         };
+        for error in exchange.failures() {
+            tracing::warn!(%error, "filter failed on the request");
+        }
         if let Some(reply) = exchange.local_reply() {
             let mut reply = local_reply(reply);
             reply.attributes = exchange.attributes();
@@ -222,8 +229,33 @@ impl PendingResponse for PendingExchange {
                 return;
             }
         };
+        for failure in &completed.failures {
+            tracing::warn!(error = %failure, "filter failed on the response");
+        }
         response.attributes.extend(completed.attributes);
         // Only a buffered response can change; a streamed one has already been sent as is.
+        if completed.failed_closed
+            && let Some(body) = response.body.as_deref_mut()
+        {
+            // Written as the gateway writes its own errors: google.rpc.Status JSON.
+            let reply = local_reply(&completed.response);
+            let code = reply
+                .grpc_status
+                .unwrap_or_else(|| crate::status::grpc_code_for_http(reply.http_status) as i32);
+            *response.http_status = reply.http_status;
+            response.headers.clear();
+            response.headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            *body = Bytes::from(crate::status::status_json(
+                &prost_reflect::DescriptorPool::global(),
+                code,
+                &reply.message,
+                None,
+            ));
+            return;
+        }
         if let Some(body) = response.body.as_deref_mut() {
             *response.http_status = completed.response.status;
             replace_headers(response.headers, &completed.response.headers);

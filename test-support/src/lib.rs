@@ -4,7 +4,8 @@
 //! - [`kitchen`]: the test-only `kitchen.proto` (every field kind and HttpRule shape) and a
 //!   proto with a rule the gateway refuses, compiled once here (descriptor sets; tonic stubs with
 //!   the `grpc` feature).
-//! - [`wasm`]: where the built `.wasm` filter modules are.
+//! - [`wasm`]: where the built `.wasm` filter modules are; a guest that traps on demand
+//!   (feature `trapping-guest`).
 //! - [`metrics_contract`]: the drift guard between `deploy/observability/METRICS.md` and a
 //!   real `/metrics` scrape.
 //! - [`wait`] (feature `wait`): waiting on a condition instead of sleeping; a port held closed.

@@ -41,3 +41,12 @@ pub fn module_bytes(stem: &str) -> Vec<u8> {
     let path = module(stem);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+/// A real proxy-wasm guest that traps on demand (`x-trap: request-headers | request-body |
+/// response-headers | response-body`), compiled from `trapping_guest.wat`: what the hosts'
+/// failure tests (failStrategy, VM reload) run. The file says what it does.
+#[cfg(feature = "trapping-guest")]
+pub fn trapping_guest() -> Vec<u8> {
+    wat::parse_str(include_str!("trapping_guest.wat"))
+        .unwrap_or_else(|e| panic!("trapping_guest.wat: {e}"))
+}

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use meshgate_filter_host::BuiltIn;
+use meshgate_filter_host::{BuiltIn, FailStrategy};
 
 use super::{ConfigError, invalid, schema::FilterSection};
 
@@ -24,6 +24,7 @@ pub struct FilterSpec {
     pub runtime: FilterRuntime,
     pub config_json: String,
     pub workers: usize,
+    pub fail_strategy: FailStrategy,
 }
 
 /// Workers per filter when `workers` is not set: enough that the gateway's threads rarely wait.
@@ -120,11 +121,21 @@ pub(super) fn filter_specs(sections: Vec<FilterSection>) -> Result<Vec<FilterSpe
                 format!("must be between 1 and {MAX_FILTER_WORKERS}"),
             ));
         }
+        let fail_strategy = match section.fail_strategy.as_deref() {
+            None => FailStrategy::default(),
+            Some(name) => FailStrategy::from_name(name).ok_or_else(|| {
+                invalid(
+                    &key("failStrategy"),
+                    format!("{name:?} must be FAIL_CLOSE or FAIL_OPEN"),
+                )
+            })?,
+        };
         specs.push(FilterSpec {
             name: section.name,
             runtime,
             config_json,
             workers,
+            fail_strategy,
         });
     }
     Ok(specs)

@@ -358,4 +358,8 @@ pub struct FilterSection {
     /// root each with `native`); shared data is shared between them.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// The WasmPlugin's `failStrategy` when the filter traps or panics mid-request:
+    /// `FAIL_CLOSE` (Istio's default: 503 / `UNAVAILABLE`) or `FAIL_OPEN` (the request passes).
+    #[serde(default, rename = "failStrategy")]
+    pub fail_strategy: Option<String>,
 }

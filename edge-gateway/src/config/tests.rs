@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use meshgate_filter_host::BuiltIn;
+use meshgate_filter_host::{BuiltIn, FailStrategy};
 
 use super::*;
 use crate::balance::HealthThresholds;
@@ -308,6 +308,31 @@ fn filter_config_is_handed_over_as_json() {
     assert_eq!(
         json,
         serde_json::json!({"mode": "shadow", "rules": [{"name": "r", "requests": 2}]})
+    );
+}
+
+#[test]
+fn fail_strategy_is_the_wasmplugin_field_and_defaults_to_fail_close() {
+    let config = load(
+        "gateway:\n  filters:\n    - {name: a, builtin: bundle}\n    - {name: b, builtin: bundle, failStrategy: FAIL_OPEN}\n    - {name: c, builtin: bundle, failStrategy: FAIL_CLOSE}\n",
+    )
+    .unwrap();
+    let strategies: Vec<FailStrategy> = config.filters.iter().map(|f| f.fail_strategy).collect();
+    assert_eq!(
+        strategies,
+        [
+            FailStrategy::FailClose,
+            FailStrategy::FailOpen,
+            FailStrategy::FailClose
+        ]
+    );
+    let error = load("gateway:\n  filters:\n    - {name: a, builtin: bundle, failStrategy: fail_open}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("gateway.filters[0].failStrategy")
+            && error.contains("\"fail_open\" must be FAIL_CLOSE or FAIL_OPEN"),
+        "{error}"
     );
 }
 

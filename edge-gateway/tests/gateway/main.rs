@@ -10,6 +10,7 @@ mod contract;
 mod cors;
 mod discovery;
 mod faults;
+mod filter_lifecycle;
 mod filter_parity;
 mod grpc_native;
 mod grpc_web;

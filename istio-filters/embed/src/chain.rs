@@ -5,6 +5,7 @@ use std::sync::Arc;
 use proxy_wasm_host::abi::v0_2_1::LocalResponse;
 
 use crate::error::FilterError;
+use crate::lifecycle::{FailStrategy, fail_closed_reply};
 use crate::pool::{Plugin, ResponseShape, StreamHandle};
 use crate::request::{Request, Response};
 use crate::stream_state::ExchangeState;
@@ -27,6 +28,8 @@ pub struct Exchange {
     state: ExchangeState,
     request: Request,
     local_reply: Option<Response>,
+    /// Filters that failed on this exchange, whatever their `failStrategy` made of it.
+    failures: Vec<FilterError>,
 }
 
 /// The outcome of a whole exchange.
@@ -35,6 +38,11 @@ pub struct Completed {
     pub response: Response,
     /// Filter state set by the filters, in order (`meshgate.grpc_method` → `GetUser`, ...).
     pub attributes: Vec<(String, String)>,
+    /// The filters that failed on the exchange (request and response), as log lines.
+    pub failures: Vec<String>,
+    /// `response` is the 503 / UNAVAILABLE reply of a filter that failed closed in the
+    /// response phase (an embedder writes it as its own error, in the client's protocol).
+    pub failed_closed: bool,
 }
 
 impl Chain {
@@ -60,6 +68,9 @@ impl Chain {
         self.on_request_at(Some(worker), request)
     }
 
+    /// A filter that fails gets its plugin's `failStrategy`: FAIL_CLOSE answers the request
+    /// (see [`Exchange::local_reply`]), FAIL_OPEN goes on without the filter. Either way the
+    /// failure is in [`Exchange::failures`] and the filter's VM is rebuilt before its next call.
     fn on_request_at(
         &self,
         worker: Option<usize>,
@@ -70,15 +81,30 @@ impl Chain {
             state: ExchangeState::for_request(&request),
             request,
             local_reply: None,
+            failures: Vec::new(),
         };
         for plugin in &self.plugins {
             let index = worker.unwrap_or_else(|| plugin.pick_worker()) % plugin.workers().max(1);
-            // On an error the exchange is dropped, which ends the streams opened so far.
-            let stream = plugin.request_phase(index, &mut exchange.state)?;
-            exchange.streams.push(StreamRef {
-                plugin: Arc::clone(plugin),
-                stream,
-            });
+            // Failing open drops what the failed callbacks changed, so keep what they got.
+            let before =
+                (plugin.fail_strategy() == FailStrategy::FailOpen).then(|| exchange.state.clone());
+            match plugin.request_phase(index, &mut exchange.state) {
+                Ok(stream) => exchange.streams.push(StreamRef {
+                    plugin: Arc::clone(plugin),
+                    stream,
+                }),
+                Err(error) => {
+                    plugin.log_failure(format!("{error} (request); {}", outcome(plugin)));
+                    exchange.failures.push(error);
+                    match before {
+                        Some(before) => {
+                            exchange.state = before;
+                            continue;
+                        }
+                        None => exchange.state.local = Some(fail_closed_reply(plugin.name())),
+                    }
+                }
+            }
             if let Some(local) = exchange.state.local.take() {
                 exchange.local_reply = Some(local_to_response(local, &exchange.request));
                 break;
@@ -86,6 +112,14 @@ impl Chain {
         }
         exchange.state.apply_to(&mut exchange.request);
         Ok(exchange)
+    }
+}
+
+fn outcome(plugin: &Plugin) -> String {
+    let strategy = plugin.fail_strategy();
+    match strategy {
+        FailStrategy::FailClose => format!("{}: answered 503 / UNAVAILABLE", strategy.name()),
+        FailStrategy::FailOpen => format!("{}: passed on without the filter", strategy.name()),
     }
 }
 
@@ -142,19 +176,30 @@ impl Exchange {
         self.local_reply.as_ref()
     }
 
+    /// The filters that failed on this exchange so far (each got its `failStrategy`).
+    pub fn failures(&self) -> &[FilterError] {
+        &self.failures
+    }
+
     /// Filter state set so far.
     pub fn attributes(&self) -> Vec<(String, String)> {
         self.state.attributes()
+    }
+
+    fn completed(&self, response: Response) -> Completed {
+        Completed {
+            response,
+            attributes: self.state.attributes(),
+            failures: self.failures.iter().map(ToString::to_string).collect(),
+            failed_closed: false,
+        }
     }
 
     /// Runs the response phase (filters in reverse order) and ends the streams. With a local
     /// reply, pass that reply (the response phase is skipped, as filters already answered).
     pub fn on_response(mut self, response: Response) -> Result<Completed, FilterError> {
         if self.local_reply.is_some() {
-            return Ok(Completed {
-                response,
-                attributes: self.state.attributes(),
-            });
+            return Ok(self.completed(response));
         }
         self.state.set_response(&response);
         let shape = ResponseShape {
@@ -164,12 +209,27 @@ impl Exchange {
         // The response phase and the stream's end, in one call per plugin (a wasm plugin's
         // call takes its worker's lock and lends the state to the guest).
         while let Some(StreamRef { plugin, stream }) = self.streams.pop() {
-            plugin.response_phase(stream, &mut self.state, shape)?;
+            let before =
+                (plugin.fail_strategy() == FailStrategy::FailOpen).then(|| self.state.clone());
+            if let Err(error) = plugin.response_phase(stream, &mut self.state, shape) {
+                plugin.log_failure(format!("{error} (response); {}", outcome(&plugin)));
+                self.failures.push(error);
+                match before {
+                    Some(before) => self.state = before,
+                    // The filters before it do not see the reply (their streams just end),
+                    // as Envoy's local reply skips the rest of the encoder chain.
+                    None => {
+                        let reply =
+                            local_to_response(fail_closed_reply(plugin.name()), &self.request);
+                        let mut completed = self.completed(reply);
+                        completed.failed_closed = true;
+                        return Ok(completed);
+                    }
+                }
+            }
         }
-        Ok(Completed {
-            response: self.state.response(),
-            attributes: self.state.attributes(),
-        })
+        let response = self.state.response();
+        Ok(self.completed(response))
     }
 }
 

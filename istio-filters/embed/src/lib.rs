@@ -19,7 +19,7 @@
 //! gateway puts on its own span.
 //!
 //! # Layout
-//! - [`error`]: load and request errors.
+//! - [`error`]: load and request errors; `lifecycle`: [`FailStrategy`] and the failure counters.
 //! - `engine`: the wasmtime engine and module cache, the clocks.
 //! - `pool`: [`Plugin`], its workers (wasm VMs or native roots) and how a stream runs on them.
 //! - `native`: [`BuiltIn`] and the host the native filters call.
@@ -31,6 +31,7 @@
 mod chain;
 mod engine;
 pub mod error;
+mod lifecycle;
 mod logs;
 mod native;
 mod pool;
@@ -43,6 +44,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 pub use chain::{Chain, Completed, Exchange};
 pub use engine::{ManualClock, Runtime};
 pub use error::{Failure, FilterError, LoadError};
+pub use lifecycle::{FAILURES_COUNTER, FailStrategy, RELOADS_COUNTER};
 pub use native::BuiltIn;
 pub use pool::{Plugin, PluginOptions};
 pub use request::{Request, Response};

@@ -16,6 +16,7 @@ use proxy_wasm_host::{Limits, Module};
 
 use crate::engine::Runtime;
 use crate::error::{Failure, FilterError, LoadError};
+use crate::lifecycle::{FailStrategy, LifecycleCounters};
 use crate::lock;
 use crate::logs::{LOG_LEVEL, LogBuffer};
 use crate::native::{BuiltIn, NativeHost, NativeRoot, NativeServices};
@@ -28,6 +29,8 @@ pub struct PluginOptions {
     pub clock: Arc<dyn Clock>,
     /// Wasm VMs only.
     pub limits: Limits,
+    /// What a request gets when the filter traps or panics (the WasmPlugin's `failStrategy`).
+    pub fail_strategy: FailStrategy,
 }
 
 impl Default for PluginOptions {
@@ -36,6 +39,7 @@ impl Default for PluginOptions {
             workers: 1,
             clock: Arc::new(SystemClock),
             limits: Limits::default(),
+            fail_strategy: FailStrategy::default(),
         }
     }
 }
@@ -47,6 +51,8 @@ pub struct Plugin {
     next_worker: AtomicUsize,
     store: Arc<MeteredStore>,
     logs: Arc<LogBuffer>,
+    fail_strategy: FailStrategy,
+    lifecycle: LifecycleCounters,
 }
 
 enum Workers {
@@ -137,13 +143,21 @@ fn thread_slot(counter: &AtomicUsize) -> usize {
 }
 
 impl Plugin {
-    fn new(name: &str, workers: Workers, store: Arc<MeteredStore>, logs: Arc<LogBuffer>) -> Self {
+    fn new(
+        name: &str,
+        workers: Workers,
+        store: Arc<MeteredStore>,
+        logs: Arc<LogBuffer>,
+        fail_strategy: FailStrategy,
+    ) -> Self {
         Self {
             name: name.to_owned(),
             workers,
             next_worker: AtomicUsize::new(0),
             store,
             logs,
+            fail_strategy,
+            lifecycle: LifecycleCounters::default(),
         }
     }
 
@@ -181,7 +195,13 @@ impl Plugin {
             let vm = wasm.start_vm(name, &logs)?;
             wasm.vms.push(Mutex::new(vm));
         }
-        let plugin = Self::new(name, Workers::Wasm(Box::new(wasm)), store, logs);
+        let plugin = Self::new(
+            name,
+            Workers::Wasm(Box::new(wasm)),
+            store,
+            logs,
+            options.fail_strategy,
+        );
         Ok(plugin)
     }
 
@@ -240,7 +260,13 @@ impl Plugin {
             roots,
             services,
         };
-        Ok(Self::new(name, Workers::Native(native), store, logs))
+        Ok(Self::new(
+            name,
+            Workers::Native(native),
+            store,
+            logs,
+            options.fail_strategy,
+        ))
     }
 
     pub fn name(&self) -> &str {
@@ -270,14 +296,29 @@ impl Plugin {
         }
     }
 
-    /// A counter the filter defined (e.g. `meshgate_rate_limit_allowed`), summed over workers.
-    pub fn counter(&self, name: &str) -> i64 {
-        self.store.counter(name)
+    pub fn fail_strategy(&self) -> FailStrategy {
+        self.fail_strategy
     }
 
-    /// Every counter the filter defined, by name, with its value (summed over workers).
+    /// A counter the filter defined (e.g. `meshgate_rate_limit_allowed`), summed over workers,
+    /// or one the host keeps about it (`meshgate_filter_failures`, `meshgate_filter_vm_reloads`).
+    pub fn counter(&self, name: &str) -> i64 {
+        self.lifecycle
+            .get(name)
+            .unwrap_or_else(|| self.store.counter(name))
+    }
+
+    /// Every counter the filter defined, by name, with its value (summed over workers), then
+    /// the host's own about it.
     pub fn counters(&self) -> Vec<(String, i64)> {
-        self.store.counters()
+        let mut counters = self.store.counters();
+        counters.extend(self.lifecycle.all());
+        counters
+    }
+
+    /// Logs a failure of this filter (the log buffer, as a guest's own Critical line would be).
+    pub(crate) fn log_failure(&self, line: String) {
+        self.logs.push(LogLevel::Error, line);
     }
 
     /// The most recent log lines of this plugin's workers (bounded).
@@ -318,13 +359,17 @@ impl Plugin {
             && let Ok(fresh) = wasm.start_vm(&self.name, &self.logs)
         {
             *vm = fresh;
+            self.lifecycle.reloaded();
         }
         let root = vm.root;
         let (result, back) = vm
             .guest
             .with(std::mem::take(state), |scope| body(scope, root));
         *state = back;
-        result.map_err(|source| self.filter_error(Failure::Guest(source)))
+        result.map_err(|source| {
+            self.lifecycle.failed();
+            self.filter_error(Failure::Guest(source))
+        })
     }
 
     /// Runs a native filter callback; a panic is this filter's failure, not the proxy's.
@@ -340,6 +385,7 @@ impl Plugin {
             body(&mut NativeHost::new(&native.services, state))
         }))
         .map_err(|panic| {
+            self.lifecycle.failed();
             let message = panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())

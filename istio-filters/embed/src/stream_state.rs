@@ -8,7 +8,7 @@ use proxy_wasm_host::{Buffer, HeaderMap, VecHeaderMap};
 
 use crate::request::{Request, Response};
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(crate) struct ExchangeState {
     pub(crate) request_headers: VecHeaderMap,
     pub(crate) request_body: Vec<u8>,
