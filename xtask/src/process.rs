@@ -249,6 +249,23 @@ impl Children {
     pub fn new() -> Self {
         let running: Arc<Mutex<Vec<(String, Child)>>> = Arc::default();
         let on_signal = Arc::clone(&running);
+        // Reap children as they exit, as a shell does: a test that stops one of these servers
+        // (the browser tests SIGTERM the user-service) waits for its pid to disappear, and an
+        // unreaped zombie never does. `Child` keeps the status, so `exited` still reports it.
+        let reaped = Arc::downgrade(&running);
+        std::thread::spawn(move || {
+            while let Some(running) = reaped.upgrade() {
+                for (_, child) in running
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter_mut()
+                {
+                    let _ = child.try_wait();
+                }
+                drop(running);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
         Self {
             running,
             _interrupt: on_interrupt(move || stop_all(&on_signal)),
@@ -375,5 +392,26 @@ mod tests {
         drop(children);
         let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
         assert!(!alive, "sleep {pid} survived");
+    }
+
+    /// Someone else stops a child (as the browser tests stop the user-service): its pid must
+    /// disappear, as it would under a shell, and `exited` still tells how it ended.
+    #[test]
+    fn a_child_stopped_by_someone_else_is_reaped() {
+        let children = Children::new();
+        let pid = children
+            .spawn("sleeper", Command::new("sleep").arg("30"))
+            .unwrap();
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+        wait_until("the pid to disappear", Duration::from_secs(5), || {
+            Ok(nix::sys::signal::kill(pid, None).is_err())
+        })
+        .unwrap();
+        assert!(
+            children
+                .exited("sleeper")
+                .is_some_and(|status| !status.success())
+        );
     }
 }
