@@ -326,9 +326,10 @@ fn fail_strategy_is_the_wasmplugin_field_and_defaults_to_fail_close() {
             FailStrategy::FailClose
         ]
     );
-    let error = load("gateway:\n  filters:\n    - {name: a, builtin: bundle, failStrategy: fail_open}\n")
-        .unwrap_err()
-        .to_string();
+    let error =
+        load("gateway:\n  filters:\n    - {name: a, builtin: bundle, failStrategy: fail_open}\n")
+            .unwrap_err()
+            .to_string();
     assert!(
         error.contains("gateway.filters[0].failStrategy")
             && error.contains("\"fail_open\" must be FAIL_CLOSE or FAIL_OPEN"),

@@ -101,7 +101,10 @@ impl Chain {
                             exchange.state = before;
                             continue;
                         }
-                        None => exchange.state.local = Some(fail_closed_reply(plugin.name())),
+                        None => {
+                            let grpc = is_native_grpc(&exchange.request);
+                            exchange.state.local = Some(fail_closed_reply(plugin.name(), grpc))
+                        }
                     }
                 }
             }
@@ -125,6 +128,13 @@ fn outcome(plugin: &Plugin) -> String {
 
 /// Envoy's local-reply shape: a gRPC status on a gRPC request becomes a trailers-only
 /// response (`grpc-status` and the body as `grpc-message` in the headers).
+/// Native gRPC (not gRPC-web): a local reply's body becomes its `grpc-message`.
+fn is_native_grpc(request: &Request) -> bool {
+    request.header_value("content-type").is_some_and(|ct| {
+        ct.starts_with("application/grpc") && !ct.starts_with("application/grpc-web")
+    })
+}
+
 fn local_to_response(local: LocalResponse<'static>, request: &Request) -> Response {
     let mut headers: Vec<(String, String)> = local
         .headers
@@ -136,11 +146,8 @@ fn local_to_response(local: LocalResponse<'static>, request: &Request) -> Respon
             )
         })
         .collect();
-    let is_grpc = request.header_value("content-type").is_some_and(|ct| {
-        ct.starts_with("application/grpc") && !ct.starts_with("application/grpc-web")
-    });
     match local.grpc_status {
-        Some(code) if is_grpc => {
+        Some(code) if is_native_grpc(request) => {
             headers.insert(0, ("content-type".into(), "application/grpc".into()));
             headers.push(("grpc-status".into(), code.to_string()));
             if !local.body.is_empty() {
@@ -219,8 +226,10 @@ impl Exchange {
                     // The filters before it do not see the reply (their streams just end),
                     // as Envoy's local reply skips the rest of the encoder chain.
                     None => {
-                        let reply =
-                            local_to_response(fail_closed_reply(plugin.name()), &self.request);
+                        let reply = local_to_response(
+                            fail_closed_reply(plugin.name(), is_native_grpc(&self.request)),
+                            &self.request,
+                        );
                         let mut completed = self.completed(reply);
                         completed.failed_closed = true;
                         return Ok(completed);

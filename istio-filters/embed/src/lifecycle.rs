@@ -71,15 +71,22 @@ impl LifecycleCounters {
 }
 
 /// Envoy's answer for a request whose filter failed closed: `503` with the gRPC status
-/// `UNAVAILABLE` (14). The body names the filter only: the failure's details go to the log.
-pub(crate) fn fail_closed_reply(plugin: &str) -> LocalResponse<'static> {
-    let body = format!(r#"{{"error":"UNAVAILABLE","message":"filter {plugin} is unavailable"}}"#);
+/// `UNAVAILABLE` (14). The body names the filter only (the failure's details go to the log): the
+/// Status JSON for HTTP clients, the bare message for native gRPC (it becomes `grpc-message`).
+pub(crate) fn fail_closed_reply(plugin: &str, native_grpc: bool) -> LocalResponse<'static> {
+    let message = format!("filter {plugin} is unavailable");
+    let (body, content_type) = if native_grpc {
+        (message, "text/plain")
+    } else {
+        let json = serde_json::json!({"error": "UNAVAILABLE", "message": message});
+        (json.to_string(), "application/json")
+    };
     LocalResponse::new(503)
         .with_body(body.into_bytes())
         .with_grpc_status(14)
         .with_headers(vec![(
             Cow::Borrowed(b"content-type".as_slice()),
-            Cow::Borrowed(b"application/json".as_slice()),
+            Cow::Borrowed(content_type.as_bytes()),
         )])
 }
 
