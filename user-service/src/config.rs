@@ -56,12 +56,6 @@ pub struct Config {
     #[arg(long, env = "NATS_URL", hide_env_values = true)]
     pub nats_url: Option<String>,
 
-    /// Replicas of the `USERS` stream on a clustered JetStream (1 on a single server, which
-    /// refuses more). An existing stream with fewer is raised to it, never lowered.
-    #[arg(long, env = "NATS_STREAM_REPLICAS", default_value_t = 1,
-          value_parser = clap::value_parser!(u64).range(1..=5))]
-    pub nats_stream_replicas: u64,
-
     /// How long a CreateUser `idempotency-key` is remembered (seconds).
     #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400,
           value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
@@ -184,7 +178,6 @@ impl Config {
             db_acquire_timeout_ms: 2000,
             migrate_on_start: true,
             nats_url: None,
-            nats_stream_replicas: 1,
             idempotency_ttl_secs: 86_400,
             redis_url: None,
             cache_key_prefix: DEFAULT_CACHE_KEY_PREFIX.to_owned(),

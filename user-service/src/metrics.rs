@@ -1,5 +1,4 @@
-//! Prometheus metrics and the `/metrics` HTTP endpoint (its own port, `METRICS_ADDR`), plus
-//! `/livez`: the process alone, for the liveness probe of the worker (which serves no gRPC health).
+//! Prometheus metrics and the `/metrics` HTTP endpoint (its own port, `METRICS_ADDR`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -263,8 +262,7 @@ impl Default for Metrics {
     }
 }
 
-/// Serves `GET /metrics` and `GET /livez` until `shutdown` completes. `pool_stats` is sampled per
-/// scrape.
+/// Serves `GET /metrics` until `shutdown` completes. `pool_stats` is sampled per scrape.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
@@ -319,18 +317,15 @@ fn respond(
                 metrics.render(),
             )
         }
-        // Answered by the process itself, whatever its database or broker do: a liveness probe
-        // must not restart pods for a dependency's outage.
-        (&Method::GET, "/livez") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        (_, "/metrics" | "/livez") => (
+        (_, "/metrics") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "use GET\n".to_owned(),
+            "use GET /metrics\n".to_owned(),
         ),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try GET /metrics or GET /livez\n".to_owned(),
+            "not found; try GET /metrics\n".to_owned(),
         ),
     };
     Response::builder()

@@ -153,10 +153,7 @@ impl Application {
                 database.clone(),
                 js,
                 metrics.clone(),
-                RelaySettings {
-                    stream_replicas: stream_replicas(&config),
-                    ..RelaySettings::default()
-                },
+                RelaySettings::default(),
             ))
         });
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -301,11 +298,6 @@ fn open_cached_store(
     ))
 }
 
-/// `NATS_STREAM_REPLICAS` (validated to 1..=5 by clap).
-fn stream_replicas(config: &Config) -> usize {
-    usize::try_from(config.nats_stream_replicas).unwrap_or(1)
-}
-
 async fn connect_jetstream(
     config: &Config,
 ) -> anyhow::Result<Option<async_nats::jetstream::Context>> {
@@ -361,10 +353,7 @@ pub async fn run_worker(
             stopped(stop_rx),
         ))
     };
-    let settings = WorkerSettings {
-        stream_replicas: stream_replicas(&config),
-        ..WorkerSettings::default()
-    };
+    let settings = WorkerSettings::default();
     let work = async {
         let mut backoff = relay::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
