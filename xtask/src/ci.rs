@@ -27,32 +27,11 @@ impl CiArgs {
 
 pub fn run(root: &Path, args: &CiArgs) -> anyhow::Result<bool> {
     let cargo = || process::cargo(root);
-    println!("== cargo fmt --check");
-    process::run(cargo().args(["fmt", "--all", "--check"]))?;
-    println!("== cargo clippy");
-    process::run(cargo().args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--locked",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    lint(root, "workspace", &["--all"], &["--workspace"])?;
     // The fuzz targets live outside the workspace (own Cargo.lock; refresh it with a plain
     // `cargo check --manifest-path edge-gateway/fuzz/Cargo.toml` when the gateway's deps change).
-    println!("== fuzz targets: cargo fmt --check, cargo clippy");
-    process::run(cargo().args(["fmt", "--manifest-path", FUZZ_MANIFEST, "--check"]))?;
-    process::run(cargo().args([
-        "clippy",
-        "--manifest-path",
-        FUZZ_MANIFEST,
-        "--all-targets",
-        "--locked",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    let fuzz = ["--manifest-path", FUZZ_MANIFEST];
+    lint(root, "fuzz targets", &fuzz, &fuzz)?;
     // Licences, banned and duplicate crates, sources (deny.toml). Installed once into
     // ~/.cargo/bin, so later runs skip the build.
     println!("== cargo deny");
@@ -78,4 +57,23 @@ pub fn run(root: &Path, args: &CiArgs) -> anyhow::Result<bool> {
         .current_dir(root)
         .status()?;
     Ok(status.success())
+}
+
+/// `cargo fmt --check` and `cargo clippy --all-targets --locked -D warnings` over one set of
+/// crates: `fmt_scope` and `clippy_scope` name it (`--all` / `--workspace`, or a manifest).
+fn lint(root: &Path, what: &str, fmt_scope: &[&str], clippy_scope: &[&str]) -> anyhow::Result<()> {
+    println!("== {what}: cargo fmt --check, cargo clippy");
+    process::run(
+        process::cargo(root)
+            .arg("fmt")
+            .args(fmt_scope)
+            .arg("--check"),
+    )?;
+    process::run(process::cargo(root).arg("clippy").args(clippy_scope).args([
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ]))
 }
