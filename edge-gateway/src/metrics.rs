@@ -3,8 +3,8 @@
 //! process (the tests) have separate series, so a test can check values, not just names.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder, core::Collector,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder, core::Collector,
 };
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -158,11 +158,9 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        let mut buffer = Vec::new();
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buffer)
-            .expect("encoding into a Vec cannot fail");
-        String::from_utf8(buffer).expect("the text format is UTF-8")
+            .encode_to_string(&self.registry.gather())
+            .expect("the registry only holds well-formed metric families")
     }
 }
 
