@@ -116,13 +116,7 @@ impl Filter for IstioFilters {
     }
 
     fn on_request(&self, request: &mut FilterRequest<'_>) -> Decision {
-        let exchange = match self.chain.on_request(to_host_request(request)) {
-            Ok(exchange) => exchange,
-            Err(error) => {
-                tracing::warn!(%error, "filter failed on the request; failing open");
-                return Decision::Continue;
-            }
-        };
+        let exchange = self.chain.on_request(to_host_request(request));
         for error in exchange.failures() {
             tracing::warn!(%error, "filter failed on the request");
         }
@@ -222,13 +216,7 @@ struct PendingExchange {
 impl PendingResponse for PendingExchange {
     fn on_response(self: Box<Self>, response: &mut FilterResponse<'_>) {
         let host_response = to_host_response(self.protocol, response);
-        let completed = match self.exchange.on_response(host_response) {
-            Ok(completed) => completed,
-            Err(error) => {
-                tracing::warn!(%error, "filter failed on the response; failing open");
-                return;
-            }
-        };
+        let completed = self.exchange.on_response(host_response);
         for failure in &completed.failures {
             tracing::warn!(error = %failure, "filter failed on the response");
         }

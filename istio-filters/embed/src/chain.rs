@@ -54,28 +54,21 @@ impl Chain {
         &self.plugins
     }
 
-    /// Runs the request phase on the calling thread's worker of each plugin.
-    pub fn on_request(&self, request: Request) -> Result<Exchange, FilterError> {
+    /// Runs the request phase on the calling thread's worker of each plugin. A filter's failure
+    /// is not an error of the call: its `failStrategy` decides (see [`Exchange::failures`]).
+    pub fn on_request(&self, request: Request) -> Exchange {
         self.on_request_at(None, request)
     }
 
     /// Runs the request phase on a chosen worker (`worker % workers`), as tests need.
-    pub fn on_request_on_worker(
-        &self,
-        worker: usize,
-        request: Request,
-    ) -> Result<Exchange, FilterError> {
+    pub fn on_request_on_worker(&self, worker: usize, request: Request) -> Exchange {
         self.on_request_at(Some(worker), request)
     }
 
     /// A filter that fails gets its plugin's `failStrategy`: FAIL_CLOSE answers the request
     /// (see [`Exchange::local_reply`]), FAIL_OPEN goes on without the filter. Either way the
     /// failure is in [`Exchange::failures`] and the filter's VM is rebuilt before its next call.
-    fn on_request_at(
-        &self,
-        worker: Option<usize>,
-        request: Request,
-    ) -> Result<Exchange, FilterError> {
+    fn on_request_at(&self, worker: Option<usize>, request: Request) -> Exchange {
         let mut exchange = Exchange {
             streams: Vec::with_capacity(self.plugins.len()),
             state: ExchangeState::for_request(&request),
@@ -114,7 +107,7 @@ impl Chain {
             }
         }
         exchange.state.apply_to(&mut exchange.request);
-        Ok(exchange)
+        exchange
     }
 }
 
@@ -204,9 +197,10 @@ impl Exchange {
 
     /// Runs the response phase (filters in reverse order) and ends the streams. With a local
     /// reply, pass that reply (the response phase is skipped, as filters already answered).
-    pub fn on_response(mut self, response: Response) -> Result<Completed, FilterError> {
+    /// A filter's failure is not an error of the call: see [`Completed::failed_closed`].
+    pub fn on_response(mut self, response: Response) -> Completed {
         if self.local_reply.is_some() {
-            return Ok(self.completed(response));
+            return self.completed(response);
         }
         self.state.set_response(&response);
         let shape = ResponseShape {
@@ -232,13 +226,13 @@ impl Exchange {
                         );
                         let mut completed = self.completed(reply);
                         completed.failed_closed = true;
-                        return Ok(completed);
+                        return completed;
                     }
                 }
             }
         }
         let response = self.state.response();
-        Ok(self.completed(response))
+        self.completed(response)
     }
 }
 
