@@ -1,9 +1,11 @@
 use http::Method;
-use meshgate_wire::routes::Router;
-use prost_reflect::ReflectMessage;
+use meshgate_wire::routes::{Route, Router};
+use prost::Message as _;
+use prost_reflect::{DynamicMessage, ReflectMessage};
+use serde_json::Value;
 
 use super::*;
-use crate::validate::ViolationKind;
+use crate::validate::{Validators, ViolationKind};
 
 fn route(method: Method, path: &str) -> (std::sync::Arc<Route>, Vec<(String, String)>) {
     Router::from_pool(meshgate_proto::descriptor_pool())

@@ -4,8 +4,9 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
+use crate::filter::Stream;
 use crate::host::{
-    Host, LocalReply, LogLevel, MetricId, SharedEntry, SharedWriteError, header_value,
+    Action, Host, LocalReply, LogLevel, MetricId, SharedEntry, SharedWriteError, header_value,
     set_header_value,
 };
 
@@ -134,5 +135,47 @@ impl Host for TestHost {
     }
     fn log(&self, level: LogLevel, message: &str) {
         self.logs.borrow_mut().push((level, message.to_owned()));
+    }
+}
+
+/// The proxy's side of a body: the buffer keeps growing while the stream pauses and starts
+/// over after it continues.
+#[derive(Default)]
+pub struct BufferingProxy {
+    buffered: Vec<u8>,
+}
+
+impl BufferingProxy {
+    pub fn request_chunk(
+        &mut self,
+        stream: &mut impl Stream,
+        host: &mut TestHost,
+        chunk: &str,
+        eos: bool,
+    ) -> Action {
+        self.buffered.extend_from_slice(chunk.as_bytes());
+        host.request_body.clone_from(&self.buffered);
+        let action = stream.on_request_body(host, self.buffered.len(), eos);
+        if action == Action::Continue {
+            self.buffered.clear();
+        }
+        action
+    }
+    pub fn response_chunk(
+        &mut self,
+        stream: &mut impl Stream,
+        host: &mut TestHost,
+        chunk: &str,
+        eos: bool,
+    ) -> Action {
+        self.buffered.extend_from_slice(chunk.as_bytes());
+        host.response_body.clone_from(&self.buffered);
+        let action = stream.on_response_body(host, self.buffered.len(), eos);
+        if action == Action::Continue {
+            self.buffered.clear();
+        } else {
+            self.buffered.clone_from(&host.response_body);
+        }
+        action
     }
 }
