@@ -62,10 +62,11 @@ fn main() {
     // Upstream names need a resolver configuration (the system's or gateway.dns): checked now
     // so a container without a usable /etc/resolv.conf fails here, not at the first lookup.
     let names = config
-        .upstreams
+        .upstream
+        .targets
         .iter()
         .any(|target| matches!(target, UpstreamTarget::Name { .. }));
-    if names && let Err(error) = dns::resolver_config(&config.dns) {
+    if names && let Err(error) = dns::resolver_config(&config.upstream.dns) {
         eprintln!(
             "edge-gateway: invalid config key `{}`: {}",
             error.key, error.reason
@@ -82,7 +83,12 @@ fn main() {
     };
     let listen = config.listen;
     let metrics = config.metrics_listen;
-    let upstreams: Vec<String> = config.upstreams.iter().map(UpstreamTarget::label).collect();
+    let upstreams: Vec<String> = config
+        .upstream
+        .targets
+        .iter()
+        .map(UpstreamTarget::label)
+        .collect();
     let drain_delay = config.drain_delay;
     let (mut server, state) = match build_server(config, Some(opt), filters) {
         Ok(built) => built,

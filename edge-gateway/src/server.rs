@@ -24,7 +24,7 @@ use crate::{
     metrics::Metrics,
     proxy::GatewayProxy,
     state::{GatewayState, StartError, load_pool},
-    upstream::{UpstreamMaintenance, UpstreamPool, UpstreamSettings, Upstreams},
+    upstream::{UpstreamMaintenance, UpstreamPool, Upstreams},
 };
 
 /// Raises the soft open-file limit to the hard one and returns it (`None`: unknown/unlimited).
@@ -200,7 +200,8 @@ pub fn build_server_on(
 
     let pool = load_pool(&config)?;
     let names: Vec<String> = config
-        .upstreams
+        .upstream
+        .targets
         .iter()
         .filter(|target| matches!(target, crate::discovery::UpstreamTarget::Name { .. }))
         .map(crate::discovery::UpstreamTarget::label)
@@ -209,12 +210,11 @@ pub fn build_server_on(
     for collector in filters.metrics() {
         metrics.register(collector);
     }
-    let upstream_settings = UpstreamSettings::from_config(&config);
-    let endpoints = Arc::new(UpstreamPool::new(&upstream_settings, metrics.clone()));
-    let maintenance = UpstreamMaintenance::new(endpoints.clone(), upstream_settings.clone())
+    let endpoints = Arc::new(UpstreamPool::new(&config.upstream, metrics.clone()));
+    let maintenance = UpstreamMaintenance::new(endpoints.clone(), config.upstream.clone())
         .map_err(|e| StartError::Upstreams(e.to_string()))?;
     let background = background_service("upstream discovery and health", maintenance);
-    let upstreams = Upstreams::new(&upstream_settings, endpoints);
+    let upstreams = Upstreams::new(&config.upstream, endpoints);
     let max_connections = effective_max(config.connections.max, open_file_limit());
     if max_connections < config.connections.max {
         tracing::warn!(

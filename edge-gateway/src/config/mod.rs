@@ -59,8 +59,8 @@ pub struct GatewayConfig {
     pub server: Option<String>,
     pub listen: SocketAddr,
     pub metrics_listen: Option<SocketAddr>,
-    pub upstreams: Vec<UpstreamTarget>,
-    pub dns: DnsSettings,
+    /// `gateway.upstreams` and how they are found, checked, picked and retried.
+    pub upstream: UpstreamSettings,
     pub descriptor_sets: Vec<PathBuf>,
     pub skip_builtin_descriptors: bool,
     /// REST JSON conventions (`gateway.json`).
@@ -68,19 +68,7 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     pub timeout: Duration,
     pub route_timeouts: BTreeMap<String, Duration>,
-    pub connect_timeout: Duration,
     pub h2_streams_per_connection: usize,
-    pub health_interval: Duration,
-    pub health_timeout: Duration,
-    pub health_service: String,
-    pub health_thresholds: HealthThresholds,
-    /// `gateway.load_balancing.panic_threshold_percent`.
-    pub panic_threshold_percent: u8,
-    pub outlier: OutlierSettings,
-    pub retry_max_attempts: u32,
-    pub retry_budget_ratio: f32,
-    pub retry_min_per_second: u32,
-    pub retry_budget_window: Duration,
     /// `gateway.shutdown.drain_delay_ms`.
     pub drain_delay: Duration,
     pub connections: ConnectionSettings,
@@ -92,6 +80,28 @@ pub struct GatewayConfig {
     pub otlp: Option<OtlpSettings>,
     pub static_dir: Option<PathBuf>,
     pub filters: Vec<FilterSpec>,
+}
+
+/// What the upstream side (`crate::upstream`) runs on: the targets, their discovery, health
+/// checks, picking and retries.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// `gateway.upstreams`.
+    pub targets: Vec<UpstreamTarget>,
+    pub dns: DnsSettings,
+    /// `gateway.connect_timeout_ms`.
+    pub connect_timeout: Duration,
+    pub health_interval: Duration,
+    pub health_timeout: Duration,
+    pub health_service: String,
+    pub health_thresholds: HealthThresholds,
+    /// `gateway.load_balancing.panic_threshold_percent`.
+    pub panic_threshold_percent: u8,
+    pub outlier: OutlierSettings,
+    pub retry_max_attempts: u32,
+    pub retry_budget_ratio: f32,
+    pub retry_min_per_second: u32,
+    pub retry_budget_window: Duration,
 }
 
 /// `gateway.dns`, validated.
@@ -112,7 +122,7 @@ impl GatewayConfig {
             .expect("defaults are valid");
         config.listen = listen;
         config.metrics_listen = None;
-        config.upstreams = upstreams.into_iter().map(UpstreamTarget::Address).collect();
+        config.upstream.targets = upstreams.into_iter().map(UpstreamTarget::Address).collect();
         config
     }
 

@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use super::{
-    ConfigError, DnsSettings, GatewayConfig,
+    ConfigError, DnsSettings, GatewayConfig, UpstreamSettings,
     filters::filter_specs,
     invalid,
     schema::{ConnectionsSection, DnsSection, GatewaySection, OtlpSection, OutlierSection},
@@ -142,36 +142,40 @@ pub(super) fn gateway_config(
     };
     let filters = filter_specs(gateway.filters)?;
     let otlp = otlp_settings(gateway.otlp)?;
+    // Before the upstream timeouts: of several bad keys, `gateway.timeout_ms` is named first.
+    let timeout = millis("gateway.timeout_ms", gateway.timeout_ms)?;
     Ok(GatewayConfig {
         server,
         listen,
         metrics_listen,
-        upstreams,
-        dns,
+        upstream: UpstreamSettings {
+            targets: upstreams,
+            dns,
+            connect_timeout: millis("gateway.connect_timeout_ms", gateway.connect_timeout_ms)?,
+            health_interval: millis(
+                "gateway.health_check.interval_ms",
+                gateway.health_check.interval_ms,
+            )?,
+            health_timeout: millis(
+                "gateway.health_check.timeout_ms",
+                gateway.health_check.timeout_ms,
+            )?,
+            health_service: gateway.health_check.service,
+            health_thresholds,
+            panic_threshold_percent: gateway.load_balancing.panic_threshold_percent,
+            outlier,
+            retry_max_attempts: gateway.retry.max_attempts,
+            retry_budget_ratio: gateway.retry.budget_ratio,
+            retry_min_per_second: gateway.retry.min_retries_per_second,
+            retry_budget_window: Duration::from_secs(gateway.retry.budget_window_secs),
+        },
         descriptor_sets: gateway.descriptor_sets,
         skip_builtin_descriptors: gateway.skip_builtin_descriptors,
         json: gateway.json.options(),
         max_body_bytes: gateway.max_body_bytes,
-        timeout: millis("gateway.timeout_ms", gateway.timeout_ms)?,
+        timeout,
         route_timeouts,
-        connect_timeout: millis("gateway.connect_timeout_ms", gateway.connect_timeout_ms)?,
         h2_streams_per_connection: gateway.h2_streams_per_connection.max(1),
-        health_interval: millis(
-            "gateway.health_check.interval_ms",
-            gateway.health_check.interval_ms,
-        )?,
-        health_timeout: millis(
-            "gateway.health_check.timeout_ms",
-            gateway.health_check.timeout_ms,
-        )?,
-        health_service: gateway.health_check.service,
-        health_thresholds,
-        panic_threshold_percent: gateway.load_balancing.panic_threshold_percent,
-        outlier,
-        retry_max_attempts: gateway.retry.max_attempts,
-        retry_budget_ratio: gateway.retry.budget_ratio,
-        retry_min_per_second: gateway.retry.min_retries_per_second,
-        retry_budget_window: Duration::from_secs(gateway.retry.budget_window_secs),
         drain_delay: Duration::from_millis(gateway.shutdown.drain_delay_ms),
         connections,
         cors_origins: gateway.cors.allowed_origins,

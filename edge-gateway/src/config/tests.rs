@@ -16,7 +16,7 @@ fn shipped_config_is_valid() {
     assert_eq!(config.listen.port(), 8080);
     assert_eq!(config.metrics_listen.unwrap().port(), 9091);
     assert_eq!(
-        config.upstreams,
+        config.upstream.targets,
         vec![UpstreamTarget::Address("127.0.0.1:50051".parse().unwrap())]
     );
     // Route timeouts exceed the user-service's database acquire timeout (2 s), so a busy
@@ -59,14 +59,14 @@ fn json_keys_override_the_style() {
 fn resilience_defaults() {
     let config = load("gateway: {}\n").unwrap();
     assert_eq!(
-        config.health_thresholds,
+        config.upstream.health_thresholds,
         HealthThresholds {
             unhealthy: 3,
             healthy: 2
         }
     );
-    assert_eq!(config.panic_threshold_percent, 50);
-    assert_eq!(config.outlier.consecutive_failures, 5);
+    assert_eq!(config.upstream.panic_threshold_percent, 50);
+    assert_eq!(config.upstream.outlier.consecutive_failures, 5);
     assert_eq!(config.drain_delay, Duration::from_secs(5));
     assert_eq!(config.connections.max, 4_096);
     assert_eq!(config.connections.max_per_client_ip, 0);
@@ -75,11 +75,11 @@ fn resilience_defaults() {
         Duration::from_secs(10)
     );
     assert!(
-        config.dns.nameservers.is_empty(),
+        config.upstream.dns.nameservers.is_empty(),
         "system resolver by default"
     );
-    assert_eq!(config.dns.min_refresh, Duration::from_secs(1));
-    assert_eq!(config.dns.max_refresh, Duration::from_secs(30));
+    assert_eq!(config.upstream.dns.min_refresh, Duration::from_secs(1));
+    assert_eq!(config.upstream.dns.max_refresh, Duration::from_secs(30));
 }
 
 #[test]
@@ -89,17 +89,17 @@ fn upstreams_may_be_names_and_nameservers_explicit() {
     )
     .unwrap();
     assert_eq!(
-        config.upstreams[0],
+        config.upstream.targets[0],
         UpstreamTarget::Name {
             host: "user-service".into(),
             port: 50051
         }
     );
     assert_eq!(
-        config.dns.nameservers,
+        config.upstream.dns.nameservers,
         vec!["127.0.0.1:5353".parse().unwrap()]
     );
-    assert_eq!(config.dns.ndots, Some(5));
+    assert_eq!(config.upstream.dns.ndots, Some(5));
     let overrides = Overrides {
         dns_nameservers: vec!["127.0.0.2:53".into()],
         ..Default::default()
@@ -110,7 +110,7 @@ fn upstreams_may_be_names_and_nameservers_explicit() {
     )
     .unwrap();
     assert_eq!(
-        config.dns.nameservers,
+        config.upstream.dns.nameservers,
         vec!["127.0.0.2:53".parse().unwrap()]
     );
 }
@@ -395,7 +395,7 @@ fn overrides_win_over_the_file() {
     };
     let config = GatewayConfig::from_file(file, &overrides).unwrap();
     assert_eq!(config.listen.port(), 2);
-    assert_eq!(config.upstreams.len(), 2);
+    assert_eq!(config.upstream.targets.len(), 2);
 }
 
 #[test]

@@ -75,7 +75,7 @@ impl GatewayProxy {
         // pingora's default is 1 stream per connection.
         peer.options.set_http_version(2, 2);
         peer.options.max_h2_streams = self.state.config.h2_streams_per_connection;
-        peer.options.connection_timeout = Some(self.state.config.connect_timeout);
+        peer.options.connection_timeout = Some(self.state.config.upstream.connect_timeout);
         Ok(Box::new(peer))
     }
 

@@ -23,8 +23,6 @@ mod codec;
 mod maintenance;
 mod pool;
 
-use std::time::Duration;
-
 use bytes::Bytes;
 
 pub use self::{
@@ -33,52 +31,10 @@ pub use self::{
     maintenance::UpstreamMaintenance,
     pool::{Endpoint, UpstreamPool},
 };
-use crate::{
-    balance::{HealthThresholds, OutlierSettings},
-    config::{DnsSettings, GatewayConfig},
-    discovery::UpstreamTarget,
-};
+pub use crate::config::UpstreamSettings;
 
 /// A call's outcome: response headers, messages, trailers.
 pub type StreamingResponse = tonic::Response<tonic::Streaming<Bytes>>;
-
-/// What the upstream side needs from the config.
-#[derive(Debug, Clone)]
-pub struct UpstreamSettings {
-    pub targets: Vec<UpstreamTarget>,
-    pub dns: DnsSettings,
-    pub connect_timeout: Duration,
-    pub health_interval: Duration,
-    pub health_timeout: Duration,
-    pub health_service: String,
-    pub health_thresholds: HealthThresholds,
-    pub panic_threshold_percent: u8,
-    pub outlier: OutlierSettings,
-    pub retry_max_attempts: u32,
-    pub retry_budget_ratio: f32,
-    pub retry_min_per_second: u32,
-    pub retry_budget_window: Duration,
-}
-
-impl UpstreamSettings {
-    pub fn from_config(config: &GatewayConfig) -> Self {
-        Self {
-            targets: config.upstreams.clone(),
-            dns: config.dns.clone(),
-            connect_timeout: config.connect_timeout,
-            health_interval: config.health_interval,
-            health_timeout: config.health_timeout,
-            health_service: config.health_service.clone(),
-            health_thresholds: config.health_thresholds,
-            panic_threshold_percent: config.panic_threshold_percent,
-            outlier: config.outlier,
-            retry_max_attempts: config.retry_max_attempts,
-            retry_budget_ratio: config.retry_budget_ratio,
-            retry_min_per_second: config.retry_min_per_second,
-            retry_budget_window: config.retry_budget_window,
-        }
-    }
-}
 
 /// How an attempt on an endpoint went, for passive health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

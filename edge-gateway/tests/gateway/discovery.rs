@@ -37,13 +37,13 @@ async fn endpoints_follow_the_dns_records_under_load_with_no_failed_request() {
     dns.set(name, &[ip("127.0.0.2")]);
 
     let mut config = test_config(&[]);
-    config.upstreams = vec![UpstreamTarget::parse(&format!("{name}:{port}")).unwrap()];
-    config.dns.nameservers = vec![dns.addr];
-    config.dns.search = Some(Vec::new());
-    config.dns.timeout = Duration::from_millis(200);
-    config.dns.min_refresh = Duration::from_millis(100);
+    config.upstream.targets = vec![UpstreamTarget::parse(&format!("{name}:{port}")).unwrap()];
+    config.upstream.dns.nameservers = vec![dns.addr];
+    config.upstream.dns.search = Some(Vec::new());
+    config.upstream.dns.timeout = Duration::from_millis(200);
+    config.upstream.dns.min_refresh = Duration::from_millis(100);
     // The records say 1 s; the ceiling makes it 300 ms.
-    config.dns.max_refresh = Duration::from_millis(300);
+    config.upstream.dns.max_refresh = Duration::from_millis(300);
     let gw = spawn_gateway_with(config, Default::default()).await;
     let client = h1();
     eventually("the name to resolve (readyz 200)", || async {

@@ -455,9 +455,9 @@ impl TestGateway {
 pub fn test_config(upstreams: &[SocketAddr]) -> GatewayConfig {
     let mut config = GatewayConfig::for_upstreams(ANY_PORT, upstreams.to_vec());
     config.descriptor_sets = vec![KITCHEN_DESCRIPTORS.into()];
-    config.health_interval = Duration::from_millis(200);
+    config.upstream.health_interval = Duration::from_millis(200);
     // Generous: a loaded CI machine must not flap upstreams to unhealthy.
-    config.health_timeout = Duration::from_millis(1000);
+    config.upstream.health_timeout = Duration::from_millis(1000);
     config.cors_origins = vec![ORIGIN.to_owned()];
     config.timeout = Duration::from_secs(5);
     config

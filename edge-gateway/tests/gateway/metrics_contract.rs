@@ -17,14 +17,14 @@ async fn metrics_contract_rows_are_all_exported() {
     let (port, two) = Backend::start_on_ips(&["two"], &["127.0.0.9".parse().unwrap()]).await;
     dns.set("contract.metrics.test", &["127.0.0.9".parse().unwrap()]);
     let mut config = test_config(&[one.addr]);
-    config.upstreams.push(
+    config.upstream.targets.push(
         edge_gateway::discovery::UpstreamTarget::parse(&format!("contract.metrics.test:{port}"))
             .unwrap(),
     );
-    config.dns.nameservers = vec![dns.addr];
-    config.dns.search = Some(Vec::new());
+    config.upstream.dns.nameservers = vec![dns.addr];
+    config.upstream.dns.search = Some(Vec::new());
     // Only passive ejection may notice the killed upstream here (the outlier series).
-    config.health_interval = std::time::Duration::from_secs(60);
+    config.upstream.health_interval = std::time::Duration::from_secs(60);
     config.metrics_listen = Some(ANY_PORT);
     let gw = spawn_gateway_with(config, Default::default()).await;
     let client = h1();

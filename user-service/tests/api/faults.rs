@@ -360,8 +360,8 @@ async fn sigterm_with_a_peer_up_behind_the_edge_fails_no_request() {
     let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let mut config =
         GatewayConfig::for_upstreams(any_port, vec![leaving.grpc_addr, staying.grpc_addr]);
-    config.health_interval = Duration::from_millis(200);
-    config.health_timeout = Duration::from_millis(1000);
+    config.upstream.health_interval = Duration::from_millis(200);
+    config.upstream.health_timeout = Duration::from_millis(1000);
     config.timeout = Duration::from_secs(10);
     let mut gateway = spawn_edge(config).await;
     let listen = gateway.state.config.listen;
