@@ -56,15 +56,7 @@ async fn health_readiness_openapi_and_metrics() {
             .status(),
         StatusCode::OK
     );
-    let metrics_url = format!("http://{}/metrics", gw.metrics_addr.unwrap());
-    let mut text = String::new();
-    for _ in 0..50 {
-        if let Ok(response) = client.get(&metrics_url).send().await {
-            text = response.text().await.unwrap();
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let text = gw.scrape_metrics_port().await;
     assert!(text.contains("meshgate_gateway_requests_total{protocol=\"rest\",route=\"GET /v1/sinks/{id}\",status=\"200\"}"), "{text}");
     assert!(text.contains("meshgate_gateway_request_duration_seconds_bucket"));
     assert!(text.contains("meshgate_gateway_upstream_healthy"));

@@ -64,15 +64,7 @@ fn served_count(response: &reqwest::Response) -> Option<String> {
 }
 
 async fn counter(gw: &GatewayProcess, name: &str) -> String {
-    let addr = gw.metrics_addr.expect("started with a metrics port");
-    let text = h1()
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.scrape_metrics().await;
     let series = format!("{name}{{filter=\"trap\"}} ");
     text.lines()
         .find_map(|line| line.strip_prefix(&series))

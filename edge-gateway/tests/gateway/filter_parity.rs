@@ -331,15 +331,7 @@ async fn filter_state(
 
 /// The filters' counters on the metrics port (`name{filter="…"} value`).
 async fn filter_counters(gw: &GatewayProcess) -> BTreeMap<String, String> {
-    let addr = gw.metrics_addr.expect("started with a metrics port");
-    let text = h1()
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.scrape_metrics().await;
     text.lines()
         .filter(|line| !line.starts_with('#') && line.contains("filter=\""))
         .filter_map(|line| {

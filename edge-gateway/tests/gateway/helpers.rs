@@ -446,6 +446,12 @@ impl TestGateway {
         self.running.state.metrics.render()
     }
 
+    /// What its metrics port serves (its socket is bound before the gateway starts: it answers
+    /// once served).
+    pub async fn scrape_metrics_port(&self) -> String {
+        scrape_metrics(self.metrics_addr.expect("started with a metrics port")).await
+    }
+
     /// The value of one sample of this gateway's metrics, 0 when absent.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         meshgate_test_support::metrics_contract::value(&self.scrape(), name, labels).unwrap_or(0.0)
@@ -491,6 +497,18 @@ pub async fn spawn_gateway_with(config: GatewayConfig, filters: FilterChain) -> 
         tls_addr: config.tls.as_ref().map(|tls| tls.0),
         running,
     }
+}
+
+/// What the metrics port at `addr` serves on `/metrics` (the text exposition format), over
+/// HTTP as Prometheus scrapes it.
+pub async fn scrape_metrics(addr: SocketAddr) -> String {
+    h1().get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("the metrics port answers")
+        .text()
+        .await
+        .expect("a text body")
 }
 
 pub fn h1() -> reqwest::Client {

@@ -77,16 +77,7 @@ async fn metrics_contract_rows_are_all_exported() {
         ) >= 1.0
     })
     .await;
-    // The metrics port's socket is bound before the gateway starts: it answers once served.
-    let metrics_url = format!("http://{}/metrics", gw.metrics_addr.unwrap());
-    let scrape = client
-        .get(&metrics_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = gw.scrape_metrics_port().await;
     let problems = contract::check("edge-gateway", &scrape);
     assert!(problems.is_empty(), "{problems:#?}\n{scrape}");
     drop(two);

@@ -134,6 +134,11 @@ impl GatewayProcess {
         format!("http://{}{path}", self.addr)
     }
 
+    /// What its metrics port serves (the filters' counters are there).
+    pub async fn scrape_metrics(&self) -> String {
+        scrape_metrics(self.metrics_addr.expect("started with a metrics port")).await
+    }
+
     /// Access-log records (`target: access`) written so far.
     pub fn access_log(&self) -> Vec<Value> {
         self.lines
