@@ -1,13 +1,16 @@
 //! `edge-gateway`: parse config before binding anything; bad config exits 2.
 
-use std::path::PathBuf;
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+};
 
 use clap::Parser;
 use edge_gateway::{
     config::{GatewayConfig, Overrides},
     discovery::UpstreamTarget,
     dns, lifecycle,
-    server::build_server,
+    server::{Listeners, build_server_on},
     wasm_filters,
 };
 
@@ -81,8 +84,6 @@ fn main() {
         upgrade: args.upgrade,
         ..Default::default()
     };
-    let listen = config.listen;
-    let metrics = config.metrics_listen;
     let upstreams: Vec<String> = config
         .upstream
         .targets
@@ -90,13 +91,27 @@ fn main() {
         .map(UpstreamTarget::label)
         .collect();
     let drain_delay = config.drain_delay;
-    let (mut server, state) = match build_server(config, Some(opt), filters) {
+    // A graceful upgrade takes the old process's sockets, whatever their ports.
+    let listeners = if args.upgrade {
+        Listeners::default()
+    } else {
+        match bind_any_ports(&config) {
+            Ok(listeners) => listeners,
+            Err(error) => {
+                eprintln!("edge-gateway: cannot bind a listener on port 0: {error}");
+                std::process::exit(1);
+            }
+        }
+    };
+    let (mut server, state) = match build_server_on(config, Some(opt), filters, listeners) {
         Ok(built) => built,
         Err(error) => {
             eprintln!("edge-gateway: {error}");
             std::process::exit(2);
         }
     };
+    let listen = state.config.listen;
+    let metrics = state.config.metrics_listen;
     server.bootstrap();
     tracing::info!(%listen, ?metrics, ?upstreams, "edge-gateway listening: REST, gRPC-web and gRPC (h2c) on http://{listen}");
     // SIGTERM: /readyz 503 while serving on for the drain delay, then pingora stops accepting;
@@ -116,4 +131,26 @@ fn main() {
     });
     state.flush_spans();
     std::process::exit(0);
+}
+
+/// Listeners configured with port 0 are bound here, on any free port, and their addresses are
+/// the ones the "listening" line reports. Whoever starts the gateway learns its ports from that
+/// line: a port it picked free and released could be taken before the gateway binds it.
+fn bind_any_ports(config: &GatewayConfig) -> std::io::Result<Listeners> {
+    let bind = |addr: SocketAddr| {
+        (addr.port() == 0)
+            .then(|| TcpListener::bind(addr))
+            .transpose()
+    };
+    Ok(Listeners {
+        main: bind(config.listen)?,
+        tls: match &config.tls {
+            Some((addr, ..)) => bind(*addr)?,
+            None => None,
+        },
+        metrics: match config.metrics_listen {
+            Some(addr) => bind(addr)?,
+            None => None,
+        },
+    })
 }

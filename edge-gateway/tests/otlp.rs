@@ -8,7 +8,6 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader},
     net::SocketAddr,
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -17,6 +16,7 @@ use std::{
 
 use meshgate_proto::user::{self, user_service_client::UserServiceClient};
 use meshgate_test_support::otlp::start_collector;
+use meshgate_test_support::process::{ChildLog, ready};
 use meshgate_test_support::user_service::{EmbeddedUserService, sqlite_path};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
@@ -25,13 +25,6 @@ use opentelemetry_proto::tonic::{
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 fn span_enrichment_module() -> PathBuf {
     meshgate_test_support::wasm::module("meshgate_span_enrichment")
@@ -123,14 +116,13 @@ struct Gateway {
     child: Child,
     addr: SocketAddr,
     dir: PathBuf,
-    stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    log: ChildLog,
 }
 
 impl Gateway {
     async fn start(upstream: SocketAddr, collector: SocketAddr) -> Self {
         let dir = std::env::temp_dir().join(format!("gw-otlp-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
-        let addr = free_addr();
         let config = json!({
             "server": {
                 "version": 1,
@@ -141,7 +133,7 @@ impl Gateway {
                 "graceful_shutdown_timeout_seconds": 2,
             },
             "gateway": {
-                "listen": addr.to_string(),
+                "listen": "127.0.0.1:0",
                 "metrics_listen": "",
                 "upstreams": [upstream.to_string()],
                 "health_check": {"interval_ms": 200, "timeout_ms": 1000},
@@ -165,30 +157,16 @@ impl Gateway {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let log = ChildLog::collect(&mut child);
+        let (addr, _) = log.listening().await;
         let gateway = Self {
             child,
             addr,
             dir,
-            stdout: lines,
+            log,
         };
-        let client = reqwest::Client::new();
-        for _ in 0..1200 {
-            if let Ok(response) = client.get(gateway.url("/readyz")).send().await
-                && response.status() == reqwest::StatusCode::OK
-            {
-                return gateway;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("gateway did not become ready");
+        ready(gateway.addr).await;
+        gateway
     }
 
     fn url(&self, path: &str) -> String {
@@ -207,7 +185,7 @@ impl Gateway {
                 assert!(
                     status.success(),
                     "gateway exit {status}: {:?}",
-                    self.stdout.lock().unwrap()
+                    self.log.lines()
                 );
                 return;
             }

@@ -9,6 +9,7 @@
 //! - [`metrics_contract`]: the drift guard between `deploy/observability/METRICS.md` and a
 //!   real `/metrics` scrape.
 //! - [`wait`] (feature `wait`): waiting on a condition instead of sleeping; a port held closed.
+//! - [`process`] (feature `process`): the gateway binary's log lines and the ports it bound.
 //! - [`user_service`] (feature `user-service`): the real user-service in process.
 //! - [`otlp`] (feature `otlp`): an OTLP/gRPC trace collector the test reads from.
 #![forbid(unsafe_code)]
@@ -17,6 +18,8 @@ pub mod kitchen;
 pub mod metrics_contract;
 #[cfg(feature = "otlp")]
 pub mod otlp;
+#[cfg(feature = "process")]
+pub mod process;
 #[cfg(feature = "user-service")]
 pub mod user_service;
 #[cfg(feature = "wait")]

@@ -273,16 +273,15 @@ fn the_open_file_limit_is_never_reached_and_established_clients_keep_service() {
     // The gateway binary under a 512-descriptor limit: it caps connections at 512 - 256.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let backend = runtime.block_on(Backend::start("fd"));
-    let port = free_addr().port();
     let config = binary_config(
-        format!("127.0.0.1:{port}").parse().unwrap(),
+        ANY_PORT,
         0,
         &format!(
             "  upstreams: [\"{}\"]\n  connections: {{max: 100000, header_read_timeout_ms: 60000}}\n",
             backend.addr
         ),
     );
-    let child = ChildGuard(
+    let mut child = ChildGuard(
         Command::new("sh")
             .arg("-c")
             .arg(format!(
@@ -290,11 +289,13 @@ fn the_open_file_limit_is_never_reached_and_established_clients_keep_service() {
                 env!("CARGO_BIN_EXE_edge-gateway"),
                 config.display()
             ))
-            .stdout(Stdio::null())
+            .env("RUST_LOG", "info,pingora=warn")
+            .stdout(Stdio::piped())
             .spawn()
             .unwrap(),
     );
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let log = ChildLog::collect(&mut child.0);
+    let (addr, _) = runtime.block_on(log.listening());
     let get = |stream: &mut std::net::TcpStream, path: &str| -> String {
         stream
             .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())

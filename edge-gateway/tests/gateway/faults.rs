@@ -173,10 +173,8 @@ async fn get_status(addr: SocketAddr, path: &str) -> Result<u16, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigtermed_gateway_drains_with_readiness_first_and_loses_no_request() {
     let backend = Backend::start("drain").await;
-    let port = free_addr().port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let config = binary_config(
-        addr,
+        ANY_PORT,
         15,
         &format!(
             "  upstreams: [\"{up}\"]\n  descriptor_sets: [\"{kitchen}\"]\n  shutdown: {{drain_delay_ms: 3000}}\n",
@@ -187,13 +185,13 @@ async fn a_sigtermed_gateway_drains_with_readiness_first_and_loses_no_request() 
     let mut gateway = Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
         .arg("--config")
         .arg(&config)
-        .stdout(Stdio::null())
+        .env("RUST_LOG", "info,pingora=warn")
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    eventually("the gateway to be ready", || async {
-        get_status(addr, "/readyz").await == Ok(200)
-    })
-    .await;
+    let log = ChildLog::collect(&mut gateway);
+    let (addr, _) = log.listening().await;
+    gateway_ready(addr).await;
 
     // Every request on a new connection: a refused connect was never in flight; anything
     // else that is not a 2xx is a lost request.

@@ -26,6 +26,7 @@ use tonic::{Request, Response, Status};
 
 pub use meshgate_test_support::kitchen::DESCRIPTOR_SET_PATH as KITCHEN_DESCRIPTORS;
 pub use meshgate_test_support::kitchen::pb;
+pub use meshgate_test_support::process::{ChildLog, ready as gateway_ready};
 pub use meshgate_test_support::user_service::{EmbeddedUserService as UserService, sqlite_path};
 pub use meshgate_test_support::wait::{ClosedPort, eventually, grpc_serving as wait_grpc_serving};
 
@@ -42,13 +43,6 @@ pub const ANY_PORT: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
     std::net::Ipv4Addr::LOCALHOST,
     0,
 ));
-
-/// A port nobody listens on right now, for a gateway *process* (pingora binds by address
-/// there): see `meshgate_test_support::process` for why it is retried.
-pub fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
 
 // === impl Kitchen ===
 

@@ -12,11 +12,9 @@
 //! next to this test binary (so `CARGO_TARGET_DIR` is honoured).
 
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -31,11 +29,12 @@ pub fn module(name: &str) -> PathBuf {
 }
 
 /// The gateway binary with a config file; its stdout (JSON logs) is collected line by line.
+/// It binds its ports itself ([`ChildLog`]).
 pub struct GatewayProcess {
     child: Child,
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
-    lines: Arc<Mutex<Vec<String>>>,
+    log: ChildLog,
     _dir: TempDir,
 }
 
@@ -90,9 +89,8 @@ impl GatewayProcess {
     /// With `metrics`, the metrics port listens too (the filters' counters are there).
     pub async fn start_with(upstream: SocketAddr, filters: Value, metrics: bool) -> Self {
         let dir = TempDir::new();
-        let addr = free_addr();
-        let metrics_addr = metrics.then(free_addr);
-        let config = write_config_with_metrics(&dir.0, addr, metrics_addr, upstream, filters);
+        let metrics_listen = metrics.then_some(ANY_PORT);
+        let config = write_config_with_metrics(&dir.0, ANY_PORT, metrics_listen, upstream, filters);
         let mut child = Command::new(env!("CARGO_BIN_EXE_edge-gateway"))
             .arg("--config")
             .arg(&config)
@@ -101,33 +99,17 @@ impl GatewayProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let log = ChildLog::collect(&mut child);
+        let (addr, metrics_addr) = log.listening().await;
         let gateway = Self {
             child,
             addr,
             metrics_addr,
-            lines,
+            log,
             _dir: dir,
         };
-        let client = h1();
-        let ready = gateway.url("/readyz");
-        // Compiling three modules takes seconds in a debug build (more on a loaded machine).
-        for _ in 0..1200 {
-            if let Ok(response) = client.get(&ready).send().await
-                && response.status() == StatusCode::OK
-            {
-                return gateway;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("gateway did not become ready");
+        gateway_ready(gateway.addr).await;
+        gateway
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -141,9 +123,8 @@ impl GatewayProcess {
 
     /// Access-log records (`target: access`) written so far.
     pub fn access_log(&self) -> Vec<Value> {
-        self.lines
-            .lock()
-            .unwrap()
+        self.log
+            .lines()
             .iter()
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
             .filter(|record| record["target"] == "access")
