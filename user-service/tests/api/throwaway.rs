@@ -1,12 +1,24 @@
 //! Servers a fault test may stop and kill: a Redis and a PostgreSQL cluster of its own, started
 //! from the installed binaries on free loopback ports and removed when dropped. The shared
 //! test servers are never touched.
+//!
+//! These servers take a port number, so a port is found by binding and releasing, and a
+//! parallel test may take it before the server binds it. The server then fails to start (or,
+//! for a restart on its port, the test fails saying so); a first start is tried again on
+//! another port. Readiness checks that the server answering is this one (its pid, its name),
+//! never another test's on a reused port.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
+
+/// How many ports a first start tries before the test fails.
+const PORT_ATTEMPTS: usize = 5;
+
+/// How long a server may take to answer once started.
+const START_PATIENCE: Duration = Duration::from_secs(5);
 
 /// A loopback port with nothing listening (bound, then released).
 pub fn free_port() -> u16 {
@@ -43,12 +55,17 @@ pub struct ThrowawayRedis {
 impl ThrowawayRedis {
     pub async fn start() -> Self {
         let mut redis = Self {
-            port: free_port(),
+            port: 0,
             dir: temp_dir("redis"),
             child: None,
         };
-        redis.restart().await;
-        redis
+        for _ in 0..PORT_ATTEMPTS {
+            redis.port = free_port();
+            if redis.launch().await {
+                return redis;
+            }
+        }
+        panic!("the throwaway Redis lost {PORT_ATTEMPTS} ports to other processes");
     }
 
     pub fn url(&self) -> String {
@@ -64,11 +81,21 @@ impl ThrowawayRedis {
 
     /// Starts it again on the same port (empty: nothing is persisted).
     pub async fn restart(&mut self) {
+        assert!(
+            self.launch().await,
+            "the throwaway Redis could not bind its port {} again",
+            self.port
+        );
+    }
+
+    /// Starts the server on `self.port`; false when it exited before answering (the port was
+    /// taken).
+    async fn launch(&mut self) -> bool {
         let server = ["valkey-server", "redis-server"]
             .into_iter()
             .find(|name| which(name).is_some())
             .expect("redis-server or valkey-server is installed (apt-get install -y redis-server)");
-        let child = Command::new(server)
+        let mut child = Command::new(server)
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
@@ -78,11 +105,16 @@ impl ThrowawayRedis {
             .kill_on_drop(true)
             .spawn()
             .expect("redis starts");
-        self.child = Some(child);
+        let pid = child.id().expect("just started");
         let url = self.url();
-        for _ in 0..500 {
-            if crate::helpers::redis_answers(&url, Duration::from_millis(500)).await {
-                return;
+        let deadline = tokio::time::Instant::now() + START_PATIENCE;
+        while tokio::time::Instant::now() < deadline {
+            if child.try_wait().expect("the child's status").is_some() {
+                return false;
+            }
+            if redis_pid(&url).await == Some(pid) {
+                self.child = Some(child);
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -100,6 +132,25 @@ impl ThrowawayRedis {
                 .expect("redis exit status");
         }
     }
+}
+
+/// The pid of the Redis server answering at `url` (`INFO server`), if one answers.
+async fn redis_pid(url: &str) -> Option<u32> {
+    let info = async {
+        let client = redis::Client::open(url).ok()?;
+        let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("INFO")
+            .arg("server")
+            .query_async::<String>(&mut connection)
+            .await
+            .ok()
+    };
+    let info = tokio::time::timeout(Duration::from_millis(500), info)
+        .await
+        .ok()??;
+    info.lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
 }
 
 impl Drop for ThrowawayRedis {
@@ -159,10 +210,10 @@ impl ThrowawayPostgres {
                 .expect("chown runs");
             assert!(status.success());
         }
-        let cluster = Self {
+        let mut cluster = Self {
             dir,
             bin,
-            port: free_port(),
+            port: 0,
             run_as,
         };
         let mut initdb = cluster.command("initdb");
@@ -175,8 +226,15 @@ impl ThrowawayPostgres {
             "--no-sync",
         ]);
         succeed("initdb", initdb).await;
-        cluster.start_server().await;
-        cluster
+        for _ in 0..PORT_ATTEMPTS {
+            cluster.port = free_port();
+            match cluster.try_start_server().await {
+                Ok(()) => return cluster,
+                Err(log) if log.contains("already in use") => {}
+                Err(log) => panic!("pg_ctl start: {log}"),
+            }
+        }
+        panic!("the throwaway PostgreSQL lost {PORT_ATTEMPTS} ports to other processes");
     }
 
     fn data(&self) -> PathBuf {
@@ -214,6 +272,14 @@ impl ThrowawayPostgres {
     }
 
     pub async fn start_server(&self) {
+        if let Err(log) = self.try_start_server().await {
+            panic!("pg_ctl start on port {}: {log}", self.port);
+        }
+    }
+
+    /// `pg_ctl start -w`: it fails when the postmaster could not start (its port taken: the
+    /// server log says `Address already in use`). The error is pg_ctl's output and the log.
+    async fn try_start_server(&self) -> Result<(), String> {
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100",
             self.port,
@@ -226,7 +292,16 @@ impl ThrowawayPostgres {
             .arg("-l")
             .arg(self.dir.join("server.log"))
             .args(["-w", "-o", &options, "start"]);
-        succeed("pg_ctl start", start).await;
+        let output = start.output().await.expect("pg_ctl runs");
+        if output.status.success() {
+            return Ok(());
+        }
+        let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+        Err(format!(
+            "{}{}\n{log}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
     }
 
     /// `pg_ctl stop -m fast`: sessions are terminated, the server shuts down cleanly.
@@ -323,30 +398,57 @@ pub struct ThrowawayNats {
 impl ThrowawayNats {
     pub async fn start() -> Self {
         let mut nats = Self {
-            port: free_port(),
+            port: 0,
             dir: temp_dir("nats"),
             child: None,
         };
-        nats.restart().await;
-        nats
+        for _ in 0..PORT_ATTEMPTS {
+            nats.port = free_port();
+            if nats.launch().await {
+                return nats;
+            }
+        }
+        panic!("the throwaway nats-server lost {PORT_ATTEMPTS} ports to other processes");
     }
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Starts it (again) on the same port and store directory.
+    /// Starts it again on the same port and store directory.
     pub async fn restart(&mut self) {
+        assert!(
+            self.launch().await,
+            "the throwaway nats-server could not bind its port {} again",
+            self.port
+        );
+    }
+
+    /// The server name it runs under, which its INFO line carries: the one answering on the
+    /// port is this one.
+    fn name(&self) -> String {
+        format!(
+            "throwaway-{}",
+            self.dir.file_name().unwrap_or_default().to_string_lossy()
+        )
+    }
+
+    /// Starts the server on `self.port`; false when it exited before answering (the port was
+    /// taken).
+    async fn launch(&mut self) -> bool {
         let server = which("nats-server")
             .or_else(|| Some(PathBuf::from("/usr/sbin/nats-server")).filter(|p| p.is_file()))
             .expect("nats-server is installed (apt-get install -y nats-server)");
-        let child = Command::new(server)
+        let name = self.name();
+        let mut child = Command::new(server)
             .args([
                 "-js",
                 "-a",
                 "127.0.0.1",
                 "-p",
                 &self.port.to_string(),
+                "-n",
+                &name,
                 "-sd",
             ])
             .arg(&self.dir)
@@ -355,13 +457,14 @@ impl ThrowawayNats {
             .kill_on_drop(true)
             .spawn()
             .expect("nats-server starts");
-        self.child = Some(child);
-        for _ in 0..500 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return;
+        let deadline = tokio::time::Instant::now() + START_PATIENCE;
+        while tokio::time::Instant::now() < deadline {
+            if child.try_wait().expect("the child's status").is_some() {
+                return false;
+            }
+            if nats_server_name(self.port).await.as_deref() == Some(name.as_str()) {
+                self.child = Some(child);
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -377,6 +480,27 @@ impl ThrowawayNats {
             .expect("nats-server exits")
             .expect("nats-server exit status");
     }
+}
+
+/// The `server_name` of the NATS server on `port`, from the INFO line it greets a client with.
+async fn nats_server_name(port: u16) -> Option<String> {
+    use tokio::io::AsyncBufReadExt;
+    let greeting = async {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let mut line = String::new();
+        tokio::io::BufReader::new(stream)
+            .read_line(&mut line)
+            .await
+            .ok()?;
+        Some(line)
+    };
+    let line = tokio::time::timeout(Duration::from_millis(500), greeting)
+        .await
+        .ok()??;
+    let info: serde_json::Value = serde_json::from_str(line.strip_prefix("INFO ")?.trim()).ok()?;
+    info["server_name"].as_str().map(str::to_owned)
 }
 
 impl Drop for ThrowawayNats {
