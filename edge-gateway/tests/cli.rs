@@ -204,12 +204,21 @@ fn shipped_config_validates() {
 }
 
 fn server_config(port: u16) -> std::path::PathBuf {
+    server_config_with_upgrade_sock(port).0
+}
+
+/// The config file and the upgrade socket's path it names (the `--upgrade` process listens
+/// there for the old one's sockets).
+fn server_config_with_upgrade_sock(port: u16) -> (std::path::PathBuf, std::path::PathBuf) {
     let dir = std::env::temp_dir();
     let id = uuid::Uuid::new_v4();
-    write_config(&format!(
-        "server:\n  version: 1\n  threads: 1\n  pid_file: {dir}/gw-{id}.pid\n  upgrade_sock: {dir}/gw-{id}.sock\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\ngateway:\n  listen: 127.0.0.1:{port}\n  metrics_listen: \"\"\n  shutdown: {{drain_delay_ms: 200}}\n",
-        dir = dir.display()
-    ))
+    let upgrade_sock = dir.join(format!("gw-{id}.sock"));
+    let config = write_config(&format!(
+        "server:\n  version: 1\n  threads: 1\n  pid_file: {dir}/gw-{id}.pid\n  upgrade_sock: {sock}\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\ngateway:\n  listen: 127.0.0.1:{port}\n  metrics_listen: \"\"\n  shutdown: {{drain_delay_ms: 200}}\n",
+        dir = dir.display(),
+        sock = upgrade_sock.display(),
+    ));
+    (config, upgrade_sock)
 }
 
 /// `GET /healthz` over a raw HTTP/1.1 connection; the status line, if any.
@@ -284,8 +293,9 @@ fn sigterm_stops_the_gateway_and_requests_are_access_logged() {
 
 #[test]
 fn graceful_upgrade_hands_the_listener_over() {
+    // A fixed port: the new process takes the old one's socket for the same address.
     let port = free_port();
-    let config = server_config(port);
+    let (config, upgrade_sock) = server_config_with_upgrade_sock(port);
     let mut old = Command::new(BIN)
         .arg("--config")
         .arg(&config)
@@ -299,7 +309,14 @@ fn graceful_upgrade_hands_the_listener_over() {
         .spawn()
         .unwrap();
     // The new process waits on the upgrade socket; SIGQUIT makes the old one send its listeners.
-    std::thread::sleep(Duration::from_millis(300));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !upgrade_sock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new process never listened on {upgrade_sock:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     signal(&old, "QUIT");
     assert!(wait_exit(&mut old).success());
     wait_healthy(port);
