@@ -1,8 +1,10 @@
 //! Claimed `Idempotency-Key`s (migration 20261130000500), for both backends.
 
+use sqlx::{Postgres, Sqlite};
 use tracing::Instrument;
 
-use super::{Database, internal, postgres, sqlite, timed};
+use super::sql::{Backend, SqlStore, query_span};
+use super::{Database, internal, timed};
 use crate::domain::{NewUser, StoreError};
 use crate::events::UserEvent;
 use crate::idempotency::{Claim, IdempotentCreate, Outcome};
@@ -38,24 +40,43 @@ impl Database {
         user: NewUser,
         claim: &Claim,
     ) -> Result<Outcome, StoreError> {
-        let ttl_secs = i64::try_from(claim.ttl.as_secs()).unwrap_or(i64::MAX);
-        match self {
-            Self::Postgres(store) => {
+        dispatch!(self, store => store.create_idempotent(user, claim))
+    }
+
+    /// Forgets expired keys (their rows are also reclaimed in place when a key is reused).
+    pub async fn purge_expired_idempotency_keys(&self) -> Result<u64, StoreError> {
+        dispatch!(self, store => store.purge_expired_idempotency_keys())
+    }
+}
+
+/// Idempotent creates on one backend (`$db`, a [`Backend`]).
+macro_rules! idempotency_impl {
+    ($db:ty) => {
+        impl SqlStore<$db> {
+            async fn create_idempotent(
+                &self,
+                user: NewUser,
+                claim: &Claim,
+            ) -> Result<Outcome, StoreError> {
+                let ttl_secs = i64::try_from(claim.ttl.as_secs()).unwrap_or(i64::MAX);
+                let claim_sql = format!(
+                    "INSERT INTO idempotency_keys (key, fingerprint, expires_at) \
+                     VALUES ($1, $2, {expires}) \
+                     ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
+                     response = NULL, created_at = {now}, expires_at = EXCLUDED.expires_at \
+                     WHERE idempotency_keys.expires_at <= {now} RETURNING 1",
+                    expires = <$db as Backend>::EXPIRES_AFTER_TTL,
+                    now = <$db as Backend>::NOW,
+                );
                 let work = async {
-                    let mut tx = store.pool().begin().await?;
-                    let claimed = sqlx::query_scalar::<_, i32>(
-                        "INSERT INTO idempotency_keys (key, fingerprint, expires_at) \
-                         VALUES ($1, $2, now() + make_interval(secs => $3)) \
-                         ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
-                         response = NULL, created_at = now(), expires_at = EXCLUDED.expires_at \
-                         WHERE idempotency_keys.expires_at <= now() RETURNING 1",
-                    )
-                    .bind(claim.key.as_str())
-                    .bind(&claim.fingerprint)
-                    .bind(ttl_secs as f64)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .is_some();
+                    let mut tx = self.pool.begin().await?;
+                    let claimed = sqlx::query_scalar::<_, i32>(sqlx::AssertSqlSafe(claim_sql))
+                        .bind(claim.key.as_str())
+                        .bind(&claim.fingerprint)
+                        .bind(ttl_secs)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .is_some();
                     if !claimed {
                         let stored = sqlx::query_as::<_, StoredKey>(
                             "SELECT fingerprint, response FROM idempotency_keys WHERE key = $1",
@@ -65,7 +86,7 @@ impl Database {
                         .await?;
                         return Ok(Err(stored));
                     }
-                    let created = postgres::insert_user(&mut tx, &user).await?;
+                    let created = Self::insert_user(&mut tx, &user).await?;
                     sqlx::query("UPDATE idempotency_keys SET response = $2 WHERE key = $1")
                         .bind(claim.key.as_str())
                         .bind(
@@ -77,84 +98,28 @@ impl Database {
                     tx.commit().await?;
                     Ok(Ok(created))
                 };
-                let outcome = timed(store.metrics(), "insert_user_idempotent", work)
-                    .instrument(postgres::query_span("INSERT"))
+                let outcome = timed(&self.metrics, "insert_user_idempotent", work)
+                    .instrument(query_span::<$db>("INSERT"))
                     .await?;
                 match outcome {
                     Ok(created) => Ok(Outcome::Created(created)),
                     Err(stored) => replay(claim, stored),
                 }
             }
-            Self::Sqlite(store) => {
-                let work = async {
-                    let mut tx = store.pool().begin().await?;
-                    let claimed = sqlx::query_scalar::<_, i32>(
-                        "INSERT INTO idempotency_keys (key, fingerprint, expires_at) \
-                         VALUES (?1, ?2, CAST(strftime('%s', 'now') AS INTEGER) + ?3) \
-                         ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, \
-                         response = NULL, created_at = CAST(strftime('%s', 'now') AS INTEGER), \
-                         expires_at = excluded.expires_at \
-                         WHERE idempotency_keys.expires_at <= CAST(strftime('%s', 'now') AS INTEGER) \
-                         RETURNING 1",
-                    )
-                    .bind(claim.key.as_str())
-                    .bind(&claim.fingerprint)
-                    .bind(ttl_secs)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .is_some();
-                    if !claimed {
-                        let stored = sqlx::query_as::<_, StoredKey>(
-                            "SELECT fingerprint, response FROM idempotency_keys WHERE key = ?1",
-                        )
-                        .bind(claim.key.as_str())
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        return Ok(Err(stored));
-                    }
-                    let created = sqlite::insert_user(&mut tx, &user).await?;
-                    sqlx::query("UPDATE idempotency_keys SET response = ?2 WHERE key = ?1")
-                        .bind(claim.key.as_str())
-                        .bind(
-                            String::from_utf8_lossy(&UserEvent::created(&created).encode())
-                                .as_ref(),
-                        )
-                        .execute(&mut *tx)
-                        .await?;
-                    tx.commit().await?;
-                    Ok(Ok(created))
-                };
-                let outcome = timed(store.metrics(), "insert_user_idempotent", work)
-                    .instrument(sqlite::query_span("INSERT"))
-                    .await?;
-                match outcome {
-                    Ok(created) => Ok(Outcome::Created(created)),
-                    Err(stored) => replay(claim, stored),
-                }
-            }
-        }
-    }
 
-    /// Forgets expired keys (their rows are also reclaimed in place when a key is reused).
-    pub async fn purge_expired_idempotency_keys(&self) -> Result<u64, StoreError> {
-        match self {
-            Self::Postgres(store) => {
-                let purge = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= now()")
-                    .execute(store.pool());
-                Ok(timed(store.metrics(), "purge_idempotency_keys", purge)
-                    .await?
-                    .rows_affected())
-            }
-            Self::Sqlite(store) => {
-                let purge = sqlx::query(
-                    "DELETE FROM idempotency_keys \
-                     WHERE expires_at <= CAST(strftime('%s', 'now') AS INTEGER)",
-                )
-                .execute(store.pool());
-                Ok(timed(store.metrics(), "purge_idempotency_keys", purge)
+            async fn purge_expired_idempotency_keys(&self) -> Result<u64, StoreError> {
+                let sql = format!(
+                    "DELETE FROM idempotency_keys WHERE expires_at <= {}",
+                    <$db as Backend>::NOW
+                );
+                let purge = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&self.pool);
+                Ok(timed(&self.metrics, "purge_idempotency_keys", purge)
                     .await?
                     .rows_affected())
             }
         }
-    }
+    };
 }
+
+idempotency_impl!(Postgres);
+idempotency_impl!(Sqlite);

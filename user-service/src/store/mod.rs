@@ -1,5 +1,6 @@
-//! Storage adapters behind [`UserStore`](crate::domain::UserStore): PostgreSQL (production),
-//! SQLite (the embedded default) and the cache decorator in [`crate::cache`]; the migration
+//! Storage adapters behind [`UserStore`](crate::domain::UserStore): PostgreSQL (production) and
+//! SQLite (the embedded default), one implementation over both ([`sql`]), and the cache decorator
+//! in [`crate::cache`]; the migration
 //! runner ([`migrate`]) and the adoption of the replaced service's database (`legacy`).
 
 use std::time::Instant;
@@ -10,11 +11,22 @@ use crate::domain::{
 };
 use crate::metrics::Metrics;
 
+/// Runs `$call` on whichever backend `$self` (a [`Database`]) is.
+macro_rules! dispatch {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            $crate::store::Database::Postgres($store) => $call.await,
+            $crate::store::Database::Sqlite($store) => $call.await,
+        }
+    };
+}
+
 mod idempotency;
 mod legacy;
 pub mod migrate;
 pub mod outbox;
 pub mod postgres;
+pub mod sql;
 pub mod sqlite;
 
 pub use migrate::ContractPhase;
@@ -77,15 +89,6 @@ impl Database {
             Self::Sqlite(store) => store.close().await,
         }
     }
-}
-
-macro_rules! dispatch {
-    ($self:ident, $store:ident => $call:expr) => {
-        match $self {
-            Database::Postgres($store) => $call.await,
-            Database::Sqlite($store) => $call.await,
-        }
-    };
 }
 
 impl UserStore for Database {

@@ -3,9 +3,10 @@
 //! and the worker's idempotent apply.
 
 use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, Postgres, SqliteConnection};
+use sqlx::{Postgres, Sqlite};
 use uuid::Uuid;
 
+use super::sql::{Backend, SqlStore};
 use super::{Database, internal, timed};
 use crate::domain::{StoreError, UserId};
 use crate::events::{EventType, UserEvent};
@@ -23,39 +24,6 @@ pub struct PendingEvent {
     pub event_id: Uuid,
     pub event_type: EventType,
     pub payload: Vec<u8>,
-}
-
-pub(crate) async fn insert_pg(conn: &mut PgConnection, event: &UserEvent) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO user_outbox (event_id, user_id, event_type, version, payload) \
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(event.event_id)
-    .bind(event.user_id)
-    .bind(event.kind.as_str())
-    .bind(event.version)
-    .bind(String::from_utf8_lossy(&event.encode()).as_ref())
-    .execute(conn)
-    .await
-    .map(drop)
-}
-
-pub(crate) async fn insert_sqlite(
-    conn: &mut SqliteConnection,
-    event: &UserEvent,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO user_outbox (event_id, user_id, event_type, version, payload) \
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )
-    .bind(event.event_id.to_string())
-    .bind(event.user_id.to_string())
-    .bind(event.kind.as_str())
-    .bind(event.version)
-    .bind(String::from_utf8_lossy(&event.encode()).as_ref())
-    .execute(conn)
-    .await
-    .map(drop)
 }
 
 /// The right to publish the outbox. PostgreSQL: a session advisory lock on one pooled
@@ -175,24 +143,54 @@ impl Database {
 
     /// Events committed and not yet acknowledged by JetStream.
     pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
-        let sql = "SELECT count(*) FROM user_outbox";
-        match self {
-            Self::Postgres(store) => {
-                let count = sqlx::query_scalar::<_, i64>(sql).fetch_one(store.pool());
-                timed(store.metrics(), "outbox_backlog", count).await
-            }
-            Self::Sqlite(store) => {
-                let count = sqlx::query_scalar::<_, i64>(sql).fetch_one(store.pool());
-                timed(store.metrics(), "outbox_backlog", count).await
-            }
-        }
+        dispatch!(self, store => store.outbox_backlog())
     }
 
     /// One user's events, oldest first: the worker's audit trail, plus committed events the
     /// worker has not recorded yet (still in the outbox, e.g. with no broker configured).
     pub async fn user_events(&self, id: UserId) -> Result<Vec<UserEvent>, StoreError> {
-        let payloads = match self {
-            Self::Postgres(store) => {
+        dispatch!(self, store => store.user_events(id))
+    }
+
+    /// The worker's effect for one event, exactly once per `consumer`: records the event as
+    /// processed and appends it to the audit trail in one transaction. `false` when `consumer`
+    /// had already applied it (a redelivery), and nothing changed.
+    pub async fn apply_event(&self, consumer: &str, event: &UserEvent) -> Result<bool, StoreError> {
+        dispatch!(self, store => store.apply_event(consumer, event))
+    }
+}
+
+/// The outbox and the worker's tables on one backend (`$db`, a [`Backend`]).
+macro_rules! outbox_impl {
+    ($db:ty) => {
+        impl SqlStore<$db> {
+            /// Adds `event` to the outbox, inside the caller's transaction.
+            pub(crate) async fn insert_event(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                event: &UserEvent,
+            ) -> sqlx::Result<()> {
+                sqlx::query(
+                    "INSERT INTO user_outbox (event_id, user_id, event_type, version, payload) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(<$db as Backend>::Id::from(event.event_id))
+                .bind(<$db as Backend>::Id::from(event.user_id))
+                .bind(event.kind.as_str())
+                .bind(event.version)
+                .bind(String::from_utf8_lossy(&event.encode()).as_ref())
+                .execute(conn)
+                .await
+                .map(drop)
+            }
+
+            async fn outbox_backlog(&self) -> Result<i64, StoreError> {
+                let count =
+                    sqlx::query_scalar::<_, i64>("SELECT count(*) FROM user_outbox")
+                        .fetch_one(&self.pool);
+                timed(&self.metrics, "outbox_backlog", count).await
+            }
+
+            async fn user_events(&self, id: UserId) -> Result<Vec<UserEvent>, StoreError> {
                 let rows = sqlx::query_as::<_, (i64, String)>(
                     "SELECT version, payload FROM user_events WHERE user_id = $1 \
                      UNION ALL \
@@ -200,46 +198,31 @@ impl Database {
                      AND NOT EXISTS (SELECT 1 FROM user_events e WHERE e.event_id = o.event_id) \
                      ORDER BY 1 LIMIT $2",
                 )
-                .bind(id.as_uuid())
+                .bind(<$db as Backend>::Id::from(id.as_uuid()))
                 .bind(MAX_USER_EVENTS)
-                .fetch_all(store.pool());
-                timed(store.metrics(), "select_user_events", rows).await?
+                .fetch_all(&self.pool);
+                timed(&self.metrics, "select_user_events", rows)
+                    .await?
+                    .into_iter()
+                    .map(|(_, payload)| UserEvent::decode(payload.as_bytes()).map_err(internal))
+                    .collect()
             }
-            Self::Sqlite(store) => {
-                let rows = sqlx::query_as::<_, (i64, String)>(
-                    "SELECT version, payload FROM user_events WHERE user_id = ?1 \
-                     UNION ALL \
-                     SELECT version, payload FROM user_outbox o WHERE o.user_id = ?1 \
-                     AND NOT EXISTS (SELECT 1 FROM user_events e WHERE e.event_id = o.event_id) \
-                     ORDER BY 1 LIMIT ?2",
-                )
-                .bind(id.to_string())
-                .bind(MAX_USER_EVENTS)
-                .fetch_all(store.pool());
-                timed(store.metrics(), "select_user_events", rows).await?
-            }
-        };
-        payloads
-            .into_iter()
-            .map(|(_, payload)| UserEvent::decode(payload.as_bytes()).map_err(internal))
-            .collect()
-    }
 
-    /// The worker's effect for one event, exactly once per `consumer`: records the event as
-    /// processed and appends it to the audit trail in one transaction. `false` when `consumer`
-    /// had already applied it (a redelivery), and nothing changed.
-    pub async fn apply_event(&self, consumer: &str, event: &UserEvent) -> Result<bool, StoreError> {
-        let payload = String::from_utf8_lossy(&event.encode()).into_owned();
-        match self {
-            Self::Postgres(store) => {
+            async fn apply_event(
+                &self,
+                consumer: &str,
+                event: &UserEvent,
+            ) -> Result<bool, StoreError> {
+                let payload = String::from_utf8_lossy(&event.encode()).into_owned();
+                let event_id = <$db as Backend>::Id::from(event.event_id);
                 let work = async {
-                    let mut tx = store.pool().begin().await?;
+                    let mut tx = self.pool.begin().await?;
                     let first = sqlx::query(
                         "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) \
                          ON CONFLICT DO NOTHING",
                     )
                     .bind(consumer)
-                    .bind(event.event_id)
+                    .bind(&event_id)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected()
@@ -249,8 +232,8 @@ impl Database {
                             "INSERT INTO user_events (event_id, user_id, event_type, version, \
                              payload) VALUES ($1, $2, $3, $4, $5)",
                         )
-                        .bind(event.event_id)
-                        .bind(event.user_id)
+                        .bind(&event_id)
+                        .bind(<$db as Backend>::Id::from(event.user_id))
                         .bind(event.kind.as_str())
                         .bind(event.version)
                         .bind(&payload)
@@ -260,39 +243,11 @@ impl Database {
                     tx.commit().await?;
                     Ok(first)
                 };
-                timed(store.metrics(), "apply_event", work).await
-            }
-            Self::Sqlite(store) => {
-                let work = async {
-                    let mut tx = store.pool().begin().await?;
-                    let first = sqlx::query(
-                        "INSERT INTO processed_events (consumer, event_id) VALUES (?1, ?2) \
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .bind(consumer)
-                    .bind(event.event_id.to_string())
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                        == 1;
-                    if first {
-                        sqlx::query(
-                            "INSERT INTO user_events (event_id, user_id, event_type, version, \
-                             payload) VALUES (?1, ?2, ?3, ?4, ?5)",
-                        )
-                        .bind(event.event_id.to_string())
-                        .bind(event.user_id.to_string())
-                        .bind(event.kind.as_str())
-                        .bind(event.version)
-                        .bind(&payload)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    tx.commit().await?;
-                    Ok(first)
-                };
-                timed(store.metrics(), "apply_event", work).await
+                timed(&self.metrics, "apply_event", work).await
             }
         }
-    }
+    };
 }
+
+outbox_impl!(Postgres);
+outbox_impl!(Sqlite);
