@@ -112,6 +112,72 @@ pub trait Host {
     fn share_target(&self, _catalog: &Arc<Catalog>, _target: &Arc<RequestTarget>) {}
 }
 
+/// Declares [`HostLayer`] and makes every layer a [`Host`], from one list of the calls: each
+/// goes by default to the inner host, through [`HostLayer::inner`] (`&self` calls) or
+/// [`HostLayer::inner_mut`] (`&mut self` ones), as the list says.
+macro_rules! host_layer {
+    ($($via:ident fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?;)*) => {
+        /// A host that wraps another and changes only some of its calls (the bundle's
+        /// per-member view, test hosts that count reads): implement [`inner`](Self::inner) and
+        /// [`inner_mut`](Self::inner_mut), override what the layer changes, and every other call
+        /// goes to the inner host unchanged. Every `HostLayer` is a [`Host`].
+        pub trait HostLayer {
+            fn inner(&self) -> &dyn Host;
+            fn inner_mut(&mut self) -> &mut dyn Host;
+            $(host_layer!(@default $via $name($($arg: $ty),*) $(-> $ret)?);)*
+        }
+
+        impl<L: HostLayer> Host for L {
+            $(host_layer!(@forward $via $name($($arg: $ty),*) $(-> $ret)?);)*
+        }
+    };
+    (@default inner $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
+        fn $name(&self, $($arg: $ty),*) $(-> $ret)? {
+            self.inner().$name($($arg),*)
+        }
+    };
+    (@default inner_mut $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
+        fn $name(&mut self, $($arg: $ty),*) $(-> $ret)? {
+            self.inner_mut().$name($($arg),*)
+        }
+    };
+    (@forward inner $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
+        fn $name(&self, $($arg: $ty),*) $(-> $ret)? {
+            HostLayer::$name(self, $($arg),*)
+        }
+    };
+    (@forward inner_mut $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?) => {
+        fn $name(&mut self, $($arg: $ty),*) $(-> $ret)? {
+            HostLayer::$name(self, $($arg),*)
+        }
+    };
+}
+
+host_layer! {
+    inner fn request_header(name: &str) -> Option<String>;
+    inner fn request_headers() -> Vec<(String, String)>;
+    inner_mut fn set_request_header(name: &str, value: Option<&str>);
+    inner fn response_header(name: &str) -> Option<String>;
+    inner fn response_headers() -> Vec<(String, String)>;
+    inner_mut fn set_response_header(name: &str, value: Option<&str>);
+    inner fn response_trailer(name: &str) -> Option<String>;
+    inner fn request_body(start: usize, size: usize) -> Option<Vec<u8>>;
+    inner fn response_body(start: usize, size: usize) -> Option<Vec<u8>>;
+    inner_mut fn clear_response_body(start: usize, size: usize);
+    inner fn property(path: &[&str]) -> Option<Vec<u8>>;
+    inner_mut fn set_property(path: &[&str], value: &[u8]);
+    inner fn shared_data(key: &str) -> SharedEntry;
+    inner_mut fn set_shared_data(key: &str, value: &[u8], cas: Option<u32>)
+        -> Result<(), SharedWriteError>;
+    inner fn now_nanos() -> u64;
+    inner_mut fn send_local_reply(reply: LocalReply);
+    inner_mut fn define_counter(name: &str) -> Option<MetricId>;
+    inner_mut fn increment_counter(metric: MetricId, delta: i64);
+    inner fn log(level: LogLevel, message: &str);
+    inner fn shared_target(catalog: &Arc<Catalog>) -> Option<Arc<RequestTarget>>;
+    inner fn share_target(catalog: &Arc<Catalog>, target: &Arc<RequestTarget>);
+}
+
 /// The value of header `name` (any case) in a header list.
 pub fn header_value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers

@@ -145,6 +145,22 @@ pub struct BufferingProxy {
     buffered: Vec<u8>,
 }
 
+/// Which body a [`BufferingProxy`] chunk belongs to.
+#[derive(Clone, Copy)]
+enum Side {
+    Request,
+    Response,
+}
+
+impl Side {
+    fn body(self, host: &mut TestHost) -> &mut Vec<u8> {
+        match self {
+            Self::Request => &mut host.request_body,
+            Self::Response => &mut host.response_body,
+        }
+    }
+}
+
 impl BufferingProxy {
     pub fn request_chunk(
         &mut self,
@@ -153,14 +169,11 @@ impl BufferingProxy {
         chunk: &str,
         eos: bool,
     ) -> Action {
-        self.buffered.extend_from_slice(chunk.as_bytes());
-        host.request_body.clone_from(&self.buffered);
-        let action = stream.on_request_body(host, self.buffered.len(), eos);
-        if action == Action::Continue {
-            self.buffered.clear();
-        }
-        action
+        self.chunk(host, chunk, Side::Request, |host, size| {
+            stream.on_request_body(host, size, eos)
+        })
     }
+
     pub fn response_chunk(
         &mut self,
         stream: &mut impl Stream,
@@ -168,13 +181,26 @@ impl BufferingProxy {
         chunk: &str,
         eos: bool,
     ) -> Action {
+        self.chunk(host, chunk, Side::Response, |host, size| {
+            stream.on_response_body(host, size, eos)
+        })
+    }
+
+    fn chunk(
+        &mut self,
+        host: &mut TestHost,
+        chunk: &str,
+        side: Side,
+        deliver: impl FnOnce(&mut TestHost, usize) -> Action,
+    ) -> Action {
         self.buffered.extend_from_slice(chunk.as_bytes());
-        host.response_body.clone_from(&self.buffered);
-        let action = stream.on_response_body(host, self.buffered.len(), eos);
+        side.body(host).clone_from(&self.buffered);
+        let action = deliver(host, self.buffered.len());
         if action == Action::Continue {
             self.buffered.clear();
         } else {
-            self.buffered.clone_from(&host.response_body);
+            // A paused buffer keeps what the filter left of it (a 304 removes the body).
+            self.buffered.clone_from(side.body(host));
         }
         action
     }

@@ -1,5 +1,7 @@
 //! The request and response the embedder hands the chain.
 
+use meshgate_filter_core::host;
+
 /// An HTTP request as the filters see it. Header names are lower-cased on entry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Request {
@@ -27,17 +29,6 @@ impl Request {
         }
     }
     #[must_use]
-    pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers
-            .push((name.to_ascii_lowercase(), value.to_owned()));
-        self
-    }
-    #[must_use]
-    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
-        self.body = body.into();
-        self
-    }
-    #[must_use]
     pub fn source(mut self, address: &str) -> Self {
         self.source_address = Some(address.to_owned());
         self
@@ -46,9 +37,6 @@ impl Request {
     pub fn principal(mut self, spiffe_id: &str) -> Self {
         self.peer_principal = Some(spiffe_id.to_owned());
         self
-    }
-    pub fn header_value(&self, name: &str) -> Option<&str> {
-        header_of(&self.headers, name)
     }
 }
 
@@ -69,30 +57,35 @@ impl Response {
         }
     }
     #[must_use]
-    pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers
-            .push((name.to_ascii_lowercase(), value.to_owned()));
-        self
-    }
-    #[must_use]
-    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
-        self.body = body.into();
-        self
-    }
-    #[must_use]
     pub fn trailer(mut self, name: &str, value: &str) -> Self {
         self.trailers
             .push((name.to_ascii_lowercase(), value.to_owned()));
         self
     }
-    pub fn header_value(&self, name: &str) -> Option<&str> {
-        header_of(&self.headers, name)
-    }
 }
 
-fn header_of<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+/// The builder and reader methods a request and a response share (both have `headers` and
+/// `body`).
+macro_rules! headers_and_body {
+    ($message:ty) => {
+        impl $message {
+            #[must_use]
+            pub fn header(mut self, name: &str, value: &str) -> Self {
+                self.headers
+                    .push((name.to_ascii_lowercase(), value.to_owned()));
+                self
+            }
+            #[must_use]
+            pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+                self.body = body.into();
+                self
+            }
+            pub fn header_value(&self, name: &str) -> Option<&str> {
+                host::header_value(&self.headers, name)
+            }
+        }
+    };
 }
+
+headers_and_body!(Request);
+headers_and_body!(Response);

@@ -7,10 +7,7 @@ use std::sync::Arc;
 
 use super::stream::SharedTarget;
 use crate::catalog::Catalog;
-use crate::host::{
-    Host, LocalReply, LogLevel, MetricId, SharedEntry, SharedWriteError, header_value,
-    set_header_value,
-};
+use crate::host::{Host, HostLayer, LocalReply, header_value, set_header_value};
 use crate::inspect::RequestTarget;
 
 /// What the members of one bundle callback read from the proxy, fetched once and shared:
@@ -73,7 +70,14 @@ impl<'h, 'c> MemberHost<'h, 'c> {
     }
 }
 
-impl Host for MemberHost<'_, '_> {
+impl HostLayer for MemberHost<'_, '_> {
+    fn inner(&self) -> &dyn Host {
+        &*self.inner
+    }
+    fn inner_mut(&mut self) -> &mut dyn Host {
+        &mut *self.inner
+    }
+
     fn request_header(&self, name: &str) -> Option<String> {
         let mut cached = self.cache.request_headers.borrow_mut();
         header_value(
@@ -119,9 +123,6 @@ impl Host for MemberHost<'_, '_> {
             set_header_value(headers, name, value);
         }
     }
-    fn response_trailer(&self, name: &str) -> Option<String> {
-        self.inner.response_trailer(name)
-    }
     fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
         let start = self.body_offset.saturating_add(start);
         cached_body(&self.cache.request_body, start, size, || {
@@ -140,38 +141,9 @@ impl Host for MemberHost<'_, '_> {
         self.cache.response_body.replace(None);
         self.response_removed = self.response_removed.saturating_add(size);
     }
-    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        self.inner.property(path)
-    }
-    fn set_property(&mut self, path: &[&str], value: &[u8]) {
-        self.inner.set_property(path, value);
-    }
-    fn shared_data(&self, key: &str) -> SharedEntry {
-        self.inner.shared_data(key)
-    }
-    fn set_shared_data(
-        &mut self,
-        key: &str,
-        value: &[u8],
-        cas: Option<u32>,
-    ) -> Result<(), SharedWriteError> {
-        self.inner.set_shared_data(key, value, cas)
-    }
-    fn now_nanos(&self) -> u64 {
-        self.inner.now_nanos()
-    }
     fn send_local_reply(&mut self, reply: LocalReply) {
         self.replied = true;
         self.inner.send_local_reply(reply);
-    }
-    fn define_counter(&mut self, name: &str) -> Option<MetricId> {
-        self.inner.define_counter(name)
-    }
-    fn increment_counter(&mut self, metric: MetricId, delta: i64) {
-        self.inner.increment_counter(metric, delta);
-    }
-    fn log(&self, level: LogLevel, message: &str) {
-        self.inner.log(level, message);
     }
     fn shared_target(&self, catalog: &Arc<Catalog>) -> Option<Arc<RequestTarget>> {
         match &*self.target.borrow() {

@@ -4,7 +4,7 @@ use prost::Message as _;
 
 use super::*;
 use crate::filter::Stream;
-use crate::host::{Action, LocalReply, LogLevel, MetricId, SharedEntry, SharedWriteError};
+use crate::host::{Action, Host, HostLayer};
 use crate::test_host::{BufferingProxy, TestHost};
 use meshgate_wire::grpc::message_frame as encode_frame;
 
@@ -153,7 +153,13 @@ impl CountingHost {
     }
 }
 
-impl Host for CountingHost {
+impl HostLayer for CountingHost {
+    fn inner(&self) -> &dyn Host {
+        &self.inner
+    }
+    fn inner_mut(&mut self) -> &mut dyn Host {
+        &mut self.inner
+    }
     fn request_header(&self, name: &str) -> Option<String> {
         self.read("request_header");
         self.inner.request_header(name)
@@ -161,9 +167,6 @@ impl Host for CountingHost {
     fn request_headers(&self) -> Vec<(String, String)> {
         self.read("request_headers");
         self.inner.request_headers()
-    }
-    fn set_request_header(&mut self, name: &str, value: Option<&str>) {
-        self.inner.set_request_header(name, value);
     }
     fn response_header(&self, name: &str) -> Option<String> {
         self.read("response_header");
@@ -173,12 +176,6 @@ impl Host for CountingHost {
         self.read("response_headers");
         self.inner.response_headers()
     }
-    fn set_response_header(&mut self, name: &str, value: Option<&str>) {
-        self.inner.set_response_header(name, value);
-    }
-    fn response_trailer(&self, name: &str) -> Option<String> {
-        self.inner.response_trailer(name)
-    }
     fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
         self.read("request_body");
         self.inner.request_body(start, size)
@@ -186,41 +183,6 @@ impl Host for CountingHost {
     fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
         self.read("response_body");
         self.inner.response_body(start, size)
-    }
-    fn clear_response_body(&mut self, start: usize, size: usize) {
-        self.inner.clear_response_body(start, size);
-    }
-    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        self.inner.property(path)
-    }
-    fn set_property(&mut self, path: &[&str], value: &[u8]) {
-        self.inner.set_property(path, value);
-    }
-    fn shared_data(&self, key: &str) -> SharedEntry {
-        self.inner.shared_data(key)
-    }
-    fn set_shared_data(
-        &mut self,
-        key: &str,
-        value: &[u8],
-        cas: Option<u32>,
-    ) -> Result<(), SharedWriteError> {
-        self.inner.set_shared_data(key, value, cas)
-    }
-    fn now_nanos(&self) -> u64 {
-        self.inner.now_nanos()
-    }
-    fn send_local_reply(&mut self, reply: LocalReply) {
-        self.inner.send_local_reply(reply);
-    }
-    fn define_counter(&mut self, name: &str) -> Option<MetricId> {
-        self.inner.define_counter(name)
-    }
-    fn increment_counter(&mut self, metric: MetricId, delta: i64) {
-        self.inner.increment_counter(metric, delta);
-    }
-    fn log(&self, level: LogLevel, message: &str) {
-        self.inner.log(level, message);
     }
 }
 
