@@ -40,6 +40,21 @@ pub struct Application {
     jetstream: Option<async_nats::jetstream::Context>,
 }
 
+/// [`open_database`], then the migrations when `--migrate-on-start` asks for them.
+async fn open_migrated_database(
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Database> {
+    let database = open_database(config, metrics)?;
+    if config.migrate_on_start {
+        database
+            .migrate()
+            .await
+            .with_context(|| format!("applying the {} migrations", database.backend()))?;
+    }
+    Ok(database)
+}
+
 /// Opens the configured database (PostgreSQL when `DATABASE_URL` is set, else SQLite).
 /// Connections are made lazily.
 pub fn open_database(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Database> {
@@ -84,13 +99,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
         let metrics = Arc::new(Metrics::new());
-        let database = open_database(&config, metrics.clone())?;
-        if config.migrate_on_start {
-            database
-                .migrate()
-                .await
-                .with_context(|| format!("applying the {} migrations", database.backend()))?;
-        }
+        let database = open_migrated_database(&config, metrics.clone()).await?;
         let store = Arc::new(open_cached_store(&config, &database, &metrics)?);
         let jetstream = connect_jetstream(&config).await?;
         let grpc_listener = TcpListener::bind(config.grpc_addr)
@@ -323,13 +332,7 @@ pub async fn run_worker(
         .into());
     }
     let metrics = Arc::new(Metrics::new());
-    let database = open_database(&config, metrics.clone())?;
-    if config.migrate_on_start {
-        database
-            .migrate()
-            .await
-            .with_context(|| format!("applying the {} migrations", database.backend()))?;
-    }
+    let database = open_migrated_database(&config, metrics.clone()).await?;
     let cache = config
         .redis_url
         .is_some()
