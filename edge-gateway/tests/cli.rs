@@ -2,15 +2,9 @@
 
 use std::{process::Command, time::Duration};
 
-const BIN: &str = env!("CARGO_BIN_EXE_edge-gateway");
+use meshgate_test_support::process::ChildLog;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+const BIN: &str = env!("CARGO_BIN_EXE_edge-gateway");
 
 fn write_config(text: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("edge-gateway-cli-{}.yaml", uuid::Uuid::new_v4()));
@@ -158,9 +152,8 @@ fn unusable_tls_files_exit_2_naming_gateway_tls() {
     let missing = dir.join("missing.pem");
     let tls_config = |cert: &std::path::Path, key: &std::path::Path| {
         write_config(&format!(
-            "gateway:\n  listen: 127.0.0.1:{}\n  metrics_listen: \"\"\n  tls:\n    listen: 127.0.0.1:{}\n    cert_path: {}\n    key_path: {}\n",
-            free_port(),
-            free_port(),
+            // Port 0: neither the check nor a refused start binds anything.
+            "gateway:\n  listen: 127.0.0.1:0\n  metrics_listen: \"\"\n  tls:\n    listen: 127.0.0.1:0\n    cert_path: {}\n    key_path: {}\n",
             cert.display(),
             key.display()
         ))
@@ -203,22 +196,39 @@ fn shipped_config_validates() {
     );
 }
 
-fn server_config(port: u16) -> std::path::PathBuf {
-    server_config_with_upgrade_sock(port).0
-}
-
-/// The config file and the upgrade socket's path it names (the `--upgrade` process listens
-/// there for the old one's sockets).
-fn server_config_with_upgrade_sock(port: u16) -> (std::path::PathBuf, std::path::PathBuf) {
+/// A server's config file: on `port` (0: any free one, reported in its "listening" line), its
+/// pid file and upgrade socket named by `id`.
+fn server_config(id: uuid::Uuid, port: u16) -> std::path::PathBuf {
     let dir = std::env::temp_dir();
-    let id = uuid::Uuid::new_v4();
-    let upgrade_sock = dir.join(format!("gw-{id}.sock"));
-    let config = write_config(&format!(
+    write_config(&format!(
         "server:\n  version: 1\n  threads: 1\n  pid_file: {dir}/gw-{id}.pid\n  upgrade_sock: {sock}\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\ngateway:\n  listen: 127.0.0.1:{port}\n  metrics_listen: \"\"\n  shutdown: {{drain_delay_ms: 200}}\n",
         dir = dir.display(),
-        sock = upgrade_sock.display(),
-    ));
-    (config, upgrade_sock)
+        sock = upgrade_sock(id).display(),
+    ))
+}
+
+/// Where the `--upgrade` process of server `id` listens for the old one's sockets.
+fn upgrade_sock(id: uuid::Uuid) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("gw-{id}.sock"))
+}
+
+/// Starts the gateway with `config` (on port 0, logging JSON at info on stdout) and waits for
+/// the port it bound.
+fn start_on_any_port(config: &std::path::Path) -> (std::process::Child, ChildLog, u16) {
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = ChildLog::collect(&mut child);
+    let (addr, _) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(log.listening());
+    (child, log, addr.port())
 }
 
 /// `GET /healthz` over a raw HTTP/1.1 connection; the status line, if any.
@@ -265,24 +275,28 @@ fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
 
 #[test]
 fn sigterm_stops_the_gateway_and_requests_are_access_logged() {
-    let port = free_port();
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(server_config(port))
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut child, log, port) = start_on_any_port(&server_config(uuid::Uuid::new_v4(), 0));
     wait_healthy(port);
     signal(&child, "TERM");
     assert!(wait_exit(&mut child).success());
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
-    let access: serde_json::Value = stdout
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|entry| entry["target"] == "access" && entry["fields"]["status"] == 200)
-        .unwrap_or_else(|| panic!("no JSON access log line in:\n{stdout}"));
+    // The log reader sees the last lines shortly after the exit.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let access = loop {
+        let found = log
+            .lines()
+            .iter()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|entry| entry["target"] == "access" && entry["fields"]["status"] == 200);
+        if let Some(access) = found {
+            break access;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no JSON access log line in:\n{}",
+            log.lines().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    };
     let fields = &access["fields"];
     assert_eq!(fields["trace_id"].as_str().unwrap().len(), 32, "{access}");
     assert_eq!(fields["route"], "/healthz");
@@ -293,18 +307,15 @@ fn sigterm_stops_the_gateway_and_requests_are_access_logged() {
 
 #[test]
 fn graceful_upgrade_hands_the_listener_over() {
-    // A fixed port: the new process takes the old one's socket for the same address.
-    let port = free_port();
-    let (config, upgrade_sock) = server_config_with_upgrade_sock(port);
-    let mut old = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .spawn()
-        .unwrap();
+    // The old process binds any port; the new one is configured with the port it got, the
+    // address the old one hands its socket over under.
+    let id = uuid::Uuid::new_v4();
+    let (mut old, _log, port) = start_on_any_port(&server_config(id, 0));
     wait_healthy(port);
+    let upgrade_sock = upgrade_sock(id);
     let mut new = Command::new(BIN)
         .arg("--config")
-        .arg(&config)
+        .arg(server_config(id, port))
         .arg("--upgrade")
         .spawn()
         .unwrap();

@@ -18,27 +18,12 @@ async fn health_readiness_openapi_and_metrics() {
     let gw = spawn_gateway_with(config, FilterChain::default()).await;
     let client = h1();
     assert_eq!(
-        client
-            .get(gw.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get_status(&client, gw.url("/healthz")).await,
         StatusCode::OK
     );
-    assert_eq!(
-        client.get(gw.url("/readyz")).send().await.unwrap().status(),
-        StatusCode::OK
-    );
+    assert_eq!(get_status(&client, gw.url("/readyz")).await, StatusCode::OK);
 
-    let doc: Value = client
-        .get(gw.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = get_json(&client, gw.url("/openapi.json")).await;
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["paths"]["/v1/users/{id}"]["get"].is_object());
     assert!(
@@ -48,12 +33,7 @@ async fn health_readiness_openapi_and_metrics() {
     assert!(doc["paths"]["/v1/users"]["post"]["responses"]["201"].is_object());
 
     assert_eq!(
-        client
-            .get(gw.url("/v1/sinks/m"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get_status(&client, gw.url("/v1/sinks/m")).await,
         StatusCode::OK
     );
     let text = gw.scrape_metrics_port().await;

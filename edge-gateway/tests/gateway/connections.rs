@@ -180,15 +180,7 @@ async fn connection_caps_refuse_with_a_503_and_spare_established_clients() {
         .pool_max_idle_per_host(1)
         .build()
         .unwrap();
-    assert_eq!(
-        established
-            .get(gw.url("/v1/sinks/e"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(get_status(&established, gw.url("/v1/sinks/e")).await, 200);
     // Two more from 127.0.0.1 fill its share of 3; the next is refused.
     let mut held = vec![
         connect_from("127.0.0.1", gw.addr).await,
@@ -210,15 +202,7 @@ async fn connection_caps_refuse_with_a_503_and_spare_established_clients() {
     assert_refused(connect_from("127.0.0.5", gw.addr).await).await;
     // The established client keeps being served on its connection.
     for _ in 0..5 {
-        assert_eq!(
-            established
-                .get(gw.url("/v1/sinks/e"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(get_status(&established, gw.url("/v1/sinks/e")).await, 200);
     }
     // Each refusal counted once, under its reason.
     assert_eq!(refused("max_per_client_ip"), 1.0);

@@ -896,15 +896,7 @@ async fn the_facade_openapi_document_is_covered() {
         return;
     };
     let s = stack("gateway.yaml").await;
-    let ours: Value = s
-        .client
-        .get(s.gw.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ours: Value = get_json(&s.client, s.gw.url("/openapi.json")).await;
     for (path, item) in facade["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {
             let what = format!("{} {path}", method.to_uppercase());

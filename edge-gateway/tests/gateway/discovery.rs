@@ -47,7 +47,7 @@ async fn endpoints_follow_the_dns_records_under_load_with_no_failed_request() {
     let gw = spawn_gateway_with(config, Default::default()).await;
     let client = h1();
     eventually("the name to resolve (readyz 200)", || async {
-        client.get(gw.url("/readyz")).send().await.unwrap().status() == 200
+        get_status(&client, gw.url("/readyz")).await == 200
     })
     .await;
 

@@ -505,6 +505,19 @@ pub async fn scrape_metrics(addr: SocketAddr) -> String {
         .expect("a text body")
 }
 
+/// The status `GET url` answers.
+pub async fn get_status(
+    client: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+) -> reqwest::StatusCode {
+    client.get(url).send().await.unwrap().status()
+}
+
+/// The JSON body `GET url` answers.
+pub async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> serde_json::Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 pub fn h1() -> reqwest::Client {
     reqwest::Client::builder().http1_only().build().unwrap()
 }

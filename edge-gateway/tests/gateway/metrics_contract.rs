@@ -29,12 +29,7 @@ async fn metrics_contract_rows_are_all_exported() {
     let gw = spawn_gateway_with(config, Default::default()).await;
     let client = h1();
     assert_eq!(
-        client
-            .get(gw.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get_status(&client, gw.url("/healthz")).await,
         StatusCode::OK
     );
     eventually("the name to resolve", || async {

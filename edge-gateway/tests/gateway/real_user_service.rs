@@ -32,14 +32,7 @@ async fn readme_walkthrough_against_the_real_service() {
             "int64 as a JSON string: {created}"
         );
 
-        let fetched: Value = client
-            .get(gw.url(&location))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let fetched: Value = get_json(&client, gw.url(&location)).await;
         assert_eq!(fetched["email"], email.as_str());
 
         let listed = client
@@ -190,7 +183,7 @@ async fn two_instances_one_killed_mid_test_gets_keep_succeeding() {
         tokio::spawn(async move {
             let mut statuses = Vec::new();
             for _ in 0..200 {
-                statuses.push(client.get(&url).send().await.unwrap().status());
+                statuses.push(get_status(&client, &url).await);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             statuses

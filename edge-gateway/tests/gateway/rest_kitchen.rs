@@ -95,23 +95,9 @@ async fn path_and_query_parameters_fill_scalar_repeated_and_nested_fields() {
     assert_eq!(sink["colors"], json!(["GREEN"]));
 
     // Additional bindings: a multi-segment `**` variable and a nested field in the path.
-    let shelf: Value = client
-        .get(gw.url("/v1/shelves/7/sinks/a/b"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let shelf: Value = get_json(&client, gw.url("/v1/shelves/7/sinks/a/b")).await;
     assert_eq!(shelf["name"], "shelves/7/sinks/a/b");
-    let label: Value = client
-        .get(gw.url("/v1/labels/hello%20world"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let label: Value = get_json(&client, gw.url("/v1/labels/hello%20world")).await;
     assert_eq!(label["nested"]["label"], "hello world");
 
     let bad_enum = client
@@ -120,14 +106,7 @@ async fn path_and_query_parameters_fill_scalar_repeated_and_nested_fields() {
         .await
         .unwrap();
     assert_eq!(bad_enum.status(), StatusCode::BAD_REQUEST);
-    let bad_bool: Value = client
-        .get(gw.url("/v1/sinks/q1?flag=yes"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bad_bool: Value = get_json(&client, gw.url("/v1/sinks/q1?flag=yes")).await;
     assert!(
         bad_bool["message"].as_str().unwrap().contains("flag"),
         "{bad_bool}"
@@ -196,14 +175,7 @@ async fn server_streaming_over_rest_is_a_json_array_and_errors_carry_details() {
     let backend = Backend::start("k").await;
     let gw = spawn_gateway(&[backend.addr]).await;
     let client = h1();
-    let ticks: Value = client
-        .get(gw.url("/v1/count/3"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ticks: Value = get_json(&client, gw.url("/v1/count/3")).await;
     assert_eq!(ticks, json!([{"index": 0}, {"index": 1}, {"index": 2}]));
     let failed = client
         .get(gw.url("/v1/count/2?failCode=8"))

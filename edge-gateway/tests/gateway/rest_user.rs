@@ -46,14 +46,7 @@ async fn crud_walkthrough_over_http1_and_http2() {
         assert_eq!(updated.status(), StatusCode::OK);
         assert_eq!(updated.json::<Value>().await.unwrap()["name"], "Ada L.");
 
-        let listed: Value = client
-            .get(gw.url("/v1/users?page=1&limit=5"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let listed: Value = get_json(&client, gw.url("/v1/users?page=1&limit=5")).await;
         assert!(
             listed["users"]
                 .as_array()
@@ -201,14 +194,7 @@ async fn bad_input_is_a_4xx_naming_the_problem() {
             .await
             .unwrap();
         assert_eq!(bad_query.status(), StatusCode::BAD_REQUEST);
-        let unknown_query: Value = client
-            .get(gw.url("/v1/users?colour=red"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let unknown_query: Value = get_json(&client, gw.url("/v1/users?colour=red")).await;
         assert!(
             unknown_query["message"]
                 .as_str()

@@ -44,23 +44,12 @@ async fn restarted_upstream_is_used_again() {
     let gw = spawn_gateway(&[addr]).await;
     let client = h1();
     assert_eq!(
-        client
-            .get(gw.url("/v1/sinks/a"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get_status(&client, gw.url("/v1/sinks/a")).await,
         StatusCode::OK
     );
     backend.stop().await;
     eventually("the gateway to notice the upstream is gone", || async {
-        client
-            .get(gw.url("/v1/sinks/a"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == StatusCode::SERVICE_UNAVAILABLE
+        get_status(&client, gw.url("/v1/sinks/a")).await == StatusCode::SERVICE_UNAVAILABLE
     })
     .await;
     // Readiness does not follow upstream health (that would take every edge replica out
@@ -94,14 +83,7 @@ async fn gets_keep_succeeding_when_one_of_two_upstreams_is_killed() {
     // machine one active check can time out and take an upstream out for a few intervals.
     let served = std::sync::Mutex::new(std::collections::HashSet::new());
     eventually("round robin to reach both upstreams", || async {
-        let sink: Value = client
-            .get(gw.url("/v1/sinks/lb"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let sink: Value = get_json(&client, gw.url("/v1/sinks/lb")).await;
         let mut served = served.lock().unwrap();
         served.insert(sink["servedBy"].as_str().unwrap().to_owned());
         served.len() == 2
@@ -139,21 +121,11 @@ async fn not_serving_upstream_is_taken_out_of_rotation() {
     eventually("only the serving upstream to answer", || async {
         let mut all_two = true;
         for _ in 0..6 {
-            let sink: Value = client
-                .get(gw.url("/v1/sinks/h"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let sink: Value = get_json(&client, gw.url("/v1/sinks/h")).await;
             all_two &= sink["servedBy"] == "two";
         }
         all_two
     })
     .await;
-    assert_eq!(
-        client.get(gw.url("/readyz")).send().await.unwrap().status(),
-        StatusCode::OK
-    );
+    assert_eq!(get_status(&client, gw.url("/readyz")).await, StatusCode::OK);
 }
