@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use serde::Deserialize as _;
 use serde_norway::Value;
 
@@ -81,14 +81,6 @@ fn checks(root: &Path, tally: &mut Tally) -> anyhow::Result<()> {
 
     let work_dir = crate::util::TempDir::new("operations")?;
     let work = work_dir.path();
-    let [
-        grpc,
-        metrics,
-        gateway_port,
-        tls_port,
-        gateway_metrics,
-        blackbox_port,
-    ] = process::free_ports()?;
     let file = |name: &str| -> anyhow::Result<Stdio> {
         Ok(std::fs::File::create(work.join(name))?.into())
     };
@@ -101,27 +93,27 @@ fn checks(root: &Path, tally: &mut Tally) -> anyhow::Result<()> {
     std::fs::write(work.join("tls.crt"), &pki.cert_pem)?;
     std::fs::write(work.join("tls.key"), &pki.key_pem)?;
 
+    // Every server binds port 0 and its ports are read back: a port picked free here and
+    // released could be taken by another process first.
     let children = Children::new();
-    log(&format!(
-        "user-service on 127.0.0.1:{grpc} (SQLite, JSON logs)"
-    ));
-    children.spawn(
+    log("user-service on a free port (SQLite, JSON logs)");
+    let (_, [grpc, metrics]) = stack::spawn_listening(
+        &children,
         "user-service",
-        stack::user_service(&bin, grpc, metrics, &work.join("users.db"), "json")
+        stack::user_service(&bin, 0, 0, &work.join("users.db"), "json")
             .env("RUST_LOG", "info")
             .stdout(file("user-service.log")?)
             .stderr(file("user-service.stderr")?),
+        &work.join("user-service.log"),
+        &stack::USER_SERVICE_LISTENING,
     )?;
     stack::wait_http(
         &children,
         "user-service",
-        &format!("http://127.0.0.1:{metrics}/metrics"),
+        &format!("http://{metrics}/metrics"),
         &work.join("user-service.stderr"),
     )?;
 
-    log(&format!(
-        "edge-gateway on 127.0.0.1:{gateway_port}, TLS on 127.0.0.1:{tls_port}"
-    ));
     let config = work.join("gateway.yaml");
     std::fs::write(
         &config,
@@ -134,16 +126,16 @@ fn checks(root: &Path, tally: &mut Tally) -> anyhow::Result<()> {
   grace_period_seconds: 1
   graceful_shutdown_timeout_seconds: 1
 gateway:
-  listen: 127.0.0.1:{gateway_port}
-  metrics_listen: 127.0.0.1:{gateway_metrics}
+  listen: 127.0.0.1:0
+  metrics_listen: 127.0.0.1:0
   upstreams:
-    - 127.0.0.1:{grpc}
+    - {grpc}
   static_dir: {dist}
   health_check:
     interval_ms: 500
     timeout_ms: 500
   tls:
-    listen: 127.0.0.1:{tls_port}
+    listen: 127.0.0.1:0
     cert_path: {work}/tls.crt
     key_path: {work}/tls.key
 ",
@@ -151,24 +143,41 @@ gateway:
             dist = root.join("web/dist").display(),
         ),
     )?;
-    children.spawn(
+    let (gateway_pid, [gateway, gateway_metrics]) = stack::spawn_listening(
+        &children,
         "edge-gateway",
         stack::gateway(&bin, &config)
             .env("RUST_LOG", "info,pingora=warn")
             .stdout(file("edge-gateway.log")?)
             .stderr(file("edge-gateway.stderr")?),
+        &work.join("edge-gateway.log"),
+        &stack::GATEWAY_LISTENING,
     )?;
+    let (gateway_port, gateway_metrics) = (gateway.port(), gateway_metrics.port());
+    // The "listening" line names the plain and metrics addresses; the TLS one is the third
+    // socket the gateway bound.
+    let ports = children.wait_listening("edge-gateway", gateway_pid, 3, Duration::from_secs(10))?;
+    let [tls_port] = ports
+        .iter()
+        .copied()
+        .filter(|port| ![gateway_port, gateway_metrics].contains(port))
+        .collect::<Vec<_>>()[..]
+    else {
+        bail!("edge-gateway listens on {ports:?}: which one is TLS?");
+    };
+    log(&format!(
+        "edge-gateway on 127.0.0.1:{gateway_port}, TLS on 127.0.0.1:{tls_port}"
+    ));
     stack::wait_http(
         &children,
         "edge-gateway",
         &format!("http://127.0.0.1:{gateway_port}/readyz"),
         &work.join("edge-gateway.stderr"),
     )?;
-    children.wait_for_port("edge-gateway", tls_port, Duration::from_secs(10))?;
 
     // --- 1. synthetic probes
     log(&format!(
-        "blackbox exporter on 127.0.0.1:{blackbox_port} with {BLACKBOX_CONFIG}"
+        "blackbox exporter on a free port with {BLACKBOX_CONFIG}"
     ));
     let check = Command::new(&blackbox)
         .current_dir(root)
@@ -191,11 +200,15 @@ gateway:
     exporter
         .current_dir(root)
         .arg(format!("--config.file={BLACKBOX_CONFIG}"))
-        .arg(format!("--web.listen-address=127.0.0.1:{blackbox_port}"))
+        .arg("--web.listen-address=127.0.0.1:0")
         .env("SSL_CERT_FILE", work.join("ca.crt"))
         .env("SSL_CERT_DIR", "/nonexistent");
     process::log_to(&mut exporter, &work.join("blackbox.log"))?;
-    children.spawn("blackbox", &mut exporter)?;
+    let blackbox_pid = children.spawn("blackbox", &mut exporter)?;
+    let ports = children.wait_listening("blackbox", blackbox_pid, 1, Duration::from_secs(30))?;
+    let [blackbox_port] = ports[..] else {
+        bail!("the blackbox exporter listens on {ports:?}: which one is its web port?");
+    };
     stack::wait_http(
         &children,
         "blackbox",

@@ -1,6 +1,7 @@
 //! Running the chores' programs: nested cargo, commands with their exit status, the one wait
-//! loop (ports, HTTP endpoints), free ports, Debian packages installed when running as root, the
-//! servers a chore starts (stopped when it ends), and the cleanup run on Ctrl-C/SIGTERM.
+//! loop (ports, HTTP endpoints), the ports a server bound (or a free one for a server that needs a
+//! number), Debian packages installed when running as root, the servers a chore starts (stopped
+//! when it ends), and the cleanup run on Ctrl-C/SIGTERM.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -108,18 +109,67 @@ pub fn wait_until(
     }
 }
 
-/// `N` ports the kernel reports free now, all different (bound together, then released: a
-/// small race, acceptable for servers that take a port number, not a socket).
-pub fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
-    let listeners = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .context("binding a free port")?;
-    let mut ports = [0; N];
-    for (port, listener) in ports.iter_mut().zip(&listeners) {
-        *port = listener.local_addr()?.port();
+/// How many ports a server that takes a port number is tried on before the chore gives up.
+const PORT_ATTEMPTS: usize = 5;
+
+/// Starts a server that must be given a port number (it cannot bind port 0 and report it, nor
+/// be handed a socket: Redis, PostgreSQL). The port is found free by binding and releasing it, so
+/// another process may bind it first: `start(port)` starts the server and answers whether it came
+/// up on the port as itself (verified: its pid, its own start-up check), or `false` when it lost
+/// the port; then another port is tried. Servers that can bind port 0 do, and their ports are
+/// read back ([`listening_ports`], their logs) instead.
+pub fn start_on_free_port(
+    what: &str,
+    mut start: impl FnMut(u16) -> anyhow::Result<bool>,
+) -> anyhow::Result<u16> {
+    for _ in 0..PORT_ATTEMPTS {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .context("finding a free port")?
+            .port();
+        if start(port)? {
+            return Ok(port);
+        }
     }
-    Ok(ports)
+    bail!("{what} lost {PORT_ATTEMPTS} free ports to other processes")
+}
+
+/// The TCP ports process `pid` listens on (Linux: its socket descriptors matched against the
+/// kernel's table of listening IPv4 sockets), in no particular order.
+pub fn listening_ports(pid: u32) -> anyhow::Result<Vec<u16>> {
+    let mut inodes = std::collections::HashSet::new();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("reading /proc/{pid}/fd"))?;
+    for fd in fds.flatten() {
+        // A descriptor may close while we look; only sockets read as `socket:[inode]`.
+        if let Ok(target) = std::fs::read_link(fd.path())
+            && let Some(inode) = target
+                .to_str()
+                .and_then(|target| target.strip_prefix("socket:["))
+                .and_then(|rest| rest.strip_suffix(']'))
+        {
+            inodes.insert(inode.to_owned());
+        }
+    }
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp"))
+        .with_context(|| format!("reading /proc/{pid}/net/tcp"))?;
+    Ok(listening_in_table(&table, &inodes))
+}
+
+/// The ports of the listening sockets (state `0A`) among `inodes` in a `/proc/net/tcp` table.
+fn listening_in_table(table: &str, inodes: &std::collections::HashSet<String>) -> Vec<u16> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+            if *state != "0A" || !inodes.contains(*inode) {
+                return None;
+            }
+            u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
+        })
+        .collect()
 }
 
 /// The program `name` from PATH; when missing, the Debian `package` that ships it is installed
@@ -301,6 +351,47 @@ impl Children {
         })
     }
 
+    /// Waits until `name` (just started on a port it was given) answers as itself
+    /// (`is_ours`); `false` when it exited first (it could not bind the port), and it is
+    /// forgotten, so that it can be started again under the same name. See
+    /// [`start_on_free_port`].
+    pub fn wait_for_own(
+        &self,
+        name: &str,
+        limit: Duration,
+        mut is_ours: impl FnMut() -> bool,
+    ) -> anyhow::Result<bool> {
+        let mut lost = false;
+        wait_until(name, limit, || {
+            lost = self.exited(name).is_some();
+            Ok(lost || is_ours())
+        })?;
+        if lost {
+            self.lock().retain(|(n, _)| n != name);
+        }
+        Ok(!lost)
+    }
+
+    /// Waits until `name` (process `pid`, started on port 0) listens on `count` ports and
+    /// returns them; fails when it exits first or after `limit`.
+    pub fn wait_listening(
+        &self,
+        name: &str,
+        pid: u32,
+        count: usize,
+        limit: Duration,
+    ) -> anyhow::Result<Vec<u16>> {
+        let mut ports = Vec::new();
+        wait_until(&format!("{name} listening"), limit, || {
+            if let Some(status) = self.exited(name) {
+                bail!("{name} exited during start-up ({status})");
+            }
+            ports = listening_ports(pid)?;
+            Ok(ports.len() >= count)
+        })?;
+        Ok(ports)
+    }
+
     /// The first child that has exited, if any.
     pub fn first_exited(&self) -> Option<(String, ExitStatus)> {
         self.lock().iter_mut().find_map(|(name, child)| {
@@ -348,12 +439,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn free_ports_are_distinct_and_bindable() {
-        let ports = free_ports::<4>().unwrap();
-        for (i, port) in ports.iter().enumerate() {
-            assert!(!ports[..i].contains(port));
-            TcpListener::bind(loopback(*port)).unwrap();
-        }
+    fn a_listener_is_found_by_its_process() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let ports = listening_ports(std::process::id()).unwrap();
+        assert!(ports.contains(&port), "{port} not in {ports:?}");
+        drop(listener);
+        let ports = listening_ports(std::process::id()).unwrap();
+        assert!(!ports.contains(&port), "{port} still in {ports:?}");
+    }
+
+    #[test]
+    fn only_listening_sockets_of_the_process_count() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1
+   1: 0100007F:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 222 1
+   2: 0100007F:1F92 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 333 1";
+        let ours = ["111", "333"].map(str::to_owned).into_iter().collect();
+        assert_eq!(listening_in_table(table, &ours), vec![8080]);
+    }
+
+    #[test]
+    fn a_lost_port_is_tried_again_on_another() {
+        let mut tried = Vec::new();
+        let port = start_on_free_port("the server", |port| {
+            tried.push(port);
+            Ok(tried.len() == 3)
+        })
+        .unwrap();
+        assert_eq!(tried.len(), 3);
+        assert_eq!(port, tried[2]);
+        let error = start_on_free_port("the server", |_| Ok(false)).unwrap_err();
+        assert!(error.to_string().contains("lost 5 free ports"), "{error}");
     }
 
     #[test]

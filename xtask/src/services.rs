@@ -127,11 +127,6 @@ impl Services {
             command.stdin(Stdio::null());
             command
         };
-        let [port] = process::free_ports()?;
-        println!(
-            "starting a throwaway PostgreSQL on 127.0.0.1:{port} ({})",
-            dir.display()
-        );
         let data = dir.join("data");
         let initdb_log = dir.join("initdb.log");
         let status = as_user(&initdb)
@@ -148,27 +143,37 @@ impl Services {
                 process::tail(&dir.join("initdb.err"), 20)
             );
         }
-        let server_log = dir.join("server.log");
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
-            dir.display()
-        );
-        let started_ok = process::succeeds(
-            as_user(&pg_ctl)
-                .arg("-D")
-                .arg(&data)
-                .arg("-l")
-                .arg(&server_log)
-                .args(["-w", "-o", &options, "start"]),
-        );
-        // Registered even when start failed: a half-started server is stopped too.
+        // Registered before the start: a half-started server is stopped too.
         started.postgres = Some(StartedPostgres {
             pg_ctl: as_user(&pg_ctl),
-            data,
+            data: data.clone(),
         });
-        if !started_ok {
-            bail!("pg_ctl start failed:\n{}", process::tail(&server_log, 20));
-        }
+        // `pg_ctl start -w` waits for the postmaster of this data folder; it fails when that
+        // could not bind the port (its log: "Address already in use").
+        let port = process::start_on_free_port("the throwaway PostgreSQL", |port| {
+            println!(
+                "starting a throwaway PostgreSQL on 127.0.0.1:{port} ({})",
+                dir.display()
+            );
+            let server_log = dir.join(format!("server-{port}.log"));
+            let options = format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+                dir.display()
+            );
+            let started_ok = process::succeeds(
+                as_user(&pg_ctl)
+                    .arg("-D")
+                    .arg(&data)
+                    .arg("-l")
+                    .arg(&server_log)
+                    .args(["-w", "-o", &options, "start"]),
+            );
+            let log = process::tail(&server_log, 20);
+            if !started_ok && !log.contains("already in use") {
+                bail!("pg_ctl start failed:\n{log}");
+            }
+            Ok(started_ok)
+        })?;
         process::run(
             Command::new(psql)
                 .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
@@ -200,21 +205,34 @@ impl Services {
         let mut started = lock(&self.started);
         let dir = started.dir()?.join("redis");
         std::fs::create_dir_all(&dir)?;
-        let [port] = process::free_ports()?;
-        println!("starting a throwaway {name} on 127.0.0.1:{port}");
         let log = dir.join("redis.log");
-        started.servers().spawn(
-            &name,
-            Command::new(&server)
-                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .arg("--dir")
-                .arg(&dir)
-                .arg("--logfile")
-                .arg(&log)
-                .stdin(Stdio::null()),
-        )?;
-        wait_started(&mut started, &name, port, &log)?;
+        let servers = started.servers();
+        // Redis takes a port number (0 turns TCP off): a port lost to another process is
+        // retried, and the server answering must report this child's pid.
+        let port = process::start_on_free_port(&format!("the throwaway {name}"), |port| {
+            println!("starting a throwaway {name} on 127.0.0.1:{port}");
+            let pid = servers.spawn(
+                &name,
+                Command::new(&server)
+                    .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                    .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                    .arg("--dir")
+                    .arg(&dir)
+                    .arg("--logfile")
+                    .arg(&log)
+                    .stdin(Stdio::null()),
+            )?;
+            servers
+                .wait_for_own(&name, Duration::from_secs(5), || {
+                    redis_pid(port) == Some(pid)
+                })
+                .with_context(|| {
+                    format!(
+                        "{name} did not start; its log:\n{}",
+                        process::tail(&log, 20)
+                    )
+                })
+        })?;
         Ok(format!("redis://127.0.0.1:{port}"))
     }
 
@@ -240,20 +258,30 @@ impl Services {
         let mut started = lock(&self.started);
         let dir = started.dir()?.join("nats");
         std::fs::create_dir_all(&dir)?;
-        let [port] = process::free_ports()?;
-        println!("starting a throwaway nats-server -js on 127.0.0.1:{port}");
+        println!("starting a throwaway nats-server -js on a free port");
         let log = dir.join("nats.log");
-        started.servers().spawn(
+        let servers = started.servers();
+        // Port -1: nats-server binds any free port itself.
+        let pid = servers.spawn(
             "nats-server",
             Command::new(&server)
-                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string()])
+                .args(["-js", "-a", "127.0.0.1", "-p", "-1"])
                 .arg("-sd")
                 .arg(dir.join("store"))
                 .arg("-l")
                 .arg(&log)
                 .stdin(Stdio::null()),
         )?;
-        wait_started(&mut started, "nats-server", port, &log)?;
+        let ports = servers
+            .wait_listening("nats-server", pid, 1, Duration::from_secs(5))
+            .with_context(|| {
+                format!(
+                    "nats-server did not start; its log:\n{}",
+                    process::tail(&log, 20)
+                )
+            })?;
+        let port = ports[0];
+        println!("the throwaway nats-server listens on 127.0.0.1:{port}");
         Ok(format!("nats://127.0.0.1:{port}"))
     }
 }
@@ -344,11 +372,31 @@ impl Started {
 
 /// Waits for a server just spawned as `name` to listen on `port`; fails with its log when it
 /// exits or does not come up within 5 s.
-fn wait_started(started: &mut Started, name: &str, port: u16, log: &Path) -> anyhow::Result<()> {
-    started
-        .servers()
-        .wait_for_port(name, port, Duration::from_secs(5))
-        .with_context(|| format!("{name} did not start; its log:\n{}", process::tail(log, 20)))
+/// The pid of the Redis server answering on 127.0.0.1:`port` (`INFO server`), if one answers.
+fn redis_pid(port: u16) -> Option<u32> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&process::loopback(port), Duration::from_millis(300))
+            .ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    stream.write_all(b"INFO server\r\n").ok()?;
+    let mut reply = Vec::new();
+    let mut chunk = [0; 4096];
+    loop {
+        let read = stream.read(&mut chunk).ok()?;
+        if read == 0 {
+            return None;
+        }
+        reply.extend_from_slice(&chunk[..read]);
+        let text = String::from_utf8_lossy(&reply);
+        if let Some(rest) = text.split("process_id:").nth(1)
+            && let Some((pid, _)) = rest.split_once("\r\n")
+        {
+            return pid.trim().parse().ok();
+        }
+    }
 }
 
 fn lock(started: &Mutex<Started>) -> std::sync::MutexGuard<'_, Started> {

@@ -2,6 +2,7 @@
 //! SQLite file with an in-process cache, the edge gateway in front of it); and the pieces the
 //! browser and operations tests start the same stack with.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -32,7 +33,7 @@ pub struct RunArgs {
 }
 
 /// The user-service on a SQLite file, its own migrations applied: never the environment's
-/// PostgreSQL or Redis.
+/// PostgreSQL or Redis. Port 0 binds any free port; [`spawn_listening`] reads them back.
 pub fn user_service(
     bin: &Path,
     grpc_port: u16,
@@ -67,6 +68,121 @@ pub fn gateway(bin: &Path, config: &Path) -> Command {
     }
     command.arg("--config").arg(config);
     command
+}
+
+/// How a server started on port 0 reports the addresses it bound: the line (`marker`) and its
+/// two address fields.
+pub struct Listening {
+    marker: &'static str,
+    keys: [&'static str; 2],
+}
+
+/// A [`user_service`]: gRPC, metrics.
+pub const USER_SERVICE_LISTENING: Listening = Listening {
+    marker: "user-service listening",
+    keys: ["grpc_addr", "metrics_addr"],
+};
+
+/// A [`gateway`]: the main listener, metrics.
+pub const GATEWAY_LISTENING: Listening = Listening {
+    marker: "edge-gateway listening",
+    keys: ["listen", "metrics"],
+};
+
+/// Starts `command` (a [`user_service`] or [`gateway`] on port 0, logging at info to `log`) as
+/// `name` and reads the two addresses it bound from its listening line. Returns its pid too.
+pub fn spawn_listening(
+    children: &Children,
+    name: &str,
+    command: &mut Command,
+    log: &Path,
+    listening: &Listening,
+) -> anyhow::Result<(u32, [SocketAddr; 2])> {
+    let pid = children.spawn(name, command)?;
+    let addresses = logged_addresses(children, name, log, listening.marker, listening.keys)?;
+    Ok((pid, addresses))
+}
+
+/// The addresses a server started on port 0 reports: the values of `keys` on the first line of
+/// `log` that contains `marker`. Waits for the line; fails when `name` exits first.
+fn logged_addresses<const N: usize>(
+    children: &Children,
+    name: &str,
+    log: &Path,
+    marker: &str,
+    keys: [&str; N],
+) -> anyhow::Result<[SocketAddr; N]> {
+    let mut found = None;
+    process::wait_until(
+        &format!("{name}'s listening line"),
+        Duration::from_secs(30),
+        || {
+            if let Some(status) = children.exited(name) {
+                bail!("{name} exited during start-up ({status})");
+            }
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            found = text
+                .lines()
+                .find(|line| line.contains(marker))
+                .map(|line| keys.map(|key| field_addr(line, key)));
+            Ok(found.is_some())
+        },
+    )
+    .with_context(|| {
+        format!(
+            "{name}'s log ({}):\n{}",
+            log.display(),
+            process::tail(log, 20)
+        )
+    })?;
+    let values = found.unwrap_or([None; N]);
+    let mut addresses = [SocketAddr::from(([0, 0, 0, 0], 0)); N];
+    for ((address, value), key) in addresses.iter_mut().zip(values).zip(keys) {
+        *address =
+            value.with_context(|| format!("{name}'s listening line has no address `{key}`"))?;
+    }
+    Ok(addresses)
+}
+
+/// The address logged as `key` on a tracing line: a JSON field (`"key":"…"`) or text
+/// (`key=…`, ANSI colours stripped); `Some(…)` (an optional address) is unwrapped.
+fn field_addr(line: &str, key: &str) -> Option<SocketAddr> {
+    let plain = strip_ansi(line);
+    let json = format!("\"{key}\":\"");
+    let text = format!("{key}=");
+    let start = plain.find(&json).map(|at| at + json.len()).or_else(|| {
+        plain.match_indices(&text).find_map(|(at, _)| {
+            let before = plain[..at].chars().next_back();
+            (!before.is_some_and(|c| c.is_alphanumeric() || c == '_')).then_some(at + text.len())
+        })
+    })?;
+    let value: String = plain[start..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && !matches!(c, '"' | ','))
+        .collect();
+    let value = value
+        .strip_prefix("Some(")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or(&value);
+    value.parse().ok()
+}
+
+/// `text` without ANSI escape sequences (`ESC [ … letter`).
+fn strip_ansi(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
 }
 
 /// Waits until `url` answers 2xx; fails with the last lines of `log` when `name` (one of
@@ -183,5 +299,34 @@ Ctrl-C stops everything.",
             return Ok(false);
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_addresses_are_read_from_json_and_text_lines() {
+        let json = r#"{"fields":{"message":"edge-gateway listening","listen":"127.0.0.1:4000","metrics":"Some(127.0.0.1:4001)"}}"#;
+        assert_eq!(
+            field_addr(json, "listen"),
+            Some("127.0.0.1:4000".parse().unwrap())
+        );
+        assert_eq!(
+            field_addr(json, "metrics"),
+            Some("127.0.0.1:4001".parse().unwrap())
+        );
+        let text = "\u{1b}[2m2026\u{1b}[0m INFO user-service listening \u{1b}[3mgrpc_addr\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:5000 \u{1b}[3mmetrics_addr\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:5001";
+        assert_eq!(
+            field_addr(text, "grpc_addr"),
+            Some("127.0.0.1:5000".parse().unwrap())
+        );
+        assert_eq!(
+            field_addr(text, "metrics_addr"),
+            Some("127.0.0.1:5001".parse().unwrap())
+        );
+        assert_eq!(field_addr("metrics=None", "metrics"), None);
+        assert_eq!(field_addr("xlisten=127.0.0.1:1", "listen"), None);
     }
 }

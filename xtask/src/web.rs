@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -75,82 +76,85 @@ fn browser_run(root: &Path) -> anyhow::Result<bool> {
     let bin = stack::build_like_workspace_tests(root)?;
     let work_dir = crate::util::TempDir::new("browser")?;
     let work = work_dir.path();
-    let [
-        grpc,
-        metrics,
-        gateway_port,
-        gateway_metrics,
-        allowed,
-        refused,
-    ] = process::free_ports()?;
-    let gateway_url = format!("http://127.0.0.1:{gateway_port}");
-    let allowed_url = format!("http://127.0.0.1:{allowed}");
-    let refused_url = format!("http://127.0.0.1:{refused}");
     let logged = |name: &str, mut command: Command| -> anyhow::Result<Command> {
         process::log_to(&mut command, &work.join(format!("{name}.log")))?;
         Ok(command)
     };
 
+    // Every server binds port 0 and its port is read back: a port picked free here and released
+    // could be taken by another process first.
     let children = Children::new();
     log(&format!(
-        "user-service on 127.0.0.1:{grpc} (SQLite in {})",
+        "user-service on a free port (SQLite in {})",
         work.display()
     ));
-    let service_pid = children.spawn(
+    let mut service = stack::user_service(&bin, 0, 0, &work.join("users.db"), "text");
+    service.env("RUST_LOG", "info");
+    let (service_pid, [grpc, metrics]) = stack::spawn_listening(
+        &children,
         "user-service",
-        &mut logged(
-            "user-service",
-            stack::user_service(&bin, grpc, metrics, &work.join("users.db"), "text"),
-        )?,
+        &mut logged("user-service", service)?,
+        &work.join("user-service.log"),
+        &stack::USER_SERVICE_LISTENING,
     )?;
     stack::wait_http(
         &children,
         "user-service",
-        &format!("http://127.0.0.1:{metrics}/metrics"),
+        &format!("http://{metrics}/metrics"),
         &work.join("user-service.log"),
     )?;
 
+    // The page served from two other origins: one CORS allows, one it must refuse.
+    let mut origins = Vec::new();
+    for name in ["static-allowed", "static-refused"] {
+        let mut server = Command::new("python3");
+        server
+            .args(["-m", "http.server", "0", "--bind", "127.0.0.1"])
+            .arg("--directory")
+            .arg(web.join("dist"));
+        let pid = children.spawn(name, &mut logged(name, server)?)?;
+        let ports = children.wait_listening(name, pid, 1, Duration::from_secs(30))?;
+        let [port] = ports[..] else {
+            anyhow::bail!("{name} listens on more than one port");
+        };
+        let url = format!("http://127.0.0.1:{port}");
+        stack::wait_http(
+            &children,
+            name,
+            &format!("{url}/"),
+            &work.join(format!("{name}.log")),
+        )?;
+        origins.push(url);
+    }
+    let [allowed_url, refused_url] = [origins[0].clone(), origins[1].clone()];
+
     log(&format!(
-        "edge-gateway on {gateway_url} (the shipped {}: static files from web/dist, CORS allows \
+        "edge-gateway on a free port (the shipped {}: static files from web/dist, CORS allows \
          {allowed_url})",
         stack::GATEWAY_CONFIG
     ));
     let mut edge = stack::gateway(&bin, &root.join(stack::GATEWAY_CONFIG));
-    edge.args(["--listen", &format!("127.0.0.1:{gateway_port}")])
-        .args(["--metrics-listen", &format!("127.0.0.1:{gateway_metrics}")])
-        .args(["--upstream", &format!("127.0.0.1:{grpc}")])
+    edge.args(["--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args(["--upstream", &grpc.to_string()])
         .arg("--static-dir")
         .arg(web.join("dist"))
-        .args(["--cors-origin", &allowed_url]);
-    children.spawn("edge-gateway", &mut logged("edge-gateway", edge)?)?;
+        .args(["--cors-origin", &allowed_url])
+        .env("RUST_LOG", "info,pingora=warn");
+    let (_, [gateway, _]) = stack::spawn_listening(
+        &children,
+        "edge-gateway",
+        &mut logged("edge-gateway", edge)?,
+        &work.join("edge-gateway.log"),
+        &stack::GATEWAY_LISTENING,
+    )?;
+    let gateway_url = format!("http://{gateway}");
     stack::wait_http(
         &children,
         "edge-gateway",
         &format!("{gateway_url}/readyz"),
         &work.join("edge-gateway.log"),
     )?;
-    // The page served from two other origins: one CORS allows, one it must refuse.
-    for port in [allowed, refused] {
-        let name = format!("static-{port}");
-        let mut server = Command::new("python3");
-        server
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .arg("--directory")
-            .arg(web.join("dist"));
-        children.spawn(&name, &mut logged(&name, server)?)?;
-        stack::wait_http(
-            &children,
-            &name,
-            &format!("http://127.0.0.1:{port}/"),
-            &work.join(format!("{name}.log")),
-        )?;
-    }
 
     log(&format!(
         "running the browser tests (screenshots in {})",
