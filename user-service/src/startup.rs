@@ -201,15 +201,8 @@ impl Application {
             .max_encoding_message_size(config.max_message_bytes);
 
         let (drained_tx, drained_rx) = watch::channel(false);
-        let metrics_server = {
-            let database = database.clone();
-            tokio::spawn(metrics::serve(
-                metrics_listener,
-                metrics.clone(),
-                move || database.pool_stats(),
-                stopped(drained_rx.clone()),
-            ))
-        };
+        let metrics_server =
+            spawn_metrics_server(metrics_listener, &metrics, &database, drained_rx.clone());
 
         // Small request/response frames: never wait for Nagle.
         let incoming = TcpListenerStream::new(grpc_listener).map(|connection| {
@@ -347,15 +340,7 @@ pub async fn run_worker(
         .with_context(|| format!("binding METRICS_ADDR {}", config.metrics_addr))?;
     tracing::info!(metrics_addr = %metrics_listener.local_addr()?, "user-service worker started");
     let (stop_tx, stop_rx) = watch::channel(false);
-    let metrics_server = {
-        let database = database.clone();
-        tokio::spawn(metrics::serve(
-            metrics_listener,
-            metrics.clone(),
-            move || database.pool_stats(),
-            stopped(stop_rx),
-        ))
-    };
+    let metrics_server = spawn_metrics_server(metrics_listener, &metrics, &database, stop_rx);
     let settings = WorkerSettings::default();
     let work = async {
         let mut backoff = relay::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -420,6 +405,22 @@ fn grpc_web_layer(config: &Config) -> Option<Stack<GrpcWebLayer, CorsLayer>> {
 }
 
 /// Resolves once the flag is raised.
+/// The `/metrics` server (with the database pool's gauges) until `stop` turns true.
+fn spawn_metrics_server(
+    listener: TcpListener,
+    metrics: &Arc<Metrics>,
+    database: &Database,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let database = database.clone();
+    tokio::spawn(metrics::serve(
+        listener,
+        metrics.clone(),
+        move || database.pool_stats(),
+        stopped(stop),
+    ))
+}
+
 async fn stopped(mut flag: watch::Receiver<bool>) {
     // An error means the sender is gone, which only happens after it signalled (or the server
     // failed before draining; then nothing is left to wait for).
