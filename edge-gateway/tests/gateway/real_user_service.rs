@@ -32,7 +32,7 @@ async fn readme_walkthrough_against_the_real_service() {
             "int64 as a JSON string: {created}"
         );
 
-        let fetched: Value = get_json(&client, gw.url(&location)).await;
+        let fetched: Value = get_json(client, gw.url(&location)).await;
         assert_eq!(fetched["email"], email.as_str());
 
         let listed = client

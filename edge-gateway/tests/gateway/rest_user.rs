@@ -46,7 +46,7 @@ async fn crud_walkthrough_over_http1_and_http2() {
         assert_eq!(updated.status(), StatusCode::OK);
         assert_eq!(updated.json::<Value>().await.unwrap()["name"], "Ada L.");
 
-        let listed: Value = get_json(&client, gw.url("/v1/users?page=1&limit=5")).await;
+        let listed: Value = get_json(client, gw.url("/v1/users?page=1&limit=5")).await;
         assert!(
             listed["users"]
                 .as_array()
