@@ -152,8 +152,9 @@ fn unusable_tls_files_exit_2_naming_gateway_tls() {
     let missing = dir.join("missing.pem");
     let tls_config = |cert: &std::path::Path, key: &std::path::Path| {
         write_config(&format!(
-            // Port 0: neither the check nor a refused start binds anything.
-            "gateway:\n  listen: 127.0.0.1:0\n  metrics_listen: \"\"\n  tls:\n    listen: 127.0.0.1:0\n    cert_path: {}\n    key_path: {}\n",
+            // Port 0 (on two addresses: the config refuses one for both): neither the check nor a
+            // refused start binds anything.
+            "gateway:\n  listen: 127.0.0.1:0\n  metrics_listen: \"\"\n  tls:\n    listen: 127.0.0.2:0\n    cert_path: {}\n    key_path: {}\n",
             cert.display(),
             key.display()
         ))
