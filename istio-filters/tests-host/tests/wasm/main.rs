@@ -5,6 +5,8 @@ mod bundle;
 mod cache_headers;
 mod common;
 mod configs;
+mod envoy_abi;
 mod full_chain;
+mod guest_cost;
 mod rate_limit;
 mod span_enrichment;
