@@ -8,5 +8,6 @@ mod configs;
 mod envoy_abi;
 mod full_chain;
 mod guest_cost;
+mod module_size;
 mod rate_limit;
 mod span_enrichment;
