@@ -1,1 +1,5 @@
-//! Integration tests only: see `tests/`.
+//! Integration tests live in `tests/`; the library holds what they and the benchmark share:
+//! [`guest_cost`], the deterministic per-request cost of a module (wasmtime's fuel units).
+#![forbid(unsafe_code)]
+
+pub mod guest_cost;

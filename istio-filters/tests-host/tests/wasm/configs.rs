@@ -171,12 +171,3 @@ fn plugin_examples(dir: &std::path::Path) -> Vec<String> {
     seen.sort();
     seen
 }
-
-/// Istio pulls modules per workload; keep each well under a mebibyte (issue §4 target).
-#[test]
-fn each_module_is_at_most_one_mebibyte() {
-    for module in [RATE_LIMIT, CACHE_HEADERS, SPAN_ENRICHMENT, BUNDLE] {
-        let size = module_bytes(module).len();
-        assert!(size <= 1024 * 1024, "{module}.wasm is {size} bytes");
-    }
-}
