@@ -23,6 +23,9 @@ LONG="${LONG:-1300}"
 BIN="${CARGO_TARGET_DIR:-target}/release"
 # GATEWAY_BIN=path runs another gateway build (e.g. a copy of the binary before a change).
 GATEWAY_BIN="${GATEWAY_BIN:-$BIN/edge-gateway}"
+# pingora's worker threads and whether they steal each other's tasks (the gateway's defaults).
+GATEWAY_THREADS="${GATEWAY_THREADS:-2}"
+WORK_STEALING="${WORK_STEALING:-true}"
 WORK="$(mktemp -d)"
 USER_GRPC=127.0.0.1:50161
 GATEWAY=127.0.0.1:8190
@@ -45,7 +48,8 @@ wait_for_port "${USER_GRPC#*:}" USER_GRPC 60 "${USER_GRPC%:*}"
 cat > "$WORK/gateway.yaml" <<YAML
 server:
   version: 1
-  threads: 2
+  threads: $GATEWAY_THREADS
+  work_stealing: $WORK_STEALING
   pid_file: $WORK/gateway.pid
   upgrade_sock: $WORK/gateway.sock
 gateway:

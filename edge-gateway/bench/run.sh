@@ -27,6 +27,9 @@ CONCURRENCIES=("$@")
 BIN="${CARGO_TARGET_DIR:-target}/release"
 # GATEWAY_BIN=path runs another gateway build (e.g. a copy of the binary before a change).
 GATEWAY_BIN="${GATEWAY_BIN:-$BIN/edge-gateway}"
+# pingora's worker threads and whether they steal each other's tasks (the gateway's defaults).
+GATEWAY_THREADS="${GATEWAY_THREADS:-2}"
+WORK_STEALING="${WORK_STEALING:-true}"
 NGINX="${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}"
 WORK="$(mktemp -d)"
 # nginx's workers run as an unprivileged user when started as root: they must reach the config.
@@ -55,7 +58,8 @@ wait_for_port "${USER_GRPC#*:}" USER_GRPC 10 "${USER_GRPC%:*}"
 cat > "$WORK/gateway.yaml" <<YAML
 server:
   version: 1
-  threads: 2
+  threads: $GATEWAY_THREADS
+  work_stealing: $WORK_STEALING
   pid_file: $WORK/gateway.pid
   upgrade_sock: $WORK/gateway.sock
 gateway:

@@ -110,8 +110,12 @@ impl ConnectionTracker {
         }
     }
 
-    /// A request on that connection ended.
-    pub fn request_ended(&self, digest: Option<&Arc<SocketDigest>>) {
+    /// A request on that connection ended. On HTTP/2 the deadline stays disarmed
+    /// ([`HeaderDeadline::request_ended`]), so the shared table is not even looked up.
+    pub fn request_ended(&self, digest: Option<&Arc<SocketDigest>>, http2: bool) {
+        if http2 {
+            return;
+        }
         if let Some(connection) = self.connection(digest)
             && connection
                 .deadline()

@@ -43,10 +43,21 @@ impl GatewayProxy {
         let latency = ctx.start.elapsed();
         let route_label = route_label(&ctx.route, ctx.protocol, status);
         let protocol = ctx.protocol.as_str();
+        // Every real status reads as its static digits (no String per request); 0 (nothing
+        // was answered) is the only one formatted.
+        let code = http::StatusCode::from_u16(status).ok();
+        let formatted;
+        let status_label = match &code {
+            Some(code) => code.as_str(),
+            None => {
+                formatted = status.to_string();
+                &formatted
+            }
+        };
         self.state
             .metrics
             .requests
-            .with_label_values(&[route_label, protocol, &status.to_string()])
+            .with_label_values(&[route_label, protocol, status_label])
             .inc();
         self.state
             .metrics

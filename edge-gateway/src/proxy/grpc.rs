@@ -135,7 +135,8 @@ impl GatewayProxy {
             upstream_request.remove_header("x-b3-parentspanid");
         }
         // gRPC requires it and pingora's request policy may drop it on the way.
-        upstream_request.insert_header("te", "trailers")?;
+        // A static value: no parse and copy of "trailers" per call.
+        upstream_request.insert_header("te", http::HeaderValue::from_static("trailers"))?;
         if super::header_str(session, "grpc-timeout").is_none() {
             let timeout = self.state.config.timeout_for(None, &ctx.grpc_method);
             upstream_request

@@ -16,67 +16,70 @@ use crate::{
     protocol::Protocol,
 };
 
-/// Request headers that are about this hop, not the call, and are not forwarded as metadata.
-const NOT_FORWARDED: &[&str] = &[
-    "host",
-    "content-type",
-    "content-length",
-    "connection",
-    "keep-alive",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    "accept",
-    "accept-encoding",
-    "origin",
-    "referer",
-    "x-grpc-web",
-    "x-user-agent",
-    "grpc-timeout",
-    "grpc-encoding",
-    "grpc-accept-encoding",
-    "user-agent",
-    "traceparent",
-    "tracestate",
-    "b3",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
-    "cookie",
-    "access-control-request-method",
-    "access-control-request-headers",
-    "sec-fetch-mode",
-    "sec-fetch-site",
-    "sec-fetch-dest",
-];
-
-/// Response metadata the gateway does not pass to gRPC-web clients as headers.
-const NOT_RETURNED: &[&str] = &[
-    "content-type",
-    "content-length",
-    "date",
-    "server",
-    "grpc-status",
-    "grpc-message",
-    "grpc-status-details-bin",
-    // The messages are sent as the gateway decoded them, uncompressed; what the upstream
-    // accepts is not what the gateway accepts.
-    "grpc-encoding",
-    "grpc-accept-encoding",
-];
+/// Whether a client request header is about the call (forwarded as metadata) rather than this
+/// hop. A `match` on the names compiles to a length switch and a few compares, not a scan of
+/// every name per header.
+fn is_forwarded(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "host"
+            | "content-type"
+            | "content-length"
+            | "connection"
+            | "keep-alive"
+            | "te"
+            | "transfer-encoding"
+            | "upgrade"
+            | "accept"
+            | "accept-encoding"
+            | "origin"
+            | "referer"
+            | "x-grpc-web"
+            | "x-user-agent"
+            | "grpc-timeout"
+            | "grpc-encoding"
+            | "grpc-accept-encoding"
+            | "user-agent"
+            | "traceparent"
+            | "tracestate"
+            | "b3"
+            | "x-b3-traceid"
+            | "x-b3-spanid"
+            | "x-b3-parentspanid"
+            | "x-b3-sampled"
+            | "x-b3-flags"
+            | "cookie"
+            | "access-control-request-method"
+            | "access-control-request-headers"
+            | "sec-fetch-mode"
+            | "sec-fetch-site"
+            | "sec-fetch-dest"
+    )
+}
 
 /// Whether an upstream response header goes back to a gRPC-web client.
 pub(super) fn is_returned(name: &HeaderName) -> bool {
-    !NOT_RETURNED.contains(&name.as_str())
+    !matches!(
+        name.as_str(),
+        "content-type"
+            | "content-length"
+            | "date"
+            | "server"
+            | "grpc-status"
+            | "grpc-message"
+            | "grpc-status-details-bin"
+            // The messages are sent as the gateway decoded them, uncompressed; what the
+            // upstream accepts is not what the gateway accepts.
+            | "grpc-encoding"
+            | "grpc-accept-encoding"
+    )
 }
 
 /// The client's call headers plus the gateway's trace context, as upstream metadata.
 fn metadata_from(headers: &HeaderMap, trace: &TraceContext) -> MetadataMap {
     let mut forwarded = HeaderMap::with_capacity(headers.len() + 4);
     for (name, value) in headers {
-        if !NOT_FORWARDED.contains(&name.as_str()) {
+        if is_forwarded(name) {
             forwarded.append(name.clone(), value.clone());
         }
     }

@@ -394,11 +394,13 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
-        let digest = session
-            .as_downstream()
+        let downstream = session.as_downstream();
+        let digest = downstream
             .digest()
             .and_then(|digest| digest.socket_digest.as_ref());
-        self.state.connections.request_ended(digest);
+        self.state
+            .connections
+            .request_ended(digest, downstream.is_http2());
         self.finish_grpc_filters(ctx);
         self.log_request(session, error, ctx);
     }
