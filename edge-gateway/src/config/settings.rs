@@ -130,7 +130,9 @@ pub(super) fn gateway_config(
     let tls = match gateway.tls {
         Some(tls) => {
             let tls_listen = addr("gateway.tls.listen", &tls.listen)?;
-            if tls_listen == listen {
+            // Port 0 asks the kernel for a free port per socket: the same `IP:0` twice is two
+            // listeners, as tests and local stacks use it.
+            if tls_listen == listen && listen.port() != 0 {
                 return Err(invalid(
                     "gateway.tls.listen",
                     format!("{tls_listen} is already gateway.listen (plaintext)"),

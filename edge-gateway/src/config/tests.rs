@@ -291,6 +291,17 @@ fn bad_values_are_named() {
 }
 
 #[test]
+fn plaintext_and_tls_may_both_ask_for_any_free_port() {
+    // Passes the listen check and stops at the (missing) certificate, naming it.
+    let text = "gateway:\n  listen: 127.0.0.1:0\n  tls: {listen: 127.0.0.1:0, cert_path: /definitely/not/cert.pem, key_path: k.pem}\n";
+    let error = load(text).unwrap_err().to_string();
+    assert!(
+        !error.contains("gateway.tls.listen") && error.contains("cert.pem"),
+        "{error}"
+    );
+}
+
+#[test]
 fn filter_config_is_handed_over_as_json() {
     let config = load(
         "gateway:\n  filters:\n    - name: rl\n      module: /m/rl.wasm\n      config:\n        mode: shadow\n        rules: [{name: r, requests: 2}]\n",
