@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshgate_filter_host::{Chain, ManualClock, Plugin, PluginOptions, Request, Response, Runtime};
+use meshgate_filter_tests::fixtures::user_response;
 use meshgate_test_support::wasm::{module_bytes, module_path};
 use prost::Message;
 
@@ -55,20 +56,6 @@ fn load(runtime: &Runtime, (module, config): (&str, &str), workers: usize) -> Ar
     Arc::new(
         Plugin::load(runtime, module, &wasm, config, options).unwrap_or_else(|e| panic!("{e}")),
     )
-}
-
-fn user_response() -> meshgate_proto::user::GetUserResponse {
-    meshgate_proto::user::GetUserResponse {
-        user: Some(meshgate_proto::user::User {
-            id: "u-12345".into(),
-            name: "Ada Lovelace".into(),
-            email: "ada@example.com".into(),
-            age: 36,
-            created_at: 1_700_000_000,
-            updated_at: 1_700_000_100,
-        }),
-        message: "ok".into(),
-    }
 }
 
 fn frame(message: &impl Message) -> Vec<u8> {

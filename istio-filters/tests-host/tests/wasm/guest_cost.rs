@@ -11,6 +11,7 @@
 use std::sync::{Arc, LazyLock};
 
 use meshgate_filter_host::{Chain, ManualClock, Plugin, PluginOptions, Request, Response, Runtime};
+use meshgate_filter_tests::fixtures::user_response;
 use meshgate_filter_tests::guest_cost::{fuel_in_logs, instrument};
 
 use crate::common::{
@@ -80,20 +81,6 @@ fn plugin(module: &str) -> Arc<Plugin> {
 
 const USER_JSON: &str =
     r#"{"id":"u-12345","name":"Ada Lovelace","email":"ada@example.com","age":36}"#;
-
-fn user_response() -> meshgate_proto::user::GetUserResponse {
-    meshgate_proto::user::GetUserResponse {
-        user: Some(meshgate_proto::user::User {
-            id: "u-12345".into(),
-            name: "Ada Lovelace".into(),
-            email: "ada@example.com".into(),
-            age: 36,
-            created_at: 1_700_000_000,
-            updated_at: 1_700_000_100,
-        }),
-        message: "ok".into(),
-    }
-}
 
 fn rest_get() -> Request {
     Request::new("GET", "/v1/users/u-12345")
