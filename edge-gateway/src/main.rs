@@ -112,8 +112,9 @@ fn main() {
     };
     let listen = state.config.listen;
     let metrics = state.config.metrics_listen;
+    let tls = state.config.tls.as_ref().map(|(addr, _, _)| *addr);
     server.bootstrap();
-    tracing::info!(%listen, ?metrics, ?upstreams, "edge-gateway listening: REST, gRPC-web and gRPC (h2c) on http://{listen}");
+    tracing::info!(%listen, ?metrics, ?tls, ?upstreams, "edge-gateway listening: REST, gRPC-web and gRPC (h2c) on http://{listen}");
     // SIGTERM: /readyz 503 while serving on for the drain delay, then pingora stops accepting;
     // the process exits as soon as no request is in flight (at the latest when
     // `grace_period_seconds` ends and pingora drops what is left), after flushing spans.

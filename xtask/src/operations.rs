@@ -143,7 +143,7 @@ gateway:
             dist = root.join("web/dist").display(),
         ),
     )?;
-    let (gateway_pid, [gateway, gateway_metrics]) = stack::spawn_listening(
+    let (_, [gateway, gateway_metrics, tls]) = stack::spawn_listening(
         &children,
         "edge-gateway",
         stack::gateway(&bin, &config)
@@ -151,20 +151,10 @@ gateway:
             .stdout(file("edge-gateway.log")?)
             .stderr(file("edge-gateway.stderr")?),
         &work.join("edge-gateway.log"),
-        &stack::GATEWAY_LISTENING,
+        &stack::GATEWAY_TLS_LISTENING,
     )?;
-    let (gateway_port, gateway_metrics) = (gateway.port(), gateway_metrics.port());
-    // The "listening" line names the plain and metrics addresses; the TLS one is the third
-    // socket the gateway bound.
-    let ports = children.wait_listening("edge-gateway", gateway_pid, 3, Duration::from_secs(10))?;
-    let [tls_port] = ports
-        .iter()
-        .copied()
-        .filter(|port| ![gateway_port, gateway_metrics].contains(port))
-        .collect::<Vec<_>>()[..]
-    else {
-        bail!("edge-gateway listens on {ports:?}: which one is TLS?");
-    };
+    let (gateway_port, gateway_metrics, tls_port) =
+        (gateway.port(), gateway_metrics.port(), tls.port());
     log(&format!(
         "edge-gateway on 127.0.0.1:{gateway_port}, TLS on 127.0.0.1:{tls_port}"
     ));

@@ -71,33 +71,39 @@ pub fn gateway(bin: &Path, config: &Path) -> Command {
 }
 
 /// How a server started on port 0 reports the addresses it bound: the line (`marker`) and its
-/// two address fields.
-pub struct Listening {
+/// address fields.
+pub struct Listening<const N: usize> {
     marker: &'static str,
-    keys: [&'static str; 2],
+    keys: [&'static str; N],
 }
 
 /// A [`user_service`]: gRPC, metrics.
-pub const USER_SERVICE_LISTENING: Listening = Listening {
+pub const USER_SERVICE_LISTENING: Listening<2> = Listening {
     marker: "user-service listening",
     keys: ["grpc_addr", "metrics_addr"],
 };
 
 /// A [`gateway`]: the main listener, metrics.
-pub const GATEWAY_LISTENING: Listening = Listening {
+pub const GATEWAY_LISTENING: Listening<2> = Listening {
     marker: "edge-gateway listening",
     keys: ["listen", "metrics"],
 };
 
+/// A [`gateway`] with a TLS listener: the main listener, metrics, TLS.
+pub const GATEWAY_TLS_LISTENING: Listening<3> = Listening {
+    marker: "edge-gateway listening",
+    keys: ["listen", "metrics", "tls"],
+};
+
 /// Starts `command` (a [`user_service`] or [`gateway`] on port 0, logging at info to `log`) as
-/// `name` and reads the two addresses it bound from its listening line. Returns its pid too.
-pub fn spawn_listening(
+/// `name` and reads the addresses it bound from its listening line. Returns its pid too.
+pub fn spawn_listening<const N: usize>(
     children: &Children,
     name: &str,
     command: &mut Command,
     log: &Path,
-    listening: &Listening,
-) -> anyhow::Result<(u32, [SocketAddr; 2])> {
+    listening: &Listening<N>,
+) -> anyhow::Result<(u32, [SocketAddr; N])> {
     let pid = children.spawn(name, command)?;
     let addresses = logged_addresses(children, name, log, listening.marker, listening.keys)?;
     Ok((pid, addresses))
