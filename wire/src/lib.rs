@@ -4,7 +4,10 @@
 //! # Layout
 //! - [`percent`]: percent-decoding of path segments (strict) and query strings.
 //! - [`path_template`]: `google.api.http` path templates (parse, match, specificity).
-//! - [`routes`] (feature `descriptors`): the REST route table from a descriptor pool.
+//! - [`routes`]: the REST route table of `google.api.http` rules, from a prost-reflect pool
+//!   (feature `descriptors`) or a [`schema`] (feature `schema`).
+//! - [`schema`] (feature `schema`): a compact schema of a descriptor set and a protobuf wire
+//!   reader (check a message, read a scalar at a field path).
 //! - [`grpc`]: 5-byte message frames, trailer blocks, `/Service/Method` paths, status names,
 //!   the streaming message-size guard.
 //! - [`grpc_web`]: gRPC-web content types, grpc-web-text base64 (padding anywhere), and with
@@ -27,6 +30,8 @@ pub mod grpc_headers;
 pub mod grpc_web;
 pub mod path_template;
 pub mod percent;
-#[cfg(feature = "descriptors")]
+#[cfg(any(feature = "descriptors", feature = "schema"))]
 pub mod routes;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod trace;
