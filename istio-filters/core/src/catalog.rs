@@ -1,19 +1,23 @@
 //! The protobuf descriptors a filter knows: the built-in meshgate contract or a
-//! FileDescriptorSet from config, plus the REST routes of their `google.api.http` rules (the
-//! gateway's route table, `meshgate_wire::routes`, so both map a REST request to the same
+//! FileDescriptorSet from config, as `meshgate_wire`'s compact [`Schema`] (no reflection
+//! library in the modules), plus the REST routes of their `google.api.http` rules (the
+//! gateway's route builder, `meshgate_wire::routes`, so both map a REST request to the same
 //! method).
 
 use std::cell::RefCell;
 use std::sync::{Arc, Weak};
 
 use base64::Engine as _;
-use meshgate_wire::routes::{Bindings, Route, Router};
-use prost_reflect::{DescriptorPool, MethodDescriptor};
+use meshgate_wire::routes::{Bindings, RouteOf, RouterOf, Side};
+pub use meshgate_wire::schema::{MessageId, MethodId, Schema};
+
+/// A REST route; its method is an index into the catalog's [`Schema::methods`].
+pub type Route = RouteOf<MethodId>;
 
 #[derive(Debug, Clone)]
 pub struct Catalog {
-    pool: DescriptorPool,
-    router: Router,
+    schema: Schema,
+    router: RouterOf<MethodId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,14 +64,16 @@ impl Catalog {
                 .map_err(|_| CatalogError::Base64)?,
             None => meshgate_proto::FILE_DESCRIPTOR_SET.to_vec(),
         };
-        let pool = DescriptorPool::decode(bytes.as_slice())
-            .map_err(|e| CatalogError::Descriptors(e.to_string()))?;
-        let router = Router::from_pool(&pool).map_err(|e| CatalogError::Rule(e.to_string()))?;
-        Ok(Self { pool, router })
+        let schema =
+            Schema::decode(&bytes).map_err(|e| CatalogError::Descriptors(e.to_string()))?;
+        let router = schema
+            .router()
+            .map_err(|e| CatalogError::Rule(e.to_string()))?;
+        Ok(Self { schema, router })
     }
 
-    pub fn pool(&self) -> &DescriptorPool {
-        &self.pool
+    pub fn schema(&self) -> &Schema {
+        &self.schema
     }
 
     pub fn routes(&self) -> &[Arc<Route>] {
@@ -75,15 +81,12 @@ impl Catalog {
     }
 
     /// Looks up `package.Service/Method` (the config spelling and the gRPC path).
-    pub fn method(&self, service: &str, method: &str) -> Option<MethodDescriptor> {
-        self.pool
-            .get_service_by_name(service)?
-            .methods()
-            .find(|m| m.name() == method)
+    pub fn method(&self, service: &str, method: &str) -> Option<MethodId> {
+        self.schema.method(service, method)
     }
 
     /// Looks up the config spelling `package.Service/Method`.
-    pub fn method_by_name(&self, qualified: &str) -> Option<MethodDescriptor> {
+    pub fn method_by_name(&self, qualified: &str) -> Option<MethodId> {
         let (service, method) = qualified.split_once('/')?;
         self.method(service, method)
     }
@@ -98,11 +101,20 @@ impl Catalog {
         };
         self.router.lookup(&method, path).ok()
     }
-}
 
-/// `package.Service/Method`, the spelling used in configs and span tags.
-pub fn qualified_name(method: &MethodDescriptor) -> String {
-    format!("{}/{}", method.parent_service().full_name(), method.name())
+    /// `package.Service/Method`, the spelling used in configs and span tags.
+    pub fn qualified_name(&self, method: MethodId) -> String {
+        self.schema.methods[method].qualified_name()
+    }
+
+    /// A method's request (input) or response (output) message.
+    pub fn message_of(&self, method: MethodId, side: Side) -> MessageId {
+        let method = &self.schema.methods[method];
+        match side {
+            Side::Input => method.input,
+            Side::Output => method.output,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -113,18 +125,27 @@ mod tests {
     fn builtin_contract_maps_rest_to_grpc() {
         let catalog = Catalog::load(None).unwrap();
         let (route, bindings) = catalog.route("GET", "/v1/users/42").unwrap();
-        assert_eq!(qualified_name(&route.method), "user.UserService/GetUser");
+        assert_eq!(
+            catalog.qualified_name(route.method),
+            "user.UserService/GetUser"
+        );
         assert_eq!(bindings, vec![("id".to_owned(), "42".to_owned())]);
         let (head, _) = catalog.route("HEAD", "/v1/users/42").unwrap();
-        assert_eq!(qualified_name(&head.method), "user.UserService/GetUser");
+        assert_eq!(
+            catalog.qualified_name(head.method),
+            "user.UserService/GetUser"
+        );
 
         let (list, _) = catalog.route("GET", "/v1/users?page=2").unwrap();
-        assert_eq!(qualified_name(&list.method), "user.UserService/ListUsers");
+        assert_eq!(
+            catalog.qualified_name(list.method),
+            "user.UserService/ListUsers"
+        );
         // Methods are case-sensitive (RFC 9110 §9.1), as the gateway routes them.
         assert!(catalog.route("get", "/v1/users").is_none());
         let (create, _) = catalog.route("POST", "/v1/users").unwrap();
         assert_eq!(
-            qualified_name(&create.method),
+            catalog.qualified_name(create.method),
             "user.UserService/CreateUser"
         );
         assert_eq!(create.body, meshgate_wire::routes::BodyTarget::Whole);

@@ -1,9 +1,8 @@
-//! Field paths (`id`, `user.email`) and reading them from decoded messages, REST path
+//! Field paths (`id`, `user.email`) and reading them from encoded messages, REST path
 //! bindings, query strings and JSON bodies.
 
-use base64::Engine as _;
 use meshgate_wire::percent;
-use prost_reflect::{DynamicMessage, Kind, MessageDescriptor, ReflectMessage, Value};
+use meshgate_wire::schema::{Kind, MessageId, Schema, json_name};
 
 /// A dotted path of field names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +39,7 @@ impl FieldPath {
         if !valid {
             return Err(FieldPathError::Syntax(dotted.to_owned()));
         }
-        let camel_parts: Vec<String> = parts.iter().map(|p| lower_camel(p)).collect();
+        let camel_parts: Vec<String> = parts.iter().map(|p| json_name(p)).collect();
         Ok(Self {
             dotted: dotted.to_owned(),
             camel_dotted: camel_parts.join("."),
@@ -59,25 +58,27 @@ impl FieldPath {
     }
 
     /// Checks that the path names a singular scalar field of `message`.
-    pub fn validate(&self, message: &MessageDescriptor) -> Result<(), FieldPathError> {
-        let mut current = message.clone();
+    pub fn validate(&self, schema: &Schema, message: MessageId) -> Result<(), FieldPathError> {
+        let mut current = message;
         let last = self.parts.len().saturating_sub(1);
         for (i, segment) in self.parts.iter().enumerate() {
-            let field = current
-                .get_field_by_name(segment)
-                .or_else(|| current.get_field_by_json_name(segment))
-                .ok_or_else(|| FieldPathError::UnknownField {
-                    path: self.dotted.clone(),
-                    message: current.full_name().to_owned(),
-                    segment: segment.clone(),
-                })?;
+            let message = &schema.messages[current];
+            let field =
+                message
+                    .field_or_json(segment)
+                    .ok_or_else(|| FieldPathError::UnknownField {
+                        path: self.dotted.clone(),
+                        message: message.full_name.clone(),
+                        segment: segment.clone(),
+                    })?;
+            let is_message = matches!(field.kind, Kind::Message(_) | Kind::Group(_));
             if i == last {
-                if field.is_list() || field.is_map() || matches!(field.kind(), Kind::Message(_)) {
+                if field.repeated || is_message {
                     return Err(FieldPathError::NotScalar(self.dotted.clone()));
                 }
             } else {
-                match field.kind() {
-                    Kind::Message(next) if !field.is_list() && !field.is_map() => current = next,
+                match field.kind {
+                    Kind::Message(next) if !field.repeated => current = next,
                     _ => {
                         return Err(FieldPathError::NotAMessage {
                             path: self.dotted.clone(),
@@ -90,25 +91,15 @@ impl FieldPath {
         Ok(())
     }
 
-    /// The value in a decoded message, as text; `None` when unset or not a scalar.
-    pub fn read_message(&self, message: &DynamicMessage) -> Option<String> {
-        let (last, parents) = self.parts.split_last()?;
-        let mut current = message.clone();
-        for segment in parents {
-            let field = current.descriptor().get_field_by_name(segment)?;
-            if !current.has_field(&field) {
-                return None;
-            }
-            let Value::Message(next) = current.get_field(&field).into_owned() else {
-                return None;
-            };
-            current = next;
-        }
-        let field = current.descriptor().get_field_by_name(last)?;
-        if !current.has_field(&field) {
-            return None;
-        }
-        scalar_text(current.get_field(&field).as_ref(), &field.kind())
+    /// The value in an encoded (and checked) `message`, as text; `None` when unset or not a
+    /// scalar.
+    pub fn read_message(
+        &self,
+        schema: &Schema,
+        message: MessageId,
+        bytes: &[u8],
+    ) -> Option<String> {
+        schema.read_text(message, bytes, &self.parts)
     }
 
     /// The value in a proto3-JSON body (accepts `lowerCamelCase` and the proto names).
@@ -118,7 +109,7 @@ impl FieldPath {
             let object = current.as_object()?;
             current = object
                 .get(segment)
-                .or_else(|| object.get(&lower_camel(segment)))?;
+                .or_else(|| object.get(&json_name(segment)))?;
         }
         match current {
             serde_json::Value::String(s) => Some(s.clone()),
@@ -228,43 +219,6 @@ impl<'de> serde::de::Visitor<'de> for PathSeed<'_> {
     }
 }
 
-fn lower_camel(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut upper = false;
-    for c in name.chars() {
-        if c == '_' {
-            upper = true;
-        } else if upper {
-            out.extend(c.to_uppercase());
-            upper = false;
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn scalar_text(value: &Value, kind: &Kind) -> Option<String> {
-    Some(match value {
-        Value::Bool(v) => v.to_string(),
-        Value::I32(v) => v.to_string(),
-        Value::I64(v) => v.to_string(),
-        Value::U32(v) => v.to_string(),
-        Value::U64(v) => v.to_string(),
-        Value::F32(v) => v.to_string(),
-        Value::F64(v) => v.to_string(),
-        Value::String(v) => v.clone(),
-        Value::Bytes(v) => base64::engine::general_purpose::STANDARD.encode(v),
-        Value::EnumNumber(n) => match kind {
-            Kind::Enum(e) => e
-                .get_value(*n)
-                .map_or_else(|| n.to_string(), |v| v.name().to_owned()),
-            _ => n.to_string(),
-        },
-        Value::Message(_) | Value::List(_) | Value::Map(_) => return None,
-    })
-}
-
 /// The decoded `key=value` pairs of a request path's query string (`+` is a space, as forms
 /// send it). A pair with a malformed escape is skipped: the gateway refuses such a request.
 pub fn query_pairs(path: &str) -> Vec<(String, String)> {
@@ -330,11 +284,15 @@ mod tests {
     }
     use crate::catalog::Catalog;
 
-    fn message(name: &str) -> MessageDescriptor {
-        Catalog::load(None)
-            .unwrap()
-            .pool()
-            .get_message_by_name(name)
+    fn schema() -> Schema {
+        Catalog::load(None).unwrap().schema().clone()
+    }
+
+    fn message(schema: &Schema, name: &str) -> MessageId {
+        schema
+            .messages
+            .iter()
+            .position(|m| m.full_name == name)
             .unwrap()
     }
 
@@ -353,27 +311,37 @@ mod tests {
 
     #[test]
     fn validates_against_descriptors() {
-        let response = message("user.GetUserResponse");
-        FieldPath::parse("user.email")
-            .unwrap()
-            .validate(&response)
-            .unwrap();
+        let schema = schema();
+        let response = message(&schema, "user.GetUserResponse");
+        let validate =
+            |path: &str, message| FieldPath::parse(path).unwrap().validate(&schema, message);
+        validate("user.email", response).unwrap();
+        // JSON names are accepted as well.
+        validate("user.createdAt", response).unwrap();
+        assert_eq!(
+            validate("user.phone", response),
+            Err(FieldPathError::UnknownField {
+                path: "user.phone".into(),
+                message: "user.User".into(),
+                segment: "phone".into()
+            })
+        );
         assert!(matches!(
-            FieldPath::parse("user.phone").unwrap().validate(&response),
-            Err(FieldPathError::UnknownField { .. })
-        ));
-        assert!(matches!(
-            FieldPath::parse("user").unwrap().validate(&response),
+            validate("user", response),
             Err(FieldPathError::NotScalar(_))
         ));
         assert!(matches!(
-            FieldPath::parse("message.x").unwrap().validate(&response),
+            validate("message.x", response),
             Err(FieldPathError::NotAMessage { .. })
         ));
-        let list = message("user.ListUsersResponse");
+        let list = message(&schema, "user.ListUsersResponse");
         assert!(matches!(
-            FieldPath::parse("users.email").unwrap().validate(&list),
+            validate("users.email", list),
             Err(FieldPathError::NotAMessage { .. })
+        ));
+        assert!(matches!(
+            validate("users", list),
+            Err(FieldPathError::NotScalar(_))
         ));
     }
 
@@ -388,12 +356,15 @@ mod tests {
             }),
             message: String::new(),
         };
-        let decoded = DynamicMessage::decode(
-            message("user.GetUserResponse"),
-            response.encode_to_vec().as_slice(),
-        )
-        .unwrap();
-        let read = |p: &str| FieldPath::parse(p).unwrap().read_message(&decoded);
+        let schema = schema();
+        let id = message(&schema, "user.GetUserResponse");
+        let bytes = response.encode_to_vec();
+        schema.check(id, &bytes).unwrap();
+        let read = |p: &str| {
+            FieldPath::parse(p)
+                .unwrap()
+                .read_message(&schema, id, &bytes)
+        };
         assert_eq!(read("user.email").as_deref(), Some("ada@example.com"));
         assert_eq!(read("user.age").as_deref(), Some("36"));
         assert_eq!(

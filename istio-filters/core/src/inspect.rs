@@ -6,10 +6,9 @@ use std::sync::Arc;
 use meshgate_wire::content_type::Protocol;
 use meshgate_wire::grpc::{self, FrameError};
 use meshgate_wire::grpc_web;
-use meshgate_wire::routes::BodyTarget;
-use prost_reflect::{DynamicMessage, MessageDescriptor, MethodDescriptor};
+use meshgate_wire::routes::{BodyTarget, Side};
 
-use crate::catalog::{Catalog, qualified_name};
+use crate::catalog::{Catalog, MessageId, MethodId};
 use crate::fields::{FieldPath, query_pairs};
 use crate::host::{Host, header_value};
 
@@ -19,7 +18,9 @@ pub struct RequestTarget {
     pub protocol: Protocol,
     pub http_method: String,
     pub path: String,
-    pub method: Option<MethodDescriptor>,
+    /// The gRPC method, in `catalog`'s schema.
+    pub method: Option<MethodId>,
+    pub catalog: Arc<Catalog>,
     /// REST only: the rule's `body` and `response_body` (`None`: the whole message), and the
     /// path bindings.
     pub rest_body: Option<BodyTarget>,
@@ -44,12 +45,12 @@ impl RequestTarget {
         if let Some(target) = host.shared_target(catalog) {
             return target;
         }
-        let target = Arc::new(Self::inspect(catalog, host));
+        let target = Arc::new(Self::inspect(Arc::clone(catalog), host));
         host.share_target(catalog, &target);
         target
     }
 
-    fn inspect(catalog: &Catalog, host: &dyn Host) -> Self {
+    fn inspect(catalog: Arc<Catalog>, host: &dyn Host) -> Self {
         let headers = host.request_headers();
         let get = |name: &str| header_value(&headers, name).map(str::to_owned);
         let protocol = Protocol::from_content_type(get("content-type").as_deref());
@@ -60,6 +61,7 @@ impl RequestTarget {
             http_method,
             path,
             method: None,
+            catalog,
             rest_body: None,
             rest_response_body: None,
             bindings: Vec::new(),
@@ -70,15 +72,17 @@ impl RequestTarget {
         };
         if protocol.is_grpc_family() {
             target.method = grpc::split_path(&target.path)
-                .and_then(|(service, method)| catalog.method(service, method));
-        } else if let Some((route, bindings)) = catalog.route(&target.http_method, &target.path) {
-            target.method = Some(route.method.clone());
+                .and_then(|(service, method)| target.catalog.method(service, method));
+        } else if let Some((route, bindings)) =
+            target.catalog.route(&target.http_method, &target.path)
+        {
+            target.method = Some(route.method);
             target.rest_body = Some(route.body.clone());
             target.rest_response_body = route.response_body.clone();
             target.bindings = bindings;
             target.query = query_pairs(&target.path);
         }
-        target.qualified = target.method.as_ref().map(qualified_name);
+        target.qualified = target.method.map(|m| target.catalog.qualified_name(m));
         target
     }
 
@@ -145,7 +149,7 @@ impl RequestTarget {
 
     /// Decodes a complete request body into something fields can be read from.
     pub fn decode_request(&self, body: &[u8]) -> Result<Decoded, BodyError> {
-        let Some(method) = &self.method else {
+        let Some(method) = self.method else {
             return Ok(Decoded::Nothing);
         };
         match self.protocol {
@@ -157,7 +161,7 @@ impl RequestTarget {
                     .map(Decoded::Json)
                     .map_err(|e| BodyError::Json(e.to_string()))
             }
-            protocol => decode_grpc_message(protocol, body, method.input()),
+            protocol => self.decode_grpc_message(protocol, body, method, Side::Input),
         }
     }
 
@@ -167,7 +171,7 @@ impl RequestTarget {
             return Some(value);
         }
         match decoded {
-            Decoded::Message(message) => return path.read_message(message),
+            Decoded::Message(message) => return message.read(path),
             Decoded::Json(json) => {
                 if let Some(value) = self.read_rest_json(json, path) {
                     return Some(value);
@@ -214,7 +218,7 @@ impl RequestTarget {
 
     /// Decodes a complete response body (gRPC family: the output message; REST: JSON).
     pub fn decode_response(&self, body: &[u8]) -> Result<Decoded, BodyError> {
-        let Some(method) = &self.method else {
+        let Some(method) = self.method else {
             return Ok(Decoded::Nothing);
         };
         match self.protocol {
@@ -223,15 +227,59 @@ impl RequestTarget {
             Protocol::Http => serde_json::from_slice::<serde::de::IgnoredAny>(body)
                 .map(|_| Decoded::JsonText(body.to_vec()))
                 .map_err(|e| BodyError::Json(e.to_string())),
-            protocol => decode_grpc_message(protocol, body, method.output()),
+            protocol => self.decode_grpc_message(protocol, body, method, Side::Output),
         }
+    }
+
+    /// The first message of a gRPC-family body, checked against the method's message.
+    fn decode_grpc_message(
+        &self,
+        protocol: Protocol,
+        body: &[u8],
+        method: MethodId,
+        side: Side,
+    ) -> Result<Decoded, BodyError> {
+        let decoded_text;
+        let binary = if protocol == Protocol::GrpcWebText {
+            decoded_text = grpc_web::decode_text(body)?;
+            decoded_text.as_slice()
+        } else {
+            body
+        };
+        let Some(payload) = grpc::first_message(binary)? else {
+            return Ok(Decoded::Nothing);
+        };
+        let message = self.catalog.message_of(method, side);
+        self.catalog
+            .schema()
+            .check(message, payload)
+            .map_err(|e| BodyError::Protobuf(e.to_string()))?;
+        Ok(Decoded::Message(EncodedMessage {
+            catalog: Arc::clone(&self.catalog),
+            message,
+            bytes: payload.to_vec(),
+        }))
+    }
+}
+
+/// A protobuf message checked against its schema, read field by field.
+#[derive(Debug, Clone)]
+pub struct EncodedMessage {
+    catalog: Arc<Catalog>,
+    message: MessageId,
+    bytes: Vec<u8>,
+}
+
+impl EncodedMessage {
+    pub fn read(&self, path: &FieldPath) -> Option<String> {
+        path.read_message(self.catalog.schema(), self.message, &self.bytes)
     }
 }
 
 /// A decoded body.
 #[derive(Debug, Clone)]
 pub enum Decoded {
-    Message(DynamicMessage),
+    Message(EncodedMessage),
     Json(serde_json::Value),
     /// Valid JSON text, read with [`FieldPath::read_json_text`].
     JsonText(Vec<u8>),
@@ -242,7 +290,7 @@ impl Decoded {
     /// Reads a field of a decoded response (no bindings or query involved).
     pub fn read(&self, path: &FieldPath) -> Option<String> {
         match self {
-            Self::Message(m) => path.read_message(m),
+            Self::Message(m) => m.read(path),
             Self::Json(j) => path.read_json(j),
             Self::JsonText(text) => path.read_json_text(text),
             Self::Nothing => None,
@@ -261,26 +309,6 @@ pub enum BodyError {
     Protobuf(String),
     #[error("JSON decode failed: {0}")]
     Json(String),
-}
-
-fn decode_grpc_message(
-    protocol: Protocol,
-    body: &[u8],
-    descriptor: MessageDescriptor,
-) -> Result<Decoded, BodyError> {
-    let decoded_text;
-    let binary = if protocol == Protocol::GrpcWebText {
-        decoded_text = grpc_web::decode_text(body)?;
-        decoded_text.as_slice()
-    } else {
-        body
-    };
-    let Some(payload) = grpc::first_message(binary)? else {
-        return Ok(Decoded::Nothing);
-    };
-    DynamicMessage::decode(descriptor, payload)
-        .map(Decoded::Message)
-        .map_err(|e| BodyError::Protobuf(e.to_string()))
 }
 
 #[cfg(test)]

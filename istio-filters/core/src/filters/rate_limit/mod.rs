@@ -15,6 +15,7 @@ mod stream;
 
 use std::sync::Arc;
 
+use meshgate_wire::routes::Side;
 use sha2::{Digest, Sha256};
 
 pub use self::config::{KeyPart, Mode, RateLimitConfig, RuleConfig};
@@ -130,7 +131,7 @@ impl RateLimit {
                 let descriptor = catalog.method_by_name(method).ok_or_else(|| {
                     ConfigError::at(at("methods"), format!("unknown method {method:?}"))
                 })?;
-                inputs.push(descriptor.input());
+                inputs.push(catalog.message_of(descriptor, Side::Input));
             }
             if rule.key.is_empty() {
                 return Err(ConfigError::at(
@@ -159,7 +160,7 @@ impl RateLimit {
                         }
                         for input in &inputs {
                             field
-                                .validate(input)
+                                .validate(catalog.schema(), *input)
                                 .map_err(|e| ConfigError::at(at("key.field.path"), e))?;
                         }
                         Part::Field(field)

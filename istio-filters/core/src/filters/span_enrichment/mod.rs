@@ -18,6 +18,8 @@ mod values;
 
 use std::sync::Arc;
 
+use meshgate_wire::routes::Side;
+
 pub use self::config::{Direction, FieldConfig, Redaction, SpanEnrichmentConfig};
 pub use self::stream::SpanEnrichmentStream;
 use crate::catalog::Catalog;
@@ -83,20 +85,20 @@ impl SpanEnrichment {
                     format!("{:?} listed twice", field.path),
                 ));
             }
-            let message_of = |m: &prost_reflect::MethodDescriptor| match field.from {
-                Direction::Request => m.input(),
-                Direction::Response => m.output(),
+            let side = match field.from {
+                Direction::Request => Side::Input,
+                Direction::Response => Side::Output,
             };
+            let schema = catalog.schema();
             let mut methods = Vec::new();
             if field.methods.is_empty() {
                 // Every method whose message has the field.
-                for route_method in catalog
-                    .pool()
-                    .services()
-                    .flat_map(|s| s.methods().collect::<Vec<_>>())
-                {
-                    if path.validate(&message_of(&route_method)).is_ok() {
-                        methods.push(crate::catalog::qualified_name(&route_method));
+                for method in 0..schema.methods.len() {
+                    if path
+                        .validate(schema, catalog.message_of(method, side))
+                        .is_ok()
+                    {
+                        methods.push(catalog.qualified_name(method));
                     }
                 }
                 if methods.is_empty() {
@@ -113,7 +115,7 @@ impl SpanEnrichment {
                     let method = catalog.method_by_name(name).ok_or_else(|| {
                         ConfigError::at(at("methods"), format!("unknown method {name:?}"))
                     })?;
-                    path.validate(&message_of(&method))
+                    path.validate(schema, catalog.message_of(method, side))
                         .map_err(|e| ConfigError::at(at("path"), e))?;
                     methods.push(name.clone());
                 }

@@ -55,20 +55,24 @@ impl Stream for SpanEnrichmentStream {
             host.set_property(&["meshgate.trace_id"], found.trace_id.as_bytes());
             host.set_property(&["meshgate.trace_format"], found.format.as_str().as_bytes());
         }
-        let Some(method) = target.method.clone() else {
+        let Some(method) = target.method else {
             return Action::Continue;
         };
-        let service = method.parent_service().full_name().to_owned();
-        emit(host, SERVICE_HEADER, "meshgate.grpc_service", &service);
-        emit(host, METHOD_HEADER, "meshgate.grpc_method", method.name());
+        let method = &target.catalog.schema().methods[method];
+        emit(
+            host,
+            SERVICE_HEADER,
+            "meshgate.grpc_service",
+            &method.service,
+        );
+        emit(host, METHOD_HEADER, "meshgate.grpc_method", &method.name);
         self.root.counters.increment(host, "enriched");
-        let qualified = crate::catalog::qualified_name(&method);
-        let wants_body = self
-            .root
-            .fields_for(&qualified, Direction::Request)
-            .next()
-            .is_some()
-            && target.message_in_body();
+        let wants_body = target.qualified().is_some_and(|qualified| {
+            self.root
+                .fields_for(qualified, Direction::Request)
+                .next()
+                .is_some()
+        }) && target.message_in_body();
         let fits = target
             .content_length()
             .is_none_or(|len| len <= self.root.max_body);
