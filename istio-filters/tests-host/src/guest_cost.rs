@@ -136,6 +136,21 @@ fn layout(wasm: &[u8]) -> Result<Layout, InstrumentError> {
 
 /// The module with its fuel counted per callback (see the module docs).
 pub fn instrument(wasm: &[u8]) -> Result<Vec<u8>, InstrumentError> {
+    rewrite(wasm, false)
+}
+
+/// The prefix of a per-function line of [`instrument_profile`]: `pf:<function index as 8 hex
+/// digits>:<fuel as 16 hex digits>`.
+pub const PROFILE_LINE: &str = "pf:";
+
+/// The module with its fuel counted per function: when a callback returns, one
+/// [`PROFILE_LINE`] per function that ran logs its fuel since the last report (read back with
+/// [`profile_in_logs`]). Where a flow's fuel goes, for finding what to make cheaper.
+pub fn instrument_profile(wasm: &[u8]) -> Result<Vec<u8>, InstrumentError> {
+    rewrite(wasm, true)
+}
+
+fn rewrite(wasm: &[u8], per_function: bool) -> Result<Vec<u8>, InstrumentError> {
     let layout = layout(wasm)?;
     let proxy_log = layout
         .proxy_log
@@ -159,6 +174,7 @@ pub fn instrument(wasm: &[u8]) -> Result<Vec<u8>, InstrumentError> {
                     .parse_type_section(&mut types, reader.clone())
                     .map_err(error)?;
                 types.ty().function([], []);
+                types.ty().function([ValType::I32, ValType::I64], []);
                 module.section(&types);
             }
             Payload::FunctionSection(_) => {
@@ -170,6 +186,9 @@ pub fn instrument(wasm: &[u8]) -> Result<Vec<u8>, InstrumentError> {
                 for (_, index) in &layout.callbacks {
                     functions.function(function_type(&layout, *index)?);
                 }
+                if per_function {
+                    functions.function(report_type + 1);
+                }
                 module.section(&functions);
             }
             Payload::GlobalSection(reader) => {
@@ -177,14 +196,17 @@ pub fn instrument(wasm: &[u8]) -> Result<Vec<u8>, InstrumentError> {
                 reencoder
                     .parse_global_section(&mut globals, reader.clone())
                     .map_err(error)?;
-                globals.global(
-                    GlobalType {
-                        val_type: ValType::I64,
-                        mutable: true,
-                        shared: false,
-                    },
-                    &ConstExpr::i64_const(0),
-                );
+                let counters = if per_function { 1 + defined } else { 1 };
+                for _ in 0..counters {
+                    globals.global(
+                        GlobalType {
+                            val_type: ValType::I64,
+                            mutable: true,
+                            shared: false,
+                        },
+                        &ConstExpr::i64_const(0),
+                    );
+                }
                 module.section(&globals);
             }
             Payload::ExportSection(reader) => {
@@ -206,13 +228,31 @@ pub fn instrument(wasm: &[u8]) -> Result<Vec<u8>, InstrumentError> {
             }
             Payload::CodeSectionStart { count, .. } => bodies_left = *count,
             Payload::CodeSectionEntry(body) => {
-                code.function(&count_fuel(body, counter, &mut reencoder)?);
+                let own = if per_function {
+                    counter + 1 + (defined - bodies_left)
+                } else {
+                    counter
+                };
+                code.function(&count_fuel(body, own, &mut reencoder)?);
                 bodies_left -= 1;
                 if bodies_left == 0 {
-                    code.function(&report_function(counter, proxy_log));
+                    let log_pair = wrapper(layout.callbacks.len());
+                    if per_function {
+                        code.function(&profile_report_function(
+                            counter + 1,
+                            defined,
+                            layout.imported_functions,
+                            log_pair,
+                        ));
+                    } else {
+                        code.function(&report_function(counter, proxy_log));
+                    }
                     for (_, index) in &layout.callbacks {
                         let params = function_params(wasm, &layout, *index)?;
                         code.function(&wrapper_function(*index, params, report));
+                    }
+                    if per_function {
+                        code.function(&log_pair_function(proxy_log));
                     }
                     module.section(&code);
                 }
@@ -361,6 +401,136 @@ fn report_function(counter: u32, proxy_log: u32) -> Function {
     f.instruction(&Instruction::Drop);
     f.instruction(&Instruction::End);
     f
+}
+
+/// For each function that ran since the last report, `log_pair(function index, its fuel)`;
+/// the counters are reset.
+fn profile_report_function(first: u32, defined: u32, imported: u32, log_pair: u32) -> Function {
+    let mut f = Function::new([]);
+    for i in 0..defined {
+        f.instruction(&Instruction::GlobalGet(first + i));
+        f.instruction(&Instruction::I64Eqz);
+        f.instruction(&Instruction::If(wasm_encoder::BlockType::Empty));
+        f.instruction(&Instruction::Else);
+        f.instruction(&Instruction::I32Const(
+            i32::try_from(imported + i).unwrap_or(i32::MAX),
+        ));
+        f.instruction(&Instruction::GlobalGet(first + i));
+        f.instruction(&Instruction::Call(log_pair));
+        f.instruction(&Instruction::I64Const(0));
+        f.instruction(&Instruction::GlobalSet(first + i));
+        f.instruction(&Instruction::End);
+    }
+    f.instruction(&Instruction::End);
+    f
+}
+
+/// `log_pair(index: i32, fuel: i64)`: logs `pf:<index>:<fuel>` in hex at Critical, written
+/// below the shadow stack as [`report_function`] does.
+fn log_pair_function(proxy_log: u32) -> Function {
+    const LINE: i32 = 64;
+    let (index, value, line, digit) = (0, 1, 2, 3);
+    let mut f = Function::new([(2, ValType::I32)]);
+    let byte = |offset: u64| {
+        Instruction::I32Store8(MemArg {
+            offset,
+            align: 0,
+            memory_index: 0,
+        })
+    };
+    f.instruction(&Instruction::GlobalGet(0));
+    f.instruction(&Instruction::I32Const(LINE));
+    f.instruction(&Instruction::I32Sub);
+    f.instruction(&Instruction::LocalSet(line));
+    let mut offset = 0u64;
+    let text = |f: &mut Function, offset: &mut u64, s: &str| {
+        for ch in s.bytes() {
+            f.instruction(&Instruction::LocalGet(line));
+            f.instruction(&Instruction::I32Const(i32::from(ch)));
+            f.instruction(&byte(*offset));
+            *offset += 1;
+        }
+    };
+    text(&mut f, &mut offset, PROFILE_LINE);
+    // The index as 8 nibbles of an i64, then the value as 16.
+    for (source, nibbles) in [(index, 8u64), (value, 16)] {
+        for nibble in 0..nibbles {
+            f.instruction(&Instruction::LocalGet(line));
+            f.instruction(&Instruction::LocalGet(source));
+            if source == index {
+                f.instruction(&Instruction::I64ExtendI32U);
+            }
+            f.instruction(&Instruction::I64Const(
+                i64::try_from(4 * (nibbles - 1 - nibble)).unwrap_or(0),
+            ));
+            f.instruction(&Instruction::I64ShrU);
+            f.instruction(&Instruction::I64Const(15));
+            f.instruction(&Instruction::I64And);
+            f.instruction(&Instruction::I32WrapI64);
+            f.instruction(&Instruction::LocalTee(digit));
+            f.instruction(&Instruction::I32Const(48));
+            f.instruction(&Instruction::I32Add);
+            f.instruction(&Instruction::LocalGet(digit));
+            f.instruction(&Instruction::I32Const(9));
+            f.instruction(&Instruction::I32GtU);
+            f.instruction(&Instruction::I32Const(39));
+            f.instruction(&Instruction::I32Mul);
+            f.instruction(&Instruction::I32Add);
+            f.instruction(&byte(offset));
+            offset += 1;
+        }
+        if source == index {
+            text(&mut f, &mut offset, ":");
+        }
+    }
+    f.instruction(&Instruction::I32Const(5)); // LogLevel::Critical
+    f.instruction(&Instruction::LocalGet(line));
+    f.instruction(&Instruction::I32Const(i32::try_from(offset).unwrap_or(0)));
+    f.instruction(&Instruction::Call(proxy_log));
+    f.instruction(&Instruction::Drop);
+    f.instruction(&Instruction::End);
+    f
+}
+
+/// Fuel per function index in the [`PROFILE_LINE`]s of `lines`, summed.
+pub fn profile_in_logs(lines: &[String]) -> std::collections::BTreeMap<u32, u64> {
+    let mut profile = std::collections::BTreeMap::new();
+    for line in lines {
+        let Some((index, fuel)) = line
+            .strip_prefix(PROFILE_LINE)
+            .and_then(|rest| rest.split_once(':'))
+        else {
+            continue;
+        };
+        if let (Ok(index), Ok(fuel)) = (
+            u32::from_str_radix(index, 16),
+            u64::from_str_radix(fuel, 16),
+        ) {
+            *profile.entry(index).or_insert(0) += fuel;
+        }
+    }
+    profile
+}
+
+/// Function names by index from the module's `name` section (an unstripped build).
+pub fn function_names(wasm: &[u8]) -> std::collections::BTreeMap<u32, String> {
+    let mut names = std::collections::BTreeMap::new();
+    for payload in Parser::new(0).parse_all(wasm) {
+        let Ok(Payload::CustomSection(section)) = payload else {
+            continue;
+        };
+        let wasmparser::KnownCustom::Name(reader) = section.as_known() else {
+            continue;
+        };
+        for subsection in reader {
+            if let Ok(wasmparser::Name::Function(map)) = subsection {
+                for naming in map.into_iter().flatten() {
+                    names.insert(naming.index, naming.name.to_owned());
+                }
+            }
+        }
+    }
+    names
 }
 
 /// Calls the callback `index` with its parameters, then the report; returns its result.

@@ -11,10 +11,10 @@ const KIB: usize = 1024;
 /// Each module's ceiling: its measured size (README) rounded up to the next 8 KiB. The issue's
 /// goals are ≤ 400 KiB per module and ≤ 512 KiB for the bundle.
 const CEILINGS: [(&str, usize); 4] = [
-    (RATE_LIMIT, 784 * KIB),
-    (CACHE_HEADERS, 704 * KIB),
-    (SPAN_ENRICHMENT, 768 * KIB),
-    (BUNDLE, 872 * KIB),
+    (RATE_LIMIT, 368 * KIB),
+    (CACHE_HEADERS, 304 * KIB),
+    (SPAN_ENRICHMENT, 344 * KIB),
+    (BUNDLE, 448 * KIB),
 ];
 
 /// The modules over their ceiling, as messages.
