@@ -533,15 +533,18 @@ mod tests {
         assert_eq!(names, vec![json!("pageSize"), json!("pageToken")]);
         let schemas = &doc["components"]["schemas"];
         // The same message names, kept apart by package.
-        assert_eq!(schemas["user.User"]["properties"]["createdAt"]["format"], "int64");
+        assert_eq!(
+            schemas["user.User"]["properties"]["createdAt"]["format"],
+            "int64"
+        );
         assert_eq!(
             schemas["user.v2.User"]["properties"]["createdAt"],
             json!({"type": "string", "format": "date-time"})
         );
         // v2 answers the resource itself: 201 with the user, no envelope.
         assert_eq!(
-            doc["paths"]["/v2/users"]["post"]["responses"]["201"]["content"]["application/json"]
-                ["schema"]["$ref"],
+            doc["paths"]["/v2/users"]["post"]["responses"]["201"]["content"]["application/json"]["schema"]
+                ["$ref"],
             "#/components/schemas/user.v2.User"
         );
         let ids: Vec<_> = doc["paths"]

@@ -169,7 +169,10 @@ mod tests {
                 .is_some()
         };
         assert!(!file("buf/validate/validate.proto"));
-        assert!(!file("google/rpc/error_details.proto"), "vendored comments are dropped");
+        assert!(
+            !file("google/rpc/error_details.proto"),
+            "vendored comments are dropped"
+        );
         assert!(file("user.proto"));
         assert!(file("user/v2/user.proto"));
         assert!(

@@ -93,7 +93,10 @@ mod tests {
         let forged = URL_SAFE_NO_PAD.encode(&bytes);
         let violation = tokens.read(&forged).unwrap_err();
         assert_eq!(violation.field, "page_token");
-        assert!(violation.description.contains("not issued"), "{violation:?}");
+        assert!(
+            violation.description.contains("not issued"),
+            "{violation:?}"
+        );
     }
 
     #[test]

@@ -47,17 +47,18 @@ async fn v2_rest_and_grpc_beside_v1_through_the_edge() {
     let id = ada["id"].as_str().unwrap().to_owned();
     assert_eq!(location, format!("/v2/users/{id}"));
     assert!(is_rfc3339_utc(&ada["createdAt"]), "{ada}");
-    assert!(ada.get("message").is_none() && ada.get("user").is_none(), "{ada}");
+    assert!(
+        ada.get("message").is_none() && ada.get("user").is_none(),
+        "{ada}"
+    );
 
     // The same user through v1 (unix seconds) and v2 gRPC (Timestamp): the same instant.
     let old: Value = get_json(&client, gw.url(&format!("/v1/users/{id}"))).await;
     assert_eq!(old["email"], "ada@example.com");
-    let mut grpc = user_v2::user_service_client::UserServiceClient::connect(format!(
-        "http://{}",
-        gw.addr
-    ))
-    .await
-    .unwrap();
+    let mut grpc =
+        user_v2::user_service_client::UserServiceClient::connect(format!("http://{}", gw.addr))
+            .await
+            .unwrap();
     let fetched = grpc
         .get_user(user_v2::GetUserRequest { id: id.clone() })
         .await
@@ -93,7 +94,11 @@ async fn v2_rest_and_grpc_beside_v1_through_the_edge() {
         }
     }
     assert_eq!(seen.len(), 5, "{seen:?}");
-    assert_eq!(seen.last(), Some(&id), "newest first: Ada was created first");
+    assert_eq!(
+        seen.last(),
+        Some(&id),
+        "newest first: Ada was created first"
+    );
     let unique: std::collections::HashSet<_> = seen.iter().collect();
     assert_eq!(unique.len(), 5);
 
@@ -117,7 +122,10 @@ async fn v2_rest_and_grpc_beside_v1_through_the_edge() {
         .unwrap();
     assert_eq!(negative.status(), StatusCode::BAD_REQUEST);
     let body = negative.text().await.unwrap();
-    assert!(body.contains("page_size") || body.contains("pageSize"), "{body}");
+    assert!(
+        body.contains("page_size") || body.contains("pageSize"),
+        "{body}"
+    );
 
     // Delete through v2 answers Empty; v1 no longer finds the user.
     let deleted = client.delete(gw.url(&location)).send().await.unwrap();
@@ -220,9 +228,19 @@ async fn the_filters_recognise_v2_methods() {
     let text = attributes.expect("an access-log record of GET /v2/users/{id}");
     assert!(!text.contains("lin@example.com"), "{text}");
     let attributes: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(attributes["meshgate.grpc_service"], "user.v2.UserService", "{attributes}");
-    assert_eq!(attributes["meshgate.grpc_method"], "GetUser", "{attributes}");
-    assert_eq!(attributes["meshgate.request.id"], id.as_str(), "{attributes}");
+    assert_eq!(
+        attributes["meshgate.grpc_service"], "user.v2.UserService",
+        "{attributes}"
+    );
+    assert_eq!(
+        attributes["meshgate.grpc_method"], "GetUser",
+        "{attributes}"
+    );
+    assert_eq!(
+        attributes["meshgate.request.id"],
+        id.as_str(),
+        "{attributes}"
+    );
     assert!(
         attributes["meshgate.response.email"]
             .as_str()

@@ -133,7 +133,11 @@ mod tests {
         // Every annotated service of the set is routed: user.v2 beside user.
         let (v2, _) = catalog.route("GET", "/v2/users").unwrap();
         assert_eq!(qualified_name(&v2.method), "user.v2.UserService/ListUsers");
-        assert!(catalog.method_by_name("user.v2.UserService/GetUser").is_some());
+        assert!(
+            catalog
+                .method_by_name("user.v2.UserService/GetUser")
+                .is_some()
+        );
         assert!(catalog.route("GET\n", "/v1/users").is_none());
     }
 

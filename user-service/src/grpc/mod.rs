@@ -179,14 +179,25 @@ impl<S: UserStore + EventLog + IdempotentCreate> UserService for UserApi<S> {
     ) -> Result<Response<CreateUserResponse>, Status> {
         let key = idempotency_key(request.metadata());
         let ttl = self.idempotency_ttl;
-        self.handle(Rpc::v1("CreateUser"), request, move |store, _, message| async move {
-            let user = create_user(&*store, key, ttl, &message.name, &message.email, message.age)
+        self.handle(
+            Rpc::v1("CreateUser"),
+            request,
+            move |store, _, message| async move {
+                let user = create_user(
+                    &*store,
+                    key,
+                    ttl,
+                    &message.name,
+                    &message.email,
+                    message.age,
+                )
                 .await?;
-            Ok(CreateUserResponse {
-                user: Some(to_wire(&user)),
-                message: "User created successfully".to_owned(),
-            })
-        })
+                Ok(CreateUserResponse {
+                    user: Some(to_wire(&user)),
+                    message: "User created successfully".to_owned(),
+                })
+            },
+        )
         .await
     }
 
@@ -194,14 +205,18 @@ impl<S: UserStore + EventLog + IdempotentCreate> UserService for UserApi<S> {
         &self,
         request: Request<GetUserRequest>,
     ) -> Result<Response<GetUserResponse>, Status> {
-        self.handle(Rpc::v1("GetUser"), request, |store, _, message| async move {
-            let id = parse_id(&message.id)?;
-            let user = store.get(id).await.map_err(from_store)?;
-            Ok(GetUserResponse {
-                user: Some(to_wire(&user)),
-                message: "User retrieved successfully".to_owned(),
-            })
-        })
+        self.handle(
+            Rpc::v1("GetUser"),
+            request,
+            |store, _, message| async move {
+                let id = parse_id(&message.id)?;
+                let user = store.get(id).await.map_err(from_store)?;
+                Ok(GetUserResponse {
+                    user: Some(to_wire(&user)),
+                    message: "User retrieved successfully".to_owned(),
+                })
+            },
+        )
         .await
     }
 
@@ -209,15 +224,24 @@ impl<S: UserStore + EventLog + IdempotentCreate> UserService for UserApi<S> {
         &self,
         request: Request<UpdateUserRequest>,
     ) -> Result<Response<UpdateUserResponse>, Status> {
-        self.handle(Rpc::v1("UpdateUser"), request, |store, _, message| async move {
-            let user =
-                update_user(&*store, &message.id, &message.name, &message.email, message.age)
-                    .await?;
-            Ok(UpdateUserResponse {
-                user: Some(to_wire(&user)),
-                message: "User updated successfully".to_owned(),
-            })
-        })
+        self.handle(
+            Rpc::v1("UpdateUser"),
+            request,
+            |store, _, message| async move {
+                let user = update_user(
+                    &*store,
+                    &message.id,
+                    &message.name,
+                    &message.email,
+                    message.age,
+                )
+                .await?;
+                Ok(UpdateUserResponse {
+                    user: Some(to_wire(&user)),
+                    message: "User updated successfully".to_owned(),
+                })
+            },
+        )
         .await
     }
 
@@ -225,13 +249,17 @@ impl<S: UserStore + EventLog + IdempotentCreate> UserService for UserApi<S> {
         &self,
         request: Request<DeleteUserRequest>,
     ) -> Result<Response<DeleteUserResponse>, Status> {
-        self.handle(Rpc::v1("DeleteUser"), request, |store, _, message| async move {
-            let id = parse_id(&message.id)?;
-            store.delete(id).await.map_err(from_store)?;
-            Ok(DeleteUserResponse {
-                message: "User deleted successfully".to_owned(),
-            })
-        })
+        self.handle(
+            Rpc::v1("DeleteUser"),
+            request,
+            |store, _, message| async move {
+                let id = parse_id(&message.id)?;
+                store.delete(id).await.map_err(from_store)?;
+                Ok(DeleteUserResponse {
+                    message: "User deleted successfully".to_owned(),
+                })
+            },
+        )
         .await
     }
 
@@ -239,17 +267,21 @@ impl<S: UserStore + EventLog + IdempotentCreate> UserService for UserApi<S> {
         &self,
         request: Request<ListUsersRequest>,
     ) -> Result<Response<ListUsersResponse>, Status> {
-        self.handle(Rpc::v1("ListUsers"), request, |store, _, message| async move {
-            let page = store
-                .list(PageRequest::new(message.page, message.limit))
-                .await
-                .map_err(from_store)?;
-            Ok(ListUsersResponse {
-                users: page.users.iter().map(to_wire).collect(),
-                total: i32::try_from(page.total).unwrap_or(i32::MAX),
-                message: "Users retrieved successfully".to_owned(),
-            })
-        })
+        self.handle(
+            Rpc::v1("ListUsers"),
+            request,
+            |store, _, message| async move {
+                let page = store
+                    .list(PageRequest::new(message.page, message.limit))
+                    .await
+                    .map_err(from_store)?;
+                Ok(ListUsersResponse {
+                    users: page.users.iter().map(to_wire).collect(),
+                    total: i32::try_from(page.total).unwrap_or(i32::MAX),
+                    message: "Users retrieved successfully".to_owned(),
+                })
+            },
+        )
         .await
     }
 
@@ -257,13 +289,17 @@ impl<S: UserStore + EventLog + IdempotentCreate> UserService for UserApi<S> {
         &self,
         request: Request<ListUserEventsRequest>,
     ) -> Result<Response<ListUserEventsResponse>, Status> {
-        self.handle(Rpc::v1("ListUserEvents"), request, |store, _, message| async move {
-            let id = parse_id(&message.id)?;
-            let events = store.user_events(id).await.map_err(from_store)?;
-            Ok(ListUserEventsResponse {
-                events: events.iter().map(event_to_wire).collect(),
-            })
-        })
+        self.handle(
+            Rpc::v1("ListUserEvents"),
+            request,
+            |store, _, message| async move {
+                let id = parse_id(&message.id)?;
+                let events = store.user_events(id).await.map_err(from_store)?;
+                Ok(ListUserEventsResponse {
+                    events: events.iter().map(event_to_wire).collect(),
+                })
+            },
+        )
         .await
     }
 
@@ -271,35 +307,39 @@ impl<S: UserStore + EventLog + IdempotentCreate> UserService for UserApi<S> {
         &self,
         request: Request<TestErrorRequest>,
     ) -> Result<Response<TestErrorResponse>, Status> {
-        self.handle(Rpc::v1("TestError"), request, |_, call, message| async move {
-            let code = test_error_code(&message.status_code);
-            // Without an OpenTelemetry layer (a library user that skipped telemetry::init) and
-            // without an incoming trace there is no id yet: make one so the answer still has it.
-            let trace_id = call
-                .trace_id
-                .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-            let mut metadata = MetadataMap::new();
-            if let Ok(value) = MetadataValue::try_from(trace_id.as_str()) {
-                metadata.insert("x-trace-id", value);
-            }
-            let details = ErrorDetails::with_error_info(
-                "TEST_ERROR",
-                "user-service.meshgate",
-                [
-                    ("trace_id".to_owned(), trace_id.clone()),
-                    ("status_code".to_owned(), message.status_code.clone()),
-                ],
-            );
-            Err::<TestErrorResponse, _>(Status::with_error_details_and_metadata(
-                code,
-                format!(
-                    "test error for HTTP status {:?} (trace_id={trace_id})",
-                    message.status_code
-                ),
-                details,
-                metadata,
-            ))
-        })
+        self.handle(
+            Rpc::v1("TestError"),
+            request,
+            |_, call, message| async move {
+                let code = test_error_code(&message.status_code);
+                // Without an OpenTelemetry layer (a library user that skipped telemetry::init) and
+                // without an incoming trace there is no id yet: make one so the answer still has it.
+                let trace_id = call
+                    .trace_id
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+                let mut metadata = MetadataMap::new();
+                if let Ok(value) = MetadataValue::try_from(trace_id.as_str()) {
+                    metadata.insert("x-trace-id", value);
+                }
+                let details = ErrorDetails::with_error_info(
+                    "TEST_ERROR",
+                    "user-service.meshgate",
+                    [
+                        ("trace_id".to_owned(), trace_id.clone()),
+                        ("status_code".to_owned(), message.status_code.clone()),
+                    ],
+                );
+                Err::<TestErrorResponse, _>(Status::with_error_details_and_metadata(
+                    code,
+                    format!(
+                        "test error for HTTP status {:?} (trace_id={trace_id})",
+                        message.status_code
+                    ),
+                    details,
+                    metadata,
+                ))
+            },
+        )
         .await
     }
 }

@@ -11,7 +11,9 @@ use meshgate_proto::user::v2::{
 use prost_types::Timestamp;
 use tonic::{Request, Response, Status};
 
-use super::{Rpc, UserApi, create_user, from_store, idempotency_key, invalid, parse_id, update_user};
+use super::{
+    Rpc, UserApi, create_user, from_store, idempotency_key, invalid, parse_id, update_user,
+};
 use crate::domain::{CursorPages, Invalid, PageSize, User, UserStore};
 use crate::events::{EventLog, UserEvent};
 use crate::idempotency::IdempotentCreate;
@@ -46,14 +48,24 @@ impl<S: UserStore + EventLog + IdempotentCreate + CursorPages> UserService for U
         let ttl = self.idempotency_ttl;
         let rpc = rpc("CreateUser", "v2.CreateUser");
         self.handle(rpc, request, move |store, _, message| async move {
-            let user = create_user(&*store, key, ttl, &message.name, &message.email, message.age)
-                .await?;
+            let user = create_user(
+                &*store,
+                key,
+                ttl,
+                &message.name,
+                &message.email,
+                message.age,
+            )
+            .await?;
             Ok(to_wire(&user))
         })
         .await
     }
 
-    async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<WireUser>, Status> {
+    async fn get_user(
+        &self,
+        request: Request<GetUserRequest>,
+    ) -> Result<Response<WireUser>, Status> {
         let rpc = rpc("GetUser", "v2.GetUser");
         self.handle(rpc, request, |store, _, message| async move {
             let id = parse_id(&message.id)?;
@@ -69,15 +81,23 @@ impl<S: UserStore + EventLog + IdempotentCreate + CursorPages> UserService for U
     ) -> Result<Response<WireUser>, Status> {
         let rpc = rpc("UpdateUser", "v2.UpdateUser");
         self.handle(rpc, request, |store, _, message| async move {
-            let user =
-                update_user(&*store, &message.id, &message.name, &message.email, message.age)
-                    .await?;
+            let user = update_user(
+                &*store,
+                &message.id,
+                &message.name,
+                &message.email,
+                message.age,
+            )
+            .await?;
             Ok(to_wire(&user))
         })
         .await
     }
 
-    async fn delete_user(&self, request: Request<DeleteUserRequest>) -> Result<Response<()>, Status> {
+    async fn delete_user(
+        &self,
+        request: Request<DeleteUserRequest>,
+    ) -> Result<Response<()>, Status> {
         let rpc = rpc("DeleteUser", "v2.DeleteUser");
         self.handle(rpc, request, |store, _, message| async move {
             let id = parse_id(&message.id)?;

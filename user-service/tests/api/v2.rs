@@ -9,8 +9,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use meshgate_proto::user::v2::user_service_client::UserServiceClient;
 use meshgate_proto::user::v2::{
-    CreateUserRequest, DeleteUserRequest, GetUserRequest, ListUserEventsRequest,
-    ListUsersRequest, ListUsersResponse, UpdateUserRequest, User,
+    CreateUserRequest, DeleteUserRequest, GetUserRequest, ListUserEventsRequest, ListUsersRequest,
+    ListUsersResponse, UpdateUserRequest, User,
 };
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -63,7 +63,12 @@ fn violated_fields(status: &Status) -> Vec<String> {
     status
         .get_error_details()
         .bad_request()
-        .map(|bad| bad.field_violations.iter().map(|v| v.field.clone()).collect())
+        .map(|bad| {
+            bad.field_violations
+                .iter()
+                .map(|v| v.field.clone())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -169,7 +174,11 @@ async fn bad_page_tokens_are_invalid_argument_naming_the_field(backend: Backend)
         let status = list(&mut client, 1, token).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{token:?}");
         assert_eq!(violated_fields(&status), ["page_token"], "{token:?}");
-        assert!(status.message().contains(says), "{token:?}: {}", status.message());
+        assert!(
+            status.message().contains(says),
+            "{token:?}: {}",
+            status.message()
+        );
         assert!(!status.message().contains("hmac"), "{}", status.message());
     }
 
@@ -199,7 +208,11 @@ async fn a_token_from_another_database_is_refused(backend: Backend) {
     let status = list(&mut two, 1, &token).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(violated_fields(&status), ["page_token"]);
-    assert!(status.message().contains("not issued"), "{}", status.message());
+    assert!(
+        status.message().contains("not issued"),
+        "{}",
+        status.message()
+    );
     // On its own database the token still works.
     assert_eq!(list(&mut one, 1, &token).await.unwrap().users.len(), 1);
     first.teardown().await;
@@ -210,7 +223,10 @@ async fn v1_and_v2_serve_the_same_users(backend: Backend) {
     let app = spawn_app(backend).await;
     let mut v1 = app.client.clone();
     let mut v2 = v2(&app);
-    assert_eq!(app.health("user.v2.UserService").await, ServingStatus::Serving);
+    assert_eq!(
+        app.health("user.v2.UserService").await,
+        ServingStatus::Serving
+    );
 
     // Created through v1, read through v2: the same user, timestamps as Timestamp.
     let email = unique_email();
@@ -220,7 +236,10 @@ async fn v1_and_v2_serve_the_same_users(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((new.name.as_str(), new.email.as_str(), new.age), ("Ada", email.as_str(), 36));
+    assert_eq!(
+        (new.name.as_str(), new.email.as_str(), new.age),
+        ("Ada", email.as_str(), 36)
+    );
     let created = new.created_at.unwrap();
     assert_eq!((created.seconds, created.nanos), (old.created_at, 0));
     assert_eq!(new.updated_at.unwrap().seconds, old.updated_at);
@@ -231,15 +250,22 @@ async fn v1_and_v2_serve_the_same_users(backend: Backend) {
         email: unique_email(),
         age: 45,
     });
-    request.metadata_mut().insert("idempotency-key", "v2-create-1".parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("idempotency-key", "v2-create-1".parse().unwrap());
     let grace = v2.create_user(request).await.unwrap().into_inner();
     let mut again = Request::new(CreateUserRequest {
         name: "Grace".into(),
         email: grace.email.clone(),
         age: 45,
     });
-    again.metadata_mut().insert("idempotency-key", "v2-create-1".parse().unwrap());
-    assert_eq!(v2.create_user(again).await.unwrap().into_inner().id, grace.id);
+    again
+        .metadata_mut()
+        .insert("idempotency-key", "v2-create-1".parse().unwrap());
+    assert_eq!(
+        v2.create_user(again).await.unwrap().into_inner().id,
+        grace.id
+    );
     let listed = v1
         .list_users(meshgate_proto::user::ListUsersRequest { page: 1, limit: 10 })
         .await
@@ -269,7 +295,9 @@ async fn v1_and_v2_serve_the_same_users(backend: Backend) {
         .into_inner();
     assert_eq!((updated.name.as_str(), updated.age), ("Grace Hopper", 45));
     let seen = v1
-        .get_user(meshgate_proto::user::GetUserRequest { id: grace.id.clone() })
+        .get_user(meshgate_proto::user::GetUserRequest {
+            id: grace.id.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -289,21 +317,31 @@ async fn v1_and_v2_serve_the_same_users(backend: Backend) {
 
     // The audit trail through v2, with millisecond Timestamps.
     let events = v2
-        .list_user_events(ListUserEventsRequest { id: grace.id.clone() })
+        .list_user_events(ListUserEventsRequest {
+            id: grace.id.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
         .events;
     let kinds: Vec<_> = events.iter().map(|e| e.r#type.as_str()).collect();
     assert_eq!(kinds, ["user.created", "user.updated"]);
-    assert!(events.iter().all(|e| e.occurred_at.unwrap().seconds >= created.seconds));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.occurred_at.unwrap().seconds >= created.seconds)
+    );
 
     // Deleted through v2 (Empty), gone for v1.
-    v2.delete_user(DeleteUserRequest { id: grace.id.clone() })
-        .await
-        .unwrap();
+    v2.delete_user(DeleteUserRequest {
+        id: grace.id.clone(),
+    })
+    .await
+    .unwrap();
     let gone = v1
-        .get_user(meshgate_proto::user::GetUserRequest { id: grace.id.clone() })
+        .get_user(meshgate_proto::user::GetUserRequest {
+            id: grace.id.clone(),
+        })
         .await
         .unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
