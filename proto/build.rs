@@ -6,6 +6,7 @@ use std::{env, fs, path::PathBuf};
 
 const PROTOS: &[&str] = &[
     "user.proto",
+    "user/v2/user.proto",
     "meshgate/api/options.proto",
     "buf/validate/validate.proto",
     "google/api/annotations.proto",
@@ -32,7 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let encoded = compiler.encode_file_descriptor_set();
     fs::write(
         out_dir.join("meshgate_descriptor.bin"),
-        slim_files(&encoded, "buf/validate/")?,
+        slim_files(&encoded, "buf/validate/", "google/")?,
     )?;
     let mut descriptors = compiler.file_descriptor_set();
     // buf.validate only annotates the contract (read through reflection): no Rust types for it.
@@ -50,14 +51,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Slims the files under `prefix` (buf/validate) in the encoded set: every consumer decodes it
-/// (the gateway, reflection, and the wasm filters, which embed it and must stay small), and
-/// none needs their comments (`source_code_info`) or the options on the rule messages' own
-/// fields (`buf.validate.predefined`: the CEL a CEL-based runtime would evaluate; the gateway
+/// Slims the vendored files in the encoded set: every consumer decodes it (the gateway,
+/// reflection, and the wasm filters, which embed it and must stay small), and none needs their
+/// comments (`source_code_info`): the files under `rules_prefix` (buf/validate) and under
+/// `comments_prefix` (google/: api, rpc, and the well-known types) lose them; the files under
+/// `rules_prefix` also lose the options on the rule messages' own fields
+/// (`buf.validate.predefined`: the CEL a CEL-based runtime would evaluate; the gateway
 /// evaluates the standard rules natively). The messages, fields, enums and extensions stay, so
 /// `(buf.validate.field)` options decode exactly as written. Works on the encoded bytes, so
-/// every other file stays exactly as protox encoded it.
-fn slim_files(set: &[u8], prefix: &str) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+/// every other file (the contracts, with their comments) stays exactly as protox encoded it.
+fn slim_files(
+    set: &[u8],
+    rules_prefix: &str,
+    comments_prefix: &str,
+) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
     use prost::encoding::{WireType, decode_key, decode_varint, encode_key, encode_varint};
     type Fields<'a> = Vec<(u32, &'a [u8], &'a [u8])>;
     /// (field number, payload of a length-delimited field, the whole encoded field).
@@ -119,11 +126,14 @@ fn slim_files(set: &[u8], prefix: &str) -> Result<Vec<u8>, Box<dyn std::error::E
     let mut out = Vec::with_capacity(set.len());
     for (number, file, raw) in fields(set)? {
         let file_fields = fields(file)?;
-        let slimmed = number == 1
-            && file_fields
-                .iter()
-                .any(|(n, value, _)| *n == 1 && value.starts_with(prefix.as_bytes()));
-        if !slimmed {
+        let named = |prefix: &str| {
+            number == 1
+                && file_fields
+                    .iter()
+                    .any(|(n, value, _)| *n == 1 && value.starts_with(prefix.as_bytes()))
+        };
+        let (rules, comments) = (named(rules_prefix), named(comments_prefix));
+        if !rules && !comments {
             out.extend_from_slice(raw);
             continue;
         }
@@ -131,7 +141,7 @@ fn slim_files(set: &[u8], prefix: &str) -> Result<Vec<u8>, Box<dyn std::error::E
         for (number, value, raw) in file_fields {
             match number {
                 9 => {}
-                4 => nested(&mut kept, 4, &message(value)?),
+                4 if rules => nested(&mut kept, 4, &message(value)?),
                 _ => kept.extend_from_slice(raw),
             }
         }

@@ -222,9 +222,12 @@ fn operation(route: &Route, schemas: &mut BTreeMap<String, Value>, options: Json
             }));
         }
     }
+    let service = route.method.parent_service();
     let mut op = json!({
-        "operationId": format!("{}_{}", route.method.parent_service().name(), route.method.name()),
-        "tags": [route.method.parent_service().full_name()],
+        // Package-qualified: versions of one service (user.UserService, user.v2.UserService)
+        // share their method names.
+        "operationId": format!("{}_{}", service.full_name().replace('.', "_"), route.method.name()),
+        "tags": [service.full_name()],
         "parameters": parameters,
         "responses": {
             route.success_code.to_string(): {
@@ -248,15 +251,7 @@ fn operation(route: &Route, schemas: &mut BTreeMap<String, Value>, options: Json
     } else {
         op["responses"]["default"] = error("Error (google.rpc.Status)", "google.rpc.Status");
     }
-    if let Some(summary) = route
-        .method
-        .parent_service()
-        .full_name()
-        .split('.')
-        .next_back()
-    {
-        op["summary"] = json!(format!("{summary}.{}", route.method.name()));
-    }
+    op["summary"] = json!(format!("{}.{}", service.full_name(), route.method.name()));
     let body_schema = match &route.body {
         BodyTarget::None => None,
         BodyTarget::Whole => Some(message_ref(&input, schemas, options)),
@@ -517,6 +512,50 @@ mod tests {
             create["responses"]["201"]["content"]["application/json"]["schema"]["$ref"],
             "#/components/schemas/user.User"
         );
+    }
+
+    #[test]
+    fn both_api_versions_are_documented_side_by_side() {
+        let router = Router::from_pool(meshgate_proto::descriptor_pool()).unwrap();
+        let doc = document(&router, "meshgate", JsonOptions::default());
+        let v1 = &doc["paths"]["/v1/users"]["get"];
+        let v2 = &doc["paths"]["/v2/users"]["get"];
+        assert_eq!(v1["tags"], json!(["user.UserService"]));
+        assert_eq!(v2["tags"], json!(["user.v2.UserService"]));
+        assert_eq!(v1["operationId"], "user_UserService_ListUsers");
+        assert_eq!(v2["operationId"], "user_v2_UserService_ListUsers");
+        let names: Vec<_> = v2["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].clone())
+            .collect();
+        assert_eq!(names, vec![json!("pageSize"), json!("pageToken")]);
+        let schemas = &doc["components"]["schemas"];
+        // The same message names, kept apart by package.
+        assert_eq!(
+            schemas["user.User"]["properties"]["createdAt"]["format"],
+            "int64"
+        );
+        assert_eq!(
+            schemas["user.v2.User"]["properties"]["createdAt"],
+            json!({"type": "string", "format": "date-time"})
+        );
+        // v2 answers the resource itself: 201 with the user, no envelope.
+        assert_eq!(
+            doc["paths"]["/v2/users"]["post"]["responses"]["201"]["content"]["application/json"]["schema"]
+                ["$ref"],
+            "#/components/schemas/user.v2.User"
+        );
+        let ids: Vec<_> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .map(|op| op["operationId"].as_str().unwrap().to_owned())
+            .collect();
+        let unique: BTreeSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "{ids:?}");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //!
 //! - [`user`]: prost messages of `proto/user.proto` and, with the `grpc` feature,
 //!   the tonic `user_service_client` / `user_service_server` stubs.
+//! - [`user::v2`]: the same for `proto/user/v2/user.proto` (`user.v2.UserService`, served
+//!   beside `user.UserService`; see proto/README.md, "API versioning").
 //! - [`google::api`], [`google::rpc`], [`meshgate::api`]: the annotation and error-model types.
 //! - [`FILE_DESCRIPTOR_SET`]: every file above plus its imports, encoded, with the
 //!   `google.api.http` options intact — what reflection serves and what the edge gateway
@@ -16,8 +18,11 @@ include!(concat!(env!("OUT_DIR"), "/_includes.rs"));
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/meshgate_descriptor.bin"));
 
-/// Fully-qualified name of the user service.
+/// Fully-qualified name of the user service (v1, the replaced service's contract).
 pub const USER_SERVICE: &str = "user.UserService";
+
+/// Fully-qualified name of the user service's version 2.
+pub const USER_SERVICE_V2: &str = "user.v2.UserService";
 
 /// The contract as a prost-reflect pool (decoded once).
 #[cfg(feature = "reflect")]
@@ -75,6 +80,45 @@ mod tests {
     }
 
     #[test]
+    fn v2_is_a_second_annotated_service_in_the_same_set() {
+        let pool = prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET).unwrap();
+        let v2 = pool.get_service_by_name(USER_SERVICE_V2).unwrap();
+        let http = pool.get_extension_by_name("google.api.http").unwrap();
+        for method in v2.methods() {
+            let rule = method.options().get_extension(&http).into_owned();
+            let rule = rule.as_message().unwrap();
+            let path = ["get", "post", "put", "delete"]
+                .iter()
+                .find_map(|verb| {
+                    rule.get_field_by_name(verb)
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .filter(|p| !p.is_empty())
+                })
+                .unwrap();
+            assert!(path.starts_with("/v2/"), "{}: {path}", method.name());
+        }
+        let created_at = pool
+            .get_message_by_name("user.v2.User")
+            .unwrap()
+            .get_field_by_name("created_at")
+            .unwrap();
+        assert_eq!(
+            created_at.kind().as_message().unwrap().full_name(),
+            "google.protobuf.Timestamp"
+        );
+        // v1 is untouched by v2's presence: same package, same messages.
+        assert!(pool.get_service_by_name(USER_SERVICE).is_some());
+        assert_eq!(
+            pool.get_message_by_name("user.User")
+                .unwrap()
+                .get_field_by_name("created_at")
+                .unwrap()
+                .kind(),
+            prost_reflect::Kind::Int64
+        );
+    }
+
+    #[test]
     fn wire_numbers_match_the_replaced_service() {
         // A User encoded by hand with the legacy field numbers must decode into the same values.
         let mut buf = Vec::new();
@@ -125,7 +169,12 @@ mod tests {
                 .is_some()
         };
         assert!(!file("buf/validate/validate.proto"));
+        assert!(
+            !file("google/rpc/error_details.proto"),
+            "vendored comments are dropped"
+        );
         assert!(file("user.proto"));
+        assert!(file("user/v2/user.proto"));
         assert!(
             FILE_DESCRIPTOR_SET.len() < 64 * 1024,
             "the wasm filters embed it"

@@ -2,8 +2,8 @@
 //!
 //! - [`LIVENESS`]: is the process serving? SERVING from start until exit, whatever the
 //!   dependencies do (also while draining), so a database failover restarts no pod.
-//! - [`READINESS`] (and `""` and `user.UserService`, which say the same, for clients that ask
-//!   about the server or the service): can this instance answer calls? NOT_SERVING until the
+//! - [`READINESS`] (and `""`, `user.UserService` and `user.v2.UserService`, which say the same,
+//!   for clients that ask about the server or a service): can this instance answer calls? NOT_SERVING until the
 //!   first database ping succeeds, then NOT_SERVING only after `threshold` consecutive failed
 //!   pings ([`ReadinessGate`]), SERVING again after one success, and NOT_SERVING for good once
 //!   shutdown starts (the drain).
@@ -20,7 +20,12 @@ use crate::metrics::Metrics;
 pub const LIVENESS: &str = "liveness";
 pub const READINESS: &str = "readiness";
 /// Every health service name that reports readiness.
-pub const READINESS_NAMES: [&str; 3] = [READINESS, "", meshgate_proto::USER_SERVICE];
+pub const READINESS_NAMES: [&str; 4] = [
+    READINESS,
+    "",
+    meshgate_proto::USER_SERVICE,
+    meshgate_proto::USER_SERVICE_V2,
+];
 
 /// The K-consecutive rule, pure: one failed ping is noise, `threshold` in a row is an outage.
 #[derive(Debug)]

@@ -11,7 +11,9 @@
 //! - [`cache`]: the read-through cache decorator (Redis or in-process).
 //! - [`events`]: user change events: the outbox's records, the relay to NATS JetStream and the
 //!   worker.
-//! - [`grpc`]: the thin tonic adapter (wire ↔ domain, errors → status codes).
+//! - [`grpc`]: the thin tonic adapter (wire ↔ domain, errors → status codes): `user.UserService`
+//!   and, in `grpc::v2`, `user.v2.UserService`, both over the same domain and store.
+//! - [`page_token`]: user.v2 ListUsers' signed, opaque page tokens (pure).
 //! - [`health`]: liveness and readiness (`grpc.health.v1`), the K-consecutive readiness rule.
 //! - [`config`], [`telemetry`], [`metrics`]: settings, logs/traces, Prometheus.
 //! - [`startup`]: [`Application`], which wires the above; `main.rs` only parses and runs it.
@@ -24,6 +26,7 @@ pub mod grpc;
 pub mod health;
 pub mod idempotency;
 pub mod metrics;
+pub mod page_token;
 pub mod repair;
 pub mod startup;
 pub mod store;

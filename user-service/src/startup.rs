@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use meshgate_proto::user::user_service_server::UserServiceServer;
+use meshgate_proto::user::v2::user_service_server::UserServiceServer as UserServiceV2Server;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
@@ -194,9 +195,15 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .context("building the reflection service")?;
-        let api = UserApi::new(store, metrics.clone())
-            .with_idempotency_ttl(Duration::from_secs(config.idempotency_ttl_secs));
-        let users = UserServiceServer::new(api)
+        // One implementation serves both versions (proto/README.md, "API versioning").
+        let api = Arc::new(
+            UserApi::new(store, metrics.clone())
+                .with_idempotency_ttl(Duration::from_secs(config.idempotency_ttl_secs)),
+        );
+        let users = UserServiceServer::from_arc(api.clone())
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes);
+        let users_v2 = UserServiceV2Server::from_arc(api)
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(config.max_message_bytes);
 
@@ -220,6 +227,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(users)
+            .add_service(users_v2)
             .serve_with_incoming_shutdown(incoming, {
                 let health = health.clone();
                 let stop = stopped(stop_rx);

@@ -150,7 +150,15 @@ mod tests {
         );
         assert_eq!(create.body, meshgate_wire::routes::BodyTarget::Whole);
         assert!(catalog.route("PATCH", "/v1/users/1").is_none());
-        assert!(catalog.route("GET", "/v2/users").is_none());
+        assert!(catalog.route("GET", "/v3/users").is_none());
+        // Every annotated service of the set is routed: user.v2 beside user.
+        let (v2, _) = catalog.route("GET", "/v2/users").unwrap();
+        assert_eq!(qualified_name(&v2.method), "user.v2.UserService/ListUsers");
+        assert!(
+            catalog
+                .method_by_name("user.v2.UserService/GetUser")
+                .is_some()
+        );
         assert!(catalog.route("GET\n", "/v1/users").is_none());
     }
 

@@ -340,6 +340,59 @@ impl PageRequest {
     }
 }
 
+/// How many users a cursor page (ListUsers v2) holds: 1 to 100, 10 when unset (0); larger
+/// values are served as 100 (a client asking for more simply pages more), negative ones are
+/// refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PageSize(u32);
+
+impl PageSize {
+    pub fn parse(raw: i32) -> Result<Self, FieldViolation> {
+        match u32::try_from(raw) {
+            Err(_) => Err(FieldViolation::new("page_size", "must not be negative")),
+            Ok(0) => Ok(Self(PageRequest::DEFAULT_LIMIT)),
+            Ok(n) => Ok(Self(n.min(PageRequest::MAX_LIMIT))),
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// Where a cursor page resumes: the list-order key of the last user the previous page returned
+/// (users strictly after it in the order come next). The store defines both parts (PostgreSQL:
+/// `created_at` in microseconds and the id; SQLite: `created_at` and the row's `seq`); outside
+/// the store it is opaque, and clients only ever see it signed (the page token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListPosition {
+    pub created: i64,
+    pub tiebreak: u128,
+}
+
+/// One cursor page: users newest first, where the next page resumes (`None`: this is the last
+/// page), and the number of users stored when the page was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorPage {
+    pub users: Vec<User>,
+    pub next: Option<ListPosition>,
+    pub total: i64,
+}
+
+/// Cursor (keyset) pages of the list order. Unlike offset pages, a walk over them sees every
+/// user that existed throughout exactly once, whatever is created or deleted between pages.
+pub trait CursorPages: Send + Sync + 'static {
+    /// Up to `size` users after `after` (from the start when `None`).
+    fn list_after(
+        &self,
+        after: Option<ListPosition>,
+        size: PageSize,
+    ) -> impl Future<Output = Result<CursorPage, StoreError>> + Send;
+    /// The secret page tokens are signed with. Kept in the database, so every replica accepts
+    /// the tokens any other issued, also across restarts.
+    fn page_token_key(&self) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
+}
+
 /// A page of users, newest first, with the total number of users.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserPage {
@@ -487,6 +540,15 @@ mod tests {
         assert_eq!(PageRequest::new(-5, -5), PageRequest::new(1, 10));
         assert_eq!(PageRequest::new(3, 1000).limit(), 100);
         assert_eq!(PageRequest::new(3, 20).offset(), 40);
+    }
+
+    #[test]
+    fn page_size_defaults_caps_and_refuses_negatives() {
+        assert_eq!(PageSize::parse(0).unwrap().get(), 10);
+        assert_eq!(PageSize::parse(1).unwrap().get(), 1);
+        assert_eq!(PageSize::parse(100).unwrap().get(), 100);
+        assert_eq!(PageSize::parse(5000).unwrap().get(), 100);
+        assert_eq!(PageSize::parse(-1).unwrap_err().field, "page_size");
     }
 
     #[test]

@@ -46,7 +46,8 @@ use repair::Repairs;
 use single_flight::SingleFlight;
 
 use crate::domain::{
-    NewUser, PageRequest, StoreError, User, UserChanges, UserId, UserPage, UserStore, Version,
+    CursorPage, CursorPages, ListPosition, NewUser, PageRequest, PageSize, StoreError, User,
+    UserChanges, UserId, UserPage, UserStore, Version,
 };
 use crate::metrics::Metrics;
 
@@ -194,6 +195,22 @@ impl From<SharedError> for StoreError {
             SharedError::Unavailable(cause) => Self::Unavailable(cause.into()),
             SharedError::Internal(cause) => Self::Internal(cause.into()),
         }
+    }
+}
+
+/// Not cached: cursor pages (user.v2 ListUsers) are read from the database; v1's offset pages
+/// are the cached ones.
+impl<S: CursorPages> CursorPages for CachedStore<S> {
+    async fn list_after(
+        &self,
+        after: Option<ListPosition>,
+        size: PageSize,
+    ) -> Result<CursorPage, StoreError> {
+        self.inner.list_after(after, size).await
+    }
+
+    async fn page_token_key(&self) -> Result<Vec<u8>, StoreError> {
+        self.inner.page_token_key().await
     }
 }
 

@@ -6,8 +6,8 @@
 use std::time::Instant;
 
 use crate::domain::{
-    BoxError, NewUser, PageRequest, StoreError, User, UserChanges, UserId, UserPage, UserStore,
-    Version,
+    BoxError, CursorPage, CursorPages, ListPosition, NewUser, PageRequest, PageSize, StoreError,
+    User, UserChanges, UserId, UserPage, UserStore, Version,
 };
 use crate::metrics::Metrics;
 
@@ -109,6 +109,19 @@ impl UserStore for Database {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         dispatch!(self, s => s.ping())
+    }
+}
+
+impl CursorPages for Database {
+    async fn list_after(
+        &self,
+        after: Option<ListPosition>,
+        size: PageSize,
+    ) -> Result<CursorPage, StoreError> {
+        dispatch!(self, s => s.list_after(after, size))
+    }
+    async fn page_token_key(&self) -> Result<Vec<u8>, StoreError> {
+        dispatch!(self, s => s.page_token_key())
     }
 }
 

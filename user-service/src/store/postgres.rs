@@ -36,11 +36,26 @@ impl Backend for Postgres {
     /// The page walks users_created_at_idx. The ORDER BY names the table's column: a bare
     /// `created_at` would be the whole-seconds output alias.
     const USERS_ORDER: &'static str = "users.created_at DESC, users.id DESC";
+    /// Microseconds, PostgreSQL's precision (EXTRACT answers an exact numeric since
+    /// PostgreSQL 14), so rows created in the same second keep their order.
+    const POSITION_COLUMNS: &'static str =
+        "(EXTRACT(EPOCH FROM users.created_at) * 1000000)::int8, users.id";
+    const AFTER_POSITION: &'static str = "(users.created_at, users.id) < \
+         (TIMESTAMPTZ 'epoch' + $2::int8 * INTERVAL '1 microsecond', $3)";
     const RETURNING_SEES_TRIGGERS: bool = true;
     const REPAIR_ROWS: &'static str = "SELECT id, name::text, email::text FROM users \
          ORDER BY lower(trim(email) COLLATE \"C\"), created_at, id";
     const EXPIRES_AFTER_TTL: &'static str = "now() + make_interval(secs => $3::float8)";
     type Id = Uuid;
+    type Tiebreak = Uuid;
+
+    fn tiebreak_into_position(value: Uuid) -> u128 {
+        value.as_u128()
+    }
+
+    fn tiebreak_from_position(raw: u128) -> Uuid {
+        Uuid::from_u128(raw)
+    }
 
     fn migrator() -> &'static Migrator {
         &MIGRATOR

@@ -32,6 +32,12 @@ pub trait Backend: sqlx::Database {
     const TOTAL_USERS: &'static str;
     /// The page order of `ListUsers`, newest first.
     const USERS_ORDER: &'static str;
+    /// A row's key in [`Self::USERS_ORDER`] as two columns, the parts of a
+    /// [`ListPosition`](crate::domain::ListPosition): `created`, then the tie-break.
+    const POSITION_COLUMNS: &'static str;
+    /// The rows strictly after the position bound as `$2` (created) and `$3` (tie-break) in
+    /// [`Self::USERS_ORDER`]: a row comparison the order's index answers.
+    const AFTER_POSITION: &'static str;
     /// Whether `UPDATE … RETURNING` shows the row after the `updated_at` trigger ran (SQLite's
     /// shows it before, so the row is read back).
     const RETURNING_SEES_TRIGGERS: bool;
@@ -41,6 +47,11 @@ pub trait Backend: sqlx::Database {
     const EXPIRES_AFTER_TTL: &'static str;
     /// How a UUID column is bound and read: PostgreSQL's `uuid`, SQLite's hyphenated text.
     type Id: From<Uuid> + Into<Uuid>;
+    /// The tie-break column of the list order as bound and read (PostgreSQL: the id, SQLite:
+    /// `seq`), and its place in a [`ListPosition`](crate::domain::ListPosition).
+    type Tiebreak;
+    fn tiebreak_into_position(value: Self::Tiebreak) -> u128;
+    fn tiebreak_from_position(raw: u128) -> Self::Tiebreak;
     /// The sqlx migrations of this backend (`migrations/<backend>`).
     fn migrator() -> &'static Migrator;
 }
@@ -194,6 +205,16 @@ macro_rules! users_impl {
                 Ok(())
             }
 
+            /// The number of users, for a page that has no row to carry it.
+            async fn count_users(&self) -> Result<i64, StoreError> {
+                let sql = format!("SELECT {}", <$db as Backend>::TOTAL_USERS);
+                let count = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(&self.pool);
+                timed(&self.metrics, "count_users", count)
+                    .instrument(query_span::<$db>("SELECT"))
+                    .await
+            }
+
             async fn select<'e>(
                 executor: impl sqlx::Executor<'e, Database = $db>,
                 id: UserId,
@@ -312,14 +333,7 @@ macro_rules! users_impl {
                 let total = match rows.first() {
                     Some(row) => row.7,
                     // A page past the end has no rows to carry the total.
-                    None => {
-                        let sql = format!("SELECT {}", <$db as Backend>::TOTAL_USERS);
-                        let count = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
-                            .fetch_one(&self.pool);
-                        timed(&self.metrics, "count_users", count)
-                            .instrument(query_span::<$db>("SELECT"))
-                            .await?
-                    }
+                    None => self.count_users().await?,
                 };
                 let users = rows
                     .into_iter()
@@ -338,6 +352,84 @@ macro_rules! users_impl {
                     .map(drop)
             }
         }
+
+        impl CursorPages for $crate::store::sql::SqlStore<$db> {
+            async fn list_after(
+                &self,
+                after: Option<ListPosition>,
+                size: PageSize,
+            ) -> Result<CursorPage, StoreError> {
+                // One row more than asked tells whether another page follows. As in `list`,
+                // the total is read in the page's own statement.
+                let limit = i64::from(size.get()) + 1;
+                let filter = if after.is_some() {
+                    format!("WHERE {}", <$db as Backend>::AFTER_POSITION)
+                } else {
+                    String::new()
+                };
+                let sql = format!(
+                    "SELECT {}, {}, {} AS total FROM users {filter} ORDER BY {} LIMIT $1",
+                    <$db as Backend>::USER_COLUMNS,
+                    <$db as Backend>::POSITION_COLUMNS,
+                    <$db as Backend>::TOTAL_USERS,
+                    <$db as Backend>::USERS_ORDER,
+                );
+                type Row = (
+                    <$db as Backend>::Id,
+                    String,
+                    String,
+                    i32,
+                    i64,
+                    i64,
+                    i64,
+                    i64,
+                    <$db as Backend>::Tiebreak,
+                    i64,
+                );
+                let mut query = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql)).bind(limit);
+                if let Some(position) = after {
+                    query = query
+                        .bind(position.created)
+                        .bind(<$db as Backend>::tiebreak_from_position(position.tiebreak));
+                }
+                let rows = timed(&self.metrics, "list_users_after", query.fetch_all(&self.pool))
+                    .instrument(query_span::<$db>("SELECT"))
+                    .await?;
+                let total = match rows.first() {
+                    Some(row) => row.9,
+                    None => self.count_users().await?,
+                };
+                let more = rows.len() > size.get() as usize;
+                let mut users = Vec::with_capacity(rows.len());
+                let mut next = None;
+                for (id, name, email, age, created, updated, version, key, tiebreak, _) in
+                    rows.into_iter().take(size.get() as usize)
+                {
+                    users.push(to_user::<$db>((id, name, email, age, created, updated, version)));
+                    next = Some(ListPosition {
+                        created: key,
+                        tiebreak: <$db as Backend>::tiebreak_into_position(tiebreak),
+                    });
+                }
+                Ok(CursorPage {
+                    users,
+                    next: if more { next } else { None },
+                    total,
+                })
+            }
+
+            async fn page_token_key(&self) -> Result<Vec<u8>, StoreError> {
+                let key = sqlx::query_scalar::<_, Vec<u8>>(
+                    "SELECT key FROM service_keys WHERE name = 'page_token'",
+                )
+                .fetch_optional(&self.pool);
+                timed(&self.metrics, "select_service_key", key)
+                    .instrument(query_span::<$db>("SELECT"))
+                    .await?
+                    // Inserted by the migration that created the table.
+                    .ok_or_else(|| internal("service_keys has no page_token key"))
+            }
+        }
     };
 }
 
@@ -348,8 +440,8 @@ mod users {
 
     use super::{Backend, UserRow, query_span, to_user};
     use crate::domain::{
-        Email, Name, NewUser, PageRequest, StoreError, User, UserChanges, UserId, UserPage,
-        UserStore, Version,
+        CursorPage, CursorPages, Email, ListPosition, Name, NewUser, PageRequest, PageSize,
+        StoreError, User, UserChanges, UserId, UserPage, UserStore, Version,
     };
     use crate::events::UserEvent;
     use crate::repair::{Planner, Repair, StoredRow};

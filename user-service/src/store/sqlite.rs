@@ -24,12 +24,26 @@ impl Backend for Sqlite {
     const NOW: &'static str = "CAST(strftime('%s', 'now') AS INTEGER)";
     const TOTAL_USERS: &'static str = "(SELECT sum(n) FROM users_count)";
     const USERS_ORDER: &'static str = "created_at DESC, seq DESC";
+    const POSITION_COLUMNS: &'static str = "created_at, seq";
+    const AFTER_POSITION: &'static str = "(created_at, seq) < ($2, $3)";
     // RETURNING would show the row before the updated_at trigger ran.
     const RETURNING_SEES_TRIGGERS: bool = false;
     const REPAIR_ROWS: &'static str =
         "SELECT id, name, email FROM users ORDER BY lower(trim(email)), created_at, seq";
     const EXPIRES_AFTER_TTL: &'static str = "CAST(strftime('%s', 'now') AS INTEGER) + $3";
     type Id = uuid::fmt::Hyphenated;
+    type Tiebreak = i64;
+
+    fn tiebreak_into_position(seq: i64) -> u128 {
+        // AUTOINCREMENT keys start at 1.
+        u128::try_from(seq).unwrap_or(0)
+    }
+
+    fn tiebreak_from_position(raw: u128) -> i64 {
+        // Only a position this store made reaches here (tokens are signed); larger still
+        // orders after every row.
+        i64::try_from(raw).unwrap_or(i64::MAX)
+    }
 
     fn migrator() -> &'static Migrator {
         &MIGRATOR

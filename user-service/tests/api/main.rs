@@ -21,6 +21,7 @@ mod proxy;
 mod resilience;
 mod throwaway;
 mod users;
+mod v2;
 
 /// Generates one test per backend from an `async fn(Backend)` body.
 #[macro_export]

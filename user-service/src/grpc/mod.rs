@@ -1,6 +1,9 @@
 //! The tonic adapter: wire messages in, domain calls, wire messages or statuses out.
+//! [`UserApi`] implements both `user.UserService` (here) and `user.v2.UserService` ([`v2`]):
+//! one set of domain calls, two wire mappings.
 //!
-//! **Architecture invariant:** this is the only module that sees prost types. Error mapping:
+//! **Architecture invariant:** this module (with [`v2`]) is the only one that sees prost
+//! types. Error mapping:
 //! validation → `INVALID_ARGUMENT` with `google.rpc.BadRequest` field violations; missing →
 //! `NOT_FOUND`; the email unique constraint → `ALREADY_EXISTS`; unreachable storage →
 //! `UNAVAILABLE`; anything else → `INTERNAL` with a fixed message (the cause is only logged).
@@ -27,13 +30,20 @@ use crate::domain::{
 use crate::events::{EventLog, UserEvent};
 use crate::idempotency::{self, Claim, IdempotencyKey, IdempotentCreate, Outcome};
 use crate::metrics::Metrics;
+use crate::page_token::PageTokens;
 use crate::telemetry;
 
-/// The `user.UserService` implementation over any store.
+pub mod v2;
+
+/// The `user.UserService` and `user.v2.UserService` implementation over any store. Serve one
+/// instance as both (`UserServiceServer::from_arc`), so they share the page-token key.
 pub struct UserApi<S> {
     store: Arc<S>,
     metrics: Arc<Metrics>,
     idempotency_ttl: Duration,
+    /// user.v2 ListUsers' token signer, built on first use from the database's key (the
+    /// database may still be starting when the service does).
+    page_tokens: tokio::sync::OnceCell<PageTokens>,
 }
 
 impl<S> UserApi<S> {
@@ -42,6 +52,7 @@ impl<S> UserApi<S> {
             store,
             metrics,
             idempotency_ttl: idempotency::DEFAULT_TTL,
+            page_tokens: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -57,11 +68,31 @@ struct Call {
     trace_id: Option<String>,
 }
 
+/// One RPC as spans and metrics name it.
+#[derive(Debug, Clone, Copy)]
+struct Rpc {
+    service: &'static str,
+    method: &'static str,
+    /// `grpc_method` in the metrics: v1's bare method names (as the replaced service's
+    /// dashboards know them), other versions' prefixed (`v2.ListUsers`).
+    label: &'static str,
+}
+
+impl Rpc {
+    const fn v1(method: &'static str) -> Self {
+        Self {
+            service: meshgate_proto::USER_SERVICE,
+            method,
+            label: method,
+        }
+    }
+}
+
 impl<S: UserStore> UserApi<S> {
     /// Wraps one RPC: a span continuing the caller's trace, latency and outcome metrics.
     async fn handle<Req, Resp, F, Fut>(
         &self,
-        method: &'static str,
+        rpc: Rpc,
         request: Request<Req>,
         handler: F,
     ) -> Result<Response<Resp>, Status>
@@ -69,12 +100,17 @@ impl<S: UserStore> UserApi<S> {
         F: FnOnce(Arc<S>, Call, Req) -> Fut,
         Fut: Future<Output = Result<Resp, Status>>,
     {
+        let Rpc {
+            service,
+            method,
+            label,
+        } = rpc;
         let span = tracing::info_span!(
             "rpc",
-            otel.name = method,
+            otel.name = label,
             otel.kind = "server",
             rpc.system = "grpc",
-            rpc.service = "user.UserService",
+            rpc.service = service,
             rpc.method = method,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
@@ -91,7 +127,7 @@ impl<S: UserStore> UserApi<S> {
         }
 
         let started = Instant::now();
-        let _in_flight = InFlight::enter(&self.metrics, method);
+        let _in_flight = InFlight::enter(&self.metrics, label);
         let trace_parent = telemetry::trace_parent_of(&span, &remote);
         let call = Call { trace_id };
         let outcome = crate::events::with_trace_parent(
@@ -104,14 +140,14 @@ impl<S: UserStore> UserApi<S> {
         span.set_attribute("rpc.grpc.status_code", i64::from(code as i32));
         self.metrics
             .grpc_latency
-            .with_label_values(&[method])
+            .with_label_values(&[label])
             .observe(started.elapsed().as_secs_f64());
         self.metrics
             .grpc_handled
-            .with_label_values(&[method, code_name(code)])
+            .with_label_values(&[label, code_name(code)])
             .inc();
         if matches!(code, Code::Internal | Code::Unavailable) {
-            span.in_scope(|| tracing::warn!(grpc.code = code_name(code), "{method} failed"));
+            span.in_scope(|| tracing::warn!(grpc.code = code_name(code), "{label} failed"));
         }
         outcome.map(Response::new)
     }
@@ -141,36 +177,27 @@ impl<S: UserStore + EventLog + IdempotentCreate> UserService for UserApi<S> {
         &self,
         request: Request<CreateUserRequest>,
     ) -> Result<Response<CreateUserResponse>, Status> {
-        let key = request
-            .metadata()
-            .get(idempotency::METADATA_KEY)
-            .map(|value| IdempotencyKey::parse(value.as_bytes()));
+        let key = idempotency_key(request.metadata());
         let ttl = self.idempotency_ttl;
-        self.handle("CreateUser", request, move |store, _, message| async move {
-            let key = key
-                .transpose()
-                .map_err(|violation| invalid(Invalid(vec![violation])))?;
-            let new_user =
-                NewUser::parse(&message.name, &message.email, message.age).map_err(invalid)?;
-            let user = match key {
-                None => store.create(new_user).await.map_err(from_store)?,
-                Some(key) => {
-                    let claim = Claim::new(key, ttl, &message.name, &message.email, message.age);
-                    match store
-                        .create_idempotent(new_user, &claim)
-                        .await
-                        .map_err(from_store)?
-                    {
-                        Outcome::Created(user) | Outcome::Replayed(user) => user,
-                        Outcome::Conflict => return Err(key_reused()),
-                    }
-                }
-            };
-            Ok(CreateUserResponse {
-                user: Some(to_wire(&user)),
-                message: "User created successfully".to_owned(),
-            })
-        })
+        self.handle(
+            Rpc::v1("CreateUser"),
+            request,
+            move |store, _, message| async move {
+                let user = create_user(
+                    &*store,
+                    key,
+                    ttl,
+                    &message.name,
+                    &message.email,
+                    message.age,
+                )
+                .await?;
+                Ok(CreateUserResponse {
+                    user: Some(to_wire(&user)),
+                    message: "User created successfully".to_owned(),
+                })
+            },
+        )
         .await
     }
 
@@ -178,14 +205,18 @@ impl<S: UserStore + EventLog + IdempotentCreate> UserService for UserApi<S> {
         &self,
         request: Request<GetUserRequest>,
     ) -> Result<Response<GetUserResponse>, Status> {
-        self.handle("GetUser", request, |store, _, message| async move {
-            let id = parse_id(&message.id)?;
-            let user = store.get(id).await.map_err(from_store)?;
-            Ok(GetUserResponse {
-                user: Some(to_wire(&user)),
-                message: "User retrieved successfully".to_owned(),
-            })
-        })
+        self.handle(
+            Rpc::v1("GetUser"),
+            request,
+            |store, _, message| async move {
+                let id = parse_id(&message.id)?;
+                let user = store.get(id).await.map_err(from_store)?;
+                Ok(GetUserResponse {
+                    user: Some(to_wire(&user)),
+                    message: "User retrieved successfully".to_owned(),
+                })
+            },
+        )
         .await
     }
 
@@ -193,22 +224,24 @@ impl<S: UserStore + EventLog + IdempotentCreate> UserService for UserApi<S> {
         &self,
         request: Request<UpdateUserRequest>,
     ) -> Result<Response<UpdateUserResponse>, Status> {
-        self.handle("UpdateUser", request, |store, _, message| async move {
-            let id = parse_id(&message.id)?;
-            let changes =
-                UserChanges::parse(&message.name, &message.email, message.age).map_err(invalid)?;
-            // Nothing to change still answers with the stored user (and NOT_FOUND if absent).
-            let user = if changes.is_empty() {
-                store.get(id).await
-            } else {
-                store.update(id, changes).await
-            }
-            .map_err(from_store)?;
-            Ok(UpdateUserResponse {
-                user: Some(to_wire(&user)),
-                message: "User updated successfully".to_owned(),
-            })
-        })
+        self.handle(
+            Rpc::v1("UpdateUser"),
+            request,
+            |store, _, message| async move {
+                let user = update_user(
+                    &*store,
+                    &message.id,
+                    &message.name,
+                    &message.email,
+                    message.age,
+                )
+                .await?;
+                Ok(UpdateUserResponse {
+                    user: Some(to_wire(&user)),
+                    message: "User updated successfully".to_owned(),
+                })
+            },
+        )
         .await
     }
 
@@ -216,13 +249,17 @@ impl<S: UserStore + EventLog + IdempotentCreate> UserService for UserApi<S> {
         &self,
         request: Request<DeleteUserRequest>,
     ) -> Result<Response<DeleteUserResponse>, Status> {
-        self.handle("DeleteUser", request, |store, _, message| async move {
-            let id = parse_id(&message.id)?;
-            store.delete(id).await.map_err(from_store)?;
-            Ok(DeleteUserResponse {
-                message: "User deleted successfully".to_owned(),
-            })
-        })
+        self.handle(
+            Rpc::v1("DeleteUser"),
+            request,
+            |store, _, message| async move {
+                let id = parse_id(&message.id)?;
+                store.delete(id).await.map_err(from_store)?;
+                Ok(DeleteUserResponse {
+                    message: "User deleted successfully".to_owned(),
+                })
+            },
+        )
         .await
     }
 
@@ -230,17 +267,21 @@ impl<S: UserStore + EventLog + IdempotentCreate> UserService for UserApi<S> {
         &self,
         request: Request<ListUsersRequest>,
     ) -> Result<Response<ListUsersResponse>, Status> {
-        self.handle("ListUsers", request, |store, _, message| async move {
-            let page = store
-                .list(PageRequest::new(message.page, message.limit))
-                .await
-                .map_err(from_store)?;
-            Ok(ListUsersResponse {
-                users: page.users.iter().map(to_wire).collect(),
-                total: i32::try_from(page.total).unwrap_or(i32::MAX),
-                message: "Users retrieved successfully".to_owned(),
-            })
-        })
+        self.handle(
+            Rpc::v1("ListUsers"),
+            request,
+            |store, _, message| async move {
+                let page = store
+                    .list(PageRequest::new(message.page, message.limit))
+                    .await
+                    .map_err(from_store)?;
+                Ok(ListUsersResponse {
+                    users: page.users.iter().map(to_wire).collect(),
+                    total: i32::try_from(page.total).unwrap_or(i32::MAX),
+                    message: "Users retrieved successfully".to_owned(),
+                })
+            },
+        )
         .await
     }
 
@@ -248,13 +289,17 @@ impl<S: UserStore + EventLog + IdempotentCreate> UserService for UserApi<S> {
         &self,
         request: Request<ListUserEventsRequest>,
     ) -> Result<Response<ListUserEventsResponse>, Status> {
-        self.handle("ListUserEvents", request, |store, _, message| async move {
-            let id = parse_id(&message.id)?;
-            let events = store.user_events(id).await.map_err(from_store)?;
-            Ok(ListUserEventsResponse {
-                events: events.iter().map(event_to_wire).collect(),
-            })
-        })
+        self.handle(
+            Rpc::v1("ListUserEvents"),
+            request,
+            |store, _, message| async move {
+                let id = parse_id(&message.id)?;
+                let events = store.user_events(id).await.map_err(from_store)?;
+                Ok(ListUserEventsResponse {
+                    events: events.iter().map(event_to_wire).collect(),
+                })
+            },
+        )
         .await
     }
 
@@ -262,35 +307,39 @@ impl<S: UserStore + EventLog + IdempotentCreate> UserService for UserApi<S> {
         &self,
         request: Request<TestErrorRequest>,
     ) -> Result<Response<TestErrorResponse>, Status> {
-        self.handle("TestError", request, |_, call, message| async move {
-            let code = test_error_code(&message.status_code);
-            // Without an OpenTelemetry layer (a library user that skipped telemetry::init) and
-            // without an incoming trace there is no id yet: make one so the answer still has it.
-            let trace_id = call
-                .trace_id
-                .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-            let mut metadata = MetadataMap::new();
-            if let Ok(value) = MetadataValue::try_from(trace_id.as_str()) {
-                metadata.insert("x-trace-id", value);
-            }
-            let details = ErrorDetails::with_error_info(
-                "TEST_ERROR",
-                "user-service.meshgate",
-                [
-                    ("trace_id".to_owned(), trace_id.clone()),
-                    ("status_code".to_owned(), message.status_code.clone()),
-                ],
-            );
-            Err::<TestErrorResponse, _>(Status::with_error_details_and_metadata(
-                code,
-                format!(
-                    "test error for HTTP status {:?} (trace_id={trace_id})",
-                    message.status_code
-                ),
-                details,
-                metadata,
-            ))
-        })
+        self.handle(
+            Rpc::v1("TestError"),
+            request,
+            |_, call, message| async move {
+                let code = test_error_code(&message.status_code);
+                // Without an OpenTelemetry layer (a library user that skipped telemetry::init) and
+                // without an incoming trace there is no id yet: make one so the answer still has it.
+                let trace_id = call
+                    .trace_id
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+                let mut metadata = MetadataMap::new();
+                if let Ok(value) = MetadataValue::try_from(trace_id.as_str()) {
+                    metadata.insert("x-trace-id", value);
+                }
+                let details = ErrorDetails::with_error_info(
+                    "TEST_ERROR",
+                    "user-service.meshgate",
+                    [
+                        ("trace_id".to_owned(), trace_id.clone()),
+                        ("status_code".to_owned(), message.status_code.clone()),
+                    ],
+                );
+                Err::<TestErrorResponse, _>(Status::with_error_details_and_metadata(
+                    code,
+                    format!(
+                        "test error for HTTP status {:?} (trace_id={trace_id})",
+                        message.status_code
+                    ),
+                    details,
+                    metadata,
+                ))
+            },
+        )
         .await
     }
 }
@@ -310,6 +359,62 @@ pub fn test_error_code(http_status: &str) -> Code {
         "504" => Code::DeadlineExceeded,
         _ => Code::Internal,
     }
+}
+
+/// The call's `idempotency-key` metadata, parsed (checked inside the handler, so a bad key is
+/// counted like any invalid request).
+fn idempotency_key(metadata: &MetadataMap) -> Option<Result<IdempotencyKey, FieldViolation>> {
+    metadata
+        .get(idempotency::METADATA_KEY)
+        .map(|value| IdempotencyKey::parse(value.as_bytes()))
+}
+
+/// CreateUser in every version: the input rules, then a plain or an idempotent create.
+async fn create_user<S: UserStore + IdempotentCreate>(
+    store: &S,
+    key: Option<Result<IdempotencyKey, FieldViolation>>,
+    ttl: Duration,
+    name: &str,
+    email: &str,
+    age: i32,
+) -> Result<User, Status> {
+    let key = key
+        .transpose()
+        .map_err(|violation| invalid(Invalid(vec![violation])))?;
+    let new_user = NewUser::parse(name, email, age).map_err(invalid)?;
+    match key {
+        None => store.create(new_user).await.map_err(from_store),
+        Some(key) => {
+            let claim = Claim::new(key, ttl, name, email, age);
+            match store
+                .create_idempotent(new_user, &claim)
+                .await
+                .map_err(from_store)?
+            {
+                Outcome::Created(user) | Outcome::Replayed(user) => Ok(user),
+                Outcome::Conflict => Err(key_reused()),
+            }
+        }
+    }
+}
+
+/// UpdateUser in every version: empty values keep the stored ones; nothing to change still
+/// answers with the stored user (and NOT_FOUND if absent).
+async fn update_user<S: UserStore>(
+    store: &S,
+    id: &str,
+    name: &str,
+    email: &str,
+    age: i32,
+) -> Result<User, Status> {
+    let id = parse_id(id)?;
+    let changes = UserChanges::parse(name, email, age).map_err(invalid)?;
+    if changes.is_empty() {
+        store.get(id).await
+    } else {
+        store.update(id, changes).await
+    }
+    .map_err(from_store)
 }
 
 fn parse_id(raw: &str) -> Result<UserId, Status> {
