@@ -50,6 +50,7 @@ mod tests {
                 "DeleteUser",
                 "ListUsers",
                 "ListUserEvents",
+                "WatchUsers",
                 "TestError"
             ]
         );

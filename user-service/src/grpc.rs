@@ -6,6 +6,7 @@
 //! `UNAVAILABLE`; anything else → `INTERNAL` with a fixed message (the cause is only logged).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use meshgate_proto::user::{
     CreateUserRequest, CreateUserResponse, DeleteUserRequest, DeleteUserResponse, GetUserRequest,
     GetUserResponse, ListUserEventsRequest, ListUserEventsResponse, ListUsersRequest,
     ListUsersResponse, TestErrorRequest, TestErrorResponse, UpdateUserRequest, UpdateUserResponse,
+    WatchUsersRequest,
 };
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status};
@@ -24,6 +26,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::domain::{
     FieldViolation, Invalid, NewUser, PageRequest, StoreError, User, UserChanges, UserId, UserStore,
 };
+use crate::events::live::{LiveEvents, WatchEnd, Watcher};
 use crate::events::{EventLog, UserEvent};
 use crate::idempotency::{self, Claim, IdempotencyKey, IdempotentCreate, Outcome};
 use crate::metrics::Metrics;
@@ -32,14 +35,23 @@ use crate::telemetry;
 /// The `user.UserService` implementation over any store.
 pub struct UserApi<S> {
     store: Arc<S>,
+    live: LiveEvents,
     metrics: Arc<Metrics>,
     idempotency_ttl: Duration,
 }
 
+/// How long `WatchUsers` waits for the live feed's JetStream consumer before UNAVAILABLE.
+const LIVE_CONNECT_WAIT: Duration = Duration::from_secs(5);
+
+/// `WatchUsers`' response stream.
+pub type WatchStream =
+    Pin<Box<dyn futures::Stream<Item = Result<meshgate_proto::user::UserEvent, Status>> + Send>>;
+
 impl<S> UserApi<S> {
-    pub fn new(store: Arc<S>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(store: Arc<S>, live: LiveEvents, metrics: Arc<Metrics>) -> Self {
         Self {
             store,
+            live,
             metrics,
             idempotency_ttl: idempotency::DEFAULT_TTL,
         }
@@ -258,6 +270,35 @@ impl<S: UserStore + EventLog + IdempotentCreate> UserService for UserApi<S> {
         .await
     }
 
+    type WatchUsersStream = WatchStream;
+
+    async fn watch_users(
+        &self,
+        request: Request<WatchUsersRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let live = self.live.clone();
+        let metrics = self.metrics.clone();
+        self.handle("WatchUsers", request, |_, _, message| async move {
+            let user = match message.user_id.as_str() {
+                "" => None,
+                raw => Some(UserId::parse(raw).map_err(|_| {
+                    invalid(Invalid(vec![FieldViolation::new(
+                        "user_id",
+                        "must be a UUID (or empty for every user)",
+                    )]))
+                })?),
+            };
+            if !live.wait_connected(LIVE_CONNECT_WAIT).await {
+                return Err(Status::unavailable(
+                    "live updates are not connected to the event stream yet; retry",
+                ));
+            }
+            let watcher = live.subscribe(user.map(|id| id.as_uuid()));
+            Ok(watch_stream(watcher, metrics))
+        })
+        .await
+    }
+
     async fn test_error(
         &self,
         request: Request<TestErrorRequest>,
@@ -292,6 +333,36 @@ impl<S: UserStore + EventLog + IdempotentCreate> UserService for UserApi<S> {
             ))
         })
         .await
+    }
+}
+
+/// A watcher's events as the RPC's stream; its end as a status the client can act on.
+fn watch_stream(watcher: Watcher, metrics: Arc<Metrics>) -> WatchStream {
+    Box::pin(futures::stream::unfold(Some(watcher), move |watcher| {
+        let metrics = metrics.clone();
+        async move {
+            let mut watcher = watcher?;
+            match watcher.next().await {
+                Ok(event) => Some((Ok(event_to_wire(&event)), Some(watcher))),
+                Err(end) => {
+                    // The watcher (and its place in the gauge) goes before the status does.
+                    drop(watcher);
+                    Some((Err(watch_end_status(end, &metrics)), None))
+                }
+            }
+        }
+    }))
+}
+
+fn watch_end_status(end: WatchEnd, metrics: &Metrics) -> Status {
+    match end {
+        WatchEnd::Lagged(missed) => {
+            metrics.watchers_cut_off.inc();
+            Status::resource_exhausted(format!(
+                "watcher fell behind by {missed} events; list the users again and watch again"
+            ))
+        }
+        WatchEnd::Stopping => Status::unavailable("the server is shutting down; watch again"),
     }
 }
 

@@ -13,6 +13,7 @@
 //! - [`content_type`]: media types and which gRPC protocol a `content-type` names.
 //! - [`trace`]: W3C `traceparent` and B3 parsing; with feature `trace-ids` a fresh context.
 //! - [`etag`]: `If-None-Match` evaluation.
+//! - [`sse`]: Server-Sent Events (`text/event-stream`) events and comments.
 //!
 //! Invariant: nothing here panics on input.
 #![forbid(unsafe_code)]
@@ -29,4 +30,5 @@ pub mod path_template;
 pub mod percent;
 #[cfg(feature = "descriptors")]
 pub mod routes;
+pub mod sse;
 pub mod trace;

@@ -23,3 +23,4 @@ mod static_files;
 mod tls;
 mod upstreams;
 mod wasm_filters;
+mod watch;

@@ -21,6 +21,7 @@ mod proxy;
 mod resilience;
 mod throwaway;
 mod users;
+mod watch;
 
 /// Generates one test per backend from an `async fn(Backend)` body.
 #[macro_export]
