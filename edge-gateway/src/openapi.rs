@@ -223,18 +223,21 @@ fn operation(route: &Route, schemas: &mut BTreeMap<String, Value>, options: Json
         }
     }
     let service = route.method.parent_service();
+    let success = if route.server_streaming() {
+        streaming_success(response_schema(route, schemas, options), options)
+    } else {
+        json!({
+            "description": "Success",
+            "content": { "application/json": { "schema": response_schema(route, schemas, options) } },
+        })
+    };
     let mut op = json!({
         // Package-qualified: versions of one service (user.UserService, user.v2.UserService)
         // share their method names.
         "operationId": format!("{}_{}", service.full_name().replace('.', "_"), route.method.name()),
         "tags": [service.full_name()],
         "parameters": parameters,
-        "responses": {
-            route.success_code.to_string(): {
-                "description": "Success",
-                "content": { "application/json": { "schema": response_schema(route, schemas, options) } },
-            },
-        },
+        "responses": { route.success_code.to_string(): success },
     });
     let error = |description: &str, schema: &str| {
         json!({
@@ -266,6 +269,32 @@ fn operation(route: &Route, schemas: &mut BTreeMap<String, Value>, options: Json
         });
     }
     op
+}
+
+/// A server stream's answer: Server-Sent Events when asked for (`Accept: text/event-stream`),
+/// else one JSON array once the stream has ended. OpenAPI 3.1 cannot type the events, so their
+/// `data` schema is the `x-sse-data` extension.
+fn streaming_success(message: Value, options: JsonOptions) -> Value {
+    let error_schema = if options.error_detail {
+        "HTTPError"
+    } else {
+        "google.rpc.Status"
+    };
+    json!({
+        "description": "Success. With `Accept: text/event-stream`: Server-Sent Events as the \
+            messages arrive, each `id:` (1, 2, ...) and one `data:` line of the message's JSON; \
+            comment lines while idle (heartbeats); a failure after the start is an `event: error` \
+            whose data is the google.rpc.Status JSON, then the stream ends. Otherwise the \
+            messages as one JSON array once the stream has ended.",
+        "content": {
+            "text/event-stream": {
+                "schema": { "type": "string" },
+                "x-sse-data": message.clone(),
+                "x-sse-error-data": { "$ref": format!("#/components/schemas/{error_schema}") },
+            },
+            "application/json": { "schema": { "type": "array", "items": message } },
+        },
+    })
 }
 
 fn response_schema(
@@ -556,6 +585,30 @@ mod tests {
             .collect();
         let unique: BTreeSet<_> = ids.iter().collect();
         assert_eq!(unique.len(), ids.len(), "{ids:?}");
+    }
+
+    #[test]
+    fn a_server_stream_is_documented_as_server_sent_events() {
+        let router = Router::from_pool(meshgate_proto::descriptor_pool()).unwrap();
+        let doc = document(&router, "meshgate", JsonOptions::default());
+        let watch = &doc["paths"]["/v1/users:watch"]["get"];
+        let content = &watch["responses"]["200"]["content"];
+        assert_eq!(content["text/event-stream"]["schema"]["type"], "string");
+        assert_eq!(
+            content["text/event-stream"]["x-sse-data"]["$ref"],
+            "#/components/schemas/user.UserEvent"
+        );
+        assert_eq!(
+            content["text/event-stream"]["x-sse-error-data"]["$ref"],
+            "#/components/schemas/google.rpc.Status"
+        );
+        assert_eq!(content["application/json"]["schema"]["type"], "array");
+        assert_eq!(watch["parameters"][0]["name"], "userId");
+        assert_eq!(watch["parameters"][0]["in"], "query");
+        assert_eq!(watch["parameters"][0]["schema"]["format"], "uuid");
+        // A unary route keeps its single JSON answer.
+        let get = &doc["paths"]["/v1/users/{id}"]["get"]["responses"]["200"]["content"];
+        assert!(get.get("text/event-stream").is_none(), "{get}");
     }
 
     #[test]

@@ -55,6 +55,7 @@ mod tests {
                 "DeleteUser",
                 "ListUsers",
                 "ListUserEvents",
+                "WatchUsers",
                 "TestError"
             ]
         );

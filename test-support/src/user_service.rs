@@ -26,6 +26,8 @@ pub fn config(sqlite_path: PathBuf) -> Config {
 /// A running user-service; stopped by [`EmbeddedUserService::stop`] or when dropped.
 pub struct EmbeddedUserService {
     pub addr: SocketAddr,
+    /// Its `/metrics` (HTTP).
+    pub metrics_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -43,6 +45,7 @@ impl EmbeddedUserService {
             .await
             .expect("the user-service starts");
         let addr = app.grpc_addr();
+        let metrics_addr = app.metrics_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let _ = app
@@ -54,6 +57,7 @@ impl EmbeddedUserService {
         crate::wait::grpc_serving(addr).await;
         Self {
             addr,
+            metrics_addr,
             stop: Some(stop),
             task: Some(task),
         }

@@ -56,6 +56,12 @@ pub struct Config {
     #[arg(long, env = "NATS_URL", hide_env_values = true)]
     pub nats_url: Option<String>,
 
+    /// Events a `WatchUsers` client may fall behind before its stream ends with
+    /// RESOURCE_EXHAUSTED (the size of the one ring every watcher of this process reads).
+    #[arg(long, env = "WATCH_BUFFER_EVENTS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub watch_buffer_events: u32,
+
     /// How long a CreateUser `idempotency-key` is remembered (seconds).
     #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400,
           value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
@@ -178,6 +184,7 @@ impl Config {
             db_acquire_timeout_ms: 2000,
             migrate_on_start: true,
             nats_url: None,
+            watch_buffer_events: 1024,
             idempotency_ttl_secs: 86_400,
             redis_url: None,
             cache_key_prefix: DEFAULT_CACHE_KEY_PREFIX.to_owned(),

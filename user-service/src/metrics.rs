@@ -61,6 +61,10 @@ pub struct Metrics {
     /// `user_worker_events_total{result}`: applied, duplicate (redelivered, changed nothing) or
     /// invalid (undecodable, terminated).
     pub worker_events: IntCounterVec,
+    /// `user_watchers_active`: `WatchUsers` streams open on this instance.
+    pub watchers_active: IntGauge,
+    /// `user_watchers_cut_off_total`: watchers ended because they fell too far behind.
+    pub watchers_cut_off: prometheus::IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -182,6 +186,16 @@ impl Metrics {
             "Events handled by the worker: applied, duplicate or invalid",
             "result",
         );
+        let watchers_active = IntGauge::new(
+            "user_watchers_active",
+            "WatchUsers streams open on this instance",
+        )
+        .expect("static metric definition");
+        let watchers_cut_off = prometheus::IntCounter::new(
+            "user_watchers_cut_off_total",
+            "WatchUsers streams ended because the watcher fell too far behind",
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(grpc_handled.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(grpc_latency.clone()),
@@ -202,6 +216,8 @@ impl Metrics {
             Box::new(outbox_published.clone()),
             Box::new(outbox_relay_leader.clone()),
             Box::new(worker_events.clone()),
+            Box::new(watchers_active.clone()),
+            Box::new(watchers_cut_off.clone()),
         ] {
             registry
                 .register(collector)
@@ -228,6 +244,8 @@ impl Metrics {
             outbox_published,
             outbox_relay_leader,
             worker_events,
+            watchers_active,
+            watchers_cut_off,
         }
     }
 

@@ -20,6 +20,7 @@ use tower_http::cors::CorsLayer;
 
 use crate::cache::{CacheBackend, CachedStore};
 use crate::config::Config;
+use crate::events::live::{self, LiveEvents};
 use crate::events::relay::{self, RelaySettings};
 use crate::events::worker::{self, WorkerSettings};
 use crate::grpc::UserApi;
@@ -39,6 +40,8 @@ pub struct Application {
     metrics: Arc<Metrics>,
     /// JetStream, when NATS_URL is set: the outbox relay publishes there.
     jetstream: Option<async_nats::jetstream::Context>,
+    /// What `WatchUsers` reads: fed by JetStream when there is a broker, else by the commits.
+    live: LiveEvents,
 }
 
 /// [`open_database`], then the migrations when `--migrate-on-start` asks for them.
@@ -100,9 +103,18 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
         let metrics = Arc::new(Metrics::new());
-        let database = open_migrated_database(&config, metrics.clone()).await?;
-        let store = Arc::new(open_cached_store(&config, &database, &metrics)?);
+        let mut database = open_migrated_database(&config, metrics.clone()).await?;
         let jetstream = connect_jetstream(&config).await?;
+        // Without a broker the process's own commits are the feed, connected from the start.
+        let live = LiveEvents::new(
+            config.watch_buffer_events as usize,
+            jetstream.is_none(),
+            metrics.clone(),
+        );
+        if jetstream.is_none() {
+            database.feed_commits_to(live.clone());
+        }
+        let store = Arc::new(open_cached_store(&config, &database, &metrics)?);
         let grpc_listener = TcpListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("binding GRPC_ADDR {}", config.grpc_addr))?;
@@ -121,6 +133,7 @@ impl Application {
             store,
             metrics,
             jetstream,
+            live,
         })
     }
 
@@ -148,6 +161,7 @@ impl Application {
             store,
             metrics,
             jetstream,
+            live,
             ..
         } = self;
         let purge = tokio::spawn(purge_idempotency_keys(database.clone()));
@@ -158,6 +172,9 @@ impl Application {
             metrics.clone(),
             Duration::from_secs(1),
         ));
+        let live_feed = jetstream
+            .clone()
+            .map(|js| tokio::spawn(live::follow_jetstream(js, live.clone())));
         let relay = jetstream.map(|js| {
             tokio::spawn(relay::run(
                 database.clone(),
@@ -197,7 +214,7 @@ impl Application {
             .context("building the reflection service")?;
         // One implementation serves both versions (proto/README.md, "API versioning").
         let api = Arc::new(
-            UserApi::new(store, metrics.clone())
+            UserApi::new(store, live.clone(), metrics.clone())
                 .with_idempotency_ttl(Duration::from_secs(config.idempotency_ttl_secs)),
         );
         let users = UserServiceServer::from_arc(api.clone())
@@ -244,6 +261,9 @@ impl Application {
                     );
                     tokio::time::sleep(drain_delay).await;
                     tracing::info!("shutting down: no new calls, finishing in-flight ones");
+                    // Watch streams never finish by themselves: end them (UNAVAILABLE, so
+                    // their clients watch again elsewhere).
+                    live.stop();
                     let _ = drained_tx.send(true);
                 }
             });
@@ -262,9 +282,9 @@ impl Application {
         let _ = metrics_server.await;
         backlog.abort();
         let _ = backlog.await;
-        if let Some(relay) = relay {
-            relay.abort();
-            let _ = relay.await;
+        for task in relay.into_iter().chain(live_feed) {
+            task.abort();
+            let _ = task.await;
         }
         purge.abort();
         let _ = purge.await;

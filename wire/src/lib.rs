@@ -16,6 +16,7 @@
 //! - [`content_type`]: media types and which gRPC protocol a `content-type` names.
 //! - [`trace`]: W3C `traceparent` and B3 parsing; with feature `trace-ids` a fresh context.
 //! - [`etag`]: `If-None-Match` evaluation.
+//! - [`sse`]: Server-Sent Events (`text/event-stream`) events and comments.
 //!
 //! Invariant: nothing here panics on input.
 #![forbid(unsafe_code)]
@@ -34,4 +35,5 @@ pub mod percent;
 pub mod routes;
 #[cfg(feature = "schema")]
 pub mod schema;
+pub mod sse;
 pub mod trace;

@@ -1,6 +1,8 @@
 //! gRPC-web (binary and text), terminated here: one request message decoded from the body
 //! ([`meshgate_wire::grpc_web`], [`crate::grpc_compression`]), one upstream call, the response
-//! messages streamed back as frames as they arrive, the status in the closing trailer frame.
+//! messages streamed back as frames as they arrive (through the bounded relay of
+//! [`crate::upstream::stream`]: a client that stops reading is cut off, one that leaves cancels
+//! the upstream call), the status in the closing trailer frame.
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method};
@@ -10,8 +12,12 @@ use meshgate_wire::grpc_web::{Mode, RequestDecoder, ResponseEncoder};
 use meshgate_wire::routes::{self, grpc_route_label};
 use pingora::{Error, http::ResponseHeader, proxy::Session};
 
+use super::streaming::{StreamStep, next_step};
 use super::{GatewayProxy, RequestCtx, header_str, metadata, respond::grpc_status_fields};
 
+use crate::upstream::stream::{
+    self as upstream_stream, Relayed, STREAM_BUFFER_MESSAGES, StreamEnd,
+};
 use crate::{
     error::GatewayError, grpc_compression::Encoding, hooks::FilterResponse, protocol::Protocol,
     transcode::TranscodeError,
@@ -62,11 +68,13 @@ impl GatewayProxy {
             return Err(TranscodeError::from_violations(violations).into());
         }
         let metadata = self.upstream_metadata(session, ctx, &message, &body)?;
-        // The client's deadline, if shorter than the configured one.
+        // The client's deadline, if shorter than the configured one, bounds reaching the
+        // upstream's answer; a server stream then runs until it ends, the client leaves, or the
+        // client's own deadline passes.
+        let client_timeout =
+            header_str(session, "grpc-timeout").and_then(grpc_headers::parse_timeout);
         let configured = self.state.config.timeout_for(None, &path);
-        let timeout = header_str(session, "grpc-timeout")
-            .and_then(grpc_headers::parse_timeout)
-            .map_or(configured, |client| client.min(configured));
+        let timeout = client_timeout.map_or(configured, |client| client.min(configured));
         let (upstream, response) = self
             .state
             .upstreams
@@ -102,41 +110,70 @@ impl GatewayProxy {
         let unary = routes::grpc_method(&self.state.pool, &path)
             .is_some_and(|method| !method.is_server_streaming());
         let mut head = Some(Box::new(head));
-        if !unary && let Some(head) = head.take() {
-            session
-                .write_response_header(head, false)
-                .await
-                .map_err(write_error)?;
-        }
         let mut unary_body = BytesMut::new();
-        let deadline = tokio::time::Instant::now() + timeout;
-        let status = loop {
-            match tokio::time::timeout_at(deadline, stream.message()).await {
-                Ok(Ok(Some(message))) => {
-                    if filtered && first_message.is_none() {
-                        first_message = Some(message.clone());
+        let (status, mut trailers) = if unary {
+            let deadline = tokio::time::Instant::now() + timeout;
+            let status = loop {
+                match tokio::time::timeout_at(deadline, stream.message()).await {
+                    Ok(Ok(Some(message))) => {
+                        if filtered && first_message.is_none() {
+                            first_message = Some(message.clone());
+                        }
+                        unary_body.extend_from_slice(&encoder.message(&message));
                     }
-                    let frame = encoder.message(&message);
-                    if unary {
-                        unary_body.extend_from_slice(&frame);
-                    } else {
+                    Ok(Ok(None)) => break tonic::Status::ok(""),
+                    Ok(Err(status)) => break status,
+                    Err(_) => break tonic::Status::deadline_exceeded("upstream deadline exceeded"),
+                }
+            };
+            let mut trailers = HeaderMap::new();
+            if status.code() == tonic::Code::Ok
+                && let Ok(Some(upstream_trailers)) = stream.trailers().await
+            {
+                trailers = upstream_trailers.into_headers();
+            }
+            (status, trailers)
+        } else {
+            if let Some(head) = head.take() {
+                session
+                    .write_response_header(head, false)
+                    .await
+                    .map_err(write_error)?;
+            }
+            let mut reader = upstream_stream::relay(stream, STREAM_BUFFER_MESSAGES);
+            let deadline = client_timeout.map(|client| tokio::time::Instant::now() + client);
+            loop {
+                match next_step(session, &mut reader, deadline).await {
+                    StreamStep::Relayed(Relayed::Message(message)) => {
+                        if filtered && first_message.is_none() {
+                            first_message = Some(message.clone());
+                        }
                         session
-                            .write_response_body(Some(frame), false)
+                            .write_response_body(Some(encoder.message(&message)), false)
                             .await
                             .map_err(write_error)?;
                     }
+                    StreamStep::Relayed(Relayed::End(StreamEnd::Finished(trailers))) => {
+                        break (tonic::Status::ok(""), trailers);
+                    }
+                    StreamStep::Relayed(Relayed::End(StreamEnd::Failed(status))) => {
+                        break (status, HeaderMap::new());
+                    }
+                    StreamStep::Timer => {
+                        break (
+                            tonic::Status::deadline_exceeded("deadline exceeded"),
+                            HeaderMap::new(),
+                        );
+                    }
+                    StreamStep::ClientGone => {
+                        // Dropping the reader cancels the upstream call.
+                        ctx.grpc_status = Some(tonic::Code::Cancelled as i32);
+                        session.set_keepalive(None);
+                        return Ok(());
+                    }
                 }
-                Ok(Ok(None)) => break tonic::Status::ok(""),
-                Ok(Err(status)) => break status,
-                Err(_) => break tonic::Status::deadline_exceeded("upstream deadline exceeded"),
             }
         };
-        let mut trailers = HeaderMap::new();
-        if status.code() == tonic::Code::Ok
-            && let Ok(Some(upstream_trailers)) = stream.trailers().await
-        {
-            trailers = upstream_trailers.into_headers();
-        }
         let rescued = if status.code() == tonic::Code::Ok {
             None
         } else {

@@ -19,6 +19,7 @@ mod grpc_web;
 mod metadata;
 mod respond;
 mod rest;
+mod streaming;
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 

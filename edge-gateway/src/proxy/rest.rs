@@ -2,21 +2,48 @@
 //! one upstream call with the gateway's gRPC client, the messages → JSON with the route's
 //! success status (or the error's status once grpc-status is known).
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use meshgate_wire::content_type::media_type;
 use meshgate_wire::routes::{Route, RouteMiss};
-use pingora::proxy::Session;
+use meshgate_wire::sse;
+use pingora::{http::ResponseHeader, proxy::Session};
 use prost_reflect::DynamicMessage;
 
+use super::streaming::{StreamStep, next_step};
 use super::{GatewayProxy, RequestCtx, header_str};
 
-use crate::{error::GatewayError, hooks::FilterResponse, protocol::Protocol, transcode};
+use crate::upstream::StreamingResponse;
+use crate::upstream::stream::{
+    self as upstream_stream, Relayed, STREAM_BUFFER_MESSAGES, StreamEnd,
+};
+use crate::{
+    error::{GatewayError, rest_error_body},
+    hooks::FilterResponse,
+    protocol::Protocol,
+    transcode,
+};
+
+/// How long an event stream may stay silent before it gets a comment line, so proxies and load
+/// balancers between the gateway and the client do not close it as idle.
+const HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// A body's content type the REST API accepts: none, `application/json` or `*+json`.
 fn is_json(content_type: &str) -> bool {
     let essence = media_type(content_type);
     essence.is_empty() || essence == "application/json" || essence.ends_with("+json")
+}
+
+/// Whether the client asked for Server-Sent Events (`Accept: text/event-stream`, as
+/// `EventSource` sends it).
+fn wants_event_stream(accept: Option<&str>) -> bool {
+    accept.is_some_and(|accept| {
+        accept
+            .split(',')
+            .any(|range| media_type(range) == "text/event-stream")
+    })
 }
 
 /// An upstream message as the route's JSON response (and the decoded message, for `Location`).
@@ -91,6 +118,11 @@ impl GatewayProxy {
             )
             .await?;
         ctx.upstream = Some(upstream);
+        if route.server_streaming() && wants_event_stream(header_str(session, "accept")) {
+            return self
+                .write_event_stream(session, ctx, &route, response)
+                .await;
+        }
         let mut stream = response.into_inner();
         let collect = async {
             let mut messages = Vec::new();
@@ -108,7 +140,8 @@ impl GatewayProxy {
         let first = messages.first().cloned().unwrap_or_default();
         let (decoded, mut json) = render(self, &route, &first)?;
         if route.server_streaming() {
-            // A server stream over REST is answered as one JSON array of the messages.
+            // A server stream over REST without `Accept: text/event-stream` is answered as one
+            // JSON array of the messages, once the stream has ended.
             let mut array = b"[".to_vec();
             for (index, message) in messages.iter().enumerate() {
                 if index > 0 {
@@ -157,9 +190,139 @@ impl GatewayProxy {
     }
 }
 
+impl GatewayProxy {
+    /// A server stream as Server-Sent Events: each message an event (`id:` counting from 1,
+    /// `data:` the message in the route's JSON mapping), comments while idle, and a failure
+    /// after the start as an `error` event carrying the `google.rpc.Status` JSON. Messages
+    /// pass the bounded relay of [`crate::upstream::stream`].
+    async fn write_event_stream(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        response: StreamingResponse,
+    ) -> Result<(), GatewayError> {
+        let write_error =
+            |e: Box<pingora::Error>| GatewayError::Internal(format!("writing event stream: {e}"));
+        let (_, stream, _) = response.into_parts();
+        let mut head = ResponseHeader::build_no_case(200, Some(8))
+            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        let _ = head.insert_header("content-type", sse::CONTENT_TYPE);
+        let _ = head.insert_header("cache-control", "no-cache");
+        // nginx-style proxies buffer responses unless told otherwise.
+        let _ = head.insert_header("x-accel-buffering", "no");
+        self.cors_headers(ctx, &mut head);
+        self.trace_header(ctx, &mut head);
+        let sent_headers = head.headers.clone();
+        ctx.status = 200;
+        session
+            .write_response_header(Box::new(head), false)
+            .await
+            .map_err(write_error)?;
+        // Something on the wire at once: clients see the stream open before the first event.
+        session
+            .write_response_body(Some(sse::comment("stream open").into()), false)
+            .await
+            .map_err(write_error)?;
+        let mut reader = upstream_stream::relay(stream, STREAM_BUFFER_MESSAGES);
+        let mut sent = 0u64;
+        let mut first_message: Option<Bytes> = None;
+        let outcome = loop {
+            let heartbeat = tokio::time::Instant::now() + HEARTBEAT;
+            let chunk = match next_step(session, &mut reader, Some(heartbeat)).await {
+                StreamStep::Relayed(Relayed::Message(message)) => {
+                    let json = match render(self, route, &message) {
+                        Ok((_, json)) => json,
+                        Err(error) => break Err(error),
+                    };
+                    sent += 1;
+                    if first_message.is_none() {
+                        first_message = Some(message);
+                    }
+                    sse::event(None, Some(sent), &String::from_utf8_lossy(&json))
+                }
+                StreamStep::Timer => sse::comment("keep-alive"),
+                StreamStep::Relayed(Relayed::End(StreamEnd::Finished(_))) => break Ok(()),
+                StreamStep::Relayed(Relayed::End(StreamEnd::Failed(status))) => {
+                    break Err(GatewayError::from_upstream(status));
+                }
+                StreamStep::ClientGone => {
+                    // Dropping the reader cancels the upstream call.
+                    ctx.grpc_status = Some(tonic::Code::Cancelled as i32);
+                    session.set_keepalive(None);
+                    return Ok(());
+                }
+            };
+            session
+                .write_response_body(Some(chunk.into()), false)
+                .await
+                .map_err(write_error)?;
+        };
+        let code = match &outcome {
+            Ok(()) => tonic::Code::Ok as i32,
+            Err(error) => {
+                let rescued = error.rescue();
+                if let GatewayError::Internal(detail) = error {
+                    tracing::error!(detail, "internal gateway error in an event stream");
+                }
+                let (_, body) = rest_error_body(
+                    &self.state.pool,
+                    self.state.json.error_detail,
+                    error,
+                    &rescued,
+                );
+                let event = sse::event(Some("error"), None, &String::from_utf8_lossy(&body));
+                session
+                    .write_response_body(Some(event.into()), false)
+                    .await
+                    .map_err(write_error)?;
+                rescued.grpc_code
+            }
+        };
+        ctx.grpc_status = Some(code);
+        // The head has gone out: the filters only record attributes.
+        if !self.state.filters.is_empty() {
+            let mut http_status = 200;
+            let mut headers = sent_headers;
+            self.state.filters.on_response(
+                &mut ctx.filters,
+                &mut FilterResponse {
+                    protocol: Protocol::Rest,
+                    grpc_method: &route.grpc_path,
+                    grpc_status: code,
+                    http_status: &mut http_status,
+                    headers: &mut headers,
+                    message: first_message.as_ref(),
+                    body: None,
+                    attributes: &mut ctx.filter_attributes,
+                },
+            );
+        }
+        session
+            .write_response_body(None, true)
+            .await
+            .map_err(write_error)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_streams_are_asked_for_by_accept() {
+        for asked in [
+            "text/event-stream",
+            "Text/Event-Stream; charset=utf-8",
+            "application/json, text/event-stream;q=0.9",
+        ] {
+            assert!(wants_event_stream(Some(asked)), "{asked}");
+        }
+        for not_asked in ["application/json", "*/*", "text/*", "text/plain"] {
+            assert!(!wants_event_stream(Some(not_asked)), "{not_asked}");
+        }
+        assert!(!wants_event_stream(None));
+    }
 
     #[test]
     fn json_bodies_only() {

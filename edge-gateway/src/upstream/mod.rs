@@ -17,11 +17,13 @@
 //! - `call`: a call over the pool, with free failovers, retries and the deadline.
 //! - `maintenance`: the background service (DNS refreshes, active health checks).
 //! - `codec`: the raw-bytes codec the calls use.
+//! - `stream`: a server stream relayed to a client through a bounded buffer.
 
 mod call;
 mod codec;
 mod maintenance;
 mod pool;
+pub mod stream;
 
 use bytes::Bytes;
 

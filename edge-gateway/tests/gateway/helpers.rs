@@ -329,6 +329,17 @@ impl user::user_service_server::UserService for Users {
             "the gateway tests' backend keeps no event history",
         ))
     }
+
+    type WatchUsersStream = tokio_stream::Empty<Result<user::UserEvent, Status>>;
+
+    async fn watch_users(
+        &self,
+        _: Request<user::WatchUsersRequest>,
+    ) -> Result<Response<Self::WatchUsersStream>, Status> {
+        Err(Status::unimplemented(
+            "the gateway tests' backend has no live updates (the real user-service has)",
+        ))
+    }
 }
 
 // === impl Backend ===

@@ -24,3 +24,4 @@ mod static_files;
 mod tls;
 mod upstreams;
 mod wasm_filters;
+mod watch;

@@ -13,6 +13,7 @@ use crate::cache::CachedStore;
 use crate::domain::{Age, Email, Name, StoreError, User, UserId, Version};
 use crate::store::Database;
 
+pub mod live;
 pub mod relay;
 pub mod worker;
 

@@ -9,6 +9,7 @@
 //! `UNAVAILABLE`; anything else → `INTERNAL` with a fixed message (the cause is only logged).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use meshgate_proto::user::{
     CreateUserRequest, CreateUserResponse, DeleteUserRequest, DeleteUserResponse, GetUserRequest,
     GetUserResponse, ListUserEventsRequest, ListUserEventsResponse, ListUsersRequest,
     ListUsersResponse, TestErrorRequest, TestErrorResponse, UpdateUserRequest, UpdateUserResponse,
+    WatchUsersRequest,
 };
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status};
@@ -27,6 +29,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::domain::{
     FieldViolation, Invalid, NewUser, PageRequest, StoreError, User, UserChanges, UserId, UserStore,
 };
+use crate::events::live::{LiveEvents, WatchEnd, Watcher};
 use crate::events::{EventLog, UserEvent};
 use crate::idempotency::{self, Claim, IdempotencyKey, IdempotentCreate, Outcome};
 use crate::metrics::Metrics;
@@ -39,6 +42,7 @@ pub mod v2;
 /// instance as both (`UserServiceServer::from_arc`), so they share the page-token key.
 pub struct UserApi<S> {
     store: Arc<S>,
+    live: LiveEvents,
     metrics: Arc<Metrics>,
     idempotency_ttl: Duration,
     /// user.v2 ListUsers' token signer, built on first use from the database's key (the
@@ -46,10 +50,18 @@ pub struct UserApi<S> {
     page_tokens: tokio::sync::OnceCell<PageTokens>,
 }
 
+/// How long `WatchUsers` waits for the live feed's JetStream consumer before UNAVAILABLE.
+const LIVE_CONNECT_WAIT: Duration = Duration::from_secs(5);
+
+/// `WatchUsers`' response stream.
+pub type WatchStream =
+    Pin<Box<dyn futures::Stream<Item = Result<meshgate_proto::user::UserEvent, Status>> + Send>>;
+
 impl<S> UserApi<S> {
-    pub fn new(store: Arc<S>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(store: Arc<S>, live: LiveEvents, metrics: Arc<Metrics>) -> Self {
         Self {
             store,
+            live,
             metrics,
             idempotency_ttl: idempotency::DEFAULT_TTL,
             page_tokens: tokio::sync::OnceCell::new(),
@@ -303,6 +315,35 @@ impl<S: UserStore + EventLog + IdempotentCreate> UserService for UserApi<S> {
         .await
     }
 
+    type WatchUsersStream = WatchStream;
+
+    async fn watch_users(
+        &self,
+        request: Request<WatchUsersRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let live = self.live.clone();
+        let metrics = self.metrics.clone();
+        self.handle("WatchUsers", request, |_, _, message| async move {
+            let user = match message.user_id.as_str() {
+                "" => None,
+                raw => Some(UserId::parse(raw).map_err(|_| {
+                    invalid(Invalid(vec![FieldViolation::new(
+                        "user_id",
+                        "must be a UUID (or empty for every user)",
+                    )]))
+                })?),
+            };
+            if !live.wait_connected(LIVE_CONNECT_WAIT).await {
+                return Err(Status::unavailable(
+                    "live updates are not connected to the event stream yet; retry",
+                ));
+            }
+            let watcher = live.subscribe(user.map(|id| id.as_uuid()));
+            Ok(watch_stream(watcher, metrics))
+        })
+        .await
+    }
+
     async fn test_error(
         &self,
         request: Request<TestErrorRequest>,
@@ -341,6 +382,36 @@ impl<S: UserStore + EventLog + IdempotentCreate> UserService for UserApi<S> {
             },
         )
         .await
+    }
+}
+
+/// A watcher's events as the RPC's stream; its end as a status the client can act on.
+fn watch_stream(watcher: Watcher, metrics: Arc<Metrics>) -> WatchStream {
+    Box::pin(futures::stream::unfold(Some(watcher), move |watcher| {
+        let metrics = metrics.clone();
+        async move {
+            let mut watcher = watcher?;
+            match watcher.next().await {
+                Ok(event) => Some((Ok(event_to_wire(&event)), Some(watcher))),
+                Err(end) => {
+                    // The watcher (and its place in the gauge) goes before the status does.
+                    drop(watcher);
+                    Some((Err(watch_end_status(end, &metrics)), None))
+                }
+            }
+        }
+    }))
+}
+
+fn watch_end_status(end: WatchEnd, metrics: &Metrics) -> Status {
+    match end {
+        WatchEnd::Lagged(missed) => {
+            metrics.watchers_cut_off.inc();
+            Status::resource_exhausted(format!(
+                "watcher fell behind by {missed} events; list the users again and watch again"
+            ))
+        }
+        WatchEnd::Stopping => Status::unavailable("the server is shutting down; watch again"),
     }
 }
 

@@ -86,23 +86,23 @@ macro_rules! idempotency_impl {
                         .await?;
                         return Ok(Err(stored));
                     }
-                    let created = Self::insert_user(&mut tx, &user).await?;
+                    let (created, event) = Self::insert_user(&mut tx, &user).await?;
                     sqlx::query("UPDATE idempotency_keys SET response = $2 WHERE key = $1")
                         .bind(claim.key.as_str())
-                        .bind(
-                            String::from_utf8_lossy(&UserEvent::created(&created).encode())
-                                .as_ref(),
-                        )
+                        .bind(String::from_utf8_lossy(&event.encode()).as_ref())
                         .execute(&mut *tx)
                         .await?;
                     tx.commit().await?;
-                    Ok(Ok(created))
+                    Ok(Ok((created, event)))
                 };
                 let outcome = timed(&self.metrics, "insert_user_idempotent", work)
                     .instrument(query_span::<$db>("INSERT"))
                     .await?;
                 match outcome {
-                    Ok(created) => Ok(Outcome::Created(created)),
+                    Ok((created, event)) => {
+                        self.committed(event);
+                        Ok(Outcome::Created(created))
+                    }
                     Err(stored) => replay(claim, stored),
                 }
             }

@@ -76,6 +76,14 @@ impl Database {
         }
     }
 
+    /// Hands every event committed through this handle to `live` (see [`sql::SqlStore::feed_commits_to`]).
+    pub fn feed_commits_to(&mut self, live: crate::events::live::LiveEvents) {
+        match self {
+            Self::Postgres(store) => store.feed_commits_to(live),
+            Self::Sqlite(store) => store.feed_commits_to(live),
+        }
+    }
+
     pub fn backend(&self) -> &'static str {
         match self {
             Self::Postgres(_) => "postgresql",

@@ -84,7 +84,7 @@ impl PostgresStore {
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
             .connect_lazy_with(options);
-        Ok(Self { pool, metrics })
+        Ok(Self::new(pool, metrics))
     }
 
     /// Applies the migrations in one transaction ([`super::migrate::run`]): adopts a legacy

@@ -17,6 +17,8 @@ use uuid::Uuid;
 use super::PoolStats;
 use super::migrate::{self, ContractPhase, MigrationTarget};
 use crate::domain::{Age, Email, Name, User, UserId, Version};
+use crate::events::UserEvent;
+use crate::events::live::LiveEvents;
 use crate::metrics::Metrics;
 
 /// What differs between the two databases. SQL shared by both uses `$n` placeholders, which
@@ -82,6 +84,8 @@ pub(crate) fn query_span<B: Backend>(operation: &'static str) -> tracing::Span {
 pub struct SqlStore<B: Backend> {
     pub(super) pool: Pool<B>,
     pub(super) metrics: Arc<Metrics>,
+    /// Where committed events go for live watchers when there is no broker to feed them.
+    pub(super) commit_feed: Option<LiveEvents>,
 }
 
 // Derived Clone would demand `B: Clone`.
@@ -90,11 +94,33 @@ impl<B: Backend> Clone for SqlStore<B> {
         Self {
             pool: self.pool.clone(),
             metrics: Arc::clone(&self.metrics),
+            commit_feed: self.commit_feed.clone(),
         }
     }
 }
 
 impl<B: Backend> SqlStore<B> {
+    pub(super) fn new(pool: Pool<B>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            pool,
+            metrics,
+            commit_feed: None,
+        }
+    }
+
+    /// Hands every event this store commits to `live` after its transaction (the embedded
+    /// default's live updates: no broker carries them).
+    pub fn feed_commits_to(&mut self, live: LiveEvents) {
+        self.commit_feed = Some(live);
+    }
+
+    /// Called after the transaction that wrote `event` committed.
+    pub(crate) fn committed(&self, event: UserEvent) {
+        if let Some(live) = &self.commit_feed {
+            live.publish(event);
+        }
+    }
+
     pub fn pool_stats(&self) -> PoolStats {
         PoolStats {
             size: self.pool.size(),
@@ -136,7 +162,7 @@ macro_rules! users_impl {
             pub(crate) async fn insert_user(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 user: &NewUser,
-            ) -> sqlx::Result<User> {
+            ) -> sqlx::Result<(User, UserEvent)> {
                 let sql = format!(
                     "INSERT INTO users (id, name, email, age) VALUES ($1, $2, $3, $4) \
                      RETURNING {}",
@@ -150,8 +176,9 @@ macro_rules! users_impl {
                     .fetch_one(&mut *conn)
                     .await?;
                 let created = to_user::<$db>(row);
-                Self::insert_event(conn, &UserEvent::created(&created)).await?;
-                Ok(created)
+                let event = UserEvent::created(&created);
+                Self::insert_event(conn, &event).await?;
+                Ok((created, event))
             }
 
             /// Every user for the repair planner, planned in order.
@@ -235,13 +262,15 @@ macro_rules! users_impl {
             async fn create(&self, user: NewUser) -> Result<User, StoreError> {
                 let write = async {
                     let mut tx = self.pool.begin().await?;
-                    let created = Self::insert_user(&mut tx, &user).await?;
+                    let (created, event) = Self::insert_user(&mut tx, &user).await?;
                     tx.commit().await?;
-                    Ok(created)
+                    Ok((created, event))
                 };
-                timed(&self.metrics, "insert_user", write)
+                let (created, event) = timed(&self.metrics, "insert_user", write)
                     .instrument(query_span::<$db>("INSERT"))
-                    .await
+                    .await?;
+                self.committed(event);
+                Ok(created)
             }
 
             async fn get(&self, id: UserId) -> Result<User, StoreError> {
@@ -276,14 +305,17 @@ macro_rules! users_impl {
                     let Some(updated) = updated else {
                         return Ok(None);
                     };
-                    Self::insert_event(&mut tx, &UserEvent::updated(&updated)).await?;
+                    let event = UserEvent::updated(&updated);
+                    Self::insert_event(&mut tx, &event).await?;
                     tx.commit().await?;
-                    Ok(Some(updated))
+                    Ok(Some((updated, event)))
                 };
                 let updated = timed(&self.metrics, "update_user", write)
                     .instrument(query_span::<$db>("UPDATE"))
                     .await?;
-                updated.ok_or(StoreError::NotFound)
+                let (updated, event) = updated.ok_or(StoreError::NotFound)?;
+                self.committed(event);
+                Ok(updated)
             }
 
             async fn delete(&self, id: UserId) -> Result<Version, StoreError> {
@@ -299,14 +331,17 @@ macro_rules! users_impl {
                         return Ok(None);
                     };
                     let version = Version::new(last).next();
-                    Self::insert_event(&mut tx, &UserEvent::deleted(id, version)).await?;
+                    let event = UserEvent::deleted(id, version);
+                    Self::insert_event(&mut tx, &event).await?;
                     tx.commit().await?;
-                    Ok(Some(version))
+                    Ok(Some((version, event)))
                 };
                 let deleted = timed(&self.metrics, "delete_user", write)
                     .instrument(query_span::<$db>("DELETE"))
                     .await?;
-                deleted.ok_or(StoreError::NotFound)
+                let (version, event) = deleted.ok_or(StoreError::NotFound)?;
+                self.committed(event);
+                Ok(version)
             }
 
             async fn list(&self, page: PageRequest) -> Result<UserPage, StoreError> {

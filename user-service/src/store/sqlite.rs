@@ -71,7 +71,7 @@ impl SqliteStore {
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
             .connect_lazy_with(options);
-        Self { pool, metrics }
+        Self::new(pool, metrics)
     }
 
     /// Applies the migrations in one transaction ([`super::migrate::run`]). SQLite databases are

@@ -22,6 +22,7 @@ mod resilience;
 mod throwaway;
 mod users;
 mod v2;
+mod watch;
 
 /// Generates one test per backend from an `async fn(Backend)` body.
 #[macro_export]
