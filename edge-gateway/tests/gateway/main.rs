@@ -5,6 +5,7 @@ mod dns_server;
 mod helpers;
 
 mod admin;
+mod auth;
 mod connections;
 mod contract;
 mod cors;
