@@ -7,6 +7,7 @@ use http::Method;
 use meshgate_wire::grpc::FrameError;
 use tonic::Code;
 
+use crate::auth::policy::AuthFailure;
 use crate::grpc_compression::CompressionError;
 use crate::status::{
     VALIDATION_FAILED, bad_request_details, detail_json, grpc_code_for_http, http_status_for,
@@ -46,6 +47,9 @@ pub enum GatewayError {
     /// A status the upstream service answered with; passed through to the client.
     #[error("{}", .0.message())]
     Upstream(tonic::Status),
+    /// Refused by a `gateway.auth` rule: 401 / UNAUTHENTICATED, or 403 / PERMISSION_DENIED.
+    #[error(transparent)]
+    Auth(#[from] AuthFailure),
     /// Rejected by a filter hook (see [`crate::hooks`]).
     #[error("{}", .0.message)]
     Filtered(Box<crate::hooks::LocalReply>),
@@ -151,6 +155,7 @@ impl GatewayError {
                     allow: None,
                 }
             }
+            Self::Auth(failure) => simple(failure.http_status()),
             Self::Filtered(reply) => SyntheticResponse {
                 grpc_code: reply
                     .grpc_status
@@ -234,6 +239,9 @@ mod tests {
             (CompressionError::Unsupported("br".into()).into(), 501, 12),
             (CompressionError::TooLarge { limit: 10 }.into(), 429, 8),
             (CompressionError::FlagWithoutEncoding.into(), 500, 13),
+            (AuthFailure::Expired.into(), 401, 16),
+            (AuthFailure::MissingToken.into(), 401, 16),
+            (AuthFailure::Forbidden("claim".into()).into(), 403, 7),
         ];
         for (error, http, grpc) in cases {
             let rescued = error.rescue();

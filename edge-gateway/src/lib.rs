@@ -16,6 +16,8 @@
 //! - [`balance`] (health thresholds, outlier ejection, panic routing), [`discovery`] (upstream
 //!   targets, TTL refresh, endpoint set changes), [`conn_limits`] (connection caps, header
 //!   deadline): resilience policy (pure).
+//! - [`auth`]: JWT bearer tokens required per method or route (`gateway.auth`): the policy
+//!   and the key set (pure), verification and the key refresh.
 //! - [`config`]: YAML + flags/env → one validated [`config::GatewayConfig`] (pure schema,
 //!   overrides and checks; its `load` reads the YAML file and the TLS files it names).
 //! - [`state`]: what every request shares, built once from the config (loads descriptor sets).
@@ -33,6 +35,7 @@
 //!   TLS listener's certificate (cargo feature `rustls`, on by default).
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod balance;
 pub mod config;
 pub mod conn_limits;

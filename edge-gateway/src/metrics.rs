@@ -38,6 +38,12 @@ pub struct Metrics {
     pub header_timeouts: IntCounter,
     /// `meshgate_gateway_draining`: 1 once SIGTERM started the drain.
     pub draining: IntGauge,
+    /// `meshgate_gateway_auth_decisions_total{outcome}`: calls a `gateway.auth` rule covers.
+    pub auth_decisions: IntCounterVec,
+    /// `meshgate_gateway_jwks_refresh_failures_total`
+    pub jwks_refresh_failures: IntCounter,
+    /// `meshgate_gateway_jwks_keys`: usable keys in the current set.
+    pub jwks_keys: IntGauge,
 }
 
 impl Metrics {
@@ -118,6 +124,22 @@ impl Metrics {
                 "meshgate_gateway_draining",
                 "1 once SIGTERM started the drain (/readyz answers 503).",
             ),
+            auth_decisions: counter(
+                "meshgate_gateway_auth_decisions_total",
+                "Calls a gateway.auth rule covers, by outcome: allowed, forbidden (a claim \
+                 requirement failed, 403) or why the token was refused (401).",
+                &["outcome"],
+            ),
+            jwks_refresh_failures: IntCounter::new(
+                "meshgate_gateway_jwks_refresh_failures_total",
+                "JWKS fetches (or file reads) that failed or gave no usable key; the last good \
+                 keys stay in use.",
+            )
+            .expect("static metric definition"),
+            jwks_keys: gauge(
+                "meshgate_gateway_jwks_keys",
+                "Usable RS256/ES256 keys in the current JWKS (0 without gateway.auth).",
+            ),
         };
         for collector in [
             Box::new(metrics.requests.clone()) as Box<dyn Collector>,
@@ -132,8 +154,14 @@ impl Metrics {
             Box::new(metrics.connections_refused.clone()),
             Box::new(metrics.header_timeouts.clone()),
             Box::new(metrics.draining.clone()),
+            Box::new(metrics.auth_decisions.clone()),
+            Box::new(metrics.jwks_refresh_failures.clone()),
+            Box::new(metrics.jwks_keys.clone()),
         ] {
             metrics.register(collector);
+        }
+        for outcome in crate::auth::policy::AuthFailure::OUTCOMES {
+            metrics.auth_decisions.with_label_values(&[outcome]);
         }
         for reason in ["max_connections", "max_per_client_ip"] {
             metrics.connections_refused.with_label_values(&[reason]);

@@ -9,6 +9,7 @@ use meshgate_wire::routes::{BodyTarget, Route, Router, resolve_field_path};
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
 
+use crate::auth::policy::AuthPolicy;
 use crate::transcode::JsonOptions;
 use crate::validate::schema_keywords;
 
@@ -59,6 +60,53 @@ pub fn document(router: &Router, title: &str, options: JsonOptions) -> Value {
         "paths": paths,
         "components": { "schemas": schemas },
     })
+}
+
+/// Marks the operations a `gateway.auth` rule covers: the bearer scheme, and their 401 / 403
+/// answers (the document's error schema).
+pub fn require_bearer(document: &mut Value, router: &Router, policy: &AuthPolicy) {
+    let mut covered = false;
+    for route in router.routes() {
+        if policy
+            .rule_for(&route.grpc_path, Some(&route.label()))
+            .is_none()
+        {
+            continue;
+        }
+        let method = route.http_method.as_str().to_ascii_lowercase();
+        let operation = document
+            .get_mut("paths")
+            .and_then(|paths| paths.get_mut(openapi_path(route)))
+            .and_then(|item| item.get_mut(method.as_str()))
+            .and_then(Value::as_object_mut);
+        let Some(operation) = operation else {
+            // A custom method: routed but not documented.
+            continue;
+        };
+        covered = true;
+        let error = operation
+            .get("responses")
+            .and_then(|responses| responses.get("default"))
+            .and_then(|default| default.get("content"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        operation.insert("security".into(), json!([{ "bearerAuth": [] }]));
+        if let Some(Value::Object(responses)) = operation.get_mut("responses") {
+            responses.insert(
+                "401".into(),
+                json!({"description": "Missing or invalid bearer token (UNAUTHENTICATED)", "content": error}),
+            );
+            responses.insert(
+                "403".into(),
+                json!({"description": "The token lacks a required claim (PERMISSION_DENIED)", "content": error}),
+            );
+        }
+    }
+    if covered {
+        document["components"]["securitySchemes"] = json!({
+            "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+        });
+    }
 }
 
 /// With `emit_defaults` every field of a response message is written: messages only ever
@@ -510,6 +558,45 @@ fn status_schema() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operations_a_rule_covers_require_the_bearer_scheme() {
+        use crate::auth::policy::{AuthRule, AuthSettings, JwksSource};
+        let router = Router::from_pool(meshgate_proto::descriptor_pool()).unwrap();
+        let mut doc = document(&router, "meshgate", JsonOptions::default());
+        let policy = AuthPolicy::new(AuthSettings {
+            jwks: JwksSource::File("jwks.json".into()),
+            refresh_interval: std::time::Duration::from_secs(1),
+            min_refresh_interval: std::time::Duration::from_secs(1),
+            fetch_timeout: std::time::Duration::from_secs(1),
+            issuers: vec!["i".into()],
+            audiences: vec!["a".into()],
+            leeway: std::time::Duration::ZERO,
+            rules: vec![AuthRule {
+                name: "writes".into(),
+                methods: vec!["/user.UserService/CreateUser".into()],
+                routes: vec!["DELETE /v1/users/{id}".into()],
+                claims: Vec::new(),
+            }],
+        });
+        require_bearer(&mut doc, &router, &policy);
+        for (path, method) in [("/v1/users", "post"), ("/v1/users/{id}", "delete")] {
+            let operation = &doc["paths"][path][method];
+            assert_eq!(operation["security"], json!([{"bearerAuth": []}]), "{path}");
+            assert_eq!(
+                operation["responses"]["401"]["content"]["application/json"]["schema"]["$ref"],
+                "#/components/schemas/google.rpc.Status"
+            );
+            assert!(operation["responses"]["403"].is_object());
+        }
+        for (path, method) in [("/v1/users", "get"), ("/v1/users/{id}", "put")] {
+            assert!(doc["paths"][path][method]["security"].is_null(), "{path}");
+        }
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearerAuth"]["scheme"],
+            "bearer"
+        );
+    }
 
     #[test]
     fn user_api_document() {

@@ -275,6 +275,12 @@ pub fn build_server_on(
     }
     server.add_service(proxy);
     server.add_service(background);
+    if let Some(auth) = &state.auth {
+        server.add_service(background_service(
+            "JWKS refresh",
+            crate::auth::JwksRefresh(auth.clone()),
+        ));
+    }
     if let Some(addr) = config.metrics_listen {
         let mut metrics_service =
             PreBound::new(Service::new("metrics".to_owned(), MetricsApp { metrics }));

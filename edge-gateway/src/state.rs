@@ -7,6 +7,7 @@ use meshgate_wire::routes::{RouteBuildError, Router};
 use prost_reflect::DescriptorPool;
 
 use crate::{
+    auth::Authenticator,
     config::GatewayConfig,
     cors::CorsPolicy,
     hooks::FilterChain,
@@ -41,6 +42,9 @@ pub enum StartError {
     /// `gateway.tls`: the certificate or key cannot be used.
     #[error("{0}")]
     Tls(String),
+    /// `gateway.auth`: the key file cannot be used, or a rule names what is not served.
+    #[error("{0}")]
+    Auth(String),
     #[error("gateway.static_dir {path}: {source}")]
     StaticDir {
         path: String,
@@ -69,6 +73,8 @@ pub struct GatewayState {
     pub connections: Arc<ConnectionTracker>,
     /// This gateway's metrics (its own registry).
     pub metrics: Arc<Metrics>,
+    /// Token checks, when `gateway.auth` is configured.
+    pub auth: Option<Arc<Authenticator>>,
 }
 
 /// The built-in contract plus every configured descriptor set (files already present are skipped).
@@ -109,10 +115,7 @@ impl GatewayState {
         let router = Router::from_pool(&pool)?;
         let json = config.json;
         let validators = Validators::from_pool(&pool).map_err(StartError::Rules)?;
-        let document = openapi::document(&router, "meshgate edge gateway", json);
-        let openapi = serde_json::to_vec_pretty(&document)
-            .expect("a JSON value always serializes")
-            .into();
+        let mut document = openapi::document(&router, "meshgate edge gateway", json);
         let cors = CorsPolicy::new(
             config.cors_origins.clone(),
             config.cors_allow_credentials,
@@ -128,6 +131,21 @@ impl GatewayState {
             None => None,
         };
         let spans = config.otlp.as_ref().map(SpanExport::new);
+        let auth = match &config.auth {
+            Some(settings) => {
+                let auth = Authenticator::new(settings.clone(), metrics.clone())
+                    .map_err(StartError::Auth)?;
+                check_auth_rules(&auth, &pool, &router)?;
+                Some(Arc::new(auth))
+            }
+            None => None,
+        };
+        if let Some(auth) = &auth {
+            openapi::require_bearer(&mut document, &router, auth.policy());
+        }
+        let openapi = serde_json::to_vec_pretty(&document)
+            .expect("a JSON value always serializes")
+            .into();
         Ok(Arc::new(Self {
             config,
             pool,
@@ -143,8 +161,37 @@ impl GatewayState {
             lifecycle: Arc::new(Lifecycle::new(metrics.draining.clone())),
             connections,
             metrics,
+            auth,
         }))
     }
+}
+
+/// Every method and route a rule names is served: a misspelt one would leave its calls open.
+fn check_auth_rules(
+    auth: &Authenticator,
+    pool: &DescriptorPool,
+    router: &Router,
+) -> Result<(), StartError> {
+    let policy = auth.policy();
+    if let Some(method) = policy
+        .named_methods()
+        .find(|method| meshgate_wire::routes::grpc_method(pool, method).is_none())
+    {
+        return Err(StartError::Auth(format!(
+            "invalid config key `gateway.auth.rules`: method {method} is not in the loaded \
+             descriptors"
+        )));
+    }
+    if let Some(route) = policy
+        .named_routes()
+        .find(|label| !router.routes().iter().any(|r| r.label() == *label))
+    {
+        return Err(StartError::Auth(format!(
+            "invalid config key `gateway.auth.rules`: no REST route {route:?} (routes are \
+             named `POST /v1/users`, `PUT /v1/users/{{id}}`, as in the access log)"
+        )));
+    }
+    Ok(())
 }
 
 impl GatewayState {

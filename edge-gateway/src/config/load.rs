@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use crate::auth::policy::JwksSource;
+
 use super::{
     ConfigError, GatewayConfig, Overrides, filters::FilterRuntime, invalid, schema::FileConfig,
     settings::gateway_config,
@@ -30,6 +32,12 @@ impl GatewayConfig {
                 {
                     *module = dir.join(&*module);
                 }
+            }
+            if let Some(auth) = &mut config.auth
+                && let JwksSource::File(file) = &mut auth.jwks
+                && file.is_relative()
+            {
+                *file = dir.join(&*file);
             }
         }
         Ok(config)

@@ -3,10 +3,11 @@
 //!
 //! - `schema` (pure): the file as written, each section with its defaults.
 //! - `overrides` (pure): flags and environment over the file.
-//! - `settings` (pure) and `filters` (pure): sections checked into settings, each failure
+//! - `settings`, `filters` and `auth` (pure): sections checked into settings, each failure
 //!   naming its key.
 //! - `load` (I/O): reads the file, checks what needs the file system or pingora.
 
+mod auth;
 mod filters;
 mod load;
 mod overrides;
@@ -19,12 +20,14 @@ pub use self::{
     filters::{DEFAULT_FILTER_WORKERS, FilterRuntime, FilterSpec},
     overrides::Overrides,
     schema::{
-        ConnectionsSection, CorsSection, DnsSection, FileConfig, FilterSection, GatewaySection,
-        HealthSection, JsonSection, JsonStyle, LoadBalancingSection, OtlpSection, OutlierSection,
-        RetrySection, ShutdownSection, TlsSection,
+        AuthRuleSection, AuthSection, ClaimSection, ConnectionsSection, CorsSection, DnsSection,
+        FileConfig, FilterSection, GatewaySection, HealthSection, JsonSection, JsonStyle,
+        JwksSection, LoadBalancingSection, OtlpSection, OutlierSection, RetrySection,
+        ShutdownSection, TlsSection,
     },
 };
 use crate::{
+    auth::policy::AuthSettings,
     balance::{HealthThresholds, OutlierSettings},
     conn_limits::ConnectionSettings,
     discovery::UpstreamTarget,
@@ -80,6 +83,8 @@ pub struct GatewayConfig {
     pub otlp: Option<OtlpSettings>,
     pub static_dir: Option<PathBuf>,
     pub filters: Vec<FilterSpec>,
+    /// `gateway.auth`; `None`: no call needs a token.
+    pub auth: Option<AuthSettings>,
 }
 
 /// What the upstream side (`crate::upstream`) runs on: the targets, their discovery, health

@@ -55,6 +55,8 @@ pub struct GatewaySection {
     /// Filters (istio-filters built-ins natively, or proxy-wasm modules), run in this order on
     /// every API request.
     pub filters: Vec<FilterSection>,
+    /// JWT bearer tokens required on the methods and routes its rules name; unset: no auth.
+    pub auth: Option<AuthSection>,
 }
 
 impl Default for GatewaySection {
@@ -83,6 +85,7 @@ impl Default for GatewaySection {
             otlp: OtlpSection::default(),
             static_dir: None,
             filters: Vec::new(),
+            auth: None,
         }
     }
 }
@@ -362,4 +365,81 @@ pub struct FilterSection {
     /// `FAIL_CLOSE` (Istio's default: 503 / `UNAVAILABLE`) or `FAIL_OPEN` (the request passes).
     #[serde(default, rename = "failStrategy")]
     pub fail_strategy: Option<String>,
+}
+
+/// `gateway.auth`: who may call what, by JWT (RS256 / ES256) against a JSON Web Key Set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    pub jwks: JwksSection,
+    /// Accepted `iss` values; a token must carry one of them.
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// Accepted `aud` values; a token's `aud` must hold one of them.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_leeway_secs")]
+    pub leeway_secs: u64,
+    /// Which calls need a token, first match wins; calls no rule names pass without one.
+    #[serde(default)]
+    pub rules: Vec<AuthRuleSection>,
+}
+
+fn default_leeway_secs() -> u64 {
+    30
+}
+
+/// Where the keys come from and how often they are fetched again.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwksSection {
+    /// A JWKS file (relative to the config file's directory), re-read on the same schedule ...
+    pub file: Option<PathBuf>,
+    /// ... or an `http(s)://` URL (the identity provider's `jwks_uri`).
+    pub url: Option<String>,
+    pub refresh_interval_ms: u64,
+    /// A token naming a key id the set lacks fetches the set again, at most this often.
+    pub min_refresh_interval_ms: u64,
+    pub fetch_timeout_ms: u64,
+}
+
+impl Default for JwksSection {
+    fn default() -> Self {
+        Self {
+            file: None,
+            url: None,
+            refresh_interval_ms: 300_000,
+            min_refresh_interval_ms: 10_000,
+            fetch_timeout_ms: 2_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthRuleSection {
+    pub name: String,
+    /// gRPC methods, `user.UserService/CreateUser` or `/user.UserService/CreateUser`: REST,
+    /// gRPC-web and gRPC calls of the method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// REST routes as the access log names them, `POST /v1/users`: REST calls only.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// Claims the token must carry (all of them; 403 otherwise).
+    #[serde(default)]
+    pub require_claims: Vec<ClaimSection>,
+}
+
+/// One claim requirement: `contains` (a word of a space-separated string such as `scope`, or
+/// an array element), `equals`, or neither (present).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimSection {
+    pub claim: String,
+    #[serde(default)]
+    pub contains: Option<String>,
+    #[serde(default)]
+    pub equals: Option<String>,
 }

@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use super::{
     ConfigError, DnsSettings, GatewayConfig, UpstreamSettings,
+    auth::auth_settings,
     filters::filter_specs,
     invalid,
     schema::{ConnectionsSection, DnsSection, GatewaySection, OtlpSection, OutlierSection},
@@ -143,6 +144,7 @@ pub(super) fn gateway_config(
         None => None,
     };
     let filters = filter_specs(gateway.filters)?;
+    let auth = gateway.auth.map(auth_settings).transpose()?;
     let otlp = otlp_settings(gateway.otlp)?;
     // Before the upstream timeouts: of several bad keys, `gateway.timeout_ms` is named first.
     let timeout = millis("gateway.timeout_ms", gateway.timeout_ms)?;
@@ -187,6 +189,7 @@ pub(super) fn gateway_config(
         otlp,
         static_dir: gateway.static_dir,
         filters,
+        auth,
     })
 }
 

@@ -428,3 +428,182 @@ fn static_dir_comes_from_the_file_or_the_flag() {
         .to_string();
     assert!(error.contains("gateway.static_dir"), "{error}");
 }
+
+const AUTH: &str = "gateway:
+  auth:
+    jwks:
+      url: https://issuer.test/.well-known/jwks.json
+    issuers: [https://issuer.test]
+    audiences: [meshgate]
+    rules:
+      - name: user-writes
+        methods: [user.UserService/CreateUser, /user.UserService/DeleteUser]
+        routes: [\"PUT /v1/users/{id}\"]
+        require_claims:
+          - claim: scope
+            contains: users:write
+          - claim: tenant
+            equals: acme
+          - claim: email
+";
+
+#[test]
+fn auth_is_off_by_default_and_read_with_its_defaults() {
+    use crate::auth::policy::{ClaimCheck, JwksSource};
+    assert!(load("gateway: {}\n").unwrap().auth.is_none());
+    assert!(
+        load(include_str!("../../config/gateway.yaml"))
+            .unwrap()
+            .auth
+            .is_none()
+    );
+    let auth = load(AUTH).unwrap().auth.unwrap();
+    assert_eq!(
+        auth.jwks,
+        JwksSource::Url("https://issuer.test/.well-known/jwks.json".into())
+    );
+    assert_eq!(auth.refresh_interval, Duration::from_secs(300));
+    assert_eq!(auth.min_refresh_interval, Duration::from_secs(10));
+    assert_eq!(auth.fetch_timeout, Duration::from_secs(2));
+    assert_eq!(auth.leeway, Duration::from_secs(30));
+    let rule = &auth.rules[0];
+    assert_eq!(
+        rule.methods,
+        [
+            "/user.UserService/CreateUser",
+            "/user.UserService/DeleteUser"
+        ]
+    );
+    assert_eq!(rule.routes, ["PUT /v1/users/{id}"]);
+    assert_eq!(
+        rule.claims.iter().map(|c| &c.check).collect::<Vec<_>>(),
+        [
+            &ClaimCheck::Contains("users:write".into()),
+            &ClaimCheck::Equals("acme".into()),
+            &ClaimCheck::Present
+        ]
+    );
+}
+
+#[test]
+fn bad_auth_settings_are_named() {
+    let swap = |from: &str, to: &str| {
+        assert!(AUTH.contains(from), "{from}");
+        AUTH.replace(from, to)
+    };
+    let cases = [
+        (
+            swap(
+                "      url: https://issuer.test/.well-known/jwks.json\n",
+                "      file: jwks.json\n      url: https://issuer.test/jwks\n",
+            ),
+            "gateway.auth.jwks",
+            "not both",
+        ),
+        (
+            swap(
+                "      url: https://issuer.test/.well-known/jwks.json\n",
+                "      refresh_interval_ms: 1000\n",
+            ),
+            "gateway.auth.jwks",
+            "set file",
+        ),
+        (
+            swap(
+                "https://issuer.test/.well-known/jwks.json",
+                "ftp://issuer.test/jwks",
+            ),
+            "gateway.auth.jwks.url",
+            "http:// or https://",
+        ),
+        (
+            swap("    issuers: [https://issuer.test]\n", ""),
+            "gateway.auth.issuers",
+            "at least one issuer",
+        ),
+        (
+            swap("[meshgate]", "[\"\"]"),
+            "gateway.auth.audiences[0]",
+            "must not be empty",
+        ),
+        (
+            swap(
+                "    audiences: [meshgate]\n",
+                "    audiences: [meshgate]\n    leeway_secs: 3600\n",
+            ),
+            "gateway.auth.leeway_secs",
+            "at most 300",
+        ),
+        (
+            swap("user.UserService/CreateUser,", "CreateUser,"),
+            "gateway.auth.rules[0].methods[0]",
+            "not a gRPC method",
+        ),
+        (
+            swap("PUT /v1/users/{id}", "/v1/users/{id}"),
+            "gateway.auth.rules[0].routes[0]",
+            "not a REST route",
+        ),
+        (
+            swap(
+                "            equals: acme\n",
+                "            equals: acme\n            contains: x\n",
+            ),
+            "gateway.auth.rules[0].require_claims[1]",
+            "not both",
+        ),
+        (
+            swap("          - claim: email\n", "          - claim: \"\"\n"),
+            "gateway.auth.rules[0].require_claims[2].claim",
+            "must name a claim",
+        ),
+        (
+            format!("{AUTH}      - name: user-writes\n        routes: [\"POST /v1/users\"]\n"),
+            "gateway.auth.rules[1].name",
+            "earlier rule",
+        ),
+        (
+            format!("{AUTH}      - name: empty\n"),
+            "gateway.auth.rules[1].methods",
+            "names gRPC methods",
+        ),
+        (
+            swap("    jwks:\n", "    jwks:\n      refresh_interval_ms: 0\n"),
+            "gateway.auth.jwks.refresh_interval_ms",
+            "greater than 0",
+        ),
+    ];
+    for (text, key, reason) in cases {
+        let error = load(&text).unwrap_err().to_string();
+        assert!(error.contains(&format!("`{key}`")), "{key}: {error}");
+        assert!(error.contains(reason), "{key}: {error}");
+    }
+    let no_rules = AUTH.split("    rules:").next().unwrap().to_owned();
+    let error = load(&no_rules).unwrap_err().to_string();
+    assert!(error.contains("`gateway.auth.rules`"), "{error}");
+    let error = load("gateway:\n  auth:\n    jwks: {url: http://a.test/k}\n    issuer: x\n")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("issuer"), "{error}");
+}
+
+#[test]
+fn a_relative_jwks_file_is_taken_from_the_config_files_directory() {
+    let dir = std::env::temp_dir().join(format!("gateway-auth-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.yaml");
+    std::fs::write(
+        &path,
+        AUTH.replace(
+            "      url: https://issuer.test/.well-known/jwks.json\n",
+            "      file: keys/jwks.json\n",
+        ),
+    )
+    .unwrap();
+    let config = GatewayConfig::load(Some(&path), &Overrides::default()).unwrap();
+    assert_eq!(
+        config.auth.unwrap().jwks,
+        crate::auth::policy::JwksSource::File(dir.join("keys/jwks.json"))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -116,13 +116,15 @@ impl GatewayProxy {
         }
     }
 
-    /// The gateway's trace context, `te: trailers` and a deadline on the proxied request.
+    /// The verified claims (client copies dropped), the gateway's trace context,
+    /// `te: trailers` and a deadline on the proxied request.
     pub(super) fn prepare_grpc_request(
         &self,
         session: &Session,
         upstream_request: &mut pingora::http::RequestHeader,
         ctx: &RequestCtx,
     ) -> pingora::Result<()> {
+        super::auth::strip_client_claims(upstream_request, ctx)?;
         if let Some(trace) = &ctx.trace {
             for (name, value) in trace.upstream_headers() {
                 if let Some(value) = TraceContext::unindexed(&value) {

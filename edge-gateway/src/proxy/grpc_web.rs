@@ -41,6 +41,7 @@ impl GatewayProxy {
                 allow: vec![Method::POST],
             });
         }
+        self.authenticate(session, ctx).await?;
         // An encoding the gateway cannot decode is refused before the body is read (grpc-go).
         let encoding = Encoding::from_header(header_str(session, "grpc-encoding"))?;
         let body = self.read_body(session).await?;

@@ -11,6 +11,7 @@ use tonic::metadata::MetadataMap;
 use super::{GatewayProxy, RequestCtx, client_addr, request_uri};
 
 use crate::{
+    auth::{ForwardedClaims, policy::FORWARDED_PREFIX},
     error::GatewayError,
     hooks::{Decision, FilterRequest},
     protocol::Protocol,
@@ -18,43 +19,44 @@ use crate::{
 
 /// Whether a client request header is about the call (forwarded as metadata) rather than this
 /// hop. A `match` on the names compiles to a length switch and a few compares, not a scan of
-/// every name per header.
+/// every name per header. `x-jwt-*` is the edge's to set (verified claims): never the client's.
 fn is_forwarded(name: &HeaderName) -> bool {
-    !matches!(
-        name.as_str(),
-        "host"
-            | "content-type"
-            | "content-length"
-            | "connection"
-            | "keep-alive"
-            | "te"
-            | "transfer-encoding"
-            | "upgrade"
-            | "accept"
-            | "accept-encoding"
-            | "origin"
-            | "referer"
-            | "x-grpc-web"
-            | "x-user-agent"
-            | "grpc-timeout"
-            | "grpc-encoding"
-            | "grpc-accept-encoding"
-            | "user-agent"
-            | "traceparent"
-            | "tracestate"
-            | "b3"
-            | "x-b3-traceid"
-            | "x-b3-spanid"
-            | "x-b3-parentspanid"
-            | "x-b3-sampled"
-            | "x-b3-flags"
-            | "cookie"
-            | "access-control-request-method"
-            | "access-control-request-headers"
-            | "sec-fetch-mode"
-            | "sec-fetch-site"
-            | "sec-fetch-dest"
-    )
+    !name.as_str().starts_with(FORWARDED_PREFIX)
+        && !matches!(
+            name.as_str(),
+            "host"
+                | "content-type"
+                | "content-length"
+                | "connection"
+                | "keep-alive"
+                | "te"
+                | "transfer-encoding"
+                | "upgrade"
+                | "accept"
+                | "accept-encoding"
+                | "origin"
+                | "referer"
+                | "x-grpc-web"
+                | "x-user-agent"
+                | "grpc-timeout"
+                | "grpc-encoding"
+                | "grpc-accept-encoding"
+                | "user-agent"
+                | "traceparent"
+                | "tracestate"
+                | "b3"
+                | "x-b3-traceid"
+                | "x-b3-spanid"
+                | "x-b3-parentspanid"
+                | "x-b3-sampled"
+                | "x-b3-flags"
+                | "cookie"
+                | "access-control-request-method"
+                | "access-control-request-headers"
+                | "sec-fetch-mode"
+                | "sec-fetch-site"
+                | "sec-fetch-dest"
+        )
 }
 
 /// Whether an upstream response header goes back to a gRPC-web client.
@@ -75,9 +77,14 @@ pub(super) fn is_returned(name: &HeaderName) -> bool {
     )
 }
 
-/// The client's call headers plus the gateway's trace context, as upstream metadata.
-fn metadata_from(headers: &HeaderMap, trace: &TraceContext) -> MetadataMap {
-    let mut forwarded = HeaderMap::with_capacity(headers.len() + 4);
+/// The client's call headers plus the gateway's trace context and the verified claims, as
+/// upstream metadata.
+fn metadata_from(
+    headers: &HeaderMap,
+    trace: &TraceContext,
+    claims: Option<&ForwardedClaims>,
+) -> MetadataMap {
+    let mut forwarded = HeaderMap::with_capacity(headers.len() + 6);
     for (name, value) in headers {
         if is_forwarded(name) {
             forwarded.append(name.clone(), value.clone());
@@ -87,6 +94,9 @@ fn metadata_from(headers: &HeaderMap, trace: &TraceContext) -> MetadataMap {
         if let Some(value) = TraceContext::unindexed(&value) {
             forwarded.insert(HeaderName::from_static(name), value);
         }
+    }
+    for (name, value) in claims.into_iter().flat_map(ForwardedClaims::headers) {
+        forwarded.insert(HeaderName::from_static(name), value.clone());
     }
     MetadataMap::from_headers(forwarded)
 }
@@ -107,7 +117,11 @@ impl GatewayProxy {
             .clone()
             .unwrap_or_else(|| TraceContext::from_headers(|_| None));
         if self.state.filters.is_empty() {
-            return Ok(metadata_from(&session.req_header().headers, &trace));
+            return Ok(metadata_from(
+                &session.req_header().headers,
+                &trace,
+                ctx.forwarded.as_ref(),
+            ));
         }
         let protocol = ctx.protocol;
         let mut headers = session.req_header().headers.clone();
@@ -133,7 +147,7 @@ impl GatewayProxy {
         if let Decision::Respond(reply) = decision {
             return Err(ctx.filtered(reply));
         }
-        Ok(metadata_from(&headers, &trace))
+        Ok(metadata_from(&headers, &trace, ctx.forwarded.as_ref()))
     }
 }
 
@@ -184,7 +198,7 @@ mod tests {
         }
         let trace =
             TraceContext::from_headers(|name| headers.get(name).and_then(|v| v.to_str().ok()));
-        let metadata = metadata_from(&headers, &trace).into_headers();
+        let metadata = metadata_from(&headers, &trace, None).into_headers();
         assert_eq!(metadata["authorization"], "Bearer t");
         assert_eq!(metadata["x-request-id"], "r1");
         for hop in ["cookie", "content-type", "grpc-timeout"] {
@@ -194,6 +208,33 @@ mod tests {
         let traceparent = metadata["traceparent"].to_str().unwrap();
         assert!(traceparent.contains("0af7651916cd43dd8448eb211c80319c"));
         assert!(!traceparent.contains("b7ad6b7169203331"), "{traceparent}");
+    }
+
+    #[test]
+    fn client_claim_headers_are_dropped_and_verified_claims_added() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-jwt-sub", HeaderValue::from_static("admin"));
+        headers.insert("x-jwt-claims", HeaderValue::from_static("e30"));
+        headers.insert("x-jwt-role", HeaderValue::from_static("root"));
+        headers.insert("x-request-id", HeaderValue::from_static("r1"));
+        let trace = TraceContext::from_headers(|_| None);
+        let without = metadata_from(&headers, &trace, None).into_headers();
+        assert!(
+            without
+                .keys()
+                .all(|name| !name.as_str().starts_with("x-jwt-")),
+            "{without:?}"
+        );
+        assert_eq!(without["x-request-id"], "r1");
+        let verified = ForwardedClaims {
+            subject: Some(HeaderValue::from_static("user-7")),
+            claims: HeaderValue::from_static("eyJzdWIiOiJ1c2VyLTcifQ"),
+        };
+        let with = metadata_from(&headers, &trace, Some(&verified)).into_headers();
+        assert_eq!(with["x-jwt-sub"], "user-7");
+        assert_eq!(with["x-jwt-claims"], "eyJzdWIiOiJ1c2VyLTcifQ");
+        assert_eq!(with.get_all("x-jwt-sub").iter().count(), 1);
+        assert!(!with.contains_key("x-jwt-role"));
     }
 
     #[test]

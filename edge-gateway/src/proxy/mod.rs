@@ -13,6 +13,7 @@
 
 mod access_log;
 mod admin;
+mod auth;
 pub mod classify;
 mod grpc;
 mod grpc_web;
@@ -37,6 +38,7 @@ use pingora::{
 use tracing::Instrument;
 
 use crate::{
+    auth::ForwardedClaims,
     error::GatewayError,
     hooks::{LocalReply, PendingFilters},
     lifecycle::InFlight,
@@ -76,6 +78,8 @@ pub struct RequestCtx {
     grpc_messages: Option<MessageSizeGuard>,
     /// Why the gateway itself aborted a proxied request (answered in `fail_to_proxy`).
     refused: Option<GatewayError>,
+    /// The verified token's claims for the upstream, when a `gateway.auth` rule covered the call.
+    forwarded: Option<ForwardedClaims>,
 }
 
 impl RequestCtx {
@@ -209,6 +213,7 @@ impl ProxyHttp for GatewayProxy {
             _in_flight: self.state.lifecycle.request_started(),
             grpc_messages: None,
             refused: None,
+            forwarded: None,
         }
     }
 
@@ -257,11 +262,17 @@ impl ProxyHttp for GatewayProxy {
                 self.admin(session, ctx, endpoint).await?;
                 return Ok(true);
             }
-            RequestKind::Grpc => match self.admit_grpc(session, ctx)? {
-                // Admitted: pingora proxies it in the later phases.
-                Ok(()) => return Ok(false),
-                Err(rejected) => Err(rejected),
-            },
+            RequestKind::Grpc => {
+                let admitted = match self.authenticate_grpc(session, ctx).await {
+                    Ok(()) => self.admit_grpc(session, ctx)?,
+                    Err(refused) => Err(refused),
+                };
+                match admitted {
+                    // Admitted: pingora proxies it in the later phases.
+                    Ok(()) => return Ok(false),
+                    Err(rejected) => Err(rejected),
+                }
+            }
             RequestKind::GrpcWeb(mode) => {
                 let span = self.server_span(ctx, session);
                 self.handle_grpc_web(session, ctx, mode)

@@ -187,6 +187,9 @@ impl GatewayProxy {
         if let Some(allow) = rescued.allow {
             extra.push(("allow", allow));
         }
+        if let GatewayError::Auth(failure) = error {
+            extra.push(("www-authenticate", failure.challenge()));
+        }
         if let GatewayError::Filtered(reply) = error {
             for (name, value) in &reply.headers {
                 if let Ok(value) = value.to_str() {

@@ -85,6 +85,8 @@ impl GatewayProxy {
                 })?;
         ctx.route = route.label();
         ctx.grpc_method = route.grpc_path.clone();
+        // Before the body is read: a refused call costs no upload.
+        self.authenticate(session, ctx).await?;
         let body = self.read_body(session).await?;
         if !body.is_empty() {
             let content_type = header_str(session, "content-type").unwrap_or("");

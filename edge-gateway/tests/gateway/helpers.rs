@@ -85,8 +85,20 @@ impl KitchenService for Kitchen {
         &self,
         request: Request<kitchen::Sink>,
     ) -> Result<Response<kitchen::Sink>, Status> {
+        // The `x-jwt-*` metadata the edge sent (verified claims), as `name=value` tags, so
+        // tests see what reached the service.
+        let mut claims: Vec<String> = request
+            .metadata()
+            .clone()
+            .into_headers()
+            .iter()
+            .filter(|(name, _)| name.as_str().starts_with("x-jwt-"))
+            .map(|(name, value)| format!("{name}={}", value.to_str().unwrap_or("<binary>")))
+            .collect();
+        claims.sort();
         let mut sink = request.into_inner();
         sink.served_by = self.name.clone();
+        sink.tags.extend(claims);
         Ok(Response::new(sink))
     }
 

@@ -6,6 +6,7 @@ mod helpers;
 
 mod admin;
 mod api_versions;
+mod auth;
 mod connections;
 mod contract;
 mod cors;
