@@ -15,6 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/wait.sh
+source edge-gateway/bench/filter-configs.sh
 
 server_url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 redis_url=${REDIS_URL:-redis://127.0.0.1:6379}
@@ -62,30 +63,6 @@ gateway:
   filters: $2
 YAML
 }
-# The configs of mesh/wasm-plugins, cut to what a GetUser touches; the rate limit applies to
-# every request (per source address) but is never reached.
-span_config="{fields: [
-    {path: id}, {path: user.email, from: response, methods: [user.UserService/GetUser], redact: sha256}]}"
-rate_config="{rules: [
-    {name: per-client, key: [{type: sourceAddress}], requests: 100000000, periodSeconds: 1}]}"
-cache_config="{policies: [
-    {name: user-reads, methods: [user.UserService/GetUser], cacheControl: {scope: private, maxAge: 30},
-     vary: [authorization], etag: true}]}"
-# The same three configs, as three modules (three WasmPlugins) and as the bundle (one).
-# FILTER_WORKERS sets the workers (VMs, or native roots) per filter (the gateway's default is 4).
-workers=${FILTER_WORKERS:-4}
-filters="[
-  {name: span-enrichment, module: $wasm/meshgate_span_enrichment.wasm, workers: $workers, config: $span_config},
-  {name: rate-limit, module: $wasm/meshgate_rate_limit.wasm, workers: $workers, config: $rate_config},
-  {name: cache-headers, module: $wasm/meshgate_cache_headers.wasm, workers: $workers, config: $cache_config}]"
-bundle_config="{spanEnrichment: $span_config, rateLimit: $rate_config, cacheHeaders: $cache_config}"
-bundle="[{name: meshgate-filters, builtin: bundle, runtime: wasm, module: $wasm/meshgate_filters.wasm,
-  workers: $workers, config: $bundle_config}]"
-native="[{name: meshgate-filters, builtin: bundle, workers: $workers, config: $bundle_config}]"
-gateway_config "$plain_port" "[]" >"$work/plain.yaml"
-gateway_config "$filtered_port" "$filters" >"$work/filtered.yaml"
-gateway_config "$bundle_port" "$bundle" >"$work/bundle.yaml"
-gateway_config "$native_port" "$native" >"$work/native.yaml"
 port_of() {
   case $1 in
     plain) echo "$plain_port" ;;
@@ -95,6 +72,11 @@ port_of() {
     *) echo "unknown variant $1 (plain, native, bundle, filtered)" >&2; exit 2 ;;
   esac
 }
+# FILTER_WORKERS sets the workers (VMs, or native roots) per filter (the gateway's default is 4).
+workers=${FILTER_WORKERS:-4}
+for variant in plain filtered bundle native; do
+  gateway_config "$(port_of "$variant")" "$(gateway_filters "$variant" "$wasm" "$workers")" >"$work/$variant.yaml"
+done
 declare -A gateway_pid
 variants=${VARIANTS:-"plain native bundle"}
 for variant in $variants; do

@@ -3,14 +3,16 @@
 # worker (issue 16).
 #
 # 1. Write throughput, outbox off vs on (PostgreSQL, pgbench, CLIENTS clients, DURATION s per
-#    cell, ROUNDS alternating rounds): CreateUser's SQL alone (INSERT users) against the same
-#    INSERT plus the outbox row the service writes in the same transaction (a real event's JSON).
+#    cell, ROUNDS alternating rounds): CreateUser's SQL before the outbox (one autocommitted
+#    INSERT), the same INSERT in an explicit transaction (the round trips alone), and what the
+#    service runs now (BEGIN, INSERT users, INSERT the outbox row with a real event's JSON, COMMIT).
 # 2. End-to-end latency: the release `user-service` (serve, relaying to NATS) and
-#    `user-service worker`, `loadgen --scenario create` for DURATION s at CONCURRENCY; then, per
-#    event, the worker's apply transaction start (`user_events.recorded_at`) minus the write's
-#    time at the service (`occurred_at_ms`, taken just before its commit): p50 / p99 / max.
+#    `user-service worker`, after a 1 s warm-up, `loadgen --scenario create` for DURATION s at
+#    each CONCURRENCY; then, per event of that run, the worker's apply transaction start
+#    (`user_events.recorded_at`) minus the write's time at the service (`occurred_at_ms`, taken
+#    just before its commit): p50 / p99 / max.
 #
-#   loadgen/bench-outbox.sh        # DURATION=10 CLIENTS="1 16" ROUNDS=3 CONCURRENCY=16
+#   loadgen/bench-outbox.sh        # DURATION=10 CLIENTS="1 16" ROUNDS=3 CONCURRENCY="1 16"
 #
 # Uses DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test), REDIS_URL (default
 # redis://127.0.0.1:6379), pgbench/psql and nats-server (a throwaway one on a free port).
@@ -22,7 +24,7 @@ redis_url=${REDIS_URL:-redis://127.0.0.1:6379}
 duration=${DURATION:-10}
 clients=${CLIENTS:-"1 16"}
 rounds=${ROUNDS:-3}
-concurrency=${CONCURRENCY:-16}
+concurrency=${CONCURRENCY:-"1 16"}
 target_dir=${CARGO_TARGET_DIR:-target}
 
 cargo build -q --release -p user-service -p meshgate-loadgen >&2
@@ -48,22 +50,34 @@ echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xa
 cat > "$work/off.sql" <<'SQL'
 INSERT INTO users (id, name, email, age) VALUES (gen_random_uuid(), 'Bench', 'b' || gen_random_uuid() || '@example.com', 30);
 SQL
+# The same INSERT in an explicit transaction (the round trips the outbox adds, without its row).
+cat > "$work/tx.sql" <<'SQL'
+BEGIN;
+INSERT INTO users (id, name, email, age) VALUES (gen_random_uuid(), 'Bench', 'b' || gen_random_uuid() || '@example.com', 30);
+COMMIT;
+SQL
+# pgbench substitutes `:user_id` (set by \gset) textually, inside the literals too.
 cat > "$work/on.sql" <<'SQL'
 BEGIN;
-\set dummy 0
-INSERT INTO users (id, name, email, age) VALUES (gen_random_uuid(), 'Bench', 'b' || gen_random_uuid() || '@example.com', 30) RETURNING id \gset
-INSERT INTO user_outbox (event_id, user_id, event_type, version, payload) VALUES (gen_random_uuid(), :'id', 'user.created', 1,
-  '{"event_id":"0b7e2c8e-4c1e-4d0e-9d43-1f1f0c3e0a11","type":"user.created","user_id":"' || :'id' || '","version":1,"user":{"id":"' || :'id' || '","name":"Bench","email":"bench@example.com","age":30,"created_at":1764500000,"updated_at":1764500000},"occurred_at_ms":1764500000000,"trace_parent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}');
+INSERT INTO users (id, name, email, age) VALUES (gen_random_uuid(), 'Bench', 'b' || gen_random_uuid() || '@example.com', 30) RETURNING id AS user_id \gset
+INSERT INTO user_outbox (event_id, user_id, event_type, version, payload) VALUES (gen_random_uuid(), ':user_id', 'user.created', 1,
+  '{"event_id":"0b7e2c8e-4c1e-4d0e-9d43-1f1f0c3e0a11","type":"user.created","user_id":":user_id","version":1,"user":{"id":":user_id","name":"Bench","email":"bench@example.com","age":30,"created_at":1764500000,"updated_at":1764500000},"occurred_at_ms":1764500000000,"trace_parent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}');
 COMMIT;
 SQL
 tps() { # script clients
-  pgbench -n -c "$2" -j "$2" -T "$duration" -f "$work/$1.sql" "$database_url" 2>/dev/null | awk '/^tps/ {printf "%d", $3}'
+  if ! pgbench -n -c "$2" -j "$2" -T "$duration" -f "$work/$1.sql" "$database_url" >"$work/pgbench.out" 2>&1; then
+    echo "pgbench $1.sql (clients $2) failed:" >&2
+    cat "$work/pgbench.out" >&2
+    exit 1
+  fi
+  awk '/^tps/ {printf "%d", $3}' "$work/pgbench.out"
 }
 for c in $clients; do
   for round in $(seq "$rounds"); do
     off=$(tps off "$c")
+    tx=$(tps tx "$c")
     on=$(tps on "$c")
-    echo "writes/s clients=$c round=$round: outbox off $off, on $on"
+    echo "writes/s clients=$c round=$round: outbox off $off, off in a transaction $tx, on $on (load $(cut -d' ' -f1 /proc/loadavg))"
   done
 done
 psql -q "$database_url" -c "TRUNCATE users, user_outbox" >&2
@@ -82,19 +96,36 @@ pids+=($!)
 env "${env[@]}" METRICS_ADDR="127.0.0.1:$(free_port)" "$target_dir/release/user-service" worker >"$work/worker.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$grpc_port") 2>/dev/null && break; sleep 0.1; done
-"$target_dir/release/meshgate-loadgen" --target "http://127.0.0.1:$grpc_port" --scenario create \
-  --concurrency "$concurrency" --duration "$duration" | grep -E 'req/s|throughput|p50|p99' || true
-written=$(psql -Atc "SELECT count(*) FROM users" "$database_url")
-for _ in $(seq 300); do
-  [ "$(psql -Atc 'SELECT count(*) FROM user_events' "$database_url")" -ge "$written" ] && break
-  sleep 0.1
+events_applied() { psql -Atc 'SELECT count(*) FROM user_events' "$database_url"; }
+drain() { # waits until the worker has recorded every user's event (at most 60 s)
+  local written
+  written=$(psql -Atc "SELECT count(*) FROM users" "$database_url")
+  for _ in $(seq 600); do
+    [ "$(events_applied)" -ge "$written" ] && return 0
+    sleep 0.1
+  done
+  echo "the worker recorded $(events_applied) of $written events within 60 s" >&2
+  return 1
+}
+create_load() { # concurrency seconds
+  "$target_dir/release/meshgate-loadgen" --target "http://127.0.0.1:$grpc_port" --scenario create \
+    --concurrency "$1" --duration "$2"
+}
+# Warm-up (not counted): the relay's lease and stream, the worker's consumer, the connections.
+create_load 1 1 >/dev/null
+drain
+for c in $concurrency; do
+  since_ms=$(date +%s%3N)
+  echo "## commit -> worker, CreateUser at c=$c for $duration s (load $(cut -d' ' -f1 /proc/loadavg))"
+  create_load "$c" "$duration"
+  drain
+  psql -At "$database_url" -c "
+    WITH latency AS (
+      SELECT EXTRACT(EPOCH FROM recorded_at) * 1000 - (payload::jsonb ->> 'occurred_at_ms')::numeric AS ms
+      FROM user_events WHERE (payload::jsonb ->> 'occurred_at_ms')::bigint >= $since_ms)
+    SELECT format('commit -> worker (%s events at c=$c): p50 %s ms, p99 %s ms, max %s ms',
+      count(*), round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),
+      round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1), round(max(ms), 1))
+    FROM latency"
 done
-psql -At "$database_url" -c "
-  WITH latency AS (
-    SELECT EXTRACT(EPOCH FROM recorded_at) * 1000 - (payload::jsonb ->> 'occurred_at_ms')::numeric AS ms
-    FROM user_events)
-  SELECT format('commit -> worker (%s events at c=$concurrency): p50 %s ms, p99 %s ms, max %s ms',
-    count(*), round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),
-    round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1), round(max(ms), 1))
-  FROM latency"
 echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"

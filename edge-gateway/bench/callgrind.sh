@@ -12,9 +12,13 @@
 # Usage (from the repository root, after the release build of edge-gateway/bench/run.sh):
 #   edge-gateway/bench/callgrind.sh [concurrency ...]      # default: 1 16
 # KEEP=dir keeps the callgrind dumps there (for callgrind_annotate).
+# FILTERS=native runs the gateway with the built-in filters of loadgen/bench-gateway-filters.sh
+# (edge-gateway/bench/filter-configs.sh; default plain: none); KINDS="rest" picks the kinds.
 set -euo pipefail
 # wait_for_port
 source "$(dirname "$0")/../../scripts/lib/wait.sh"
+# gateway_filters
+source "$(dirname "$0")/filter-configs.sh"
 
 CONCURRENCIES=("$@")
 [[ ${#CONCURRENCIES[@]} -eq 0 ]] && CONCURRENCIES=(1 16)
@@ -26,6 +30,8 @@ GATEWAY_BIN="${GATEWAY_BIN:-$BIN/edge-gateway}"
 # pingora's worker threads and whether they steal each other's tasks (the gateway's defaults).
 GATEWAY_THREADS="${GATEWAY_THREADS:-2}"
 WORK_STEALING="${WORK_STEALING:-true}"
+FILTERS="${FILTERS:-plain}"
+KINDS="${KINDS:-rest grpc grpc-web}"
 WORK="$(mktemp -d)"
 USER_GRPC=127.0.0.1:50161
 GATEWAY=127.0.0.1:8190
@@ -55,6 +61,7 @@ server:
 gateway:
   listen: $GATEWAY
   upstreams: [$USER_GRPC]
+  filters: $(gateway_filters "$FILTERS")
 YAML
 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
   "$GATEWAY_BIN" --config "$WORK/gateway.yaml" > "$WORK/gateway.log" 2>&1 &
@@ -83,7 +90,7 @@ load() {
 echo "| kind | concurrency | gateway instructions per request |"
 echo "| --- | ---: | ---: |"
 for concurrency in "${CONCURRENCIES[@]}"; do
-  for transport in rest grpc grpc-web; do
+  for transport in $KINDS; do
     callgrind_control -z "$GATEWAY_PID" >/dev/null 2>&1
     load "$transport" "$concurrency" "$SHORT"
     instructions
