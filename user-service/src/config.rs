@@ -146,6 +146,12 @@ pub struct Config {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
 
+    /// Log lines that may wait for stdout; when a reader stalls beyond them, lines are dropped
+    /// (counted in `user_service_log_lines_dropped_total`) instead of blocking request threads.
+    #[arg(long, env = "LOG_QUEUE_LINES", default_value_t = crate::telemetry::LOG_QUEUE_LINES,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|lines| lines as usize))]
+    pub log_queue_lines: usize,
+
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log_filter: String,
@@ -203,6 +209,7 @@ impl Config {
             drain_delay_ms: 0,
             shutdown_grace_secs: 25,
             log_format: LogFormat::Json,
+            log_queue_lines: crate::telemetry::LOG_QUEUE_LINES,
             log_filter: "info".to_owned(),
             otlp_endpoint: None,
             service_name: "user-service".to_owned(),

@@ -83,7 +83,9 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config;
-    let _telemetry = telemetry::init(&config.telemetry_settings(), telemetry::stdout())
+    // Declared first so it drops last: the span exporter's last words still reach stdout.
+    let (log_writer, _log_writer_guard) = telemetry::stdout(config.log_queue_lines);
+    let _telemetry = telemetry::init(&config.telemetry_settings(), log_writer)
         .context("setting up logging and tracing")?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate { contract } => {

@@ -65,6 +65,9 @@ pub struct Metrics {
     pub watchers_active: IntGauge,
     /// `user_watchers_cut_off_total`: watchers ended because they fell too far behind.
     pub watchers_cut_off: prometheus::IntCounter,
+    /// `user_service_log_lines_dropped_total`: log lines dropped because stdout did not keep up
+    /// (the process's count, sampled per scrape).
+    pub log_lines_dropped: prometheus::IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -194,6 +197,9 @@ impl Metrics {
         let watchers_cut_off = prometheus::IntCounter::new(
             "user_watchers_cut_off_total",
             "WatchUsers streams ended because the watcher fell too far behind",
+        let log_lines_dropped = prometheus::IntCounter::new(
+            "user_service_log_lines_dropped_total",
+            "Log lines dropped because stdout did not keep up",
         )
         .expect("static metric definition");
         for collector in [
@@ -218,6 +224,7 @@ impl Metrics {
             Box::new(worker_events.clone()),
             Box::new(watchers_active.clone()),
             Box::new(watchers_cut_off.clone()),
+            Box::new(log_lines_dropped.clone()),
         ] {
             registry
                 .register(collector)
@@ -246,6 +253,15 @@ impl Metrics {
             worker_events,
             watchers_active,
             watchers_cut_off,
+            log_lines_dropped,
+        }
+    }
+
+    /// Brings the counter up to the process's count of dropped log lines.
+    pub fn record_log_lines_dropped(&self, total: u64) {
+        let counted = self.log_lines_dropped.get();
+        if total > counted {
+            self.log_lines_dropped.inc_by(total - counted);
         }
     }
 
@@ -326,6 +342,7 @@ fn respond(
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => {
             metrics.record_pool(pool_stats());
+            metrics.record_log_lines_dropped(crate::telemetry::log_lines_dropped());
             (
                 StatusCode::OK,
                 "text/plain; version=0.0.4",

@@ -50,13 +50,18 @@ async fn open_migrated_database(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Database> {
     let database = open_database(config, metrics)?;
+    migrate_if_configured(config, &database).await?;
+    Ok(database)
+}
+
+async fn migrate_if_configured(config: &Config, database: &Database) -> anyhow::Result<()> {
     if config.migrate_on_start {
         database
             .migrate()
             .await
             .with_context(|| format!("applying the {} migrations", database.backend()))?;
     }
-    Ok(database)
+    Ok(())
 }
 
 /// Opens the configured database (PostgreSQL when `DATABASE_URL` is set, else SQLite).
@@ -353,7 +358,16 @@ pub async fn run_worker(
         .into());
     }
     let metrics = Arc::new(Metrics::new());
-    let database = open_migrated_database(&config, metrics.clone()).await?;
+    // /livez and /metrics answer from the start: a slow migration or an unreachable broker is
+    // visible on /metrics and in the logs, and is no reason for the kubelet to restart the pod.
+    let database = open_database(&config, metrics.clone())?;
+    let metrics_listener = TcpListener::bind(config.metrics_addr)
+        .await
+        .with_context(|| format!("binding METRICS_ADDR {}", config.metrics_addr))?;
+    tracing::info!(metrics_addr = %metrics_listener.local_addr()?, "user-service worker started");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics_server = spawn_metrics_server(metrics_listener, &metrics, &database, stop_rx);
+    migrate_if_configured(&config, &database).await?;
     let cache = config
         .redis_url
         .is_some()
@@ -363,12 +377,6 @@ pub async fn run_worker(
     let js = connect_jetstream(&config)
         .await?
         .expect("NATS_URL checked above");
-    let metrics_listener = TcpListener::bind(config.metrics_addr)
-        .await
-        .with_context(|| format!("binding METRICS_ADDR {}", config.metrics_addr))?;
-    tracing::info!(metrics_addr = %metrics_listener.local_addr()?, "user-service worker started");
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let metrics_server = spawn_metrics_server(metrics_listener, &metrics, &database, stop_rx);
     let settings = WorkerSettings::default();
     let work = async {
         let mut backoff = relay::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));

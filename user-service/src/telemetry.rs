@@ -2,13 +2,13 @@
 //! every span a trace id (exported over OTLP when an endpoint is configured), and the
 //! propagators that continue incoming W3C `traceparent` and B3 (`b3`, `x-b3-*`) traces.
 
-use std::io::Write;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use opentelemetry::propagation::{Extractor, TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -175,9 +175,31 @@ pub fn discard() -> impl for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send 
     || std::io::sink()
 }
 
-/// Writes to stdout, line-buffered by the fmt layer.
-pub fn stdout() -> impl for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static {
-    || -> Box<dyn Write> { Box::new(std::io::stdout()) }
+/// The default `LOG_QUEUE_LINES`: about 3 MiB of JSON lines.
+pub const LOG_QUEUE_LINES: usize = 8192;
+
+static STDOUT_DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Stdout through its own writer thread and a queue of `queue_lines` lines. A reader that stalls
+/// (a full pipe nobody drains, a stuck container runtime) then costs log lines, dropped and
+/// counted ([`log_lines_dropped`]), instead of parking the threads that serve requests and
+/// probes in `write`. Keep the guard until exit: dropping it flushes the queue, waiting about a
+/// second at most (tracing-appender's bound), so a reader that never returns cannot hold up exit.
+pub fn stdout(queue_lines: usize) -> (NonBlocking, WorkerGuard) {
+    let (writer, guard) = NonBlockingBuilder::default()
+        .buffered_lines_limit(queue_lines)
+        .lossy(true)
+        .thread_name("log-writer")
+        .finish(std::io::stdout());
+    let _ = STDOUT_DROPPED.set(writer.error_counter());
+    (writer, guard)
+}
+
+/// Log lines dropped so far because stdout did not keep up (0 before [`stdout`] is used).
+pub fn log_lines_dropped() -> u64 {
+    STDOUT_DROPPED
+        .get()
+        .map_or(0, |counter| counter.dropped_lines() as u64)
 }
 
 #[cfg(test)]

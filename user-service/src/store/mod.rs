@@ -140,9 +140,7 @@ pub(crate) fn classify(error: sqlx::Error) -> StoreError {
         sqlx::Error::Database(db) if is_email_unique_violation(db.as_ref()) => {
             StoreError::EmailTaken
         }
-        sqlx::Error::Database(db)
-            if db.code().is_some_and(|code| is_connection_sqlstate(&code)) =>
-        {
+        sqlx::Error::Database(db) if db.code().is_some_and(|code| is_transient_sqlstate(&code)) => {
             StoreError::Unavailable(Box::new(error))
         }
         sqlx::Error::Io(_)
@@ -168,11 +166,17 @@ fn is_email_unique_violation(db: &dyn sqlx::error::DatabaseError) -> bool {
             || db.message().contains("users.email"))
 }
 
-/// SQLSTATE classes meaning "the server cannot serve you right now": connection exceptions (08),
-/// operator intervention such as shutdown (57P0x), too many connections (53300).
-fn is_connection_sqlstate(code: &str) -> bool {
-    code.starts_with("08") || code.starts_with("57P0") || code == "53300"
+/// SQLSTATEs meaning "not now; try again": connection exceptions (08), operator intervention
+/// such as shutdown (57P0x), too many connections (53300), a lock wait that timed out (55P03).
+fn is_transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("57P0")
+        || code == "53300"
+        || code == LOCK_NOT_AVAILABLE
 }
+
+/// `lock_timeout` expired: another transaction holds the row; trying again later may succeed.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 /// Times one query into `db_query_duration_seconds{operation}`.
 pub(crate) async fn timed<T>(
@@ -204,12 +208,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn connection_sqlstates_mean_unavailable() {
-        assert!(is_connection_sqlstate("08006"));
-        assert!(is_connection_sqlstate("57P01"));
-        assert!(is_connection_sqlstate("53300"));
-        assert!(!is_connection_sqlstate("23505"));
-        assert!(!is_connection_sqlstate("42P01"));
+    fn transient_sqlstates_mean_unavailable() {
+        assert!(is_transient_sqlstate("08006"));
+        assert!(is_transient_sqlstate("57P01"));
+        assert!(is_transient_sqlstate("53300"));
+        assert!(is_transient_sqlstate("55P03"));
+        assert!(!is_transient_sqlstate("23505"));
+        assert!(!is_transient_sqlstate("42P01"));
     }
 
     #[test]

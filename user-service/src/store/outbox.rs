@@ -217,6 +217,9 @@ macro_rules! outbox_impl {
                 let event_id = <$db as Backend>::Id::from(event.event_id);
                 let work = async {
                     let mut tx = self.pool.begin().await?;
+                    if let Some(bounds) = <$db as Backend>::BOUND_APPLY_WAITS {
+                        sqlx::query(bounds).execute(&mut *tx).await?;
+                    }
                     let first = sqlx::query(
                         "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) \
                          ON CONFLICT DO NOTHING",

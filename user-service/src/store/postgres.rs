@@ -46,6 +46,11 @@ impl Backend for Postgres {
     const REPAIR_ROWS: &'static str = "SELECT id, name::text, email::text FROM users \
          ORDER BY lower(trim(email) COLLATE \"C\"), created_at, id";
     const EXPIRES_AFTER_TTL: &'static str = "now() + make_interval(secs => $3::float8)";
+    /// Transaction-local (`set_config(.., true)`): the pooled session keeps its defaults.
+    const BOUND_APPLY_WAITS: Option<&'static str> = Some(
+        "SELECT set_config('lock_timeout', '1s', true), \
+         set_config('idle_in_transaction_session_timeout', '5s', true)",
+    );
     type Id = Uuid;
     type Tiebreak = Uuid;
 

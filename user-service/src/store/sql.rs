@@ -47,6 +47,11 @@ pub trait Backend: sqlx::Database {
     const REPAIR_ROWS: &'static str;
     /// When an idempotency key claimed now expires, given its TTL in seconds as `$3`.
     const EXPIRES_AFTER_TTL: &'static str;
+    /// Run first in the worker's apply transaction: bounds how long it waits for a row lock
+    /// another claim holds and how long it may sit idle, so a stuck peer costs a retry instead
+    /// of a pooled connection held forever. `None` where writers never wait on rows (SQLite's
+    /// single writer has its busy timeout).
+    const BOUND_APPLY_WAITS: Option<&'static str>;
     /// How a UUID column is bound and read: PostgreSQL's `uuid`, SQLite's hyphenated text.
     type Id: From<Uuid> + Into<Uuid>;
     /// The tie-break column of the list order as bound and read (PostgreSQL: the id, SQLite:

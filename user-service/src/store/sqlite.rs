@@ -31,6 +31,7 @@ impl Backend for Sqlite {
     const REPAIR_ROWS: &'static str =
         "SELECT id, name, email FROM users ORDER BY lower(trim(email)), created_at, seq";
     const EXPIRES_AFTER_TTL: &'static str = "CAST(strftime('%s', 'now') AS INTEGER) + $3";
+    const BOUND_APPLY_WAITS: Option<&'static str> = None;
     type Id = uuid::fmt::Hyphenated;
     type Tiebreak = i64;
 

@@ -196,6 +196,59 @@ async fn sigterm_drains_and_exits_cleanly() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A log reader that stops draining stdout (the pipe fills and stays full) must cost log lines,
+/// not the threads answering RPCs and probes: every call still answers in time, and the lines
+/// that did not fit are counted.
+#[tokio::test]
+async fn a_stdout_nobody_reads_costs_log_lines_not_liveness() {
+    let dir = temp_dir();
+    let mut command = command(&dir);
+    command
+        .env("MIGRATE_ON_START", "true")
+        .env("LOG_QUEUE_LINES", "16");
+    let service = ServiceProcess::spawn(command).await;
+    service.pause_reading_stdout();
+    let mut client = UserServiceClient::connect(format!("http://{}", service.grpc_addr))
+        .await
+        .unwrap();
+
+    // Each UNAVAILABLE answer logs a WARN line of a few hundred bytes: 1000 of them are many
+    // times what a 64 KiB pipe and a 16-line queue hold.
+    const CALLS: usize = 1000;
+    const { assert!(CALLS * 200 > 4 * 65_536) };
+    for call in 0..CALLS {
+        let request = TestErrorRequest {
+            status_code: "503".into(),
+        };
+        let status = tokio::time::timeout(Duration::from_secs(5), client.test_error(request))
+            .await
+            .unwrap_or_else(|_| panic!("call {call} got no answer while stdout was full"))
+            .expect_err("TestError 503 fails");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "call {call}");
+    }
+    let metrics = tokio::time::timeout(
+        Duration::from_secs(5),
+        crate::helpers::scrape(service.metrics_addr),
+    )
+    .await
+    .expect("/metrics answers while stdout is full");
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("user_service_log_lines_dropped_total "))
+        .expect("the drop counter is exported")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(dropped > 0, "no log line was dropped:\n{metrics}");
+
+    // Reading again: the process logs and exits as usual.
+    service.signal("TERM").await;
+    let (status, log) = service.exited().await;
+    assert!(status.success(), "exit status {status:?}");
+    assert!(log.contains("shutdown complete"), "{log}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_are_exported_over_otlp_in_the_callers_trace() {
     let (collector_addr, mut received) = start_collector().await;

@@ -159,6 +159,67 @@ async fn a_redelivered_event_is_applied_once() {
     app.teardown().await;
 }
 
+/// Forced interleaving: another transaction holds the event's processed-record claim and never
+/// finishes (a peer stuck mid-apply). The apply gives up within its lock timeout instead of
+/// holding a pooled connection forever, the event stays unapplied (so it is redelivered), and once
+/// the claim is gone the retry applies it exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_blocked_by_another_claim_gives_up_and_frees_its_connection() {
+    let app = spawn_app(Backend::Postgres).await;
+    let url = app.database_url().unwrap().to_owned();
+    app.create("Ada", &unique_email(), 36).await.unwrap();
+    let metrics = std::sync::Arc::new(user_service::metrics::Metrics::new());
+    let mut config = crate::helpers::base_config();
+    config.database_url = Some(url.clone());
+    let database = user_service::startup::open_database(&config, metrics.clone()).unwrap();
+    let mut connection = PgConnection::connect(&url).await.unwrap();
+    let (event_id, payload): (uuid::Uuid, String) =
+        sqlx::query_as("SELECT event_id, payload FROM user_outbox")
+            .fetch_one(&mut connection)
+            .await
+            .unwrap();
+
+    let mut blocker = PgConnection::connect(&url).await.unwrap();
+    let mut claim = blocker.begin().await.unwrap();
+    sqlx::query("INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2)")
+        .bind(worker::CONSUMER)
+        .bind(event_id)
+        .execute(&mut *claim)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let blocked = tokio::time::timeout(
+        Duration::from_secs(10),
+        worker::handle(&database, None, &metrics, payload.as_bytes()),
+    )
+    .await
+    .expect("the apply gives up instead of waiting for the claim forever");
+    assert!(blocked.is_err(), "applied while another claim held the row");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    wait_for(|| {
+        let stats = database.pool_stats();
+        async move { stats.size == stats.idle }
+    })
+    .await;
+
+    claim.rollback().await.unwrap();
+    worker::handle(&database, None, &metrics, payload.as_bytes())
+        .await
+        .expect("applied once the claim is gone");
+    let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM user_events WHERE event_id = $1")
+        .bind(event_id)
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(audit, 1);
+    database.close().await;
+    app.teardown().await;
+}
+
 fn metrics_text(metrics: &user_service::metrics::Metrics) -> String {
     metrics.render()
 }

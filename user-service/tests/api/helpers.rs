@@ -52,7 +52,7 @@ fn init_telemetry() {
             service_name: "user-service-test".to_owned(),
         };
         if std::env::var_os("TEST_LOG").is_some() {
-            telemetry::init(&settings, telemetry::stdout()).ok()
+            telemetry::init(&settings, std::io::stdout).ok()
         } else {
             telemetry::init(&settings, telemetry::discard()).ok()
         }

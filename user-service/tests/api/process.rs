@@ -36,6 +36,8 @@ pub struct ServiceProcess {
     /// Every stdout line so far (JSON logs).
     lines: Arc<Mutex<Vec<String>>>,
     reader: tokio::task::JoinHandle<()>,
+    /// Raised: the reader stops reading stdout but keeps the pipe open (a stalled log reader).
+    reading_paused: tokio::sync::watch::Sender<bool>,
 }
 
 impl ServiceProcess {
@@ -65,11 +67,20 @@ impl ServiceProcess {
         .await
         .expect("the service starts within 30 s");
         let (grpc_addr, metrics_addr) = listening;
+        let (reading_paused, mut paused) = tokio::sync::watch::channel(false);
         let reader = tokio::spawn({
             let lines = lines.clone();
             async move {
-                while let Ok(Some(line)) = stdout.next_line().await {
-                    lines.lock().unwrap().push(line);
+                loop {
+                    if paused.wait_for(|paused| !*paused).await.is_err() {
+                        // The ServiceProcess is gone; keep draining so the child never blocks.
+                        while let Ok(Some(_)) = stdout.next_line().await {}
+                        return;
+                    }
+                    match stdout.next_line().await {
+                        Ok(Some(line)) => lines.lock().unwrap().push(line),
+                        _ => return,
+                    }
                 }
             }
         });
@@ -79,7 +90,14 @@ impl ServiceProcess {
             metrics_addr,
             lines,
             reader,
+            reading_paused,
         }
+    }
+
+    /// Stops reading the child's stdout without closing it: its pipe fills up and stays full,
+    /// as when a container runtime stops draining a container's output.
+    pub fn pause_reading_stdout(&self) {
+        self.reading_paused.send_replace(true);
     }
 
     pub async fn signal(&self, signal: &str) {
@@ -88,6 +106,7 @@ impl ServiceProcess {
 
     /// Waits (up to 60 s) for the exit; answers the status and the whole log.
     pub async fn exited(mut self) -> (std::process::ExitStatus, String) {
+        self.reading_paused.send_replace(false);
         let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
             .await
             .expect("exits within 60 s")

@@ -32,6 +32,7 @@ mod pods;
 mod postgres;
 mod probe;
 mod proxy;
+mod runnable;
 mod sync;
 mod teardown;
 

@@ -232,13 +232,21 @@ impl<'a> Rehearsal<'a> {
                 let log_file = &log_file;
                 async move {
                     let Some(stream) = stream else { return };
-                    let mut lines = tokio::io::BufReader::new(stream).lines();
-                    while let Ok(Some(line)) = lines.next_line().await {
+                    // Bytes, not `lines()`: a line that is not UTF-8 would end a `lines()`
+                    // loop, and a container whose pipe nobody drains blocks on its next write.
+                    let mut reader = tokio::io::BufReader::new(stream);
+                    let mut line = Vec::new();
+                    loop {
+                        line.clear();
+                        match reader.read_until(b'\n', &mut line).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
                         use std::io::Write;
                         if let Some(file) =
                             log_file.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
                         {
-                            let _ = writeln!(file, "{line}");
+                            let _ = file.write_all(&line);
                         }
                     }
                 }
