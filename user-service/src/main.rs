@@ -29,9 +29,10 @@ struct Cli {
 enum Command {
     /// Serve gRPC and /metrics (the default).
     Serve,
-    /// Apply the database migrations and exit.
-    /// Consume the USERS event stream (audit trail, cache warming); needs NATS_URL.
+    /// Consume the USERS event stream (audit trail, cache warming); needs NATS_URL. Serves
+    /// /metrics and /livez on METRICS_ADDR.
     Worker,
+    /// Apply the database migrations and exit.
     Migrate {
         /// Also run the contract migrations on a database adopted from the replaced service
         /// (only once its old server is retired: deploy/CUTOVER.md).

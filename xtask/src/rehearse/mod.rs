@@ -32,7 +32,6 @@ mod pods;
 mod postgres;
 mod probe;
 mod proxy;
-mod runnable;
 mod sync;
 mod teardown;
 
