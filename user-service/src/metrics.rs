@@ -197,6 +197,8 @@ impl Metrics {
         let watchers_cut_off = prometheus::IntCounter::new(
             "user_watchers_cut_off_total",
             "WatchUsers streams ended because the watcher fell too far behind",
+        )
+        .expect("static metric definition");
         let log_lines_dropped = prometheus::IntCounter::new(
             "user_service_log_lines_dropped_total",
             "Log lines dropped because stdout did not keep up",
