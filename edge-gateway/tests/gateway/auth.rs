@@ -488,9 +488,9 @@ async fn real_user_service_writes_need_a_token_and_reads_do_not() {
             vec![scope_rule(
                 "user-writes",
                 &[
-                    "user.UserService/CreateUser",
-                    "user.UserService/UpdateUser",
-                    "user.UserService/DeleteUser",
+                    "/user.UserService/CreateUser",
+                    "/user.UserService/UpdateUser",
+                    "/user.UserService/DeleteUser",
                 ],
                 "users:write",
             )],
@@ -673,7 +673,7 @@ async fn bad_tokens_are_refused_naming_the_problem() {
     let hmac = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims("sinks:write"),
-        &EncodingKey::from_secret(b"a shared secret the edge never accepts"),
+        &EncodingKey::from_secret(b"a shared secret the edge never accepts").unwrap(),
     )
     .unwrap();
     let cases: Vec<(&str, Option<String>, u16, &str, &str)> = vec![
