@@ -901,6 +901,5 @@ impl<'a> Reader<'a> {
     }
 }
 
-// Against prost-reflect, which the `descriptors` feature brings.
-#[cfg(all(test, feature = "descriptors"))]
+#[cfg(test)]
 mod tests;

@@ -1,5 +1,7 @@
 //! The schema against prost-reflect on the same descriptor set: the same routes, methods and
 //! fields, the same verdict on bytes, the same text for every scalar kind the set has.
+// Against prost-reflect, which the `descriptors` feature brings.
+#![cfg(feature = "descriptors")]
 
 use base64::Engine as _;
 use prost::Message as _;
