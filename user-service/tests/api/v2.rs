@@ -223,10 +223,9 @@ async fn v1_and_v2_serve_the_same_users(backend: Backend) {
     let app = spawn_app(backend).await;
     let mut v1 = app.client.clone();
     let mut v2 = v2(&app);
-    assert_eq!(
-        app.health("user.v2.UserService").await,
-        ServingStatus::Serving
-    );
+    // Readiness under v2's name too (NOT_SERVING until the first database probe).
+    app.wait_for_service_health("user.v2.UserService", ServingStatus::Serving)
+        .await;
 
     // Created through v1, read through v2: the same user, timestamps as Timestamp.
     let email = unique_email();
