@@ -149,8 +149,8 @@ pub struct Config {
     /// Log lines that may wait for stdout; when a reader stalls beyond them, lines are dropped
     /// (counted in `user_service_log_lines_dropped_total`) instead of blocking request threads.
     #[arg(long, env = "LOG_QUEUE_LINES", default_value_t = crate::telemetry::LOG_QUEUE_LINES,
-          value_parser = clap::value_parser!(u32).range(1..=1_000_000).map(|lines| lines as usize))]
-    pub log_queue_lines: usize,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub log_queue_lines: u32,
 
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info")]

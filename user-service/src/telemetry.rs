@@ -176,7 +176,7 @@ pub fn discard() -> impl for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send 
 }
 
 /// The default `LOG_QUEUE_LINES`: about 3 MiB of JSON lines.
-pub const LOG_QUEUE_LINES: usize = 8192;
+pub const LOG_QUEUE_LINES: u32 = 8192;
 
 static STDOUT_DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 
@@ -185,9 +185,9 @@ static STDOUT_DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 /// counted ([`log_lines_dropped`]), instead of parking the threads that serve requests and
 /// probes in `write`. Keep the guard until exit: dropping it flushes the queue, waiting about a
 /// second at most (tracing-appender's bound), so a reader that never returns cannot hold up exit.
-pub fn stdout(queue_lines: usize) -> (NonBlocking, WorkerGuard) {
+pub fn stdout(queue_lines: u32) -> (NonBlocking, WorkerGuard) {
     let (writer, guard) = NonBlockingBuilder::default()
-        .buffered_lines_limit(queue_lines)
+        .buffered_lines_limit(queue_lines as usize)
         .lossy(true)
         .thread_name("log-writer")
         .finish(std::io::stdout());

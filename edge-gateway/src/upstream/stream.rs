@@ -154,11 +154,10 @@ mod tests {
         }
     }
 
-    fn fed() -> (
-        mpsc::Sender<Result<Option<Bytes>, Status>>,
-        Fed,
-        Arc<AtomicBool>,
-    ) {
+    /// What the test feeds the relayed stream with.
+    type Feed = mpsc::Sender<Result<Option<Bytes>, Status>>;
+
+    fn fed() -> (Feed, Fed, Arc<AtomicBool>) {
         let (sender, messages) = mpsc::channel(64);
         let dropped = Arc::new(AtomicBool::new(false));
         let source = Fed {

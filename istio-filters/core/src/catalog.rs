@@ -153,7 +153,10 @@ mod tests {
         assert!(catalog.route("GET", "/v3/users").is_none());
         // Every annotated service of the set is routed: user.v2 beside user.
         let (v2, _) = catalog.route("GET", "/v2/users").unwrap();
-        assert_eq!(qualified_name(&v2.method), "user.v2.UserService/ListUsers");
+        assert_eq!(
+            catalog.qualified_name(v2.method),
+            "user.v2.UserService/ListUsers"
+        );
         assert!(
             catalog
                 .method_by_name("user.v2.UserService/GetUser")

@@ -323,7 +323,7 @@ impl<S: UserStore + EventLog + IdempotentCreate> UserService for UserApi<S> {
     ) -> Result<Response<WatchStream>, Status> {
         let live = self.live.clone();
         let metrics = self.metrics.clone();
-        self.handle("WatchUsers", request, |_, _, message| async move {
+        self.handle(Rpc::v1("WatchUsers"), request, |_, _, message| async move {
             let user = match message.user_id.as_str() {
                 "" => None,
                 raw => Some(UserId::parse(raw).map_err(|_| {
