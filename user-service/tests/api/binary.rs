@@ -212,9 +212,9 @@ async fn a_stdout_nobody_reads_costs_log_lines_not_liveness() {
         .await
         .unwrap();
 
-    // Each UNAVAILABLE answer logs a WARN line of a few hundred bytes: 1000 of them are many
+    // Each UNAVAILABLE answer logs a WARN line of a few hundred bytes: 2000 of them are many
     // times what a 64 KiB pipe and a 16-line queue hold.
-    const CALLS: usize = 1000;
+    const CALLS: usize = 2000;
     const { assert!(CALLS * 200 > 4 * 65_536) };
     for call in 0..CALLS {
         let request = TestErrorRequest {
