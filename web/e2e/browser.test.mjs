@@ -287,33 +287,6 @@ test("a page on an origin outside the allow-list is refused by CORS", async () =
   await page.close();
 });
 
-test("a second page shows another client's changes live (WatchUsers as Server-Sent Events)", async () => {
-  const watcher = await openPage(gateway);
-  await watcher.locator('#live-state[data-state="live"]').waitFor();
-  const writer = await openPage(gateway);
-  const email = `live.${runId}@example.com`;
-  await fillUser(writer, { name: "Live Lovelace", email, age: 36 });
-  await writer.click("#save");
-  await expectStatus(writer, "Created Live Lovelace");
-  // No click on the watching page: the event arrives and the table follows.
-  await watcher.locator("#live-log li", { hasText: "created Live Lovelace (v1)" }).waitFor();
-  await row(watcher, email).waitFor();
-  const id = await row(watcher, email).getAttribute("data-user-id");
-  await row(writer, email).locator("button.edit").click();
-  await fillUser(writer, { name: "Live King", email, age: 37 });
-  await writer.click("#save");
-  await expectStatus(writer, "Updated Live King");
-  await watcher.locator("#live-log li", { hasText: "updated Live King (v2)" }).waitFor();
-  await row(watcher, email).locator("td.name", { hasText: "Live King" }).waitFor();
-  await watcher.screenshot({ path: join(artifactDir, "live-changes.png"), fullPage: true });
-  await row(writer, email).locator("button.delete").click();
-  await expectStatus(writer, "Deleted Live King");
-  await watcher.locator(`#live-log li[data-type="user.deleted"][data-user-id="${id}"]`).waitFor();
-  await row(watcher, email).waitFor({ state: "detached" });
-  await writer.close();
-  await watcher.close();
-});
-
 test("the page with users, for the record (screenshot)", async () => {
   const page = await openPage(gateway);
   const people = [

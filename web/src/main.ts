@@ -4,7 +4,6 @@ import { apiBaseUrl, isProtocol, PROTOCOLS, type Protocol, type User, type UserA
 import { ApiError, describeError, GrpcCode, type FieldViolation } from "./errors";
 import { grpcWebBinaryClient } from "./grpcweb-binary";
 import { grpcWebTextClient } from "./grpcweb-text";
-import { describeChange, watchUsers } from "./live";
 import { restClient } from "./rest";
 import "./style.css";
 
@@ -36,12 +35,7 @@ const ui = {
   refresh: element<HTMLButtonElement>("refresh"),
   simulateStatus: element<HTMLSelectElement>("simulate-status"),
   simulate: element<HTMLButtonElement>("simulate"),
-  liveState: element<HTMLElement>("live-state"),
-  liveLog: element<HTMLOListElement>("live-log"),
 };
-
-/** Lines kept in the live log. */
-const LIVE_LOG_LINES = 20;
 
 const baseUrl = apiBaseUrl(window.location.href);
 const clients: Record<Protocol, UserApi> = {
@@ -238,36 +232,7 @@ for (const { value, label } of PROTOCOLS) {
 }
 ui.protocol.addEventListener("change", () => {
   if (isProtocol(ui.protocol.value)) state.protocol = ui.protocol.value;
-  // === live changes ===
-
-let refreshTimer: ReturnType<typeof setTimeout> | undefined;
-
-/** Lists again shortly (a burst of changes is one refresh), without touching the messages. */
-function refreshSoon(): void {
-  clearTimeout(refreshTimer);
-  refreshTimer = setTimeout(() => {
-    loadUsers().catch(showError);
-  }, 100);
-}
-
-watchUsers(baseUrl, {
-  opened: refreshSoon,
-  changed(event) {
-    const line = document.createElement("li");
-    line.dataset.userId = event.userId;
-    line.dataset.type = event.type;
-    line.textContent = describeChange(event);
-    ui.liveLog.prepend(line);
-    while (ui.liveLog.children.length > LIVE_LOG_LINES) ui.liveLog.lastElementChild?.remove();
-    refreshSoon();
-  },
-  state(state) {
-    ui.liveState.textContent = state;
-    ui.liveState.dataset.state = state;
-  },
-});
-
-void run(loadUsers);
+  void run(loadUsers);
 });
 ui.form.addEventListener("submit", (event) => {
   event.preventDefault();
