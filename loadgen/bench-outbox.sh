@@ -27,7 +27,9 @@ rounds=${ROUNDS:-3}
 concurrency=${CONCURRENCY:-"1 16"}
 target_dir=${CARGO_TARGET_DIR:-target}
 
-cargo build -q --release -p user-service -p meshgate-loadgen >&2
+# The same package set as every benchmark script: cargo unifies features over the packages it
+# builds, so another set would rebuild half the dependency tree in the same target dir.
+cargo build -q --release -p user-service -p edge-gateway -p meshgate-loadgen >&2
 
 database="bench_outbox_$(date +%s)_$$"
 psql -q "$server_url" -c "CREATE DATABASE $database" >&2

@@ -22,7 +22,9 @@ concurrency=${CONCURRENCY:-16}
 target_dir=${CARGO_TARGET_DIR:-target}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-cargo build --release -p user-service -p meshgate-loadgen >&2
+# The same package set as every benchmark script: cargo unifies features over the packages it
+# builds, so another set would rebuild half the dependency tree in the same target dir.
+cargo build --release -p user-service -p edge-gateway -p meshgate-loadgen >&2
 
 database="bench_outage_$(date +%s)_$$"
 psql -q "$server_url" -c "CREATE DATABASE $database" >&2

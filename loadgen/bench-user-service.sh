@@ -21,7 +21,9 @@ scenarios=${SCENARIOS:-"get-hit get-miss create list"}
 grpc_port=${BENCH_GRPC_PORT:-50551}
 target_dir=${CARGO_TARGET_DIR:-target}
 
-cargo build --release -p user-service -p meshgate-loadgen >&2
+# The same package set as every benchmark script: cargo unifies features over the packages it
+# builds, so another set would rebuild half the dependency tree in the same target dir.
+cargo build --release -p user-service -p edge-gateway -p meshgate-loadgen >&2
 
 database="bench_$(date +%s)_$$"
 psql -q "$server_url" -c "CREATE DATABASE $database" >&2
