@@ -120,6 +120,12 @@ for c in $concurrency; do
   since_ms=$(date +%s%3N)
   echo "## commit -> worker, CreateUser at c=$c for $duration s (load $(cut -d' ' -f1 /proc/loadavg))"
   create_load "$c" "$duration"
+  # Where the lag is when the writes stop: rows the relay has not published yet, and events
+  # published but not yet applied by the worker.
+  psql -At "$database_url" -c "
+    SELECT format('backlog when the writes stopped: %s in the outbox (relay), %s published but not applied (worker)',
+      (SELECT count(*) FROM user_outbox),
+      (SELECT count(*) FROM users) - (SELECT count(*) FROM user_events) - (SELECT count(*) FROM user_outbox))"
   drain
   psql -At "$database_url" -c "
     WITH latency AS (

@@ -10,7 +10,7 @@ use anyhow::Context;
 use meshgate_proto::user::user_service_server::UserServiceServer;
 use meshgate_proto::user::v2::user_service_server::UserServiceServer as UserServiceV2Server;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
@@ -40,6 +40,8 @@ pub struct Application {
     metrics: Arc<Metrics>,
     /// JetStream, when NATS_URL is set: the outbox relay publishes there.
     jetstream: Option<async_nats::jetstream::Context>,
+    /// Woken by this process's commits, so its relay publishes without waiting for a poll.
+    outbox_written: Arc<Notify>,
     /// What `WatchUsers` reads: fed by JetStream when there is a broker, else by the commits.
     live: LiveEvents,
 }
@@ -116,8 +118,11 @@ impl Application {
             jetstream.is_none(),
             metrics.clone(),
         );
+        let outbox_written = Arc::new(Notify::new());
         if jetstream.is_none() {
             database.feed_commits_to(live.clone());
+        } else {
+            database.wake_on_commits(outbox_written.clone());
         }
         let store = Arc::new(open_cached_store(&config, &database, &metrics)?);
         let grpc_listener = TcpListener::bind(config.grpc_addr)
@@ -138,6 +143,7 @@ impl Application {
             store,
             metrics,
             jetstream,
+            outbox_written,
             live,
         })
     }
@@ -166,6 +172,7 @@ impl Application {
             store,
             metrics,
             jetstream,
+            outbox_written,
             live,
             ..
         } = self;
@@ -186,6 +193,7 @@ impl Application {
                 js,
                 metrics.clone(),
                 RelaySettings::default(),
+                outbox_written,
             ))
         });
         let (stop_tx, stop_rx) = watch::channel(false);

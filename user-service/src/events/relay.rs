@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream::{self, message::PublishMessage};
+use tokio::sync::Notify;
 
 use super::{STREAM, SUBJECTS};
 use crate::metrics::Metrics;
@@ -25,7 +26,8 @@ use crate::store::{Database, OutboxLease};
 pub struct RelaySettings {
     /// Rows read per outbox query.
     pub batch: i64,
-    /// How often the leader looks at an empty outbox again.
+    /// How often the leader looks at an empty outbox again when no commit of this process
+    /// wakes it (the writes of other replicas are found at this pace).
     pub poll_interval: Duration,
     /// How often a standby replica tries to take the lease (the takeover delay after the
     /// leader's session ends).
@@ -86,6 +88,7 @@ pub async fn run(
     js: jetstream::Context,
     metrics: Arc<Metrics>,
     settings: RelaySettings,
+    outbox_written: Arc<Notify>,
 ) {
     let mut backoff = Backoff::new(settings.poll_interval, settings.max_backoff);
     let mut stream_ready = false;
@@ -117,7 +120,16 @@ pub async fn run(
         };
         metrics.outbox_relay_leader.set(1);
         tracing::info!("outbox relay: publishing (lease taken)");
-        let outcome = lead(lease, &database, &js, &metrics, &settings, &mut backoff).await;
+        let outcome = lead(
+            lease,
+            &database,
+            &js,
+            &metrics,
+            &settings,
+            &outbox_written,
+            &mut backoff,
+        )
+        .await;
         metrics.outbox_relay_leader.set(0);
         match outcome {
             Lost::Database(error) => tracing::warn!(%error, "outbox relay: lease lost"),
@@ -142,6 +154,7 @@ async fn lead(
     js: &jetstream::Context,
     metrics: &Metrics,
     settings: &RelaySettings,
+    outbox_written: &Notify,
     backoff: &mut Backoff,
 ) -> Lost {
     loop {
@@ -154,7 +167,11 @@ async fn lead(
         };
         if batch.is_empty() {
             metrics.outbox_backlog.set(0);
-            tokio::time::sleep(settings.poll_interval).await;
+            // A commit since the query left a permit, so none is missed between the two.
+            tokio::select! {
+                () = outbox_written.notified() => {}
+                () = tokio::time::sleep(settings.poll_interval) => {}
+            }
             continue;
         }
         let mut acknowledged = Vec::with_capacity(batch.len());

@@ -84,6 +84,15 @@ impl Database {
         }
     }
 
+    /// Wakes `relay` after every commit through this handle that wrote an outbox row (see
+    /// [`sql::SqlStore::wake_on_commits`]).
+    pub fn wake_on_commits(&mut self, relay: std::sync::Arc<tokio::sync::Notify>) {
+        match self {
+            Self::Postgres(store) => store.wake_on_commits(relay),
+            Self::Sqlite(store) => store.wake_on_commits(relay),
+        }
+    }
+
     pub fn backend(&self) -> &'static str {
         match self {
             Self::Postgres(_) => "postgresql",

@@ -152,11 +152,17 @@ impl Database {
         dispatch!(self, store => store.user_events(id))
     }
 
-    /// The worker's effect for one event, exactly once per `consumer`: records the event as
-    /// processed and appends it to the audit trail in one transaction. `false` when `consumer`
-    /// had already applied it (a redelivery), and nothing changed.
-    pub async fn apply_event(&self, consumer: &str, event: &UserEvent) -> Result<bool, StoreError> {
-        dispatch!(self, store => store.apply_event(consumer, event))
+    /// The worker's effect for events delivered together, each exactly once per `consumer`:
+    /// records every event as processed and appends it to the audit trail, all in one
+    /// transaction (one commit for the batch, not one per event). Per event, in order: `false`
+    /// when `consumer` had already applied it (a redelivery), and nothing changed for it. An
+    /// error applies none of them.
+    pub async fn apply_events(
+        &self,
+        consumer: &str,
+        events: &[UserEvent],
+    ) -> Result<Vec<bool>, StoreError> {
+        dispatch!(self, store => store.apply_events(consumer, events))
     }
 }
 
@@ -208,45 +214,48 @@ macro_rules! outbox_impl {
                     .collect()
             }
 
-            async fn apply_event(
+            async fn apply_events(
                 &self,
                 consumer: &str,
-                event: &UserEvent,
-            ) -> Result<bool, StoreError> {
-                let payload = String::from_utf8_lossy(&event.encode()).into_owned();
-                let event_id = <$db as Backend>::Id::from(event.event_id);
+                events: &[UserEvent],
+            ) -> Result<Vec<bool>, StoreError> {
                 let work = async {
                     let mut tx = self.pool.begin().await?;
                     if let Some(bounds) = <$db as Backend>::BOUND_APPLY_WAITS {
                         sqlx::query(bounds).execute(&mut *tx).await?;
                     }
-                    let first = sqlx::query(
-                        "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) \
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .bind(consumer)
-                    .bind(&event_id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                        == 1;
-                    if first {
-                        sqlx::query(
-                            "INSERT INTO user_events (event_id, user_id, event_type, version, \
-                             payload) VALUES ($1, $2, $3, $4, $5)",
+                    let mut applied = Vec::with_capacity(events.len());
+                    for event in events {
+                        let event_id = <$db as Backend>::Id::from(event.event_id);
+                        let first = sqlx::query(
+                            "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) \
+                             ON CONFLICT DO NOTHING",
                         )
+                        .bind(consumer)
                         .bind(&event_id)
-                        .bind(<$db as Backend>::Id::from(event.user_id))
-                        .bind(event.kind.as_str())
-                        .bind(event.version)
-                        .bind(&payload)
                         .execute(&mut *tx)
-                        .await?;
+                        .await?
+                        .rows_affected()
+                            == 1;
+                        if first {
+                            sqlx::query(
+                                "INSERT INTO user_events (event_id, user_id, event_type, \
+                                 version, payload) VALUES ($1, $2, $3, $4, $5)",
+                            )
+                            .bind(&event_id)
+                            .bind(<$db as Backend>::Id::from(event.user_id))
+                            .bind(event.kind.as_str())
+                            .bind(event.version)
+                            .bind(String::from_utf8_lossy(&event.encode()).as_ref())
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        applied.push(first);
                     }
                     tx.commit().await?;
-                    Ok(first)
+                    Ok(applied)
                 };
-                timed(&self.metrics, "apply_event", work).await
+                timed(&self.metrics, "apply_events", work).await
             }
         }
     };

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use sqlx::Pool;
 use sqlx::migrate::Migrator;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::PoolStats;
@@ -91,6 +92,9 @@ pub struct SqlStore<B: Backend> {
     pub(super) metrics: Arc<Metrics>,
     /// Where committed events go for live watchers when there is no broker to feed them.
     pub(super) commit_feed: Option<LiveEvents>,
+    /// Woken after every commit that wrote an outbox row: the relay of this process publishes
+    /// at once instead of at its next poll.
+    pub(super) outbox_written: Option<Arc<Notify>>,
 }
 
 // Derived Clone would demand `B: Clone`.
@@ -100,6 +104,7 @@ impl<B: Backend> Clone for SqlStore<B> {
             pool: self.pool.clone(),
             metrics: Arc::clone(&self.metrics),
             commit_feed: self.commit_feed.clone(),
+            outbox_written: self.outbox_written.clone(),
         }
     }
 }
@@ -110,6 +115,7 @@ impl<B: Backend> SqlStore<B> {
             pool,
             metrics,
             commit_feed: None,
+            outbox_written: None,
         }
     }
 
@@ -119,8 +125,16 @@ impl<B: Backend> SqlStore<B> {
         self.commit_feed = Some(live);
     }
 
+    /// Wakes `relay` after every commit that wrote an outbox row.
+    pub fn wake_on_commits(&mut self, relay: Arc<Notify>) {
+        self.outbox_written = Some(relay);
+    }
+
     /// Called after the transaction that wrote `event` committed.
     pub(crate) fn committed(&self, event: UserEvent) {
+        if let Some(relay) = &self.outbox_written {
+            relay.notify_one();
+        }
         if let Some(live) = &self.commit_feed {
             live.publish(event);
         }

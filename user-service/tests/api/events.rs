@@ -131,11 +131,13 @@ async fn a_redelivered_event_is_applied_once() {
         .fetch_one(&mut connection)
         .await
         .unwrap();
-    for _ in 0..3 {
-        worker::handle(&database, None, &metrics, payload.as_bytes())
-            .await
-            .unwrap();
-    }
+    // Once alone, then twice in one delivered batch: one transaction sees the same event twice.
+    worker::handle(&database, None, &metrics, &[payload.as_bytes()])
+        .await
+        .unwrap();
+    worker::handle(&database, None, &metrics, &[payload.as_bytes(); 2])
+        .await
+        .unwrap();
     let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM user_events")
         .fetch_one(&mut connection)
         .await
@@ -152,45 +154,47 @@ async fn a_redelivered_event_is_applied_once() {
     );
     // The audit row and the outbox row are the same event: listed once.
     assert_eq!(events_of(&app, &user.id).await.len(), 1);
-    worker::handle(&database, None, &metrics, b"{not json")
+    worker::handle(&database, None, &metrics, &[b"{not json".as_slice()])
         .await
         .expect("an undecodable event is dropped, not retried forever");
     database.close().await;
     app.teardown().await;
 }
 
-/// Forced interleaving: another transaction holds the event's processed-record claim and never
-/// finishes (a peer stuck mid-apply). The apply gives up within its lock timeout instead of
-/// holding a pooled connection forever, the event stays unapplied (so it is redelivered), and once
-/// the claim is gone the retry applies it exactly once.
+/// Forced interleaving: another transaction holds one event's processed-record claim and never
+/// finishes (a peer stuck mid-apply). The batch it was delivered in gives up within the lock
+/// timeout instead of holding a pooled connection forever, and none of the batch is applied (one
+/// transaction: all are redelivered). Once the claim is gone the retry applies each exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_apply_blocked_by_another_claim_gives_up_and_frees_its_connection() {
     let app = spawn_app(Backend::Postgres).await;
     let url = app.database_url().unwrap().to_owned();
     app.create("Ada", &unique_email(), 36).await.unwrap();
+    app.create("Bob", &unique_email(), 41).await.unwrap();
     let metrics = std::sync::Arc::new(user_service::metrics::Metrics::new());
     let mut config = crate::helpers::base_config();
     config.database_url = Some(url.clone());
     let database = user_service::startup::open_database(&config, metrics.clone()).unwrap();
     let mut connection = PgConnection::connect(&url).await.unwrap();
-    let (event_id, payload): (uuid::Uuid, String) =
-        sqlx::query_as("SELECT event_id, payload FROM user_outbox")
-            .fetch_one(&mut connection)
+    let outbox: Vec<(uuid::Uuid, String)> =
+        sqlx::query_as("SELECT event_id, payload FROM user_outbox ORDER BY seq")
+            .fetch_all(&mut connection)
             .await
             .unwrap();
+    let payloads: Vec<&[u8]> = outbox.iter().map(|(_, p)| p.as_bytes()).collect();
 
     let mut blocker = PgConnection::connect(&url).await.unwrap();
     let mut claim = blocker.begin().await.unwrap();
     sqlx::query("INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2)")
         .bind(worker::CONSUMER)
-        .bind(event_id)
+        .bind(outbox[1].0)
         .execute(&mut *claim)
         .await
         .unwrap();
     let started = std::time::Instant::now();
     let blocked = tokio::time::timeout(
         Duration::from_secs(10),
-        worker::handle(&database, None, &metrics, payload.as_bytes()),
+        worker::handle(&database, None, &metrics, &payloads),
     )
     .await
     .expect("the apply gives up instead of waiting for the claim forever");
@@ -200,6 +204,14 @@ async fn an_apply_blocked_by_another_claim_gives_up_and_frees_its_connection() {
         "{:?}",
         started.elapsed()
     );
+    let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM user_events")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(
+        audit, 0,
+        "the unblocked event of the batch was applied alone"
+    );
     wait_for(|| {
         let stats = database.pool_stats();
         async move { stats.size == stats.idle }
@@ -207,15 +219,17 @@ async fn an_apply_blocked_by_another_claim_gives_up_and_frees_its_connection() {
     .await;
 
     claim.rollback().await.unwrap();
-    worker::handle(&database, None, &metrics, payload.as_bytes())
+    worker::handle(&database, None, &metrics, &payloads)
         .await
         .expect("applied once the claim is gone");
-    let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM user_events WHERE event_id = $1")
-        .bind(event_id)
-        .fetch_one(&mut connection)
-        .await
-        .unwrap();
-    assert_eq!(audit, 1);
+    for (event_id, _) in &outbox {
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM user_events WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_one(&mut connection)
+            .await
+            .unwrap();
+        assert_eq!(rows, 1, "event {event_id}");
+    }
     database.close().await;
     app.teardown().await;
 }
