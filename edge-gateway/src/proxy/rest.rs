@@ -260,8 +260,8 @@ impl GatewayProxy {
                 .await
                 .map_err(write_error)?;
         };
-        let code = match &outcome {
-            Ok(()) => tonic::Code::Ok as i32,
+        let (code, last) = match &outcome {
+            Ok(()) => (tonic::Code::Ok as i32, None),
             Err(error) => {
                 let rescued = error.rescue();
                 if let GatewayError::Internal(detail) = error {
@@ -274,11 +274,7 @@ impl GatewayProxy {
                     &rescued,
                 );
                 let event = sse::event(Some("error"), None, &String::from_utf8_lossy(&body));
-                session
-                    .write_response_body(Some(event.into()), false)
-                    .await
-                    .map_err(write_error)?;
-                rescued.grpc_code
+                (rescued.grpc_code, Some(Bytes::from(event)))
             }
         };
         ctx.grpc_status = Some(code);
@@ -300,8 +296,10 @@ impl GatewayProxy {
                 },
             );
         }
+        // The error event ends the body itself: over HTTP/2 its DATA frame carries END_STREAM,
+        // rather than an empty DATA frame after it that clients read as one more chunk.
         session
-            .write_response_body(None, true)
+            .write_response_body(last, true)
             .await
             .map_err(write_error)
     }
