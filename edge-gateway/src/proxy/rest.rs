@@ -213,6 +213,13 @@ impl GatewayProxy {
         let _ = head.insert_header("cache-control", "no-cache");
         // nginx-style proxies buffer responses unless told otherwise.
         let _ = head.insert_header("x-accel-buffering", "no");
+        // HTTP/1.1: chunked, so the stream's end is marked (and the connection stays usable);
+        // without it pingora frames the body by closing the connection while the head still
+        // says `connection: keep-alive`. HTTP/1.0 has no chunks; HTTP/2 frames by itself
+        // (pingora drops the header there).
+        if session.req_header().version == http::Version::HTTP_11 {
+            let _ = head.insert_header("transfer-encoding", "chunked");
+        }
         self.cors_headers(ctx, &mut head);
         self.trace_header(ctx, &mut head);
         let sent_headers = head.headers.clone();

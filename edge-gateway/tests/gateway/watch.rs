@@ -240,6 +240,11 @@ async fn rest_serves_server_sent_events_incrementally_and_errors_as_an_error_eve
         assert_eq!(response.headers()["content-type"], "text/event-stream");
         assert_eq!(response.headers()["cache-control"], "no-cache");
         assert_eq!(response.headers()["access-control-allow-origin"], ORIGIN);
+        if response.version() == reqwest::Version::HTTP_11 {
+            // Chunks mark the end; a body framed by closing the connection would not.
+            assert_eq!(response.headers()["transfer-encoding"], "chunked");
+            assert_eq!(response.headers()["connection"], "keep-alive");
+        }
         let opened = chunk(&mut response).await.unwrap();
         assert!(opened.starts_with(b":"), "a comment opens the stream");
         streams.push((response, String::new()));
