@@ -243,6 +243,8 @@ for (const protocol of PROTOCOLS) {
 test("a page on an allowed second origin calls the gateway (CORS) through every protocol", async () => {
   const page = await openPage(allowedOrigin, { api: gateway });
   assert.equal(await page.textContent("#api-base"), gateway);
+  // The live stream too (EventSource sends no custom headers: a simple CORS request).
+  await page.locator('#live-state[data-state="live"]').waitFor();
   const email = `cors.${runId}@example.com`;
   for (const protocol of PROTOCOLS) {
     await choose(page, protocol.value);
@@ -287,6 +289,34 @@ test("a page on an origin outside the allow-list is refused by CORS", async () =
   await page.close();
 });
 
+test("a second page shows another client's changes live (WatchUsers as Server-Sent Events)", async () => {
+  const watcher = await openPage(gateway);
+  await watcher.locator('#live-state[data-state="live"]').waitFor();
+  const writer = await openPage(gateway);
+  const email = `live.${runId}@example.com`;
+  await fillUser(writer, { name: "Live Lovelace", email, age: 36 });
+  await writer.click("#save");
+  await expectStatus(writer, "Created Live Lovelace");
+  // No click on the watching page: the event arrives and the table follows.
+  await watcher.locator("#live-log li", { hasText: "created Live Lovelace (v1)" }).waitFor();
+  await row(watcher, email).waitFor();
+  const id = await row(watcher, email).getAttribute("data-user-id");
+  await row(writer, email).locator("button.edit").click();
+  await fillUser(writer, { name: "Live King", email, age: 37 });
+  await writer.click("#save");
+  await expectStatus(writer, "Updated Live King");
+  await watcher.locator("#live-log li", { hasText: "updated Live King (v2)" }).waitFor();
+  await row(watcher, email).locator("td.name", { hasText: "Live King" }).waitFor();
+  await watcher.screenshot({ path: join(artifactDir, "live-changes.png"), fullPage: true });
+  await writer.close();
+  // A client that is no page at all: a REST delete from here.
+  const deleted = await fetch(`${gateway}/v1/users/${encodeURIComponent(id)}`, { method: "DELETE" });
+  assert.ok(deleted.ok, `${deleted.status} ${await deleted.text()}`);
+  await watcher.locator(`#live-log li[data-type="user.deleted"][data-user-id="${id}"]`).waitFor();
+  await row(watcher, email).waitFor({ state: "detached" });
+  await watcher.close();
+});
+
 test("the page with users, for the record (screenshot)", async () => {
   const page = await openPage(gateway);
   const people = [
@@ -307,7 +337,10 @@ test("the page with users, for the record (screenshot)", async () => {
 // Last: it stops the user-service for good.
 test("a stopped user-service is reported as 503 through REST and gRPC-web", async () => {
   const page = await openPage(gateway);
+  await page.locator('#live-state[data-state="live"]').waitFor();
   await stopProcess(userServicePid);
+  // The draining service ends the live stream; the page notices and keeps trying.
+  await page.locator('#live-state[data-state="reconnecting"]').waitFor();
   for (const protocol of PROTOCOLS) {
     await choose(page, protocol.value);
     await page.click("#refresh");

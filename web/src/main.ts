@@ -4,6 +4,7 @@ import { apiBaseUrl, isProtocol, PROTOCOLS, type Protocol, type User, type UserA
 import { ApiError, describeError, GrpcCode, type FieldViolation } from "./errors";
 import { grpcWebBinaryClient } from "./grpcweb-binary";
 import { grpcWebTextClient } from "./grpcweb-text";
+import { describeChange, watchUsers } from "./live";
 import { restClient } from "./rest";
 import "./style.css";
 
@@ -35,7 +36,12 @@ const ui = {
   refresh: element<HTMLButtonElement>("refresh"),
   simulateStatus: element<HTMLSelectElement>("simulate-status"),
   simulate: element<HTMLButtonElement>("simulate"),
+  liveState: element<HTMLElement>("live-state"),
+  liveLog: element<HTMLOListElement>("live-log"),
 };
+
+/** Lines kept in the live log. */
+const LIVE_LOG_LINES = 20;
 
 const baseUrl = apiBaseUrl(window.location.href);
 const clients: Record<Protocol, UserApi> = {
@@ -159,8 +165,13 @@ function renderUsers(users: User[]): void {
   ui.next.disabled = state.page >= pages;
 }
 
+/** Counts list calls: only the latest one's answer is shown (live refreshes overlap actions). */
+let listings = 0;
+
 async function loadUsers(): Promise<void> {
+  const listing = ++listings;
   const { users, total } = await api().list(state.page, PAGE_SIZE);
+  if (listing !== listings) return;
   state.total = total;
   renderUsers(users);
 }
@@ -257,5 +268,34 @@ ui.simulate.addEventListener("click", () =>
     showStatus(`The service answered OK: ${message}`);
   }),
 );
+
+// === live changes ===
+
+let refreshTimer: ReturnType<typeof setTimeout> | undefined;
+
+/** Lists again shortly (a burst of changes is one refresh), without touching the messages. */
+function refreshSoon(): void {
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(() => {
+    loadUsers().catch(showError);
+  }, 100);
+}
+
+watchUsers(baseUrl, {
+  opened: refreshSoon,
+  changed(event) {
+    const line = document.createElement("li");
+    line.dataset.userId = event.userId;
+    line.dataset.type = event.type;
+    line.textContent = describeChange(event);
+    ui.liveLog.prepend(line);
+    while (ui.liveLog.children.length > LIVE_LOG_LINES) ui.liveLog.lastElementChild?.remove();
+    refreshSoon();
+  },
+  state(state) {
+    ui.liveState.textContent = state;
+    ui.liveState.dataset.state = state;
+  },
+});
 
 void run(loadUsers);

@@ -213,6 +213,13 @@ impl GatewayProxy {
         let _ = head.insert_header("cache-control", "no-cache");
         // nginx-style proxies buffer responses unless told otherwise.
         let _ = head.insert_header("x-accel-buffering", "no");
+        // HTTP/1.1: chunked, so the stream's end is marked (and the connection stays usable);
+        // without it pingora frames the body by closing the connection while the head still
+        // says `connection: keep-alive`. HTTP/1.0 has no chunks; HTTP/2 frames by itself
+        // (pingora drops the header there).
+        if session.req_header().version == http::Version::HTTP_11 {
+            let _ = head.insert_header("transfer-encoding", "chunked");
+        }
         self.cors_headers(ctx, &mut head);
         self.trace_header(ctx, &mut head);
         let sent_headers = head.headers.clone();
@@ -260,8 +267,8 @@ impl GatewayProxy {
                 .await
                 .map_err(write_error)?;
         };
-        let code = match &outcome {
-            Ok(()) => tonic::Code::Ok as i32,
+        let (code, last) = match &outcome {
+            Ok(()) => (tonic::Code::Ok as i32, None),
             Err(error) => {
                 let rescued = error.rescue();
                 if let GatewayError::Internal(detail) = error {
@@ -274,11 +281,7 @@ impl GatewayProxy {
                     &rescued,
                 );
                 let event = sse::event(Some("error"), None, &String::from_utf8_lossy(&body));
-                session
-                    .write_response_body(Some(event.into()), false)
-                    .await
-                    .map_err(write_error)?;
-                rescued.grpc_code
+                (rescued.grpc_code, Some(Bytes::from(event)))
             }
         };
         ctx.grpc_status = Some(code);
@@ -300,8 +303,10 @@ impl GatewayProxy {
                 },
             );
         }
+        // The error event ends the body itself: over HTTP/2 its DATA frame carries END_STREAM,
+        // rather than an empty DATA frame after it that clients read as one more chunk.
         session
-            .write_response_body(None, true)
+            .write_response_body(last, true)
             .await
             .map_err(write_error)
     }
