@@ -16,6 +16,7 @@
 //! - [`content_type`]: media types and which gRPC protocol a `content-type` names.
 //! - [`trace`]: W3C `traceparent` and B3 parsing; with feature `trace-ids` a fresh context.
 //! - [`etag`]: `If-None-Match` evaluation.
+//! - [`hex`]: lower-case hex of ids and digests.
 //! - [`sse`]: Server-Sent Events (`text/event-stream`) events and comments.
 //!
 //! Invariant: nothing here panics on input.
@@ -29,6 +30,7 @@ pub mod etag;
 pub mod grpc;
 pub mod grpc_headers;
 pub mod grpc_web;
+pub mod hex;
 pub mod path_template;
 pub mod percent;
 #[cfg(any(feature = "descriptors", feature = "schema"))]

@@ -129,26 +129,38 @@ impl PathTemplate {
     /// bindings, percent-decoded: a single-segment variable fully, a multi-segment one with
     /// `%2F` kept encoded.
     pub fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
-        let path = path.split(['?', '#']).next().unwrap_or_default();
-        let path = path.strip_prefix('/')?;
+        // (A byte scan: a `char` pattern decodes every char, on every template a router tries.)
+        let end = path
+            .bytes()
+            .position(|b| b == b'?' || b == b'#')
+            .unwrap_or(path.len());
+        let path = path.get(..end)?.strip_prefix('/')?;
         let path = match &self.verb {
             Some(verb) => path.strip_suffix(verb.as_str())?.strip_suffix(':')?,
             None => path,
         };
-        let parts: Vec<&str> = if path.is_empty() {
-            Vec::new()
+        // Checked before anything is allocated: a router tries most templates of a method on
+        // every request, and only one of them matches.
+        let count = if path.is_empty() {
+            0
         } else {
-            path.split('/').collect()
+            path.bytes().filter(|&b| b == b'/').count() + 1
         };
         let has_multi = self.segments.last() == Some(&Segment::Multi);
         let fixed = self.segments.len() - usize::from(has_multi);
-        if parts.len() < fixed || (!has_multi && parts.len() != fixed) {
+        if count < fixed || (!has_multi && count != fixed) {
             return None;
         }
-        for (segment, part) in self.segments.iter().zip(&parts) {
+        for (segment, part) in self.segments.iter().zip(path.split('/')) {
             match segment {
                 Segment::Literal(literal) => {
-                    if decode_segment(part, true)? != literal.as_str() {
+                    // A segment without escapes is its own decoding.
+                    let equal = if part.contains('%') {
+                        decode_segment(part, true)? == literal.as_str()
+                    } else {
+                        part == literal
+                    };
+                    if !equal {
                         return None;
                     }
                 }
@@ -160,25 +172,35 @@ impl PathTemplate {
                 Segment::Multi => {}
             }
         }
+        // The segments of multi-segment variables, split once if there are any.
+        let mut parts: Option<Vec<&str>> = None;
         let mut bindings = Vec::with_capacity(self.variables.len());
         for variable in &self.variables {
             let end = if variable.end == self.segments.len() && has_multi {
-                parts.len()
+                count
             } else {
                 variable.end
             };
-            let span = &parts[variable.start..end];
             // Whether "%2F" decodes depends on the variable's template, not on how many
             // segments the request happened to bring: `{path=**}` keeps it encoded even when
             // it matches a single segment.
             let single_segment = variable.end - variable.start == 1
                 && self.segments[variable.start] != Segment::Multi;
             let value = if single_segment {
-                decode_segment(span[0], true)?.into_owned()
+                decode_segment(path.split('/').nth(variable.start)?, true)?.into_owned()
             } else {
+                let parts = parts.get_or_insert_with(|| {
+                    if path.is_empty() {
+                        Vec::new()
+                    } else {
+                        path.split('/').collect()
+                    }
+                });
                 // Multi-segment values keep '/' as the separator; an encoded "%2F" stays encoded
                 // so the segments remain distinguishable (per the HttpRule spec).
-                span.iter()
+                parts
+                    .get(variable.start..end)?
+                    .iter()
                     .map(|part| decode_segment(part, false))
                     .collect::<Option<Vec<_>>>()?
                     .join("/")
@@ -186,6 +208,14 @@ impl PathTemplate {
             bindings.push((variable.field_path.clone(), value));
         }
         Some(bindings)
+    }
+
+    /// Whether a request path of `segments` segments ([`request_segments`]) can match: the
+    /// router's cheap test before [`PathTemplate::matches`].
+    pub fn accepts_segments(&self, segments: usize) -> bool {
+        let has_multi = self.segments.last() == Some(&Segment::Multi);
+        let fixed = self.segments.len() - usize::from(has_multi);
+        segments == fixed || (has_multi && segments > fixed)
     }
 
     /// Higher is more specific: literals beat wildcards, fixed length beats `**`.
@@ -207,6 +237,22 @@ impl PathTemplate {
     pub fn as_str(&self) -> &str {
         &self.source
     }
+}
+
+/// The segments of a request path as templates count them (a query or fragment ignored, a
+/// verb part of the last segment); `None` when it does not start with `/`.
+pub fn request_segments(path: &str) -> Option<usize> {
+    let path = path.strip_prefix('/')?;
+    let end = path
+        .bytes()
+        .position(|b| b == b'?' || b == b'#')
+        .unwrap_or(path.len());
+    let path = path.get(..end)?;
+    Some(if path.is_empty() {
+        0
+    } else {
+        path.bytes().filter(|&b| b == b'/').count() + 1
+    })
 }
 
 fn split_verb(rest: &str) -> (&str, Option<&str>) {

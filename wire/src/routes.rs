@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use http::Method;
 
-use crate::path_template::{PathTemplate, TemplateError};
+use crate::path_template::{PathTemplate, TemplateError, request_segments};
 
 #[cfg(feature = "descriptors")]
 mod pool;
@@ -188,7 +188,13 @@ impl<M> RouterOf<M> {
     ) -> Result<(Arc<RouteOf<M>>, Bindings), RouteMiss> {
         // Templates of the request's method first: a hit matches no other route's template
         // (this runs per request, in the gateway and in every filter VM).
-        for route in self.routes.iter().filter(|r| r.http_method == *method) {
+        // Templates of another length are passed over without a look at their segments.
+        let segments = request_segments(path).ok_or(RouteMiss::NotFound)?;
+        for route in self
+            .routes
+            .iter()
+            .filter(|r| r.http_method == *method && r.template.accepts_segments(segments))
+        {
             if let Some(bindings) = route.template.matches(path) {
                 return Ok((Arc::clone(route), bindings));
             }

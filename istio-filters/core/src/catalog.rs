@@ -18,6 +18,8 @@ pub type Route = RouteOf<MethodId>;
 pub struct Catalog {
     schema: Schema,
     router: RouterOf<MethodId>,
+    /// Each method's `package.Service/Method`, spelled once (requests name their method often).
+    qualified: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,7 +71,12 @@ impl Catalog {
         let router = schema
             .router()
             .map_err(|e| CatalogError::Rule(e.to_string()))?;
-        Ok(Self { schema, router })
+        let qualified = schema.methods.iter().map(|m| m.qualified_name()).collect();
+        Ok(Self {
+            schema,
+            router,
+            qualified,
+        })
     }
 
     pub fn schema(&self) -> &Schema {
@@ -103,8 +110,8 @@ impl Catalog {
     }
 
     /// `package.Service/Method`, the spelling used in configs and span tags.
-    pub fn qualified_name(&self, method: MethodId) -> String {
-        self.schema.methods[method].qualified_name()
+    pub fn qualified_name(&self, method: MethodId) -> &str {
+        self.qualified.get(method).map_or("", String::as_str)
     }
 
     /// A method's request (input) or response (output) message.

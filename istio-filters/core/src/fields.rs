@@ -123,14 +123,43 @@ impl FieldPath {
     /// the objects on the path are looked into, everything else is skipped. `None` also for
     /// text that is not JSON.
     pub fn read_json_text(&self, text: &[u8]) -> Option<String> {
+        self.read_json_text_from(0, text)
+    }
+
+    /// The path's value below its first field `field` (e.g. `email` of `user.email` below
+    /// `user`), from the JSON text of that field's value: a REST body or answer that is one
+    /// field of the message. `None` when the path does not start with `field`.
+    pub fn read_json_text_below(&self, field: &str, text: &[u8]) -> Option<String> {
+        self.read_json_text_from(self.parts_below(field)?, text)
+    }
+
+    /// How many leading parts are `field` (a dotted prefix of the path), when the path goes on
+    /// below it.
+    pub fn parts_below(&self, field: &str) -> Option<usize> {
+        let rest = self.dotted.strip_prefix(field)?.strip_prefix('.')?;
+        Some(self.parts.len() - rest.split('.').count())
+    }
+
+    /// [`FieldPath::read_json_text`] of the parts after the first `skip`.
+    pub fn read_json_text_from(&self, skip: usize, text: &[u8]) -> Option<String> {
+        self.read_json_text_checked(skip, text).ok().flatten()
+    }
+
+    /// [`FieldPath::read_json_text_from`], telling text that is not JSON (an error) from a
+    /// value that is not there (`None`): the read goes through the whole text either way.
+    pub fn read_json_text_checked(
+        &self,
+        skip: usize,
+        text: &[u8],
+    ) -> Result<Option<String>, serde_json::Error> {
         let mut reader = serde_json::Deserializer::from_slice(text);
         let seed = PathSeed {
-            parts: &self.parts,
-            camel: &self.camel_parts,
+            parts: self.parts.get(skip..).unwrap_or_default(),
+            camel: self.camel_parts.get(skip..).unwrap_or_default(),
         };
-        let value = serde::de::DeserializeSeed::deserialize(seed, &mut reader).ok()?;
-        reader.end().ok()?;
-        value
+        let value = serde::de::DeserializeSeed::deserialize(seed, &mut reader)?;
+        reader.end()?;
+        Ok(value)
     }
 
     /// The value among `path=value` pairs (REST path bindings or a query string).

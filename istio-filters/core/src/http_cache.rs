@@ -1,6 +1,7 @@
 //! HTTP caching pieces: `Cache-Control` rendering, strong ETags, and which statuses may carry
 //! caching headers (`If-None-Match` is `meshgate_wire::etag`).
 
+use meshgate_wire::hex::push_hex;
 use sha2::{Digest, Sha256};
 
 /// Statuses that are cacheable by default (RFC 9110 §15.1); only these get max-age policies.
@@ -61,11 +62,21 @@ pub fn has_no_store(cache_control: &str) -> bool {
 /// A strong ETag of the body: the first 128 bits of its SHA-256, hex, quoted.
 pub fn strong_etag(body: &[u8]) -> String {
     let digest = Sha256::digest(body);
-    format!("\"{}\"", hex::encode(&digest[..16]))
+    let mut etag = String::with_capacity(34);
+    etag.push('"');
+    push_hex(&mut etag, &digest[..16]);
+    etag.push('"');
+    etag
 }
 
 /// Appends `names` to an existing `Vary` value without duplicates (case-insensitive).
 pub fn merge_vary(existing: Option<&str>, names: &[String]) -> Option<String> {
+    if let [name] = names
+        && existing.is_none_or(|e| e.trim().is_empty())
+    {
+        // The usual case: no upstream `Vary`, one name.
+        return Some(name.clone());
+    }
     let mut out: Vec<String> = existing
         .unwrap_or_default()
         .split(',')
@@ -83,6 +94,11 @@ pub fn merge_vary(existing: Option<&str>, names: &[String]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn etags_are_the_first_half_of_the_sha256_in_hex() {
+        assert_eq!(strong_etag(b"abc"), "\"ba7816bf8f01cfea414140de5dae2223\"");
+    }
 
     #[test]
     fn renders_cache_control() {

@@ -12,9 +12,36 @@ use crate::catalog::{Catalog, MessageId, MethodId};
 use crate::fields::{FieldPath, query_pairs};
 use crate::host::{Host, header_value};
 
-/// The request as the filters classify it at `on_request_headers`.
+/// The request as the filters classify it at `on_request_headers`: what was worked out once
+/// ([`Identity`]) and the request-header changes made since, both shared. The bundle makes a
+/// copy whenever a member changes a header (later members read the target as it is then):
+/// a copy and a change each cost one link, not a copy of what came before.
 #[derive(Debug, Clone)]
 pub struct RequestTarget {
+    identity: Arc<Identity>,
+    /// The newest change made after identification, linked to the ones before it.
+    changed: Option<Arc<HeaderChange>>,
+}
+
+/// A request-header change: the lower-case name, the value (`None`: removed), the change
+/// before it.
+#[derive(Debug)]
+struct HeaderChange {
+    name: String,
+    value: Option<String>,
+    earlier: Option<Arc<HeaderChange>>,
+}
+
+impl RequestTarget {
+    /// The changes, newest first (a name may recur: its newest change holds).
+    fn changes(&self) -> impl Iterator<Item = &HeaderChange> {
+        std::iter::successors(self.changed.as_deref(), |change| change.earlier.as_deref())
+    }
+}
+
+/// What a request is, worked out once per request (see [`RequestTarget`]).
+#[derive(Debug)]
+pub struct Identity {
     pub protocol: Protocol,
     pub http_method: String,
     pub path: String,
@@ -28,13 +55,51 @@ pub struct RequestTarget {
     pub bindings: Vec<(String, String)>,
     pub query: Vec<(String, String)>,
     /// The request headers as they were at `on_request_headers`, fetched in one host call
-    /// (each host call crosses the wasm boundary; a filter reads several headers). Shared, so
-    /// a copy of the target for another filter does not copy them.
-    headers: Arc<Vec<(String, String)>>,
-    /// Changes made after identification (last one wins), over `headers`.
-    changed: Vec<(String, Option<String>)>,
-    /// `package.Service/Method`, worked out once.
-    qualified: Option<String>,
+    /// (each host call crosses the wasm boundary; a filter reads several headers).
+    headers: Vec<(String, String)>,
+}
+
+impl std::ops::Deref for RequestTarget {
+    type Target = Identity;
+    fn deref(&self) -> &Identity {
+        &self.identity
+    }
+}
+
+impl Identity {
+    fn inspect(catalog: Arc<Catalog>, host: &dyn Host) -> Self {
+        let headers = host.request_headers();
+        let get = |name: &str| header_value(&headers, name).map(str::to_owned);
+        let protocol = Protocol::from_content_type(header_value(&headers, "content-type"));
+        let http_method = get(":method").unwrap_or_default();
+        let path = get(":path").unwrap_or_default();
+        let mut identity = Self {
+            protocol,
+            http_method,
+            path,
+            method: None,
+            catalog,
+            rest_body: None,
+            rest_response_body: None,
+            bindings: Vec::new(),
+            query: Vec::new(),
+            headers,
+        };
+        if protocol.is_grpc_family() {
+            identity.method = grpc::split_path(&identity.path)
+                .and_then(|(service, method)| identity.catalog.method(service, method));
+        } else if let Some((route, bindings)) = identity
+            .catalog
+            .route(&identity.http_method, &identity.path)
+        {
+            identity.method = Some(route.method);
+            identity.rest_body = Some(route.body.clone());
+            identity.rest_response_body = route.response_body.clone();
+            identity.bindings = bindings;
+            identity.query = query_pairs(&identity.path);
+        }
+        identity
+    }
 }
 
 impl RequestTarget {
@@ -45,56 +110,21 @@ impl RequestTarget {
         if let Some(target) = host.shared_target(catalog) {
             return target;
         }
-        let target = Arc::new(Self::inspect(Arc::clone(catalog), host));
+        let target = Arc::new(Self {
+            identity: Arc::new(Identity::inspect(Arc::clone(catalog), host)),
+            changed: None,
+        });
         host.share_target(catalog, &target);
-        target
-    }
-
-    fn inspect(catalog: Arc<Catalog>, host: &dyn Host) -> Self {
-        let headers = host.request_headers();
-        let get = |name: &str| header_value(&headers, name).map(str::to_owned);
-        let protocol = Protocol::from_content_type(get("content-type").as_deref());
-        let http_method = get(":method").unwrap_or_default();
-        let path = get(":path").unwrap_or_default();
-        let mut target = Self {
-            protocol,
-            http_method,
-            path,
-            method: None,
-            catalog,
-            rest_body: None,
-            rest_response_body: None,
-            bindings: Vec::new(),
-            query: Vec::new(),
-            headers: Arc::new(headers),
-            changed: Vec::new(),
-            qualified: None,
-        };
-        if protocol.is_grpc_family() {
-            target.method = grpc::split_path(&target.path)
-                .and_then(|(service, method)| target.catalog.method(service, method));
-        } else if let Some((route, bindings)) =
-            target.catalog.route(&target.http_method, &target.path)
-        {
-            target.method = Some(route.method);
-            target.rest_body = Some(route.body.clone());
-            target.rest_response_body = route.response_body.clone();
-            target.bindings = bindings;
-            target.query = query_pairs(&target.path);
-        }
-        target.qualified = target.method.map(|m| target.catalog.qualified_name(m));
         target
     }
 
     /// A request header from the snapshot taken at identification (with later changes).
     pub fn header(&self, name: &str) -> Option<&str> {
-        if let Some((_, value)) = self
-            .changed
-            .iter()
-            .rev()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        if let Some(change) = self
+            .changes()
+            .find(|change| change.name.eq_ignore_ascii_case(name))
         {
-            return value.as_deref();
+            return change.value.as_deref();
         }
         header_value(&self.headers, name)
     }
@@ -106,34 +136,45 @@ impl RequestTarget {
 
     /// `package.Service/Method`, when known.
     pub fn method_name(&self) -> Option<String> {
-        self.qualified.clone()
+        self.qualified().map(str::to_owned)
     }
 
     /// [`RequestTarget::method_name`] without the copy.
     pub fn qualified(&self) -> Option<&str> {
-        self.qualified.as_deref()
+        self.method.map(|m| self.catalog.qualified_name(m))
     }
 
     /// Applies a request-header change made after identification, so filters that read the
     /// shared target later see the headers as they are now.
     pub fn set_header(&mut self, name: &str, value: Option<&str>) {
-        self.changed.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
-        self.changed
-            .push((name.to_ascii_lowercase(), value.map(str::to_owned)));
+        self.changed = Some(Arc::new(HeaderChange {
+            name: name.to_ascii_lowercase(),
+            value: value.map(str::to_owned),
+            earlier: self.changed.take(),
+        }));
     }
 
     /// The request headers, with later changes applied.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
-        let changed = &self.changed;
+        let changed = |name: &str| self.changes().any(|c| c.name.eq_ignore_ascii_case(name));
+        let set = self
+            .changes()
+            .enumerate()
+            .filter_map(move |(newer, change)| {
+                let newest = !self
+                    .changes()
+                    .take(newer)
+                    .any(|c| c.name.eq_ignore_ascii_case(&change.name));
+                Some((
+                    change.name.as_str(),
+                    change.value.as_deref().filter(|_| newest)?,
+                ))
+            });
         self.headers
             .iter()
-            .filter(move |(k, _)| !changed.iter().any(|(c, _)| c.eq_ignore_ascii_case(k)))
+            .filter(move |(k, _)| !changed(k))
             .map(|(k, v)| (k.as_str(), v.as_str()))
-            .chain(
-                changed
-                    .iter()
-                    .filter_map(|(k, v)| Some((k.as_str(), v.as_deref()?))),
-            )
+            .chain(set)
     }
 
     /// Whether the request message (or part of it) travels in the body.
@@ -147,7 +188,8 @@ impl RequestTarget {
         }
     }
 
-    /// Decodes a complete request body into something fields can be read from.
+    /// Decodes a complete request body into something fields can be read from (REST: JSON
+    /// text, checked here and read field by field without building a document).
     pub fn decode_request(&self, body: &[u8]) -> Result<Decoded, BodyError> {
         let Some(method) = self.method else {
             return Ok(Decoded::Nothing);
@@ -157,9 +199,7 @@ impl RequestTarget {
                 if body.is_empty() {
                     return Ok(Decoded::Nothing);
                 }
-                serde_json::from_slice(body)
-                    .map(Decoded::Json)
-                    .map_err(|e| BodyError::Json(e.to_string()))
+                json_text(body)
             }
             protocol => self.decode_grpc_message(protocol, body, method, Side::Input),
         }
@@ -172,16 +212,14 @@ impl RequestTarget {
         }
         match decoded {
             Decoded::Message(message) => return message.read(path),
-            Decoded::Json(json) => {
-                if let Some(value) = self.read_rest_json(json, path) {
-                    return Some(value);
-                }
-            }
             Decoded::JsonText(text) => {
-                if let Ok(json) = serde_json::from_slice(text)
-                    && let Some(value) = self.read_rest_json(&json, path)
-                {
-                    return Some(value);
+                let value = match &self.rest_body {
+                    Some(BodyTarget::Whole) => path.read_json_text(text),
+                    Some(BodyTarget::Field(field)) => path.read_json_text_below(field, text),
+                    Some(BodyTarget::None) | None => None,
+                };
+                if value.is_some() {
+                    return value;
                 }
             }
             Decoded::Nothing => {}
@@ -189,46 +227,47 @@ impl RequestTarget {
         path.read_pairs(&self.query)
     }
 
-    fn read_rest_json(&self, json: &serde_json::Value, path: &FieldPath) -> Option<String> {
-        match &self.rest_body {
-            Some(BodyTarget::Whole) => path.read_json(json),
-            Some(BodyTarget::Field(field)) => {
-                let rest = path
-                    .as_str()
-                    .strip_prefix(field.as_str())?
-                    .strip_prefix('.')?;
-                FieldPath::parse(rest).ok()?.read_json(json)
-            }
-            Some(BodyTarget::None) | None => None,
-        }
-    }
-
-    /// Reads a field of the response message. A REST answer is the JSON of the rule's
-    /// `response_body` field when it has one: paths below that field are read below the JSON's
-    /// top level, and other paths are not in the answer.
-    pub fn read_response_field(&self, decoded: &Decoded, path: &FieldPath) -> Option<String> {
-        match (decoded, self.rest_response_body.as_deref()) {
-            (Decoded::Json(_) | Decoded::JsonText(_), Some(field)) if !field.is_empty() => {
-                let rest = path.as_str().strip_prefix(field)?.strip_prefix('.')?;
-                decoded.read(&FieldPath::parse(rest).ok()?)
-            }
-            _ => decoded.read(path),
-        }
-    }
-
-    /// Decodes a complete response body (gRPC family: the output message; REST: JSON).
-    pub fn decode_response(&self, body: &[u8]) -> Result<Decoded, BodyError> {
+    /// Reads `paths` from a complete response body (gRPC family: the output message; REST:
+    /// the JSON answer, which is the rule's `response_body` field when it has one: paths below
+    /// that field are read below the JSON's top level, other paths are not in the answer).
+    /// A body that is not the message or not JSON is an error. REST JSON is checked by the
+    /// first read rather than by a pass of its own: one read goes through the whole text.
+    pub fn read_response_fields<'p>(
+        &self,
+        body: &[u8],
+        paths: impl IntoIterator<Item = &'p FieldPath>,
+    ) -> Result<Vec<Option<String>>, BodyError> {
         let Some(method) = self.method else {
-            return Ok(Decoded::Nothing);
+            return Ok(paths.into_iter().map(|_| None).collect());
         };
-        match self.protocol {
-            // Checked here (a bad body is counted), read later field by field without
-            // building the whole document.
-            Protocol::Http => serde_json::from_slice::<serde::de::IgnoredAny>(body)
-                .map(|_| Decoded::JsonText(body.to_vec()))
-                .map_err(|e| BodyError::Json(e.to_string())),
-            protocol => self.decode_grpc_message(protocol, body, method, Side::Output),
+        if self.protocol != Protocol::Http {
+            let decoded = self.decode_grpc_message(self.protocol, body, method, Side::Output)?;
+            return Ok(paths.into_iter().map(|path| decoded.read(path)).collect());
         }
+        let below = self.rest_response_body.as_deref().filter(|f| !f.is_empty());
+        let mut checked = false;
+        let mut values = Vec::new();
+        for path in paths {
+            let skip = match below {
+                Some(field) => path.parts_below(field),
+                None => Some(0),
+            };
+            let value = match skip {
+                None => None,
+                Some(skip) if checked => path.read_json_text_from(skip, body),
+                Some(skip) => {
+                    checked = true;
+                    path.read_json_text_checked(skip, body)
+                        .map_err(|e| BodyError::Json(e.to_string()))?
+                }
+            };
+            values.push(value);
+        }
+        if !checked {
+            serde_json::from_slice::<serde::de::IgnoredAny>(body)
+                .map_err(|e| BodyError::Json(e.to_string()))?;
+        }
+        Ok(values)
     }
 
     /// The first message of a gRPC-family body, checked against the method's message.
@@ -262,6 +301,13 @@ impl RequestTarget {
     }
 }
 
+/// A body checked to be JSON, to be read field by field without building the whole document.
+fn json_text(body: &[u8]) -> Result<Decoded, BodyError> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(body)
+        .map(|_| Decoded::JsonText(body.to_vec()))
+        .map_err(|e| BodyError::Json(e.to_string()))
+}
+
 /// A protobuf message checked against its schema, read field by field.
 #[derive(Debug, Clone)]
 pub struct EncodedMessage {
@@ -280,7 +326,6 @@ impl EncodedMessage {
 #[derive(Debug, Clone)]
 pub enum Decoded {
     Message(EncodedMessage),
-    Json(serde_json::Value),
     /// Valid JSON text, read with [`FieldPath::read_json_text`].
     JsonText(Vec<u8>),
     Nothing,
@@ -291,7 +336,6 @@ impl Decoded {
     pub fn read(&self, path: &FieldPath) -> Option<String> {
         match self {
             Self::Message(m) => m.read(path),
-            Self::Json(j) => path.read_json(j),
             Self::JsonText(text) => path.read_json_text(text),
             Self::Nothing => None,
         }
@@ -406,6 +450,38 @@ mod tests {
             rest.decode_request(b"{nope"),
             Err(BodyError::Json(_))
         ));
+    }
+
+    #[test]
+    fn header_changes_after_identification_are_seen_newest_first() {
+        let shared = target(&[
+            (":method", "GET"),
+            (":path", "/v1/users/1"),
+            ("x-a", "1"),
+            ("x-b", "2"),
+        ]);
+        let mut t = (*shared).clone();
+        t.set_header("X-A", Some("3"));
+        t.set_header("x-c", Some("4"));
+        t.set_header("x-b", None);
+        t.set_header("x-c", Some("5"));
+        assert_eq!(t.header("x-a"), Some("3"));
+        assert_eq!(t.header("X-B"), None);
+        assert_eq!(t.header("x-c"), Some("5"));
+        let mut all: Vec<_> = t.headers().collect();
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            [
+                (":method", "GET"),
+                (":path", "/v1/users/1"),
+                ("x-a", "3"),
+                ("x-c", "5")
+            ]
+        );
+        // The copy it was made from is unchanged.
+        assert_eq!(shared.header("x-a"), Some("1"));
+        assert_eq!(shared.headers().count(), 4);
     }
 
     #[test]

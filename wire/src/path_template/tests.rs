@@ -169,3 +169,42 @@ fn specificity_prefers_literals() {
     let variable = PathTemplate::parse("/v1/users/{id}").unwrap();
     assert!(literal.specificity() > variable.specificity());
 }
+
+#[test]
+fn segment_counts_agree_with_matching() {
+    assert_eq!(request_segments("/"), Some(0));
+    assert_eq!(request_segments("/v1/users/7?x=/y#/z"), Some(3));
+    assert_eq!(request_segments("/v1/users:watch"), Some(2));
+    assert_eq!(request_segments("v1/users"), None);
+    let templates = [
+        "/v1/users/{id}",
+        "/v1/users",
+        "/v1/users:watch",
+        "/v1/{name=shelves/*/books/*}",
+        "/files/{path=**}",
+        "/a/**",
+    ];
+    let paths = [
+        "/v1/users/7",
+        "/v1/users",
+        "/v1/users:watch",
+        "/v1/shelves/1/books/2",
+        "/files",
+        "/files/a/b/c",
+        "/a",
+        "/a/b",
+        "/",
+        "/v1/users/7/x?y",
+    ];
+    for template in templates {
+        let template = PathTemplate::parse(template).unwrap();
+        for path in paths {
+            if template.matches(path).is_some() {
+                assert!(
+                    template.accepts_segments(request_segments(path).unwrap()),
+                    "{template} should accept {path}"
+                );
+            }
+        }
+    }
+}

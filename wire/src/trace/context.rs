@@ -15,23 +15,18 @@ pub struct TraceContext {
     pub sampled: bool,
 }
 
-/// `bytes` random bytes as lower-case hex (one allocation; this runs on every request).
-fn random_hex(bytes: usize) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut rng = rand::rng();
-    let mut hex = String::with_capacity(bytes * 2);
-    for _ in 0..bytes {
-        let byte = rng.random::<u8>();
-        hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        hex.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
-    }
+/// `N` random bytes as lower-case hex (one allocation; this runs on every request).
+fn random_hex<const N: usize>() -> String {
+    let bytes: [u8; N] = rand::rng().random();
+    let mut hex = String::new();
+    crate::hex::push_hex(&mut hex, &bytes);
     hex
 }
 
 impl TraceContext {
     /// Continues the incoming trace, or starts one. `header` looks up a request header.
     pub fn from_headers<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Self {
-        let span_id = random_hex(8);
+        let span_id = random_hex::<8>();
         match incoming(header) {
             Some(found) => Self {
                 trace_id: found.trace_id,
@@ -40,7 +35,7 @@ impl TraceContext {
                 sampled: found.sampled,
             },
             None => Self {
-                trace_id: random_hex(16),
+                trace_id: random_hex::<16>(),
                 span_id,
                 parent_span_id: None,
                 sampled: true,

@@ -13,7 +13,7 @@ use meshgate_wire::etag::if_none_match_hits;
 use meshgate_wire::path_template::PathTemplate;
 use serde::Deserialize;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, MethodId};
 use crate::filter::{self, ConfigError, Filter, Stream};
 use crate::host::{Action, Counters, Host};
 use crate::http_cache::{self, CacheControl};
@@ -79,7 +79,8 @@ fn default_max_body() -> u32 {
 
 #[derive(Debug)]
 struct Policy {
-    methods: Vec<String>,
+    /// Resolved once: a request's method is compared by id, not by name.
+    methods: Vec<MethodId>,
     routes: Vec<(String, PathTemplate)>,
     cache_control: CacheControl,
     /// `cache_control` rendered once, at configure time.
@@ -129,13 +130,15 @@ impl CacheHeaders {
                     "a policy needs `methods` or `routes`",
                 ));
             }
+            let mut methods = Vec::new();
             for method in &policy.methods {
-                if catalog.method_by_name(method).is_none() {
+                let Some(id) = catalog.method_by_name(method) else {
                     return Err(ConfigError::at(
                         at("methods"),
                         format!("unknown method {method:?}"),
                     ));
-                }
+                };
+                methods.push(id);
             }
             let mut routes = Vec::new();
             for route in &policy.routes {
@@ -177,7 +180,7 @@ impl CacheHeaders {
                 must_revalidate: cc.must_revalidate,
             };
             policies.push(Policy {
-                methods: policy.methods,
+                methods,
                 routes,
                 cache_control_value: cache_control.render(),
                 cache_control,
@@ -195,9 +198,8 @@ impl CacheHeaders {
     }
 
     fn policy_for(&self, target: &RequestTarget) -> Option<usize> {
-        let method = target.method_name();
         self.policies.iter().position(|p| {
-            method.as_ref().is_some_and(|m| p.methods.contains(m))
+            target.method.is_some_and(|m| p.methods.contains(&m))
                 || (target.protocol == Protocol::Http
                     && p.routes.iter().any(|(verb, t)| {
                         verb.eq_ignore_ascii_case(&target.http_method)

@@ -9,12 +9,15 @@ use crate::common::{BUNDLE, CACHE_HEADERS, RATE_LIMIT, SPAN_ENRICHMENT, module_b
 const KIB: usize = 1024;
 
 /// Each module's ceiling: its measured size (README) rounded up to the next 8 KiB. The issue's
-/// goals are ≤ 400 KiB per module and ≤ 512 KiB for the bundle.
+/// goals are ≤ 400 KiB per module and ≤ 512 KiB for the bundle. Raised by 32–40 KiB for the
+/// guest cost cut of issue 13 (the hot crates built at opt-level 3, which halved the fuel per
+/// request with the other changes; BENCHMARKS.md, "Session 9"): rate-limit's ceiling is now
+/// the goal itself.
 const CEILINGS: [(&str, usize); 4] = [
-    (RATE_LIMIT, 368 * KIB),
-    (CACHE_HEADERS, 304 * KIB),
-    (SPAN_ENRICHMENT, 344 * KIB),
-    (BUNDLE, 448 * KIB),
+    (RATE_LIMIT, 400 * KIB),
+    (CACHE_HEADERS, 336 * KIB),
+    (SPAN_ENRICHMENT, 376 * KIB),
+    (BUNDLE, 488 * KIB),
 ];
 
 /// The modules over their ceiling, as messages.

@@ -88,12 +88,12 @@ impl BundleStream {
 
     /// Member indices in this side's order: the response runs in reverse, and after a local
     /// reply only the members before the replier see it.
-    fn order(&self, side: Side) -> Vec<usize> {
+    fn order(&self, side: Side) -> impl Iterator<Item = usize> + use<> {
         let count = self.replied_by.unwrap_or(self.members.len());
-        match side {
-            Side::Request => (0..count).collect(),
-            Side::Response => (0..count).rev().collect(),
-        }
+        (0..count).map(move |position| match side {
+            Side::Request => position,
+            Side::Response => count - 1 - position,
+        })
     }
 
     fn flow(&mut self, side: Side) -> &mut Flow {
@@ -110,7 +110,7 @@ impl BundleStream {
         }
         let slot = side as usize;
         let cache = ReadCache::default();
-        for (position, index) in self.order(side).into_iter().enumerate() {
+        for (position, index) in self.order(side).enumerate() {
             if position >= self.flow(side).headers_delivered {
                 let end_of_stream = self.flow(side).headers_end_of_stream;
                 let mut view = MemberHost::new(host, &cache, &self.target, 0);
@@ -225,7 +225,7 @@ impl Stream for BundleStream {
         // every member the trailers. Nothing is left to wait for, so pauses hold no one now.
         let (base, end) = (self.response.base, self.response.end);
         let cache = ReadCache::default();
-        for (position, index) in self.order(Side::Response).into_iter().enumerate() {
+        for (position, index) in self.order(Side::Response).enumerate() {
             let held_back = position >= self.response.headers_delivered;
             let member = &mut self.members[index];
             if held_back {

@@ -21,11 +21,12 @@ use sha2::{Digest, Sha256};
 pub use self::config::{KeyPart, Mode, RateLimitConfig, RuleConfig};
 pub use self::stream::RateLimitStream;
 use crate::bucket_table::BucketTable;
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, MethodId};
 use crate::fields::FieldPath;
 use crate::filter::{self, ConfigError, Filter};
 use crate::host::{Counters, Host};
 use crate::token_bucket::BucketSpec;
+use meshgate_wire::hex::push_hex;
 
 #[derive(Debug)]
 enum Part {
@@ -39,15 +40,17 @@ enum Part {
 #[derive(Debug)]
 struct Rule {
     name: String,
-    methods: Vec<String>,
+    /// The methods it applies to (all when empty), resolved once: a request's method is
+    /// compared by id, not by name.
+    methods: Vec<MethodId>,
     parts: Vec<Part>,
     spec: BucketSpec,
     table: BucketTable,
 }
 
 impl Rule {
-    fn applies_to(&self, method: Option<&str>) -> bool {
-        self.methods.is_empty() || method.is_some_and(|m| self.methods.iter().any(|x| x == m))
+    fn applies_to(&self, method: Option<MethodId>) -> bool {
+        self.methods.is_empty() || method.is_some_and(|m| self.methods.contains(&m))
     }
     fn needs_body(&self) -> bool {
         self.parts.iter().any(|p| matches!(p, Part::Field(_)))
@@ -92,7 +95,9 @@ impl RateLimit {
         // instead of reading buckets laid out for other rules.
         let config_id = {
             let text = format!("{:?}", config.rules);
-            hex::encode(&Sha256::digest(text.as_bytes())[..6])
+            let mut id = String::with_capacity(12);
+            push_hex(&mut id, &Sha256::digest(text.as_bytes())[..6]);
+            id
         };
         let mut rules = Vec::new();
         for (i, rule) in config.rules.into_iter().enumerate() {
@@ -127,11 +132,13 @@ impl RateLimit {
                 return Err(ConfigError::at(at("burst"), "must be > 0"));
             }
             let mut inputs = Vec::new();
+            let mut methods = Vec::new();
             for method in &rule.methods {
                 let descriptor = catalog.method_by_name(method).ok_or_else(|| {
                     ConfigError::at(at("methods"), format!("unknown method {method:?}"))
                 })?;
                 inputs.push(catalog.message_of(descriptor, Side::Input));
+                methods.push(descriptor);
             }
             if rule.key.is_empty() {
                 return Err(ConfigError::at(
@@ -179,7 +186,7 @@ impl RateLimit {
             );
             rules.push(Rule {
                 name: rule.name,
-                methods: rule.methods,
+                methods,
                 parts,
                 spec,
                 table,

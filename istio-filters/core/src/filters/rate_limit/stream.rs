@@ -31,18 +31,24 @@ impl RateLimitStream {
 impl Stream for RateLimitStream {
     fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
         let target = RequestTarget::identify(&self.root.catalog, host);
-        let method = target.method_name();
         let needs_body = self
             .root
             .rules
             .iter()
-            .any(|r| r.applies_to(method.as_deref()) && r.needs_body());
-        let body_fits = target
-            .content_length()
-            .is_none_or(|len| len <= self.root.max_body);
-        let wait = needs_body && !end_of_stream && target.message_in_body() && body_fits;
-        if needs_body && !end_of_stream && !body_fits {
-            self.root.counters.increment(host, "body_skipped");
+            .any(|r| r.applies_to(target.method) && r.needs_body());
+        // Only a request whose body a rule reads needs its announced length.
+        let body_fits = || {
+            target
+                .content_length()
+                .is_none_or(|len| len <= self.root.max_body)
+        };
+        let mut wait = false;
+        if needs_body && !end_of_stream {
+            if body_fits() {
+                wait = target.message_in_body();
+            } else {
+                self.root.counters.increment(host, "body_skipped");
+            }
         }
         self.target = Some(target);
         if wait {
@@ -96,7 +102,7 @@ impl RateLimitStream {
         target: &RequestTarget,
         decoded: &Decoded,
     ) -> Option<Vec<u8>> {
-        let mut key = Vec::new();
+        let mut key = Vec::with_capacity(64);
         for part in &rule.parts {
             let value = match part {
                 Part::GrpcMethod => target.method_name()?,
@@ -119,14 +125,9 @@ impl RateLimitStream {
             return Action::Continue;
         };
         let root = Arc::clone(&self.root);
-        let method = target.method_name();
         let now = host.now_nanos();
         let mut limited: Option<(&Rule, Verdict)> = None;
-        for rule in root
-            .rules
-            .iter()
-            .filter(|r| r.applies_to(method.as_deref()))
-        {
+        for rule in root.rules.iter().filter(|r| r.applies_to(target.method)) {
             let Some(key) = self.key(rule, host, &target, decoded) else {
                 continue;
             };

@@ -22,7 +22,8 @@ use meshgate_wire::routes::Side;
 
 pub use self::config::{Direction, FieldConfig, Redaction, SpanEnrichmentConfig};
 pub use self::stream::SpanEnrichmentStream;
-use crate::catalog::Catalog;
+use self::values::clip;
+use crate::catalog::{Catalog, MethodId};
 use crate::fields::FieldPath;
 use crate::filter::{self, ConfigError, Filter};
 use crate::host::{Counters, Host};
@@ -33,8 +34,8 @@ pub const HEADER_PREFIX: &str = "x-meshgate-";
 struct Field {
     path: FieldPath,
     from: Direction,
-    /// Qualified names of the methods this field applies to (resolved at configure time).
-    methods: Vec<String>,
+    /// The methods this field applies to (resolved at configure time, compared by id).
+    methods: Vec<MethodId>,
     redact: Redaction,
     /// `x-meshgate-field-<path>` and `meshgate.<side>.<path>`, spelled once at configure time.
     header_name: String,
@@ -42,7 +43,7 @@ struct Field {
 }
 
 impl Field {
-    fn new(path: FieldPath, from: Direction, methods: Vec<String>, redact: Redaction) -> Self {
+    fn new(path: FieldPath, from: Direction, methods: Vec<MethodId>, redact: Redaction) -> Self {
         let side = match from {
             Direction::Request => "request",
             Direction::Response => "response",
@@ -62,6 +63,8 @@ pub struct SpanEnrichment {
     catalog: Arc<Catalog>,
     max_body: usize,
     fields: Vec<Field>,
+    /// Each method's service and method name as written (clipped once, at configure time).
+    method_values: Vec<(String, String)>,
     counters: Counters,
 }
 
@@ -98,7 +101,7 @@ impl SpanEnrichment {
                         .validate(schema, catalog.message_of(method, side))
                         .is_ok()
                     {
-                        methods.push(catalog.qualified_name(method));
+                        methods.push(method);
                     }
                 }
                 if methods.is_empty() {
@@ -117,27 +120,30 @@ impl SpanEnrichment {
                     })?;
                     path.validate(schema, catalog.message_of(method, side))
                         .map_err(|e| ConfigError::at(at("path"), e))?;
-                    methods.push(name.clone());
+                    methods.push(method);
                 }
             }
             fields.push(Field::new(path, field.from, methods, field.redact));
         }
+        let method_values = catalog
+            .schema()
+            .methods
+            .iter()
+            .map(|m| (clip(&m.service).into_owned(), clip(&m.name).into_owned()))
+            .collect();
         Ok(Self {
             catalog,
             max_body,
             fields,
+            method_values,
             counters: Counters::define(host, Self::NAME, COUNTERS),
         })
     }
 
-    fn fields_for<'a>(
-        &'a self,
-        method: &'a str,
-        from: Direction,
-    ) -> impl Iterator<Item = &'a Field> + 'a {
+    fn fields_for(&self, method: MethodId, from: Direction) -> impl Iterator<Item = &Field> {
         self.fields
             .iter()
-            .filter(move |f| f.from == from && f.methods.iter().any(|m| m == method))
+            .filter(move |f| f.from == from && f.methods.contains(&method))
     }
 }
 

@@ -8,8 +8,9 @@ use meshgate_wire::content_type::Protocol;
 use meshgate_wire::grpc::{self, status};
 use meshgate_wire::{grpc_web, trace};
 
-use super::values::{METHOD_HEADER, SERVICE_HEADER, clip, emit, redact};
+use super::values::{METHOD_HEADER, SERVICE_HEADER, emit, redact};
 use super::{Direction, HEADER_PREFIX, SpanEnrichment};
+use crate::catalog::MethodId;
 use crate::filter::Stream;
 use crate::host::{Action, Host, LogLevel};
 use crate::inspect::{Decoded, RequestTarget};
@@ -55,27 +56,25 @@ impl Stream for SpanEnrichmentStream {
             host.set_property(&["meshgate.trace_id"], found.trace_id.as_bytes());
             host.set_property(&["meshgate.trace_format"], found.format.as_str().as_bytes());
         }
-        let Some(method) = target.method else {
+        let Some(method_id) = target.method else {
             return Action::Continue;
         };
-        let method = &target.catalog.schema().methods[method];
-        emit(
-            host,
-            SERVICE_HEADER,
-            "meshgate.grpc_service",
-            &method.service,
-        );
-        emit(host, METHOD_HEADER, "meshgate.grpc_method", &method.name);
+        if let Some((service, method)) = self.root.method_values.get(method_id) {
+            emit(host, SERVICE_HEADER, "meshgate.grpc_service", service);
+            emit(host, METHOD_HEADER, "meshgate.grpc_method", method);
+        }
         self.root.counters.increment(host, "enriched");
-        let wants_body = target.qualified().is_some_and(|qualified| {
-            self.root
-                .fields_for(qualified, Direction::Request)
-                .next()
-                .is_some()
-        }) && target.message_in_body();
-        let fits = target
-            .content_length()
-            .is_none_or(|len| len <= self.root.max_body);
+        let wants_body = self
+            .root
+            .fields_for(method_id, Direction::Request)
+            .next()
+            .is_some()
+            && target.message_in_body();
+        // Only a request whose body is read needs its announced length.
+        let fits = !wants_body
+            || target
+                .content_length()
+                .is_none_or(|len| len <= self.root.max_body);
         self.target = Some(target);
         if wants_body && !end_of_stream && fits {
             self.waiting_for_request = true;
@@ -139,14 +138,14 @@ impl Stream for SpanEnrichmentStream {
         let Some(target) = &self.target else {
             return Action::Continue;
         };
-        let Some(method) = target.method_name() else {
+        let Some(method) = target.method else {
             return Action::Continue;
         };
         // gRPC-web carries its status in a trailer frame at the end of the body.
         let web = matches!(target.protocol, Protocol::GrpcWeb | Protocol::GrpcWebText);
         let wants_fields = self
             .root
-            .fields_for(&method, Direction::Response)
+            .fields_for(method, Direction::Response)
             .next()
             .is_some();
         if self.response_skipped || !(wants_fields || web) {
@@ -160,14 +159,18 @@ impl Stream for SpanEnrichmentStream {
             return Action::Continue;
         }
         if let Some(chunk) = host.response_body(0, body_size) {
-            self.response_body.extend_from_slice(&chunk);
+            if self.response_body.is_empty() {
+                self.response_body = chunk;
+            } else {
+                self.response_body.extend_from_slice(&chunk);
+            }
         }
         if end_of_stream {
             if web {
                 self.record_web_status(host);
             }
             if wants_fields {
-                self.emit_response_fields(host, &method);
+                self.emit_response_fields(host, method);
             }
         }
         Action::Continue
@@ -177,11 +180,11 @@ impl Stream for SpanEnrichmentStream {
         if let Some(code) = host.response_trailer("grpc-status") {
             self.record_status(host, &code);
         }
-        if let Some(method) = self.target.as_ref().and_then(|t| t.method_name())
+        if let Some(method) = self.target.as_ref().and_then(|t| t.method)
             && !self.response_skipped
             && !self.response_body.is_empty()
         {
-            self.emit_response_fields(host, &method);
+            self.emit_response_fields(host, method);
         }
         Action::Continue
     }
@@ -192,14 +195,14 @@ impl SpanEnrichmentStream {
         let (Some(target), root) = (&self.target, &self.root) else {
             return;
         };
-        let Some(method) = target.method_name() else {
+        let Some(method) = target.method else {
             return;
         };
-        for field in root.fields_for(&method, Direction::Request) {
+        for field in root.fields_for(method, Direction::Request) {
             let Some(value) = target.read_request_field(decoded, &field.path) else {
                 continue;
             };
-            let Some(value) = redact(field.redact, &value) else {
+            let Some(value) = redact(field.redact, value) else {
                 continue;
             };
             emit(host, &field.header_name, &field.state_key, &value);
@@ -207,13 +210,14 @@ impl SpanEnrichmentStream {
         }
     }
 
-    fn emit_response_fields(&mut self, host: &mut dyn Host, method: &str) {
+    fn emit_response_fields(&mut self, host: &mut dyn Host, method: MethodId) {
         let body = std::mem::take(&mut self.response_body);
         let Some(target) = &self.target else {
             return;
         };
-        let decoded = match target.decode_response(&body) {
-            Ok(decoded) => decoded,
+        let fields = || self.root.fields_for(method, Direction::Response);
+        let values = match target.read_response_fields(&body, fields().map(|f| &f.path)) {
+            Ok(values) => values,
             Err(problem) => {
                 self.root.counters.increment(host, "body_skipped");
                 host.log(
@@ -223,12 +227,9 @@ impl SpanEnrichmentStream {
                 return;
             }
         };
-        for field in self.root.fields_for(method, Direction::Response) {
-            if let Some(value) = target
-                .read_response_field(&decoded, &field.path)
-                .and_then(|v| redact(field.redact, &v))
-            {
-                host.set_property(&[&field.state_key], clip(&value).as_bytes());
+        for (field, value) in fields().zip(values) {
+            if let Some(value) = value.and_then(|v| redact(field.redact, v)) {
+                host.set_property(&[&field.state_key], value.as_bytes());
                 self.root.counters.increment(host, "fields");
             }
         }
