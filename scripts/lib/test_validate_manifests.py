@@ -415,6 +415,16 @@ def test_edge_drain_is_read_from_its_mounted_config():
     assert list(policy.check_drain(refs.ObjectSet("t", [config, deploy], "m"), named)) == []
 
 
+def test_the_event_worker_has_nothing_to_drain_but_serve_does():
+    def service(args: list[str]) -> dict:
+        return {"name": "svc", "image": "r.example/meshgate/user-service:1", "args": args,
+                "readinessProbe": {"httpGet": {"path": "/metrics"}}}
+    worker = pod_of("Deployment", "worker", [service(["worker"])], terminationGracePeriodSeconds=15)
+    assert list(policy.check_drain(refs.ObjectSet("t", [worker], "m"), named)) == []
+    serve = pod_of("Deployment", "svc", [service([])], terminationGracePeriodSeconds=15)
+    assert "SHUTDOWN_GRACE_SECS is not set" in "\n".join(policy.check_drain(refs.ObjectSet("t", [serve], "m"), named))
+
+
 def test_connection_budget_counts_canary_rollouts_twice_and_the_migration_job():
     def client(pool: str) -> dict:
         return {"name": "c", "env": [{"name": "DB_MAX_CONNECTIONS", "value": pool},

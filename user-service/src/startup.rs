@@ -185,7 +185,10 @@ impl Application {
                 database.clone(),
                 js,
                 metrics.clone(),
-                RelaySettings::default(),
+                RelaySettings {
+                    stream_replicas: stream_replicas(&config),
+                    ..RelaySettings::default()
+                },
             ))
         });
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -333,6 +336,11 @@ fn open_cached_store(
     ))
 }
 
+/// `NATS_STREAM_REPLICAS` (validated to 1..=5 by clap).
+fn stream_replicas(config: &Config) -> usize {
+    usize::try_from(config.nats_stream_replicas).unwrap_or(1)
+}
+
 async fn connect_jetstream(
     config: &Config,
 ) -> anyhow::Result<Option<async_nats::jetstream::Context>> {
@@ -377,7 +385,10 @@ pub async fn run_worker(
     let js = connect_jetstream(&config)
         .await?
         .expect("NATS_URL checked above");
-    let settings = WorkerSettings::default();
+    let settings = WorkerSettings {
+        stream_replicas: stream_replicas(&config),
+        ..WorkerSettings::default()
+    };
     let work = async {
         let mut backoff = relay::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {

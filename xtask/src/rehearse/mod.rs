@@ -27,11 +27,13 @@ mod checks;
 pub mod client;
 mod cluster;
 mod dns;
+mod events;
 mod net;
 mod pods;
 mod postgres;
 mod probe;
 mod proxy;
+mod runnable;
 mod sync;
 mod teardown;
 
@@ -83,13 +85,19 @@ const CLIENT_NAMESPACE: &str = "istio-system";
 /// `/usr/local/bin/<name>` in the container) and the host programs that can stand in for it,
 /// first found wins. The rest of such an image (a shell, sed, grep) is the host's.
 type StandIns = &'static [(&'static str, &'static [&'static str])];
-const STAND_INS: &[(&str, StandIns)] = &[(
-    "docker.io/valkey/valkey",
-    &[
-        ("valkey-server", &["valkey-server", "redis-server"]),
-        ("valkey-cli", &["valkey-cli", "redis-cli"]),
-    ],
-)];
+const STAND_INS: &[(&str, StandIns)] = &[
+    (
+        "docker.io/valkey/valkey",
+        &[
+            ("valkey-server", &["valkey-server", "redis-server"]),
+            ("valkey-cli", &["valkey-cli", "redis-cli"]),
+        ],
+    ),
+    (
+        "docker.io/library/nats",
+        &[("nats-server", &["nats-server"])],
+    ),
+];
 
 /// `registry/name:tag@digest` → `registry/name`.
 fn image_repository(image: &str) -> &str {
@@ -362,6 +370,9 @@ impl<'a> Rehearsal<'a> {
         }
         let failures_before = self.failures.len();
         self.drive_traffic("after the sync").await;
+        if self.failures.len() == failures_before {
+            self.check_event_flow().await;
+        }
         if self.failures.len() == failures_before && !self.postgres.is_empty() {
             self.database_outage().await?;
         }
