@@ -528,3 +528,22 @@ def test_built_images_expand_registry_and_matrix_from_the_push_tags():
 def test_repository_of_keeps_registry_ports():
     assert chain.repository_of("localhost:5000/m/api:1.0") == "localhost:5000/m/api"
     assert chain.repository_of("r.example/m/api") == "r.example/m/api"
+
+
+def test_policies_name_a_method_in_both_api_versions_unless_annotated():
+    def policy(paths: list[str], annotations: dict | None = None) -> vm.Obj:
+        metadata = {"name": "p", **({"annotations": annotations} if annotations else {})}
+        return vm.Obj("p.yaml", {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                                 "metadata": metadata,
+                                 "spec": {"rules": [{"to": [{"operation": {"paths": paths}}]}]}})
+    served = vm.served_methods(vm.ROOT / "proto" / "user" / "v2" / "user.proto")
+    assert {"CreateUser", "UpdateUser", "DeleteUser", "GetUser"} <= served
+    both = ["/user.UserService/CreateUser", "/user.v2.UserService/CreateUser", "/user.UserService/*",
+            "/user.v2.UserService/*", "/grpc.health.v1.Health/*", "/user.UserService/TestError"]
+    assert vm.api_version_problems([policy(both)], served) == []
+    problems = vm.api_version_problems([policy(["/user.UserService/DeleteUser", "/user.v2.UserService/*"])], served)
+    assert len(problems) == 2, problems
+    assert "rule 0 lists /user.UserService/DeleteUser but not /user.v2.UserService/DeleteUser" in problems[0]
+    assert "rule 0 lists /user.v2.UserService/* but not /user.UserService/*" in problems[1]
+    one = policy(["/user.UserService/*"], {vm.ONE_VERSION_ANNOTATION: "user.UserService"})
+    assert vm.api_version_problems([one], served) == []

@@ -21,7 +21,9 @@ deploy/tests/bad/<step>/. Steps:
   workflows       .github/workflows against the GitHub workflow schema (check-jsonschema)
   trivy           `trivy config` on rendered overlays and Dockerfiles, allow-list deploy/policy/trivyignore.yaml
   mesh-invariants STRICT mTLS, deny-by-default authorization, SPIFFE principals on every allow rule,
-                  a RequestAuthentication (issuer + keys) wherever a policy reads the JWT
+                  a RequestAuthentication (issuer + keys) wherever a policy reads the JWT, and every
+                  user.UserService method path a policy lists also listed for user.v2.UserService
+                  when v2 serves that method (proto/user/v2/user.proto)
   references      per environment (the Argo CD app of apps): Rollout -> VirtualService routes,
                   DestinationRule subsets, AnalysisTemplates; HPA targets; selectors -> pods;
                   Service/ServiceMonitor ports; ConfigMaps, Secrets, ServiceAccounts, principals;
@@ -1106,6 +1108,43 @@ def step_mesh_invariants(inputs: Inputs) -> list[str]:
             elif any(p == "*" or "*" in p.split("/sa/")[-1] for p in principals):
                 problems.append(f"{o.where()}: rule {index} uses a wildcard principal")
     problems += jwt_policy_problems(objs)
+    problems += api_version_problems(objs, served_methods(ROOT / "proto" / "user" / "v2" / "user.proto"))
+    return problems
+
+
+API_VERSIONS = ("user.UserService", "user.v2.UserService")
+# A policy that, by design, speaks for one API version only (the cut-over's legacy callers know v1).
+ONE_VERSION_ANNOTATION = "meshgate.io/api-versions"
+
+
+def served_methods(proto: Path) -> set[str]:
+    """The rpc names of a service's .proto."""
+    return set(re.findall(r"^\s*rpc\s+(\w+)\s*\(", proto.read_text(), re.MULTILINE))
+
+
+def api_version_problems(objs: list[Obj], v2_methods: set[str]) -> list[str]:
+    """A method path (or `/<service>/*`) in an AuthorizationPolicy's operation `paths` must name
+    both versions when v2 serves the method: a write DENY or a caller's ALLOW that lists only
+    `/user.UserService/CreateUser` leaves `/user.v2.UserService/CreateUser` open (or closed)."""
+    problems = []
+    v1, v2 = API_VERSIONS
+    for o in objs:
+        if o.kind != "AuthorizationPolicy":
+            continue
+        if ((o.doc.get("metadata") or {}).get("annotations") or {}).get(ONE_VERSION_ANNOTATION):
+            continue
+        for index, rule in enumerate((o.doc.get("spec") or {}).get("rules") or []):
+            for to in rule.get("to") or []:
+                paths = set((to.get("operation") or {}).get("paths") or [])
+                for path in sorted(paths):
+                    for have, want in ((v1, v2), (v2, v1)):
+                        method = path.removeprefix(f"/{have}/")
+                        if method == path or (method != "*" and method not in v2_methods):
+                            continue
+                        if f"/{want}/{method}" not in paths:
+                            problems.append(f"{o.where()}: rule {index} lists {path} but not /{want}/{method} "
+                                            f"(both API versions serve it; annotate {ONE_VERSION_ANNOTATION} "
+                                            "if the policy is for one version by design)")
     return problems
 
 
@@ -1256,6 +1295,7 @@ SELF_TESTS = [
     ("mesh-invariants", "mesh-authz", "without from.source.principals"),
     ("mesh-invariants", "mesh-jwt", "but no RequestAuthentication selects"),
     ("mesh-invariants", "mesh-jwt", "needs an issuer and its keys"),
+    ("mesh-invariants", "mesh-jwt", "lists /user.UserService/CreateUser but not /user.v2.UserService/CreateUser"),
     ("references", "references", "has no http route named primary"),
     ("references", "references-selector", "matches no pod template"),
     ("argocd-order", "argocd-order", "uses ServiceAccount/user-service-migrate"),
