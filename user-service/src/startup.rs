@@ -177,9 +177,13 @@ impl Application {
             metrics.clone(),
             Duration::from_secs(1),
         ));
-        let live_feed = jetstream
-            .clone()
-            .map(|js| tokio::spawn(live::follow_jetstream(js, live.clone())));
+        let live_feed = jetstream.clone().map(|js| {
+            tokio::spawn(live::follow_jetstream(
+                js,
+                live.clone(),
+                stream_replicas(&config),
+            ))
+        });
         let relay = jetstream.map(|js| {
             tokio::spawn(relay::run(
                 database.clone(),
