@@ -261,6 +261,29 @@ async fn interrupted() -> &'static str {
     }
 }
 
+/// A timer that must fire every [`LAG_TICK`]: when it fires more than [`LAG_REPORTED`] late,
+/// every task of this runtime (probes, kube-proxy, DNS) waited as long, and their timeouts are
+/// the runtime's, not the pods'. Logged, so a stall says which side it was on.
+const LAG_TICK: Duration = Duration::from_millis(100);
+const LAG_REPORTED: Duration = Duration::from_millis(500);
+
+async fn watch_runtime_lag(shared: Arc<Shared>) {
+    let mut expected = tokio::time::Instant::now() + LAG_TICK;
+    loop {
+        tokio::time::sleep_until(expected).await;
+        let now = tokio::time::Instant::now();
+        let lag = now - expected;
+        if lag > LAG_REPORTED {
+            shared.log(format!(
+                "the rehearsal's runtime stalled: a {LAG_TICK:?} timer fired {:.2} s late \
+                 (probes, kube-proxy and DNS waited as long)",
+                lag.as_secs_f64()
+            ));
+        }
+        expected = now + LAG_TICK;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 struct ContainerProcess {
@@ -318,6 +341,7 @@ impl<'a> Rehearsal<'a> {
                 }
             })
         };
+        let watchdog = tokio::spawn(watch_runtime_lag(shared.clone()));
         let mut rehearsal = Self {
             root,
             env,
@@ -330,7 +354,7 @@ impl<'a> Rehearsal<'a> {
             databases: database_clusters(env),
             postgres: Vec::new(),
             processes: Vec::new(),
-            tasks: vec![reconciler],
+            tasks: vec![reconciler, watchdog],
             pending_health: Vec::new(),
             failures: Vec::new(),
             notes: Vec::new(),
