@@ -415,6 +415,16 @@ def test_edge_drain_is_read_from_its_mounted_config():
     assert list(policy.check_drain(refs.ObjectSet("t", [config, deploy], "m"), named)) == []
 
 
+def test_the_event_worker_has_nothing_to_drain_but_serve_does():
+    def service(args: list[str]) -> dict:
+        return {"name": "svc", "image": "r.example/meshgate/user-service:1", "args": args,
+                "readinessProbe": {"httpGet": {"path": "/metrics"}}}
+    worker = pod_of("Deployment", "worker", [service(["worker"])], terminationGracePeriodSeconds=15)
+    assert list(policy.check_drain(refs.ObjectSet("t", [worker], "m"), named)) == []
+    serve = pod_of("Deployment", "svc", [service([])], terminationGracePeriodSeconds=15)
+    assert "SHUTDOWN_GRACE_SECS is not set" in "\n".join(policy.check_drain(refs.ObjectSet("t", [serve], "m"), named))
+
+
 def test_connection_budget_counts_canary_rollouts_twice_and_the_migration_job():
     def client(pool: str) -> dict:
         return {"name": "c", "env": [{"name": "DB_MAX_CONNECTIONS", "value": pool},
@@ -518,3 +528,22 @@ def test_built_images_expand_registry_and_matrix_from_the_push_tags():
 def test_repository_of_keeps_registry_ports():
     assert chain.repository_of("localhost:5000/m/api:1.0") == "localhost:5000/m/api"
     assert chain.repository_of("r.example/m/api") == "r.example/m/api"
+
+
+def test_policies_name_a_method_in_both_api_versions_unless_annotated():
+    def policy(paths: list[str], annotations: dict | None = None) -> vm.Obj:
+        metadata = {"name": "p", **({"annotations": annotations} if annotations else {})}
+        return vm.Obj("p.yaml", {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                                 "metadata": metadata,
+                                 "spec": {"rules": [{"to": [{"operation": {"paths": paths}}]}]}})
+    served = vm.served_methods(vm.ROOT / "proto" / "user" / "v2" / "user.proto")
+    assert {"CreateUser", "UpdateUser", "DeleteUser", "GetUser"} <= served
+    both = ["/user.UserService/CreateUser", "/user.v2.UserService/CreateUser", "/user.UserService/*",
+            "/user.v2.UserService/*", "/grpc.health.v1.Health/*", "/user.UserService/TestError"]
+    assert vm.api_version_problems([policy(both)], served) == []
+    problems = vm.api_version_problems([policy(["/user.UserService/DeleteUser", "/user.v2.UserService/*"])], served)
+    assert len(problems) == 2, problems
+    assert "rule 0 lists /user.UserService/DeleteUser but not /user.v2.UserService/DeleteUser" in problems[0]
+    assert "rule 0 lists /user.v2.UserService/* but not /user.UserService/*" in problems[1]
+    one = policy(["/user.UserService/*"], {vm.ONE_VERSION_ANNOTATION: "user.UserService"})
+    assert vm.api_version_problems([one], served) == []

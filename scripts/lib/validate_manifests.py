@@ -20,7 +20,10 @@ deploy/tests/bad/<step>/. Steps:
   image-policy    final stage: minimal base, non-root user, OCI labels
   workflows       .github/workflows against the GitHub workflow schema (check-jsonschema)
   trivy           `trivy config` on rendered overlays and Dockerfiles, allow-list deploy/policy/trivyignore.yaml
-  mesh-invariants STRICT mTLS, deny-by-default authorization, SPIFFE principals on every allow rule
+  mesh-invariants STRICT mTLS, deny-by-default authorization, SPIFFE principals on every allow rule,
+                  a RequestAuthentication (issuer + keys) wherever a policy reads the JWT, and every
+                  user.UserService method path a policy lists also listed for user.v2.UserService
+                  when v2 serves that method (proto/user/v2/user.proto)
   references      per environment (the Argo CD app of apps): Rollout -> VirtualService routes,
                   DestinationRule subsets, AnalysisTemplates; HPA targets; selectors -> pods;
                   Service/ServiceMonitor ports; ConfigMaps, Secrets, ServiceAccounts, principals;
@@ -29,6 +32,9 @@ deploy/tests/bad/<step>/. Steps:
   workload-policy probes, drain, sidecars, budgets, canaries... (scripts/lib/workload_policy.py)
   operations      certificates, probe modules, log shipping, recovery clusters
                   (scripts/lib/operations_policy.py)
+  nats-config     every nats-server's mounted config through the real `nats-server -t`, with the pod's
+                  environment; JetStream on a persistent volume, routes = the StatefulSet's pods
+                  (scripts/lib/nats_config.py)
   supply-chain    what the workflows build, pin, scan and sign (scripts/lib/supply_chain.py)
 """
 
@@ -56,6 +62,7 @@ import yaml
 import alert_routing
 import argocd_order
 import manifest_refs
+import nats_config
 import operations_policy
 import supply_chain
 import workload_policy
@@ -732,7 +739,8 @@ def step_promql_queries(inputs: Inputs, workdir: Path) -> list[str]:
     return problems or tool_output(proc)
 
 
-APP_METRIC_PREFIXES = ("grpc_server_", "user_cache_", "db_pool_", "db_query_", "gateway_", "meshgate_")
+APP_METRIC_PREFIXES = ("grpc_server_", "user_cache_", "user_outbox_", "user_worker_", "db_pool_", "db_query_",
+                       "gateway_", "meshgate_", "jetstream_", "gnatsd_")
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
@@ -1011,6 +1019,32 @@ def step_operations(inputs: Inputs) -> list[str]:
     return problems
 
 
+def step_nats_config(inputs: Inputs, workdir: Path) -> list[str]:
+    sets, _ = environment_sets(inputs)
+    where = object_namer(inputs)
+    found = [(objs, server) for objs in sets for server in nats_config.servers(objs, where)]
+    if not found:
+        return []
+    program = shutil.which(nats_config.PROGRAM)
+    if program is None:
+        return ["nats-server not found: install Debian's nats-server (scripts/validate-manifests does as root)"]
+    problems: list[str] = []
+    tested: set[tuple[str, str]] = set()
+    for objs in sets:
+        problems += [f"[{objs.name}] {p}" for p in nats_config.check_stream_replicas(objs, where)]
+    for objs, server in found:
+        problems += [f"[{objs.name}] {p}" for p in nats_config.check_server(server)]
+        key = (server.config or "", repr(sorted(server.env.items())))
+        if key not in tested:  # the same file in two environments is run once
+            tested.add(key)
+            problems += [f"[{objs.name}] {p}" for p in nats_config.test_config(server, program, workdir)]
+    if not problems:
+        version = run([program, "--version"]).stdout.strip()
+        print(f"   {len(found)} nats-server container(s) in {len(sets)} set(s), {len(tested)} distinct config(s) "
+              f"accepted by {version}; JetStream on persistent volumes, routes = the StatefulSet's pods")
+    return problems
+
+
 def workflow_documents(inputs: Inputs) -> list[tuple[str, dict]]:
     """The workflows given, or the repository's when the inputs have none (a self-test folder is
     judged against what this repository builds)."""
@@ -1035,7 +1069,7 @@ def step_supply_chain(inputs: Inputs) -> list[str]:
     return problems
 
 
-METRICS_PORTS = {"9090", "9091", "9187", "8000", "15090", "15020"}  # scraped/probed by non-mesh callers
+METRICS_PORTS = {"9090", "9091", "9187", "8000", "15090", "15020", "7777"}  # scraped/probed by non-mesh callers
 
 
 def step_mesh_invariants(inputs: Inputs) -> list[str]:
@@ -1073,6 +1107,76 @@ def step_mesh_invariants(inputs: Inputs) -> list[str]:
                                 "from.source.principals (SPIFFE identities)")
             elif any(p == "*" or "*" in p.split("/sa/")[-1] for p in principals):
                 problems.append(f"{o.where()}: rule {index} uses a wildcard principal")
+    problems += jwt_policy_problems(objs)
+    problems += api_version_problems(objs, served_methods(ROOT / "proto" / "user" / "v2" / "user.proto"))
+    return problems
+
+
+API_VERSIONS = ("user.UserService", "user.v2.UserService")
+# A policy that, by design, speaks for one API version only (the cut-over's legacy callers know v1).
+ONE_VERSION_ANNOTATION = "meshgate.io/api-versions"
+
+
+def served_methods(proto: Path) -> set[str]:
+    """The rpc names of a service's .proto."""
+    return set(re.findall(r"^\s*rpc\s+(\w+)\s*\(", proto.read_text(), re.MULTILINE))
+
+
+def api_version_problems(objs: list[Obj], v2_methods: set[str]) -> list[str]:
+    """A method path (or `/<service>/*`) in an AuthorizationPolicy's operation `paths` must name
+    both versions when v2 serves the method: a write DENY or a caller's ALLOW that lists only
+    `/user.UserService/CreateUser` leaves `/user.v2.UserService/CreateUser` open (or closed)."""
+    problems = []
+    v1, v2 = API_VERSIONS
+    for o in objs:
+        if o.kind != "AuthorizationPolicy":
+            continue
+        if ((o.doc.get("metadata") or {}).get("annotations") or {}).get(ONE_VERSION_ANNOTATION):
+            continue
+        for index, rule in enumerate((o.doc.get("spec") or {}).get("rules") or []):
+            for to in rule.get("to") or []:
+                paths = set((to.get("operation") or {}).get("paths") or [])
+                for path in sorted(paths):
+                    for have, want in ((v1, v2), (v2, v1)):
+                        method = path.removeprefix(f"/{have}/")
+                        if method == path or (method != "*" and method not in v2_methods):
+                            continue
+                        if f"/{want}/{method}" not in paths:
+                            problems.append(f"{o.where()}: rule {index} lists {path} but not /{want}/{method} "
+                                            f"(both API versions serve it; annotate {ONE_VERSION_ANNOTATION} "
+                                            "if the policy is for one version by design)")
+    return problems
+
+
+def uses_request_auth(rule: dict) -> bool:
+    """A rule that reads the end user's token: request principals or request.auth.* conditions."""
+    sources = [src.get("source") or {} for src in rule.get("from") or []]
+    return any(s.get("requestPrincipals") or s.get("notRequestPrincipals") for s in sources) or \
+        any(str(w.get("key", "")).startswith("request.auth.") for w in rule.get("when") or [])
+
+
+def jwt_policy_problems(objs: list[Obj]) -> list[str]:
+    """An AuthorizationPolicy on token claims needs a RequestAuthentication for the same workloads
+    (without one no request has a principal: a DENY would refuse every call, an ALLOW none), and a
+    RequestAuthentication needs an issuer with its keys."""
+    problems = []
+    authn = [o for o in objs if o.kind == "RequestAuthentication"]
+    selectors = [((o.doc.get("spec") or {}).get("selector") or {}).get("matchLabels") or {} for o in authn]
+    for o in authn:
+        for index, rule in enumerate((o.doc.get("spec") or {}).get("jwtRules") or []):
+            if not rule.get("issuer") or not (rule.get("jwksUri") or rule.get("jwks")):
+                problems.append(f"{o.where()}: jwtRules[{index}] needs an issuer and its keys (jwksUri or jwks)")
+    for o in objs:
+        if o.kind != "AuthorizationPolicy":
+            continue
+        spec = o.doc.get("spec") or {}
+        if not any(uses_request_auth(rule) for rule in spec.get("rules") or []):
+            continue
+        wanted = (spec.get("selector") or {}).get("matchLabels") or {}
+        if not any(all(wanted.get(k) == v for k, v in sel.items()) for sel in selectors):
+            problems.append(f"{o.where()}: its rules read the request's JWT (requestPrincipals / request.auth), "
+                            f"but no RequestAuthentication selects {wanted or 'the namespace'}: no request would "
+                            "carry a principal")
     return problems
 
 
@@ -1136,6 +1240,7 @@ def validate(inputs: Inputs, crds: CrdIndex | Skipped, only: set[str] | None = N
             ("argocd-order", lambda: step_argocd_order(inputs)),
             ("workload-policy", lambda: step_workload_policy(inputs)),
             ("operations", lambda: step_operations(inputs)),
+            ("nats-config", lambda: step_nats_config(inputs, sub("nats"))),
             ("supply-chain", lambda: step_supply_chain(inputs)),
         ]
         for name, fn in steps:
@@ -1188,6 +1293,9 @@ SELF_TESTS = [
     ("trivy", "trivy", "KSV-0017"),
     ("mesh-invariants", "mesh-invariants", "PERMISSIVE"),
     ("mesh-invariants", "mesh-authz", "without from.source.principals"),
+    ("mesh-invariants", "mesh-jwt", "but no RequestAuthentication selects"),
+    ("mesh-invariants", "mesh-jwt", "needs an issuer and its keys"),
+    ("mesh-invariants", "mesh-jwt", "lists /user.UserService/CreateUser but not /user.v2.UserService/CreateUser"),
     ("references", "references", "has no http route named primary"),
     ("references", "references-selector", "matches no pod template"),
     ("argocd-order", "argocd-order", "uses ServiceAccount/user-service-migrate"),
@@ -1214,6 +1322,10 @@ SELF_TESTS = [
     ("operations", "certificate-hand-made", "which no cert-manager Certificate in istio-system issues"),
     ("operations", "certificate-http01-redirect", "redirects port 80 to HTTPS"),
     ("operations", "certificate-http01-redirect", "do not cover host api.example.org"),
+    ("nats-config", "nats-config", 'unknown field "max_payloads"'),
+    ("nats-config", "nats-config", "is on no volume of the StatefulSet's volumeClaimTemplates"),
+    ("nats-config", "nats-config", "the cluster routes miss nats-2"),
+    ("nats-config", "nats-config", "NATS_STREAM_REPLICAS 5 but 3 NATS server(s) run here"),
     ("supply-chain", "wasm-image", "no workflow builds registry.example.com/meshgate/geo-block"),
     ("supply-chain", "wasm-image", "'ratelimit-latest' is none of them"),
     ("supply-chain", "workflow-pins", "pin the action by its full commit SHA"),

@@ -201,6 +201,10 @@ def edge_gateway_drain(container: dict, pod: PodTemplate, objs: ObjectSet) -> tu
     return seconds, how
 
 
+# Subcommands of our binaries that serve no traffic, so have nothing to drain: the event worker
+# stops pulling at SIGTERM (an unacknowledged event is redelivered), the migrations are a Job.
+NOT_SERVING: dict[str, set[str]] = {"user-service": {"worker", "migrate"}}
+
 # How long each of our binaries drains after SIGTERM, from its own settings (by image name).
 DRAIN_SETTINGS: dict[str, Callable[[dict, PodTemplate, ObjectSet], tuple[int | None, str]]] = {
     "user-service": user_service_drain,
@@ -215,7 +219,7 @@ def check_drain(objs: ObjectSet, where: Where) -> Iterable[str]:
         grace = int(pod.spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_SECONDS))
         for c in containers(pod):
             drain = DRAIN_SETTINGS.get(image_name(c))
-            if drain is None:
+            if drain is None or (c.get("args") or [None])[0] in NOT_SERVING.get(image_name(c), ()):
                 continue
             name = f"{where(obj)}: container {c.get('name')}"
             seconds, how = drain(c, pod, objs)

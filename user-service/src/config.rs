@@ -62,6 +62,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub watch_buffer_events: u32,
 
+    /// Replicas of the `USERS` stream on a clustered JetStream (1 on a single server, which
+    /// refuses more). An existing stream with fewer is raised to it, never lowered.
+    #[arg(long, env = "NATS_STREAM_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=5))]
+    pub nats_stream_replicas: u64,
+
     /// How long a CreateUser `idempotency-key` is remembered (seconds).
     #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400,
           value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
@@ -191,6 +197,7 @@ impl Config {
             migrate_on_start: true,
             nats_url: None,
             watch_buffer_events: 1024,
+            nats_stream_replicas: 1,
             idempotency_ttl_secs: 86_400,
             redis_url: None,
             cache_key_prefix: DEFAULT_CACHE_KEY_PREFIX.to_owned(),

@@ -1,4 +1,5 @@
-//! Prometheus metrics and the `/metrics` HTTP endpoint (its own port, `METRICS_ADDR`).
+//! Prometheus metrics and the `/metrics` HTTP endpoint (its own port, `METRICS_ADDR`), plus
+//! `/livez`: the process alone, for the liveness probe of the worker (which serves no gRPC health).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -295,7 +296,8 @@ impl Default for Metrics {
     }
 }
 
-/// Serves `GET /metrics` until `shutdown` completes. `pool_stats` is sampled per scrape.
+/// Serves `GET /metrics` and `GET /livez` until `shutdown` completes. `pool_stats` is sampled per
+/// scrape.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
@@ -351,15 +353,18 @@ fn respond(
                 metrics.render(),
             )
         }
-        (_, "/metrics") => (
+        // Answered by the process itself, whatever its database or broker do: a liveness probe
+        // must not restart pods for a dependency's outage.
+        (&Method::GET, "/livez") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        (_, "/metrics" | "/livez") => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "use GET /metrics\n".to_owned(),
+            "use GET\n".to_owned(),
         ),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try GET /metrics\n".to_owned(),
+            "not found; try GET /metrics or GET /livez\n".to_owned(),
         ),
     };
     Response::builder()

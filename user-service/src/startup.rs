@@ -184,15 +184,22 @@ impl Application {
             metrics.clone(),
             Duration::from_secs(1),
         ));
-        let live_feed = jetstream
-            .clone()
-            .map(|js| tokio::spawn(live::follow_jetstream(js, live.clone())));
+        let live_feed = jetstream.clone().map(|js| {
+            tokio::spawn(live::follow_jetstream(
+                js,
+                live.clone(),
+                stream_replicas(&config),
+            ))
+        });
         let relay = jetstream.map(|js| {
             tokio::spawn(relay::run(
                 database.clone(),
                 js,
                 metrics.clone(),
-                RelaySettings::default(),
+                RelaySettings {
+                    stream_replicas: stream_replicas(&config),
+                    ..RelaySettings::default()
+                },
                 outbox_written,
             ))
         });
@@ -341,6 +348,11 @@ fn open_cached_store(
     ))
 }
 
+/// `NATS_STREAM_REPLICAS` (validated to 1..=5 by clap).
+fn stream_replicas(config: &Config) -> usize {
+    usize::try_from(config.nats_stream_replicas).unwrap_or(1)
+}
+
 async fn connect_jetstream(
     config: &Config,
 ) -> anyhow::Result<Option<async_nats::jetstream::Context>> {
@@ -385,7 +397,10 @@ pub async fn run_worker(
     let js = connect_jetstream(&config)
         .await?
         .expect("NATS_URL checked above");
-    let settings = WorkerSettings::default();
+    let settings = WorkerSettings {
+        stream_replicas: stream_replicas(&config),
+        ..WorkerSettings::default()
+    };
     let work = async {
         let mut backoff = relay::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {

@@ -29,6 +29,8 @@ pub fn run(root: &Path, args: &ValidateArgs) -> anyhow::Result<bool> {
     process::ensure_program("promtool", "prometheus")?;
     process::ensure_program("amtool", "prometheus-alertmanager")?;
     process::ensure_program("prometheus-alertmanager", "prometheus-alertmanager")?;
+    // Step nats-config runs every shipped NATS config through the real nats-server.
+    process::ensure_program("nats-server", "nats-server")?;
     let venv_bin = python.parent().unwrap_or(Path::new("."));
     let path = std::env::join_paths(
         std::iter::once(venv_bin.to_path_buf()).chain(

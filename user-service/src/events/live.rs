@@ -138,12 +138,13 @@ impl Drop for ActiveWatcher {
 }
 
 /// Feeds `live` from one ordered, ephemeral consumer on `USERS` (new messages only), and
-/// recreates it after failures. Runs until aborted.
-pub async fn follow_jetstream(js: jetstream::Context, live: LiveEvents) {
+/// recreates it after failures. Runs until aborted. `stream_replicas` as for the relay, which
+/// this may beat to creating the stream (`NATS_STREAM_REPLICAS`).
+pub async fn follow_jetstream(js: jetstream::Context, live: LiveEvents, stream_replicas: usize) {
     let mut backoff =
         super::relay::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
-        match follow_once(&js, &live, &mut backoff).await {
+        match follow_once(&js, &live, stream_replicas, &mut backoff).await {
             Ok(()) => tracing::warn!("live updates: the consumer ended; resubscribing"),
             Err(error) => {
                 tracing::warn!(error = format!("{error:#}"), "live updates: resubscribing");
@@ -157,9 +158,10 @@ pub async fn follow_jetstream(js: jetstream::Context, live: LiveEvents) {
 async fn follow_once(
     js: &jetstream::Context,
     live: &LiveEvents,
+    stream_replicas: usize,
     backoff: &mut super::relay::Backoff,
 ) -> anyhow::Result<()> {
-    let stream = super::relay::ensure_stream(js).await?;
+    let stream = super::relay::ensure_stream(js, stream_replicas).await?;
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
             deliver_policy: DeliverPolicy::New,

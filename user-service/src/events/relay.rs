@@ -34,6 +34,8 @@ pub struct RelaySettings {
     pub standby_interval: Duration,
     /// Longest wait between retries after a failure.
     pub max_backoff: Duration,
+    /// Replicas of the `USERS` stream (`NATS_STREAM_REPLICAS`).
+    pub stream_replicas: usize,
 }
 
 impl Default for RelaySettings {
@@ -43,6 +45,7 @@ impl Default for RelaySettings {
             poll_interval: Duration::from_millis(100),
             standby_interval: Duration::from_millis(500),
             max_backoff: Duration::from_secs(5),
+            stream_replicas: 1,
         }
     }
 }
@@ -58,17 +61,51 @@ pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
         .with_context(|| format!("connecting to NATS_URL {url}"))
 }
 
-/// Creates the `USERS` stream if it is missing (file storage; JetStream dedupes by
-/// `Nats-Msg-Id` within its duplicate window, 2 minutes by default).
-pub async fn ensure_stream(js: &jetstream::Context) -> anyhow::Result<jetstream::stream::Stream> {
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: STREAM.to_owned(),
-        subjects: vec![SUBJECTS.to_owned()],
-        storage: jetstream::stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .context("creating the USERS stream")
+/// Creates the `USERS` stream if it is missing (file storage, `replicas` copies on a clustered
+/// JetStream; JetStream dedupes by `Nats-Msg-Id` within its duplicate window, 2 minutes by
+/// default), and raises an existing stream's replicas to `replicas` ([`replicas_to_raise`]).
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> anyhow::Result<jetstream::stream::Stream> {
+    let mut stream = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: STREAM.to_owned(),
+            subjects: vec![SUBJECTS.to_owned()],
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await
+        .context("creating the USERS stream")?;
+    let existing = stream
+        .info()
+        .await
+        .context("reading the USERS stream")?
+        .config
+        .clone();
+    if let Some(raised) = replicas_to_raise(existing.num_replicas, replicas) {
+        let config = jetstream::stream::Config {
+            num_replicas: raised,
+            ..existing
+        };
+        js.update_stream(&config)
+            .await
+            .with_context(|| format!("raising the USERS stream to {raised} replicas"))?;
+        tracing::info!(replicas = raised, "USERS stream replicas raised");
+        stream = js
+            .get_stream(STREAM)
+            .await
+            .context("reading the USERS stream")?;
+    }
+    Ok(stream)
+}
+
+/// The replica count to update an existing stream to, if any: only ever up (JetStream reports 0
+/// for the default of one). Lowering is left to an operator: a replica set by hand for an
+/// incident must not be undone by the next pod start.
+pub fn replicas_to_raise(existing: usize, wanted: usize) -> Option<usize> {
+    (wanted > existing.max(1)).then_some(wanted)
 }
 
 /// Keeps `user_outbox_backlog` current (every replica, broker or not; the relay also sets it
@@ -97,7 +134,7 @@ pub async fn run(
             metrics.outbox_backlog.set(backlog);
         }
         if !stream_ready {
-            match ensure_stream(&js).await {
+            match ensure_stream(&js, settings.stream_replicas).await {
                 Ok(_) => stream_ready = true,
                 Err(error) => {
                     tracing::warn!(error = format!("{error:#}"), "outbox relay: no stream yet");
@@ -252,5 +289,17 @@ mod tests {
         assert_eq!(backoff.failed(), Duration::from_millis(350));
         backoff.succeeded();
         assert_eq!(backoff.failed(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn stream_replicas_are_only_ever_raised() {
+        // JetStream reports the default single copy as 0 or 1.
+        assert_eq!(replicas_to_raise(0, 1), None);
+        assert_eq!(replicas_to_raise(1, 1), None);
+        assert_eq!(replicas_to_raise(0, 3), Some(3));
+        assert_eq!(replicas_to_raise(1, 3), Some(3));
+        assert_eq!(replicas_to_raise(3, 3), None);
+        assert_eq!(replicas_to_raise(3, 1), None);
+        assert_eq!(replicas_to_raise(5, 3), None);
     }
 }

@@ -34,6 +34,9 @@ pub struct WorkerSettings {
     pub ack_wait: Duration,
     /// Messages fetched per pull, and the most applied in one transaction.
     pub batch: usize,
+    /// Replicas of the `USERS` stream when the worker creates it (`NATS_STREAM_REPLICAS`; the
+    /// consumer inherits them).
+    pub stream_replicas: usize,
 }
 
 impl Default for WorkerSettings {
@@ -41,6 +44,7 @@ impl Default for WorkerSettings {
         Self {
             ack_wait: Duration::from_secs(5),
             batch: 64,
+            stream_replicas: 1,
         }
     }
 }
@@ -58,7 +62,7 @@ pub async fn ensure_consumer(
     js: &jetstream::Context,
     settings: &WorkerSettings,
 ) -> anyhow::Result<jetstream::consumer::Consumer<pull::Config>> {
-    let stream = super::relay::ensure_stream(js).await?;
+    let stream = super::relay::ensure_stream(js, settings.stream_replicas).await?;
     stream
         .get_or_create_consumer(
             CONSUMER,

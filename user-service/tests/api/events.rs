@@ -157,6 +157,10 @@ async fn a_redelivered_event_is_applied_once() {
     worker::handle(&database, None, &metrics, &[b"{not json".as_slice()])
         .await
         .expect("an undecodable event is dropped, not retried forever");
+    // Drift guard of the worker's rows in deploy/observability/METRICS.md (the alerts' series).
+    let text = metrics_text(&metrics);
+    let problems = meshgate_test_support::metrics_contract::check("user-service-worker", &text);
+    assert!(problems.is_empty(), "{problems:#?}\n{text}");
     database.close().await;
     app.teardown().await;
 }
@@ -457,4 +461,120 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("condition never held");
+}
+
+/// One HTTP/1.1 request to the metrics port: `None` while nothing listens yet.
+async fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    Some(response)
+}
+
+/// The worker's probes (deploy/kustomize/base/user-service-worker/deployment.yaml): `/livez`
+/// answers while its broker is down (a liveness probe must not restart it for a NATS outage),
+/// `/metrics` (readiness) serves its registry, other methods are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_answers_its_probes_while_nats_is_down() {
+    let database = TestDatabase::create().await;
+    let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", crate::throwaway::free_port())
+        .parse()
+        .unwrap();
+    // Nothing listens there: the client keeps reconnecting in the background.
+    let dead_nats = format!("nats://127.0.0.1:{}", crate::throwaway::free_port());
+    let metrics = metrics_addr.to_string();
+    let mut worker_process = process::command(&[
+        ("DATABASE_URL", database.url.as_str()),
+        ("NATS_URL", dead_nats.as_str()),
+        ("MIGRATE_ON_START", "true"),
+        ("METRICS_ADDR", metrics.as_str()),
+    ])
+    .arg("worker")
+    .spawn()
+    .expect("the worker starts");
+
+    let mut livez = None;
+    for _ in 0..300 {
+        livez = http(metrics_addr, "GET", "/livez").await;
+        if livez.is_some() {
+            break;
+        }
+        if let Some(status) = worker_process.try_wait().unwrap() {
+            panic!("the worker exited ({status}) instead of serving its probes");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let livez = livez.expect("the worker serves /livez within 30 s");
+    assert!(livez.starts_with("HTTP/1.1 200"), "{livez}");
+    assert!(livez.ends_with("\r\n\r\nok\n"), "{livez}");
+    let scraped = scrape(metrics_addr).await;
+    assert!(
+        scraped.contains("db_pool_connections{state=\"max\"}"),
+        "{scraped}"
+    );
+    let refused = http(metrics_addr, "POST", "/livez").await.unwrap();
+    assert!(refused.starts_with("HTTP/1.1 405"), "{refused}");
+    // Still alive and answering a while later, the broker still away.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        worker_process.try_wait().unwrap().is_none(),
+        "the worker keeps running without NATS"
+    );
+    let again = http(metrics_addr, "GET", "/livez").await.unwrap();
+    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+    worker_process.start_kill().unwrap();
+    let _ = worker_process.wait().await;
+}
+
+/// On a three-server JetStream cluster (prod's NATS), `NATS_STREAM_REPLICAS` 3 gives `USERS`
+/// three copies: a stream created with one before is raised, and a later start asking for one
+/// (a dev setting, a stale pod) never lowers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_users_stream_is_replicated_on_a_cluster() {
+    use user_service::events::relay;
+    let cluster = ThrowawayNats::cluster(3).await;
+    let js = jetstream::new(relay::connect(&cluster[0].url()).await.unwrap());
+    // JetStream answers once the servers elected a meta leader.
+    let mut created = None;
+    for _ in 0..300 {
+        match relay::ensure_stream(&js, 1).await {
+            Ok(stream) => {
+                created = Some(stream);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let mut created = created.expect("the cluster's JetStream answers within 30 s");
+    assert_eq!(created.info().await.unwrap().config.num_replicas, 1);
+
+    let mut raised = relay::ensure_stream(&js, 3).await.unwrap();
+    assert_eq!(raised.info().await.unwrap().config.num_replicas, 3);
+    let mut peers = 0;
+    for _ in 0..300 {
+        let info = js
+            .get_stream("USERS")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .clone();
+        peers = info.cluster.map_or(0, |c| c.replicas.len());
+        if peers == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(peers, 2, "a leader and two replicas on the three servers");
+
+    let mut kept = relay::ensure_stream(&js, 1).await.unwrap();
+    assert_eq!(
+        kept.info().await.unwrap().config.num_replicas,
+        3,
+        "never lowered"
+    );
 }

@@ -393,6 +393,8 @@ pub struct ThrowawayNats {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Cluster flags (name, listen, routes) of a [`ThrowawayNats::cluster`] member.
+    cluster_args: Vec<String>,
 }
 
 impl ThrowawayNats {
@@ -401,6 +403,7 @@ impl ThrowawayNats {
             port: 0,
             dir: temp_dir("nats"),
             child: None,
+            cluster_args: Vec::new(),
         };
         for _ in 0..PORT_ATTEMPTS {
             nats.port = free_port();
@@ -409,6 +412,35 @@ impl ThrowawayNats {
             }
         }
         panic!("the throwaway nats-server lost {PORT_ATTEMPTS} ports to other processes");
+    }
+
+    /// `size` servers routed to each other: one JetStream cluster, as prod's StatefulSet runs.
+    pub async fn cluster(size: usize) -> Vec<Self> {
+        let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let routes = route_ports
+            .iter()
+            .map(|port| format!("nats://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for route_port in &route_ports {
+            let mut nats = Self {
+                port: free_port(),
+                dir: temp_dir("nats"),
+                child: None,
+                cluster_args: vec![
+                    "--cluster_name".into(),
+                    "throwaway".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{route_port}"),
+                    "--routes".into(),
+                    routes.clone(),
+                ],
+            };
+            nats.restart().await;
+            members.push(nats);
+        }
+        members
     }
 
     pub fn url(&self) -> String {
@@ -452,6 +484,7 @@ impl ThrowawayNats {
                 "-sd",
             ])
             .arg(&self.dir)
+            .args(&self.cluster_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)

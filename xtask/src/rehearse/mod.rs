@@ -27,11 +27,13 @@ mod checks;
 pub mod client;
 mod cluster;
 mod dns;
+mod events;
 mod net;
 mod pods;
 mod postgres;
 mod probe;
 mod proxy;
+mod runnable;
 mod sync;
 mod teardown;
 
@@ -83,13 +85,19 @@ const CLIENT_NAMESPACE: &str = "istio-system";
 /// `/usr/local/bin/<name>` in the container) and the host programs that can stand in for it,
 /// first found wins. The rest of such an image (a shell, sed, grep) is the host's.
 type StandIns = &'static [(&'static str, &'static [&'static str])];
-const STAND_INS: &[(&str, StandIns)] = &[(
-    "docker.io/valkey/valkey",
-    &[
-        ("valkey-server", &["valkey-server", "redis-server"]),
-        ("valkey-cli", &["valkey-cli", "redis-cli"]),
-    ],
-)];
+const STAND_INS: &[(&str, StandIns)] = &[
+    (
+        "docker.io/valkey/valkey",
+        &[
+            ("valkey-server", &["valkey-server", "redis-server"]),
+            ("valkey-cli", &["valkey-cli", "redis-cli"]),
+        ],
+    ),
+    (
+        "docker.io/library/nats",
+        &[("nats-server", &["nats-server"])],
+    ),
+];
 
 /// `registry/name:tag@digest` → `registry/name`.
 fn image_repository(image: &str) -> &str {
@@ -253,6 +261,29 @@ async fn interrupted() -> &'static str {
     }
 }
 
+/// A timer that must fire every [`LAG_TICK`]: when it fires more than [`LAG_REPORTED`] late,
+/// every task of this runtime (probes, kube-proxy, DNS) waited as long, and their timeouts are
+/// the runtime's, not the pods'. Logged, so a stall says which side it was on.
+const LAG_TICK: Duration = Duration::from_millis(100);
+const LAG_REPORTED: Duration = Duration::from_millis(500);
+
+async fn watch_runtime_lag(shared: Arc<Shared>) {
+    let mut expected = tokio::time::Instant::now() + LAG_TICK;
+    loop {
+        tokio::time::sleep_until(expected).await;
+        let now = tokio::time::Instant::now();
+        let lag = now - expected;
+        if lag > LAG_REPORTED {
+            shared.log(format!(
+                "the rehearsal's runtime stalled: a {LAG_TICK:?} timer fired {:.2} s late \
+                 (probes, kube-proxy and DNS waited as long)",
+                lag.as_secs_f64()
+            ));
+        }
+        expected = now + LAG_TICK;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 struct ContainerProcess {
@@ -310,6 +341,7 @@ impl<'a> Rehearsal<'a> {
                 }
             })
         };
+        let watchdog = tokio::spawn(watch_runtime_lag(shared.clone()));
         let mut rehearsal = Self {
             root,
             env,
@@ -322,7 +354,7 @@ impl<'a> Rehearsal<'a> {
             databases: database_clusters(env),
             postgres: Vec::new(),
             processes: Vec::new(),
-            tasks: vec![reconciler],
+            tasks: vec![reconciler, watchdog],
             pending_health: Vec::new(),
             failures: Vec::new(),
             notes: Vec::new(),
@@ -362,6 +394,9 @@ impl<'a> Rehearsal<'a> {
         }
         let failures_before = self.failures.len();
         self.drive_traffic("after the sync").await;
+        if self.failures.len() == failures_before {
+            self.check_event_flow().await;
+        }
         if self.failures.len() == failures_before && !self.postgres.is_empty() {
             self.database_outage().await?;
         }

@@ -20,6 +20,12 @@ pub const SERVICE_NETWORK: [u8; 3] = [10, 96, 0];
 /// kube-dns's conventional ClusterIP.
 pub const DNS_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const BRIDGE: &str = "br0";
+/// The bridge's own MAC address, set when it is made (locally administered, from the gateway's
+/// IP). Without it Linux gives a bridge the lowest MAC of its ports and changes it whenever a
+/// pod's veth with a lower one joins: every pod then sends to the gateway's old MAC, which the
+/// bridge no longer accepts, until its ARP entry expires (15–45 s, plus 5 s of delay probes).
+/// Pod → Service and pod → DNS traffic stalled that long, at random, with each later pod.
+const BRIDGE_MAC: &str = "02:00:0a:f4:00:01";
 const NETNS_PREFIX: &str = "mgrh";
 
 pub fn gateway_address() -> Ipv4Addr {
@@ -104,7 +110,9 @@ impl Network {
         network.made.push(node.clone());
         let gateway = format!("{}/24", gateway_address());
         ip(&["-n", &node, "link", "set", "lo", "up"])?;
-        ip(&["-n", &node, "link", "add", BRIDGE, "type", "bridge"])?;
+        ip(&[
+            "-n", &node, "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge",
+        ])?;
         ip(&["-n", &node, "addr", "add", &gateway, "dev", BRIDGE])?;
         ip(&["-n", &node, "link", "set", BRIDGE, "up"])?;
         network.add_local_address(DNS_ADDRESS)?;
@@ -157,6 +165,7 @@ impl Network {
         ip(&[
             "-n", &self.node, "link", "set", &veth, "master", BRIDGE, "up",
         ])?;
+        self.check_bridge_address(&veth)?;
         ip(&["-n", &netns, "link", "set", "lo", "up"])?;
         ip(&[
             "-n",
@@ -191,6 +200,26 @@ impl Network {
         })
     }
 
+    /// Fails when the bridge's MAC is no longer [`BRIDGE_MAC`] after `veth` joined it (the
+    /// kernel's choice replaced the address set at creation): the pods' ARP entries for the
+    /// gateway would go stale.
+    fn check_bridge_address(&self, veth: &str) -> anyhow::Result<()> {
+        let output = Command::new("ip")
+            .args(["-n", &self.node, "-o", "link", "show", BRIDGE])
+            .output()
+            .context("running ip (iproute2)")?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let address = bridge_address(&text);
+        if address != Some(BRIDGE_MAC) {
+            bail!(
+                "the bridge's MAC address changed to {} when {veth} joined (set: {BRIDGE_MAC}): \
+                 the pods' cached gateway address would go stale",
+                address.unwrap_or("?")
+            );
+        }
+        Ok(())
+    }
+
     /// Deletes every namespace (their veths go with them) and `/etc/netns` directory made.
     pub fn teardown(&mut self) {
         for netns in self.made.drain(..).rev() {
@@ -200,8 +229,29 @@ impl Network {
     }
 }
 
+/// The `link/ether` address in `ip -o link show` output.
+fn bridge_address(text: &str) -> Option<&str> {
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "link/ether")?;
+    words.next()
+}
+
 impl Drop for Network {
     fn drop(&mut self) {
         self.teardown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bridge_address_is_read_from_ip_link() {
+        let line = "3: br0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP \
+                    mode DEFAULT group default qlen 1000\\    link/ether 02:00:0a:f4:00:01 brd \
+                    ff:ff:ff:ff:ff:ff";
+        assert_eq!(bridge_address(line), Some(BRIDGE_MAC));
+        assert_eq!(bridge_address("3: br0: <UP> mtu 1500"), None);
     }
 }

@@ -226,8 +226,10 @@ impl<'a> Rehearsal<'a> {
         let name = plan.name.clone();
         let init = plan.init;
         self.tasks.push(tokio::spawn(async move {
-            // Both streams into one log file, as `kubectl logs` shows them.
-            let log_file = Mutex::new(std::fs::File::create(&log).ok());
+            // Both streams into one log file, as `kubectl logs` shows them. tokio's file writes
+            // run on the blocking pool: a disk that throttles writers (dirty pages under a
+            // parallel build) must not hold up the runtime the probes and kube-proxy run on.
+            let log_file = tokio::sync::Mutex::new(tokio::fs::File::create(&log).await.ok());
             let copy = |stream: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| {
                 let log_file = &log_file;
                 async move {
@@ -242,11 +244,9 @@ impl<'a> Rehearsal<'a> {
                             Ok(0) | Err(_) => break,
                             Ok(_) => {}
                         }
-                        use std::io::Write;
-                        if let Some(file) =
-                            log_file.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
-                        {
-                            let _ = file.write_all(&line);
+                        use tokio::io::AsyncWriteExt;
+                        if let Some(file) = log_file.lock().await.as_mut() {
+                            let _ = file.write_all(&line).await;
                         }
                     }
                 }
@@ -256,6 +256,11 @@ impl<'a> Rehearsal<'a> {
                 copy(stdout.map(|s| Box::new(s) as _)),
                 copy(stderr.map(|s| Box::new(s) as _))
             );
+            // Written through before the exit is recorded (its message quotes the log's tail).
+            if let Some(file) = log_file.lock().await.as_mut() {
+                use tokio::io::AsyncWriteExt;
+                let _ = file.flush().await;
+            }
             let (code, text) = match status {
                 Ok(status) => (status.code(), status.to_string()),
                 Err(error) => (None, error.to_string()),
@@ -346,6 +351,10 @@ pub(super) async fn probe_loop(
     tokio::time::sleep(scaled(probe.initial_delay_seconds)).await;
     let timeout = Duration::from_secs(probe.timeout_seconds.max(1));
     let key = (pod, container.to_owned(), kind);
+    // Failures of a probe that passed before are logged when they start and end (which pod,
+    // which probe, when, how long each check took), so that an outage explains itself.
+    let mut passed = false;
+    let mut failing: Option<(Instant, u32)> = None;
     loop {
         if shared
             .board()
@@ -354,7 +363,35 @@ pub(super) async fn probe_loop(
         {
             return false;
         }
+        let checked = Instant::now();
         let result = probe::check(&probe.action, target, timeout).await;
+        let took = checked.elapsed();
+        let episode = match (&result, failing) {
+            (Ok(()), Some((since, count))) => {
+                failing = None;
+                Some(format!(
+                    "passes again after {count} failed check(s) over {:.2} s",
+                    since.elapsed().as_secs_f64()
+                ))
+            }
+            (Ok(()), None) => {
+                passed = true;
+                None
+            }
+            (Err(error), None) if passed => {
+                failing = Some((checked, 1));
+                Some(format!(
+                    "check failed after {:.2} s: {error} ({})",
+                    took.as_secs_f64(),
+                    probe::describe_action(&probe.action)
+                ))
+            }
+            (Err(_), Some((since, count))) => {
+                failing = Some((since, count + 1));
+                None
+            }
+            (Err(_), None) => None,
+        };
         let (changed, pod_name, error) = {
             let mut board = shared.board();
             let pod_name = board.pods[pod].name.clone();
@@ -377,6 +414,12 @@ pub(super) async fn probe_loop(
         };
         // Every check counts (the outage step waits on check counts), not only flips.
         shared.notify();
+        if let Some(episode) = episode {
+            shared.log(format!(
+                "pod {pod_name} ({}) container {container} {kind} {episode}",
+                target.ip
+            ));
+        }
         if let Some(state) = changed {
             shared.log(format!(
                 "pod {pod_name} container {container} {kind} {}",

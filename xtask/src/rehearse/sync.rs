@@ -71,27 +71,41 @@ impl<'a> Rehearsal<'a> {
             ("", "ConfigMap" | "Secret" | "ServiceAccount") => println!("  {label}: applied"),
             ("", "Service") => self.add_service(object, namespace, label).await?,
             ("apps", "Deployment" | "StatefulSet" | "ReplicaSet" | "DaemonSet") => {
-                let template = pod_template(object).context("no pod template")?;
-                if let Some(image) = self.foreign_image(&template)? {
+                let full = pod_template(object).context("no pod template")?;
+                let root = self.root;
+                let runnable = runnable::runnable_template(object, |image| {
+                    stand_ins(image).is_some() || our_image(root, image).is_ok_and(|i| i.is_some())
+                });
+                let Some(runnable) = runnable else {
+                    let image = self.foreign_image(&full)?.unwrap_or_default();
                     println!(
                         "  {label}: not rehearsed: image {image} is not built here and has no local stand-in"
                     );
                     return Ok(());
-                }
+                };
+                let template = PodTemplate {
+                    workload: object,
+                    template: &runnable.template,
+                };
                 let replicas = self.replicas(app, object);
                 println!("  {label}: {replicas} pod(s)");
-                self.check_references(&template, label);
+                for (container, image) in &runnable.left_out {
+                    println!(
+                        "    container {container} left out: image {image} is not built here and has no local stand-in"
+                    );
+                }
+                self.check_references(&full, label);
                 let mut pods = Vec::new();
                 for index in 0..replicas {
-                    pods.push(
-                        self.start_pod(
-                            &template,
-                            namespace,
-                            &format!("{}-{index}", object.name()),
-                            true,
-                        )
-                        .await?,
-                    );
+                    let pod_name = format!("{}-{index}", object.name());
+                    let pod = self
+                        .start_pod(&template, namespace, &pod_name, true)
+                        .await?;
+                    if let Some(fqdn) = runnable::stable_dns_name(object, &pod_name, namespace) {
+                        let ip = self.shared.board().pods[pod].ip;
+                        self.shared.dns.set(&fqdn, &[ip]).await?;
+                    }
+                    pods.push(pod);
                 }
                 self.pending_health.push((pods, object.described()));
             }
