@@ -577,32 +577,49 @@ pub struct GrpcWebReply {
     pub trailers: HashMap<String, String>,
 }
 
-pub fn parse_grpc_web(body: &[u8], text: bool) -> GrpcWebReply {
-    let raw: Vec<u8> = if text {
-        // Each chunk may be separately padded: decode 4-character groups one by one.
+/// The frames (flags, payload) of a gRPC-web body received so far (`text`: grpc-web-text), and
+/// how much follows them unread: characters of an incomplete base64 quantum plus bytes of an
+/// incomplete frame. Written independently of the gateway's framing code, as the tests' oracle.
+pub fn grpc_web_frames(body: &[u8], text: bool) -> (Vec<(u8, Bytes)>, usize) {
+    let (raw, partial_quantum): (Vec<u8>, usize) = if text {
         let clean: Vec<u8> = body
             .iter()
             .copied()
             .filter(|b| !b.is_ascii_whitespace())
             .collect();
-        clean
-            .chunks(4)
+        // Each chunk may be separately padded: decode 4-character groups one by one.
+        let decoded = clean
+            .chunks_exact(4)
             .flat_map(|group| {
                 base64::engine::general_purpose::STANDARD
                     .decode(group)
                     .unwrap()
             })
-            .collect()
+            .collect();
+        (decoded, clean.len() % 4)
     } else {
-        body.to_vec()
+        (body.to_vec(), 0)
     };
     let mut buf = Bytes::from(raw);
+    let mut frames = Vec::new();
+    while buf.remaining() >= 5 {
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        if buf.remaining() < 5 + len {
+            break;
+        }
+        let flags = buf.get_u8();
+        buf.advance(4);
+        frames.push((flags, buf.split_to(len)));
+    }
+    (frames, partial_quantum + buf.remaining())
+}
+
+pub fn parse_grpc_web(body: &[u8], text: bool) -> GrpcWebReply {
+    let (frames, unread) = grpc_web_frames(body, text);
+    assert_eq!(unread, 0, "trailing bytes in gRPC-web body");
     let mut messages = Vec::new();
     let mut trailers = HashMap::new();
-    while buf.remaining() >= 5 {
-        let flags = buf.get_u8();
-        let len = buf.get_u32() as usize;
-        let payload = buf.split_to(len);
+    for (flags, payload) in frames {
         if flags & 0x80 != 0 {
             for line in String::from_utf8(payload.to_vec()).unwrap().split("\r\n") {
                 if let Some((k, v)) = line.split_once(':') {
@@ -613,7 +630,6 @@ pub fn parse_grpc_web(body: &[u8], text: bool) -> GrpcWebReply {
             messages.push(payload);
         }
     }
-    assert_eq!(buf.remaining(), 0, "trailing bytes in gRPC-web body");
     GrpcWebReply { messages, trailers }
 }
 

@@ -7,8 +7,7 @@
 
 use std::time::Duration;
 
-use base64::Engine;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use meshgate_proto::user;
 use prost::Message;
 use serde_json::{Value, json};
@@ -92,40 +91,6 @@ async fn native_grpc_streams_through_the_edge_beyond_the_request_timeout() {
     wait_for_watchers(&service, 0).await;
 }
 
-/// Complete gRPC-web frames in `body` so far, as (flags, payload); an incomplete tail is left
-/// for later chunks.
-fn frames_so_far(body: &[u8], text: bool) -> Vec<(u8, Bytes)> {
-    let raw: Vec<u8> = if text {
-        let clean: Vec<u8> = body
-            .iter()
-            .copied()
-            .filter(|b| !b.is_ascii_whitespace())
-            .collect();
-        clean
-            .chunks_exact(4)
-            .flat_map(|group| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(group)
-                    .unwrap()
-            })
-            .collect()
-    } else {
-        body.to_vec()
-    };
-    let mut buf = Bytes::from(raw);
-    let mut frames = Vec::new();
-    while buf.remaining() >= 5 {
-        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-        if buf.remaining() < 5 + len {
-            break;
-        }
-        let flags = buf.get_u8();
-        buf.advance(4);
-        frames.push((flags, buf.split_to(len)));
-    }
-    frames
-}
-
 #[tokio::test]
 async fn grpc_web_streams_frames_as_they_arrive_then_the_trailer_frame() {
     let service = UserService::start(sqlite_path()).await;
@@ -155,7 +120,7 @@ async fn grpc_web_streams_frames_as_they_arrive_then_the_trailer_frame() {
             let id = create_user(&gw, "Web").await;
             let mut body = BytesMut::new();
             let first = loop {
-                let frames = frames_so_far(&body, text);
+                let frames = grpc_web_frames(&body, text).0;
                 if let Some(first) = frames.first() {
                     break first.clone();
                 }
@@ -174,7 +139,7 @@ async fn grpc_web_streams_frames_as_they_arrive_then_the_trailer_frame() {
             while let Some(next) = chunk(&mut response).await {
                 body.extend_from_slice(&next);
             }
-            let frames = frames_so_far(&body, text);
+            let frames = grpc_web_frames(&body, text).0;
             let (flags, trailers) = frames.last().unwrap();
             assert_eq!(
                 *flags, 0x80,
