@@ -8,7 +8,9 @@ use bytes::Bytes;
 use tonic::{Status, metadata::MetadataMap};
 use tower::retry::budget::{Budget, TpsBudget};
 
-use super::{Outcome, RawCodec, StreamingResponse, UpstreamPool, UpstreamSettings};
+use super::{
+    Outcome, RawCodec, StreamingResponse, UpstreamPool, UpstreamSettings, client::ConnectError,
+};
 use crate::error::GatewayError;
 
 /// Whether a failed call provably never reached the upstream: the connection could not be
@@ -16,7 +18,7 @@ use crate::error::GatewayError;
 pub fn sent_nothing(status: &Status) -> bool {
     let mut source = std::error::Error::source(status);
     while let Some(error) = source {
-        if error.is::<tonic::ConnectError>() {
+        if error.is::<ConnectError>() {
             return true;
         }
         source = error.source();
@@ -83,11 +85,9 @@ impl Upstreams {
             let mut request = tonic::Request::new(message.clone());
             *request.metadata_mut() = metadata.clone();
             request.set_timeout(remaining);
-            let mut grpc = tonic::client::Grpc::new(endpoint.traffic_channel());
+            let mut grpc = endpoint.traffic();
             let attempt = async {
-                grpc.ready()
-                    .await
-                    .map_err(|e| Status::from_error(e.into()))?;
+                grpc.ready().await.map_err(Status::from_error)?;
                 grpc.server_streaming(request, path.clone(), RawCodec).await
             };
             let status = match tokio::time::timeout_at(deadline, attempt).await {
@@ -155,5 +155,54 @@ impl Upstreams {
             tracing::debug!(upstream = %endpoint.addr, %error, "retrying on another upstream");
             last_error = Some(error);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::GatewayConfig, metrics::Metrics};
+
+    /// Two distinct addresses nothing listens on (bound together, then released).
+    fn closed_ports() -> (SocketAddr, SocketAddr) {
+        let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (first, second) = (bind(), bind());
+        (first.local_addr().unwrap(), second.local_addr().unwrap())
+    }
+
+    #[tokio::test]
+    async fn refused_connects_fail_over_for_free_even_when_the_call_may_not_be_retried() {
+        let (first, second) = closed_ports();
+        let listen = "127.0.0.1:0".parse().unwrap();
+        let config = GatewayConfig::for_upstreams(listen, vec![first, second]);
+        let metrics = Arc::new(Metrics::default());
+        let pool = Arc::new(UpstreamPool::new(&config.upstream, metrics.clone()));
+        // The second static address waits for its first passed check, as in the gateway.
+        for endpoint in pool.endpoints().iter() {
+            for _ in 0..config.upstream.health_thresholds.healthy {
+                pool.observe_check(endpoint, true, None);
+            }
+        }
+        assert_eq!(pool.healthy_count(), 2);
+        let upstreams = Upstreams::new(&config.upstream, pool.clone());
+        let result = upstreams
+            .call(
+                "/meshgate.users.v1.UserService/CreateUser",
+                Bytes::new(),
+                &MetadataMap::new(),
+                Duration::from_secs(5),
+                false,
+            )
+            .await;
+        assert!(
+            matches!(result, Err(GatewayError::UpstreamUnavailable)),
+            "{:?}",
+            result.map(|(addr, _)| addr)
+        );
+        // Both endpoints were tried although the call is not retryable: the new client's
+        // connect error is recognised as "nothing sent".
+        let counted = |outcome: &str| metrics.retries.with_label_values(&[outcome]).get();
+        assert_eq!(counted("connect_failover"), 2);
+        assert_eq!(counted("retried"), 0);
     }
 }

@@ -1,9 +1,10 @@
 //! The upstream side. Every `upstreams` entry is an `IP:port` or a `host:port` whose A/AAAA
 //! records are resolved again as their TTL runs out ([`crate::discovery`], [`crate::dns`]);
-//! each address is an [`Endpoint`] with one lazily connected tonic `Channel` (HTTP/2, h2c,
-//! multiplexed, reconnecting) for traffic and one for `grpc.health.v1` checks. Endpoints come
-//! and go without a restart; a removed one is no longer picked, and calls under way keep its
-//! channel until they finish (drained). Picking, health thresholds, passive ejection and panic
+//! each address is an [`Endpoint`] with one lazily made HTTP/2 (h2c, multiplexed) connection for
+//! traffic, re-made after it closed ([`Traffic`]: hyper's client connection straight under
+//! tonic's `Grpc` client, no `Buffer` task per call), and a tonic `Channel` for `grpc.health.v1`
+//! checks. Endpoints come and go without a restart; a removed one is no longer picked, and calls
+//! under way keep its connection until they finish (drained). Picking, health thresholds, passive ejection and panic
 //! routing are [`crate::balance`]; retries spend tower's `TpsBudget`, except failovers of
 //! attempts that provably sent nothing (connect failures), which are free for any method.
 //!
@@ -12,14 +13,16 @@
 //! TTL), new backends start healthy, and selection has no hook for ejection or panic routing.
 //! The background work here still runs as a pingora background service.
 //!
-//! - `pool`: the endpoint set (an [`Endpoint`] per address, its channels and health) and
+//! - `pool`: the endpoint set (an [`Endpoint`] per address, its connections and health) and
 //!   picking from it.
+//! - `client`: the traffic connection per endpoint and the service tonic's client runs over.
 //! - `call`: a call over the pool, with free failovers, retries and the deadline.
 //! - `maintenance`: the background service (DNS refreshes, active health checks).
 //! - `codec`: the raw-bytes codec the calls use.
 //! - `stream`: a server stream relayed to a client through a bounded buffer.
 
 mod call;
+mod client;
 mod codec;
 mod maintenance;
 mod pool;
@@ -29,6 +32,7 @@ use bytes::Bytes;
 
 pub use self::{
     call::{Upstreams, sent_nothing},
+    client::{ConnectError, Traffic},
     codec::RawCodec,
     maintenance::UpstreamMaintenance,
     pool::{Endpoint, UpstreamPool},

@@ -1,5 +1,5 @@
 //! The endpoint set and how to pick from it: an [`Endpoint`] per resolved address with its
-//! lazily connected channels and health state, membership changes as lookups answer, passive
+//! lazily made connections (traffic, health checks) and health state, membership changes as lookups answer, passive
 //! health (outlier ejection) and active check results. The decisions are [`crate::balance`]'s.
 
 use std::{
@@ -15,7 +15,10 @@ use std::{
 use arc_swap::ArcSwap;
 use tonic::transport::Channel;
 
-use super::{Outcome, UpstreamSettings};
+use super::{
+    Outcome, UpstreamSettings,
+    client::{Connector, Traffic},
+};
 use crate::{
     balance::{self, ActiveHealth, Candidate, HealthThresholds, Outlier, OutlierSettings},
     discovery::{Membership, UpstreamTarget},
@@ -32,12 +35,14 @@ struct EndpointState {
 #[derive(Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
-    /// `http://host:port` for resolved names: the `:authority` the calls carry.
-    origin: Option<http::Uri>,
+    /// `http://host:port` for resolved names (the `:authority` the calls carry), else
+    /// `http://IP:port`.
+    origin: http::Uri,
     connect_timeout: Duration,
-    /// Channels are created on first use because tonic spawns the connection's task on the
-    /// current runtime: traffic on pingora's proxy runtime, checks on the background one.
-    traffic: OnceLock<Channel>,
+    /// The traffic connection ([`Connector`]) and the health checks' tonic channel are both
+    /// made on first use, so each connection's task runs on the runtime of its users: traffic
+    /// on pingora's proxy runtime, checks on the background one.
+    pub(super) traffic: Connector,
     checks: OnceLock<Channel>,
     state: Mutex<EndpointState>,
 }
@@ -49,11 +54,16 @@ impl Endpoint {
         connect_timeout: Duration,
         health: ActiveHealth,
     ) -> Self {
+        let origin = origin.unwrap_or_else(|| {
+            format!("http://{addr}")
+                .parse()
+                .expect("a socket address is a valid URI authority")
+        });
         Self {
             addr,
             origin,
             connect_timeout,
-            traffic: OnceLock::new(),
+            traffic: Connector::new(addr, connect_timeout),
             checks: OnceLock::new(),
             state: Mutex::new(EndpointState {
                 health,
@@ -67,30 +77,24 @@ impl Endpoint {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn channel(&self, cell: &OnceLock<Channel>) -> Channel {
-        cell.get_or_init(|| {
-            let mut endpoint =
-                tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
-                    .expect("a socket address is a valid URI authority")
-                    .connect_timeout(self.connect_timeout)
-                    .tcp_nodelay(true)
-                    .http2_adaptive_window(true);
-            if let Some(origin) = &self.origin {
-                endpoint = endpoint.origin(origin.clone());
-            }
-            endpoint.connect_lazy()
-        })
-        .clone()
-    }
-
-    /// The traffic channel; must be called from within a tokio runtime.
-    pub fn traffic_channel(&self) -> Channel {
-        self.channel(&self.traffic)
+    /// A gRPC client for this endpoint's traffic, carrying its `:authority`.
+    pub fn traffic(self: &Arc<Self>) -> tonic::client::Grpc<Traffic> {
+        tonic::client::Grpc::with_origin(Traffic(self.clone()), self.origin.clone())
     }
 
     /// The health-check channel; must be called from within a tokio runtime.
     pub(super) fn check_channel(&self) -> Channel {
-        self.channel(&self.checks)
+        self.checks
+            .get_or_init(|| {
+                tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+                    .expect("a socket address is a valid URI authority")
+                    .connect_timeout(self.connect_timeout)
+                    .tcp_nodelay(true)
+                    .http2_adaptive_window(true)
+                    .origin(self.origin.clone())
+                    .connect_lazy()
+            })
+            .clone()
     }
 
     fn candidate(&self, now: Instant, tried: &[SocketAddr]) -> Candidate {
