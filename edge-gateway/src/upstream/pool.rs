@@ -137,9 +137,11 @@ impl UpstreamPool {
             health_thresholds: settings.health_thresholds,
             metrics,
         };
+        // The configured addresses start together: all of them serve at once, as one first
+        // membership would (checks may still take them out).
         for (index, target) in settings.targets.iter().enumerate() {
             if let UpstreamTarget::Address(addr) = target {
-                pool.apply(index, BTreeSet::from([*addr]));
+                pool.change_membership(index, BTreeSet::from([*addr]), true);
             }
         }
         pool
@@ -246,13 +248,25 @@ impl UpstreamPool {
         index: usize,
         addresses: BTreeSet<SocketAddr>,
     ) -> Vec<Arc<Endpoint>> {
+        self.change_membership(index, addresses, false)
+    }
+
+    /// `starting`: part of the gateway's first membership (its static addresses), which is
+    /// assumed healthy like the first answer of a lookup; anything joining later waits for its
+    /// first check.
+    fn change_membership(
+        &self,
+        index: usize,
+        addresses: BTreeSet<SocketAddr>,
+        starting: bool,
+    ) -> Vec<Arc<Endpoint>> {
         let mut membership = self.membership.lock().unwrap_or_else(|e| e.into_inner());
         let change = membership.set(index, addresses);
         if change.is_empty() {
             return Vec::new();
         }
         let current = self.endpoints.load_full();
-        let initial = current.is_empty();
+        let initial = starting || current.is_empty();
         let origin = match &self.targets[index] {
             UpstreamTarget::Name { host, port } => format!("http://{host}:{port}").parse().ok(),
             UpstreamTarget::Address(_) => None,
@@ -319,5 +333,28 @@ impl UpstreamPool {
                 .with_label_values(&[&endpoint.addr.to_string()])
                 .set(i64::from(healthy));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::GatewayConfig;
+
+    #[test]
+    fn every_configured_address_serves_from_the_start() {
+        let addresses: Vec<SocketAddr> = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let config = GatewayConfig::for_upstreams("127.0.0.1:0".parse().unwrap(), addresses);
+        let pool = UpstreamPool::new(&config.upstream, Arc::new(Metrics::default()));
+        assert_eq!(pool.healthy_count(), 3);
+        // Every one is picked, not only the first.
+        let mut tried = Vec::new();
+        while let Some(endpoint) = pool.pick(&tried) {
+            tried.push(endpoint.addr);
+        }
+        assert_eq!(tried.len(), 3, "{tried:?}");
     }
 }
