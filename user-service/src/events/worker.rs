@@ -8,7 +8,8 @@
 //! it redelivered, and the record turns the replay into a no-op.
 //!
 //! Throughput: the messages already delivered when the worker looks (up to a pull batch) are
-//! applied together, one commit for all of them. One commit per event held the worker to ~550
+//! applied together, one commit for all of them (one per event if that fails, so an event that
+//! cannot be applied holds back only itself). One commit per event held the worker to ~550
 //! events/s on a loaded 2-core machine while the service wrote 1,600/s (BENCHMARKS.md).
 
 use std::sync::Arc;
@@ -77,18 +78,25 @@ pub async fn ensure_consumer(
         .context("creating the user-worker consumer")
 }
 
-/// Handles messages delivered together, in delivery order; `Ok` when all may be acknowledged,
-/// an error when none was applied (all are redelivered).
+/// Handles messages delivered together, in delivery order: one transaction for all of them,
+/// and when that fails one per event, so an event that cannot be applied holds back only
+/// itself. Per payload: `Ok` when it may be acknowledged, the error when it must be redelivered.
 pub async fn handle(
     database: &Database,
     cache: Option<&CachedStore<Database>>,
     metrics: &Metrics,
     payloads: &[&[u8]],
-) -> Result<(), crate::domain::StoreError> {
+) -> Vec<Result<(), crate::domain::StoreError>> {
+    let mut outcomes: Vec<Result<(), crate::domain::StoreError>> =
+        payloads.iter().map(|_| Ok(())).collect();
     let mut events = Vec::with_capacity(payloads.len());
-    for payload in payloads {
+    let mut positions = Vec::with_capacity(payloads.len());
+    for (position, payload) in payloads.iter().enumerate() {
         match UserEvent::decode(payload) {
-            Ok(event) => events.push(event),
+            Ok(event) => {
+                events.push(event);
+                positions.push(position);
+            }
             Err(error) => {
                 // Not ours to fix by retrying: counted, logged, acknowledged.
                 tracing::error!(%error, "worker: undecodable event dropped");
@@ -97,13 +105,37 @@ pub async fn handle(
         }
     }
     if events.is_empty() {
-        return Ok(());
+        return outcomes;
     }
-    let applied = database.apply_events(CONSUMER, &events).await?;
-    for first in applied {
+    // Per event: whether this apply was its first (`None`: not applied).
+    let applied: Vec<Option<bool>> = match database.apply_events(CONSUMER, &events).await {
+        Ok(applied) => applied.into_iter().map(Some).collect(),
+        Err(error) if events.len() == 1 => {
+            outcomes[positions[0]] = Err(error);
+            vec![None]
+        }
+        Err(error) => {
+            tracing::warn!(%error, events = events.len(), "worker: batch not applied; one event per transaction");
+            let mut applied = Vec::with_capacity(events.len());
+            for (event, &position) in events.iter().zip(&positions) {
+                match database
+                    .apply_events(CONSUMER, std::slice::from_ref(event))
+                    .await
+                {
+                    Ok(first) => applied.push(first.first().copied()),
+                    Err(error) => {
+                        outcomes[position] = Err(error);
+                        applied.push(None);
+                    }
+                }
+            }
+            applied
+        }
+    };
+    for first in applied.iter().flatten() {
         metrics
             .worker_events
-            .with_label_values(&[if first { "applied" } else { "duplicate" }])
+            .with_label_values(&[if *first { "applied" } else { "duplicate" }])
             .inc();
     }
     if let Some(cache) = cache {
@@ -111,11 +143,13 @@ pub async fn handle(
         futures::future::join_all(
             events
                 .iter()
-                .map(|event| cache.warm(UserId::from(event.user_id), cache_entry(event))),
+                .zip(&applied)
+                .filter(|(_, applied)| applied.is_some())
+                .map(|(event, _)| cache.warm(UserId::from(event.user_id), cache_entry(event))),
         )
         .await;
     }
-    Ok(())
+    outcomes
 }
 
 /// Consumes until the task is dropped or the consumer's message stream ends with an error
@@ -152,18 +186,17 @@ pub async fn run(
             .iter()
             .map(|message| message.payload.as_ref())
             .collect();
-        match handle(&database, cache.as_deref(), &metrics, &payloads).await {
-            Ok(()) => {
-                for message in &delivered {
+        let outcomes = handle(&database, cache.as_deref(), &metrics, &payloads).await;
+        for (message, outcome) in delivered.iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => {
                     if let Err(error) = message.ack().await {
                         // Redelivered later; the processed record makes that a no-op.
                         tracing::warn!(%error, "worker: ack failed");
                     }
                 }
-            }
-            Err(error) => {
-                tracing::warn!(%error, events = delivered.len(), "worker: events not applied; redelivering");
-                for message in &delivered {
+                Err(error) => {
+                    tracing::warn!(%error, "worker: event not applied; redelivering");
                     let _ = message
                         .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                         .await;
