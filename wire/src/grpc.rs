@@ -125,8 +125,28 @@ pub fn split_path(path: &str) -> Option<(&str, &str)> {
 /// gRPC status codes as numbers on the wire.
 pub mod status {
     pub const OK: u32 = 0;
+    pub const UNKNOWN: u32 = 2;
     pub const NOT_FOUND: u32 = 5;
+    pub const PERMISSION_DENIED: u32 = 7;
     pub const RESOURCE_EXHAUSTED: u32 = 8;
+    pub const UNIMPLEMENTED: u32 = 12;
+    pub const INTERNAL: u32 = 13;
+    pub const UNAVAILABLE: u32 = 14;
+    pub const UNAUTHENTICATED: u32 = 16;
+
+    /// The code of a gRPC response that has no `grpc-status` and an HTTP status other than
+    /// 200: gRPC's HTTP-to-gRPC mapping (doc/http-grpc-status-mapping.md), as its clients read
+    /// such an answer from a proxy or server that is not speaking gRPC.
+    pub fn from_http(http_status: u16) -> u32 {
+        match http_status {
+            400 => INTERNAL,
+            401 => UNAUTHENTICATED,
+            403 => PERMISSION_DENIED,
+            404 => UNIMPLEMENTED,
+            429 | 502 | 503 | 504 => UNAVAILABLE,
+            _ => UNKNOWN,
+        }
+    }
 
     /// The canonical upper-case name of a status code, for span tags.
     pub fn name(code: u32) -> &'static str {
@@ -300,6 +320,21 @@ mod tests {
         );
         assert_eq!(status::name(status::NOT_FOUND), "NOT_FOUND");
         assert_eq!(status::name(99), "UNKNOWN");
+    }
+
+    #[test]
+    fn maps_http_statuses_without_grpc_status() {
+        let mapped = |http| status::name(status::from_http(http));
+        assert_eq!(mapped(400), "INTERNAL");
+        assert_eq!(mapped(401), "UNAUTHENTICATED");
+        assert_eq!(mapped(403), "PERMISSION_DENIED");
+        assert_eq!(mapped(404), "UNIMPLEMENTED");
+        for unavailable in [429, 502, 503, 504] {
+            assert_eq!(mapped(unavailable), "UNAVAILABLE", "{unavailable}");
+        }
+        for unknown in [200, 301, 500, 418] {
+            assert_eq!(mapped(unknown), "UNKNOWN", "{unknown}");
+        }
     }
 
     fn frame(length: usize) -> Vec<u8> {

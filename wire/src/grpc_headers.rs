@@ -49,6 +49,12 @@ pub fn encode_details(details: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD_NO_PAD.encode(details)
 }
 
+/// A `grpc-status-details-bin` value back to the encoded `google.rpc.Status` (padded or not:
+/// binary header values may be sent either way); `None` when it is not base64.
+pub fn decode_details(value: &[u8]) -> Option<Vec<u8>> {
+    crate::grpc_web::LENIENT.decode(value).ok()
+}
+
 /// The `grpc-status` of a header or trailer block, as the number on the wire.
 #[cfg(feature = "stream")]
 pub fn status_of(headers: &http::HeaderMap) -> Option<i32> {
@@ -96,6 +102,9 @@ mod tests {
     #[test]
     fn details_are_unpadded_base64() {
         assert_eq!(encode_details(b"\x08\x05"), "CAU");
+        assert_eq!(decode_details(b"CAU").as_deref(), Some(&b"\x08\x05"[..]));
+        assert_eq!(decode_details(b"CAU=").as_deref(), Some(&b"\x08\x05"[..]));
+        assert_eq!(decode_details(b"C@U"), None);
     }
 
     #[cfg(feature = "stream")]

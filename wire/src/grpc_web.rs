@@ -21,8 +21,9 @@ pub use stream::{
     Frame, FrameDecoder, RequestDecoder, ResponseEncoder, decode_trailers, encode_trailers,
 };
 
-/// Padding optional, so a short final quantum is accepted too.
-const LENIENT: GeneralPurpose = GeneralPurpose::new(
+/// Padding optional, so a short final quantum is accepted too (also `grpc-status-details-bin`,
+/// which senders may pad or not).
+pub(crate) const LENIENT: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );

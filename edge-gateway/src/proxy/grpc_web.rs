@@ -79,15 +79,15 @@ impl GatewayProxy {
         let (upstream, response) = self
             .state
             .upstreams
-            .call(&path, message, &metadata, timeout, false)
+            .call(&path, &message, &metadata, timeout, false)
             .await?;
         ctx.upstream = Some(upstream);
-        let (response_metadata, mut stream, _) = response.into_parts();
+        let (response_headers, mut stream) = response.into_parts();
         let encoder = ResponseEncoder::new(mode);
         let mut head = ResponseHeader::build_no_case(200, Some(8))
             .map_err(|e| GatewayError::Internal(e.to_string()))?;
         let _ = head.insert_header("content-type", mode.content_type());
-        for (name, value) in response_metadata.into_headers().iter() {
+        for (name, value) in &response_headers {
             if metadata::is_returned(name) {
                 let _ = head.append_header(name.clone(), value.clone());
             }
@@ -131,7 +131,7 @@ impl GatewayProxy {
             if status.code() == tonic::Code::Ok
                 && let Ok(Some(upstream_trailers)) = stream.trailers().await
             {
-                trailers = upstream_trailers.into_headers();
+                trailers = upstream_trailers;
             }
             (status, trailers)
         } else {

@@ -6,7 +6,6 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName};
 use meshgate_wire::trace::TraceContext;
 use pingora::proxy::Session;
-use tonic::metadata::MetadataMap;
 
 use super::{GatewayProxy, RequestCtx, client_addr, request_uri};
 
@@ -41,6 +40,11 @@ fn is_forwarded(name: &HeaderName) -> bool {
                 | "grpc-timeout"
                 | "grpc-encoding"
                 | "grpc-accept-encoding"
+                // The upstream response's fields, never a request's (tonic's client dropped
+                // them too).
+                | "grpc-status"
+                | "grpc-message"
+                | "grpc-message-type"
                 | "user-agent"
                 | "traceparent"
                 | "tracestate"
@@ -78,12 +82,12 @@ pub(super) fn is_returned(name: &HeaderName) -> bool {
 }
 
 /// The client's call headers plus the gateway's trace context and the verified claims, as
-/// upstream metadata.
+/// upstream metadata (request headers).
 fn metadata_from(
     headers: &HeaderMap,
     trace: &TraceContext,
     claims: Option<&ForwardedClaims>,
-) -> MetadataMap {
+) -> HeaderMap {
     let mut forwarded = HeaderMap::with_capacity(headers.len() + 6);
     for (name, value) in headers {
         if is_forwarded(name) {
@@ -98,7 +102,7 @@ fn metadata_from(
     for (name, value) in claims.into_iter().flat_map(ForwardedClaims::headers) {
         forwarded.insert(HeaderName::from_static(name), value.clone());
     }
-    MetadataMap::from_headers(forwarded)
+    forwarded
 }
 
 impl GatewayProxy {
@@ -111,7 +115,7 @@ impl GatewayProxy {
         ctx: &mut RequestCtx,
         message: &Bytes,
         body: &Bytes,
-    ) -> Result<MetadataMap, GatewayError> {
+    ) -> Result<HeaderMap, GatewayError> {
         let trace = ctx
             .trace
             .clone()
@@ -193,15 +197,16 @@ mod tests {
             ),
             ("content-type", "application/json"),
             ("grpc-timeout", "1S"),
+            ("grpc-status", "0"),
         ] {
             headers.insert(name, HeaderValue::from_static(value));
         }
         let trace =
             TraceContext::from_headers(|name| headers.get(name).and_then(|v| v.to_str().ok()));
-        let metadata = metadata_from(&headers, &trace, None).into_headers();
+        let metadata = metadata_from(&headers, &trace, None);
         assert_eq!(metadata["authorization"], "Bearer t");
         assert_eq!(metadata["x-request-id"], "r1");
-        for hop in ["cookie", "content-type", "grpc-timeout"] {
+        for hop in ["cookie", "content-type", "grpc-timeout", "grpc-status"] {
             assert!(!metadata.contains_key(hop), "{hop} forwarded");
         }
         // The gateway's own span, a child of the caller's, not the caller's header.
@@ -218,7 +223,7 @@ mod tests {
         headers.insert("x-jwt-role", HeaderValue::from_static("root"));
         headers.insert("x-request-id", HeaderValue::from_static("r1"));
         let trace = TraceContext::from_headers(|_| None);
-        let without = metadata_from(&headers, &trace, None).into_headers();
+        let without = metadata_from(&headers, &trace, None);
         assert!(
             without
                 .keys()
@@ -230,7 +235,7 @@ mod tests {
             subject: Some(HeaderValue::from_static("user-7")),
             claims: HeaderValue::from_static("eyJzdWIiOiJ1c2VyLTcifQ"),
         };
-        let with = metadata_from(&headers, &trace, Some(&verified)).into_headers();
+        let with = metadata_from(&headers, &trace, Some(&verified));
         assert_eq!(with["x-jwt-sub"], "user-7");
         assert_eq!(with["x-jwt-claims"], "eyJzdWIiOiJ1c2VyLTcifQ");
         assert_eq!(with.get_all("x-jwt-sub").iter().count(), 1);

@@ -15,7 +15,7 @@ use prost_reflect::DynamicMessage;
 use super::streaming::{StreamStep, next_step};
 use super::{GatewayProxy, RequestCtx, header_str};
 
-use crate::upstream::StreamingResponse;
+use crate::upstream::Messages;
 use crate::upstream::stream::{
     self as upstream_stream, Relayed, STREAM_BUFFER_MESSAGES, StreamEnd,
 };
@@ -113,7 +113,7 @@ impl GatewayProxy {
             .upstreams
             .call(
                 &route.grpc_path,
-                message,
+                &message,
                 &metadata,
                 timeout,
                 route.idempotent(),
@@ -122,10 +122,10 @@ impl GatewayProxy {
         ctx.upstream = Some(upstream);
         if route.server_streaming() && wants_event_stream(header_str(session, "accept")) {
             return self
-                .write_event_stream(session, ctx, &route, response)
+                .write_event_stream(session, ctx, &route, response.into_messages())
                 .await;
         }
-        let mut stream = response.into_inner();
+        let mut stream = response.into_messages();
         let collect = async {
             let mut messages = Vec::new();
             // Read to the end so a non-OK status in the trailers is seen.
@@ -202,11 +202,10 @@ impl GatewayProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
         route: &Route,
-        response: StreamingResponse,
+        stream: Messages,
     ) -> Result<(), GatewayError> {
         let write_error =
             |e: Box<pingora::Error>| GatewayError::Internal(format!("writing event stream: {e}"));
-        let (_, stream, _) = response.into_parts();
         let mut head = ResponseHeader::build_no_case(200, Some(8))
             .map_err(|e| GatewayError::Internal(e.to_string()))?;
         let _ = head.insert_header("content-type", sse::CONTENT_TYPE);

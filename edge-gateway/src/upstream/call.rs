@@ -5,12 +5,12 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use tonic::{Status, metadata::MetadataMap};
+use http::HeaderMap;
+use meshgate_wire::grpc::message_frame;
+use tonic::Status;
 use tower::retry::budget::{Budget, TpsBudget};
 
-use super::{
-    Outcome, RawCodec, StreamingResponse, UpstreamPool, UpstreamSettings, client::ConnectError,
-};
+use super::{Outcome, UpstreamPool, UpstreamResponse, UpstreamSettings, client::ConnectError};
 use crate::error::GatewayError;
 
 /// Whether a failed call provably never reached the upstream: the connection could not be
@@ -50,20 +50,23 @@ impl Upstreams {
         &self.pool
     }
 
-    /// Calls `path` with one request message; the response may stream. An attempt that sent
-    /// nothing moves to another endpoint for free; UNAVAILABLE is retried on another endpoint
-    /// when `retryable` (GET routes), up to `max_attempts`, within the budget.
+    /// Calls `path` with one request message and `metadata` (request headers); the response
+    /// may stream. An attempt that sent nothing moves to another endpoint for free; UNAVAILABLE
+    /// is retried on another endpoint when `retryable` (GET routes), up to `max_attempts`,
+    /// within the budget.
     pub async fn call(
         &self,
         path: &str,
-        message: Bytes,
-        metadata: &MetadataMap,
+        message: &[u8],
+        metadata: &HeaderMap,
         timeout: Duration,
         retryable: bool,
-    ) -> Result<(SocketAddr, StreamingResponse), GatewayError> {
+    ) -> Result<(SocketAddr, UpstreamResponse), GatewayError> {
         let path: http::uri::PathAndQuery = path
             .parse()
             .map_err(|_| GatewayError::Internal(format!("invalid gRPC path {path}")))?;
+        // The body of every attempt: framed once, shared.
+        let frame = Bytes::from(message_frame(message));
         self.budget.deposit();
         let deadline = tokio::time::Instant::now() + timeout;
         let mut tried = Vec::new();
@@ -82,14 +85,7 @@ impl Upstreams {
             if remaining.is_zero() {
                 return Err(GatewayError::UpstreamTimeout);
             }
-            let mut request = tonic::Request::new(message.clone());
-            *request.metadata_mut() = metadata.clone();
-            request.set_timeout(remaining);
-            let mut grpc = endpoint.traffic();
-            let attempt = async {
-                grpc.ready().await.map_err(Status::from_error)?;
-                grpc.server_streaming(request, path.clone(), RawCodec).await
-            };
+            let attempt = endpoint.call(&path, frame.clone(), metadata, remaining);
             let status = match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok(response)) => {
                     self.pool.report(&endpoint, Outcome::Answered);
@@ -119,8 +115,8 @@ impl Upstreams {
                 last_error = Some(GatewayError::UpstreamUnavailable);
                 continue;
             }
-            // The upstream enforces the same grpc-timeout and may answer first (tonic says
-            // CANCELLED); either way the deadline passed.
+            // The upstream enforces the same grpc-timeout and may answer first (a tonic server
+            // says CANCELLED); either way the deadline passed.
             let error = if matches!(
                 status.code(),
                 tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
@@ -182,8 +178,8 @@ mod tests {
         let result = upstreams
             .call(
                 "/meshgate.users.v1.UserService/CreateUser",
-                Bytes::new(),
-                &MetadataMap::new(),
+                b"",
+                &HeaderMap::new(),
                 Duration::from_secs(5),
                 false,
             )

@@ -1,30 +1,79 @@
 //! The traffic side's HTTP/2 client: one h2c connection per endpoint, made on the first call and
-//! again once it closed, shared by every call through a clone of hyper's `SendRequest`.
+//! again once it closed, shared by every call through a clone of hyper's `SendRequest`, and the
+//! request of one call ([`grpc_request`]).
 //!
-//! tonic's `Channel` put a `Buffer` worker task in front of its connection (every call a hop
-//! through a queue and a wake-up of that task), plus `Reconnect`, `GrpcTimeout` and
-//! `UserAgent` layers. Calls here go straight to the connection: [`Traffic`] is the tower
-//! service tonic's `Grpc` client runs over, so requests are still encoded and responses decoded
-//! (`tonic::Streaming`) by tonic. The deadline is the caller's (`grpc-timeout` header and its
-//! own timer); a failed connect is a [`ConnectError`], which tells the caller nothing was sent.
+//! No tonic client runs here: tonic's `Channel` put a `Buffer` worker task in front of its
+//! connection (every call a hop through a queue and a wake-up of that task), plus `Reconnect`,
+//! `GrpcTimeout` and `UserAgent` layers, and its `Grpc` client an encode stream per request and
+//! `tonic::Streaming` per response. A call here is one `http::Request` with its single message
+//! frame as the body, sent straight on the connection; the response is decoded by
+//! [`super::response`]. The deadline is the caller's (`grpc-timeout` header and its own timer);
+//! a failed connect is a [`ConnectError`], which tells the caller nothing was sent.
 
 use std::{
-    future::Future,
     net::SocketAddr,
-    pin::Pin,
     sync::{
-        Arc, Mutex,
+        Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    task::{Context, Poll},
     time::Duration,
 };
 
-use hyper::client::conn::http2::SendRequest;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Uri, Version, header, uri::PathAndQuery};
+use http_body_util::Full;
+use hyper::{body::Incoming, client::conn::http2::SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tonic::body::Body;
+use meshgate_wire::grpc_headers;
+use tonic::Status;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = Full<Bytes>;
+
+/// A transport failure (connect, reset, broken connection) as the call's status: tonic's mapping
+/// of hyper and h2 errors, with the error kept as its `source()`, which is how the caller tells a
+/// transport failure from an answer (passive health, [`super::sent_nothing`]).
+pub(super) fn transport_status(
+    error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> Status {
+    Status::from_error(error.into())
+}
+
+/// One gRPC call as an HTTP/2 request: POST to `path` at `origin` (whose authority is the
+/// `:authority`), the gRPC headers with the remaining `timeout` as `grpc-timeout`, the call's
+/// metadata, and `frame` (the request message with its 5-byte prefix) as the whole body.
+pub(super) fn grpc_request(
+    origin: &Uri,
+    path: &PathAndQuery,
+    frame: Bytes,
+    metadata: &HeaderMap,
+    timeout: Duration,
+) -> http::Request<Body> {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = origin.scheme().cloned();
+    uri.authority = origin.authority().cloned();
+    uri.path_and_query = Some(path.clone());
+    let mut headers = HeaderMap::with_capacity(metadata.len() + 3);
+    for (name, value) in metadata {
+        headers.append(name.clone(), value.clone());
+    }
+    // After the metadata, so these are the only values of their names.
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    headers.insert(
+        "grpc-timeout",
+        HeaderValue::try_from(grpc_headers::format_timeout(timeout))
+            .expect("digits and a unit are a valid header value"),
+    );
+    let mut request = http::Request::new(Full::new(frame));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = Uri::from_parts(uri).expect("an origin and a path make a valid URI");
+    *request.version_mut() = Version::HTTP_2;
+    *request.headers_mut() = headers;
+    request
+}
 
 /// The connection to an endpoint could not be made: no byte of any request was sent.
 #[derive(Debug)]
@@ -74,6 +123,15 @@ impl Connector {
             .as_ref()
             .filter(|sender| !sender.is_closed())
             .cloned()
+    }
+
+    /// Sends `request` on the connection, made first if there is none.
+    pub(super) async fn send(
+        &self,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<Incoming>, Status> {
+        let mut sender = self.sender().await.map_err(transport_status)?;
+        sender.send_request(request).await.map_err(transport_status)
     }
 
     /// The open connection, or a new one.
@@ -136,28 +194,5 @@ impl Connector {
             }
         });
         Ok(sender)
-    }
-}
-
-/// The tower service tonic's `Grpc` client sends an endpoint's calls through.
-#[derive(Debug, Clone)]
-pub struct Traffic(pub(super) Arc<super::Endpoint>);
-
-impl tower::Service<http::Request<Body>> for Traffic {
-    type Response = http::Response<hyper::body::Incoming>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        // HTTP/2 multiplexes: a call waits for nothing but the connection, made in `call`.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let endpoint = self.0.clone();
-        Box::pin(async move {
-            let mut sender = endpoint.traffic.sender().await?;
-            Ok(sender.send_request(request).await?)
-        })
     }
 }

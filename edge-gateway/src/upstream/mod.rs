@@ -1,11 +1,12 @@
 //! The upstream side. Every `upstreams` entry is an `IP:port` or a `host:port` whose A/AAAA
 //! records are resolved again as their TTL runs out ([`crate::discovery`], [`crate::dns`]);
 //! each address is an [`Endpoint`] with one lazily made HTTP/2 (h2c, multiplexed) connection for
-//! traffic, re-made after it closed ([`Traffic`]: hyper's client connection straight under
-//! tonic's `Grpc` client, no `Buffer` task per call), and a tonic `Channel` for `grpc.health.v1`
-//! checks. Endpoints come and go without a restart; a removed one is no longer picked, and calls
-//! under way keep its connection until they finish (drained). Picking, health thresholds, passive ejection and panic
-//! routing are [`crate::balance`]; retries spend tower's `TpsBudget`, except failovers of
+//! traffic, re-made after it closed (hyper's client connection; a call is one request carrying
+//! its message frame, its response decoded here with `meshgate_wire`'s framing: no tonic client,
+//! no `Buffer` task per call), and a tonic `Channel` for `grpc.health.v1` checks. Endpoints come
+//! and go without a restart; a removed one is no longer picked, and calls under way keep its
+//! connection until they finish (drained). Picking, health thresholds, passive ejection and
+//! panic routing are [`crate::balance`]; retries spend tower's `TpsBudget`, except failovers of
 //! attempts that provably sent nothing (connect failures), which are free for any method.
 //!
 //! pingora's `LoadBalancer` + `ServiceDiscovery` was the obvious seam but does not fit: its
@@ -15,32 +16,30 @@
 //!
 //! - `pool`: the endpoint set (an [`Endpoint`] per address, its connections and health) and
 //!   picking from it.
-//! - `client`: the traffic connection per endpoint and the service tonic's client runs over.
+//! - `client`: the traffic connection per endpoint and the HTTP/2 request of a call.
 //! - `call`: a call over the pool, with free failovers, retries and the deadline.
+//! - `response`: a call's response: headers, then messages read from the body, then trailers.
+//! - `decode`: the pure part of reading a response (the head's outcome, message framing across
+//!   chunks, the status in the trailers).
 //! - `maintenance`: the background service (DNS refreshes, active health checks).
-//! - `codec`: the raw-bytes codec the calls use.
 //! - `stream`: a server stream relayed to a client through a bounded buffer.
 
 mod call;
 mod client;
-mod codec;
+mod decode;
 mod maintenance;
 mod pool;
+mod response;
 pub mod stream;
-
-use bytes::Bytes;
 
 pub use self::{
     call::{Upstreams, sent_nothing},
-    client::{ConnectError, Traffic},
-    codec::RawCodec,
+    client::ConnectError,
     maintenance::UpstreamMaintenance,
     pool::{Endpoint, UpstreamPool},
+    response::{Messages, UpstreamResponse},
 };
 pub use crate::config::UpstreamSettings;
-
-/// A call's outcome: response headers, messages, trailers.
-pub type StreamingResponse = tonic::Response<tonic::Streaming<Bytes>>;
 
 /// How an attempt on an endpoint went, for passive health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

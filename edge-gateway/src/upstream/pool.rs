@@ -13,11 +13,13 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use tonic::transport::Channel;
+use bytes::Bytes;
+use http::{HeaderMap, uri::PathAndQuery};
+use tonic::{Status, transport::Channel};
 
 use super::{
-    Outcome, UpstreamSettings,
-    client::{Connector, Traffic},
+    Outcome, UpstreamResponse, UpstreamSettings,
+    client::{Connector, grpc_request},
 };
 use crate::{
     balance::{self, ActiveHealth, Candidate, HealthThresholds, Outlier, OutlierSettings},
@@ -77,9 +79,17 @@ impl Endpoint {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A gRPC client for this endpoint's traffic, carrying its `:authority`.
-    pub fn traffic(self: &Arc<Self>) -> tonic::client::Grpc<Traffic> {
-        tonic::client::Grpc::with_origin(Traffic(self.clone()), self.origin.clone())
+    /// Calls `path` on this endpoint's traffic connection with one request message `frame`
+    /// (prefix included), carrying the endpoint's `:authority`.
+    pub(super) async fn call(
+        &self,
+        path: &PathAndQuery,
+        frame: Bytes,
+        metadata: &HeaderMap,
+        timeout: Duration,
+    ) -> Result<UpstreamResponse, Status> {
+        let request = grpc_request(&self.origin, path, frame, metadata, timeout);
+        UpstreamResponse::from_http(self.traffic.send(request).await?)
     }
 
     /// The health-check channel; must be called from within a tokio runtime.

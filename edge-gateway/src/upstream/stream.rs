@@ -27,17 +27,13 @@ pub trait MessageSource: Send + 'static {
     fn trailers(&mut self) -> impl Future<Output = Option<HeaderMap>> + Send;
 }
 
-impl MessageSource for tonic::Streaming<Bytes> {
+impl MessageSource for super::Messages {
     async fn message(&mut self) -> Result<Option<Bytes>, Status> {
-        tonic::Streaming::message(self).await
+        super::Messages::message(self).await
     }
 
     async fn trailers(&mut self) -> Option<HeaderMap> {
-        tonic::Streaming::trailers(self)
-            .await
-            .ok()
-            .flatten()
-            .map(tonic::metadata::MetadataMap::into_headers)
+        super::Messages::trailers(self).await.ok().flatten()
     }
 }
 

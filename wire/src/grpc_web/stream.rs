@@ -31,9 +31,12 @@ enum FrameState {
 }
 
 /// Splits a byte stream into length-prefixed gRPC frames; a prefix announcing more than
-/// `max_frame` bytes is refused before its payload is buffered.
+/// `max_frame` bytes is refused before its payload is buffered. A payload that arrives whole
+/// within one chunk pushed with [`FrameDecoder::push_bytes`] shares that chunk's buffer; only
+/// the pieces split across chunks are copied (into one buffer, sized from the prefix).
 #[derive(Debug)]
 pub struct FrameDecoder {
+    /// The part of the current prefix or payload that arrived so far, when it spans chunks.
     buffer: BytesMut,
     state: FrameState,
     max_frame: usize,
@@ -48,33 +51,62 @@ impl FrameDecoder {
         }
     }
 
+    /// Splits the next chunk (copied: [`FrameDecoder::push_bytes`] shares it instead).
     pub fn push(&mut self, bytes: &[u8], frames: &mut Vec<Frame>) -> Result<(), FrameError> {
-        self.buffer.extend_from_slice(bytes);
+        self.push_bytes(Bytes::copy_from_slice(bytes), frames)
+    }
+
+    /// Splits the next chunk; payloads wholly within it are slices of it, not copies.
+    pub fn push_bytes(
+        &mut self,
+        mut chunk: Bytes,
+        frames: &mut Vec<Frame>,
+    ) -> Result<(), FrameError> {
         loop {
             match self.state {
                 FrameState::Prefix => {
-                    let Some((flags, len)) = frame_prefix(&self.buffer) else {
-                        return Ok(());
+                    let prefix = match frame_prefix(&chunk) {
+                        Some(prefix) if self.buffer.is_empty() => {
+                            chunk.advance(5);
+                            prefix
+                        }
+                        _ => match self.take(&mut chunk, 5).as_deref().and_then(frame_prefix) {
+                            Some(prefix) => prefix,
+                            None => return Ok(()),
+                        },
                     };
+                    let (flags, len) = prefix;
                     if len > self.max_frame {
                         return Err(FrameError::TooLarge {
                             size: len,
                             limit: self.max_frame,
                         });
                     }
-                    self.buffer.advance(5);
                     self.state = FrameState::Payload { flags, len };
                 }
                 FrameState::Payload { flags, len } => {
-                    if self.buffer.len() < len {
+                    let Some(payload) = self.take(&mut chunk, len) else {
                         return Ok(());
-                    }
-                    let payload = self.buffer.split_to(len).freeze();
+                    };
                     frames.push(Frame { flags, payload });
                     self.state = FrameState::Prefix;
                 }
             }
         }
+    }
+
+    /// The next `wanted` bytes of the stream once they are all there: a slice of `chunk` when
+    /// nothing is buffered, else gathered in the buffer (what `chunk` has of them is taken).
+    fn take(&mut self, chunk: &mut Bytes, wanted: usize) -> Option<Bytes> {
+        if self.buffer.is_empty() && chunk.len() >= wanted {
+            return Some(chunk.split_to(wanted));
+        }
+        let missing = wanted - self.buffer.len();
+        let taken = missing.min(chunk.len());
+        self.buffer.reserve(missing);
+        self.buffer.extend_from_slice(&chunk[..taken]);
+        chunk.advance(taken);
+        (taken == missing).then(|| self.buffer.split().freeze())
     }
 
     pub fn finish(&self) -> Result<(), FrameError> {

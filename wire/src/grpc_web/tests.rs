@@ -97,6 +97,62 @@ mod stream {
     }
 
     #[test]
+    fn shared_chunks_split_anywhere_give_the_same_frames() {
+        let body: Vec<u8> = [
+            message_frame(b"first message"),
+            message_frame(b""),
+            encode_frame(0x80, b"grpc-status:0"),
+            message_frame(&[7; 300]),
+        ]
+        .concat();
+        let whole = decode_all(Mode::Binary, &[&body]).unwrap();
+        assert_eq!(whole.len(), 4);
+        for first in 0..body.len() {
+            for second in [first, (first + 7).min(body.len()), body.len()] {
+                let mut decoder = FrameDecoder::new(1 << 20);
+                let mut frames = Vec::new();
+                let body = Bytes::from(body.clone());
+                for piece in [
+                    body.slice(..first),
+                    body.slice(first..second),
+                    body.slice(second..),
+                ] {
+                    decoder.push_bytes(piece, &mut frames).unwrap();
+                }
+                decoder.finish().unwrap();
+                assert_eq!(frames, whole, "split at {first} and {second}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_payload_within_one_shared_chunk_is_not_copied() {
+        let chunk = Bytes::from([message_frame(b"one"), message_frame(b"two")].concat());
+        let mut decoder = FrameDecoder::new(1 << 20);
+        let mut frames = Vec::new();
+        decoder.push_bytes(chunk.clone(), &mut frames).unwrap();
+        let within = |payload: &Bytes| {
+            let start = chunk.as_ptr() as usize;
+            let at = payload.as_ptr() as usize;
+            at >= start && at + payload.len() <= start + chunk.len()
+        };
+        assert_eq!(frames.len(), 2);
+        assert!(frames.iter().all(|frame| within(&frame.payload)));
+        // Split across chunks, the payload is gathered once the prefix announced its size.
+        let body = message_frame(b"split payload");
+        let (head, tail) = body.split_at(9);
+        decoder
+            .push_bytes(Bytes::copy_from_slice(head), &mut frames)
+            .unwrap();
+        assert_eq!(frames.len(), 2);
+        decoder
+            .push_bytes(Bytes::copy_from_slice(tail), &mut frames)
+            .unwrap();
+        assert_eq!(frames[2].payload, Bytes::from_static(b"split payload"));
+        decoder.finish().unwrap();
+    }
+
+    #[test]
     fn text_with_padding_in_the_middle_of_the_stream() {
         // Two frames base64-encoded separately, each padded, then concatenated.
         let first = encode_text(&message_frame(b"ab"));
