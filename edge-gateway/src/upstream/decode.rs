@@ -20,6 +20,22 @@ const MISSING_STATUS: &str = "protocol error: missing grpc-status trailer, strea
                               without a final status (possible truncation by a proxy or load \
                               balancer)";
 
+/// The upstream broke the gRPC framing of its response: a failed exchange, not an answer. Its
+/// status carries this error as `source()`, so [`crate::error::GatewayError::from_upstream`]
+/// treats it as a transport failure: the client gets the gateway's generic "upstream
+/// unavailable", never this text (no internal error text reaches a client); it is logged here.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream protocol error: {0}")]
+pub struct ProtocolError(String);
+
+/// INTERNAL (gRPC's code for a broken response) with the violation as its source.
+fn protocol_error(detail: String) -> Status {
+    tracing::warn!(%detail, "upstream protocol error");
+    let mut status = Status::new(Code::Internal, detail.clone());
+    status.set_source(std::sync::Arc::new(ProtocolError(detail)));
+    status
+}
+
 /// The status a header or trailer block carries: `None` without `grpc-status`, `Ok` for OK.
 /// `grpc-message` is percent-decoded; `grpc-status-details-bin` is kept when it is base64.
 fn carried_status(fields: &HeaderMap) -> Option<Result<(), Status>> {
@@ -98,7 +114,7 @@ impl MessageDecoder {
                     "the upstream's response message of {size} bytes exceeds the gateway's \
                      limit of {limit} bytes"
                 )),
-                other => Status::internal(format!("upstream response: {other}")),
+                other => protocol_error(other.to_string()),
             });
         }
     }
@@ -126,13 +142,11 @@ impl MessageDecoder {
             0 => Ok(Some(message)),
             // The gateway sends no grpc-accept-encoding, so a compressed message is the
             // upstream's mistake (the compression spec's INTERNAL).
-            COMPRESSED_FLAG => self.stop(Status::internal(
-                "protocol error: the upstream sent a compressed message, though the gateway \
-                 accepts no compression",
+            COMPRESSED_FLAG => self.stop(protocol_error(
+                "a compressed message, though the gateway accepts no compression".to_owned(),
             )),
-            other => self.stop(Status::internal(format!(
-                "protocol error: upstream message with invalid flags {other:#04x} (valid are 0 \
-                 and 1)"
+            other => self.stop(protocol_error(format!(
+                "a message with invalid flags {other:#04x} (valid are 0 and 1)"
             ))),
         }
     }
@@ -145,15 +159,16 @@ impl MessageDecoder {
     }
 
     /// How the call ended, once the body did (with its trailers, if it had any): a failure the
-    /// trailers carry; INTERNAL for a body cut inside a message; UNKNOWN without `grpc-status`.
+    /// trailers carry; a [`ProtocolError`] for a body cut inside a message; UNKNOWN without
+    /// `grpc-status` (as tonic answered: no source, so it passes through).
     pub fn finish(&mut self, trailers: Option<&HeaderMap>) -> Result<(), Status> {
         let outcome = trailers.and_then(carried_status);
         if let Some(Err(status)) = outcome {
             return Err(status);
         }
         if let Err(FrameError::Truncated(left)) = self.frames.finish() {
-            return Err(Status::internal(format!(
-                "the upstream's response ended inside a message ({left} bytes of it arrived)"
+            return Err(protocol_error(format!(
+                "the response ended inside a message ({left} bytes of it arrived)"
             )));
         }
         match outcome {
@@ -193,6 +208,16 @@ mod tests {
             }
         }
         (messages, decoder.finish(trailers))
+    }
+
+    /// A broken response, which the client sees as the gateway's "upstream unavailable".
+    fn is_protocol_error(status: &Status) -> bool {
+        let from_upstream = crate::error::GatewayError::from_upstream(status.clone());
+        std::error::Error::source(status).is_some_and(|source| source.is::<ProtocolError>())
+            && matches!(
+                from_upstream,
+                crate::error::GatewayError::UpstreamUnavailable
+            )
     }
 
     fn ok() -> HeaderMap {
@@ -288,6 +313,7 @@ mod tests {
         let status = end.unwrap_err();
         assert_eq!(status.code(), Code::Internal);
         assert!(status.message().contains("7 bytes"), "{status:?}");
+        assert!(is_protocol_error(&status));
         let failed = fields(&[("grpc-status", "13"), ("grpc-message", "boom")]);
         let status = decode(&[Bytes::from(cut)], Some(&failed)).1.unwrap_err();
         assert_eq!(status.message(), "boom");
@@ -301,11 +327,13 @@ mod tests {
         let status = end.unwrap_err();
         assert_eq!(status.code(), Code::Internal);
         assert!(status.message().contains("compressed"), "{status:?}");
+        assert!(is_protocol_error(&status));
 
         let flagged = [message_frame(b"ok"), encode_frame(0x80, b"trailers?")].concat();
         let status = decode(&[Bytes::from(flagged)], Some(&ok())).1.unwrap_err();
         assert_eq!(status.code(), Code::Internal);
         assert!(status.message().contains("0x80"), "{status:?}");
+        assert!(is_protocol_error(&status));
 
         // Refused from the prefix alone, before the payload is buffered.
         let oversized = [
