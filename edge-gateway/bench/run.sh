@@ -9,7 +9,8 @@
 #   (w) gRPC-web (binary) straight to the user-service (tonic-web): the reference for (d);
 # at concurrency 1 and 64; then the gateway's RSS. Each row prints the CPU every process spent
 # per request (client, user-service, gateway, nginx: utime + stime from /proc over the row ÷
-# requests), which holds up far better than req/s on a shared machine.
+# requests), which holds up far better than req/s on a shared machine, and the proxy's system
+# calls and context switches per request (perf's kernel counters, when perf can count them).
 #
 # Usage (from the repository root):
 #   CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
@@ -111,6 +112,13 @@ nginx_ticks() {
   echo "$total"
 }
 ticks_per_second=$(getconf CLK_TCK)
+# Kernel work callgrind cannot see and CPU time reads noisily: system calls and context switches
+# of the proxy (gateway or nginx) per request, counted by the kernel (perf tracepoints; "-" where
+# perf cannot count them, e.g. without root).
+PERF="${PERF:-$(command -v perf || true)}"
+if [[ -n $PERF ]] && ! "$PERF" stat -e raw_syscalls:sys_enter,context-switches -- true >/dev/null 2>&1; then
+  PERF=""
+fi
 
 # One row: throughput and latency from the generator, plus the CPU each process on the path
 # spent per request (µs); "-" for a process the row does not go through.
@@ -120,12 +128,28 @@ run() {
   service_before=$(cpu_ticks "$USER_PID")
   gateway_before=$(cpu_ticks "$GATEWAY_PID")
   nginx_before=$(nginx_ticks)
+  local proxy_pids="" perf_pid=""
+  [[ $target == "http://$GATEWAY" ]] && proxy_pids=$GATEWAY_PID
+  [[ $target == "http://$NGINX_ADDR" ]] && proxy_pids=$(pgrep -P "$NGINX_PID" | paste -sd,)
+  if [[ -n $PERF && -n $proxy_pids ]]; then
+    "$PERF" stat -x, -e raw_syscalls:sys_enter,context-switches -p "$proxy_pids" \
+      -o "$WORK/perf.csv" 2>/dev/null &
+    perf_pid=$!
+  fi
   line=$("$BIN/meshgate-loadgen" --target "$target" --scenario get-hit --transport "$transport" \
     --concurrency "$concurrency" --connections 4 --seed-users 200 --duration "$SECONDS_PER_RUN")
   local service_cpu=$(($(cpu_ticks "$USER_PID") - service_before))
   local gateway_cpu=$(($(cpu_ticks "$GATEWAY_PID") - gateway_before))
   local nginx_cpu=$(($(nginx_ticks) - nginx_before))
   requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
+  local syscalls="-" switches="-"
+  if [[ -n $perf_pid ]]; then
+    kill -INT "$perf_pid"
+    wait "$perf_pid" 2>/dev/null || true
+    count() { awk -F, -v e="$1" -v n="$requests" '$3 == e { printf "%.1f", $1 / n }' "$WORK/perf.csv"; }
+    syscalls=$(count raw_syscalls:sys_enter)
+    switches=$(count context-switches)
+  fi
   per_request() { awk -v t="$1" -v n="$requests" -v hz="$ticks_per_second" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }'; }
   local gateway_column="-" nginx_column="-"
   [[ $target == "http://$GATEWAY" ]] && gateway_column=$(per_request "$gateway_cpu")
@@ -134,11 +158,11 @@ run() {
 | $(sed -E 's/.*p50=([0-9.]+) ms.*/\1/' <<<"$line") | $(sed -E 's/.*p99=([0-9.]+) ms.*/\1/' <<<"$line") \
 | $(sed -E 's/.*errors=([0-9]+).*/\1/' <<<"$line") \
 | $(sed -E 's/.*client_cpu_us_per_request=([0-9.na\/]+).*/\1/' <<<"$line") \
-| $(per_request "$service_cpu") | $gateway_column | $nginx_column |"
+| $(per_request "$service_cpu") | $gateway_column | $nginx_column | $syscalls | $switches |"
 }
 
-echo "| path | concurrency | req/s | p50 ms | p99 ms | errors | client CPU µs/req | service CPU µs/req | gateway CPU µs/req | nginx CPU µs/req |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "| path | concurrency | req/s | p50 ms | p99 ms | errors | client CPU µs/req | service CPU µs/req | gateway CPU µs/req | nginx CPU µs/req | proxy syscalls/req | proxy context switches/req |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for concurrency in "${CONCURRENCIES[@]}"; do
   run "(a) gRPC direct to user-service" "http://$USER_GRPC" grpc "$concurrency"
   run "(b) REST via gateway" "http://$GATEWAY" rest "$concurrency"

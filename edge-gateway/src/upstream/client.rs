@@ -1,33 +1,42 @@
 //! The traffic side's HTTP/2 client: one h2c connection per endpoint, made on the first call and
-//! again once it closed, shared by every call through a clone of hyper's `SendRequest`, and the
+//! again once it closed, shared by every call through a clone of h2's `SendRequest`, and the
 //! request of one call ([`grpc_request`]).
 //!
 //! No tonic client runs here: tonic's `Channel` put a `Buffer` worker task in front of its
 //! connection (every call a hop through a queue and a wake-up of that task), plus `Reconnect`,
 //! `GrpcTimeout` and `UserAgent` layers, and its `Grpc` client an encode stream per request and
-//! `tonic::Streaming` per response. A call here is one `http::Request` with its single message
-//! frame as the body, sent straight on the connection; the response is decoded by
-//! [`super::response`]. The deadline is the caller's (`grpc-timeout` header and its own timer);
-//! a failed connect is a [`ConnectError`], which tells the caller nothing was sent.
+//! `tonic::Streaming` per response. hyper's client is not used either: it hands every request
+//! to its connection task through a channel and spawns a task per request for the response
+//! (`strace` showed an eventfd write and a separate `writev` for the DATA frame per call). With
+//! the `h2` crate (hyper's own HTTP/2 layer) the calling task opens the stream, queues the
+//! request's one DATA frame with END_STREAM behind its HEADERS (one write for both), and
+//! awaits the response itself; the connection task only does the socket I/O. The response is
+//! decoded by [`super::response`]. The deadline is the caller's (`grpc-timeout` header and its
+//! own timer); a failed connect is a [`ConnectError`], which tells the caller nothing was sent.
 
 use std::{
     net::SocketAddr,
     sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
 use bytes::Bytes;
+use h2::{
+    RecvStream,
+    client::{self, SendRequest},
+};
 use http::{HeaderMap, HeaderValue, Method, Uri, Version, header, uri::PathAndQuery};
-use http_body_util::Full;
-use hyper::{body::Incoming, client::conn::http2::SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshgate_wire::grpc_headers;
 use tonic::Status;
 
-type Body = Full<Bytes>;
+/// Flow-control windows the gateway grants an upstream: a response message up to the 4 MiB
+/// decode limit flows without waiting for a WINDOW_UPDATE round trip per 64 KiB (h2's default),
+/// which hyper's adaptive window used to grow to on its own.
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
 
 /// A transport failure (connect, reset, broken connection) as the call's status: tonic's mapping
 /// of hyper and h2 errors, with the error kept as its `source()`, which is how the caller tells a
@@ -38,16 +47,15 @@ pub(super) fn transport_status(
     Status::from_error(error.into())
 }
 
-/// One gRPC call as an HTTP/2 request: POST to `path` at `origin` (whose authority is the
-/// `:authority`), the gRPC headers with the remaining `timeout` as `grpc-timeout`, the call's
-/// metadata, and `frame` (the request message with its 5-byte prefix) as the whole body.
+/// One gRPC call's HTTP/2 request head: POST to `path` at `origin` (whose authority is the
+/// `:authority`), the gRPC headers with the remaining `timeout` as `grpc-timeout`, and the
+/// call's metadata. The body (the message frame) is sent by [`Connector::send`].
 pub(super) fn grpc_request(
     origin: &Uri,
     path: &PathAndQuery,
-    frame: Bytes,
     metadata: &HeaderMap,
     timeout: Duration,
-) -> http::Request<Body> {
+) -> http::Request<()> {
     let mut uri = http::uri::Parts::default();
     uri.scheme = origin.scheme().cloned();
     uri.authority = origin.authority().cloned();
@@ -67,7 +75,7 @@ pub(super) fn grpc_request(
         HeaderValue::try_from(grpc_headers::format_timeout(timeout))
             .expect("digits and a unit are a valid header value"),
     );
-    let mut request = http::Request::new(Full::new(frame));
+    let mut request = http::Request::new(());
     *request.method_mut() = Method::POST;
     *request.uri_mut() = Uri::from_parts(uri).expect("an origin and a path make a valid URI");
     *request.version_mut() = Version::HTTP_2;
@@ -94,12 +102,20 @@ impl std::fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
+/// An open connection: the handle calls open streams with, and whether its task has ended
+/// (h2's handle cannot tell; a call on a closed one fails).
+#[derive(Debug, Clone)]
+struct Open {
+    sender: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
 /// An endpoint's traffic connection, made lazily and re-made after it closed.
 #[derive(Debug)]
 pub(super) struct Connector {
     addr: SocketAddr,
     connect_timeout: Duration,
-    current: Mutex<Option<SendRequest<Body>>>,
+    current: Mutex<Option<Open>>,
     /// One connect at a time; callers that waited for a failed one fail with its error rather
     /// than queueing a connect timeout each (they fail over to another endpoint instead).
     connecting: tokio::sync::Mutex<Option<String>>,
@@ -117,25 +133,36 @@ impl Connector {
         }
     }
 
-    fn open(&self) -> Option<SendRequest<Body>> {
+    fn open(&self) -> Option<SendRequest<Bytes>> {
         let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         current
             .as_ref()
-            .filter(|sender| !sender.is_closed())
-            .cloned()
+            .filter(|open| !open.closed.load(Ordering::Acquire))
+            .map(|open| open.sender.clone())
     }
 
-    /// Sends `request` on the connection, made first if there is none.
+    /// Sends `request` with `frame` (one message frame) as its whole body on the connection,
+    /// made first if there is none, and waits for the response head.
     pub(super) async fn send(
         &self,
-        request: http::Request<Body>,
-    ) -> Result<http::Response<Incoming>, Status> {
-        let mut sender = self.sender().await.map_err(transport_status)?;
-        sender.send_request(request).await.map_err(transport_status)
+        request: http::Request<()>,
+        frame: Bytes,
+    ) -> Result<http::Response<RecvStream>, Status> {
+        let sender = self.sender().await.map_err(transport_status)?;
+        // Waits only while the upstream's SETTINGS_MAX_CONCURRENT_STREAMS are all in use.
+        let mut sender = sender.ready().await.map_err(transport_status)?;
+        let (response, mut body) = sender
+            .send_request(request, false)
+            .map_err(transport_status)?;
+        // Queued behind the HEADERS frame: both go out in the connection task's next write.
+        // A message larger than the stream's send window is held by h2 until the upstream
+        // grants more.
+        body.send_data(frame, true).map_err(transport_status)?;
+        response.await.map_err(transport_status)
     }
 
     /// The open connection, or a new one.
-    async fn sender(&self) -> Result<SendRequest<Body>, ConnectError> {
+    async fn sender(&self) -> Result<SendRequest<Bytes>, ConnectError> {
         if let Some(sender) = self.open() {
             return Ok(sender);
         }
@@ -151,9 +178,10 @@ impl Connector {
         }
         self.attempts.fetch_add(1, Ordering::AcqRel);
         match self.connect().await {
-            Ok(sender) => {
+            Ok(open) => {
                 *last_failure = None;
-                *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
+                let sender = open.sender.clone();
+                *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(open);
                 Ok(sender)
             }
             Err(reason) => {
@@ -172,7 +200,7 @@ impl Connector {
 
     /// TCP (no Nagle) and the HTTP/2 handshake; the connection runs as a task on the current
     /// runtime until either side closes it.
-    async fn connect(&self) -> Result<SendRequest<Body>, String> {
+    async fn connect(&self) -> Result<Open, String> {
         let stream = tokio::time::timeout(
             self.connect_timeout,
             tokio::net::TcpStream::connect(self.addr),
@@ -181,18 +209,32 @@ impl Connector {
         .map_err(|_| format!("connect timed out after {:?}", self.connect_timeout))?
         .map_err(|e| e.to_string())?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .adaptive_window(true)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
+        let (sender, connection) = tokio::time::timeout(
+            self.connect_timeout,
+            client::Builder::new()
+                .initial_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                // The gateway never accepts pushed streams.
+                .enable_push(false)
+                .handshake::<_, Bytes>(stream),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "HTTP/2 handshake timed out after {:?}",
+                self.connect_timeout
+            )
+        })?
+        .map_err(|e| e.to_string())?;
+        let closed = Arc::new(AtomicBool::new(false));
         let addr = self.addr;
+        let ended = closed.clone();
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(upstream = %addr, %error, "upstream connection ended");
             }
+            ended.store(true, Ordering::Release);
         });
-        Ok(sender)
+        Ok(Open { sender, closed })
     }
 }

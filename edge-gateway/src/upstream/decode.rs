@@ -1,7 +1,7 @@
 //! A gRPC response to one of the gateway's calls, read without I/O: what its head decides (a
 //! trailers-only answer, or an HTTP status that is not gRPC's), its messages split from the body
 //! chunks as they arrive ([`meshgate_wire`]'s framing), and the status its trailers end it with.
-//! [`super::response`] feeds it hyper's body.
+//! [`super::response`] feeds it the HTTP/2 stream's data.
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};

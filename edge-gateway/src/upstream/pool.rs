@@ -88,8 +88,8 @@ impl Endpoint {
         metadata: &HeaderMap,
         timeout: Duration,
     ) -> Result<UpstreamResponse, Status> {
-        let request = grpc_request(&self.origin, path, frame, metadata, timeout);
-        UpstreamResponse::from_http(self.traffic.send(request).await?)
+        let request = grpc_request(&self.origin, path, metadata, timeout);
+        UpstreamResponse::from_http(self.traffic.send(request, frame).await?)
     }
 
     /// The health-check channel; must be called from within a tokio runtime.

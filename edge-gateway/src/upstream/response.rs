@@ -1,14 +1,12 @@
 //! A call's response as the terminated paths read it: the head's headers, then the messages as
-//! hyper's body delivers them (split by [`super::decode`]), then the trailers. Dropping the
-//! response or its [`Messages`] before the end resets the upstream stream (hyper cancels an
-//! HTTP/2 stream whose response body is dropped), which is how a departed client cancels the
-//! call.
-
-use std::pin::Pin;
+//! the HTTP/2 stream delivers them (split by [`super::decode`]), then the trailers. Dropping the
+//! response or its [`Messages`] before the end resets the upstream stream (h2 sends
+//! RST_STREAM(CANCEL) for a stream nothing refers to any more), which is how a departed client
+//! cancels the call.
 
 use bytes::Bytes;
+use h2::RecvStream;
 use http::HeaderMap;
-use hyper::body::{Body as _, Incoming};
 use tonic::Status;
 
 use super::client::transport_status;
@@ -24,7 +22,7 @@ pub struct UpstreamResponse {
 impl UpstreamResponse {
     /// The response, or the status its head already decided (trailers-only failure, HTTP
     /// status other than 200).
-    pub(super) fn from_http(response: http::Response<Incoming>) -> Result<Self, Status> {
+    pub(super) fn from_http(response: http::Response<RecvStream>) -> Result<Self, Status> {
         let (head, body) = response.into_parts();
         let body = match head_outcome(head.status, &head.headers) {
             None => Some(body),
@@ -61,7 +59,7 @@ impl UpstreamResponse {
 #[derive(Debug)]
 pub struct Messages {
     /// `None` once the body ended (or failed): reading stops.
-    body: Option<Incoming>,
+    body: Option<RecvStream>,
     decoder: MessageDecoder,
     /// The trailers of a stream that ended with OK, until taken.
     trailers: Option<HeaderMap>,
@@ -85,25 +83,27 @@ impl Messages {
             let Some(body) = self.body.as_mut() else {
                 return Ok(None);
             };
-            let trailers =
-                match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
-                    Some(Ok(frame)) => match frame.into_data() {
-                        Ok(chunk) => {
-                            self.decoder.push(chunk);
-                            continue;
-                        }
-                        // The trailers are the body's last frame.
-                        Err(frame) => match frame.into_trailers() {
-                            Ok(trailers) => Some(trailers),
-                            Err(_) => continue,
-                        },
-                    },
-                    Some(Err(error)) => {
-                        self.body = None;
-                        return Err(transport_status(error));
-                    }
-                    None => None,
-                };
+            match body.data().await {
+                Some(Ok(chunk)) => {
+                    // The bytes are the decoder's now: the upstream may send as much again.
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    self.decoder.push(chunk);
+                    continue;
+                }
+                Some(Err(error)) => {
+                    self.body = None;
+                    return Err(transport_status(error));
+                }
+                None => {}
+            }
+            // The data has ended; the trailers (if any) are the stream's last frame.
+            let trailers = match body.trailers().await {
+                Ok(trailers) => trailers,
+                Err(error) => {
+                    self.body = None;
+                    return Err(transport_status(error));
+                }
+            };
             self.body = None;
             self.decoder.finish(trailers.as_ref())?;
             self.trailers = trailers;
@@ -125,7 +125,7 @@ mod tests {
 
     use http::{HeaderValue, Request, Response, StatusCode, Uri};
     use http_body_util::{BodyExt as _, StreamBody};
-    use hyper::body::Frame;
+    use hyper::body::{Frame, Incoming};
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use meshgate_wire::grpc::message_frame;
     use tokio::sync::mpsc;
@@ -180,12 +180,36 @@ mod tests {
         let origin: Uri = "http://users.internal:50051".parse().unwrap();
         let path = "/pkg.Service/Method".parse().unwrap();
         let frame = Bytes::from(message_frame(b"hi"));
-        let request = grpc_request(&origin, &path, frame, metadata, Duration::from_millis(1500));
-        UpstreamResponse::from_http(connector.send(request).await?)
+        let request = grpc_request(&origin, &path, metadata, Duration::from_millis(1500));
+        UpstreamResponse::from_http(connector.send(request, frame).await?)
     }
 
     fn data(bytes: &[u8]) -> Result<Frame<Bytes>, Infallible> {
         Ok(Frame::data(Bytes::copy_from_slice(bytes)))
+    }
+
+    /// More than the stream's and the connection's flow-control windows (4 and 16 MiB) flows:
+    /// the capacity of what was read is given back, or the upstream would stall once they
+    /// were used up. The upstream writes only after the gateway has read what came before.
+    #[tokio::test]
+    async fn a_stream_larger_than_the_flow_control_windows_is_read_to_its_end() {
+        let mut upstream = upstream(StatusCode::OK, &[("content-type", "application/grpc")]).await;
+        let connector = Connector::new(upstream.addr, Duration::from_secs(5));
+        let response = call(&connector, &HeaderMap::new()).await.unwrap();
+        let (_, feed) = upstream.calls.recv().await.unwrap();
+        let message = vec![7u8; 3 << 20];
+        let mut messages = response.into_messages();
+        for _ in 0..8 {
+            feed.send(data(&message_frame(&message))).await.unwrap();
+            let read = tokio::time::timeout(Duration::from_secs(10), messages.message())
+                .await
+                .expect("the upstream stalled: flow-control capacity was not released");
+            assert_eq!(read.unwrap().unwrap().len(), message.len());
+        }
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        feed.send(Ok(Frame::trailers(trailers))).await.unwrap();
+        assert!(messages.message().await.unwrap().is_none());
     }
 
     #[tokio::test]
