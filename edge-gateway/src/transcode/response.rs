@@ -29,16 +29,24 @@ pub fn render_response(
         message: message.descriptor().full_name().to_owned(),
         reason,
     };
-    if route.response_body.is_none() && !options.int64_as_number {
-        // The whole message: straight to bytes, without a `serde_json::Value` in between.
-        let mut json = Vec::with_capacity(128);
-        message
-            .serialize_with_options(
-                &mut serde_json::Serializer::new(&mut json),
-                &options.serialize_options(),
-            )
-            .map_err(|e| failed(e.to_string()))?;
-        return Ok(json);
+    if !options.int64_as_number {
+        // Straight to bytes, without a `serde_json::Value` in between (building and
+        // re-serializing that tree was two thirds of the rendering): the whole message, or the
+        // `response_body` field when it holds a message that is set.
+        let rendered = match &route.response_body {
+            None => Some(message),
+            Some(field) => body_message(message, field),
+        };
+        if let Some(rendered) = rendered {
+            let mut json = Vec::with_capacity(128);
+            rendered
+                .serialize_with_options(
+                    &mut serde_json::Serializer::new(&mut json),
+                    &options.serialize_options(),
+                )
+                .map_err(|e| failed(e.to_string()))?;
+            return Ok(json);
+        }
     }
     let value = message_json(message, options).map_err(failed)?;
     let value = match (&route.response_body, value) {
@@ -57,6 +65,21 @@ pub fn render_response(
         (_, value) => value,
     };
     Ok(serde_json::to_vec(&value).expect("a JSON value always serializes"))
+}
+
+/// The `response_body` field of `message` when it is a singular message field that is set
+/// (rendered on its own as a JSON object); `None` for anything else, which takes the general
+/// path.
+fn body_message<'a>(message: &'a DynamicMessage, field: &str) -> Option<&'a DynamicMessage> {
+    let field = message.descriptor().get_field_by_name(field)?;
+    if field.is_list() || field.is_map() || !message.has_field(&field) {
+        return None;
+    }
+    match message.get_field(&field) {
+        std::borrow::Cow::Borrowed(value) => value.as_message(),
+        // Present fields are borrowed; an owned value would be a default.
+        std::borrow::Cow::Owned(_) => None,
+    }
 }
 
 pub fn message_json(message: &DynamicMessage, options: JsonOptions) -> Result<Value, String> {

@@ -452,3 +452,40 @@ fn int64_as_number_keeps_strings_beyond_two_to_the_53() {
     assert_eq!(render(safe + 1)["created_at"], (safe + 1).to_string());
     assert_eq!(render(i64::MIN)["created_at"], i64::MIN.to_string());
 }
+
+#[test]
+fn a_response_body_message_renders_as_the_general_path_would_in_field_order() {
+    let (route, _) = route(Method::GET, "/v1/users/x");
+    let response = meshgate_proto::user::GetUserResponse {
+        user: Some(meshgate_proto::user::User {
+            id: "u1".into(),
+            name: "Ada".into(),
+            email: "a@x.io".into(),
+            age: 0,
+            created_at: 1_700_000_000,
+            updated_at: 1_700_000_001,
+        }),
+        message: "ok".into(),
+    };
+    let message = decode_response(&route.output(), &response.encode_to_vec()).unwrap();
+    let options = JsonOptions::default();
+    let rendered = render_response(&route, &message, options).unwrap();
+    let general = message_json(&message, options).unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&rendered).unwrap(),
+        general["user"]
+    );
+    // Fields in the message's order (as protojson writes them), defaults included.
+    assert_eq!(
+        String::from_utf8(rendered).unwrap(),
+        r#"{"id":"u1","name":"Ada","email":"a@x.io","age":0,"createdAt":"1700000000","updatedAt":"1700000001"}"#
+    );
+    // An unset `user` takes the general path: the field's default, as before.
+    let empty = decode_response(&route.output(), &[]).unwrap();
+    let general = message_json(&empty, options).unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&render_response(&route, &empty, options).unwrap())
+            .unwrap(),
+        general.get("user").cloned().unwrap_or(Value::Null)
+    );
+}

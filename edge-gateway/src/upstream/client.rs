@@ -33,8 +33,8 @@ use meshgate_wire::grpc_headers;
 use tonic::Status;
 
 /// Flow-control windows the gateway grants an upstream: a response message up to the 4 MiB
-/// decode limit flows without waiting for a WINDOW_UPDATE round trip per 64 KiB (h2's default),
-/// which hyper's adaptive window used to grow to on its own.
+/// decode limit flows without waiting for a WINDOW_UPDATE round trip per 64 KiB (h2's default).
+/// They replace hyper's adaptive (BDP-measured) window, which the h2 crate does not have.
 const STREAM_WINDOW: u32 = 4 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
 
