@@ -272,9 +272,9 @@ mod tests {
         assert!(std::error::Error::source(&status).is_none());
     }
 
-    #[tokio::test]
-    async fn dropping_the_messages_resets_the_upstream_stream() {
-        let mut upstream = upstream(StatusCode::OK, &[]).await;
+    /// A call on `upstream` whose first message, `one`, was read: the connection, the rest of
+    /// the messages, and the feed of the upstream's response body.
+    async fn first_message_read(upstream: &mut Upstream) -> (Connector, Messages, Feed) {
         let connector = Connector::new(upstream.addr, Duration::from_secs(5));
         let mut messages = call(&connector, &HeaderMap::new())
             .await
@@ -283,6 +283,13 @@ mod tests {
         let (_request, feed) = upstream.calls.recv().await.unwrap();
         feed.send(data(&message_frame(b"one"))).await.unwrap();
         assert_eq!(messages.message().await.unwrap().unwrap(), "one");
+        (connector, messages, feed)
+    }
+
+    #[tokio::test]
+    async fn dropping_the_messages_resets_the_upstream_stream() {
+        let mut upstream = upstream(StatusCode::OK, &[]).await;
+        let (_connector, messages, feed) = first_message_read(&mut upstream).await;
         drop(messages);
         // The server drops the body it was writing once the stream is reset.
         tokio::time::timeout(Duration::from_secs(5), feed.closed())
@@ -293,14 +300,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_lost_mid_stream_is_a_transport_failure() {
         let mut upstream = upstream(StatusCode::OK, &[]).await;
-        let connector = Connector::new(upstream.addr, Duration::from_secs(5));
-        let mut messages = call(&connector, &HeaderMap::new())
-            .await
-            .unwrap()
-            .into_messages();
-        let (_request, feed) = upstream.calls.recv().await.unwrap();
-        feed.send(data(&message_frame(b"one"))).await.unwrap();
-        assert_eq!(messages.message().await.unwrap().unwrap(), "one");
+        let (_connector, mut messages, _feed) = first_message_read(&mut upstream).await;
         upstream.server.abort();
         let status = messages.message().await.unwrap_err();
         assert!(
