@@ -26,8 +26,11 @@ fn is_forwarded(name: &HeaderName) -> bool {
             "host"
                 | "content-type"
                 | "content-length"
+                // Connection-specific: HTTP/2 forbids them (the h2 client refuses a request
+                // carrying one, which would fail the call).
                 | "connection"
                 | "keep-alive"
+                | "proxy-connection"
                 | "te"
                 | "transfer-encoding"
                 | "upgrade"
@@ -198,6 +201,7 @@ mod tests {
             ("content-type", "application/json"),
             ("grpc-timeout", "1S"),
             ("grpc-status", "0"),
+            ("proxy-connection", "keep-alive"),
         ] {
             headers.insert(name, HeaderValue::from_static(value));
         }
@@ -206,7 +210,13 @@ mod tests {
         let metadata = metadata_from(&headers, &trace, None);
         assert_eq!(metadata["authorization"], "Bearer t");
         assert_eq!(metadata["x-request-id"], "r1");
-        for hop in ["cookie", "content-type", "grpc-timeout", "grpc-status"] {
+        for hop in [
+            "cookie",
+            "content-type",
+            "grpc-timeout",
+            "grpc-status",
+            "proxy-connection",
+        ] {
             assert!(!metadata.contains_key(hop), "{hop} forwarded");
         }
         // The gateway's own span, a child of the caller's, not the caller's header.
