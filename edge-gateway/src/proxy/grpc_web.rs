@@ -135,7 +135,13 @@ impl GatewayProxy {
             }
             (status, trailers)
         } else {
-            if let Some(head) = head.take() {
+            if let Some(mut head) = head.take() {
+                // HTTP/1.1: chunked, so the stream's end is marked and the connection stays
+                // usable (without a length pingora frames the body by closing it). HTTP/2 frames
+                // by itself.
+                if session.req_header().version == http::Version::HTTP_11 {
+                    let _ = head.insert_header("transfer-encoding", "chunked");
+                }
                 session
                     .write_response_header(head, false)
                     .await
@@ -208,13 +214,16 @@ impl GatewayProxy {
             );
         }
         let trailer_frame = encoder.trailers(&trailers);
-        let Some(head) = head else {
+        let Some(mut head) = head else {
             return session
                 .write_response_body(Some(trailer_frame), true)
                 .await
                 .map_err(write_error);
         };
         unary_body.extend_from_slice(&trailer_frame);
+        // The whole answer is known: its length frames it, and an HTTP/1.1 connection serves
+        // the next call (a body without one is delimited by closing the connection).
+        let _ = head.insert_header("content-length", unary_body.len().to_string());
         session
             .write_response_header(head, false)
             .await

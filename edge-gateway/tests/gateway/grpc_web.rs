@@ -162,3 +162,57 @@ async fn unreachable_upstream_is_trailers_only_unavailable() {
         "no socket details leak: {message}"
     );
 }
+
+/// Over HTTP/1.1 every answer is framed — a unary one by its length, a stream chunked — so one
+/// connection serves call after call (close-delimited bodies closed it after each).
+#[tokio::test]
+async fn an_http1_connection_serves_unary_and_streaming_calls_in_turn() {
+    use http_body_util::BodyExt;
+
+    let backend = Backend::start("web").await;
+    let gw = spawn_gateway(&[backend.addr]).await;
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let echo = kitchen::Sink {
+        id: "k1".into(),
+        ..Default::default()
+    };
+    let count = kitchen::CountRequest { n: 3, fail_code: 0 };
+    let calls = [
+        ("Echo", grpc_web_request(&echo, false), 1),
+        ("Count", grpc_web_request(&count, false), 3),
+        ("Echo", grpc_web_request(&echo, false), 1),
+    ];
+    for (method, body, messages) in calls {
+        sender
+            .ready()
+            .await
+            .unwrap_or_else(|e| panic!("the connection closed before {method}: {e}"));
+        let request = http::Request::post(format!("/kitchen.v1.KitchenService/{method}"))
+            .header("host", gw.addr.to_string())
+            .header("content-type", "application/grpc-web+proto")
+            .header("x-grpc-web", "1")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let headers = response.headers().clone();
+        let framed = headers.contains_key("content-length")
+            || headers
+                .get("transfer-encoding")
+                .is_some_and(|value| value == "chunked");
+        assert!(framed, "{method}: {headers:?}");
+        assert_ne!(
+            headers.get("connection").map(|v| v.as_bytes()),
+            Some(&b"close"[..]),
+            "{method}"
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let reply = parse_grpc_web(&body, false);
+        assert_eq!(reply.trailers["grpc-status"], "0", "{method}");
+        assert_eq!(reply.messages.len(), messages, "{method}");
+    }
+}
