@@ -12,7 +12,7 @@ use meshgate_wire::grpc_web::{Mode, RequestDecoder, ResponseEncoder};
 use meshgate_wire::routes::{self, grpc_route_label};
 use pingora::{Error, http::ResponseHeader, proxy::Session};
 
-use super::streaming::{StreamStep, next_step};
+use super::streaming::{StreamStep, frame_streamed_body, next_step};
 use super::{GatewayProxy, RequestCtx, header_str, metadata, respond::grpc_status_fields};
 
 use crate::upstream::stream::{
@@ -136,12 +136,7 @@ impl GatewayProxy {
             (status, trailers)
         } else {
             if let Some(mut head) = head.take() {
-                // HTTP/1.1: chunked, so the stream's end is marked and the connection stays
-                // usable (without a length pingora frames the body by closing it). HTTP/2 frames
-                // by itself.
-                if session.req_header().version == http::Version::HTTP_11 {
-                    let _ = head.insert_header("transfer-encoding", "chunked");
-                }
+                frame_streamed_body(session, &mut head);
                 session
                     .write_response_header(head, false)
                     .await

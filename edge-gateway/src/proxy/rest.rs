@@ -12,7 +12,7 @@ use meshgate_wire::sse;
 use pingora::{http::ResponseHeader, proxy::Session};
 use prost_reflect::DynamicMessage;
 
-use super::streaming::{StreamStep, next_step};
+use super::streaming::{StreamStep, frame_streamed_body, next_step};
 use super::{GatewayProxy, RequestCtx, header_str};
 
 use crate::upstream::Messages;
@@ -212,13 +212,7 @@ impl GatewayProxy {
         let _ = head.insert_header("cache-control", "no-cache");
         // nginx-style proxies buffer responses unless told otherwise.
         let _ = head.insert_header("x-accel-buffering", "no");
-        // HTTP/1.1: chunked, so the stream's end is marked (and the connection stays usable);
-        // without it pingora frames the body by closing the connection while the head still
-        // says `connection: keep-alive`. HTTP/1.0 has no chunks; HTTP/2 frames by itself
-        // (pingora drops the header there).
-        if session.req_header().version == http::Version::HTTP_11 {
-            let _ = head.insert_header("transfer-encoding", "chunked");
-        }
+        frame_streamed_body(session, &mut head);
         self.cors_headers(ctx, &mut head);
         self.trace_header(ctx, &mut head);
         let sent_headers = head.headers.clone();

@@ -4,9 +4,9 @@
 //! traffic, re-made after it closed (the `h2` crate's client; a call is one request carrying
 //! its message frame, its response decoded here with `meshgate_wire`'s framing: no tonic client,
 //! no `Buffer` or hyper dispatch task per call), and a tonic `Channel` for `grpc.health.v1`
-//! checks. Endpoints come and go without a restart; a removed one is no longer picked, and calls under way keep its
-//! connection until they finish (drained). Picking, health thresholds, passive ejection and
-//! panic routing are [`crate::balance`]; retries spend tower's `TpsBudget`, except failovers of
+//! checks. Endpoints come and go without a restart; a removed one is no longer picked, and
+//! calls under way keep its connection until they finish (drained). Picking, health
+//! thresholds, passive ejection and panic routing are [`crate::balance`]; retries spend tower's `TpsBudget`, except failovers of
 //! attempts that provably sent nothing (connect failures), which are free for any method.
 //!
 //! pingora's `LoadBalancer` + `ServiceDiscovery` was the obvious seam but does not fit: its

@@ -65,17 +65,11 @@ impl FrameDecoder {
         loop {
             match self.state {
                 FrameState::Prefix => {
-                    let prefix = match frame_prefix(&chunk) {
-                        Some(prefix) if self.buffer.is_empty() => {
-                            chunk.advance(5);
-                            prefix
-                        }
-                        _ => match self.take(&mut chunk, 5).as_deref().and_then(frame_prefix) {
-                            Some(prefix) => prefix,
-                            None => return Ok(()),
-                        },
+                    let Some((flags, len)) =
+                        self.take(&mut chunk, 5).as_deref().and_then(frame_prefix)
+                    else {
+                        return Ok(());
                     };
-                    let (flags, len) = prefix;
                     if len > self.max_frame {
                         return Err(FrameError::TooLarge {
                             size: len,
