@@ -14,11 +14,16 @@
 # KEEP=dir keeps the callgrind dumps there (for callgrind_annotate).
 # FILTERS=native runs the gateway with the built-in filters of loadgen/bench-gateway-filters.sh
 # (edge-gateway/bench/filter-configs.sh; default plain: none); KINDS="rest" picks the kinds.
+# Kind `nginx` is the reference for `grpc`: the same calls through nginx `grpc_pass`
+# (edge-gateway/bench/nginx-config.sh, one process: `master_process off`), its instructions
+# counted the same way; in the default kinds when nginx is installed (NGINX=path overrides).
 set -euo pipefail
 # wait_for_port
 source "$(dirname "$0")/../../scripts/lib/wait.sh"
 # gateway_filters
 source "$(dirname "$0")/filter-configs.sh"
+# nginx_grpc_config
+source "$(dirname "$0")/nginx-config.sh"
 
 CONCURRENCIES=("$@")
 [[ ${#CONCURRENCIES[@]} -eq 0 ]] && CONCURRENCIES=(1 16)
@@ -31,16 +36,19 @@ GATEWAY_BIN="${GATEWAY_BIN:-$BIN/edge-gateway}"
 GATEWAY_THREADS="${GATEWAY_THREADS:-2}"
 WORK_STEALING="${WORK_STEALING:-true}"
 FILTERS="${FILTERS:-plain}"
-KINDS="${KINDS:-rest grpc grpc-web}"
+NGINX="${NGINX:-$(command -v nginx || true)}"
+KINDS="${KINDS:-rest grpc grpc-web${NGINX:+ nginx}}"
 WORK="$(mktemp -d)"
 USER_GRPC=127.0.0.1:50161
 GATEWAY=127.0.0.1:8190
+NGINX_ADDR=127.0.0.1:8192
 
 cleanup() {
+  [[ -n "${NGINX_PID:-}" ]] && kill "$NGINX_PID" 2>/dev/null || true
   [[ -n "${GATEWAY_PID:-}" ]] && kill "$GATEWAY_PID" 2>/dev/null || true
   [[ -n "${USER_PID:-}" ]] && kill "$USER_PID" 2>/dev/null || true
   wait 2>/dev/null || true
-  if [[ -n "${KEEP:-}" ]]; then mkdir -p "$KEEP" && cp "$WORK"/callgrind.out* "$KEEP"/ 2>/dev/null || true; fi
+  if [[ -n "${KEEP:-}" ]]; then mkdir -p "$KEEP" && cp "$WORK"/callgrind.out* "$WORK"/nginx.out* "$KEEP"/ 2>/dev/null || true; fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -68,13 +76,25 @@ RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.ou
 GATEWAY_PID=$!
 wait_for_port "${GATEWAY#*:}" GATEWAY 60 "${GATEWAY%:*}"
 
-dumps=0
-# Sets IR to the instructions executed since the last zeroing, read from a fresh dump (not in a
-# subshell: the dump count must persist).
+if [[ " $KINDS " == *" nginx "* ]]; then
+  mkdir -p "$WORK/nginx"
+  nginx_grpc_config "$WORK/nginx" "$NGINX_ADDR" "$USER_GRPC" 1 > "$WORK/nginx/nginx.conf"
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/nginx.out" \
+    "$NGINX" -e stderr -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" \
+    -g 'daemon off; master_process off;' > "$WORK/nginx.log" 2>&1 &
+  NGINX_PID=$!
+  wait_for_port "${NGINX_ADDR#*:}" NGINX_ADDR 60 "${NGINX_ADDR%:*}"
+fi
+
+# Dumps taken so far, per process under callgrind.
+declare -A dumps=()
+# Sets IR to the instructions process PID (its dumps named OUT.N) executed since the last
+# zeroing, read from a fresh dump (not in a subshell: the dump count must persist).
 instructions() {
-  callgrind_control -d "$GATEWAY_PID" >/dev/null 2>&1
-  dumps=$((dumps + 1))
-  local file="$WORK/callgrind.out.$dumps"
+  local pid=$1 out=$2
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  dumps[$out]=$((${dumps[$out]:-0} + 1))
+  local file="$out.${dumps[$out]}"
   for _ in $(seq 1 300); do
     grep -q '^totals:' "$file" 2>/dev/null && break
     sleep 0.1
@@ -83,22 +103,26 @@ instructions() {
 }
 
 load() {
-  "$BIN/meshgate-loadgen" --target "http://$GATEWAY" --scenario get-hit --transport "$1" \
-    --concurrency "$2" --connections 4 --seed-users 20 --requests "$3" >/dev/null
+  "$BIN/meshgate-loadgen" --target "http://$1" --scenario get-hit --transport "$2" \
+    --concurrency "$3" --connections 4 --seed-users 20 --requests "$4" >/dev/null
 }
 
-echo "| kind | concurrency | gateway instructions per request |"
+echo "| kind | concurrency | proxy instructions per request |"
 echo "| --- | ---: | ---: |"
 for concurrency in "${CONCURRENCIES[@]}"; do
-  for transport in $KINDS; do
-    callgrind_control -z "$GATEWAY_PID" >/dev/null 2>&1
-    load "$transport" "$concurrency" "$SHORT"
-    instructions
+  for kind in $KINDS; do
+    target=$GATEWAY transport=$kind pid=$GATEWAY_PID out=$WORK/callgrind.out
+    if [[ $kind == nginx ]]; then
+      target=$NGINX_ADDR transport=grpc pid=$NGINX_PID out=$WORK/nginx.out
+    fi
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    load "$target" "$transport" "$concurrency" "$SHORT"
+    instructions "$pid" "$out"
     short=$IR
-    callgrind_control -z "$GATEWAY_PID" >/dev/null 2>&1
-    load "$transport" "$concurrency" "$LONG"
-    instructions
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    load "$target" "$transport" "$concurrency" "$LONG"
+    instructions "$pid" "$out"
     long=$IR
-    echo "| $transport | $concurrency | $(( (long - short) / (LONG - SHORT) )) |"
+    echo "| $kind | $concurrency | $(( (long - short) / (LONG - SHORT) )) |"
   done
 done

@@ -20,6 +20,8 @@
 set -euo pipefail
 # wait_for_port
 source "$(dirname "$0")/../../scripts/lib/wait.sh"
+# nginx_grpc_config
+source "$(dirname "$0")/nginx-config.sh"
 
 SECONDS_PER_RUN="${1:-10}"
 shift || true
@@ -75,29 +77,7 @@ wait_for_port "${GATEWAY#*:}" GATEWAY 10 "${GATEWAY%:*}"
 
 # nginx as a plain gRPC proxy: h2c in, h2c out over kept-alive upstream connections, no logs.
 mkdir -p "$WORK/nginx"
-cat > "$WORK/nginx/nginx.conf" <<NGINX
-worker_processes 2;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx/body;
-  proxy_temp_path $WORK/nginx/proxy;
-  fastcgi_temp_path $WORK/nginx/fastcgi;
-  uwsgi_temp_path $WORK/nginx/uwsgi;
-  scgi_temp_path $WORK/nginx/scgi;
-  # nginx closes a connection after keepalive_requests (default 1000) requests, failing the
-  # calls in flight on it: far more than a run sends, as the gateway has no such limit.
-  keepalive_requests 10000000;
-  upstream users { server $USER_GRPC; keepalive 64; keepalive_requests 10000000; }
-  server {
-    listen $NGINX_ADDR http2;
-    http2_max_concurrent_streams 128;
-    location / { grpc_pass grpc://users; }
-  }
-}
-NGINX
+nginx_grpc_config "$WORK/nginx" "$NGINX_ADDR" "$USER_GRPC" 2 > "$WORK/nginx/nginx.conf"
 "$NGINX" -e stderr -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
 NGINX_PID=$!
 wait_for_port "${NGINX_ADDR#*:}" NGINX_ADDR 10 "${NGINX_ADDR%:*}"

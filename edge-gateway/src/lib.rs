@@ -30,10 +30,13 @@
 //! - [`static_files`]: the web page from `static_dir` for paths no API route claims (reads
 //!   files; its path resolution is pure).
 //! - [`proxy`]: the single `ProxyHttp` impl, one module per concern under it ([`proxy::classify`]
-//!   decides each request's kind, purely); [`server`]: pingora wiring; [`telemetry`]: the server
+//!   decides each request's kind, purely); [`server`]: pingora wiring, one single-threaded
+//!   service per worker ([`workers`]: which worker a thread is); [`telemetry`]: the server
 //!   span exported over OTLP (`gateway.otlp`); [`metrics`]: the Prometheus series; [`tls`]: the
 //!   TLS listener's certificate (cargo feature `rustls`, on by default).
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: one function (`server::duplicate`) duplicates a listening socket that
+// pingora's table of inherited sockets holds as a raw descriptor, which needs `unsafe`.
+#![deny(unsafe_code)]
 
 pub mod auth;
 pub mod balance;
@@ -62,3 +65,4 @@ pub mod transcode;
 pub mod upstream;
 pub mod validate;
 pub mod wasm_filters;
+pub mod workers;

@@ -1,8 +1,17 @@
-//! Wiring: the pingora `Server` with the proxy service (REST, gRPC-web and h2c gRPC on one
-//! port) behind the connection gate, the metrics service and the upstream discovery and
-//! health-check background service.
+//! Wiring: the pingora `Server` with the proxy (REST, gRPC-web and h2c gRPC on one port) behind
+//! the connection gate, the metrics service and the upstream discovery and health-check
+//! background service. The proxy is `server.threads` workers ([`crate::workers`]): pingora
+//! services of one thread each, sharing the listening socket, so a connection and the upstream
+//! connections its requests use stay on one thread. (One service of several threads moved a
+//! connection's HTTP/2 streams and their upstream I/O between threads: futex wake-ups and
+//! context switches on every request, `BENCHMARKS.md`.)
 
-use std::{net::TcpListener, os::fd::IntoRawFd, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::TcpListener,
+    os::fd::{BorrowedFd, IntoRawFd, OwnedFd, RawFd},
+    sync::{Arc, Mutex},
+};
 
 use async_trait::async_trait;
 use pingora::{
@@ -10,7 +19,7 @@ use pingora::{
     protocols::http::ServerSession,
     proxy::http_proxy,
     server::{
-        ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
+        Fds, ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
         configuration::{Opt, ServerConf},
     },
     services::{Service as PingoraService, background::background_service, listening::Service},
@@ -102,49 +111,118 @@ impl Listeners {
     }
 }
 
-/// A pingora service whose sockets the caller bound. They go into pingora's table of
-/// inherited listening sockets (the one a graceful upgrade fills from the old process), keyed
-/// by address as pingora keys them, so the service takes them from there instead of binding.
-struct PreBound<S> {
-    inner: S,
-    sockets: Vec<(String, TcpListener)>,
+/// The listening sockets of one set of worker services, shared by them. Each address is bound
+/// once, by the first worker to start (or taken from pingora's table of listening sockets, where
+/// a graceful upgrade puts the old process's and [`Listeners`] the caller's), recorded in that
+/// table (what a later upgrade hands over) and duplicated for every further worker: all workers
+/// accept from the one socket's queue, and the kernel gives each new connection to one of them.
+/// Worker 0 listens on the recorded socket itself, so the address stops accepting once every
+/// worker has stopped.
+struct SharedSockets {
+    workers: usize,
+    /// Sockets the caller bound, by address.
+    pre_bound: Mutex<HashMap<String, TcpListener>>,
+    /// Per address, each worker's socket until that worker takes it.
+    unclaimed: Mutex<HashMap<String, Vec<Option<RawFd>>>>,
 }
 
-impl<S> PreBound<S> {
-    fn new(inner: S) -> Self {
+impl SharedSockets {
+    fn new(workers: usize, pre_bound: Vec<(String, TcpListener)>) -> Self {
         Self {
-            inner,
-            sockets: Vec::new(),
+            workers,
+            pre_bound: Mutex::new(pre_bound.into_iter().collect()),
+            unclaimed: Mutex::new(HashMap::new()),
         }
     }
 
-    fn add(&mut self, addr: &std::net::SocketAddr, socket: Option<TcpListener>) {
-        if let Some(socket) = socket {
-            self.sockets.push((addr.to_string(), socket));
+    /// Worker `worker`'s socket for `addr` (`None`: it could not be bound; the worker's pingora
+    /// listener then binds, and fails, by itself).
+    fn claim(&self, table: &ListenFds, addr: &str, worker: usize) -> Option<RawFd> {
+        let mut unclaimed = self.unclaimed.lock().unwrap_or_else(|e| e.into_inner());
+        if !unclaimed.contains_key(addr) {
+            match self.share(table, addr) {
+                Ok(sockets) => {
+                    unclaimed.insert(addr.to_owned(), sockets);
+                }
+                Err(error) => {
+                    tracing::error!(%addr, %error, "cannot listen");
+                    return None;
+                }
+            }
         }
+        unclaimed.get_mut(addr)?.get_mut(worker)?.take()
     }
+
+    /// `addr`'s socket, recorded in pingora's table, and a duplicate of it per further worker.
+    fn share(&self, table: &ListenFds, addr: &str) -> std::io::Result<Vec<Option<RawFd>>> {
+        let mut table = table.lock();
+        let socket = match table.get(addr) {
+            Some(socket) => *socket,
+            None => {
+                let pre_bound = self
+                    .pre_bound
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(addr);
+                let listener = match pre_bound {
+                    Some(listener) => listener,
+                    None => TcpListener::bind(addr)?,
+                };
+                // pingora's accept loop is async: the socket must not block.
+                listener.set_nonblocking(true)?;
+                let socket = listener.into_raw_fd();
+                table.add(addr.to_owned(), socket);
+                socket
+            }
+        };
+        let mut sockets = vec![Some(socket)];
+        for _ in 1..self.workers {
+            sockets.push(Some(duplicate(socket)?.into_raw_fd()));
+        }
+        Ok(sockets)
+    }
+}
+
+/// A new descriptor (close-on-exec) of the listening socket `socket`.
+#[allow(unsafe_code)]
+fn duplicate(socket: RawFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: `socket` is a listening socket in pingora's table that nothing has taken yet:
+    // [`SharedSockets::share`] duplicates it before handing it to worker 0's listener, the only
+    // owner that ever closes it, so it is open for the whole borrow.
+    let socket = unsafe { BorrowedFd::borrow_raw(socket) };
+    socket.try_clone_to_owned()
+}
+
+/// One worker: a pingora service run on a runtime of one thread, accepting on its
+/// [`SharedSockets`], its thread marked as upstream slot `upstream_slot` ([`crate::workers`]).
+struct Worker<S> {
+    inner: S,
+    index: usize,
+    upstream_slot: usize,
+    sockets: Arc<SharedSockets>,
 }
 
 #[async_trait]
-impl<S: PingoraService> PingoraService for PreBound<S> {
+impl<S: PingoraService> PingoraService for Worker<S> {
     async fn start_service(
         &mut self,
         fds: Option<ListenFds>,
         shutdown: ShutdownWatch,
         listeners_per_fd: usize,
     ) {
-        if let Some(fds) = &fds {
-            let mut table = fds.lock();
-            for (addr, socket) in self.sockets.drain(..) {
-                // pingora's accept loop is async: the socket must not block.
-                match socket.set_nonblocking(true) {
-                    Ok(()) => table.add(addr, socket.into_raw_fd()),
-                    Err(error) => tracing::warn!(%addr, %error, "pre-bound socket not used"),
+        crate::workers::enter(self.upstream_slot);
+        // The worker's own table: its socket under each address, where its listener looks.
+        let own = fds.map(|table| {
+            let own: ListenFds = Arc::new(parking_lot::Mutex::new(Fds::new()));
+            for addr in self.inner.listen_addresses().unwrap_or_default() {
+                if let Some(socket) = self.sockets.claim(&table, &addr, self.index) {
+                    own.lock().add(addr, socket);
                 }
             }
-        }
+            own
+        });
         self.inner
-            .start_service(fds, shutdown, listeners_per_fd)
+            .start_service(own, shutdown, listeners_per_fd)
             .await;
     }
 
@@ -153,7 +231,7 @@ impl<S: PingoraService> PingoraService for PreBound<S> {
     }
 
     fn threads(&self) -> Option<usize> {
-        self.inner.threads()
+        Some(1)
     }
 
     fn runtime_opts_override(
@@ -210,7 +288,13 @@ pub fn build_server_on(
     for collector in filters.metrics() {
         metrics.register(collector);
     }
-    let endpoints = Arc::new(UpstreamPool::new(&config.upstream, metrics.clone()));
+    // One proxy service of one thread per worker: see `workers`.
+    let workers = server.configuration.threads.max(1);
+    let endpoints = Arc::new(UpstreamPool::new(
+        &config.upstream,
+        metrics.clone(),
+        workers,
+    ));
     let maintenance = UpstreamMaintenance::new(endpoints.clone(), config.upstream.clone())
         .map_err(|e| StartError::Upstreams(e.to_string()))?;
     let background = background_service("upstream discovery and health", maintenance);
@@ -238,42 +322,56 @@ pub fn build_server_on(
         metrics.clone(),
     )?;
 
-    let mut app = http_proxy(
-        &server.configuration,
-        GatewayProxy {
-            state: state.clone(),
-        },
-    );
     let mut options = HttpServerOptions::default();
     // gRPC clients speak h2c with prior knowledge on the same port as HTTP/1.1.
     options.h2c = true;
     options.h2_idle_timeout = Some(config.connections.idle_timeout);
-    app.server_options = Some(options);
-    let gate = ConnectionGate {
-        inner: Arc::new(app),
-        tracker,
-        metrics: metrics.clone(),
-    };
-    let mut proxy = PreBound::new(Service::new("edge gateway".to_owned(), gate));
-    proxy.inner.add_tcp(&config.listen.to_string());
-    proxy.add(&config.listen, listeners.main);
-    // The same proxy (REST, gRPC-web, gRPC) over TLS; ALPN picks h2 or HTTP/1.1.
-    #[cfg(feature = "rustls")]
-    if let Some((addr, cert, key)) = &config.tls {
-        let tls =
-            crate::tls::listener_settings(cert, key).map_err(|e| StartError::Tls(e.to_string()))?;
-        proxy
-            .inner
-            .add_tls_with_settings(&addr.to_string(), None, tls);
-        proxy.add(addr, listeners.tls);
-    }
     #[cfg(not(feature = "rustls"))]
     if config.tls.is_some() {
         return Err(StartError::Tls(
             "gateway.tls: this edge-gateway was built without TLS (cargo feature `rustls`)".into(),
         ));
     }
-    server.add_service(proxy);
+    let mut pre_bound = Vec::new();
+    if let Some(socket) = listeners.main {
+        pre_bound.push((config.listen.to_string(), socket));
+    }
+    if let (Some(socket), Some((addr, ..))) = (listeners.tls, &config.tls) {
+        pre_bound.push((addr.to_string(), socket));
+    }
+    let sockets = Arc::new(SharedSockets::new(workers, pre_bound));
+    for index in 0..workers {
+        // Each worker its own app: pingora's upstream connection pool (the native gRPC
+        // pass-through's) is the app's, so the worker's connections stay on its thread.
+        let mut app = http_proxy(
+            &server.configuration,
+            GatewayProxy {
+                state: state.clone(),
+            },
+        );
+        app.server_options = Some(options.clone());
+        let gate = ConnectionGate {
+            inner: Arc::new(app),
+            tracker: tracker.clone(),
+            metrics: metrics.clone(),
+        };
+        let mut proxy = Service::new(format!("edge gateway worker {}", index + 1), gate);
+        proxy.add_tcp(&config.listen.to_string());
+        // The same proxy (REST, gRPC-web, gRPC) over TLS; ALPN picks h2 or HTTP/1.1.
+        #[cfg(feature = "rustls")]
+        if let Some((addr, cert, key)) = &config.tls {
+            // Each worker's listener its own settings (they are not `Clone`).
+            let settings = crate::tls::listener_settings(cert, key)
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+            proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+        }
+        server.add_service(Worker {
+            inner: proxy,
+            index,
+            upstream_slot: index + 1,
+            sockets: sockets.clone(),
+        });
+    }
     server.add_service(background);
     if let Some(auth) = &state.auth {
         server.add_service(background_service(
@@ -282,11 +380,20 @@ pub fn build_server_on(
         ));
     }
     if let Some(addr) = config.metrics_listen {
-        let mut metrics_service =
-            PreBound::new(Service::new("metrics".to_owned(), MetricsApp { metrics }));
-        metrics_service.inner.add_tcp(&addr.to_string());
-        metrics_service.add(&addr, listeners.metrics);
-        server.add_service(metrics_service);
+        let mut metrics_service = Service::new("metrics".to_owned(), MetricsApp { metrics });
+        metrics_service.add_tcp(&addr.to_string());
+        let pre_bound = listeners
+            .metrics
+            .map(|socket| (addr.to_string(), socket))
+            .into_iter()
+            .collect();
+        server.add_service(Worker {
+            inner: metrics_service,
+            index: 0,
+            // Not a proxy worker: it calls no upstream.
+            upstream_slot: 0,
+            sockets: Arc::new(SharedSockets::new(1, pre_bound)),
+        });
     }
     Ok((server, state))
 }
@@ -353,5 +460,69 @@ impl RunningGateway {
 impl Drop for RunningGateway {
     fn drop(&mut self) {
         self.shutdown.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The socket behind a descriptor of this process, as the kernel names it.
+    fn socket_of(fd: RawFd) -> std::path::PathBuf {
+        std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap()
+    }
+
+    fn table() -> ListenFds {
+        Arc::new(parking_lot::Mutex::new(Fds::new()))
+    }
+
+    #[test]
+    fn each_worker_gets_its_own_descriptor_of_the_one_socket() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let sockets = SharedSockets::new(3, vec![(addr.clone(), listener)]);
+        let table = table();
+        let claimed: Vec<RawFd> = [2, 0, 1]
+            .into_iter()
+            .map(|worker| sockets.claim(&table, &addr, worker).unwrap())
+            .collect();
+        let mut distinct = claimed.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 3, "one descriptor per worker: {claimed:?}");
+        let socket = socket_of(claimed[0]);
+        assert!(
+            socket.to_string_lossy().starts_with("socket:"),
+            "{socket:?}"
+        );
+        assert!(claimed.iter().all(|fd| socket_of(*fd) == socket));
+        // Worker 0's is the one recorded for a later upgrade.
+        assert_eq!(table.lock().get(&addr), Some(&claimed[1]));
+        // Each is handed out once.
+        assert_eq!(sockets.claim(&table, &addr, 1), None);
+    }
+
+    /// After a graceful upgrade the socket is the old process's, already in pingora's table:
+    /// shared as it is, whatever the old process's worker count was.
+    #[test]
+    fn an_inherited_socket_is_shared_not_bound_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let inherited = listener.into_raw_fd();
+        let table = table();
+        table.lock().add(addr.clone(), inherited);
+        let sockets = SharedSockets::new(2, Vec::new());
+        assert_eq!(sockets.claim(&table, &addr, 0), Some(inherited));
+        let second = sockets.claim(&table, &addr, 1).unwrap();
+        assert_ne!(second, inherited);
+        assert_eq!(socket_of(second), socket_of(inherited));
+    }
+
+    #[test]
+    fn an_address_that_cannot_be_bound_is_left_to_the_listener() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let sockets = SharedSockets::new(2, Vec::new());
+        assert_eq!(sockets.claim(&table(), &addr, 0), None);
     }
 }

@@ -197,12 +197,12 @@ fn shipped_config_validates() {
     );
 }
 
-/// A server's config file: on `port` (0: any free one, reported in its "listening" line), its
-/// pid file and upgrade socket named by `id`.
-fn server_config(id: uuid::Uuid, port: u16) -> std::path::PathBuf {
+/// A server's config file: on `port` (0: any free one, reported in its "listening" line) with
+/// `workers` proxy workers, its pid file and upgrade socket named by `id`.
+fn server_config(id: uuid::Uuid, port: u16, workers: usize) -> std::path::PathBuf {
     let dir = std::env::temp_dir();
     write_config(&format!(
-        "server:\n  version: 1\n  threads: 1\n  pid_file: {dir}/gw-{id}.pid\n  upgrade_sock: {sock}\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\ngateway:\n  listen: 127.0.0.1:{port}\n  metrics_listen: \"\"\n  shutdown: {{drain_delay_ms: 200}}\n",
+        "server:\n  version: 1\n  threads: {workers}\n  pid_file: {dir}/gw-{id}.pid\n  upgrade_sock: {sock}\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\ngateway:\n  listen: 127.0.0.1:{port}\n  metrics_listen: \"\"\n  shutdown: {{drain_delay_ms: 200}}\n",
         dir = dir.display(),
         sock = upgrade_sock(id).display(),
     ))
@@ -276,7 +276,7 @@ fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
 
 #[test]
 fn sigterm_stops_the_gateway_and_requests_are_access_logged() {
-    let (mut child, log, port) = start_on_any_port(&server_config(uuid::Uuid::new_v4(), 0));
+    let (mut child, log, port) = start_on_any_port(&server_config(uuid::Uuid::new_v4(), 0, 1));
     wait_healthy(port);
     signal(&child, "TERM");
     assert!(wait_exit(&mut child).success());
@@ -309,14 +309,15 @@ fn sigterm_stops_the_gateway_and_requests_are_access_logged() {
 #[test]
 fn graceful_upgrade_hands_the_listener_over() {
     // The old process binds any port; the new one is configured with the port it got, the
-    // address the old one hands its socket over under.
+    // address the old one hands its socket over under. Its workers share that one socket, as
+    // many as they are (two in the old process, three in the new).
     let id = uuid::Uuid::new_v4();
-    let (mut old, _log, port) = start_on_any_port(&server_config(id, 0));
+    let (mut old, _log, port) = start_on_any_port(&server_config(id, 0, 2));
     wait_healthy(port);
     let upgrade_sock = upgrade_sock(id);
     let mut new = Command::new(BIN)
         .arg("--config")
-        .arg(server_config(id, port))
+        .arg(server_config(id, port, 3))
         .arg("--upgrade")
         .spawn()
         .unwrap();
@@ -332,6 +333,10 @@ fn graceful_upgrade_hands_the_listener_over() {
     signal(&old, "QUIT");
     assert!(wait_exit(&mut old).success());
     wait_healthy(port);
+    // Connection after connection is accepted (by whichever worker) and served.
+    for _ in 0..12 {
+        assert!(healthz(port).is_some(), "a new connection was served");
+    }
     assert!(
         new.try_wait().unwrap().is_none(),
         "the new process keeps serving"

@@ -172,7 +172,7 @@ mod tests {
         let listen = "127.0.0.1:0".parse().unwrap();
         let config = GatewayConfig::for_upstreams(listen, vec![first, second]);
         let metrics = Arc::new(Metrics::default());
-        let pool = Arc::new(UpstreamPool::new(&config.upstream, metrics.clone()));
+        let pool = Arc::new(UpstreamPool::new(&config.upstream, metrics.clone(), 1));
         assert_eq!(pool.healthy_count(), 2);
         let upstreams = Upstreams::new(&config.upstream, pool.clone());
         let result = upstreams

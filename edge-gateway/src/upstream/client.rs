@@ -1,6 +1,6 @@
-//! The traffic side's HTTP/2 client: one h2c connection per endpoint, made on the first call and
-//! again once it closed, shared by every call through a clone of h2's `SendRequest`, and the
-//! request of one call ([`grpc_request`]).
+//! The traffic side's HTTP/2 client: one h2c connection per endpoint and proxy worker, made on
+//! the worker's first call and again once it closed, shared by the worker's calls through a clone
+//! of h2's `SendRequest`, and the request of one call ([`grpc_request`]).
 //!
 //! No tonic client runs here: tonic's `Channel` put a `Buffer` worker task in front of its
 //! connection (every call a hop through a queue and a wake-up of that task), plus `Reconnect`,
@@ -110,11 +110,20 @@ struct Open {
     closed: Arc<AtomicBool>,
 }
 
-/// An endpoint's traffic connection, made lazily and re-made after it closed.
+/// An endpoint's traffic connections, one per proxy worker ([`crate::workers`]), each made
+/// lazily and re-made after it closed: a call and its connection's I/O task run on the same
+/// thread, so neither wakes the other across threads.
 #[derive(Debug)]
 pub(super) struct Connector {
     addr: SocketAddr,
     connect_timeout: Duration,
+    /// Slot 0 serves callers outside the workers; slot `n` worker `n`.
+    slots: Box<[Slot]>,
+}
+
+/// One worker's connection to the endpoint.
+#[derive(Debug, Default)]
+struct Slot {
     current: Mutex<Option<Open>>,
     /// One connect at a time; callers that waited for a failed one fail with its error rather
     /// than queueing a connect timeout each (they fail over to another endpoint instead).
@@ -122,23 +131,31 @@ pub(super) struct Connector {
     attempts: AtomicU64,
 }
 
-impl Connector {
-    pub(super) fn new(addr: SocketAddr, connect_timeout: Duration) -> Self {
-        Self {
-            addr,
-            connect_timeout,
-            current: Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(None),
-            attempts: AtomicU64::new(0),
-        }
-    }
-
+impl Slot {
     fn open(&self) -> Option<SendRequest<Bytes>> {
         let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         current
             .as_ref()
             .filter(|open| !open.closed.load(Ordering::Acquire))
             .map(|open| open.sender.clone())
+    }
+}
+
+impl Connector {
+    /// Connections for `workers` proxy workers (and callers outside them).
+    pub(super) fn new(addr: SocketAddr, connect_timeout: Duration, workers: usize) -> Self {
+        Self {
+            addr,
+            connect_timeout,
+            slots: (0..=workers).map(|_| Slot::default()).collect(),
+        }
+    }
+
+    /// The calling thread's slot (slot 0 for a worker this connector was not made for).
+    fn slot(&self) -> &Slot {
+        self.slots
+            .get(crate::workers::current())
+            .unwrap_or(&self.slots[0])
     }
 
     /// Sends `request` with `frame` (one message frame) as its whole body on the connection,
@@ -161,27 +178,28 @@ impl Connector {
         response.await.map_err(transport_status)
     }
 
-    /// The open connection, or a new one.
+    /// The calling worker's open connection, or a new one.
     async fn sender(&self) -> Result<SendRequest<Bytes>, ConnectError> {
-        if let Some(sender) = self.open() {
+        let slot = self.slot();
+        if let Some(sender) = slot.open() {
             return Ok(sender);
         }
-        let seen = self.attempts.load(Ordering::Acquire);
-        let mut last_failure = self.connecting.lock().await;
-        if let Some(sender) = self.open() {
+        let seen = slot.attempts.load(Ordering::Acquire);
+        let mut last_failure = slot.connecting.lock().await;
+        if let Some(sender) = slot.open() {
             return Ok(sender);
         }
-        if self.attempts.load(Ordering::Acquire) != seen
+        if slot.attempts.load(Ordering::Acquire) != seen
             && let Some(reason) = last_failure.as_ref()
         {
             return Err(self.error(reason.clone()));
         }
-        self.attempts.fetch_add(1, Ordering::AcqRel);
+        slot.attempts.fetch_add(1, Ordering::AcqRel);
         match self.connect().await {
             Ok(open) => {
                 *last_failure = None;
                 let sender = open.sender.clone();
-                *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(open);
+                *slot.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(open);
                 Ok(sender)
             }
             Err(reason) => {
@@ -199,7 +217,7 @@ impl Connector {
     }
 
     /// TCP (no Nagle) and the HTTP/2 handshake; the connection runs as a task on the current
-    /// runtime until either side closes it.
+    /// runtime (the worker's one thread) until either side closes it.
     async fn connect(&self) -> Result<Open, String> {
         let stream = tokio::time::timeout(
             self.connect_timeout,
@@ -236,5 +254,74 @@ impl Connector {
             ended.store(true, Ordering::Release);
         });
         Ok(Open { sender, closed })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use http::{Response, StatusCode};
+    use meshgate_wire::grpc::message_frame;
+
+    use super::*;
+
+    /// An h2c server answering every call with an empty OK stream; counts its connections.
+    async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut connection = h2::server::handshake(stream).await.unwrap();
+                    while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                        let response = Response::builder()
+                            .status(StatusCode::OK)
+                            .header("content-type", "application/grpc")
+                            .body(())
+                            .unwrap();
+                        let mut body = respond.send_response(response, false).unwrap();
+                        let mut trailers = HeaderMap::new();
+                        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                        body.send_trailers(trailers).unwrap();
+                    }
+                });
+            }
+        });
+        (addr, connections)
+    }
+
+    async fn call(connector: &Connector) {
+        let origin: Uri = "http://users.internal:50051".parse().unwrap();
+        let path = "/pkg.Service/Method".parse().unwrap();
+        let request = grpc_request(&origin, &path, &HeaderMap::new(), Duration::from_secs(5));
+        let frame = Bytes::from(message_frame(b"hi"));
+        let response = connector.send(request, frame).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    /// Each worker calls on a connection of its own (made on its thread), reused by its later
+    /// calls; a thread outside the workers (slot 0) has one too.
+    #[tokio::test]
+    async fn each_worker_calls_on_its_own_connection() {
+        let (addr, connections) = counting_upstream().await;
+        let connector = Connector::new(addr, Duration::from_secs(5), 2);
+        for (slot, made) in [(1, 1), (1, 1), (2, 2), (1, 2), (2, 2), (0, 3), (0, 3)] {
+            crate::workers::enter(slot);
+            call(&connector).await;
+            assert_eq!(
+                connections.load(Ordering::SeqCst),
+                made,
+                "after a call from worker slot {slot}"
+            );
+        }
+        // A slot the connector was not made for shares slot 0's connection.
+        crate::workers::enter(5);
+        call(&connector).await;
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
+        crate::workers::enter(0);
     }
 }

@@ -1,13 +1,14 @@
 //! The upstream side. Every `upstreams` entry is an `IP:port` or a `host:port` whose A/AAAA
 //! records are resolved again as their TTL runs out ([`crate::discovery`], [`crate::dns`]);
-//! each address is an [`Endpoint`] with one lazily made HTTP/2 (h2c, multiplexed) connection for
-//! traffic, re-made after it closed (the `h2` crate's client; a call is one request carrying
-//! its message frame, its response decoded here with `meshgate_wire`'s framing: no tonic client,
-//! no `Buffer` or hyper dispatch task per call), and a tonic `Channel` for `grpc.health.v1`
-//! checks. Endpoints come and go without a restart; a removed one is no longer picked, and
-//! calls under way keep its connection until they finish (drained). Picking, health
-//! thresholds, passive ejection and panic routing are [`crate::balance`]; retries spend tower's `TpsBudget`, except failovers of
-//! attempts that provably sent nothing (connect failures), which are free for any method.
+//! each address is an [`Endpoint`] with a lazily made HTTP/2 (h2c, multiplexed) connection for
+//! traffic per proxy worker ([`crate::workers`]), re-made after it closed (the `h2` crate's
+//! client; a call is one request carrying its message frame, its response decoded here with
+//! `meshgate_wire`'s framing: no tonic client, no `Buffer` or hyper dispatch task per call),
+//! and a tonic `Channel` for `grpc.health.v1` checks. Endpoints come and go without a restart;
+//! a removed one is no longer picked, and calls under way keep its connection until they finish
+//! (drained). Picking, health thresholds, passive ejection and panic routing are
+//! [`crate::balance`]; retries spend tower's `TpsBudget`, except failovers of attempts that
+//! provably sent nothing (connect failures), which are free for any method.
 //!
 //! pingora's `LoadBalancer` + `ServiceDiscovery` was the obvious seam but does not fit: its
 //! discovery runs on one fixed `update_frequency` shared with the health checks (no per-name

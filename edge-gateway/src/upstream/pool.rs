@@ -41,9 +41,9 @@ pub struct Endpoint {
     /// `http://IP:port`.
     origin: http::Uri,
     connect_timeout: Duration,
-    /// The traffic connection ([`Connector`]) and the health checks' tonic channel are both
-    /// made on first use, so each connection's task runs on the runtime of its users: traffic
-    /// on pingora's proxy runtime, checks on the background one.
+    /// The traffic connections ([`Connector`], one per proxy worker) and the health checks'
+    /// tonic channel are all made on first use, so each connection's task runs on the thread of
+    /// its users: traffic on its worker's, checks on the background service's runtime.
     pub(super) traffic: Connector,
     checks: OnceLock<Channel>,
     state: Mutex<EndpointState>,
@@ -54,6 +54,7 @@ impl Endpoint {
         addr: SocketAddr,
         origin: Option<http::Uri>,
         connect_timeout: Duration,
+        workers: usize,
         health: ActiveHealth,
     ) -> Self {
         let origin = origin.unwrap_or_else(|| {
@@ -65,7 +66,7 @@ impl Endpoint {
             addr,
             origin,
             connect_timeout,
-            traffic: Connector::new(addr, connect_timeout),
+            traffic: Connector::new(addr, connect_timeout, workers),
             checks: OnceLock::new(),
             state: Mutex::new(EndpointState {
                 health,
@@ -128,6 +129,8 @@ pub struct UpstreamPool {
     membership: Mutex<Membership>,
     next: AtomicUsize,
     connect_timeout: Duration,
+    /// Proxy workers, each with its own traffic connection per endpoint.
+    workers: usize,
     panic_threshold_percent: u8,
     outlier: OutlierSettings,
     health_thresholds: HealthThresholds,
@@ -135,13 +138,15 @@ pub struct UpstreamPool {
 }
 
 impl UpstreamPool {
-    pub fn new(settings: &UpstreamSettings, metrics: Arc<Metrics>) -> Self {
+    /// The pool of `settings.targets` for `workers` proxy workers ([`crate::workers`]).
+    pub fn new(settings: &UpstreamSettings, metrics: Arc<Metrics>, workers: usize) -> Self {
         let pool = Self {
             targets: settings.targets.clone(),
             endpoints: ArcSwap::from_pointee(Vec::new()),
             membership: Mutex::new(Membership::new(settings.targets.len())),
             next: AtomicUsize::new(0),
             connect_timeout: settings.connect_timeout,
+            workers,
             panic_threshold_percent: settings.panic_threshold_percent,
             outlier: settings.outlier,
             health_thresholds: settings.health_thresholds,
@@ -294,6 +299,7 @@ impl UpstreamPool {
                     *addr,
                     origin.clone(),
                     self.connect_timeout,
+                    self.workers,
                     health,
                 ))
             })
@@ -358,7 +364,7 @@ mod tests {
             .map(|a| a.parse().unwrap())
             .collect();
         let config = GatewayConfig::for_upstreams("127.0.0.1:0".parse().unwrap(), addresses);
-        let pool = UpstreamPool::new(&config.upstream, Arc::new(Metrics::default()));
+        let pool = UpstreamPool::new(&config.upstream, Arc::new(Metrics::default()), 1);
         assert_eq!(pool.healthy_count(), 3);
         // Every one is picked, not only the first.
         let mut tried = Vec::new();

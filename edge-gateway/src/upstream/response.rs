@@ -194,7 +194,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_larger_than_the_flow_control_windows_is_read_to_its_end() {
         let mut upstream = upstream(StatusCode::OK, &[("content-type", "application/grpc")]).await;
-        let connector = Connector::new(upstream.addr, Duration::from_secs(5));
+        let connector = Connector::new(upstream.addr, Duration::from_secs(5), 1);
         let response = call(&connector, &HeaderMap::new()).await.unwrap();
         let (_, feed) = upstream.calls.recv().await.unwrap();
         let message = vec![7u8; 3 << 20];
@@ -219,7 +219,7 @@ mod tests {
             &[("content-type", "application/grpc"), ("x-answer", "a")],
         )
         .await;
-        let connector = Connector::new(upstream.addr, Duration::from_secs(5));
+        let connector = Connector::new(upstream.addr, Duration::from_secs(5), 1);
         let mut metadata = HeaderMap::new();
         metadata.insert("x-request-id", HeaderValue::from_static("r1"));
         // The gRPC headers are the client's own, whatever the metadata says.
@@ -265,7 +265,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_that_is_not_grpc_fails_with_the_mapped_status() {
         let upstream = upstream(StatusCode::SERVICE_UNAVAILABLE, &[]).await;
-        let connector = Connector::new(upstream.addr, Duration::from_secs(5));
+        let connector = Connector::new(upstream.addr, Duration::from_secs(5), 1);
         let status = call(&connector, &HeaderMap::new()).await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable);
         // The upstream answered: no transport error behind it.
@@ -275,7 +275,7 @@ mod tests {
     /// A call on `upstream` whose first message, `one`, was read: the connection, the rest of
     /// the messages, and the feed of the upstream's response body.
     async fn first_message_read(upstream: &mut Upstream) -> (Connector, Messages, Feed) {
-        let connector = Connector::new(upstream.addr, Duration::from_secs(5));
+        let connector = Connector::new(upstream.addr, Duration::from_secs(5), 1);
         let mut messages = call(&connector, &HeaderMap::new())
             .await
             .unwrap()
