@@ -1,16 +1,15 @@
-//! `edge-gateway`: parse config before binding anything; bad config exits 2.
+//! `edge-gateway`: parse config before binding anything; bad config exits 2, an address that
+//! cannot be listened on 1.
 
-use std::{
-    net::{SocketAddr, TcpListener},
-    path::PathBuf,
-};
+use std::path::PathBuf;
 
 use clap::Parser;
 use edge_gateway::{
     config::{GatewayConfig, Overrides},
     discovery::UpstreamTarget,
     dns, lifecycle,
-    server::{Listeners, build_server_on},
+    server::build_server,
+    state::StartError,
     wasm_filters,
 };
 
@@ -91,20 +90,16 @@ fn main() {
         .map(UpstreamTarget::label)
         .collect();
     let drain_delay = config.drain_delay;
-    // A graceful upgrade takes the old process's sockets, whatever their ports.
-    let listeners = if args.upgrade {
-        Listeners::default()
-    } else {
-        match bind_any_ports(&config) {
-            Ok(listeners) => listeners,
-            Err(error) => {
-                eprintln!("edge-gateway: cannot bind a listener on port 0: {error}");
-                std::process::exit(1);
-            }
-        }
-    };
-    let (mut server, state) = match build_server_on(config, Some(opt), filters, listeners) {
+    // Every address is bound while building, unless a graceful upgrade hands the old process's
+    // sockets over: port 0 becomes a free port, reported in the "listening" line (whoever
+    // starts the gateway learns its ports from it; a port picked free and released could be
+    // taken before the gateway binds it).
+    let (mut server, state) = match build_server(config, Some(opt), filters) {
         Ok(built) => built,
+        Err(error @ StartError::Listen { .. }) => {
+            eprintln!("edge-gateway: {error}");
+            std::process::exit(1);
+        }
         Err(error) => {
             eprintln!("edge-gateway: {error}");
             std::process::exit(2);
@@ -132,26 +127,4 @@ fn main() {
     });
     state.flush_spans();
     std::process::exit(0);
-}
-
-/// Listeners configured with port 0 are bound here, on any free port, and their addresses are
-/// the ones the "listening" line reports. Whoever starts the gateway learns its ports from that
-/// line: a port it picked free and released could be taken before the gateway binds it.
-fn bind_any_ports(config: &GatewayConfig) -> std::io::Result<Listeners> {
-    let bind = |addr: SocketAddr| {
-        (addr.port() == 0)
-            .then(|| TcpListener::bind(addr))
-            .transpose()
-    };
-    Ok(Listeners {
-        main: bind(config.listen)?,
-        tls: match &config.tls {
-            Some((addr, ..)) => bind(*addr)?,
-            None => None,
-        },
-        metrics: match config.metrics_listen {
-            Some(addr) => bind(addr)?,
-            None => None,
-        },
-    })
 }

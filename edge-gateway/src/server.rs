@@ -91,6 +91,21 @@ pub struct Listeners {
 }
 
 impl Listeners {
+    /// Binds each configured address the caller did not bind (port 0: any free port), so a
+    /// port that cannot be had fails the start, before any worker runs. A port in use is waited
+    /// for up to [`BIND_ATTEMPTS`] seconds, as pingora's own bind waits (an old process may
+    /// still be closing it).
+    fn bind_configured(&mut self, config: &GatewayConfig) -> Result<(), StartError> {
+        bind_unless_bound(&mut self.main, config.listen)?;
+        if let Some((addr, ..)) = &config.tls {
+            bind_unless_bound(&mut self.tls, *addr)?;
+        }
+        if let Some(addr) = config.metrics_listen {
+            bind_unless_bound(&mut self.metrics, addr)?;
+        }
+        Ok(())
+    }
+
     /// Points the config's addresses at the given sockets.
     fn apply_to(&self, config: &mut GatewayConfig) -> Result<(), StartError> {
         let bound = |listener: &TcpListener| {
@@ -111,13 +126,37 @@ impl Listeners {
     }
 }
 
-/// The listening sockets of one set of worker services, shared by them. Each address is bound
-/// once, by the first worker to start (or taken from pingora's table of listening sockets, where
-/// a graceful upgrade puts the old process's and [`Listeners`] the caller's), recorded in that
-/// table (what a later upgrade hands over) and duplicated for every further worker: all workers
-/// accept from the one socket's queue, and the kernel gives each new connection to one of them.
-/// Worker 0 listens on the recorded socket itself, so the address stops accepting once every
-/// worker has stopped.
+/// Seconds a port in use is waited for at start.
+const BIND_ATTEMPTS: u32 = 30;
+
+fn bind_unless_bound(
+    socket: &mut Option<TcpListener>,
+    addr: std::net::SocketAddr,
+) -> Result<(), StartError> {
+    let mut attempt = 1;
+    while socket.is_none() {
+        match TcpListener::bind(addr) {
+            Ok(bound) => *socket = Some(bound),
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse && attempt < BIND_ATTEMPTS =>
+            {
+                tracing::warn!(%addr, attempt, "address in use; trying again in 1 s");
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                attempt += 1;
+            }
+            Err(source) => return Err(StartError::Listen { addr, source }),
+        }
+    }
+    Ok(())
+}
+
+/// The listening sockets of one set of worker services, shared by them. Each address's socket
+/// (bound by [`build_server_on`], or, in a graceful upgrade, found in pingora's table of
+/// listening sockets where the old process's are put) is taken by the first worker to start,
+/// recorded in that table (what a later upgrade hands over) and duplicated for every further
+/// worker: all workers accept from the one socket's queue, and the kernel gives each new
+/// connection to one of them. Worker 0 listens on the recorded socket itself, so the address
+/// stops accepting once every worker has stopped.
 struct SharedSockets {
     workers: usize,
     /// Sockets the caller bound, by address.
@@ -166,6 +205,7 @@ impl SharedSockets {
                     .remove(addr);
                 let listener = match pre_bound {
                     Some(listener) => listener,
+                    // An address a graceful upgrade did not hand over (a new one in the config).
                     None => TcpListener::bind(addr)?,
                 };
                 // pingora's accept loop is async: the socket must not block.
@@ -247,6 +287,8 @@ impl<S: PingoraService> PingoraService for Worker<S> {
 }
 
 /// Builds the pingora server for `config`. `opt` carries pingora's own flags (upgrade, daemon).
+/// Every configured address is bound here, unless `opt` asks for a graceful upgrade (the old
+/// process hands its sockets over).
 pub fn build_server(
     config: GatewayConfig,
     opt: Option<Opt>,
@@ -255,14 +297,14 @@ pub fn build_server(
     build_server_on(config, opt, filters, Listeners::default())
 }
 
-/// [`build_server`] on sockets bound by the caller.
+/// [`build_server`] on sockets bound by the caller (the rest are bound here as there).
 pub fn build_server_on(
     mut config: GatewayConfig,
     opt: Option<Opt>,
     filters: FilterChain,
-    listeners: Listeners,
+    mut listeners: Listeners,
 ) -> Result<(Server, Arc<GatewayState>), StartError> {
-    listeners.apply_to(&mut config)?;
+    let upgrade = opt.as_ref().is_some_and(|opt| opt.upgrade);
     let server_conf = match &config.server {
         Some(text) => ServerConf::from_yaml(text).map_err(|e| StartError::Server(e.to_string()))?,
         None => {
@@ -313,6 +355,11 @@ pub fn build_server_on(
         "downstream connection caps"
     );
     let tracker = Arc::new(ConnectionTracker::new(config.connections, max_connections));
+    if !upgrade {
+        listeners.bind_configured(&config)?;
+    }
+    // Port 0 became a port: the config (and so `state.config`) names the one bound.
+    listeners.apply_to(&mut config)?;
     let state = GatewayState::new(
         config.clone(),
         pool,
@@ -355,7 +402,9 @@ pub fn build_server_on(
             tracker: tracker.clone(),
             metrics: metrics.clone(),
         };
-        let mut proxy = Service::new(format!("edge gateway worker {}", index + 1), gate);
+        // The service's name is its thread's: short enough for the kernel's 15 bytes, so
+        // `top -H` and `perf` tell the workers apart.
+        let mut proxy = Service::new(format!("edge worker {}", index + 1), gate);
         proxy.add_tcp(&config.listen.to_string());
         // The same proxy (REST, gRPC-web, gRPC) over TLS; ALPN picks h2 or HTTP/1.1.
         #[cfg(feature = "rustls")]

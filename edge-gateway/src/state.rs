@@ -50,6 +50,12 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    /// A configured address cannot be listened on (in use, not local, not permitted).
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 pub struct GatewayState {
