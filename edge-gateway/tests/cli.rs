@@ -96,6 +96,18 @@ fn bad_resilience_keys_exit_2_naming_the_key_also_under_test() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("gateway.dns.nameservers[0]"));
 }
 
+/// Runs the gateway with config file `path`; it must exit with `code`, naming `named` on stderr.
+fn assert_exits_naming(path: &std::path::Path, code: i32, named: &str) {
+    let output = Command::new(BIN)
+        .arg("--config")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(code));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(named), "{stderr}");
+}
+
 /// Every address is bound before any worker starts: one that cannot be listened on (here an
 /// address of no local interface, TEST-NET-1) ends the start at once with exit 1 naming it,
 /// instead of a gateway running without a listener.
@@ -104,42 +116,16 @@ fn an_address_that_cannot_be_listened_on_exits_1_naming_it() {
     let path = write_config(
         "server:\n  version: 1\n  threads: 2\ngateway:\n  listen: 192.0.2.1:8080\n  metrics_listen: \"\"\n",
     );
-    let output = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("cannot listen on 192.0.2.1:8080"),
-        "{stderr}"
-    );
+    assert_exits_naming(&path, 1, "cannot listen on 192.0.2.1:8080");
 }
 
 #[test]
 fn invalid_config_exits_2_naming_the_key() {
     let path = write_config("gateway:\n  cors:\n    allowed_origins: [\"ftp://x\"]\n");
-    let output = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("gateway.cors.allowed_origins[0]"),
-        "{stderr}"
-    );
+    assert_exits_naming(&path, 2, "gateway.cors.allowed_origins[0]");
 
     let path = write_config("gateway:\n  listn: 0.0.0.0:1\n");
-    let output = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("listn"));
+    assert_exits_naming(&path, 2, "listn");
 
     let output = Command::new(BIN)
         .env("GATEWAY_UPSTREAMS", "not-an-address")
